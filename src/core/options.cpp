@@ -1,0 +1,198 @@
+#include "mixsim/core/options.hpp"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "mixsim/core/error.hpp"
+
+namespace mixsim {
+namespace {
+
+// Lists are written as one value, items separated by commas: `partitions = a, b, c`.
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  std::string item;
+  std::istringstream in(text);
+  while (std::getline(in, item, ',')) {
+    auto first = item.find_first_not_of(" \t");
+    auto last = item.find_last_not_of(" \t");
+    if (first != std::string::npos) items.push_back(item.substr(first, last - first + 1));
+  }
+  return items;
+}
+
+po::typed_value<std::string>* list_value(std::vector<std::string>* target) {
+  return po::value<std::string>()->notifier(
+      [target](const std::string& text) { *target = split_list(text); });
+}
+
+template <class T>
+po::typed_value<T>* with_default(T* target) {
+  return po::value<T>(target)->default_value(*target);
+}
+
+po::options_description run_section(RunConfig& c) {
+  po::options_description d("[run] where outputs go, seeds, threads");
+  d.add_options()
+    ("run.name", with_default(&c.name), "job name (logs, default paths)")
+    ("run.out_dir", with_default(&c.out_dir), "directory for every stage's outputs")
+    ("run.seed", with_default(&c.seed), "master seed; all random streams are split from it")
+    ("run.threads", with_default(&c.threads), "OpenMP threads per rank (0: OMP_NUM_THREADS or all cores)");
+  return d;
+}
+
+po::options_description model_section(ModelConfig& c) {
+  po::options_description d("[model] GPT-2 style decoder");
+  d.add_options()
+    ("model.n_layer", with_default(&c.n_layer), "transformer blocks")
+    ("model.n_head", with_default(&c.n_head), "attention heads (must divide n_embd)")
+    ("model.n_embd", with_default(&c.n_embd), "channels")
+    ("model.context", with_default(&c.context), "context length T")
+    ("model.vocab_size", with_default(&c.vocab_size), "vocabulary size (padded to a multiple of 64)");
+  return d;
+}
+
+po::options_description optim_section(OptimConfig& c) {
+  po::options_description d("[optim] AdamW and learning-rate schedule");
+  d.add_options()
+    ("optim.lr", with_default(&c.lr), "peak learning rate")
+    ("optim.lr_min", with_default(&c.lr_min), "learning-rate floor of cosine/linear schedules")
+    ("optim.schedule", with_default(&c.schedule), "cosine | constant | linear")
+    ("optim.warmup_steps", with_default(&c.warmup_steps), "linear warmup steps")
+    ("optim.beta1", with_default(&c.beta1), "AdamW beta1")
+    ("optim.beta2", with_default(&c.beta2), "AdamW beta2")
+    ("optim.eps", with_default(&c.eps), "AdamW epsilon")
+    ("optim.weight_decay", with_default(&c.weight_decay), "decoupled weight decay (not on biases/LayerNorm)")
+    ("optim.grad_clip", with_default(&c.grad_clip), "clip by global gradient norm (0: off)");
+  return d;
+}
+
+po::options_description data_section(DataConfig& c) {
+  po::options_description d("[data] corpora, base units, eval sets");
+  d.add_options()
+    ("data.root", po::value<std::string>(&c.root), "directory whose subdirectories are the partitions")
+    ("data.partitions", list_value(&c.partitions), "explicit partition directories, comma-separated")
+    ("data.seed_corpus", po::value<std::string>(&c.seed_corpus), "directory of the seed model's corpus")
+    ("data.eval_dirs", list_value(&c.eval_dirs), "out-of-domain eval set directories, comma-separated")
+    ("data.output", with_default(&c.output), "data file (relative: under run.out_dir)")
+    ("data.jsonl_field", with_default(&c.jsonl_field), "JSON field holding the text in .jsonl files")
+    ("data.unit_tokens", with_default(&c.unit_tokens), "token budget of one base unit")
+    ("data.split_salt", with_default(&c.split_salt), "salt of the train/valid/test hash split")
+    ("data.valid_fraction", with_default(&c.valid_fraction), "fraction of documents in the validation split")
+    ("data.test_fraction", with_default(&c.test_fraction), "fraction of documents in the test split")
+    ("data.eval_split", with_default(&c.eval_split), "valid | test: the split eval sets are built from")
+    ("data.eval_max_docs", with_default(&c.eval_max_docs), "at most this many documents per eval set")
+    ("data.eval_max_tokens", with_default(&c.eval_max_tokens), "at most this many tokens per eval set")
+    ("data.skip_bad_files", with_default(&c.skip_bad_files), "skip and count bad input files instead of failing");
+  return d;
+}
+
+template <class T>
+void check_range(const char* key, T value, T lo, T hi) {
+  if (!(value >= lo && value <= hi))
+    usage_fail("option --{} must be in [{}, {}] (got {})", key, lo, hi, value);
+}
+
+void check_choice(const char* key, const std::string& value,
+                  std::initializer_list<const char*> choices) {
+  std::string allowed;
+  for (const char* c : choices) {
+    if (value == c) return;
+    allowed += allowed.empty() ? c : std::string(" | ") + c;
+  }
+  usage_fail("option --{} must be one of {} (got '{}')", key, allowed, value);
+}
+
+// Boost's messages name the option; we add where it came from and what to do.
+[[noreturn]] void rethrow_with_context(const po::error& e, const std::string& source) {
+  usage_fail("{}{} (see --help for the valid options)", e.what(),
+             source.empty() ? "" : " in " + source);
+}
+
+}  // namespace
+
+JobSchema::JobSchema(JobConfig& config) {
+  sections.emplace_back(kSectionRun, run_section(config.run));
+  sections.emplace_back(kSectionModel, model_section(config.model));
+  sections.emplace_back(kSectionOptim, optim_section(config.optim));
+  sections.emplace_back(kSectionData, data_section(config.data));
+  for (auto& [id, desc] : sections) all.add(desc);
+}
+
+po::options_description JobSchema::for_sections(unsigned mask) const {
+  po::options_description out("Job options (job file section.key, or --section.key on the command line)");
+  for (const auto& [id, desc] : sections)
+    if (mask & id) out.add(desc);
+  return out;
+}
+
+po::variables_map parse_options(const std::vector<std::string>& args,
+                                const po::options_description& cli_only,
+                                const po::options_description& job) {
+  po::options_description cmdline;
+  cmdline.add(cli_only).add(job);
+  po::variables_map vm;
+  try {
+    // No positional arguments: every value is named, so a stray word is an error, not a guess.
+    po::store(po::command_line_parser(args).options(cmdline).positional({}).run(), vm);
+  } catch (const po::error& e) {
+    rethrow_with_context(e, "the command line");
+  }
+  // Values stored first win, so the command line overrides the job file.
+  if (vm.count("config")) {
+    const auto path = vm["config"].as<std::string>();
+    std::ifstream in(path);
+    if (!in) usage_fail("cannot open job file '{}' given by --config: check the path", path);
+    try {
+      po::store(po::parse_config_file(in, job, /*allow_unregistered=*/false), vm);
+    } catch (const po::error& e) {
+      rethrow_with_context(e, "job file '" + path + "'");
+    }
+  }
+  try {
+    po::notify(vm);
+  } catch (const po::error& e) {
+    rethrow_with_context(e, "");
+  }
+  return vm;
+}
+
+void validate(const JobConfig& c) {
+  check_range("run.threads", c.run.threads, 0, 1024);
+  check_range("model.n_layer", c.model.n_layer, 1, 256);
+  check_range("model.n_head", c.model.n_head, 1, 256);
+  check_range("model.n_embd", c.model.n_embd, 1, 65536);
+  check_range("model.context", c.model.context, 1, 1 << 20);
+  check_range("model.vocab_size", c.model.vocab_size, 2, 1 << 20);
+  if (c.model.n_embd % c.model.n_head != 0)
+    usage_fail("option --model.n_embd ({}) must be a multiple of --model.n_head ({})",
+               c.model.n_embd, c.model.n_head);
+  check_range("optim.lr", c.optim.lr, 0.0, 10.0);
+  check_range("optim.lr_min", c.optim.lr_min, 0.0, 10.0);
+  check_choice("optim.schedule", c.optim.schedule, {"cosine", "constant", "linear"});
+  check_range("optim.warmup_steps", c.optim.warmup_steps, 0, 1 << 30);
+  check_range("optim.beta1", c.optim.beta1, 0.0, 0.999999);
+  check_range("optim.beta2", c.optim.beta2, 0.0, 0.999999);
+  check_range("optim.eps", c.optim.eps, 0.0, 1.0);
+  check_range("optim.weight_decay", c.optim.weight_decay, 0.0, 10.0);
+  check_range("optim.grad_clip", c.optim.grad_clip, 0.0, 1e6);
+  check_range("data.unit_tokens", c.data.unit_tokens, std::uint64_t{1}, std::uint64_t{1} << 40);
+  check_range("data.valid_fraction", c.data.valid_fraction, 0.0, 0.5);
+  check_range("data.test_fraction", c.data.test_fraction, 0.0, 0.5);
+  check_choice("data.eval_split", c.data.eval_split, {"valid", "test"});
+  check_range("data.eval_max_docs", c.data.eval_max_docs, std::uint64_t{1}, std::uint64_t{1} << 40);
+  check_range("data.eval_max_tokens", c.data.eval_max_tokens, std::uint64_t{1}, std::uint64_t{1} << 40);
+}
+
+void require_option(const po::variables_map& vm, const std::string& key) {
+  if (vm.count(key) && !vm[key].defaulted()) return;
+  const auto dot = key.find('.');
+  if (dot == std::string::npos)
+    usage_fail("missing required option --{} (set it on the command line or in the job file)", key);
+  usage_fail("missing required option --{} (set it in the job file as '{}' under [{}], or on "
+               "the command line)",
+               key, key.substr(dot + 1), key.substr(0, dot));
+}
+
+}  // namespace mixsim
