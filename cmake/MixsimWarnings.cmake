@@ -12,4 +12,5 @@ if(MIXSIM_SANITIZE)
   target_compile_options(mixsim_warnings INTERFACE
     $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined>)
   target_link_options(mixsim_warnings INTERFACE -fsanitize=address,undefined)
+  target_sources(mixsim_warnings INTERFACE ${CMAKE_CURRENT_LIST_DIR}/sanitizer_defaults.cpp)
 endif()
