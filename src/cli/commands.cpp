@@ -1,5 +1,8 @@
 #include "mixsim/cli/command.hpp"
 
+#include "mixsim/stages/prepare.hpp"
+#include "mixsim/stages/train_stages.hpp"
+
 namespace mixsim {
 
 const std::vector<Command>& commands() {
@@ -7,18 +10,31 @@ const std::vector<Command>& commands() {
       {"prepare", "turn text corpora into data.h5 (base units, eval sets, seed corpus)",
        "Reads the partitions, the seed corpus and the extra eval sets named in [data], tokenizes\n"
        "them, cuts base units of data.unit_tokens tokens and writes data.h5.",
-       kSectionRun | kSectionData, {}, {}, {}},
+       kSectionRun | kSectionData, {}, {},
+       [](const CommandContext& c) { return run_prepare(c.config, c.world); }},
       {"train", "train one model: the seed, or any mixture of units",
-       "Trains one model from random initialisation (the seed model) or continues from a\n"
-       "checkpoint, data parallel over all MPI ranks.",
-       kSectionRun | kSectionModel | kSectionOptim | kSectionData, {}, {}, {}},
+       "Trains one model data parallel over all MPI ranks: without --init the seed model from\n"
+       "random initialisation on the seed corpus ([seed] schedule); with --init continued\n"
+       "pre-training from a checkpoint ([cpt] schedule) on the units given by --units.\n"
+       "Resumable: rerun after a kill and it continues from the last checkpoint; SIGTERM or\n"
+       "SIGUSR1 writes a checkpoint and exits with code 3.",
+       kSectionRun | kSectionModel | kSectionOptim | kSectionData | kSectionTrain | kSectionSeed |
+           kSectionCpt,
+       {}, add_train_options,
+       [](const CommandContext& c) { return run_train(c.config, c.vm, c.world); }},
       {"pool", "train one model per base unit from the seed (the pool)",
        "Continues pre-training from the seed model on every base unit, each with the same token\n"
-       "budget; ranks are split into groups that take units from the list.",
-       kSectionRun | kSectionModel | kSectionOptim | kSectionData, {}, {}, {}},
+       "budget ([cpt]); ranks are split into groups of pool.group_size that take units from the\n"
+       "list. Units whose complete model exists are skipped.",
+       kSectionRun | kSectionModel | kSectionOptim | kSectionData | kSectionTrain | kSectionCpt |
+           kSectionPool,
+       {}, {}, [](const CommandContext& c) { return run_pool(c.config, c.world); }},
       {"truth", "train one model per listed mixture on the union of its units",
-       "Trains the ground-truth models that the proxies are judged against.",
-       kSectionRun | kSectionModel | kSectionOptim | kSectionData, {}, {}, {}},
+       "Trains the ground-truth models the proxies are judged against: a k-unit mixture gets k\n"
+       "times the unit budget, every unit contributing equally. Mixtures come from [truth].",
+       kSectionRun | kSectionModel | kSectionOptim | kSectionData | kSectionTrain | kSectionCpt |
+           kSectionTruth,
+       {}, {}, [](const CommandContext& c) { return run_truth(c.config, c.world); }},
       {"merge-eval", "score every mixture by the perplexity of its averaged pool models",
        "Forms each mixture's parameter average by collective reduction and evaluates it on every\n"
        "eval set; writes results.h5.",

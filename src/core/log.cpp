@@ -36,4 +36,12 @@ void write_debug(const std::string& line) {
 }
 void write_warn(const std::string& line) { emit(stderr, "warning: ", line); }
 
+void write_any_rank(const std::string& line) {
+  std::string prefix = fmt::format("[{:8.1f}s] ", seconds_since_start());
+  if (g_settings.size > 1) prefix += fmt::format("rank {}: ", g_settings.rank);
+  std::string text = prefix + line + "\n";
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+
 }  // namespace mixsim::log

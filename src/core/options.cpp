@@ -77,6 +77,7 @@ po::options_description data_section(DataConfig& c) {
     ("data.eval_dirs", list_value(&c.eval_dirs), "out-of-domain eval set directories, comma-separated")
     ("data.output", with_default(&c.output), "data file (relative: under run.out_dir)")
     ("data.jsonl_field", with_default(&c.jsonl_field), "JSON field holding the text in .jsonl files")
+    ("data.tokenizer", with_default(&c.tokenizer), "tokenizer: byte (256 bytes + end-of-text)")
     ("data.unit_tokens", with_default(&c.unit_tokens), "token budget of one base unit")
     ("data.split_salt", with_default(&c.split_salt), "salt of the train/valid/test hash split")
     ("data.valid_fraction", with_default(&c.valid_fraction), "fraction of documents in the validation split")
@@ -85,6 +86,66 @@ po::options_description data_section(DataConfig& c) {
     ("data.eval_max_docs", with_default(&c.eval_max_docs), "at most this many documents per eval set")
     ("data.eval_max_tokens", with_default(&c.eval_max_tokens), "at most this many tokens per eval set")
     ("data.skip_bad_files", with_default(&c.skip_bad_files), "skip and count bad input files instead of failing");
+  return d;
+}
+
+po::options_description train_section(TrainConfig& c) {
+  po::options_description d("[train] batches, validation, checkpoints (train, pool, truth)");
+  d.add_options()
+    ("train.global_batch", with_default(&c.global_batch), "sequences per step over all ranks of a group")
+    ("train.micro_batch", with_default(&c.micro_batch), "sequences per forward/backward on a rank (0: the rank's share)")
+    ("train.val_every", with_default(&c.val_every), "steps between validation losses (0: at the end only)")
+    ("train.val_tokens", with_default(&c.val_tokens), "validation tokens scored each time")
+    ("train.checkpoint_every", with_default(&c.checkpoint_every), "steps between resumable checkpoints (0: at the end only)")
+    ("train.log_every", with_default(&c.log_every), "steps between progress lines")
+    ("train.save_optimizer", with_default(&c.save_optimizer), "keep AdamW state in final checkpoints")
+    ("train.backend", with_default(&c.backend), "cpu | cuda");
+  return d;
+}
+
+void add_schedule(po::options_description& d, const std::string& section, ScheduleConfig& c) {
+  d.add_options()
+    ((section + ".lr").c_str(), with_default(&c.lr), "peak learning rate")
+    ((section + ".lr_min").c_str(), with_default(&c.lr_min), "learning-rate floor (cosine, linear)")
+    ((section + ".schedule").c_str(), with_default(&c.schedule), "cosine | constant | linear")
+    ((section + ".warmup_steps").c_str(), with_default(&c.warmup_steps), "linear warmup steps");
+}
+
+po::options_description seed_section(SeedConfig& c) {
+  po::options_description d("[seed] the seed model (random init, seed corpus)");
+  d.add_options()
+    ("seed.steps", with_default(&c.steps), "optimizer steps")
+    ("seed.output", with_default(&c.output), "checkpoint (relative: under run.out_dir)");
+  add_schedule(d, "seed", c.schedule);
+  return d;
+}
+
+po::options_description cpt_section(CptConfig& c) {
+  po::options_description d("[cpt] continued pre-training from the seed (pool, truth, train --init)");
+  d.add_options()
+    ("cpt.steps_per_unit", with_default(&c.steps_per_unit), "steps per unit of a mixture (0: one pass over data.unit_tokens)")
+    ("cpt.optimizer", with_default(&c.optimizer), "fresh (AdamW state from zero, the paper) | inherit (the parent's)");
+  add_schedule(d, "cpt", c.schedule);
+  return d;
+}
+
+po::options_description pool_section(PoolConfig& c) {
+  po::options_description d("[pool] one model per base unit");
+  d.add_options()
+    ("pool.dir", with_default(&c.dir), "directory of the pool models (relative: under run.out_dir)")
+    ("pool.group_size", with_default(&c.group_size), "ranks per training group (0: all ranks)");
+  return d;
+}
+
+po::options_description truth_section(TruthConfig& c) {
+  po::options_description d("[truth] models trained on the union of a mixture's units");
+  d.add_options()
+    ("truth.mixtures", list_value(&c.mixtures), "mixtures, comma-separated; units joined by '+'")
+    ("truth.sample", with_default(&c.sample), "also a seeded random sample of this many mixtures")
+    ("truth.sample_sizes", list_value(&c.sample_sizes), "mixture sizes k of the sample, e.g. '2, 3'")
+    ("truth.all_units", with_default(&c.all_units), "also the mixture of all units")
+    ("truth.dir", with_default(&c.dir), "directory of the truth models (relative: under run.out_dir)")
+    ("truth.group_size", with_default(&c.group_size), "ranks per training group (0: all ranks)");
   return d;
 }
 
@@ -117,6 +178,11 @@ JobSchema::JobSchema(JobConfig& config) {
   sections.emplace_back(kSectionModel, model_section(config.model));
   sections.emplace_back(kSectionOptim, optim_section(config.optim));
   sections.emplace_back(kSectionData, data_section(config.data));
+  sections.emplace_back(kSectionTrain, train_section(config.train));
+  sections.emplace_back(kSectionSeed, seed_section(config.seed));
+  sections.emplace_back(kSectionCpt, cpt_section(config.cpt));
+  sections.emplace_back(kSectionPool, pool_section(config.pool));
+  sections.emplace_back(kSectionTruth, truth_section(config.truth));
   for (auto& [id, desc] : sections) all.add(desc);
 }
 
@@ -158,7 +224,47 @@ po::variables_map parse_options(const std::vector<std::string>& args,
   return vm;
 }
 
+namespace {
+
+void validate_schedule(const std::string& section, const ScheduleConfig& s) {
+  check_range((section + ".lr").c_str(), s.lr, 0.0, 10.0);
+  check_range((section + ".lr_min").c_str(), s.lr_min, 0.0, 10.0);
+  check_choice((section + ".schedule").c_str(), s.schedule, {"cosine", "constant", "linear"});
+  check_range((section + ".warmup_steps").c_str(), s.warmup_steps, 0, 1 << 30);
+}
+
+void validate_training(const JobConfig& c) {
+  check_range("train.global_batch", c.train.global_batch, 1, 1 << 20);
+  check_range("train.micro_batch", c.train.micro_batch, 0, 1 << 20);
+  check_range("train.val_every", c.train.val_every, 0, 1 << 30);
+  check_range("train.val_tokens", c.train.val_tokens, std::uint64_t{0}, std::uint64_t{1} << 40);
+  check_range("train.checkpoint_every", c.train.checkpoint_every, 0, 1 << 30);
+  check_range("train.log_every", c.train.log_every, 1, 1 << 30);
+  check_choice("train.backend", c.train.backend, {"cpu", "cuda"});
+  check_range("seed.steps", c.seed.steps, 1, 1 << 30);
+  validate_schedule("seed", c.seed.schedule);
+  check_range("cpt.steps_per_unit", c.cpt.steps_per_unit, 0, 1 << 30);
+  check_choice("cpt.optimizer", c.cpt.optimizer, {"fresh", "inherit"});
+  validate_schedule("cpt", c.cpt.schedule);
+  check_range("pool.group_size", c.pool.group_size, 0, 1 << 20);
+  check_range("truth.sample", c.truth.sample, 0, 1 << 20);
+  check_range("truth.group_size", c.truth.group_size, 0, 1 << 20);
+  for (const auto& k : c.truth.sample_sizes) {
+    int v = 0;
+    try {
+      v = std::stoi(k);
+    } catch (const std::exception&) {
+    }
+    if (v < 1) usage_fail("option --truth.sample_sizes must list positive integers (got '{}')", k);
+  }
+  if (c.truth.sample > 0 && c.truth.sample_sizes.empty())
+    usage_fail("option --truth.sample ({}) needs --truth.sample_sizes (e.g. '2, 3')", c.truth.sample);
+}
+
+}  // namespace
+
 void validate(const JobConfig& c) {
+  validate_training(c);
   check_range("run.threads", c.run.threads, 0, 1024);
   check_range("model.n_layer", c.model.n_layer, 1, 256);
   check_range("model.n_head", c.model.n_head, 1, 256);
@@ -181,6 +287,12 @@ void validate(const JobConfig& c) {
   check_range("data.valid_fraction", c.data.valid_fraction, 0.0, 0.5);
   check_range("data.test_fraction", c.data.test_fraction, 0.0, 0.5);
   check_choice("data.eval_split", c.data.eval_split, {"valid", "test"});
+  check_choice("data.tokenizer", c.data.tokenizer, {"byte"});
+  if (c.data.valid_fraction + c.data.test_fraction > 0.9)
+    usage_fail("options --data.valid_fraction ({}) and --data.test_fraction ({}) leave less than "
+               "10% of the documents for training",
+               c.data.valid_fraction, c.data.test_fraction);
+  if (c.data.output.empty()) usage_fail("option --data.output must name a file");
   check_range("data.eval_max_docs", c.data.eval_max_docs, std::uint64_t{1}, std::uint64_t{1} << 40);
   check_range("data.eval_max_tokens", c.data.eval_max_tokens, std::uint64_t{1}, std::uint64_t{1} << 40);
 }

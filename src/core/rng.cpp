@@ -21,6 +21,15 @@ std::uint64_t hash64(std::uint64_t a, std::uint64_t b) {
   return splitmix64(s);
 }
 
+std::uint64_t hash_string(std::string_view text) {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  return hash64(h, text.size());
+}
+
 Rng::Rng(std::uint64_t seed) : key_(seed) {
   std::uint64_t state = seed;
   for (auto& word : s_) word = splitmix64(state);

@@ -47,6 +47,7 @@ struct DataConfig {
   std::vector<std::string> eval_dirs;      // extra out-of-domain eval sets (directories)
   std::string output = "data.h5";          // relative paths are under run.out_dir
   std::string jsonl_field = "text";
+  std::string tokenizer = "byte";          // byte: 256 byte tokens + end-of-text (V = 257)
   std::uint64_t unit_tokens = 100000;      // token budget of one base unit
   std::string split_salt = "mixsim";
   double valid_fraction = 0.05;
@@ -57,11 +58,66 @@ struct DataConfig {
   bool skip_bad_files = false;             // skip (and count) unreadable/malformed input instead of failing
 };
 
+// [train]: batches, validation and checkpoints of every training stage (train, pool, truth).
+struct TrainConfig {
+  int global_batch = 8;         // sequences per optimizer step, over all ranks of a group
+  int micro_batch = 0;          // sequences per forward/backward on one rank; 0 = the rank's share
+  int val_every = 0;            // steps between validation losses; 0 = only at the end
+  std::uint64_t val_tokens = 16384;  // validation tokens scored each time (spread over the sets)
+  int checkpoint_every = 100;   // steps between resumable checkpoints; 0 = only at the end
+  int log_every = 10;           // steps between progress lines
+  bool save_optimizer = false;  // keep AdamW state in the final checkpoint
+  std::string backend = "cpu";  // cpu | cuda
+};
+
+// A learning-rate schedule of one kind of training run.
+struct ScheduleConfig {
+  double lr = 1e-3;
+  double lr_min = 1e-4;
+  std::string schedule = "cosine";  // cosine | constant | linear
+  int warmup_steps = 0;
+};
+
+// [seed]: the seed model, trained from random initialisation on the seed corpus.
+struct SeedConfig {
+  int steps = 1000;
+  ScheduleConfig schedule{1e-3, 1e-4, "cosine", 50};
+  std::string output = "seed.h5";  // relative: under run.out_dir
+};
+
+// [cpt]: continued pre-training from the seed (pool and truth models, `train --init`).
+struct CptConfig {
+  int steps_per_unit = 0;       // optimizer steps per unit of a mixture; 0 = one pass over unit_tokens
+  ScheduleConfig schedule{3e-4, 0.0, "constant", 0};
+  std::string optimizer = "fresh";  // fresh (the paper) | inherit (the parent's AdamW state)
+};
+
+// [pool]: one model per base unit.
+struct PoolConfig {
+  std::string dir = "pool";     // relative: under run.out_dir; a unit's model is <dir>/<unit>.h5
+  int group_size = 0;           // ranks per training group; 0 = all ranks in one group
+};
+
+// [truth]: models trained on the union of a mixture's units.
+struct TruthConfig {
+  std::vector<std::string> mixtures;  // "news/0+fiction/0", ...; units joined by '+'
+  int sample = 0;                     // plus a seeded random sample of this many mixtures ...
+  std::vector<std::string> sample_sizes;  // ... of these sizes (k), e.g. "2, 3"
+  bool all_units = false;             // plus the mixture of all units
+  std::string dir = "truth";          // relative: under run.out_dir
+  int group_size = 0;                 // ranks per training group; 0 = all ranks
+};
+
 struct JobConfig {
   RunConfig run;
   ModelConfig model;
   OptimConfig optim;
   DataConfig data;
+  TrainConfig train;
+  SeedConfig seed;
+  CptConfig cpt;
+  PoolConfig pool;
+  TruthConfig truth;
 };
 
 }  // namespace mixsim

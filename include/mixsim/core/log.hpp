@@ -23,6 +23,9 @@ double seconds_since_start();
 void write_info(const std::string& line);
 void write_debug(const std::string& line);
 void write_warn(const std::string& line);
+// An info line from whichever rank calls it (e.g. the leader of a training group), tagged with
+// the rank when there are several.
+void write_any_rank(const std::string& line);
 
 template <class... Args>
 void info(fmt::format_string<Args...> format, Args&&... args) {

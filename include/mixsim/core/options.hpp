@@ -20,6 +20,11 @@ enum Section : unsigned {
   kSectionModel = 1u << 1,
   kSectionOptim = 1u << 2,
   kSectionData = 1u << 3,
+  kSectionTrain = 1u << 4,
+  kSectionSeed = 1u << 5,
+  kSectionCpt = 1u << 6,
+  kSectionPool = 1u << 7,
+  kSectionTruth = 1u << 8,
   kSectionAll = ~0u,
 };
 

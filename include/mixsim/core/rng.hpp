@@ -6,12 +6,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <utility>
 
 namespace mixsim {
 
 std::uint64_t splitmix64(std::uint64_t& state);
 std::uint64_t hash64(std::uint64_t a, std::uint64_t b);  // order-sensitive mix of two words
+std::uint64_t hash_string(std::string_view text);         // FNV-1a, then mixed: a stream id for a name
 
 class Rng {
  public:

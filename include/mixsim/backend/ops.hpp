@@ -1,0 +1,165 @@
+// The op set the model is written over: every tensor operation of GPT-2 training, evaluation and
+// model averaging, as calls on an abstract Backend (fp32 CPU now, CUDA later, same signatures).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string_view>
+#include <utility>
+
+namespace mixsim {
+
+// Settings of one AdamW update, computed on the host by the optimizer.
+struct AdamWArgs {
+  float lr = 0.f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.f;  // decoupled: p -= lr * weight_decay * p; 0 for biases and LayerNorm
+  float bias_correction1 = 1.f;  // 1 - beta1^t
+  float bias_correction2 = 1.f;  // 1 - beta2^t
+  float grad_scale = 1.f;        // the gradient is multiplied by this first (clipping)
+};
+
+// Conventions of every op:
+// - Pointers are backend memory (host for cpu, device for cuda), from Backend::allocate.
+//   Arguments are ordered outputs first, then inputs, then dimensions: op(out..., in..., dims).
+// - Dimension letters: B batch, T sequence, C channels, NH heads, HS = C / NH, V vocabulary,
+//   Vp padded vocabulary (the row count of wte), N rows (B*T), OC output channels.
+// - Gradient semantics: gradients of PARAMETERS are accumulated (+=), so that micro-batches add
+//   up; gradients of ACTIVATIONS are assigned (=), except layernorm_backward's dinp, which is
+//   accumulated because it feeds the residual stream (one dresidual buffer for all layers).
+// - Ops run in order on one stream; results are deterministic: the same inputs and thread count
+//   give bit-identical outputs (no reduction order depends on scheduling).
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+
+  // ---- memory (bytes); allocate never returns null and throws Error when out of memory
+  virtual void* allocate(std::size_t bytes) = 0;
+  virtual void deallocate(void* ptr) noexcept = 0;
+  virtual void upload(void* dst, const void* host_src, std::size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, std::size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
+  virtual void zero(void* ptr, std::size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- embedding: out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
+  virtual void encoder_forward(float* out,                          // (B,T,C)
+                               const int* tokens,                   // (B,T)
+                               const float* wte, const float* wpe,  // (Vp,C), (>=T,C)
+                               int B, int T, int C) = 0;
+  virtual void encoder_backward(float* dwte, float* dwpe,              // +=
+                                const float* dout, const int* tokens,  // (B,T,C), (B,T)
+                                int B, int T, int C) = 0;
+
+  // ---- layer normalisation over C; mean and rstd (N) are saved for backward (nullable)
+  virtual void layernorm_forward(float* out, float* mean, float* rstd,    // (N,C), (N), (N)
+                                 const float* inp,                        // (N,C)
+                                 const float* weight, const float* bias,  // (C), (C)
+                                 int N, int C) = 0;
+  virtual void layernorm_backward(float* dinp,                           // (N,C) +=
+                                  float* dweight, float* dbias,          // (C) +=
+                                  const float* dout, const float* inp,   // (N,C)
+                                  const float* weight,                   // (C)
+                                  const float* mean, const float* rstd,  // (N)
+                                  int N, int C) = 0;
+
+  // ---- out = inp @ weight^T + bias (bias nullable)
+  virtual void matmul_forward(float* out,                              // (N,OC)
+                              const float* inp,                        // (N,C)
+                              const float* weight, const float* bias,  // (OC,C), (OC)
+                              int N, int C, int OC) = 0;
+  // dinp = dout @ weight (assigned; nullable to skip); dweight, dbias += (dbias nullable).
+  virtual void matmul_backward(float* dinp,                            // (N,C)
+                               float* dweight, float* dbias,           // (OC,C), (OC)
+                               const float* dout,                      // (N,OC)
+                               const float* inp, const float* weight,  // (N,C), (OC,C)
+                               int N, int C, int OC) = 0;
+
+  // ---- causal self-attention; qkv rows hold q, k, v of all heads: [q(C) k(C) v(C)].
+  // Only the log-sum-exp of each row is saved (O(T) memory); backward recomputes the scores.
+  virtual void attention_forward(float* out, float* lse,               // (B,T,C), (B,NH,T)
+                                 const float* qkv,                     // (B,T,3C)
+                                 int B, int T, int C, int NH) = 0;     // lse nullable
+  virtual void attention_backward(float* dqkv,                         // (B,T,3C) assigned
+                                  const float* dout,                   // (B,T,C)
+                                  const float* qkv, const float* out,  // (B,T,3C), (B,T,C)
+                                  const float* lse,                    // (B,NH,T)
+                                  int B, int T, int C, int NH) = 0;
+
+  // ---- GELU (tanh approximation, as GPT-2); backward may run in place (dinp == dout)
+  virtual void gelu_forward(float* out, const float* inp, std::size_t n) = 0;
+  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) = 0;
+
+  // ---- out = a + b (out may alias a or b)
+  virtual void residual_forward(float* out, const float* a, const float* b, std::size_t n) = 0;
+
+  // ---- fused softmax + cross-entropy over the first V of Vp logits of each row.
+  // losses[i] = -log softmax(logits[i,:V])[targets[i]], or 0 where targets[i] < 0 (skipped).
+  // With write_dlogits, logits are overwritten in place by dloss * (softmax - onehot) on the
+  // first V entries and 0 on the padding and on skipped rows: probabilities are never stored.
+  virtual void classifier(float* logits, float* losses,  // (N,Vp), (N)
+                          const int* targets,            // (N)
+                          float dloss, bool write_dlogits, int N, int V, int Vp) = 0;
+
+  // ---- optimizer and buffer arithmetic over n floats
+  virtual void adamw(float* params, float* m, float* v,  // (n) updated
+                     const float* grads, std::size_t n, const AdamWArgs& args) = 0;
+  // Sum of squares in double, summed in a fixed order (independent of the thread count).
+  virtual double sum_squares(const float* x, std::size_t n) = 0;
+  // out = sum_i weights[i] * inputs[i], summed in the order i = 0..k-1 (out may alias input 0).
+  // `inputs` and `weights` are host arrays of k entries; inputs[i] are backend pointers.
+  virtual void weighted_sum(float* out, const float* const* inputs, const float* weights, int k,
+                            std::size_t n) = 0;
+  virtual void scale(float* x, float alpha, std::size_t n) = 0;
+};
+
+// A typed RAII allocation of backend memory.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend& backend, std::size_t count)
+      : backend_(&backend),
+        ptr_(count ? static_cast<T*>(backend.allocate(count * sizeof(T))) : nullptr),
+        count_(count) {}
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : backend_(o.backend_),
+        ptr_(std::exchange(o.ptr_, nullptr)),
+        count_(std::exchange(o.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      backend_ = o.backend_;
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      count_ = std::exchange(o.count_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  T* get() const { return ptr_; }
+  std::size_t size() const { return count_; }
+  std::size_t bytes() const { return count_ * sizeof(T); }
+  void reset() noexcept {
+    if (ptr_) backend_->deallocate(ptr_);
+    ptr_ = nullptr;
+    count_ = 0;
+  }
+
+ private:
+  Backend* backend_ = nullptr;
+  T* ptr_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+// The fp32 CPU backend (BLAS + OpenMP; threads: omp_get_max_threads()).
+std::unique_ptr<Backend> make_cpu_backend();
+// A backend by name: "cpu", or "cuda" in builds with CUDA. Throws UsageError for others.
+std::unique_ptr<Backend> make_backend(std::string_view name);
+
+}  // namespace mixsim

@@ -1,0 +1,86 @@
+// The GPT-2 decoder (learned positions, pre-LayerNorm blocks, GELU MLP, output head tied to the
+// token embedding), written once as calls on the Backend op interface.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "mixsim/backend/ops.hpp"
+#include "mixsim/model/layout.hpp"
+
+namespace mixsim {
+
+// Summed token losses (nats) and the number of tokens scored: sums from shards add up exactly.
+struct EvalSums {
+  double loss_sum = 0.0;
+  std::uint64_t tokens = 0;
+  double mean() const { return tokens ? loss_sum / double(tokens) : 0.0; }
+};
+
+class Gpt {
+ public:
+  // Parameters are allocated now; gradients and training activations (for batches of up to
+  // max_batch sequences of up to config.context tokens) on the first forward(), so that a model
+  // used only for evaluation never holds them.
+  Gpt(const ModelConfig& config, Backend& backend, int max_batch);
+  ~Gpt();
+  Gpt(const Gpt&) = delete;
+  Gpt& operator=(const Gpt&) = delete;
+
+  const ParamLayout& layout() const { return layout_; }
+  const ModelDims& dims() const { return layout_.dims(); }
+  Backend& backend() const { return backend_; }
+  int max_batch() const { return max_batch_; }
+
+  float* params() const { return params_.get(); }  // (layout().total()) backend memory
+  float* grads();                                  // same layout; allocated on first use
+
+  // Fresh parameters from `seed`: normal(0, 0.02), residual projections scaled by
+  // 1/sqrt(2 n_layer), biases 0, LayerNorm weights 1, padded rows of wte 0.
+  void init(std::uint64_t seed);
+  void set_params(std::span<const float> host);  // host buffer of layout().total() floats
+  void get_params(std::span<float> host) const;
+
+  // Training micro-step, part 1: the mean loss over the positions whose target is >= 0.
+  // tokens, targets: host arrays (B,T). The gradient of grad_scale * loss is prepared for
+  // backward() (e.g. grad_scale = 1/accumulation steps).
+  float forward(const int* tokens, const int* targets, int B, int T, float grad_scale = 1.0f);
+  // Part 2: adds the gradient of the last forward() to grads() (parameters accumulate).
+  void backward();
+  void zero_grad();
+
+  // Forward only, with no activations kept for backward: summed losses over the positions whose
+  // target is >= 0 (negative targets are skipped: a short last window is scored exactly).
+  // Any B >= 1 (buffers grow to fit), T <= context.
+  EvalSums evaluate(const int* tokens, const int* targets, int B, int T);
+
+ private:
+  struct Activations;
+  struct LayerActs;
+  void check_batch(const int* tokens, const int* targets, int B, int T, int maxB) const;
+  std::size_t count_targets(const int* targets, std::size_t n) const;
+  void ensure_training();
+  void ensure_eval(std::size_t rows);
+  LayerActs train_layer(int l) const;  // per-layer stride: max_batch x context rows
+  LayerActs eval_layer(std::size_t rows) const;
+  void forward_block(int l, const float* residual, const LayerActs& a, int B, int T);
+  void backward_block(int l, const LayerActs& a, int B, int T);
+
+  ParamLayout layout_;
+  Backend& backend_;
+  int max_batch_;
+  DeviceBuffer<float> params_;
+  DeviceBuffer<float> grads_;
+  DeviceBuffer<float> acts_memory_;  // training activations, one allocation
+  DeviceBuffer<float> eval_memory_;  // evaluation activations, grown as needed
+  DeviceBuffer<int> train_tokens_;   // (max_batch, context): kept for backward()
+  DeviceBuffer<int> train_targets_;
+  DeviceBuffer<int> eval_tokens_;  // (eval_rows_)
+  DeviceBuffer<int> eval_targets_;
+  std::size_t eval_rows_ = 0;
+  std::unique_ptr<Activations> acts_;
+  int last_B_ = 0, last_T_ = 0;  // shape of the forward() that backward() differentiates
+};
+
+}  // namespace mixsim

@@ -1,0 +1,149 @@
+// The fp32 CPU backend: host memory, and each op forwarded to its kernel (cpu_kernels.hpp) after
+// checking the assumptions the kernel relies on.
+#include <cstdlib>
+#include <cstring>
+
+#include "mixsim/backend/cpu_kernels.hpp"
+#include "mixsim/backend/ops.hpp"
+#include "mixsim/core/error.hpp"
+#include "parallel.hpp"
+
+namespace mixsim {
+
+namespace {
+
+constexpr std::size_t kAlignment = 64;  // a cache line; also what AVX-512 loads like
+
+// Copies and fills of large buffers are split over the threads: one core cannot saturate memory.
+void parallel_bytes(std::size_t bytes, auto&& fn) {
+  const int threads = bytes >= (std::size_t(1) << 20) ? omp_get_max_threads() : 1;
+#pragma omp parallel num_threads(threads)
+  {
+    const cpu::Range r = cpu::split_range(bytes, omp_get_num_threads(), omp_get_thread_num());
+    if (r.end > r.begin) fn(r.begin, r.end - r.begin);
+  }
+}
+
+class CpuBackend final : public Backend {
+ public:
+  std::string_view name() const override { return "cpu"; }
+
+  void* allocate(std::size_t bytes) override {
+    const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    void* p = std::aligned_alloc(kAlignment, rounded ? rounded : kAlignment);
+    if (!p)
+      fail(
+          "out of host memory allocating {:.1f} MiB for the CPU backend: use a smaller model, "
+          "batch or context, or a machine with more memory",
+          double(bytes) / (1 << 20));
+    return p;
+  }
+  void deallocate(void* ptr) noexcept override { std::free(ptr); }
+  void upload(void* dst, const void* src, std::size_t bytes) override { copy(dst, src, bytes); }
+  void download(void* dst, const void* src, std::size_t bytes) override { copy(dst, src, bytes); }
+  void copy(void* dst, const void* src, std::size_t bytes) override {
+    if (dst == src || bytes == 0) return;
+    parallel_bytes(bytes, [&](std::size_t off, std::size_t len) {
+      std::memcpy(static_cast<char*>(dst) + off, static_cast<const char*>(src) + off, len);
+    });
+  }
+  void zero(void* ptr, std::size_t bytes) override {
+    parallel_bytes(bytes, [&](std::size_t off, std::size_t len) {
+      std::memset(static_cast<char*>(ptr) + off, 0, len);
+    });
+  }
+  void synchronize() override {}
+
+  void encoder_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B,
+                       int T, int C) override {
+    MIXSIM_CHECK(B > 0 && T > 0 && C > 0, "encoder_forward: B={} T={} C={}", B, T, C);
+    cpu::encoder_forward(out, tokens, wte, wpe, B, T, C);
+  }
+  void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* tokens, int B,
+                        int T, int C) override {
+    MIXSIM_CHECK(B > 0 && T > 0 && C > 0, "encoder_backward: B={} T={} C={}", B, T, C);
+    cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
+  }
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                         const float* weight, const float* bias, int N, int C) override {
+    MIXSIM_CHECK(N > 0 && C > 0, "layernorm_forward: N={} C={}", N, C);
+    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* weight, const float* mean,
+                          const float* rstd, int N, int C) override {
+    MIXSIM_CHECK(N > 0 && C > 0 && mean && rstd, "layernorm_backward: N={} C={}", N, C);
+    cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                      int C, int OC) override {
+    MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_forward: N={} C={} OC={}", N, C, OC);
+    cpu::matmul_forward(out, inp, weight, bias, N, C, OC);
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                       const float* inp, const float* weight, int N, int C, int OC) override {
+    MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_backward: N={} C={} OC={}", N, C, OC);
+    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+  }
+  void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
+                         int NH) override {
+    check_attention("attention_forward", B, T, C, NH);
+    cpu::attention_forward(out, lse, qkv, B, T, C, NH);
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                          const float* lse, int B, int T, int C, int NH) override {
+    check_attention("attention_backward", B, T, C, NH);
+    MIXSIM_CHECK(lse, "attention_backward needs the log-sum-exp saved by attention_forward");
+    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+  }
+  void gelu_forward(float* out, const float* inp, std::size_t n) override {
+    cpu::gelu_forward(out, inp, n);
+  }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) override {
+    cpu::gelu_backward(dinp, inp, dout, n);
+  }
+  void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {
+    cpu::residual_forward(out, a, b, n);
+  }
+  void classifier(float* logits, float* losses, const int* targets, float dloss, bool write_dlogits,
+                  int N, int V, int Vp) override {
+    MIXSIM_CHECK(N > 0 && V > 0 && V <= Vp, "classifier: N={} V={} Vp={}", N, V, Vp);
+    cpu::classifier(logits, losses, targets, dloss, write_dlogits, N, V, Vp);
+  }
+  void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
+             const AdamWArgs& args) override {
+    MIXSIM_CHECK(args.bias_correction1 > 0 && args.bias_correction2 > 0,
+                 "adamw: bias corrections must be positive (step count starts at 1)");
+    cpu::adamw(params, m, v, grads, n, args);
+  }
+  double sum_squares(const float* x, std::size_t n) override { return cpu::sum_squares(x, n); }
+  void weighted_sum(float* out, const float* const* inputs, const float* weights, int k,
+                    std::size_t n) override {
+    MIXSIM_CHECK(k > 0, "weighted_sum of {} buffers", k);
+    cpu::weighted_sum(out, inputs, weights, k, n);
+  }
+  void scale(float* x, float alpha, std::size_t n) override { cpu::scale(x, alpha, n); }
+
+ private:
+  static void check_attention(const char* op, int B, int T, int C, int NH) {
+    MIXSIM_CHECK(B > 0 && T > 0 && NH > 0 && C % NH == 0, "{}: B={} T={} C={} NH={}", op, B, T, C,
+                 NH);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() {
+  return std::make_unique<CpuBackend>();
+}
+
+std::unique_ptr<Backend> make_backend(std::string_view name) {
+  if (name == "cpu") return make_cpu_backend();
+  if (name == "cuda")
+    usage_fail(
+        "backend 'cuda' is not available yet in this build: use --backend cpu (the CUDA "
+        "backend comes with issue 8)");
+  usage_fail("unknown backend '{}': choose cpu or cuda", name);
+}
+
+}  // namespace mixsim

@@ -1,0 +1,411 @@
+#include "mixsim/model/gpt.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <iterator>
+#include <utility>
+#include <vector>
+
+#include "mixsim/core/error.hpp"
+#include "mixsim/core/rng.hpp"
+
+namespace mixsim {
+
+namespace {
+
+// Rows of logits scored at a time by evaluate(): bounds its memory to kEvalChunk x Vp floats.
+constexpr int kEvalChunk = 256;
+// init() draws each tensor in blocks of this many values, each block from its own random stream,
+// so that the blocks can be filled in parallel with the same result for every thread count.
+constexpr std::size_t kInitBlock = std::size_t(1) << 16;
+
+// The slices of layer l of stacked per-layer tensors (parameters or gradients).
+struct LayerParams {
+  float* ln1w;      // (C)
+  float* ln1b;      // (C)
+  float* qkvw;      // (3C, C)
+  float* qkvb;      // (3C)
+  float* attprojw;  // (C, C)
+  float* attprojb;  // (C)
+  float* ln2w;      // (C)
+  float* ln2b;      // (C)
+  float* fcw;       // (4C, C)
+  float* fcb;       // (4C)
+  float* fcprojw;   // (C, 4C)
+  float* fcprojb;   // (C)
+};
+
+LayerParams layer_params(const ParamTensors<float>& p, int l, std::size_t C) {
+  const std::size_t L = std::size_t(l);
+  return {p.ln1w + L * C,
+          p.ln1b + L * C,
+          p.qkvw + L * 3 * C * C,
+          p.qkvb + L * 3 * C,
+          p.attprojw + L * C * C,
+          p.attprojb + L * C,
+          p.ln2w + L * C,
+          p.ln2b + L * C,
+          p.fcw + L * 4 * C * C,
+          p.fcb + L * 4 * C,
+          p.fcprojw + L * 4 * C * C,
+          p.fcprojb + L * C};
+}
+
+// Fills `out` with normal(0, stddev) values; block b of tensor `index` uses stream (index, b).
+void fill_normal(std::span<float> out, double stddev, const Rng& root, std::uint64_t index) {
+  const Rng tensor_rng = root.split(index);
+  const std::size_t blocks = (out.size() + kInitBlock - 1) / kInitBlock;
+#pragma omp parallel for schedule(static)
+  for (std::size_t b = 0; b < blocks; ++b) {
+    Rng rng = tensor_rng.split(b);
+    const std::size_t end = std::min(out.size(), (b + 1) * kInitBlock);
+    for (std::size_t i = b * kInitBlock; i < end; ++i) out[i] = float(stddev * rng.normal());
+  }
+}
+
+}  // namespace
+
+// Training activations. Per-layer tensors are stacked over L with a stride of R = max_batch *
+// context rows, so that backward() finds layer l's values whatever B and T the batch has.
+struct Gpt::Activations {
+  float* encoded;    // (R, C)
+  float* ln1;        // (L, R, C)
+  float* ln1_mean;   // (L, R)
+  float* ln1_rstd;   // (L, R)
+  float* qkv;        // (L, R, 3C)
+  float* atty;       // (L, R, C)
+  float* att_lse;    // (L, R*NH): (B, NH, T) per layer
+  float* residual2;  // (L, R, C)
+  float* ln2;        // (L, R, C)
+  float* ln2_mean;   // (L, R)
+  float* ln2_rstd;   // (L, R)
+  float* fch;        // (L, R, 4C)
+  float* fch_gelu;   // (L, R, 4C)
+  float* residual3;  // (L, R, C)
+  float* proj;       // (R, C) output of a projection before the residual add (not kept)
+  float* lnf;        // (R, C)
+  float* lnf_mean;   // (R)
+  float* lnf_rstd;   // (R)
+  float* logits;     // (R, Vp) logits, then dlogits (classifier writes them in place)
+  float* losses;     // (R)
+  float* dresidual;  // (R, C) gradient of the residual stream, shared by all layers
+  float* dbuf;       // (R, C) gradient of a LayerNorm output or of the attention output
+  float* dbuf4;      // (R, 4C) gradient of the MLP hidden layer or of qkv
+};
+
+// One layer's view of the activations (training: slices of Activations; evaluation: buffers
+// reused by every layer, with nothing saved for backward).
+struct Gpt::LayerActs {
+  float* ln1;        // (B,T,C)
+  float* ln1_mean;   // (B,T) nullable
+  float* ln1_rstd;   // (B,T) nullable
+  float* qkv;        // (B,T,3C)
+  float* atty;       // (B,T,C)
+  float* att_lse;    // (B,NH,T) nullable
+  float* proj;       // (B,T,C)
+  float* residual2;  // (B,T,C)
+  float* ln2;        // (B,T,C)
+  float* ln2_mean;   // (B,T) nullable
+  float* ln2_rstd;   // (B,T) nullable
+  float* fch;        // (B,T,4C)
+  float* fch_gelu;   // (B,T,4C)
+  float* residual3;  // (B,T,C)
+};
+
+Gpt::Gpt(const ModelConfig& config, Backend& backend, int max_batch)
+    : layout_(config), backend_(backend), max_batch_(max_batch), params_(backend, layout_.total()) {
+  if (max_batch < 1) usage_fail("the batch size must be at least 1 (got {})", max_batch);
+}
+
+Gpt::~Gpt() = default;
+
+float* Gpt::grads() {
+  if (!grads_.get()) {
+    grads_ = DeviceBuffer<float>(backend_, layout_.total());
+    backend_.zero(grads_.get(), grads_.bytes());
+  }
+  return grads_.get();
+}
+
+void Gpt::init(std::uint64_t seed) {
+  const ModelDims& d = dims();
+  std::vector<float> host(layout_.total(), 0.0f);
+  const Rng root(seed);
+  const double residual_std = 0.02 / std::sqrt(2.0 * d.L);
+  for (int i = 0; i < kNumParams; ++i) {
+    const TensorInfo& t = layout_.tensors()[i];
+    std::span<float> values(host.data() + t.offset, t.numel);
+    const Param p = static_cast<Param>(i);
+    if (p == Param::ln1w || p == Param::ln2w || p == Param::lnfw) {
+      std::fill(values.begin(), values.end(), 1.0f);
+    } else if (t.decay) {  // the matrices and embeddings; biases stay 0
+      const bool residual = p == Param::attprojw || p == Param::fcprojw;
+      fill_normal(values, residual ? residual_std : 0.02, root, std::uint64_t(i));
+    }
+  }
+  // Padded vocabulary rows: never used as inputs, and their logits are excluded from the loss.
+  const std::size_t wte_used = std::size_t(d.V) * d.C;
+  std::fill(host.begin() + wte_used, host.begin() + std::size_t(d.Vp) * d.C, 0.0f);
+  set_params(host);
+}
+
+void Gpt::set_params(std::span<const float> host) {
+  if (host.size() != layout_.total())
+    fail(
+        "parameter buffer has {} floats but the model needs {}: the checkpoint was written for "
+        "another model configuration",
+        host.size(), layout_.total());
+  backend_.upload(params_.get(), host.data(), params_.bytes());
+}
+
+void Gpt::get_params(std::span<float> host) const {
+  MIXSIM_CHECK(host.size() == layout_.total(), "get_params: {} != {}", host.size(),
+               layout_.total());
+  backend_.download(host.data(), params_.get(), params_.bytes());
+}
+
+void Gpt::zero_grad() {
+  backend_.zero(grads(), grads_.bytes());
+}
+
+void Gpt::check_batch(const int* tokens, const int* targets, int B, int T, int maxB) const {
+  const ModelDims& d = dims();
+  if (B < 1 || B > maxB || T < 1 || T > d.maxT)
+    fail(
+        "batch of {} x {} tokens does not fit the model: at most {} sequences of at most {} "
+        "tokens (model.context)",
+        B, T, maxB, d.maxT);
+  const std::size_t n = std::size_t(B) * T;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= d.V)
+      fail(
+          "token id {} at position {} is outside the vocabulary [0, {}): the data was "
+          "tokenized for another vocabulary (model.vocab_size)",
+          tokens[i], i, d.V);
+    if (targets[i] >= d.V)
+      fail("target id {} at position {} is outside the vocabulary [0, {})", targets[i], i, d.V);
+  }
+}
+
+std::size_t Gpt::count_targets(const int* targets, std::size_t n) const {
+  std::size_t count = 0;
+  for (std::size_t i = 0; i < n; ++i) count += targets[i] >= 0;
+  return count;
+}
+
+void Gpt::ensure_training() {
+  if (acts_) return;
+  const ModelDims& d = dims();
+  const std::size_t L = d.L, C = d.C, R = std::size_t(max_batch_) * d.maxT;
+  acts_ = std::make_unique<Activations>();
+  Activations& a = *acts_;
+  const std::pair<float**, std::size_t> fields[] = {{&a.encoded, R * C},
+                                                    {&a.ln1, L * R * C},
+                                                    {&a.ln1_mean, L * R},
+                                                    {&a.ln1_rstd, L * R},
+                                                    {&a.qkv, L * R * 3 * C},
+                                                    {&a.atty, L * R * C},
+                                                    {&a.att_lse, L * R * d.NH},
+                                                    {&a.residual2, L * R * C},
+                                                    {&a.ln2, L * R * C},
+                                                    {&a.ln2_mean, L * R},
+                                                    {&a.ln2_rstd, L * R},
+                                                    {&a.fch, L * R * 4 * C},
+                                                    {&a.fch_gelu, L * R * 4 * C},
+                                                    {&a.residual3, L * R * C},
+                                                    {&a.proj, R * C},
+                                                    {&a.lnf, R * C},
+                                                    {&a.lnf_mean, R},
+                                                    {&a.lnf_rstd, R},
+                                                    {&a.logits, R * d.Vp},
+                                                    {&a.losses, R},
+                                                    {&a.dresidual, R * C},
+                                                    {&a.dbuf, R * C},
+                                                    {&a.dbuf4, R * 4 * C}};
+  static_assert(std::size(fields) == sizeof(Activations) / sizeof(float*));
+  std::size_t total = 0;
+  for (const auto& f : fields) total += f.second;
+  acts_memory_ = DeviceBuffer<float>(backend_, total);
+  float* next = acts_memory_.get();
+  for (const auto& [field, size] : fields) {
+    *field = next;
+    next += size;
+  }
+  train_tokens_ = DeviceBuffer<int>(backend_, R);
+  train_targets_ = DeviceBuffer<int>(backend_, R);
+  grads();
+}
+
+Gpt::LayerActs Gpt::train_layer(int l) const {
+  const ModelDims& d = dims();
+  const std::size_t C = d.C, R = std::size_t(max_batch_) * d.maxT, L = std::size_t(l);
+  const Activations& a = *acts_;
+  return {a.ln1 + L * R * C,
+          a.ln1_mean + L * R,
+          a.ln1_rstd + L * R,
+          a.qkv + L * R * 3 * C,
+          a.atty + L * R * C,
+          a.att_lse + L * R * d.NH,
+          a.proj,
+          a.residual2 + L * R * C,
+          a.ln2 + L * R * C,
+          a.ln2_mean + L * R,
+          a.ln2_rstd + L * R,
+          a.fch + L * R * 4 * C,
+          a.fch_gelu + L * R * 4 * C,
+          a.residual3 + L * R * C};
+}
+
+void Gpt::forward_block(int l, const float* residual, const LayerActs& a, int B, int T) {
+  Backend& be = backend_;
+  const ModelDims& d = dims();
+  const int C = d.C, N = B * T;
+  const std::size_t NC = std::size_t(N) * C;
+  const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
+  // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+  be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, p.ln1w, p.ln1b, N, C);
+  be.matmul_forward(a.qkv, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+  be.attention_forward(a.atty, a.att_lse, a.qkv, B, T, C, d.NH);
+  be.matmul_forward(a.proj, a.atty, p.attprojw, p.attprojb, N, C, C);
+  be.residual_forward(a.residual2, residual, a.proj, NC);
+  // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+  be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, N, C);
+  be.matmul_forward(a.fch, a.ln2, p.fcw, p.fcb, N, C, 4 * C);
+  be.gelu_forward(a.fch_gelu, a.fch, NC * 4);
+  be.matmul_forward(a.proj, a.fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C);
+  be.residual_forward(a.residual3, a.residual2, a.proj, NC);
+}
+
+float Gpt::forward(const int* tokens, const int* targets, int B, int T, float grad_scale) {
+  check_batch(tokens, targets, B, T, max_batch_);
+  ensure_training();
+  const std::size_t N = std::size_t(B) * T;
+  const std::size_t valid = count_targets(targets, N);
+  if (valid == 0) fail("forward(): every target of the batch is negative (skipped): no loss");
+  Backend& be = backend_;
+  const ModelDims& d = dims();
+  const ParamTensors<float> p = layout_.carve(params_.get());
+  Activations& a = *acts_;
+  be.upload(train_tokens_.get(), tokens, N * sizeof(int));
+  be.upload(train_targets_.get(), targets, N * sizeof(int));
+
+  be.encoder_forward(a.encoded, train_tokens_.get(), p.wte, p.wpe, B, T, d.C);
+  const float* residual = a.encoded;
+  for (int l = 0; l < d.L; ++l) {
+    const LayerActs la = train_layer(l);
+    forward_block(l, residual, la, B, T);
+    residual = la.residual3;
+  }
+  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, int(N), d.C);
+  be.matmul_forward(a.logits, a.lnf, p.wte, nullptr, int(N), d.C, d.Vp);
+  const float dloss = grad_scale / float(valid);
+  be.classifier(a.logits, a.losses, train_targets_.get(), dloss, true, int(N), d.V, d.Vp);
+
+  std::vector<float> losses(N);
+  be.download(losses.data(), a.losses, N * sizeof(float));
+  double sum = 0;
+  for (float x : losses) sum += x;
+  last_B_ = B;
+  last_T_ = T;
+  return float(sum / double(valid));
+}
+
+void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
+  Backend& be = backend_;
+  const ModelDims& d = dims();
+  const int C = d.C, N = B * T;
+  const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
+  const LayerParams g = layer_params(layout_.carve(grads_.get()), l, C);
+  Activations& s = *acts_;
+  const float* residual = l == 0 ? s.encoded : train_layer(l - 1).residual3;
+  // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on).
+  be.matmul_backward(s.dbuf4, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, p.fcprojw, N, 4 * C,
+                     C);
+  be.gelu_backward(s.dbuf4, a.fch, s.dbuf4, std::size_t(N) * 4 * C);
+  be.matmul_backward(s.dbuf, g.fcw, g.fcb, s.dbuf4, a.ln2, p.fcw, N, C, 4 * C);
+  be.layernorm_backward(s.dresidual, g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w, a.ln2_mean,
+                        a.ln2_rstd, N, C);
+  // Attention; dbuf4 now holds dqkv (B,T,3C).
+  be.matmul_backward(s.dbuf, g.attprojw, g.attprojb, s.dresidual, a.atty, p.attprojw, N, C, C);
+  be.attention_backward(s.dbuf4, s.dbuf, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
+  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, s.dbuf4, a.ln1, p.qkvw, N, C, 3 * C);
+  be.layernorm_backward(s.dresidual, g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean,
+                        a.ln1_rstd, N, C);
+}
+
+void Gpt::backward() {
+  if (!acts_ || last_B_ == 0) fail("backward() needs a forward() first");
+  Backend& be = backend_;
+  const ModelDims& d = dims();
+  const int B = last_B_, T = last_T_, N = B * T, C = d.C;
+  const ParamTensors<float> p = layout_.carve(params_.get());
+  const ParamTensors<float> g = layout_.carve(grads_.get());
+  Activations& a = *acts_;
+  // The classifier left dlogits in a.logits; the head is tied to wte.
+  be.matmul_backward(a.dbuf, g.wte, nullptr, a.logits, a.lnf, p.wte, N, C, d.Vp);
+  be.zero(a.dresidual, std::size_t(N) * C * sizeof(float));
+  const float* last_residual = train_layer(d.L - 1).residual3;
+  be.layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.dbuf, last_residual, p.lnfw, a.lnf_mean,
+                        a.lnf_rstd, N, C);
+  for (int l = d.L - 1; l >= 0; --l) backward_block(l, train_layer(l), B, T);
+  be.encoder_backward(g.wte, g.wpe, a.dresidual, train_tokens_.get(), B, T, C);
+  last_B_ = 0;  // the dlogits are spent: a second backward() needs a new forward()
+}
+
+void Gpt::ensure_eval(std::size_t rows) {
+  if (rows <= eval_rows_) return;
+  const ModelDims& d = dims();
+  const std::size_t C = d.C;
+  // res, ln, qkv, atty, proj, fch, fch_gelu, then the logits chunk and the losses
+  const std::size_t total =
+      rows * C * (1 + 1 + 3 + 1 + 1 + 4 + 4) + std::size_t(kEvalChunk) * d.Vp + rows;
+  eval_memory_ = DeviceBuffer<float>(backend_, total);
+  eval_tokens_ = DeviceBuffer<int>(backend_, rows);
+  eval_targets_ = DeviceBuffer<int>(backend_, rows);
+  eval_rows_ = rows;
+}
+
+Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
+  const std::size_t C = dims().C;
+  float* res = eval_memory_.get();
+  float* ln = res + rows * C;
+  float* qkv = ln + rows * C;
+  float* atty = qkv + rows * 3 * C;
+  float* proj = atty + rows * C;
+  float* fch = proj + rows * C;
+  float* fch_gelu = fch + rows * 4 * C;
+  // The residual stream is updated in place; nothing is saved for backward.
+  return {ln,  nullptr, nullptr, qkv,     atty, nullptr,  proj,
+          res, ln,      nullptr, nullptr, fch,  fch_gelu, res};
+}
+
+EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
+  check_batch(tokens, targets, B, T, B);
+  const std::size_t N = std::size_t(B) * T;
+  ensure_eval(N);
+  Backend& be = backend_;
+  const ModelDims& d = dims();
+  const ParamTensors<float> p = layout_.carve(params_.get());
+  const LayerActs a = eval_layer(eval_rows_);
+  float* logits = a.fch_gelu + eval_rows_ * 4 * d.C;  // (kEvalChunk, Vp)
+  float* losses = logits + std::size_t(kEvalChunk) * d.Vp;
+  be.upload(eval_tokens_.get(), tokens, N * sizeof(int));
+  be.upload(eval_targets_.get(), targets, N * sizeof(int));
+
+  be.encoder_forward(a.residual3, eval_tokens_.get(), p.wte, p.wpe, B, T, d.C);
+  for (int l = 0; l < d.L; ++l) forward_block(l, a.residual3, a, B, T);
+  be.layernorm_forward(a.ln1, nullptr, nullptr, a.residual3, p.lnfw, p.lnfb, int(N), d.C);
+  for (std::size_t r0 = 0; r0 < N; r0 += kEvalChunk) {
+    const int rows = int(std::min<std::size_t>(kEvalChunk, N - r0));
+    be.matmul_forward(logits, a.ln1 + r0 * d.C, p.wte, nullptr, rows, d.C, d.Vp);
+    be.classifier(logits, losses + r0, eval_targets_.get() + r0, 0.0f, false, rows, d.V, d.Vp);
+  }
+  std::vector<float> host(N);
+  be.download(host.data(), losses, N * sizeof(float));
+  EvalSums sums;
+  for (float x : host) sums.loss_sum += x;
+  sums.tokens = count_targets(targets, N);
+  return sums;
+}
+
+}  // namespace mixsim
