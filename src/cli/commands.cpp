@@ -1,6 +1,9 @@
 #include "mixsim/cli/command.hpp"
 
+#include "mixsim/stages/inspect.hpp"
+#include "mixsim/stages/merge_eval.hpp"
 #include "mixsim/stages/prepare.hpp"
+#include "mixsim/stages/report.hpp"
 #include "mixsim/stages/train_stages.hpp"
 
 namespace mixsim {
@@ -36,14 +39,28 @@ const std::vector<Command>& commands() {
            kSectionTruth,
        {}, {}, [](const CommandContext& c) { return run_truth(c.config, c.world); }},
       {"merge-eval", "score every mixture by the perplexity of its averaged pool models",
-       "Forms each mixture's parameter average by collective reduction and evaluates it on every\n"
-       "eval set; writes results.h5.",
-       kSectionRun | kSectionData, {}, {}, {}},
+       "Scores every mixture of the [merge] space on every eval set by its proxies: the loss of\n"
+       "the uniform (merged), token-weighted (weighted) and per-partition (macro) parameter\n"
+       "average of its units' pool models, and the mean of their own losses (components); also\n"
+       "the pool models alone, the seed and the truth models. Ranks form groups of\n"
+       "merge.group_size that share the pool; each average is one allreduce over the group.\n"
+       "Writes merge.output (results.h5) at intervals; a rerun evaluates only what is missing.\n"
+       "SIGTERM or SIGUSR1 writes the results and exits with code 3.",
+       kSectionRun | kSectionData | kSectionSeed | kSectionPool | kSectionTruth | kSectionMerge,
+       {}, {}, [](const CommandContext& c) { return run_merge_eval(c.config, c.world); }},
       {"report", "tables, CSV and SVG plots from results.h5",
-       "Prints how well each proxy predicts the truth models, per eval set.", kSectionRun, {}, {},
-       {}},
+       "Prints, per eval set, the best mixtures by each proxy and, where truth models exist, how\n"
+       "well each proxy predicts them: Pearson, Spearman and Kendall correlations with 95%\n"
+       "bootstrap intervals and pairwise decision accuracy, by the eval set's relation to the\n"
+       "mixture (own partition, other partition, out of domain). Reads --results (default: the\n"
+       "job's merge.output); --csv writes every number, --plots SVG scatter plots.",
+       kSectionRun | kSectionMerge, {}, add_report_options,
+       [](const CommandContext& c) { return run_report(c.config, c.vm, c.world); }},
       {"inspect", "describe a mixsim HDF5 file (data, checkpoint or results)",
-       "Prints the contents of a data.h5, checkpoint or results.h5 file.", kSectionRun, {}, {}, {}},
+       "Prints what a data.h5, checkpoint or results.h5 file holds (kind, config, provenance,\n"
+       "sizes): mixsim inspect --file FILE.h5",
+       0u, {}, add_inspect_options,
+       [](const CommandContext& c) { return run_inspect(c.vm, c.world); }},
   };
   return list;
 }

@@ -54,12 +54,9 @@ po::options_description model_section(ModelConfig& c) {
 }
 
 po::options_description optim_section(OptimConfig& c) {
-  po::options_description d("[optim] AdamW and learning-rate schedule");
+  // The learning-rate schedules are per kind of run: [seed] and [cpt].
+  po::options_description d("[optim] AdamW (schedules: see [seed] and [cpt])");
   d.add_options()
-    ("optim.lr", with_default(&c.lr), "peak learning rate")
-    ("optim.lr_min", with_default(&c.lr_min), "learning-rate floor of cosine/linear schedules")
-    ("optim.schedule", with_default(&c.schedule), "cosine | constant | linear")
-    ("optim.warmup_steps", with_default(&c.warmup_steps), "linear warmup steps")
     ("optim.beta1", with_default(&c.beta1), "AdamW beta1")
     ("optim.beta2", with_default(&c.beta2), "AdamW beta2")
     ("optim.eps", with_default(&c.eps), "AdamW epsilon")
@@ -149,6 +146,32 @@ po::options_description truth_section(TruthConfig& c) {
   return d;
 }
 
+po::options_description merge_section(MergeConfig& c) {
+  po::options_description d("[merge] merge-eval: mixture space, proxies, distribution");
+  d.add_options()
+    ("merge.mixtures", list_value(&c.mixtures), "mixtures, comma-separated; units joined by '+'")
+    ("merge.sizes", list_value(&c.sizes), "also all mixtures of k units for these k: '2', '2-3', '1, 4'")
+    ("merge.sample", with_default(&c.sample), "also a seeded random sample of this many mixtures")
+    ("merge.sample_sizes", list_value(&c.sample_sizes), "mixture sizes k of the sample, e.g. '2, 3'")
+    ("merge.sample_seed", with_default(&c.sample_seed), "seed of the sample (0: split from run.seed)")
+    ("merge.all_subsets", with_default(&c.all_subsets), "also every non-empty subset of the units")
+    ("merge.max_mixtures", with_default(&c.max_mixtures), "safety limit on the number of mixtures")
+    ("merge.truth_mixtures", with_default(&c.truth_mixtures), "also the mixtures of the existing truth models")
+    ("merge.available_units_only", with_default(&c.available_units_only),
+     "use only the units that have a pool model (default: a missing one is an error)")
+    ("merge.proxies", po::value<std::string>()->default_value("merged, weighted, macro, components")
+                          ->notifier([&c](const std::string& t) { c.proxies = split_list(t); }),
+     "proxies: merged (uniform average), weighted (by unit tokens), macro (average of partition "
+     "averages), components (mean of the units' own losses)")
+    ("merge.eval_sets", list_value(&c.eval_sets), "eval sets to score on (default: all of data.h5)")
+    ("merge.group_size", with_default(&c.group_size), "ranks per group sharing the pool (0: all ranks)")
+    ("merge.eval_batch", with_default(&c.eval_batch), "eval windows per forward pass on one rank")
+    ("merge.save_every", with_default(&c.save_every), "seconds between writes of the results file (0: after every round)")
+    ("merge.output", with_default(&c.output), "results file (relative: under run.out_dir)")
+    ("merge.backend", with_default(&c.backend), "cpu | cuda");
+  return d;
+}
+
 template <class T>
 void check_range(const char* key, T value, T lo, T hi) {
   if (!(value >= lo && value <= hi))
@@ -183,6 +206,7 @@ JobSchema::JobSchema(JobConfig& config) {
   sections.emplace_back(kSectionCpt, cpt_section(config.cpt));
   sections.emplace_back(kSectionPool, pool_section(config.pool));
   sections.emplace_back(kSectionTruth, truth_section(config.truth));
+  sections.emplace_back(kSectionMerge, merge_section(config.merge));
   for (auto& [id, desc] : sections) all.add(desc);
 }
 
@@ -261,10 +285,58 @@ void validate_training(const JobConfig& c) {
     usage_fail("option --truth.sample ({}) needs --truth.sample_sizes (e.g. '2, 3')", c.truth.sample);
 }
 
+// "k" or "a-b" with 1 <= a <= b: a size range of merge.sizes.
+bool parse_size_range(const std::string& text, int& lo, int& hi) {
+  const auto dash = text.find('-');
+  try {
+    std::size_t used = 0;
+    lo = std::stoi(text.substr(0, dash), &used);
+    if (used != (dash == std::string::npos ? text.size() : dash)) return false;
+    hi = lo;
+    if (dash != std::string::npos) {
+      hi = std::stoi(text.substr(dash + 1), &used);
+      if (used != text.size() - dash - 1) return false;
+    }
+  } catch (const std::exception&) {
+    return false;
+  }
+  return lo >= 1 && hi >= lo;
+}
+
+void validate_merge(const MergeConfig& m) {
+  for (const auto& r : m.sizes) {
+    int lo = 0, hi = 0;
+    if (!parse_size_range(r, lo, hi))
+      usage_fail("option --merge.sizes must list sizes k or ranges a-b with 1 <= a <= b (got '{}')", r);
+  }
+  check_range("merge.sample", m.sample, 0, 1 << 24);
+  for (const auto& k : m.sample_sizes) {
+    int lo = 0, hi = 0;
+    if (!parse_size_range(k, lo, hi) || lo != hi)
+      usage_fail("option --merge.sample_sizes must list positive integers (got '{}')", k);
+  }
+  if (m.sample > 0 && m.sample_sizes.empty())
+    usage_fail("option --merge.sample ({}) needs --merge.sample_sizes (e.g. '2, 3')", m.sample);
+  check_range("merge.max_mixtures", m.max_mixtures, std::uint64_t{1}, std::uint64_t{1} << 32);
+  if (m.proxies.empty()) usage_fail("option --merge.proxies must name at least one proxy");
+  for (std::size_t i = 0; i < m.proxies.size(); ++i) {
+    check_choice("merge.proxies", m.proxies[i], {"merged", "weighted", "macro", "components"});
+    for (std::size_t j = 0; j < i; ++j)
+      if (m.proxies[j] == m.proxies[i])
+        usage_fail("option --merge.proxies names '{}' twice", m.proxies[i]);
+  }
+  check_range("merge.group_size", m.group_size, 0, 1 << 20);
+  check_range("merge.eval_batch", m.eval_batch, 1, 1 << 16);
+  check_range("merge.save_every", m.save_every, 0.0, 1e9);
+  if (m.output.empty()) usage_fail("option --merge.output must name a file");
+  check_choice("merge.backend", m.backend, {"cpu", "cuda"});
+}
+
 }  // namespace
 
 void validate(const JobConfig& c) {
   validate_training(c);
+  validate_merge(c.merge);
   check_range("run.threads", c.run.threads, 0, 1024);
   check_range("model.n_layer", c.model.n_layer, 1, 256);
   check_range("model.n_head", c.model.n_head, 1, 256);
@@ -274,10 +346,6 @@ void validate(const JobConfig& c) {
   if (c.model.n_embd % c.model.n_head != 0)
     usage_fail("option --model.n_embd ({}) must be a multiple of --model.n_head ({})",
                c.model.n_embd, c.model.n_head);
-  check_range("optim.lr", c.optim.lr, 0.0, 10.0);
-  check_range("optim.lr_min", c.optim.lr_min, 0.0, 10.0);
-  check_choice("optim.schedule", c.optim.schedule, {"cosine", "constant", "linear"});
-  check_range("optim.warmup_steps", c.optim.warmup_steps, 0, 1 << 30);
   check_range("optim.beta1", c.optim.beta1, 0.0, 0.999999);
   check_range("optim.beta2", c.optim.beta2, 0.0, 0.999999);
   check_range("optim.eps", c.optim.eps, 0.0, 1.0);

@@ -34,6 +34,25 @@ Batch random_batch(int B, int T, int V, std::uint64_t seed) {
   return {{seq.begin(), seq.end() - 1}, {seq.begin() + 1, seq.end()}};
 }
 
+// Sets the OpenMP thread count for a scope. The tests run on one thread unless they are about
+// threads: under `ctest -j` two tests with two threads each on two cores wait on each other at
+// every barrier, which turns a second into a minute.
+class Threads {
+ public:
+  explicit Threads(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~Threads() { omp_set_num_threads(saved_); }
+  Threads(const Threads&) = delete;
+  Threads& operator=(const Threads&) = delete;
+
+ private:
+  int saved_;
+};
+
+class GptTest : public ::testing::Test {
+ protected:
+  Threads one_{1};
+};
+
 std::vector<float> host_params(const Gpt& m) {
   std::vector<float> p(m.layout().total());
   m.get_params(p);
@@ -75,7 +94,7 @@ TEST(GptLayout, CanonicalOrderShapesAndDecay) {
   EXPECT_THROW(ParamLayout(ModelConfig{1, 3, 16, 8, 10}), UsageError);  // 16 % 3 != 0
 }
 
-TEST(GptInit, StatisticsAndDeterminism) {
+TEST_F(GptTest, InitStatisticsAndDeterminism) {
   auto be = make_cpu_backend();
   const ModelConfig cfg{4, 4, 128, 64, 250};
   Gpt a(cfg, *be, 1), b(cfg, *be, 1), c(cfg, *be, 1);
@@ -108,7 +127,7 @@ TEST(GptInit, StatisticsAndDeterminism) {
   EXPECT_NE(pa[wte + 249 * C], 0.0f);
 }
 
-TEST(Gpt, InitialLossIsLnVocab) {
+TEST_F(GptTest, InitialLossIsLnVocab) {
   auto be = make_cpu_backend();
   const ModelConfig cfg{4, 4, 128, 64, 256};
   Gpt m(cfg, *be, 4);
@@ -128,7 +147,7 @@ TEST(Gpt, InitialLossIsLnVocab) {
 // long directions of tensors with small gradients) was measured below 6e-4; the tolerance
 // 2e-3 + 0.5% of g . u passes a correct gradient, while a wrong or missing term of a tensor's
 // gradient shifts g . u by O(0.1-1).
-TEST(Gpt, GradientMatchesFiniteDifferencesPerTensor) {
+TEST_F(GptTest, GradientMatchesFiniteDifferencesPerTensor) {
   auto be = make_cpu_backend();
   const ModelConfig cfg = test_config();
   const int B = 2, T = 12;
@@ -173,7 +192,7 @@ TEST(Gpt, GradientMatchesFiniteDifferencesPerTensor) {
   }
 }
 
-TEST(Gpt, PaddedVocabularyNeverMattersNorGetsGradient) {
+TEST_F(GptTest, PaddedVocabularyNeverMattersNorGetsGradient) {
   auto be = make_cpu_backend();
   const ModelConfig cfg = test_config();  // V = 70, Vp = 128
   Gpt m(cfg, *be, 2);
@@ -229,19 +248,21 @@ std::vector<float> train(const ModelConfig& cfg, const Batch& batch, int B, int 
 
 // Two threads, so that the parallel paths of every op run (with the rows of a product split
 // between threads) whatever OMP_NUM_THREADS the test runs under.
-TEST(Gpt, SameSeedSameDataBitIdenticalAfter20Steps) {
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(2);
+TEST_F(GptTest, SameSeedSameDataBitIdenticalAfter20Steps) {
   const ModelConfig cfg{2, 2, 32, 16, 100};
   const Batch batch = random_batch(3, 16, 100, 12);
-  const auto a = train(cfg, batch, 3, 16, 20), b = train(cfg, batch, 3, 16, 20);
-  omp_set_num_threads(saved);
+  std::vector<float> a, b;
+  {
+    const Threads two(2);
+    a = train(cfg, batch, 3, 16, 20);
+    b = train(cfg, batch, 3, 16, 20);
+  }
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
   EXPECT_NE(a, train(cfg, batch, 3, 16, 19));  // and 20 steps did move the parameters
 }
 
-TEST(Gpt, OverfitsOneBatch) {
+TEST_F(GptTest, OverfitsOneBatch) {
   const ModelConfig cfg{2, 2, 64, 32, 64};
   const Batch batch = random_batch(2, 32, 64, 13);
   std::vector<float> losses;
@@ -250,7 +271,7 @@ TEST(Gpt, OverfitsOneBatch) {
   EXPECT_LT(losses.back(), 0.1);   // 64 random tokens memorised
 }
 
-TEST(Gpt, GradientAccumulationEqualsOneBigBatch) {
+TEST_F(GptTest, GradientAccumulationEqualsOneBigBatch) {
   auto be = make_cpu_backend();
   const ModelConfig cfg = test_config();
   const Batch big = random_batch(4, 12, 70, 14);
@@ -274,7 +295,7 @@ TEST(Gpt, GradientAccumulationEqualsOneBigBatch) {
     ASSERT_NEAR(g_acc[i], g_big[i], 1e-5 * max_abs) << i;
 }
 
-TEST(Gpt, EvaluateSumsMatchForwardAndSkipExactly) {
+TEST_F(GptTest, EvaluateSumsMatchForwardAndSkipExactly) {
   auto be = make_cpu_backend();
   const ModelConfig cfg = test_config();
   Gpt m(cfg, *be, 3);
@@ -298,7 +319,7 @@ TEST(Gpt, EvaluateSumsMatchForwardAndSkipExactly) {
   EXPECT_EQ(m.evaluate(many.tokens.data(), many.targets.data(), 9, 12).tokens, 108u);
 }
 
-TEST(Gpt, RejectsBadInput) {
+TEST_F(GptTest, RejectsBadInput) {
   auto be = make_cpu_backend();
   Gpt m(test_config(), *be, 2);
   m.init(1);

@@ -88,7 +88,7 @@ TEST(Options, HeadsMustDivideChannels) {
 
 TEST(Options, BadChoiceListsChoices) {
   JobConfig c;
-  auto msg = usage_message({"--optim.schedule", "exponential"}, c);
+  auto msg = usage_message({"--seed.schedule", "exponential"}, c);
   EXPECT_NE(msg.find("cosine | constant | linear"), std::string::npos) << msg;
 }
 

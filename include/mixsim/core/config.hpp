@@ -26,7 +26,8 @@ struct ModelConfig {
   int vocab_size = 257;   // V: 256 bytes + end-of-text; padded to a multiple of 64 in memory
 };
 
-// [optim]: AdamW and the learning-rate schedule.
+// [optim]: AdamW. The schedule fields are filled from [seed] or [cpt] for each run (the job file
+// sets them there); OptimConfig carries them to the optimizer and into checkpoints.
 struct OptimConfig {
   double lr = 1e-3;             // peak learning rate
   double lr_min = 1e-4;         // floor of the cosine / linear schedules
@@ -108,6 +109,27 @@ struct TruthConfig {
   int group_size = 0;                 // ranks per training group; 0 = all ranks
 };
 
+// [merge]: merge-eval: the mixture space, the proxies, and how the work is spread over ranks.
+// The space is the union of everything asked for, duplicates dropped; members are base units.
+struct MergeConfig {
+  std::vector<std::string> mixtures;      // explicit mixtures: "news/0+fiction/0", ...
+  std::vector<std::string> sizes;         // plus all mixtures of k units, k in these: "2", "2-3"
+  int sample = 0;                         // plus a seeded random sample of this many mixtures ...
+  std::vector<std::string> sample_sizes;  // ... of these sizes (k), e.g. "2, 3"
+  std::uint64_t sample_seed = 0;          // seed of the sample; 0: split from run.seed
+  bool all_subsets = false;               // plus every non-empty subset of the units
+  std::uint64_t max_mixtures = 100000;    // safety limit on the size of the space
+  bool truth_mixtures = true;             // plus the mixtures of the existing truth models
+  bool available_units_only = false;      // use only units that have a pool model (else: error)
+  std::vector<std::string> proxies{"merged", "weighted", "macro", "components"};
+  std::vector<std::string> eval_sets;     // eval sets of data.h5 to score on; empty: all
+  int group_size = 1;                     // ranks per group sharing the pool; 0 = all ranks
+  int eval_batch = 16;                    // eval windows per forward pass on one rank
+  double save_every = 60;                 // seconds between writes of results.h5; 0: every round
+  std::string output = "results.h5";      // relative: under run.out_dir
+  std::string backend = "cpu";            // cpu | cuda
+};
+
 struct JobConfig {
   RunConfig run;
   ModelConfig model;
@@ -118,6 +140,7 @@ struct JobConfig {
   CptConfig cpt;
   PoolConfig pool;
   TruthConfig truth;
+  MergeConfig merge;
 };
 
 }  // namespace mixsim

@@ -25,6 +25,7 @@ enum Section : unsigned {
   kSectionCpt = 1u << 6,
   kSectionPool = 1u << 7,
   kSectionTruth = 1u << 8,
+  kSectionMerge = 1u << 9,
   kSectionAll = ~0u,
 };
 

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "mixsim/backend/ops.hpp"
@@ -22,7 +23,7 @@ class Gpt {
  public:
   // Parameters are allocated now; gradients and training activations (for batches of up to
   // max_batch sequences of up to config.context tokens) on the first forward(), so that a model
-  // used only for evaluation never holds them.
+  // used only for evaluation never holds them. `backend` must outlive the model.
   Gpt(const ModelConfig& config, Backend& backend, int max_batch);
   ~Gpt();
   Gpt(const Gpt&) = delete;
