@@ -6,5 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 "$ROOT/scripts/setup.sh"
+# The smoke data (data/smoke) that the SLURM pipeline tests run on.
+"$ROOT/scripts/fetch-data.sh"
 cd "$BUILD_DIR"
 ctest --output-on-failure -j "$(nproc)" "$@"

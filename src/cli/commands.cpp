@@ -31,13 +31,15 @@ const std::vector<Command>& commands() {
        "list. Units whose complete model exists are skipped.",
        kSectionRun | kSectionModel | kSectionOptim | kSectionData | kSectionTrain | kSectionCpt |
            kSectionPool,
-       {}, {}, [](const CommandContext& c) { return run_pool(c.config, c.world); }},
+       {}, add_shard_option,
+       [](const CommandContext& c) { return run_pool(c.config, c.vm, c.world); }},
       {"truth", "train one model per listed mixture on the union of its units",
        "Trains the ground-truth models the proxies are judged against: a k-unit mixture gets k\n"
        "times the unit budget, every unit contributing equally. Mixtures come from [truth].",
        kSectionRun | kSectionModel | kSectionOptim | kSectionData | kSectionTrain | kSectionCpt |
            kSectionTruth,
-       {}, {}, [](const CommandContext& c) { return run_truth(c.config, c.world); }},
+       {}, add_shard_option,
+       [](const CommandContext& c) { return run_truth(c.config, c.vm, c.world); }},
       {"merge-eval", "score every mixture by the perplexity of its averaged pool models",
        "Scores every mixture of the [merge] space on every eval set by its proxies: the loss of\n"
        "the uniform (merged), token-weighted (weighted) and per-partition (macro) parameter\n"

@@ -1,6 +1,7 @@
 #include "mixsim/stages/train_stages.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 #include <set>
 
@@ -79,6 +80,18 @@ std::vector<std::string> split_mixture(const std::string& text) {
   return units;
 }
 
+// --shard I/N: this job array task trains only the models whose index i has i % N == I.
+std::pair<int, int> parse_shard(const po::variables_map& vm) {
+  if (!vm.count("shard")) return {0, 1};
+  const auto text = vm["shard"].as<std::string>();
+  int index = -1, count = 0;
+  char extra = 0;
+  if (std::sscanf(text.c_str(), "%d/%d%c", &index, &count, &extra) != 2 || count < 1 ||
+      index < 0 || index >= count)
+    usage_fail("option --shard must be I/N with 0 <= I < N, e.g. 3/8 (got '{}')", text);
+  return {index, count};
+}
+
 int group_count(int world_size, int group_size, const char* option) {
   const int g = group_size == 0 ? world_size : group_size;
   if (world_size % g != 0)
@@ -87,9 +100,16 @@ int group_count(int world_size, int group_size, const char* option) {
 }
 
 // Trains `jobs` spread over groups; returns kExitInterrupted when a stop signal ended it.
-int train_in_groups(const std::vector<TrainJob>& jobs, const JobConfig& config,
+int train_in_groups(const std::vector<TrainJob>& all_jobs, const JobConfig& config,
                     const DataFile& data, const Communicator& world, int group_size,
-                    const char* option, const char* what) {
+                    const char* option, const char* what, std::pair<int, int> shard) {
+  std::vector<TrainJob> jobs;
+  for (std::size_t i = 0; i < all_jobs.size(); ++i)
+    if (static_cast<int>(i % static_cast<std::size_t>(shard.second)) == shard.first)
+      jobs.push_back(all_jobs[i]);
+  if (shard.second > 1)
+    log::info("{}: shard {}/{}: {} of {} models", what, shard.first, shard.second, jobs.size(),
+              all_jobs.size());
   StopSignals signals;  // for the whole stage: a signal between two models still stops it
   const int groups = group_count(world.size(), group_size, option);
   const int per_group = world.size() / groups;
@@ -219,6 +239,11 @@ std::vector<std::vector<std::string>> truth_mixtures(const JobConfig& config,
   return out;
 }
 
+void add_shard_option(po::options_description& d) {
+  d.add_options()("shard", po::value<std::string>(),
+                  "I/N: train only models i with i % N == I (one task of a SLURM job array)");
+}
+
 void add_train_options(po::options_description& d) {
   d.add_options()
     ("init", po::value<std::string>(), "continue from this checkpoint (continued pre-training, "
@@ -273,7 +298,8 @@ int run_train(const JobConfig& config, const po::variables_map& vm, const Commun
   return 0;
 }
 
-int run_pool(const JobConfig& config, const Communicator& world) {
+int run_pool(const JobConfig& config, const po::variables_map& vm, const Communicator& world) {
+  const auto shard = parse_shard(vm);
   const auto data = open_data(config);
   const auto seed = seed_path(config);
   require_seed(seed);
@@ -292,10 +318,11 @@ int run_pool(const JobConfig& config, const Communicator& world) {
     jobs.push_back(std::move(job));
   }
   return train_in_groups(jobs, config, data, world, config.pool.group_size, "pool.group_size",
-                         "pool");
+                         "pool", shard);
 }
 
-int run_truth(const JobConfig& config, const Communicator& world) {
+int run_truth(const JobConfig& config, const po::variables_map& vm, const Communicator& world) {
+  const auto shard = parse_shard(vm);
   const auto data = open_data(config);
   const auto seed = seed_path(config);
   require_seed(seed);
@@ -318,7 +345,7 @@ int run_truth(const JobConfig& config, const Communicator& world) {
     jobs.push_back(std::move(job));
   }
   return train_in_groups(jobs, config, data, world, config.truth.group_size, "truth.group_size",
-                         "truth");
+                         "truth", shard);
 }
 
 }  // namespace mixsim

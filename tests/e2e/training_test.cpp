@@ -104,14 +104,16 @@ TEST_F(Training, SigkillAfterCheckpointThenRerunGivesTheUninterruptedWeights) {
   EXPECT_EQ(a.curve.train_loss, b.curve.train_loss);
 }
 
-TEST_F(Training, SigtermWritesACheckpointAndExitsWithCode3) {
+class StopSignal : public Training, public ::testing::WithParamInterface<int> {};
+
+TEST_P(StopSignal, WritesACheckpointAndExitsWithCode3ThenResumes) {
   auto args = cmd({"train", "--seed.steps", "400", "--train.checkpoint_every", "0"});
   TempDir logs;
   BackgroundCommand job(args, logs.path());
   // Wait for the first progress line, so the signal handlers are installed.
   for (int i = 0; i < 2000 && read_file(logs / "stdout").find("step ") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  job.signal(SIGTERM);
+  job.signal(GetParam());
   auto r = job.wait();
   ASSERT_EQ(r.exit_code, 3) << r.out << r.err;
   EXPECT_NE(r.out.find("stop signal received"), std::string::npos) << r.out;
@@ -122,6 +124,10 @@ TEST_F(Training, SigtermWritesACheckpointAndExitsWithCode3) {
   ASSERT_EQ(rerun.exit_code, 0) << rerun.err;
   EXPECT_TRUE(read_checkpoint_info(run() / "seed.h5").provenance.complete);
 }
+
+// SIGTERM: preemption and scancel; SIGUSR1: what `sbatch --signal=USR1@T` sends before the limit.
+INSTANTIATE_TEST_SUITE_P(Signals, StopSignal, ::testing::Values(SIGTERM, SIGUSR1),
+                         [](const auto& p) { return p.param == SIGTERM ? "SIGTERM" : "SIGUSR1"; });
 
 TEST_F(Training, PoolWithFourRanksInGroupsOfTwoTrainsEachUnitOnceAndResumes) {
   ASSERT_EQ(run_command(cmd({"train"})).exit_code, 0);

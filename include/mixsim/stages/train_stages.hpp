@@ -29,8 +29,9 @@ std::vector<std::vector<std::string>> truth_mixtures(const JobConfig& config,
 std::vector<int> assign_to_groups(const std::vector<double>& costs, int groups);
 
 void add_train_options(po::options_description& d);
+void add_shard_option(po::options_description& d);  // --shard I/N for pool and truth
 int run_train(const JobConfig& config, const po::variables_map& vm, const Communicator& world);
-int run_pool(const JobConfig& config, const Communicator& world);
-int run_truth(const JobConfig& config, const Communicator& world);
+int run_pool(const JobConfig& config, const po::variables_map& vm, const Communicator& world);
+int run_truth(const JobConfig& config, const po::variables_map& vm, const Communicator& world);
 
 }  // namespace mixsim
