@@ -4,14 +4,30 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 
 #include "mixsim/core/log.hpp"
 
 namespace mixsim {
 
+namespace {
+
+// Redraw in place only on a real terminal. Under mpirun a rank's stdout is a pseudo-terminal
+// even when mpirun's own output goes to a file, so ranks of an MPI job print plain lines.
+// MIXSIM_PROGRESS=plain|terminal overrides the guess.
+bool stdout_is_terminal() {
+  if (const char* mode = std::getenv("MIXSIM_PROGRESS")) return std::string_view(mode) == "terminal";
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("SLURM_JOB_ID"))
+    return false;
+  return isatty(STDOUT_FILENO) == 1;
+}
+
+}  // namespace
+
 Progress::Progress(std::string label, std::uint64_t total, std::string unit)
-    : Progress(std::move(label), total, std::move(unit), stdout, isatty(STDOUT_FILENO) == 1,
-               isatty(STDOUT_FILENO) == 1 ? 0.25 : 10.0) {}
+    : Progress(std::move(label), total, std::move(unit), stdout, stdout_is_terminal(),
+               stdout_is_terminal() ? 0.25 : 10.0) {}
 
 Progress::Progress(std::string label, std::uint64_t total, std::string unit, std::FILE* out,
                    bool terminal, double interval_s)

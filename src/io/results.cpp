@@ -31,9 +31,10 @@ Matrix read_matrix(const h5::Group& g, const std::string& name, std::size_t rows
   const auto ds = g.open_dataset(name);
   const auto shape = ds.shape();
   if (shape.size() != 2 || shape[0] != rows || shape[1] != cols)
-    fail("results file '{}': '{}' has shape ({}), expected ({}, {}); the file is damaged: delete it "
-         "and run merge-eval again",
-         file, ds.path(), fmt::join(shape, ", "), rows, cols);
+    fail(
+        "results file '{}': '{}' has shape ({}), expected ({}, {}); the file is damaged: delete it "
+        "and run merge-eval again",
+        file, ds.path(), fmt::join(shape, ", "), rows, cols);
   return {rows, cols, ds.read<double>()};
 }
 
@@ -42,9 +43,10 @@ std::vector<T> read_vector(const h5::Group& g, const std::string& name, std::siz
                            const std::string& file) {
   const auto ds = g.open_dataset(name);
   if (ds.size() != n)
-    fail("results file '{}': '{}' holds {} values, expected {}; the file is damaged: delete it and "
-         "run merge-eval again",
-         file, ds.path(), ds.size(), n);
+    fail(
+        "results file '{}': '{}' holds {} values, expected {}; the file is damaged: delete it and "
+        "run merge-eval again",
+        file, ds.path(), ds.size(), n);
   return ds.read<T>();
 }
 
@@ -52,7 +54,8 @@ std::vector<std::string> read_names(const h5::Group& g, const std::string& name,
                                     const std::string& file) {
   auto v = g.open_dataset(name).read_strings();
   if (v.size() != n)
-    fail("results file '{}': '{}/{}' holds {} names, expected {}", file, g.path(), name, v.size(), n);
+    fail("results file '{}': '{}/{}' holds {} names, expected {}", file, g.path(), name, v.size(),
+         n);
   return v;
 }
 
@@ -146,10 +149,12 @@ void write_results(const fs::path& path, const Results& r) {
     g.write_strings("names", column(r.eval_sets, &ResultsEvalSet::name));
     g.write_strings("kinds", column(r.eval_sets, &ResultsEvalSet::kind));
     g.write_strings("partitions", column(r.eval_sets, &ResultsEvalSet::partition));
-    g.write_dataset<std::uint64_t>("tokens", column(r.eval_sets, &ResultsEvalSet::tokens), {}, kPlain);
-    g.write_dataset<std::uint64_t>("scored_tokens", column(r.eval_sets, &ResultsEvalSet::scored_tokens),
-                                   {}, kPlain);
-    g.write_dataset<std::uint64_t>("bytes", column(r.eval_sets, &ResultsEvalSet::bytes), {}, kPlain);
+    g.write_dataset<std::uint64_t>("tokens", column(r.eval_sets, &ResultsEvalSet::tokens), {},
+                                   kPlain);
+    g.write_dataset<std::uint64_t>("scored_tokens",
+                                   column(r.eval_sets, &ResultsEvalSet::scored_tokens), {}, kPlain);
+    g.write_dataset<std::uint64_t>("bytes", column(r.eval_sets, &ResultsEvalSet::bytes), {},
+                                   kPlain);
     g.write_strings("checksums", column(r.eval_sets, &ResultsEvalSet::checksum));
   }
   {
@@ -196,18 +201,22 @@ void write_results(const fs::path& path, const Results& r) {
 }
 
 Results read_results(const fs::path& path) {
-  if (!fs::exists(path)) fail("results file '{}' does not exist: run `mixsim merge-eval` first", path.string());
-  if (!h5::File::is_hdf5(path)) fail("'{}' is not an HDF5 file (expected a mixsim results file)", path.string());
+  if (!fs::exists(path))
+    fail("results file '{}' does not exist: run `mixsim merge-eval` first", path.string());
+  if (!h5::File::is_hdf5(path))
+    fail("'{}' is not an HDF5 file (expected a mixsim results file)", path.string());
   const auto f = h5::File::open(path);
   const auto file = path.string();
   if (!f.has_attribute("format") || f.string_attribute("format") != kResultsFormat)
     fail("'{}' is not a mixsim results file (format '{}', expected '{}')", file,
-         f.has_attribute("format") ? f.string_attribute("format") : std::string("none"), kResultsFormat);
+         f.has_attribute("format") ? f.string_attribute("format") : std::string("none"),
+         kResultsFormat);
   const auto version = f.attribute<std::int64_t>("format_version");
   if (version != kResultsFormatVersion)
-    fail("results file '{}' has format version {}, this mixsim reads version {}: run merge-eval "
-         "again with this version",
-         file, version, kResultsFormatVersion);
+    fail(
+        "results file '{}' has format version {}, this mixsim reads version {}: run merge-eval "
+        "again with this version",
+        file, version, kResultsFormatVersion);
   Results r;
   r.created_by = f.string_attribute("created_by");
   r.data_file = f.string_attribute("data_file");
@@ -235,8 +244,8 @@ Results read_results(const fs::path& path) {
   const auto bytes = read_vector<std::uint64_t>(eg, "bytes", E, file);
   const auto eval_checksums = read_names(eg, "checksums", E, file);
   for (std::size_t e = 0; e < E; ++e)
-    r.eval_sets.push_back({eval_names[e], kinds[e], eval_partitions[e], tokens[e], scored[e], bytes[e],
-                           eval_checksums[e]});
+    r.eval_sets.push_back({eval_names[e], kinds[e], eval_partitions[e], tokens[e], scored[e],
+                           bytes[e], eval_checksums[e]});
 
   const auto mg = f.open_group("mixtures");
   const auto mixture_names = mg.open_dataset("names").read_strings();
@@ -246,7 +255,8 @@ Results read_results(const fs::path& path) {
   const auto members = mg.open_dataset("members").read<std::int64_t>();
   if (offsets.front() != 0 || static_cast<std::size_t>(offsets.back()) != members.size() ||
       !std::is_sorted(offsets.begin(), offsets.end()))
-    fail("results file '{}': /mixtures/offsets do not index /mixtures/members; the file is damaged", file);
+    fail("results file '{}': /mixtures/offsets do not index /mixtures/members; the file is damaged",
+         file);
   for (std::size_t m = 0; m < M; ++m) {
     ResultsMixture mix{mixture_names[m], {}, in_space[m] != 0, ""};
     for (auto i = offsets[m]; i < offsets[m + 1]; ++i) {
@@ -341,7 +351,8 @@ std::size_t carry_over(Results& fresh, const Results& old) {
     if (!units_valid) continue;
     // Fresh members in fresh unit order, with the old member position of each.
     std::vector<std::pair<std::size_t, std::size_t>> members;  // (fresh unit, old position)
-    for (std::size_t i = 0; i < omix.members.size(); ++i) members.emplace_back(*unit_map[omix.members[i]], i);
+    for (std::size_t i = 0; i < omix.members.size(); ++i)
+      members.emplace_back(*unit_map[omix.members[i]], i);
     std::sort(members.begin(), members.end());
     std::size_t fm;
     if (const auto it = fresh_rows.find(member_key(old, omix)); it != fresh_rows.end()) {
@@ -359,7 +370,8 @@ std::size_t carry_over(Results& fresh, const Results& old) {
         const auto op = old.proxy_index(p.name);
         std::vector<double> w(members.size(), std::numeric_limits<double>::quiet_NaN());
         if (op)
-          for (std::size_t j = 0; j < members.size(); ++j) w[j] = old.proxies[*op].weights[om][members[j].second];
+          for (std::size_t j = 0; j < members.size(); ++j)
+            w[j] = old.proxies[*op].weights[om][members[j].second];
         p.weights.push_back(std::move(w));
         p.loss.values.resize(p.loss.values.size() + fresh.eval_sets.size(),
                              std::numeric_limits<double>::quiet_NaN());
@@ -374,7 +386,8 @@ std::size_t carry_over(Results& fresh, const Results& old) {
       if (!op) continue;
       bool same_weights = true;
       for (std::size_t j = 0; j < members.size(); ++j)
-        same_weights = same_weights && p.weights[fm][j] == old.proxies[*op].weights[om][members[j].second];
+        same_weights =
+            same_weights && p.weights[fm][j] == old.proxies[*op].weights[om][members[j].second];
       if (!same_weights) continue;
       copy_row([&](std::size_t e) { return old.proxies[*op].loss.at(om, e); },
                [&](std::size_t e, double v) { p.loss.at(fm, e) = v; });

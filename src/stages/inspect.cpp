@@ -58,14 +58,15 @@ std::string describe_data(const fs::path& path, std::int64_t version) {
                      d.eval_sets().size(), d.eval_sets().size() - ood, ood, count_text(eval_tokens),
                      fmt::join(sets, ", "));
   if (d.seed())
-    out += fmt::format("  seed corpus: {} tokens, {} documents from '{}'\n", count_text(d.seed()->tokens),
-                       d.seed()->documents, d.seed()->source);
+    out += fmt::format("  seed corpus: {} tokens, {} documents from '{}'\n",
+                       count_text(d.seed()->tokens), d.seed()->documents, d.seed()->source);
   else
     out += "  seed corpus: none\n";
-  out += fmt::format("  settings: split_salt {}, valid {}, test {}, eval split {}, at most {} documents "
-                     "and {} tokens per eval set, eval seed {}\n",
-                     s.split_salt, s.valid_fraction, s.test_fraction, s.eval_split, s.eval_max_docs,
-                     s.eval_max_tokens, s.eval_seed);
+  out += fmt::format(
+      "  settings: split_salt {}, valid {}, test {}, eval split {}, at most {} documents "
+      "and {} tokens per eval set, eval seed {}\n",
+      s.split_salt, s.valid_fraction, s.test_fraction, s.eval_split, s.eval_max_docs,
+      s.eval_max_tokens, s.eval_seed);
   return out;
 }
 
@@ -74,30 +75,36 @@ std::string describe_checkpoint(const fs::path& path, std::int64_t version) {
   const auto& m = info.model;
   const auto& p = info.provenance;
   std::string out = first_line(path, "checkpoint", kCheckpointFormat, version);
-  out += fmt::format("  model: {} layers, {} heads, {} channels, context {}, vocabulary {}: {} "
-                     "parameters (params_crc32 {})\n",
-                     m.n_layer, m.n_head, m.n_embd, m.context, m.vocab_size,
-                     ParamLayout(m).total(), info.params_checksum);
-  out += fmt::format("  provenance: {} model '{}', {}, step {}/{}, {} tokens seen, batch {} x {}, {} "
-                     "rank(s), written by {}\n",
-                     p.kind, p.name, p.complete ? "complete" : "partial", p.steps_done, p.total_steps,
-                     count_text(p.tokens_seen), p.global_batch, p.context, p.ranks, p.version);
+  out += fmt::format(
+      "  model: {} layers, {} heads, {} channels, context {}, vocabulary {}: {} "
+      "parameters (params_crc32 {})\n",
+      m.n_layer, m.n_head, m.n_embd, m.context, m.vocab_size, ParamLayout(m).total(),
+      info.params_checksum);
+  out += fmt::format(
+      "  provenance: {} model '{}', {}, step {}/{}, {} tokens seen, batch {} x {}, {} "
+      "rank(s), written by {}\n",
+      p.kind, p.name, p.complete ? "complete" : "partial", p.steps_done, p.total_steps,
+      count_text(p.tokens_seen), p.global_batch, p.context, p.ranks, p.version);
   if (!p.units.empty()) out += fmt::format("  units: {}\n", fmt::join(p.units, "+"));
-  out += p.parent.empty() ? std::string("  parent: none (random initialisation)\n")
-                          : fmt::format("  parent: '{}' (params_crc32 {})\n", p.parent, p.parent_checksum);
-  out += fmt::format("  training: data '{}' (order seed {}), lr {} ({}, min {}, warmup {}), AdamW {}/{}, "
-                     "weight decay {}, clip {}; optimizer state {}\n",
-                     p.data_file, p.data_seed, p.optim.lr, p.optim.schedule, p.optim.lr_min,
-                     p.optim.warmup_steps, p.optim.beta1, p.optim.beta2, p.optim.weight_decay,
-                     p.optim.grad_clip, info.has_optimizer ? "stored" : "not stored");
+  out += p.parent.empty()
+             ? std::string("  parent: none (random initialisation)\n")
+             : fmt::format("  parent: '{}' (params_crc32 {})\n", p.parent, p.parent_checksum);
+  out += fmt::format(
+      "  training: data '{}' (order seed {}), lr {} ({}, min {}, warmup {}), AdamW {}/{}, "
+      "weight decay {}, clip {}; optimizer state {}\n",
+      p.data_file, p.data_seed, p.optim.lr, p.optim.schedule, p.optim.lr_min, p.optim.warmup_steps,
+      p.optim.beta1, p.optim.beta2, p.optim.weight_decay, p.optim.grad_clip,
+      info.has_optimizer ? "stored" : "not stored");
   const auto f = h5::File::open(path);
   if (f.exists("curve/train_loss")) {
     const auto train = f.open_dataset("curve/train_loss").read<float>();
-    const auto valid = f.exists("curve/valid_loss") ? f.open_dataset("curve/valid_loss").read<float>()
-                                                     : std::vector<float>{};
-    out += fmt::format("  curve: {} train losses{}, {} validation losses{}\n", train.size(),
-                       train.empty() ? "" : fmt::format(" (last {:.4f})", train.back()), valid.size(),
-                       valid.empty() ? "" : fmt::format(" (last {:.4f})", valid.back()));
+    const auto valid = f.exists("curve/valid_loss")
+                           ? f.open_dataset("curve/valid_loss").read<float>()
+                           : std::vector<float>{};
+    out +=
+        fmt::format("  curve: {} train losses{}, {} validation losses{}\n", train.size(),
+                    train.empty() ? "" : fmt::format(" (last {:.4f})", train.back()), valid.size(),
+                    valid.empty() ? "" : fmt::format(" (last {:.4f})", valid.back()));
   }
   return out;
 }
@@ -117,10 +124,11 @@ std::string describe_results(const fs::path& path, std::int64_t version) {
   std::string out = first_line(path, "results file", kResultsFormat, version);
   out += fmt::format("  written by {} from data '{}' and seed '{}' (params_crc32 {}), context {}\n",
                      r.created_by, r.data_file, r.seed_file, r.seed_checksum, r.context);
-  out += fmt::format("  {} units ({} with a pool model), {} eval sets ({} out of domain), {} mixtures "
-                     "({} in the space of the last run) of sizes {}\n",
-                     r.units.size(), pool, r.eval_sets.size(), ood, r.mixtures.size(), in_space,
-                     fmt::join(sizes, ", "));
+  out += fmt::format(
+      "  {} units ({} with a pool model), {} eval sets ({} out of domain), {} mixtures "
+      "({} in the space of the last run) of sizes {}\n",
+      r.units.size(), pool, r.eval_sets.size(), ood, r.mixtures.size(), in_space,
+      fmt::join(sizes, ", "));
   std::vector<std::string> filled;
   auto count = [](const std::vector<double>& v) {
     std::size_t n = 0;
@@ -129,11 +137,13 @@ std::string describe_results(const fs::path& path, std::int64_t version) {
   };
   for (const auto& p : r.proxies)
     filled.push_back(fmt::format("{} {}/{}", p.name, count(p.loss.values), p.loss.values.size()));
-  out += fmt::format("  proxy entries evaluated (mixtures x eval sets): {}\n", fmt::join(filled, ", "));
+  out += fmt::format("  proxy entries evaluated (mixtures x eval sets): {}\n",
+                     fmt::join(filled, ", "));
   out += fmt::format("  scores: pool {}/{}, seed {}/{}, truth {} of {} truth models' entries\n",
                      count(r.pool_loss.values), pool * r.eval_sets.size(), count(r.seed_loss),
                      r.seed_loss.size(), count(r.truth_loss.values), truth * r.eval_sets.size());
-  out += fmt::format("  complete: {}\n", r.complete ? "yes" : fmt::format("no, {} entries missing", r.missing()));
+  out += fmt::format("  complete: {}\n",
+                     r.complete ? "yes" : fmt::format("no, {} entries missing", r.missing()));
   return out;
 }
 
@@ -142,15 +152,17 @@ std::string describe_results(const fs::path& path, std::int64_t version) {
 std::string describe_file(const fs::path& path) {
   if (!fs::exists(path)) fail("'{}' does not exist", path.string());
   if (!h5::File::is_hdf5(path))
-    fail("'{}' is not an HDF5 file; mixsim files are data.h5, checkpoints and results.h5", path.string());
+    fail("'{}' is not an HDF5 file; mixsim files are data.h5, checkpoints and results.h5",
+         path.string());
   std::string format;
   std::int64_t version = 0;
   {
     const auto f = h5::File::open(path);
     if (!f.has_attribute("format"))
-      fail("'{}' is an HDF5 file but not a mixsim file (its root has no 'format' attribute); mixsim "
-           "files are data.h5, checkpoints and results.h5",
-           path.string());
+      fail(
+          "'{}' is an HDF5 file but not a mixsim file (its root has no 'format' attribute); mixsim "
+          "files are data.h5, checkpoints and results.h5",
+          path.string());
     format = f.string_attribute("format");
     version = f.has_attribute("format_version") ? f.attribute<std::int64_t>("format_version") : 0;
   }

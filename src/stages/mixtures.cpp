@@ -46,8 +46,9 @@ void for_each_combination(const std::vector<std::size_t>& pool, std::size_t k, V
 }
 
 std::uint64_t saturating_add(std::uint64_t a, std::uint64_t b) {
-  return a > std::numeric_limits<std::uint64_t>::max() - b ? std::numeric_limits<std::uint64_t>::max()
-                                                           : a + b;
+  return a > std::numeric_limits<std::uint64_t>::max() - b
+             ? std::numeric_limits<std::uint64_t>::max()
+             : a + b;
 }
 
 }  // namespace
@@ -123,19 +124,22 @@ std::vector<Mixture> mixture_space(const MergeConfig& merge, const std::vector<s
   // The size of the space is checked before anything is enumerated.
   auto too_many = [&](std::uint64_t count, const std::string& what) {
     if (count > merge.max_mixtures)
-      usage_fail("{} gives {} mixtures over {} units, more than --merge.max_mixtures ({}): raise "
-                 "the limit, or ask for fewer (e.g. --merge.sample)",
-                 what, count, n, merge.max_mixtures);
+      usage_fail(
+          "{} gives {} mixtures over {} units, more than --merge.max_mixtures ({}): raise "
+          "the limit, or ask for fewer (e.g. --merge.sample)",
+          what, count, n, merge.max_mixtures);
   };
   std::uint64_t total = merge.mixtures.size() + static_cast<std::uint64_t>(merge.sample);
   for (int k : sizes) {
     if (static_cast<std::uint64_t>(k) > n)
-      usage_fail("option --merge.sizes asks for mixtures of {} units, but {} units are usable", k, n);
+      usage_fail("option --merge.sizes asks for mixtures of {} units, but {} units are usable", k,
+                 n);
     total = saturating_add(total, binomial(n, static_cast<std::uint64_t>(k)));
   }
   too_many(total, "option --merge.sizes");
   if (merge.all_subsets) {
-    const std::uint64_t subsets = n >= 64 ? std::numeric_limits<std::uint64_t>::max() : (1ull << n) - 1;
+    const std::uint64_t subsets =
+        n >= 64 ? std::numeric_limits<std::uint64_t>::max() : (1ull << n) - 1;
     too_many(saturating_add(total, subsets), "option --merge.all_subsets");
   }
 
@@ -156,18 +160,23 @@ std::vector<Mixture> mixture_space(const MergeConfig& merge, const std::vector<s
   if (merge.sample > 0) {
     for (int k : sample_sizes)
       if (static_cast<std::uint64_t>(k) > n)
-        usage_fail("option --merge.sample_sizes asks for mixtures of {} units, but {} units are usable",
-                   k, n);
+        usage_fail(
+            "option --merge.sample_sizes asks for mixtures of {} units, but {} units are usable", k,
+            n);
     std::uint64_t possible = 0;
-    for (int k : sample_sizes) possible = saturating_add(possible, binomial(n, static_cast<std::uint64_t>(k)));
+    for (int k : sample_sizes)
+      possible = saturating_add(possible, binomial(n, static_cast<std::uint64_t>(k)));
     if (possible < static_cast<std::uint64_t>(merge.sample))
-      usage_fail("option --merge.sample ({}) asks for more distinct mixtures of sizes {} than the "
-                 "{} that exist",
-                 merge.sample, fmt::join(sample_sizes, ","), possible);
-    Rng rng = merge.sample_seed != 0 ? Rng(merge.sample_seed) : Rng(run_seed).split(kMergeSampleStream);
+      usage_fail(
+          "option --merge.sample ({}) asks for more distinct mixtures of sizes {} than the "
+          "{} that exist",
+          merge.sample, fmt::join(sample_sizes, ","), possible);
+    Rng rng =
+        merge.sample_seed != 0 ? Rng(merge.sample_seed) : Rng(run_seed).split(kMergeSampleStream);
     std::set<Mixture> drawn;
     // Sizes alternate so that the sample holds every requested size; repeats are redrawn.
-    for (std::uint64_t attempt = 0; drawn.size() < static_cast<std::size_t>(merge.sample); ++attempt) {
+    for (std::uint64_t attempt = 0; drawn.size() < static_cast<std::size_t>(merge.sample);
+         ++attempt) {
       const auto k = static_cast<std::size_t>(sample_sizes[attempt % sample_sizes.size()]);
       auto idx = pool;
       rng.shuffle(std::span<std::size_t>(idx));
@@ -193,7 +202,8 @@ std::vector<double> proxy_weights(const std::string& proxy, const Mixture& mixtu
     double total = 0;
     for (auto u : mixture) total += static_cast<double>(units[u].tokens);
     if (total <= 0) return w;  // units without tokens: nothing to weight by
-    for (std::size_t i = 0; i < k; ++i) w[i] = static_cast<double>(units[mixture[i]].tokens) / total;
+    for (std::size_t i = 0; i < k; ++i)
+      w[i] = static_cast<double>(units[mixture[i]].tokens) / total;
     return w;
   }
   if (proxy == "macro") {

@@ -24,8 +24,7 @@ const char* const kRelations[] = {"own", "other", "ood", "all"};
 // Columns padded to their widest cell; numbers right-aligned ('r'), text left-aligned ('l').
 class TextTable {
  public:
-  TextTable(std::vector<std::string> header, std::string align)
-      : align_(std::move(align)) {
+  TextTable(std::vector<std::string> header, std::string align) : align_(std::move(align)) {
     rows_.push_back(std::move(header));
   }
   void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
@@ -72,7 +71,8 @@ std::string set_kind(const ResultsEvalSet& e) {
 
 // The (proxy, truth) loss pairs of eval set e over the mixtures matching `rel`.
 void pairs_of(const Results& r, const Matrix& proxy, std::size_t e, const std::string& rel,
-              std::vector<double>& x, std::vector<double>& y, std::vector<std::size_t>* rows = nullptr) {
+              std::vector<double>& x, std::vector<double>& y,
+              std::vector<std::size_t>* rows = nullptr) {
   for (std::size_t m = 0; m < r.mixtures.size(); ++m) {
     const double px = proxy.at(m, e), ty = r.truth_loss.at(m, e);
     if (!std::isfinite(px) || !std::isfinite(ty)) continue;
@@ -119,16 +119,18 @@ void print_header(const Results& r, const fs::path& path, std::ostream& out) {
   std::vector<std::string> proxies;
   for (const auto& p : r.proxies) proxies.push_back(p.name);
   out << fmt::format("results '{}' ({})\n", path.string(), r.created_by);
-  out << fmt::format("  {} units ({} with a pool model), {} eval sets, {} mixtures ({} in the last "
-                     "run's space), {} truth models; proxies: {}; {}\n\n",
-                     r.units.size(), pool, r.eval_sets.size(), r.mixtures.size(), in_space, truth,
-                     fmt::join(proxies, ", "),
-                     r.complete ? "complete" : fmt::format("{} entries not evaluated yet", r.missing()));
+  out << fmt::format(
+      "  {} units ({} with a pool model), {} eval sets, {} mixtures ({} in the last "
+      "run's space), {} truth models; proxies: {}; {}\n\n",
+      r.units.size(), pool, r.eval_sets.size(), r.mixtures.size(), in_space, truth,
+      fmt::join(proxies, ", "),
+      r.complete ? "complete" : fmt::format("{} entries not evaluated yet", r.missing()));
 }
 
 void print_eval_sets(const Results& r, std::ostream& out) {
-  TextTable t({"eval set", "kind", "tokens", "seed ppl", "seed bpb", "pool ppl (mean)", "best pool model"},
-              "llrrrrl");
+  TextTable t(
+      {"eval set", "kind", "tokens", "seed ppl", "seed bpb", "pool ppl (mean)", "best pool model"},
+      "llrrrrl");
   for (std::size_t e = 0; e < r.eval_sets.size(); ++e) {
     const auto& set = r.eval_sets[e];
     double sum = 0, best = kNaN;
@@ -140,11 +142,13 @@ void print_eval_sets(const Results& r, std::ostream& out) {
       ++n;
       if (!(v >= best)) best = v, best_u = u;
     }
-    t.add({set.name, set_kind(set), std::to_string(set.scored_tokens), num(std::exp(r.seed_loss[e]), 2),
-           num(bits_per_byte(r.seed_loss[e], set)), n ? num(sum / double(n), 2) : "-",
+    t.add({set.name, set_kind(set), std::to_string(set.scored_tokens),
+           num(std::exp(r.seed_loss[e]), 2), num(bits_per_byte(r.seed_loss[e], set)),
+           n ? num(sum / double(n), 2) : "-",
            n ? fmt::format("{} {:.2f}", r.units[best_u].name, std::exp(best)) : "-"});
   }
-  out << "Eval sets: the seed and the pool models alone (perplexity; bits per byte)\n" << t.str("  ") << "\n";
+  out << "Eval sets: the seed and the pool models alone (perplexity; bits per byte)\n"
+      << t.str("  ") << "\n";
 }
 
 std::string best_of(const Results& r, const Matrix& loss, std::size_t e, int top) {
@@ -155,7 +159,8 @@ std::string best_of(const Results& r, const Matrix& loss, std::size_t e, int top
                    [&](std::size_t a, std::size_t b) { return loss.at(a, e) < loss.at(b, e); });
   if (rows.size() > static_cast<std::size_t>(top)) rows.resize(static_cast<std::size_t>(top));
   std::vector<std::string> items;
-  for (auto m : rows) items.push_back(fmt::format("{:.2f} {}", std::exp(loss.at(m, e)), r.mixtures[m].name));
+  for (auto m : rows)
+    items.push_back(fmt::format("{:.2f} {}", std::exp(loss.at(m, e)), r.mixtures[m].name));
   return items.empty() ? std::string("-") : fmt::format("{}", fmt::join(items, "  |  "));
 }
 
@@ -178,13 +183,15 @@ void print_correlations(const Results& r, const std::vector<Correlation>& cs, in
                         std::ostream& out) {
   std::size_t truth = 0;
   for (const auto& m : r.mixtures) truth += !m.truth_checksum.empty();
-  out << fmt::format("Proxy vs truth loss over {} truth models (95% bootstrap intervals, {} resamples)\n",
-                     truth, resamples);
+  out << fmt::format(
+      "Proxy vs truth loss over {} truth models (95% bootstrap intervals, {} resamples)\n", truth,
+      resamples);
   out << "  By relation of eval set to mixture (own: held out of one of the mixture's partitions;\n"
-         "  other: of another partition; ood: out of domain), pooled over (mixture, eval set) pairs;\n"
+         "  other: of another partition; ood: out of domain), pooled over (mixture, eval set) "
+         "pairs;\n"
          "  decisions: pairs of mixtures on the same eval set ordered as the truth orders them\n";
-  TextTable s({"relation", "proxy", "pairs", "Pearson r", "Spearman rho", "Kendall tau-b", "decisions",
-               "mean r per set"},
+  TextTable s({"relation", "proxy", "pairs", "Pearson r", "Spearman rho", "Kendall tau-b",
+               "decisions", "mean r per set"},
               "llrlllrr");
   for (const auto& c : cs)
     if (c.eval_set.empty() && c.n > 0)
@@ -228,7 +235,9 @@ void write_csv(const fs::path& path, const Results& r, const std::vector<Correla
     const auto& set = r.eval_sets[e];
     scores("seed", "", "", set, r.seed_loss[e]);
     for (std::size_t u = 0; u < r.units.size(); ++u) {
-      const auto rel = set.kind == "ood" ? "ood" : set.partition == r.units[u].partition ? "own" : "other";
+      const auto rel = set.kind == "ood"                       ? "ood"
+                       : set.partition == r.units[u].partition ? "own"
+                                                               : "other";
       scores("pool", r.units[u].name, rel, set, r.pool_loss.at(u, e));
     }
     for (std::size_t m = 0; m < r.mixtures.size(); ++m) {
@@ -240,12 +249,16 @@ void write_csv(const fs::path& path, const Results& r, const std::vector<Correla
   for (const auto& c : cs) {
     const auto kind = c.eval_set.empty() ? "summary" : "correlation";
     const auto n = std::to_string(c.n);
-    row(kind, c.eval_set, c.relation, c.proxy, "", n, "pearson", c.pearson, c.pearson_ci.lo, c.pearson_ci.hi);
-    row(kind, c.eval_set, c.relation, c.proxy, "", n, "spearman", c.spearman, c.spearman_ci.lo, c.spearman_ci.hi);
-    row(kind, c.eval_set, c.relation, c.proxy, "", n, "kendall_tau_b", c.kendall, c.kendall_ci.lo, c.kendall_ci.hi);
-    row(kind, c.eval_set, c.relation, c.proxy, "", std::to_string(c.decisions.pairs), "decision_accuracy",
-        c.decisions.accuracy);
-    if (c.eval_set.empty()) row(kind, "", c.relation, c.proxy, "", n, "mean_set_pearson", c.mean_set_pearson);
+    row(kind, c.eval_set, c.relation, c.proxy, "", n, "pearson", c.pearson, c.pearson_ci.lo,
+        c.pearson_ci.hi);
+    row(kind, c.eval_set, c.relation, c.proxy, "", n, "spearman", c.spearman, c.spearman_ci.lo,
+        c.spearman_ci.hi);
+    row(kind, c.eval_set, c.relation, c.proxy, "", n, "kendall_tau_b", c.kendall, c.kendall_ci.lo,
+        c.kendall_ci.hi);
+    row(kind, c.eval_set, c.relation, c.proxy, "", std::to_string(c.decisions.pairs),
+        "decision_accuracy", c.decisions.accuracy);
+    if (c.eval_set.empty())
+      row(kind, "", c.relation, c.proxy, "", n, "mean_set_pearson", c.mean_set_pearson);
   }
   if (!out.flush()) fail("cannot write the CSV file '{}'", path.string());
 }
@@ -262,9 +275,10 @@ std::size_t write_plots(const fs::path& dir, const Results& r) {
       pairs_of(r, p.loss, e, "all", x, y, &rows);
       if (x.size() < 2) continue;
       std::vector<std::string> labels;
-      for (auto m : rows) labels.push_back(fmt::format("{} ({})", r.mixtures[m].name, relation(r, m, e)));
-      const auto title = fmt::format("{}: {} vs truth (r = {}, n = {})", r.eval_sets[e].name, p.name,
-                                     num(stats::pearson(x, y)), x.size());
+      for (auto m : rows)
+        labels.push_back(fmt::format("{} ({})", r.mixtures[m].name, relation(r, m, e)));
+      const auto title = fmt::format("{}: {} vs truth (r = {}, n = {})", r.eval_sets[e].name,
+                                     p.name, num(stats::pearson(x, y)), x.size());
       const auto path = dir / (file_safe(r.eval_sets[e].name) + "__" + file_safe(p.name) + ".svg");
       std::ofstream out(path);
       out << svg_scatter(title, x, y, labels, p.name + " proxy loss (nats/token)",
@@ -318,7 +332,8 @@ std::vector<Correlation> correlations(const Results& r, int resamples, std::uint
       if (it == pooled.end()) continue;
       auto c = correlate(it->second.x, it->second.y, "", rel, p.name, resamples, seed);
       c.decisions = it->second.decisions;
-      c.decisions.accuracy = c.decisions.pairs ? c.decisions.agreeing / double(c.decisions.pairs) : kNaN;
+      c.decisions.accuracy =
+          c.decisions.pairs ? c.decisions.agreeing / double(c.decisions.pairs) : kNaN;
       c.mean_set_pearson = it->second.sets ? it->second.sum_r / it->second.sets : kNaN;
       out.push_back(std::move(c));
     }
@@ -341,28 +356,33 @@ std::string csv_field(const std::string& text) {
 }
 
 void add_report_options(po::options_description& d) {
-  d.add_options()
-    ("results", po::value<std::string>(), "results file (default: merge.output under run.out_dir)")
-    ("csv", po::value<std::string>(), "also write every number to this CSV file")
-    ("plots", po::value<std::string>(), "also write SVG scatter plots (proxy vs truth) into this directory")
-    ("top", po::value<int>()->default_value(3), "best mixtures shown per eval set and proxy")
-    ("bootstrap", po::value<int>()->default_value(1000), "bootstrap resamples of the intervals (seeded by run.seed)");
+  d.add_options()("results", po::value<std::string>(),
+                  "results file (default: merge.output under run.out_dir)")(
+      "csv", po::value<std::string>(), "also write every number to this CSV file")(
+      "plots", po::value<std::string>(),
+      "also write SVG scatter plots (proxy vs truth) into this directory")(
+      "top", po::value<int>()->default_value(3), "best mixtures shown per eval set and proxy")(
+      "bootstrap", po::value<int>()->default_value(1000),
+      "bootstrap resamples of the intervals (seeded by run.seed)");
 }
 
 int run_report(const JobConfig& config, const po::variables_map& vm, const Communicator& world) {
-  if (world.rank() != 0) return 0;  // a report is one process's work
-  const fs::path path = vm.count("results") ? fs::path(vm["results"].as<std::string>()) : results_path(config);
+  const fs::path path =
+      vm.count("results") ? fs::path(vm["results"].as<std::string>()) : results_path(config);
   const int top = vm["top"].as<int>(), resamples = vm["bootstrap"].as<int>();
   if (top < 1) usage_fail("option --top must be at least 1 (got {})", top);
   if (resamples < 0) usage_fail("option --bootstrap must be at least 0 (got {})", resamples);
+  if (world.rank() != 0) return 0;  // a report is one process's work
   const auto r = read_results(path);
   std::ostringstream out;
   print_header(r, path, out);
   print_eval_sets(r, out);
   print_best(r, top, out);
   const auto cs = correlations(r, resamples, config.run.seed);
-  if (cs.empty() || std::none_of(cs.begin(), cs.end(), [](const Correlation& c) { return c.n > 0; }))
-    out << "No truth scores in the results: train truth models (`mixsim truth`), then run merge-eval\n"
+  if (cs.empty() ||
+      std::none_of(cs.begin(), cs.end(), [](const Correlation& c) { return c.n > 0; }))
+    out << "No truth scores in the results: train truth models (`mixsim truth`), then run "
+           "merge-eval\n"
            "again to compare the proxies with them.\n";
   else
     print_correlations(r, cs, resamples, out);

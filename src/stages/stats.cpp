@@ -13,7 +13,9 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-int sign(double v) { return (v > 0) - (v < 0); }
+int sign(double v) {
+  return (v > 0) - (v < 0);
+}
 
 }  // namespace
 
@@ -37,7 +39,8 @@ double pearson(Sample x, Sample y) {
 std::vector<double> ranks(Sample x) {
   std::vector<std::size_t> order(x.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return x[a] < x[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return x[a] < x[b]; });
   std::vector<double> r(x.size());
   for (std::size_t i = 0; i < order.size();) {
     std::size_t j = i;
@@ -95,8 +98,8 @@ double quantile(std::vector<double>& values, double q) {
   return values[lo] + (pos - double(lo)) * (values[hi] - values[lo]);
 }
 
-Interval bootstrap(Sample x, Sample y, const Statistic& statistic, int resamples, std::uint64_t seed,
-                   double level) {
+Interval bootstrap(Sample x, Sample y, const Statistic& statistic, int resamples,
+                   std::uint64_t seed, double level) {
   MIXSIM_CHECK(x.size() == y.size(), "bootstrap: {} vs {} values", x.size(), y.size());
   const std::size_t n = x.size();
   if (n == 0 || resamples < 1) return {kNaN, kNaN};

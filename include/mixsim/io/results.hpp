@@ -39,7 +39,7 @@ struct ResultsUnit {
   std::string name;       // "news/0"
   std::string partition;  // its source partition
   std::uint64_t tokens = 0;
-  std::string checksum;   // params_crc32 of the pool model scored; "" when it has none
+  std::string checksum;  // params_crc32 of the pool model scored; "" when it has none
 };
 
 struct ResultsEvalSet {
@@ -48,8 +48,8 @@ struct ResultsEvalSet {
   std::string partition;  // own partition (kind "partition"), else ""
   std::uint64_t tokens = 0;
   std::uint64_t scored_tokens = 0;  // the loss is a mean over these
-  std::uint64_t bytes = 0;          // text bytes: bits per byte = loss * scored_tokens / (ln 2 * bytes)
-  std::string checksum;             // CRC-32 of the token array (uint16 little-endian)
+  std::uint64_t bytes = 0;  // text bytes: bits per byte = loss * scored_tokens / (ln 2 * bytes)
+  std::string checksum;     // CRC-32 of the token array (uint16 little-endian)
 };
 
 struct ResultsMixture {
@@ -76,9 +76,9 @@ struct Results {
   std::vector<ResultsEvalSet> eval_sets;
   std::vector<ResultsMixture> mixtures;
   std::vector<ProxyResults> proxies;
-  Matrix pool_loss;                // units x eval sets: each pool model alone
-  std::vector<double> seed_loss;   // eval sets
-  Matrix truth_loss;               // mixtures x eval sets: the mixture's truth model
+  Matrix pool_loss;               // units x eval sets: each pool model alone
+  std::vector<double> seed_loss;  // eval sets
+  Matrix truth_loss;              // mixtures x eval sets: the mixture's truth model
 
   std::optional<std::size_t> unit_index(const std::string& name) const;
   std::optional<std::size_t> eval_set_index(const std::string& name) const;
@@ -108,7 +108,8 @@ void fill_components(Results& results);
 
 // Bits per byte of a loss (nats per scored token) on an eval set.
 inline double bits_per_byte(double loss, const ResultsEvalSet& e) {
-  return e.bytes ? loss * static_cast<double>(e.scored_tokens) / (std::log(2.0) * static_cast<double>(e.bytes))
+  return e.bytes ? loss * static_cast<double>(e.scored_tokens) /
+                       (std::log(2.0) * static_cast<double>(e.bytes))
                  : std::numeric_limits<double>::quiet_NaN();
 }
 

@@ -27,11 +27,11 @@ struct Correlation {
   std::string eval_set;  // "" in the summary over all eval sets
   std::string relation;  // all | own | other | ood
   std::string proxy;
-  std::size_t n = 0;     // pairs with both a proxy and a truth loss
+  std::size_t n = 0;  // pairs with both a proxy and a truth loss
   double pearson = 0, spearman = 0, kendall = 0;
   stats::Interval pearson_ci, spearman_ci, kendall_ci;
-  stats::Decisions decisions;     // pairs of mixtures on the same eval set
-  double mean_set_pearson = 0;    // summary only: the mean of the per-set Pearson r (NaN if none)
+  stats::Decisions decisions;   // pairs of mixtures on the same eval set
+  double mean_set_pearson = 0;  // summary only: the mean of the per-set Pearson r (NaN if none)
 };
 
 // Per eval set (relation "all", plus "own" and "other" for partition sets) and, in the summary,

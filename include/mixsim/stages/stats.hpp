@@ -1,6 +1,7 @@
 // The statistics of the report: how well a proxy's losses predict the truth's across mixtures.
 // Correlations (Pearson, Spearman, Kendall tau-b, all handling ties), percentile-bootstrap
-// intervals and pairwise decision accuracy. Pure functions over paired samples x (proxy), y (truth).
+// intervals and pairwise decision accuracy. Pure functions over paired samples x (proxy), y
+// (truth).
 #pragma once
 
 #include <cstddef>
@@ -30,8 +31,8 @@ double kendall_tau_b(Sample x, Sample y);
 // (a pair the proxy ties counts one half). NaN when there is no such pair.
 struct Decisions {
   double accuracy = 0;
-  double agreeing = 0;     // agreeing pairs, ties counting 1/2
-  std::size_t pairs = 0;   // pairs with different truth losses
+  double agreeing = 0;    // agreeing pairs, ties counting 1/2
+  std::size_t pairs = 0;  // pairs with different truth losses
 };
 Decisions decision_accuracy(Sample x, Sample y);
 
@@ -45,8 +46,8 @@ using Statistic = std::function<double(Sample, Sample)>;
 // with replacement from Rng(seed), the statistic of each, and the (1-level)/2 and (1+level)/2
 // quantiles (linear interpolation) of the finite values. Resamples where the statistic is
 // undefined (e.g. all pairs the same) are skipped; NaN bounds when fewer than half are finite.
-Interval bootstrap(Sample x, Sample y, const Statistic& statistic, int resamples, std::uint64_t seed,
-                   double level = 0.95);
+Interval bootstrap(Sample x, Sample y, const Statistic& statistic, int resamples,
+                   std::uint64_t seed, double level = 0.95);
 
 // The q-quantile (0 <= q <= 1) of `values` by linear interpolation between order statistics
 // (type 7, as numpy's default). `values` is sorted in place.
