@@ -44,7 +44,9 @@ po::options_description cli_only_options(const Command& command) {
 
 void print_command_help(const Command& command, const po::options_description& cli,
                         const JobSchema& schema, std::ostream& out) {
-  out << "usage: mixsim " << command.name << " [--config jobs/X.ini] [options]\n\n"
+  out << "usage: mixsim " << command.name
+      << (command.positional.empty() ? "" : " [" + command.positional + "]")
+      << " [--config jobs/X.ini] [options]\n\n"
       << command.description << "\n"
       << (command.run ? "" : "\n(This subcommand is not built yet.)\n") << "\n"
       << cli << "\n"
@@ -108,7 +110,7 @@ int run_main(int argc, char** argv) {
   int code = 0;
   std::string message;
   try {
-    vm = parse_options(args, cli, schema.all);
+    vm = parse_options(args, cli, schema.all, command->positional);
     if (!vm.count("help")) {
       validate(config);
       for (const auto& key : command->required) require_option(vm, key);

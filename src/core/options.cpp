@@ -219,13 +219,17 @@ po::options_description JobSchema::for_sections(unsigned mask) const {
 
 po::variables_map parse_options(const std::vector<std::string>& args,
                                 const po::options_description& cli_only,
-                                const po::options_description& job) {
+                                const po::options_description& job,
+                                const std::string& positional) {
   po::options_description cmdline;
   cmdline.add(cli_only).add(job);
   po::variables_map vm;
   try {
-    // No positional arguments: every value is named, so a stray word is an error, not a guess.
-    po::store(po::command_line_parser(args).options(cmdline).positional({}).run(), vm);
+    // At most one positional argument, and only where the command names it (`mixsim inspect
+    // FILE`); elsewhere every value is named, so a stray word is an error, not a guess.
+    po::positional_options_description words;
+    if (!positional.empty()) words.add(positional.c_str(), 1);
+    po::store(po::command_line_parser(args).options(cmdline).positional(words).run(), vm);
   } catch (const po::error& e) {
     rethrow_with_context(e, "the command line");
   }

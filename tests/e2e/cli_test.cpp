@@ -73,9 +73,14 @@ TEST(Cli, FailureOnOneRankStopsAllAndNamesTheRank) {
   EXPECT_NE(r.err.find("mixsim: error: rank 1 of 3: simulated failure"), std::string::npos) << r.err;
 }
 
-TEST(Cli, SubcommandNotBuiltSaysSo) {
-  auto r = run_command({bin(), "inspect"});
-  if (r.exit_code == 0 || r.err.find("not built yet") == std::string::npos)
-    GTEST_SKIP() << "inspect is built now; this test guards the not-built path only while one exists";
-  EXPECT_EQ(r.exit_code, 1);
+TEST(Cli, InspectTakesTheFileAsAWord) {
+  TempDir dir;
+  write_file(dir / "x.h5", "not hdf5");
+  auto r = run_command({bin(), "inspect", (dir / "x.h5").string()});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("x.h5"), std::string::npos) << r.err;
+  auto two = run_command({bin(), "inspect", "a.h5", "b.h5"});
+  EXPECT_EQ(two.exit_code, 2) << two.err;  // one bare word at most
+  auto train = run_command({bin(), "train", "stray"});
+  EXPECT_EQ(train.exit_code, 2) << train.err;  // commands without a positional take none
 }

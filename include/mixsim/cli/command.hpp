@@ -27,6 +27,7 @@ struct Command {
   // Options only this command takes on the command line (e.g. --init); may be empty.
   std::function<void(po::options_description&)> add_options;
   std::function<int(const CommandContext&)> run;  // empty: not built yet
+  std::string positional;              // option set by one bare word (e.g. "file"), or none
 };
 
 const std::vector<Command>& commands();

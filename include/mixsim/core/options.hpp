@@ -40,9 +40,11 @@ struct JobSchema {
 // Parses `args` (without the program and subcommand names) and the job file named by --config.
 // `cli_only` holds options that exist only on the command line (--config, --help, ...).
 // Throws UsageError naming the offending option, key, value or file.
+// `positional`, when not empty, names the option that one bare word on the command line sets.
 po::variables_map parse_options(const std::vector<std::string>& args,
                                 const po::options_description& cli_only,
-                                const po::options_description& job);
+                                const po::options_description& job,
+                                const std::string& positional = "");
 
 // Range checks over the whole config (throws UsageError naming the key and the allowed range).
 void validate(const JobConfig& config);
