@@ -35,8 +35,13 @@ if [[ $rc -eq 3 && -n "${SLURM_JOB_ID:-}" ]]; then
   echo "mixsim-$STAGE: stopped with a checkpoint; requeueing job $SLURM_JOB_ID to resume"
   target="$SLURM_JOB_ID"
   [[ -n "${SLURM_ARRAY_JOB_ID:-}" ]] && target="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
-  scontrol requeue "$target" ||
+  if scontrol requeue "$target"; then
+    # The requeue ends this script; waiting for it keeps the job from first ending as FAILED
+    # (exit 3), which would race with the requeue.
+    sleep 300
+  else
     echo "mixsim-$STAGE: scontrol requeue failed; resubmit this stage to resume" >&2
+  fi
 fi
 echo "mixsim-$STAGE: exit code $rc, $(date -Is)"
 exit $rc

@@ -17,12 +17,14 @@ for _ in $(seq 1 600); do grep -q "seed: step" "$log" 2>/dev/null && break; slee
 grep -q "seed: step" "$log" || fail "training did not start: $(cat "$log" 2>/dev/null)"
 scancel --signal=USR1 "$id"
 # Slurm 22.05 makes a requeued job eligible only 2 minutes later (Reason=BeginTime); the test
-# moves that start forward instead of waiting, which changes nothing else about the requeue.
+# moves that start forward to 15 s instead of waiting. (Starting it at once fails: slurmd still
+# holds the revoked credential of the killed run, "Job credential revoked".)
 for _ in $(seq 1 600); do
-  scontrol show job "$id" | grep -q "Reason=BeginTime" && { scontrol update JobId="$id" StartTime=now; break; }
+  scontrol show job "$id" | grep -q "JobState=PENDING Reason=BeginTime" && { scontrol update JobId="$id" StartTime=now+15; break; }
   sleep 0.1
 done
-# Wait for the requeued run to finish.
+# Wait for the requeued run to start, then to finish.
+for _ in $(seq 1 900); do grep -q "restart 1" "$log" && break; sleep 0.1; done
 for _ in $(seq 1 1200); do
   state=$(scontrol show job "$id" | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
   [[ "$state" == COMPLETED || "$state" == FAILED || "$state" == CANCELLED ]] && break
