@@ -3,25 +3,8 @@
 # 4 ranks through srun/PMIx, check that an impossible request is refused at once, tear it down
 # (also when a check fails). Needs MIXSIM_BUILD_DIR (set by ctest).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BUILD="${MIXSIM_BUILD_DIR:?run through ctest}"
-SLURM="$ROOT/scripts/local-slurm.sh"
-WORK="$(mktemp -d)"
-started=0
-cleanup() {
-  ((started)) && "$SLURM" down >/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-if "$SLURM" status | grep -q "slurmctld: running"; then
-  echo "cluster already up; using it and leaving it up"
-else
-  "$SLURM" up
-  started=1
-fi
-eval "$("$SLURM" env)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+slurm_up
 
 cat > "$WORK/job.sh" <<JOB
 #!/bin/bash
