@@ -94,10 +94,11 @@ int main(int argc, char** argv) {
   const double tokens = static_cast<double>(steps) * batch * config.model.context;
   if (world.rank() == 0) {
     std::printf("model %s (L=%d C=%d T=%d), global batch %d, %d steps, %d rank(s) x %d thread(s): "
-                "%.0f tokens/s (step loop %.2f s)\n",
+                "%.0f tokens/s (step loop %.2f s: compute %.2f, allreduce %.2f, optimizer %.2f)\n",
                 model.c_str(), config.model.n_layer, config.model.n_embd, config.model.context,
                 batch, steps, world.size(), omp_get_max_threads(), tokens / outcome.step_seconds,
-                outcome.step_seconds);
+                outcome.step_seconds, outcome.compute_seconds, outcome.allreduce_seconds,
+                outcome.optimizer_seconds);
     fs::remove_all(root);
   }
   return 0;

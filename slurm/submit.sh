@@ -14,8 +14,10 @@
 #     --truth-array N         train the truth models as a job array of N tasks (each a group of
 #                             --ntasks-per-node ranks training every Nth mixture); 0 = one job
 #     --pool-array N          the same for the pool
-#     --skip-existing         skip prepare when data.h5 exists and seed when the seed model exists
-#                             (pool, truth and merge-eval skip finished models and mixtures themselves)
+#     --skip-existing         skip the stages whose outputs exist: prepare (data.h5), seed (a complete
+#                             seed model), pool and truth (every model complete, as
+#                             `mixsim pool|truth --pending` counts); merge-eval always runs, but
+#                             evaluates only what results.h5 lacks, and so does the report
 #     --log-dir DIR           where the logs go (default: <run.out_dir>/slurm-logs)
 #     --bin PATH              the mixsim binary (default: build/mixsim of this checkout)
 #     --wait                  wait for all jobs; exit 0 only if every one completed
@@ -26,7 +28,7 @@
 # job with groups (pool.group_size) is the default, an array is there for large pools.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage() { sed -n '2,27p' "$0"; exit "${1:-0}"; }
+usage() { sed -n '2,28p' "$0"; exit "${1:-0}"; }
 die() { echo "submit.sh: $*" >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage 2
@@ -95,7 +97,10 @@ submit() {  # submit STAGE SCRIPT [sbatch options...]
   local log="$LOGDIR/$stage-%j.out"
   [[ " $* " == *" --array="* ]] && log="$LOGDIR/$stage-%A_%a.out"
   local id
-  id=$(sbatch "${COMMON[@]}" "${dep[@]}" --output="$log" "$@" "$ROOT/slurm/$script") ||
+  # Options before "--" go to sbatch, the rest to the stage (after the script).
+  local opts=() args=()
+  while (($#)); do [[ "$1" == -- ]] && { shift; args=("$@"); break; }; opts+=("$1"); shift; done
+  id=$(sbatch "${COMMON[@]}" "${dep[@]}" --output="$log" "${opts[@]}" "$ROOT/slurm/$script" "${args[@]}") ||
     die "sbatch refused the $stage stage (see the message above)"
   id="${id%%;*}"
   IDS+=("$stage:$id")
@@ -110,20 +115,30 @@ if wanted prepare; then
   else submit prepare prepare.sbatch "${ONE[@]}"; fi
 fi
 if wanted seed; then
-  if ((SKIP)) && [[ -f "$SEED" ]]; then echo "skipped seed: $SEED exists"
+  if ((SKIP)) && [[ -f "$SEED" ]] && "$BIN" inspect "$SEED" 2>/dev/null | grep -q "complete"; then
+    echo "skipped seed: $SEED is complete"
   else submit seed seed.sbatch "${MPI[@]}"; fi
 fi
-if wanted pool; then
+# pending STAGE: how many models of the stage are not complete ("" when it cannot tell).
+pending() {
+  [[ -f "$DATA" ]] || return 0
+  "$BIN" "$1" --config "$JOBFILE" --pending 2>/dev/null | tail -n 1 | grep -E '^[0-9]+$' || true
+}
+if wanted pool && ((SKIP)) && [[ "$(pending pool)" == 0 ]]; then
+  echo "skipped pool: every pool model is complete"
+elif wanted pool; then
   if ((POOL_ARRAY > 0)); then submit pool pool.sbatch "${MPI[@]}" --array=0-$((POOL_ARRAY - 1))
   else submit pool pool.sbatch "${MPI[@]}"; fi
 fi
-if wanted truth; then
+if wanted truth && ((SKIP)) && [[ "$(pending truth)" == 0 ]]; then
+  echo "skipped truth: every truth model is complete"
+elif wanted truth; then
   if ((TRUTH_ARRAY > 0)); then submit truth truth.sbatch "${MPI[@]}" --array=0-$((TRUTH_ARRAY - 1))
   else submit truth truth.sbatch "${MPI[@]}"; fi
 fi
 wanted merge-eval && submit merge-eval merge-eval.sbatch "${MPI[@]}"
-wanted report && submit report report.sbatch "${ONE[@]}"
-echo "outputs under $OUT_DIR; logs in $LOGDIR"
+wanted report && submit report report.sbatch "${ONE[@]}" -- --csv "$OUT_DIR/report.csv" --plots "$OUT_DIR/plots"
+echo "outputs under $OUT_DIR (report: report.csv, plots/); logs in $LOGDIR"
 
 ((WAIT)) || exit 0
 # Wait by polling scontrol (sacct may be disabled); a job is done when it leaves the queue states.

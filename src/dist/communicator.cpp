@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 
 #include "mixsim/core/error.hpp"
 
@@ -30,6 +31,16 @@ void check_mpi(int rc, const char* call) {
 }
 
 MpiSession::MpiSession(int* argc, char*** argv) {
+  // Open MPI's default allreduce decision for two ranks on one node picks an algorithm that moves
+  // a 43 MB gradient buffer at half the speed of the ring (28 vs 15 ms, bench numbers in
+  // docs/benchmarks.md); the ring is bandwidth-optimal for large buffers and falls back to
+  // recursive doubling for small ones. A user's own choice (any allreduce MCA setting in the
+  // environment) wins; other MPI implementations ignore these variables.
+  if (!std::getenv("OMPI_MCA_coll_tuned_use_dynamic_rules") &&
+      !std::getenv("OMPI_MCA_coll_tuned_allreduce_algorithm")) {
+    setenv("OMPI_MCA_coll_tuned_use_dynamic_rules", "1", 0);
+    setenv("OMPI_MCA_coll_tuned_allreduce_algorithm", "4", 0);  // 4 = ring
+  }
   int provided = 0;
   check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
   // Errors come back as codes so they become exceptions with a message, not silent aborts.

@@ -240,8 +240,12 @@ std::vector<std::vector<std::string>> truth_mixtures(const JobConfig& config,
 }
 
 void add_shard_option(po::options_description& d) {
-  d.add_options()("shard", po::value<std::string>(),
-                  "I/N: train only models i with i % N == I (one task of a SLURM job array)");
+  d.add_options()
+    ("shard", po::value<std::string>(),
+     "I/N: train only models i with i % N == I (one task of a SLURM job array)")
+    ("pending", po::bool_switch(),
+     "print how many of the stage's models are not complete yet (0: nothing to do) and exit; "
+     "slurm/submit.sh --skip-existing asks this");
 }
 
 void add_train_options(po::options_description& d) {
@@ -298,11 +302,26 @@ int run_train(const JobConfig& config, const po::variables_map& vm, const Commun
   return 0;
 }
 
+namespace {
+
+// --pending: the number of models without a complete checkpoint, on stdout, from rank 0.
+int print_pending(const std::vector<TrainJob>& jobs, const char* what, const Communicator& world) {
+  std::size_t pending = 0;
+  for (const auto& job : jobs)
+    if (!fs::exists(job.output) || !read_checkpoint_info(job.output).provenance.complete) ++pending;
+  log::info("{}: {} of {} models not complete", what, pending, jobs.size());
+  if (world.rank() == 0) std::printf("%zu\n", pending);
+  return 0;
+}
+
+}  // namespace
+
 int run_pool(const JobConfig& config, const po::variables_map& vm, const Communicator& world) {
   const auto shard = parse_shard(vm);
   const auto data = open_data(config);
   const auto seed = seed_path(config);
-  require_seed(seed);
+  const bool pending = vm.count("pending") && vm["pending"].as<bool>();
+  if (!pending) require_seed(seed);
   std::vector<TrainJob> jobs;
   for (const auto& unit : unit_names(data)) {
     TrainJob job;
@@ -317,6 +336,7 @@ int run_pool(const JobConfig& config, const po::variables_map& vm, const Communi
     job.data_seed = data_seed_for(config, unit);
     jobs.push_back(std::move(job));
   }
+  if (pending) return print_pending(jobs, "pool", world);
   return train_in_groups(jobs, config, data, world, config.pool.group_size, "pool.group_size",
                          "pool", shard);
 }
@@ -325,7 +345,8 @@ int run_truth(const JobConfig& config, const po::variables_map& vm, const Commun
   const auto shard = parse_shard(vm);
   const auto data = open_data(config);
   const auto seed = seed_path(config);
-  require_seed(seed);
+  const bool pending = vm.count("pending") && vm["pending"].as<bool>();
+  if (!pending) require_seed(seed);
   const auto mixtures = truth_mixtures(config, unit_names(data));
   if (mixtures.empty())
     usage_fail("no truth mixtures: set --truth.mixtures, --truth.sample with "
@@ -344,6 +365,7 @@ int run_truth(const JobConfig& config, const po::variables_map& vm, const Commun
     job.data_seed = data_seed_for(config, job.name);
     jobs.push_back(std::move(job));
   }
+  if (pending) return print_pending(jobs, "truth", world);
   return train_in_groups(jobs, config, data, world, config.truth.group_size, "truth.group_size",
                          "truth", shard);
 }

@@ -306,6 +306,7 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
     model.zero_grad();
     loader.fill(static_cast<std::uint64_t>(step), inputs, targets);
     double local_loss = 0;
+    Stopwatch phase;
     for (int a = 0; a < plan.accum; ++a) {
       const std::size_t off = static_cast<std::size_t>(a) * plan.micro * plan.T;
       // grad_scale = micro/B: the summed gradients over all micro-batches of all ranks are the
@@ -315,9 +316,12 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
       model.backward();
       local_loss += static_cast<double>(loss) * micro_scale;
     }
+    outcome.compute_seconds += phase.lap();
     allreduce_gradients(*backend, model.grads(), n, group, staging);
     const double train_loss = group.allreduce_sum(local_loss);
+    outcome.allreduce_seconds += phase.lap();
     const auto stats = adamw.step(model.params(), model.grads(), lr, optim);
+    outcome.optimizer_seconds += phase.lap();
     prov.tokens_seen += static_cast<std::uint64_t>(plan.B) * plan.T;
     curve.train_step.push_back(step + 1);
     curve.train_loss.push_back(static_cast<float>(train_loss));

@@ -304,6 +304,35 @@ TEST(CpuOps, WeightedSumIsTheWeightedMean) {
   for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(a[i], 0.5f) << i;
 }
 
+// Seven inputs exercise the first-input pass, one four-input pass and two single-input passes;
+// lengths of three 64 KiB blocks plus a tail, and of 17 MiB plus a tail (beyond 16 MiB the output
+// is written with streaming stores), exercise the blocking and both store paths. Inputs are small
+// integers and weights powers of two, so every product and partial sum is exact in float and any
+// difference from the reference is a wrong element, not rounding.
+TEST(CpuOps, WeightedSumOfManyInputsOverSeveralBlocks) {
+  auto backend = mixsim::make_cpu_backend();
+  const int k = 7;
+  const float w[k] = {0.5f, 0.25f, 0.125f, 0.0625f, 0.03125f, 2.0f, 4.0f};
+  for (const std::size_t n : {std::size_t{3 * 16384 + 17}, std::size_t{(17u << 20) / 4 + 5}}) {
+    std::vector<std::vector<float>> in(k, std::vector<float>(n));
+    std::vector<const float*> ptr;
+    for (int j = 0; j < k; ++j) {
+      for (std::size_t i = 0; i < n; ++i) in[j][i] = float((i * 31 + std::size_t(j) * 7) % 97);
+      ptr.push_back(in[j].data());
+    }
+    // Offset by one float, so the streaming path also meets an unaligned start.
+    std::vector<float> out_buffer(n + 1, -1.0f);
+    float* out = out_buffer.data() + 1;
+    backend->weighted_sum(out, ptr.data(), w, k, n);
+    for (std::size_t i = 0; i < n; ++i) {
+      float ref = 0;
+      for (int j = 0; j < k; ++j) ref += w[j] * in[j][i];
+      ASSERT_EQ(out[i], ref) << "n " << n << ", element " << i;
+    }
+    EXPECT_EQ(out_buffer[0], -1.0f) << "wrote before the output";
+  }
+}
+
 TEST(CpuOps, FastExpIsAccurate) {
   double worst = 0;
   for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {

@@ -12,6 +12,13 @@ class Stopwatch {
   double seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
+  // Seconds since the start or the last lap, and restarts: consecutive phases of a loop.
+  double lap() {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - start_).count();
+    start_ = now;
+    return s;
+  }
 
  private:
   std::chrono::steady_clock::time_point start_;

@@ -34,6 +34,9 @@ struct TrainOutcome {
   std::int64_t steps_run = 0;       // steps this call ran (0 when skipped)
   double seconds = 0;
   double step_seconds = 0;          // time in the step loop alone (no loading, no final write)
+  // Where the step loop's time went, on this rank: forward + backward, the gradient allreduce
+  // (including waiting for slower ranks), and the optimizer step.
+  double compute_seconds = 0, allreduce_seconds = 0, optimizer_seconds = 0;
   double final_train_loss = 0;
   double final_valid_loss = 0;      // NaN when there was no validation data
 };

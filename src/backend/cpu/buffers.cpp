@@ -1,5 +1,9 @@
 // Whole-buffer arithmetic of the CPU backend: AdamW, the gradient norm, model averaging, scaling.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifdef __SSE2__
@@ -110,24 +114,82 @@ double sum_squares(const F* x, std::size_t n) {
   return total;
 }
 
+// Writes len values to dst with non-temporal (streaming) stores where the ISA has them: the
+// output of a large average is not read again soon, and a streaming store skips the read for
+// ownership that a normal store of an uncached line costs (a third more traffic for k = 2).
+template <class F>
+void store_streaming(F* dst, const F* src, std::size_t len) {
+#if defined(__SSE2__)
+  std::size_t i = 0;
+  for (; i < len && reinterpret_cast<std::uintptr_t>(dst + i) % 16 != 0; ++i) dst[i] = src[i];
+  constexpr std::size_t kLanes = 16 / sizeof(F);
+  for (; i + kLanes <= len; i += kLanes) {
+    if constexpr (std::is_same_v<F, float>)
+      _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+    else
+      _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+  }
+  for (; i < len; ++i) dst[i] = src[i];
+#else
+  std::memcpy(dst, src, len * sizeof(F));
+#endif
+}
+
+// Memory-bound: k input streams and one output. Per block of 64 KiB (a thread's accumulator,
+// which stays in L2) the first input's pass sets the accumulator, each further pass adds up to
+// four inputs (five streams at once, the accumulator re-read from L2 once per four inputs), and
+// the block goes to `out` once, with streaming stores when the output is larger than the caches.
+// Memory traffic is then k reads + 1 write, what the benchmark counts. Per element the sum is
+// formed in input order 0..k-1, so the result depends neither on the blocking nor on the thread
+// count; `out` may alias input 0 (all of a block's inputs are read before it is written).
+// bench/averaging: 58-79% of the copy bandwidth for the one-input-per-pass loop this replaced,
+// see docs/benchmarks.md for this one.
 template <class F>
 void weighted_sum(F* out, const F* const* inputs, const F* weights, int k, std::size_t n) {
-  constexpr std::size_t kBlock = 2048;  // a block of out stays in L1 while the inputs stream
+  constexpr std::size_t kBlock = 65536 / sizeof(F);
+  constexpr std::size_t kStreamBytes = std::size_t{16} << 20;  // beyond this, out is not cached
+  const bool streaming = n * sizeof(F) > kStreamBytes;
   const std::size_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) num_threads(threads_for(n))
-  for (std::size_t blk = 0; blk < blocks; ++blk) {
-    const std::size_t begin = blk * kBlock, len = std::min(n, begin + kBlock) - begin;
-    F acc[kBlock];
-    const F w0 = weights[0];
-    const F* in0 = inputs[0] + begin;
-    for (std::size_t i = 0; i < len; ++i) acc[i] = w0 * in0[i];
-    for (int j = 1; j < k; ++j) {
-      const F w = weights[j];
-      const F* in = inputs[j] + begin;
-      for (std::size_t i = 0; i < len; ++i) acc[i] += w * in[i];
+#pragma omp parallel num_threads(threads_for(n))
+  {
+    std::vector<F> acc_buffer(kBlock);
+    F* acc = acc_buffer.data();
+#pragma omp for schedule(static)
+    for (std::size_t blk = 0; blk < blocks; ++blk) {
+      const std::size_t begin = blk * kBlock, len = std::min(n, begin + kBlock) - begin;
+      {
+        const F w0 = weights[0];
+        const F* x0 = inputs[0] + begin;
+        for (std::size_t i = 0; i < len; ++i) acc[i] = w0 * x0[i];
+      }
+      int j = 1;
+      for (; j + 3 < k; j += 4) {
+        const F *x0 = inputs[j] + begin, *x1 = inputs[j + 1] + begin, *x2 = inputs[j + 2] + begin,
+                *x3 = inputs[j + 3] + begin;
+        const F w0 = weights[j], w1 = weights[j + 1], w2 = weights[j + 2], w3 = weights[j + 3];
+        for (std::size_t i = 0; i < len; ++i) {
+          F v = acc[i];
+          v += w0 * x0[i];
+          v += w1 * x1[i];
+          v += w2 * x2[i];
+          v += w3 * x3[i];
+          acc[i] = v;
+        }
+      }
+      for (; j < k; ++j) {
+        const F w = weights[j];
+        const F* x = inputs[j] + begin;
+        for (std::size_t i = 0; i < len; ++i) acc[i] += w * x[i];
+      }
+      if (streaming)
+        store_streaming(out + begin, acc, len);
+      else
+        std::memcpy(out + begin, acc, len * sizeof(F));
     }
-    F* o = out + begin;
-    for (std::size_t i = 0; i < len; ++i) o[i] = acc[i];
+#if defined(__SSE2__)
+    // Streaming stores are weakly ordered: each thread fences its own before the barrier.
+    if (streaming) _mm_sfence();
+#endif
   }
 }
 
