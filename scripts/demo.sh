@@ -20,7 +20,7 @@ while (($#)); do
 done
 
 begin=$SECONDS
-"$ROOT/scripts/setup.sh"
+"$ROOT/scripts/setup.sh" --target mixsim
 "$ROOT/scripts/fetch-data.sh"
 
 BIN="$ROOT/build/mixsim"

@@ -3,7 +3,8 @@
 # an install needs it), then configures and builds into build/. Idempotent: a second run on a
 # set-up machine installs nothing and rebuilds only what changed.
 #
-#   scripts/setup.sh [--no-build] [extra cmake -D options...]
+#   scripts/setup.sh [--no-build] [--target T] [extra cmake -D options...]
+#     --target T   build only target T (e.g. mixsim: the demo needs no tests or benchmarks)
 #
 # Environment: BUILD_DIR (default build), BUILD_TYPE (default Release), JOBS (default nproc).
 set -euo pipefail
@@ -14,11 +15,15 @@ BUILD_TYPE="${BUILD_TYPE:-Release}"
 JOBS="${JOBS:-$(nproc)}"
 DO_BUILD=1
 CMAKE_EXTRA=()
-for arg in "$@"; do
+TARGET=()
+while (($#)); do
+  arg="$1"
+  shift
   case "$arg" in
     --no-build) DO_BUILD=0 ;;
+    --target) TARGET=(--target "${1:?--target needs a target name}"); shift ;;
     -D*) CMAKE_EXTRA+=("$arg") ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -65,5 +70,5 @@ fi
 
 if ((DO_BUILD)); then
   cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" "${CMAKE_EXTRA[@]}"
-  cmake --build "$BUILD_DIR" -j "$JOBS"
+  cmake --build "$BUILD_DIR" -j "$JOBS" "${TARGET[@]}"
 fi
