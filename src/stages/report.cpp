@@ -151,6 +151,59 @@ void print_eval_sets(const Results& r, std::ostream& out) {
       << t.str("  ") << "\n";
 }
 
+// What continued pre-training did: each pool model's loss against the seed's, on its own
+// partition's held-out set, as a mean over the other partitions' sets, and over the
+// out-of-domain sets (gain = seed loss - pool loss: positive when the pool model is better).
+void print_pool_vs_seed(const Results& r, std::ostream& out) {
+  TextTable t({"unit", "own set", "seed", "unit", "gain", "other sets: seed", "unit", "gain",
+               "ood: seed", "unit", "gain"},
+              "llrrrrrrrrr");
+  std::size_t scored = 0, beat_own = 0, with_own = 0;
+  double gain_own = 0, gain_other = 0, gain_ood = 0;
+  std::size_t n_other = 0, n_ood = 0;
+  for (std::size_t u = 0; u < r.units.size(); ++u) {
+    std::string own_name = "-";
+    double own_seed = kNaN, own_unit = kNaN;
+    double other_seed = 0, other_unit = 0, ood_seed = 0, ood_unit = 0;
+    std::size_t others = 0, oods = 0;
+    for (std::size_t e = 0; e < r.eval_sets.size(); ++e) {
+      const double v = r.pool_loss.at(u, e), s0 = r.seed_loss[e];
+      if (!std::isfinite(v) || !std::isfinite(s0)) continue;
+      const auto& set = r.eval_sets[e];
+      if (set.kind == "ood") {
+        ood_seed += s0, ood_unit += v, ++oods;
+      } else if (set.partition == r.units[u].partition) {
+        own_name = set.name, own_seed = s0, own_unit = v;
+      } else {
+        other_seed += s0, other_unit += v, ++others;
+      }
+    }
+    if (others + oods == 0 && !std::isfinite(own_unit)) continue;  // no pool model scored
+    ++scored;
+    if (std::isfinite(own_unit)) {
+      ++with_own;
+      beat_own += own_unit < own_seed;
+      gain_own += own_seed - own_unit;
+    }
+    auto mean = [](double sum, std::size_t n) { return n ? sum / double(n) : kNaN; };
+    if (others) gain_other += (other_seed - other_unit) / double(others), ++n_other;
+    if (oods) gain_ood += (ood_seed - ood_unit) / double(oods), ++n_ood;
+    t.add({r.units[u].name, own_name, num(own_seed), num(own_unit), num(own_seed - own_unit),
+           num(mean(other_seed, others)), num(mean(other_unit, others)),
+           num(mean(other_seed - other_unit, others)), num(mean(ood_seed, oods)),
+           num(mean(ood_unit, oods)), num(mean(ood_seed - ood_unit, oods))});
+  }
+  if (scored == 0) return;
+  out << "Continued pre-training: each pool model against the seed (loss in nats; gain = seed - "
+         "unit,\n  positive when the pool model is better; other and ood: means over those sets)\n"
+      << t.str("  ")
+      << fmt::format("  {} of {} pool models beat the seed on their own partition's held-out set; "
+                     "mean gain: own {}, other {}, ood {}\n\n",
+                     beat_own, with_own, num(with_own ? gain_own / double(with_own) : kNaN),
+                     num(n_other ? gain_other / double(n_other) : kNaN),
+                     num(n_ood ? gain_ood / double(n_ood) : kNaN));
+}
+
 std::string best_of(const Results& r, const Matrix& loss, std::size_t e, int top) {
   std::vector<std::size_t> rows;
   for (std::size_t m = 0; m < r.mixtures.size(); ++m)
@@ -377,6 +430,7 @@ int run_report(const JobConfig& config, const po::variables_map& vm, const Commu
   std::ostringstream out;
   print_header(r, path, out);
   print_eval_sets(r, out);
+  print_pool_vs_seed(r, out);
   print_best(r, top, out);
   const auto cs = correlations(r, resamples, config.run.seed);
   if (cs.empty() ||

@@ -95,6 +95,27 @@ TEST_F(Report, TablesCsvAndPlots) {
       }
     }
   }
+  // The continued-pre-training table: alpha/0's own set is alpha; its seed and unit losses are
+  // the CSV's (printed to 3 decimals, so within 5e-4) and the gain is their difference.
+  EXPECT_NE(r.out.find("pool models beat the seed on their own partition's held-out set"),
+            std::string::npos) << r.out;
+  {
+    std::istringstream lines(r.out);
+    bool found = false;
+    for (std::string text; std::getline(lines, text);) {
+      std::istringstream words(text);
+      std::string unit, own;
+      double seed = 0, pool = 0, gain = 0;
+      if (!(words >> unit >> own >> seed >> pool >> gain) || unit != "alpha/0") continue;
+      found = true;
+      EXPECT_EQ(own, "alpha");
+      EXPECT_NEAR(seed, loss.at("alpha|seed|"), 5e-4) << text;
+      EXPECT_NEAR(pool, loss.at("alpha|pool|alpha/0"), 5e-4) << text;
+      // Each of the three printed numbers is rounded by at most 5e-4.
+      EXPECT_NEAR(gain, seed - pool, 1.5e-3 + 1e-9) << text;
+    }
+    EXPECT_TRUE(found) << "no row for alpha/0 in\n" << r.out;
+  }
   // 4 proxies x 4 relations x 5 statistics in the summary.
   EXPECT_EQ(kinds["summary"], 4 * 4 * 5);
   EXPECT_GT(kinds["correlation"], 0);

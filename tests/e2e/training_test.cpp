@@ -184,6 +184,15 @@ TEST_F(Training, PoolWithFourRanksInGroupsOfTwoTrainsEachUnitOnceAndResumes) {
 
 TEST_F(Training, TruthMixturesGetKTimesTheUnitBudget) {
   ASSERT_EQ(run_command(cmd({"train"})).exit_code, 0);
+  // --pending (slurm/submit.sh --skip-existing) prints the count of incomplete models last.
+  auto pending = [&] {
+    auto p = run_command(cmd({"truth", "--truth.mixtures", "alpha/0+beta/0", "--truth.all_units",
+                              "true", "--pending"}));
+    EXPECT_EQ(p.exit_code, 0) << p.out << p.err;
+    const auto end = p.out.find_last_not_of('\n');
+    return p.out.substr(p.out.rfind('\n', end) + 1, end - p.out.rfind('\n', end));
+  };
+  EXPECT_EQ(pending(), "2");
   auto r = run_command(mpi(2, {"truth", "--truth.mixtures", "alpha/0+beta/0", "--truth.all_units",
                                "true", "--truth.group_size", "1"}));
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -199,6 +208,7 @@ TEST_F(Training, TruthMixturesGetKTimesTheUnitBudget) {
                 6 * static_cast<std::int64_t>(read_checkpoint_info(e.path()).provenance.units.size()));
     }
   EXPECT_EQ(all_units, 1);
+  EXPECT_EQ(pending(), "0");
 }
 
 TEST_F(Training, BadInputsAreClearErrors) {
