@@ -379,4 +379,14 @@ void require_option(const po::variables_map& vm, const std::string& key) {
                key, key.substr(dot + 1), key.substr(0, dot));
 }
 
+JobConfig load_job_file(const std::string& path) {
+  JobConfig config;
+  JobSchema schema(config);
+  po::options_description cli;
+  cli.add_options()("config", po::value<std::string>(), "job file");
+  parse_options({"--config", path}, cli, schema.all);
+  validate(config);
+  return config;
+}
+
 }  // namespace mixsim

@@ -24,16 +24,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-JobConfig load_job(const fs::path& job) {
-  JobConfig config;
-  JobSchema schema(config);
-  po::options_description cli;
-  cli.add_options()("config", po::value<std::string>(), "");
-  parse_options({"--config", job.string()}, cli, schema.all);
-  validate(config);
-  return config;
-}
-
 // A complete checkpoint of random weights (Gpt::init with `seed`), continued from `parent`.
 std::vector<float> write_model(const fs::path& path, const ModelConfig& model, std::uint64_t seed,
                                const std::string& kind, const std::vector<std::string>& units,
@@ -122,7 +112,7 @@ TEST(MergeEvalMpi, OneRankAndGroupsOfOneTwoAndAllRanksGiveTheSameResults) {
     mixsim::testing::CorpusSpec spec;
     spec.unit_tokens = 3000;  // two units for alpha and beta, one for gamma
     mixsim::testing::write_test_corpus(root, spec);
-    auto config = load_job(job);
+    auto config = load_job_file(job.string());
     prepare_data(config);
     // Random models stand in for trained ones: averaging and evaluation do not care.
     const auto seed = seed_path(config);
@@ -137,7 +127,7 @@ TEST(MergeEvalMpi, OneRankAndGroupsOfOneTwoAndAllRanksGiveTheSameResults) {
                 seed, crc);
   }
   world.barrier();
-  auto config = load_job(job);
+  auto config = load_job_file(job.string());
   config.merge.sizes = {"1-2"};
   config.merge.save_every = 0;
   auto run = [&](const Communicator& comm, int group_size, const std::string& output) {

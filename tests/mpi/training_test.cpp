@@ -15,20 +15,6 @@
 using namespace mixsim;
 namespace fs = std::filesystem;
 
-namespace {
-
-JobConfig load_job(const fs::path& job) {
-  JobConfig config;
-  JobSchema schema(config);
-  po::options_description cli;
-  cli.add_options()("config", po::value<std::string>(), "");
-  parse_options({"--config", job.string()}, cli, schema.all);
-  validate(config);
-  return config;
-}
-
-}  // namespace
-
 TEST(DataParallel, OneRankAndAllRanksGiveTheSameWeightsAfter20Steps) {
   const auto world = Communicator::world();
   // Rank 0 makes the corpus and data.h5 in a directory all ranks share.
@@ -42,12 +28,12 @@ TEST(DataParallel, OneRankAndAllRanksGiveTheSameWeightsAfter20Steps) {
   fs::path job;
   if (world.rank() == 0) {
     job = mixsim::testing::write_test_corpus(root);
-    auto config = load_job(job);
+    auto config = load_job_file(job.string());
     prepare_data(config);
   }
   world.barrier();
   job = fs::path(root) / "job.ini";
-  auto config = load_job(job);
+  auto config = load_job_file(job.string());
   config.train.global_batch = 8;  // divisible by 1, 2 and 4 ranks
   config.train.micro_batch = 0;
   config.train.val_tokens = 256;

@@ -49,6 +49,9 @@ po::variables_map parse_options(const std::vector<std::string>& args,
 // Range checks over the whole config (throws UsageError naming the key and the allowed range).
 void validate(const JobConfig& config);
 
+// The validated config of a job file alone (no command line): for tests and benchmarks.
+JobConfig load_job_file(const std::string& path);
+
 // A required key: error unless set in the job file or on the command line.
 void require_option(const po::variables_map& vm, const std::string& key);
 
