@@ -1,24 +1,14 @@
 // The GPU probe and a smoke kernel: is a device usable, and do launches and copies work.
 #include <cuda_runtime.h>
 
+#include <string>
 #include <vector>
 
+#include "cuda_common.cuh"
 #include "mixsim/backend/device.hpp"
-#include <string>
-
-#include "mixsim/core/error_types.hpp"
-
-#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
 
 namespace mixsim {
 namespace {
-
-void cuda_check(cudaError_t rc, const char* what, const char* file, int line) {
-  if (rc != cudaSuccess)
-    throw Error(std::string("CUDA error in ") + what + " at " + file + ":" + std::to_string(line) +
-                ": " + cudaGetErrorString(rc) + " (" + std::to_string(static_cast<int>(rc)) + ")");
-}
-#define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
 
 __global__ void axpy_kernel(float* y, const float* x, float a, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;

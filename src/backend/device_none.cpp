@@ -1,5 +1,7 @@
-// The GPU probe of a build without CUDA (-DMIXSIM_CUDA=OFF or no nvcc).
+// The GPU probe and the CUDA backend factory of a build without CUDA (-DMIXSIM_CUDA=OFF or no
+// nvcc).
 #ifndef MIXSIM_HAVE_CUDA
+#include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/core/error.hpp"
 
@@ -10,6 +12,12 @@ GpuAvailability gpu_availability() {
 }
 
 double gpu_smoke_axpy(int) { fail("mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON"); }
+
+std::unique_ptr<Backend> make_cuda_backend(int) {
+  fail(
+      "the CUDA backend is not available: mixsim was built without CUDA; rebuild with "
+      "-DMIXSIM_CUDA=ON, or use backend cpu");
+}
 
 }  // namespace mixsim
 #endif

@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include "mixsim/backend/cpu_kernels.hpp"
+#include "mixsim/backend/cuda.hpp"
+#include "mixsim/backend/device.hpp"
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/core/error.hpp"
 #include "parallel.hpp"
@@ -139,10 +141,19 @@ std::unique_ptr<Backend> make_cpu_backend() {
 
 std::unique_ptr<Backend> make_backend(std::string_view name) {
   if (name == "cpu") return make_cpu_backend();
-  if (name == "cuda")
+  if (name == "cuda") {
+#ifdef MIXSIM_HAVE_CUDA
+    const GpuAvailability gpu = gpu_availability();
+    if (gpu.count == 0)
+      fail("backend 'cuda' needs a usable GPU, but {}: use backend cpu on this machine",
+           gpu.reason);
+    return make_cuda_backend(0);
+#else
     usage_fail(
-        "backend 'cuda' is not available yet in this build: use --backend cpu (the CUDA "
-        "backend comes with issue 8)");
+        "backend 'cuda' is not available: mixsim was built without CUDA (MIXSIM_CUDA=OFF or nvcc "
+        "not found); rebuild with -DMIXSIM_CUDA=ON, or use backend cpu");
+#endif
+  }
   usage_fail("unknown backend '{}': choose cpu or cuda", name);
 }
 

@@ -1,0 +1,229 @@
+// The fp32 CUDA backend: device memory, one stream for every op and copy, a cuBLAS handle, and a
+// workspace that grows to the largest temporary any op has needed. Each op forwards to its
+// launcher (launchers.cuh), which checks its assumptions and the launch.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "launchers.cuh"
+#include "mixsim/backend/cuda.hpp"
+
+namespace mixsim {
+
+namespace {
+
+std::string mib(std::size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f MiB", double(bytes) / double(1 << 20));
+  return text;
+}
+
+class Stream {
+ public:
+  Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+class Cublas {
+ public:
+  explicit Cublas(cudaStream_t stream) {
+    if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS)
+      throw Error("cannot create a cuBLAS handle (is the GPU out of memory?)");
+    if (cublasSetStream(handle_, stream) != CUBLAS_STATUS_SUCCESS) {
+      cublasDestroy(handle_);
+      throw Error("cannot bind the cuBLAS handle to the backend's stream");
+    }
+    try {
+      cuda::set_fp32_math(handle_);
+    } catch (...) {
+      cublasDestroy(handle_);
+      throw;
+    }
+  }
+  ~Cublas() { cublasDestroy(handle_); }
+  Cublas(const Cublas&) = delete;
+  Cublas& operator=(const Cublas&) = delete;
+  cublasHandle_t get() const { return handle_; }
+
+ private:
+  cublasHandle_t handle_ = nullptr;
+};
+
+// Selects the device before the stream and the handle are created on it.
+int select_device(int device) {
+  int count = 0;  // left unwritten without a driver
+  const cudaError_t rc = cudaGetDeviceCount(&count);
+  if (rc != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(std::string("the CUDA backend needs a usable GPU, but there is none: ") +
+                cudaGetErrorString(rc) + "; use the cpu backend on this machine");
+  }
+  if (device < 0 || device >= count)
+    throw Error("CUDA device " + std::to_string(device) + " does not exist: this machine has " +
+                std::to_string(count) + " (devices are numbered from 0)");
+  CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device)
+      : device_(select_device(device)), stream_(), cublas_(stream_.get()) {}
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_.get());
+    cudaFree(workspace_);
+  }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string_view name() const override { return "cuda"; }
+
+  void* allocate(std::size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t rc = cudaMalloc(&p, bytes ? bytes : 1);
+    if (rc == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not sticky, but leave no trace for the next check
+      std::size_t free = 0, total = 0;
+      cudaMemGetInfo(&free, &total);
+      throw Error("out of GPU memory allocating " + mib(bytes) + " on CUDA device " +
+                  std::to_string(device_) + " (" + mib(free) + " free of " + mib(total) +
+                  "): use a smaller model, batch or context, or a GPU with more memory");
+    }
+    CUDA_CHECK(rc);
+    return p;
+  }
+  void deallocate(void* ptr) noexcept override {
+    cudaStreamSynchronize(stream_.get());  // queued kernels may still use it
+    cudaFree(ptr);
+  }
+  // Copies return when the host buffer may be reused (upload) or holds the data (download).
+  void upload(void* dst, const void* host_src, std::size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_.get()));
+    synchronize();
+  }
+  void download(void* host_dst, const void* src, std::size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_.get()));
+    synchronize();
+  }
+  void copy(void* dst, const void* src, std::size_t bytes) override {
+    if (dst == src || bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_.get()));
+  }
+  void zero(void* ptr, std::size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, stream_.get()));
+  }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+
+  void encoder_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B,
+                       int T, int C) override {
+    cuda::encoder_forward(out, tokens, wte, wpe, B, T, C, stream_.get());
+  }
+  void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* tokens, int B,
+                        int T, int C) override {
+    CUDA_REQUIRE(B > 0 && T > 0, "encoder_backward", cuda::dims({{"B", B}, {"T", T}}));
+    cuda::encoder_backward(dwte, dwpe, dout, tokens, B, T, C,
+                           workspace(cuda::encoder_backward_workspace(B, T)), stream_.get());
+  }
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                         const float* weight, const float* bias, int N, int C) override {
+    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, stream_.get());
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* weight, const float* mean,
+                          const float* rstd, int N, int C) override {
+    CUDA_REQUIRE(N > 0 && C > 0, "layernorm_backward", cuda::dims({{"N", N}, {"C", C}}));
+    cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
+                             workspace(cuda::layernorm_backward_workspace(N, C)), stream_.get());
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                      int C, int OC) override {
+    cuda::matmul_forward(cublas_.get(), out, inp, weight, bias, N, C, OC, stream_.get());
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                       const float* inp, const float* weight, int N, int C, int OC) override {
+    CUDA_REQUIRE(N > 0 && OC > 0, "matmul_backward", cuda::dims({{"N", N}, {"OC", OC}}));
+    cuda::matmul_backward(cublas_.get(), dinp, dweight, dbias, dout, inp, weight, N, C, OC,
+                          workspace(cuda::matmul_backward_workspace(N, OC)), stream_.get());
+  }
+  void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
+                         int NH) override {
+    cuda::attention_forward(out, lse, qkv, B, T, C, NH, stream_.get());
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                          const float* lse, int B, int T, int C, int NH) override {
+    CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
+                 cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
+    cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH,
+                             workspace(cuda::attention_backward_workspace(B, T, NH)),
+                             stream_.get());
+  }
+  void gelu_forward(float* out, const float* inp, std::size_t n) override {
+    cuda::gelu_forward(out, inp, n, stream_.get());
+  }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) override {
+    cuda::gelu_backward(dinp, inp, dout, n, stream_.get());
+  }
+  void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {
+    cuda::residual_forward(out, a, b, n, stream_.get());
+  }
+  void classifier(float* logits, float* losses, const int* targets, float dloss, bool write_dlogits,
+                  int N, int V, int Vp) override {
+    cuda::classifier(logits, losses, targets, dloss, write_dlogits, N, V, Vp, stream_.get());
+  }
+  void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
+             const AdamWArgs& args) override {
+    cuda::adamw(params, m, v, grads, n, args, stream_.get());
+  }
+  double sum_squares(const float* x, std::size_t n) override {
+    return cuda::sum_squares(x, n, workspace(cuda::sum_squares_workspace()), stream_.get());
+  }
+  void weighted_sum(float* out, const float* const* inputs, const float* weights, int k,
+                    std::size_t n) override {
+    cuda::weighted_sum(out, inputs, weights, k, n, stream_.get());
+  }
+  void scale(float* x, float alpha, std::size_t n) override {
+    cuda::scale(x, alpha, n, stream_.get());
+  }
+
+ private:
+  // At least `bytes` of device memory for one op. Ops run in order on the one stream, so one
+  // buffer serves them all; it is replaced only after the stream has drained.
+  cuda::Workspace workspace(std::size_t bytes) {
+    if (bytes > workspace_bytes_) {
+      synchronize();
+      cudaFree(workspace_);
+      workspace_ = nullptr;
+      workspace_bytes_ = 0;
+      const std::size_t grown = CEIL_DIV(bytes, std::size_t(1) << 20) << 20;  // whole MiB
+      workspace_ = allocate(grown);
+      workspace_bytes_ = grown;
+    }
+    return {static_cast<char*>(workspace_), workspace_bytes_};
+  }
+
+  int device_;
+  Stream stream_;
+  Cublas cublas_;
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace mixsim

@@ -1,0 +1,79 @@
+// What every CUDA source of the backend shares: checks that turn CUDA errors and broken launcher
+// assumptions into mixsim errors naming the source line, CEIL_DIV, grid sizes, and the warp
+// reductions (butterflies, so that every lane holds the same, deterministic result).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <initializer_list>
+#include <string>
+#include <utility>
+
+#include "mixsim/core/error_types.hpp"
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+namespace mixsim::cuda {
+
+inline void cuda_check(cudaError_t rc, const char* what, const char* file, int line) {
+  if (rc != cudaSuccess)
+    throw Error(std::string("CUDA error in ") + what + " at " + file + ":" + std::to_string(line) +
+                ": " + cudaGetErrorString(rc) + " (" + std::to_string(static_cast<int>(rc)) + ")");
+}
+
+// "B=2 T=37 C=72": the dimensions a failed check reports.
+inline std::string dims(std::initializer_list<std::pair<const char*, long long>> values) {
+  std::string s;
+  for (const auto& [name, value] : values) {
+    if (!s.empty()) s += ' ';
+    s += std::string(name) + "=" + std::to_string(value);
+  }
+  return s;
+}
+
+// A launcher's assumption about its arguments; a failure is a bug in the caller (the model
+// passes shapes the op cannot handle), reported with the op, the rule and the values.
+inline void require(bool ok, const char* op, const char* rule, const std::string& values,
+                    const char* file, int line) {
+  if (!ok)
+    throw Error(std::string(op) + ": needs " + rule + ", got " + values + " (" + file + ":" +
+                std::to_string(line) + ")");
+}
+
+}  // namespace mixsim::cuda
+
+#define CUDA_CHECK(call) ::mixsim::cuda::cuda_check((call), #call, __FILE__, __LINE__)
+// After every launch: a bad configuration (grid, block, shared memory) is reported here.
+#define CUDA_CHECK_LAUNCH(kernel) \
+  ::mixsim::cuda::cuda_check(cudaGetLastError(), "launch of " #kernel, __FILE__, __LINE__)
+#define CUDA_REQUIRE(cond, op, values) \
+  ::mixsim::cuda::require((cond), op, #cond, (values), __FILE__, __LINE__)
+
+namespace mixsim::cuda {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarpSize = 32;
+
+// Sum over the 32 lanes. Each step adds the same two values on both lanes of a pair (addition
+// commutes exactly), so all lanes end with the identical value.
+__device__ inline float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+__device__ inline float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+// Blocks for an elementwise grid-stride loop over n elements: enough to fill any GPU, capped so
+// that the grid size fits every launch limit.
+inline unsigned elementwise_blocks(std::size_t n, int threads) {
+  const std::size_t blocks = CEIL_DIV(n, std::size_t(threads));
+  const std::size_t cap = std::size_t(1) << 16;
+  return static_cast<unsigned>(blocks < cap ? blocks : cap);
+}
+
+}  // namespace mixsim::cuda

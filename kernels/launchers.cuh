@@ -1,0 +1,110 @@
+// The kernel launchers of the CUDA backend, one group per .cu file. Shapes, argument order and
+// gradient semantics are those of the matching Backend ops (backend/ops.hpp); every launcher
+// checks its assumptions, runs on `stream` and checks the launch. Ops that need temporary device
+// memory take a Workspace of at least the size their *_workspace() function names.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+
+#include "cuda_common.cuh"
+#include "mixsim/backend/ops.hpp"
+
+namespace mixsim::cuda {
+
+// Temporary device memory handed to one op, carved into pieces aligned to 256 bytes (what
+// cub and vector loads want). Pieces are valid until the op's kernels have run.
+struct Workspace {
+  static constexpr std::size_t kAlign = 256;
+  static std::size_t aligned(std::size_t bytes) { return CEIL_DIV(bytes, kAlign) * kAlign; }
+
+  char* ptr = nullptr;
+  std::size_t bytes = 0;
+
+  template <class T>
+  T* take(std::size_t count) {
+    const std::size_t size = aligned(count * sizeof(T));
+    if (size > bytes)
+      throw Error("CUDA backend: an op asked for " + std::to_string(size) +
+                  " bytes of workspace but only " + std::to_string(bytes) +
+                  " are left (a workspace size function is wrong)");
+    T* p = reinterpret_cast<T*>(ptr);
+    ptr += size;
+    bytes -= size;
+    return p;
+  }
+};
+
+// Parameter gradients summed over rows are formed as partial sums over chunks of this many rows,
+// then the partials are added in chunk order: fixed order, no atomics (reduce.cu).
+constexpr int kRowChunk = 256;
+
+// ---- reduce.cu: dst[c] += sum over rows of x[r, c] (x is (N, C)), deterministic.
+std::size_t column_sums_workspace(int N, int C);
+void column_sums_accumulate(float* dst, const float* x, int N, int C, Workspace ws,
+                            cudaStream_t stream);
+// dst[c] += sum over k = 0..chunks-1 of partials[k, c], in that order.
+void accumulate_partials(float* dst, const float* partials, int chunks, int C, cudaStream_t stream);
+
+// ---- encoder.cu
+void encoder_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B,
+                     int T, int C, cudaStream_t stream);
+std::size_t encoder_backward_workspace(int B, int T);
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* tokens, int B, int T,
+                      int C, Workspace ws, cudaStream_t stream);
+
+// ---- layernorm.cu
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int N, int C, cudaStream_t stream);
+std::size_t layernorm_backward_workspace(int N, int C);
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean, const float* rstd,
+                        int N, int C, Workspace ws, cudaStream_t stream);
+
+// ---- matmul.cu (cuBLAS, fp32 without TF32)
+void set_fp32_math(cublasHandle_t handle);
+void matmul_forward(cublasHandle_t handle, float* out, const float* inp, const float* weight,
+                    const float* bias, int N, int C, int OC, cudaStream_t stream);
+std::size_t matmul_backward_workspace(int N, int OC);
+void matmul_backward(cublasHandle_t handle, float* dinp, float* dweight, float* dbias,
+                     const float* dout, const float* inp, const float* weight, int N, int C, int OC,
+                     Workspace ws, cudaStream_t stream);
+
+// ---- attention.cu (fused causal attention; head size up to kMaxHeadSize)
+constexpr int kMaxHeadSize = 128;
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
+                       cudaStream_t stream);
+std::size_t attention_backward_workspace(int B, int T, int NH);
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int C, int NH, Workspace ws,
+                        cudaStream_t stream);
+
+// ---- gelu.cu
+void gelu_forward(float* out, const float* inp, std::size_t n, cudaStream_t stream);
+void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n,
+                   cudaStream_t stream);
+
+// ---- residual.cu
+void residual_forward(float* out, const float* a, const float* b, std::size_t n,
+                      cudaStream_t stream);
+
+// ---- classifier.cu
+void classifier(float* logits, float* losses, const int* targets, float dloss, bool write_dlogits,
+                int N, int V, int Vp, cudaStream_t stream);
+
+// ---- optimizer.cu
+void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
+           const AdamWArgs& args, cudaStream_t stream);
+std::size_t sum_squares_workspace();
+// Waits for the result: the host needs it (gradient clipping).
+double sum_squares(const float* x, std::size_t n, Workspace ws, cudaStream_t stream);
+
+// ---- buffers.cu
+void weighted_sum(float* out, const float* const* inputs, const float* weights, int k,
+                  std::size_t n, cudaStream_t stream);
+void scale(float* x, float alpha, std::size_t n, cudaStream_t stream);
+
+}  // namespace mixsim::cuda

@@ -1,0 +1,130 @@
+// LayerNorm over C channels: one warp per row, two passes (mean, then variance of x - mean) as
+// the CPU backend does. The weight and bias gradients are sums over rows, formed per chunk of
+// rows and then added in chunk order (deterministic, no atomics).
+#include "launchers.cuh"
+
+namespace mixsim::cuda {
+
+namespace {
+
+constexpr float kLayerNormEps = 1e-5f;
+constexpr int kRowsPerBlock = 8;  // one warp per row
+constexpr int kRowLanes = 8;      // param-gradient partials: block = (32 channels, kRowLanes)
+
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+                                         const float* weight, const float* bias, int N, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= N) return;  // the whole warp
+  const float* x = inp + std::size_t(row) * C;
+  float sum = 0.f;
+  for (int c = lane; c < C; c += kWarpSize) sum += x[c];
+  const float m = warp_sum(sum) / float(C);
+  float var = 0.f;
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float d = x[c] - m;
+    var += d * d;
+  }
+  const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
+  float* o = out + std::size_t(row) * C;
+  for (int c = lane; c < C; c += kWarpSize) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+  if (lane == 0) {
+    if (mean) mean[row] = m;
+    if (rstd) rstd[row] = s;
+  }
+}
+
+// dinp += s * (w * dout - mean(w * dout) - norm * mean(w * dout * norm)), norm = (x - m) * s.
+__global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
+                                               const float* weight, const float* mean,
+                                               const float* rstd, int N, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= N) return;  // the whole warp
+  const std::size_t off = std::size_t(row) * C;
+  const float* x = inp + off;
+  const float* d = dout + off;
+  float* dx = dinp + off;
+  const float m = mean[row], s = rstd[row];
+  float sum_dnorm = 0.f, sum_dnorm_norm = 0.f;
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float dnorm = weight[c] * d[c];
+    sum_dnorm += dnorm;
+    sum_dnorm_norm += dnorm * (x[c] - m) * s;
+  }
+  const float mean_dnorm = warp_sum(sum_dnorm) / float(C);
+  const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / float(C);
+  for (int c = lane; c < C; c += kWarpSize) {
+    const float norm = (x[c] - m) * s;
+    dx[c] += s * (weight[c] * d[c] - mean_dnorm - norm * mean_dnorm_norm);
+  }
+}
+
+// Partial sums over one chunk of kRowChunk rows for 32 channels: dweight (dout * norm), dbias.
+__global__ void layernorm_param_partials_kernel(float* partial_w, float* partial_b,
+                                                const float* dout, const float* inp,
+                                                const float* mean, const float* rstd, int N,
+                                                int C) {
+  __shared__ float sums_w[kRowLanes][kWarpSize];
+  __shared__ float sums_b[kRowLanes][kWarpSize];
+  const int c = blockIdx.x * kWarpSize + threadIdx.x;
+  const int r0 = blockIdx.y * kRowChunk, r1 = min(N, r0 + kRowChunk);
+  float w = 0.f, b = 0.f;
+  if (c < C) {
+    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
+      const std::size_t i = std::size_t(r) * C + c;
+      const float d = dout[i];
+      w += d * (inp[i] - mean[r]) * rstd[r];
+      b += d;
+    }
+  }
+  sums_w[threadIdx.y][threadIdx.x] = w;
+  sums_b[threadIdx.y][threadIdx.x] = b;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float tw = 0.f, tb = 0.f;
+    for (int k = 0; k < kRowLanes; ++k) {
+      tw += sums_w[k][threadIdx.x];
+      tb += sums_b[k][threadIdx.x];
+    }
+    partial_w[std::size_t(blockIdx.y) * C + c] = tw;
+    partial_b[std::size_t(blockIdx.y) * C + c] = tb;
+  }
+}
+
+}  // namespace
+
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int N, int C, cudaStream_t stream) {
+  CUDA_REQUIRE(N > 0 && C > 0, "layernorm_forward", dims({{"N", N}, {"C", C}}));
+  layernorm_forward_kernel<<<CEIL_DIV(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0, stream>>>(
+      out, mean, rstd, inp, weight, bias, N, C);
+  CUDA_CHECK_LAUNCH(layernorm_forward_kernel);
+}
+
+std::size_t layernorm_backward_workspace(int N, int C) {
+  return 2 * Workspace::aligned(std::size_t(CEIL_DIV(N, kRowChunk)) * C * sizeof(float));
+}
+
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean, const float* rstd,
+                        int N, int C, Workspace ws, cudaStream_t stream) {
+  CUDA_REQUIRE(N > 0 && C > 0, "layernorm_backward", dims({{"N", N}, {"C", C}}));
+  CUDA_REQUIRE(mean != nullptr && rstd != nullptr, "layernorm_backward",
+               std::string("no mean/rstd saved by the forward pass"));
+  const int chunks = CEIL_DIV(N, kRowChunk);
+  CUDA_REQUIRE(chunks <= 65535, "layernorm_backward (grid.y)", dims({{"N", N}}));
+  layernorm_backward_dinp_kernel<<<CEIL_DIV(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0,
+                                   stream>>>(dinp, dout, inp, weight, mean, rstd, N, C);
+  CUDA_CHECK_LAUNCH(layernorm_backward_dinp_kernel);
+  float* partial_w = ws.take<float>(std::size_t(chunks) * C);
+  float* partial_b = ws.take<float>(std::size_t(chunks) * C);
+  const dim3 grid(CEIL_DIV(C, kWarpSize), chunks), block(kWarpSize, kRowLanes);
+  layernorm_param_partials_kernel<<<grid, block, 0, stream>>>(partial_w, partial_b, dout, inp, mean,
+                                                              rstd, N, C);
+  CUDA_CHECK_LAUNCH(layernorm_param_partials_kernel);
+  accumulate_partials(dweight, partial_w, chunks, C, stream);
+  accumulate_partials(dbias, partial_b, chunks, C, stream);
+}
+
+}  // namespace mixsim::cuda

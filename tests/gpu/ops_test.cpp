@@ -1,0 +1,521 @@
+// The CUDA backend against the CPU backend: every op on random inputs of awkward sizes (rows not
+// a multiple of 32, C = 72, T = 37, NH = 3, V = 257 in Vp = 320), the gradient semantics
+// (parameters +=, activations =), the ops that must be bit-identical or deterministic, and a
+// whole GPT: the loss and every gradient of one step, evaluation, and 20 AdamW steps.
+// Every test skips with the reason when no GPU is usable.
+#include "mixsim/backend/ops.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mixsim/backend/cuda.hpp"
+#include "mixsim/backend/device.hpp"
+#include "mixsim/core/error.hpp"
+#include "mixsim/core/rng.hpp"
+#include "mixsim/model/gpt.hpp"
+#include "mixsim/model/optimizer.hpp"
+
+using namespace mixsim;
+
+namespace {
+
+std::vector<float> random_floats(std::size_t n, std::uint64_t seed, double scale = 1.0,
+                                 double shift = 0.0) {
+  Rng rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = float(shift + scale * rng.normal());
+  return v;
+}
+
+std::vector<int> random_ints(std::size_t n, int below, std::uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int> v(n);
+  for (auto& x : v) x = int(rng.below(std::uint64_t(below)));
+  return v;
+}
+
+// The same values in the memory of both backends.
+template <class T>
+struct Twin {
+  DeviceBuffer<T> cpu, gpu;
+};
+
+template <class T>
+Twin<T> twin(Backend& cpu, Backend& gpu, const std::vector<T>& host) {
+  Twin<T> t{DeviceBuffer<T>(cpu, host.size()), DeviceBuffer<T>(gpu, host.size())};
+  cpu.upload(t.cpu.get(), host.data(), host.size() * sizeof(T));
+  gpu.upload(t.gpu.get(), host.data(), host.size() * sizeof(T));
+  return t;
+}
+
+template <class T>
+std::vector<T> fetch(Backend& be, const T* ptr, std::size_t count) {
+  std::vector<T> host(count);
+  be.download(host.data(), ptr, count * sizeof(T));
+  return host;
+}
+
+// Both sides of a twin, downloaded.
+struct Pair {
+  std::vector<float> cpu, gpu;
+};
+
+// |gpu - cpu| <= atol + rtol |cpu| for every element; reports the worst one.
+void expect_close(const Pair& p, double atol, double rtol, const std::string& what) {
+  ASSERT_EQ(p.cpu.size(), p.gpu.size()) << what;
+  double worst = -1;
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < p.cpu.size(); ++i) {
+    const double err = std::abs(double(p.gpu[i]) - double(p.cpu[i]));
+    const double excess = err - (atol + rtol * std::abs(double(p.cpu[i])));
+    if (!(excess <= 0) && (worst < 0 || !(excess <= worst))) {  // also catches NaN
+      worst = std::isnan(excess) ? 1e300 : excess;
+      at = i;
+    }
+  }
+  EXPECT_LT(worst, 0) << what << ": element " << at << " gpu " << p.gpu[at] << " cpu " << p.cpu[at]
+                      << " (atol " << atol << ", rtol " << rtol << ")";
+}
+
+void expect_identical(const Pair& p, const std::string& what) {
+  ASSERT_EQ(p.cpu.size(), p.gpu.size()) << what;
+  for (std::size_t i = 0; i < p.cpu.size(); ++i)
+    if (std::memcmp(&p.cpu[i], &p.gpu[i], sizeof(float)) != 0) {
+      ADD_FAILURE() << what << ": first difference at element " << i << ": gpu " << p.gpu[i]
+                    << " cpu " << p.cpu[i];
+      return;
+    }
+}
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const GpuAvailability gpu = gpu_availability();
+    if (gpu.count == 0) GTEST_SKIP() << "no usable GPU: " << gpu.reason;
+    cpu_ = make_cpu_backend();
+    gpu_ = make_cuda_backend(0);
+  }
+
+  Twin<float> floats(const std::vector<float>& host) { return twin(*cpu_, *gpu_, host); }
+  Twin<int> ints(const std::vector<int>& host) { return twin(*cpu_, *gpu_, host); }
+  Pair both(const Twin<float>& t) {
+    return {fetch(*cpu_, t.cpu.get(), t.cpu.size()), fetch(*gpu_, t.gpu.get(), t.gpu.size())};
+  }
+
+  std::unique_ptr<Backend> cpu_, gpu_;
+};
+
+// Awkward sizes shared by the op tests: N = B*T = 296 rows (not a multiple of 32, and more than
+// one 256-row chunk of the parameter-gradient sums), HS = 24.
+constexpr int B = 8, T = 37, C = 72, NH = 3, V = 257, Vp = 320, N = B * T;
+
+}  // namespace
+
+TEST_F(CudaOps, MemoryRoundTripCopyAndZero) {
+  const std::vector<float> host = random_floats(1001, 1);
+  DeviceBuffer<float> a(*gpu_, host.size()), b(*gpu_, host.size());
+  gpu_->upload(a.get(), host.data(), a.bytes());
+  gpu_->copy(b.get(), a.get(), a.bytes());
+  EXPECT_EQ(fetch(*gpu_, b.get(), b.size()), host);
+  gpu_->zero(b.get() + 1, 999 * sizeof(float));
+  const std::vector<float> z = fetch(*gpu_, b.get(), b.size());
+  EXPECT_EQ(z[0], host[0]);
+  EXPECT_EQ(z[1000], host[1000]);
+  for (int i = 1; i < 1000; ++i) ASSERT_EQ(z[i], 0.0f) << i;
+}
+
+TEST_F(CudaOps, OutOfMemoryIsAClearError) {
+  try {
+    gpu_->allocate(std::size_t(1) << 50);  // 1 PiB
+    FAIL() << "allocating 1 PiB succeeded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out of GPU memory"), std::string::npos) << e.what();
+  }
+}
+
+// Embedding rows are copied and added once: exact. The backward adds each token's rows in
+// position order (sorted, stable) and dwpe's over the batch in order, as the CPU does: exact.
+TEST_F(CudaOps, EncoderExactAndGradientsAccumulateInCpuOrder) {
+  auto tokens = ints(random_ints(N, 20, 2));  // 20 of 257 tokens used: many repeats
+  auto wte = floats(random_floats(std::size_t(Vp) * C, 3));
+  auto wpe = floats(random_floats(std::size_t(T) * C, 4));
+  auto out = floats(std::vector<float>(std::size_t(N) * C, 7.f));
+  cpu_->encoder_forward(out.cpu.get(), tokens.cpu.get(), wte.cpu.get(), wpe.cpu.get(), B, T, C);
+  gpu_->encoder_forward(out.gpu.get(), tokens.gpu.get(), wte.gpu.get(), wpe.gpu.get(), B, T, C);
+  expect_identical(both(out), "encoder_forward");
+
+  auto dout = floats(random_floats(std::size_t(N) * C, 5));
+  auto dwte = floats(random_floats(std::size_t(Vp) * C, 6));  // += onto these
+  auto dwpe = floats(random_floats(std::size_t(T) * C, 7));
+  cpu_->encoder_backward(dwte.cpu.get(), dwpe.cpu.get(), dout.cpu.get(), tokens.cpu.get(), B, T, C);
+  gpu_->encoder_backward(dwte.gpu.get(), dwpe.gpu.get(), dout.gpu.get(), tokens.gpu.get(), B, T, C);
+  expect_identical(both(dwte), "encoder_backward dwte");
+  expect_identical(both(dwpe), "encoder_backward dwpe");
+}
+
+// Sums over C = 72 channels in another order (warp tree vs. SIMD lanes): a few float roundings
+// of O(1) values, ~1e-6; 1e-5 leaves a margin. The parameter gradients sum 296 rows of O(1)
+// terms (magnitude ~17): float rounding differences of ~1e-5, bounded here by 2e-4.
+TEST_F(CudaOps, LayerNormForwardAndBackward) {
+  auto inp = floats(random_floats(std::size_t(N) * C, 8, 2.0, 0.5));
+  auto w = floats(random_floats(C, 9, 1.0, 1.0));
+  auto b = floats(random_floats(C, 10));
+  auto out = floats(std::vector<float>(std::size_t(N) * C));
+  auto mean = floats(std::vector<float>(N)), rstd = floats(std::vector<float>(N));
+  cpu_->layernorm_forward(out.cpu.get(), mean.cpu.get(), rstd.cpu.get(), inp.cpu.get(), w.cpu.get(),
+                          b.cpu.get(), N, C);
+  gpu_->layernorm_forward(out.gpu.get(), mean.gpu.get(), rstd.gpu.get(), inp.gpu.get(), w.gpu.get(),
+                          b.gpu.get(), N, C);
+  expect_close(both(out), 1e-5, 1e-5, "layernorm out");
+  expect_close(both(mean), 1e-6, 1e-5, "layernorm mean");
+  expect_close(both(rstd), 1e-6, 1e-5, "layernorm rstd");
+  // mean and rstd are optional
+  auto out2 = floats(std::vector<float>(std::size_t(N) * C));
+  gpu_->layernorm_forward(out2.gpu.get(), nullptr, nullptr, inp.gpu.get(), w.gpu.get(), b.gpu.get(),
+                          N, C);
+  EXPECT_EQ(fetch(*gpu_, out2.gpu.get(), out2.gpu.size()), both(out).gpu);
+
+  auto dout = floats(random_floats(std::size_t(N) * C, 11));
+  auto dinp = floats(random_floats(std::size_t(N) * C, 12));  // accumulated (residual stream)
+  auto dw = floats(random_floats(C, 13)), db = floats(random_floats(C, 14));
+  cpu_->layernorm_backward(dinp.cpu.get(), dw.cpu.get(), db.cpu.get(), dout.cpu.get(),
+                           inp.cpu.get(), w.cpu.get(), mean.cpu.get(), rstd.cpu.get(), N, C);
+  gpu_->layernorm_backward(dinp.gpu.get(), dw.gpu.get(), db.gpu.get(), dout.gpu.get(),
+                           inp.gpu.get(), w.gpu.get(), mean.gpu.get(), rstd.gpu.get(), N, C);
+  expect_close(both(dinp), 2e-5, 1e-4, "layernorm dinp");
+  expect_close(both(dw), 2e-4, 1e-4, "layernorm dweight");
+  expect_close(both(db), 2e-4, 1e-4, "layernorm dbias");
+}
+
+// cuBLAS and OpenBLAS sum the K products in different orders; each output is a sum of up to
+// K = 296 O(1) terms (magnitude ~sqrt(K) = 17), so float rounding differs by ~1e-5; 2e-4 + 1e-4
+// relative is a margin over that, while a wrong operand or transpose is off by O(1).
+TEST_F(CudaOps, MatmulForwardAndBackward) {
+  for (const int OC : {3 * C, Vp}) {
+    const bool with_bias = OC != Vp;  // the tied output head has no bias
+    auto inp = floats(random_floats(std::size_t(N) * C, 15));
+    auto w = floats(random_floats(std::size_t(OC) * C, 16));
+    auto bias = floats(random_floats(OC, 17));
+    auto out = floats(std::vector<float>(std::size_t(N) * OC, 9.f));  // overwritten
+    const float* bc = with_bias ? bias.cpu.get() : nullptr;
+    const float* bg = with_bias ? bias.gpu.get() : nullptr;
+    cpu_->matmul_forward(out.cpu.get(), inp.cpu.get(), w.cpu.get(), bc, N, C, OC);
+    gpu_->matmul_forward(out.gpu.get(), inp.gpu.get(), w.gpu.get(), bg, N, C, OC);
+    expect_close(both(out), 2e-4, 1e-4, "matmul_forward OC=" + std::to_string(OC));
+
+    auto dout = floats(random_floats(std::size_t(N) * OC, 18));
+    auto dinp = floats(std::vector<float>(std::size_t(N) * C, 123.f));  // assigned
+    auto dw = floats(random_floats(std::size_t(OC) * C, 19));           // accumulated
+    auto db = floats(random_floats(OC, 20));
+    float* dbc = with_bias ? db.cpu.get() : nullptr;
+    float* dbg = with_bias ? db.gpu.get() : nullptr;
+    cpu_->matmul_backward(dinp.cpu.get(), dw.cpu.get(), dbc, dout.cpu.get(), inp.cpu.get(),
+                          w.cpu.get(), N, C, OC);
+    gpu_->matmul_backward(dinp.gpu.get(), dw.gpu.get(), dbg, dout.gpu.get(), inp.gpu.get(),
+                          w.gpu.get(), N, C, OC);
+    expect_close(both(dinp), 2e-4, 1e-4, "matmul dinp OC=" + std::to_string(OC));
+    expect_close(both(dw), 2e-4, 1e-4, "matmul dweight OC=" + std::to_string(OC));
+    expect_close(both(db), 2e-4, 1e-4, "matmul dbias OC=" + std::to_string(OC));
+    // dinp may be skipped: dweight then still accumulates
+    gpu_->matmul_backward(nullptr, dw.gpu.get(), nullptr, dout.gpu.get(), inp.gpu.get(),
+                          w.gpu.get(), N, C, OC);
+  }
+}
+
+namespace {
+
+struct AttentionShape {
+  int B, T, C, NH;
+};
+
+}  // namespace
+
+// Scores are q.k over HS <= 128 terms, softmax over <= 100 keys, exp and log differ by an ulp
+// or two between the CPU's polynomial and CUDA's expf: errors of ~1e-6 on O(1) outputs; 3e-5
+// absolute + 1e-4 relative is a margin, while a masking or indexing error is O(0.1).
+TEST_F(CudaOps, AttentionForwardAndBackward) {
+  const AttentionShape shapes[] = {
+      {B, T, C, NH},    // HS = 24, two key tiles, a partial last block
+      {1, 100, 75, 3},  // HS = 25 (odd), four key tiles
+      {2, 65, 128, 1},  // HS = 128, the largest supported
+      {3, 1, 8, 2},     // one position
+  };
+  for (const AttentionShape& s : shapes) {
+    const std::string what = "attention B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) +
+                             " C=" + std::to_string(s.C) + " NH=" + std::to_string(s.NH);
+    const std::size_t rows = std::size_t(s.B) * s.T;
+    auto qkv = floats(random_floats(rows * 3 * s.C, 21));
+    auto out = floats(std::vector<float>(rows * s.C));
+    auto lse = floats(std::vector<float>(std::size_t(s.B) * s.NH * s.T));
+    cpu_->attention_forward(out.cpu.get(), lse.cpu.get(), qkv.cpu.get(), s.B, s.T, s.C, s.NH);
+    gpu_->attention_forward(out.gpu.get(), lse.gpu.get(), qkv.gpu.get(), s.B, s.T, s.C, s.NH);
+    expect_close(both(out), 3e-5, 1e-4, what + " out");
+    expect_close(both(lse), 3e-5, 1e-5, what + " lse");
+
+    auto dout = floats(random_floats(rows * s.C, 22));
+    auto dqkv = floats(std::vector<float>(rows * 3 * s.C, 55.f));  // assigned
+    cpu_->attention_backward(dqkv.cpu.get(), dout.cpu.get(), qkv.cpu.get(), out.cpu.get(),
+                             lse.cpu.get(), s.B, s.T, s.C, s.NH);
+    gpu_->attention_backward(dqkv.gpu.get(), dout.gpu.get(), qkv.gpu.get(), out.gpu.get(),
+                             lse.gpu.get(), s.B, s.T, s.C, s.NH);
+    expect_close(both(dqkv), 3e-5, 1e-4, what + " dqkv");
+  }
+}
+
+TEST_F(CudaOps, LaunchersRejectShapesTheyCannotHandle) {
+  DeviceBuffer<float> buf(*gpu_, 4096);
+  EXPECT_THROW(gpu_->attention_forward(buf.get(), buf.get(), buf.get(), 1, 4, 10, 3), Error);
+  EXPECT_THROW(gpu_->attention_forward(buf.get(), buf.get(), buf.get(), 1, 2, 129, 1), Error);
+  EXPECT_THROW(gpu_->classifier(buf.get(), buf.get(), nullptr, 1.f, false, 1, 65, 64), Error);
+  EXPECT_THROW(
+      gpu_->layernorm_forward(buf.get(), nullptr, nullptr, buf.get(), buf.get(), buf.get(), 0, 8),
+      Error);
+  EXPECT_THROW(gpu_->weighted_sum(buf.get(), nullptr, nullptr, 0, 16), Error);
+}
+
+// tanh via CUDA's tanhf vs. the CPU's exp-based form: ~1e-7 absolute in tanh, times |x| <= ~15.
+// The residual add is one rounding on both sides: exact.
+TEST_F(CudaOps, GeluAndResidual) {
+  const std::size_t n = 100003;
+  auto x = floats(random_floats(n, 23, 3.0));
+  auto y = floats(std::vector<float>(n));
+  cpu_->gelu_forward(y.cpu.get(), x.cpu.get(), n);
+  gpu_->gelu_forward(y.gpu.get(), x.gpu.get(), n);
+  expect_close(both(y), 2e-6, 1e-5, "gelu_forward");
+  auto d = floats(random_floats(n, 24));
+  cpu_->gelu_backward(d.cpu.get(), x.cpu.get(), d.cpu.get(), n);  // in place
+  gpu_->gelu_backward(d.gpu.get(), x.gpu.get(), d.gpu.get(), n);
+  expect_close(both(d), 2e-6, 1e-5, "gelu_backward in place");
+
+  auto a = floats(random_floats(n, 25));
+  auto b = floats(random_floats(n, 26));
+  cpu_->residual_forward(a.cpu.get(), a.cpu.get(), b.cpu.get(), n);  // out aliases a
+  gpu_->residual_forward(a.gpu.get(), a.gpu.get(), b.gpu.get(), n);
+  expect_identical(both(a), "residual_forward");
+}
+
+// The loss is log(sum exp) over 257 logits: ulp-level differences of expf and the summation
+// order give ~1e-6. dlogits are dloss * p with p in [0, 1]: relative 1e-5, absolute
+// 1e-6 * dloss where p - 1 cancels (the target). Skipped rows and padding are exactly zero.
+TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
+  std::vector<float> host = random_floats(std::size_t(N) * Vp, 27, 3.0);
+  for (int n = 0; n < N; ++n)  // padding logits are huge: they must never matter
+    for (int j = V; j < Vp; ++j) host[std::size_t(n) * Vp + j] = 1e4f;
+  std::vector<int> targets = random_ints(N, V, 28);
+  for (int n = 0; n < N; n += 7) targets[n] = -1;  // skipped positions
+  auto tgt = ints(targets);
+  const float dloss = 1.0f / float(N);
+
+  auto logits = floats(host);
+  auto losses = floats(std::vector<float>(N, 5.f));
+  cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, false, N, V, Vp);
+  gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, false, N, V, Vp);
+  expect_close(both(losses), 1e-5, 1e-5, "classifier losses (eval)");
+  EXPECT_EQ(fetch(*gpu_, logits.gpu.get(), logits.gpu.size()), host);  // untouched
+
+  cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, true, N, V, Vp);
+  gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, true, N, V, Vp);
+  expect_close(both(losses), 1e-5, 1e-5, "classifier losses (train)");
+  const Pair dl = both(logits);
+  expect_close(dl, 1e-6 * dloss, 1e-5, "classifier dlogits");
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < Vp; ++j)
+      if (targets[n] < 0 || j >= V) {
+        ASSERT_EQ(dl.gpu[std::size_t(n) * Vp + j], 0.f) << n << " " << j;
+      }
+}
+
+// Every AdamW operation is spelled with round-to-nearest intrinsics in the CPU's order: exact.
+TEST_F(CudaOps, AdamWBitIdenticalToCpu) {
+  const std::size_t n = 10007, off = 3;  // an offset into the buffer, as the per-tensor calls do
+  auto p = floats(random_floats(n + off, 29));
+  auto m = floats(std::vector<float>(n + off));
+  auto v = floats(std::vector<float>(n + off));
+  for (int step = 1; step <= 5; ++step) {
+    auto g = floats(random_floats(n + off, 30 + step, 0.1));
+    AdamWArgs a;
+    a.lr = 1e-3f;
+    a.weight_decay = step % 2 ? 0.1f : 0.f;
+    a.bias_correction1 = float(1.0 - std::pow(0.9, step));
+    a.bias_correction2 = float(1.0 - std::pow(0.95, step));
+    a.grad_scale = step == 3 ? 0.7f : 1.f;
+    cpu_->adamw(p.cpu.get() + off, m.cpu.get() + off, v.cpu.get() + off, g.cpu.get() + off, n, a);
+    gpu_->adamw(p.gpu.get() + off, m.gpu.get() + off, v.gpu.get() + off, g.gpu.get() + off, n, a);
+  }
+  expect_identical(both(p), "adamw params");
+  expect_identical(both(m), "adamw m");
+  expect_identical(both(v), "adamw v");
+}
+
+// Both sides add float squares in double, in different orders: for n = 1e6 the relative
+// difference is ~1e-14, far below 1e-11. The GPU's order is fixed: two runs are identical.
+TEST_F(CudaOps, SumSquaresDeterministicAndMatchesCpu) {
+  for (const std::size_t n : {std::size_t(1), std::size_t(255), std::size_t(257),
+                              std::size_t(100003), std::size_t(1000003)}) {
+    auto x = floats(random_floats(n, 40));
+    const double c = cpu_->sum_squares(x.cpu.get(), n);
+    const double g1 = gpu_->sum_squares(x.gpu.get(), n);
+    const double g2 = gpu_->sum_squares(x.gpu.get(), n);
+    EXPECT_EQ(std::memcmp(&g1, &g2, sizeof(double)), 0) << n;
+    EXPECT_NEAR(g1, c, 1e-11 * c) << n;
+  }
+  EXPECT_EQ(gpu_->sum_squares(nullptr, 0), 0.0);
+}
+
+// Model averaging is exact: per element, w0*x0 + w1*x1 + ... in input order, each operation
+// rounded once, on both backends (also across the GPU's groups of 16 inputs, and in place).
+TEST_F(CudaOps, WeightedSumBitIdenticalToCpu) {
+  const std::size_t n = 100003;
+  for (const int k : {1, 2, 3, 5, 7, 16, 17, 37}) {
+    std::vector<Twin<float>> inputs;
+    std::vector<float> weights;
+    for (int i = 0; i < k; ++i) {
+      inputs.push_back(floats(random_floats(n, 50 + i)));
+      weights.push_back(float(0.5 + 0.5 * std::sin(double(i + k))) / float(k));
+    }
+    for (const bool in_place : {false, true}) {
+      auto out = floats(std::vector<float>(n, 3.f));
+      std::vector<const float*> pc, pg;
+      for (const auto& t : inputs) {
+        pc.push_back(t.cpu.get());
+        pg.push_back(t.gpu.get());
+      }
+      float* oc = out.cpu.get();
+      float* og = out.gpu.get();
+      if (in_place) {  // out aliases input 0: work on copies of it
+        cpu_->copy(oc, pc[0], n * sizeof(float));
+        gpu_->copy(og, pg[0], n * sizeof(float));
+        pc[0] = oc;
+        pg[0] = og;
+      }
+      cpu_->weighted_sum(oc, pc.data(), weights.data(), k, n);
+      gpu_->weighted_sum(og, pg.data(), weights.data(), k, n);
+      expect_identical(both(out),
+                       "weighted_sum k=" + std::to_string(k) + (in_place ? " in place" : ""));
+    }
+  }
+  auto x = floats(random_floats(n, 60));
+  cpu_->scale(x.cpu.get(), 0.37f, n);
+  gpu_->scale(x.gpu.get(), 0.37f, n);
+  expect_identical(both(x), "scale");
+}
+
+// ---- the whole model
+
+namespace {
+
+// 2 layers, 3 heads of 24, context 37, V = 257 padded to Vp = 320.
+ModelConfig model_config() {
+  return {2, 3, 72, 37, 257};
+}
+
+struct Batch {
+  std::vector<int> tokens, targets;
+};
+
+Batch random_batch(int b, int t, int vocab, std::uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int> seq(std::size_t(b) * t + 1);
+  for (auto& x : seq) x = int(rng.below(std::uint64_t(vocab)));
+  return {{seq.begin(), seq.end() - 1}, {seq.begin() + 1, seq.end()}};
+}
+
+std::vector<float> grads_of(Gpt& m) {
+  return fetch(m.backend(), m.grads(), m.layout().total());
+}
+
+std::vector<float> params_of(const Gpt& m) {
+  std::vector<float> p(m.layout().total());
+  m.get_params(p);
+  return p;
+}
+
+}  // namespace
+
+// One step from the same parameters: the loss agrees to float rounding (~1e-6 relative), and each
+// gradient tensor to 1e-4 of its largest element: every op agrees to ~1e-6 relative, and two
+// layers of forward and backward (sums of thousands of terms, softmax and LayerNorm Jacobians)
+// amplify that by at most a few tens. Evaluation (chunks, skipped targets) agrees likewise.
+TEST_F(CudaOps, GptLossAndEveryGradientMatchCpu) {
+  const ModelConfig cfg = model_config();
+  const int b = 4, t = 37;
+  Gpt mc(cfg, *cpu_, b), mg(cfg, *gpu_, b);
+  mc.init(71);
+  mg.init(71);
+  ASSERT_EQ(params_of(mc), params_of(mg));
+  const Batch batch = random_batch(b, t, cfg.vocab_size, 72);
+  mc.zero_grad();
+  mg.zero_grad();
+  const float lc = mc.forward(batch.tokens.data(), batch.targets.data(), b, t);
+  const float lg = mg.forward(batch.tokens.data(), batch.targets.data(), b, t);
+  EXPECT_NEAR(lg, lc, 1e-5 * lc);
+  mc.backward();
+  mg.backward();
+  const std::vector<float> gc = grads_of(mc), gg = grads_of(mg);
+  for (const TensorInfo& info : mc.layout().tensors()) {
+    double scale = 0;
+    for (std::size_t i = 0; i < info.numel; ++i)
+      scale = std::max(scale, double(std::abs(gc[info.offset + i])));
+    ASSERT_GT(scale, 0) << info.name;
+    Pair p{{gc.begin() + info.offset, gc.begin() + info.offset + info.numel},
+           {gg.begin() + info.offset, gg.begin() + info.offset + info.numel}};
+    expect_close(p, 1e-4 * scale, 0, "gradient of " + info.name);
+  }
+  // The padded rows of wte get no gradient.
+  const TensorInfo& wte = mc.layout()[Param::wte];
+  for (std::size_t i = std::size_t(cfg.vocab_size) * cfg.n_embd; i < wte.numel; ++i)
+    ASSERT_EQ(gg[wte.offset + i], 0.f) << i;
+
+  Batch eval = random_batch(5, 30, cfg.vocab_size, 73);
+  for (std::size_t i = 0; i < eval.targets.size(); i += 11) eval.targets[i] = -1;
+  const EvalSums ec = mc.evaluate(eval.tokens.data(), eval.targets.data(), 5, 30);
+  const EvalSums eg = mg.evaluate(eval.tokens.data(), eval.targets.data(), 5, 30);
+  EXPECT_EQ(eg.tokens, ec.tokens);
+  EXPECT_NEAR(eg.loss_sum, ec.loss_sum, 1e-5 * ec.loss_sum);
+}
+
+namespace {
+
+std::vector<float> train(Backend& be, const Batch& batch, int b, int t, int steps,
+                         std::vector<float>* losses) {
+  const ModelConfig cfg = model_config();
+  Gpt m(cfg, be, b);
+  m.init(81);
+  AdamW opt(m.layout(), be);
+  OptimConfig oc;
+  oc.schedule = "constant";
+  for (int s = 0; s < steps; ++s) {
+    m.zero_grad();
+    const float loss = m.forward(batch.tokens.data(), batch.targets.data(), b, t);
+    m.backward();
+    opt.step(m.params(), m.grads(), lr_at(s, steps, oc), oc);
+    if (losses) losses->push_back(loss);
+  }
+  return params_of(m);
+}
+
+}  // namespace
+
+// 20 AdamW steps (lr 1e-3, weight decay, clipping at 1) on one batch. Adam's normalised update
+// moves a parameter by up to lr whatever its gradient's size, so a gradient near zero whose sign
+// differs by rounding moves a parameter by up to 2 lr differently; over 20 steps such flips shift
+// the loss by far less than 2e-3 (the loss itself falls by much more: the model learns).
+// The GPU run is deterministic: a second run gives bit-identical parameters.
+TEST_F(CudaOps, TwentyTrainingStepsFollowCpuAndAreDeterministic) {
+  const int b = 4, t = 37, steps = 20;
+  const Batch batch = random_batch(b, t, model_config().vocab_size, 82);
+  std::vector<float> lc, lg;
+  train(*cpu_, batch, b, t, steps, &lc);
+  const std::vector<float> pg = train(*gpu_, batch, b, t, steps, &lg);
+  ASSERT_EQ(lc.size(), lg.size());
+  for (int s = 0; s < steps; ++s) EXPECT_NEAR(lg[s], lc[s], 2e-3) << "step " << s;
+  EXPECT_LT(lg.back(), lg.front() - 0.5);  // it trains
+  const std::vector<float> pg2 = train(*gpu_, batch, b, t, steps, nullptr);
+  EXPECT_EQ(std::memcmp(pg.data(), pg2.data(), pg.size() * sizeof(float)), 0);
+}
