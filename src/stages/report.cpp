@@ -263,9 +263,73 @@ void print_correlations(const Results& r, const std::vector<Correlation>& cs, in
   out << t.str("  ") << "\n";
 }
 
+// A k-unit truth model trains k unit budgets, so truth losses fall with k where an average of k
+// models need not: pooling mixture sizes mixes that effect into the proxy's agreement. Per size
+// k (with at least 3 truth models) and proxy: Pearson r per eval set over the k-unit truth
+// mixtures, and the pairwise decisions summed over the sets.
+struct SizeRow {
+  std::size_t k = 0;
+  std::string proxy;
+  std::size_t n = 0;                  // truth mixtures of size k
+  std::vector<double> set_pearson;    // per eval set (NaN where undefined)
+  stats::Decisions decisions;         // pooled over the eval sets
+};
+
+std::vector<SizeRow> by_size(const Results& r) {
+  std::map<std::size_t, std::vector<std::size_t>> rows_of;
+  for (std::size_t m = 0; m < r.mixtures.size(); ++m)
+    if (!r.mixtures[m].truth_checksum.empty()) rows_of[r.mixtures[m].members.size()].push_back(m);
+  std::vector<SizeRow> out;
+  if (rows_of.size() < 2) return out;  // one size: the main tables are already per size
+  for (const auto& p : r.proxies)
+    for (const auto& [k, rows] : rows_of) {
+      if (rows.size() < 3) continue;
+      SizeRow row{k, p.name, rows.size(), {}, {}};
+      for (std::size_t e = 0; e < r.eval_sets.size(); ++e) {
+        std::vector<double> x, y;
+        for (auto m : rows)
+          if (std::isfinite(p.loss.at(m, e)) && std::isfinite(r.truth_loss.at(m, e))) {
+            x.push_back(p.loss.at(m, e));
+            y.push_back(r.truth_loss.at(m, e));
+          }
+        row.set_pearson.push_back(x.size() >= 3 ? stats::pearson(x, y) : kNaN);
+        const auto d = stats::decision_accuracy(x, y);
+        row.decisions.pairs += d.pairs;
+        row.decisions.agreeing += d.agreeing;
+      }
+      row.decisions.accuracy =
+          row.decisions.pairs ? row.decisions.agreeing / double(row.decisions.pairs) : kNaN;
+      out.push_back(std::move(row));
+    }
+  return out;
+}
+
+void print_by_size(const std::vector<SizeRow>& rows, std::ostream& out) {
+  if (rows.empty()) return;
+  out << "  By mixture size k: only the truth models of k units (their budgets are equal), per eval set\n";
+  TextTable t({"k", "proxy", "n", "Pearson r per set: min", "median", "max", "sets with r >= 0.9",
+               "decisions"},
+              "rlrrrrrr");
+  for (const auto& row : rows) {
+    std::vector<double> r;
+    for (double v : row.set_pearson)
+      if (std::isfinite(v)) r.push_back(v);
+    std::sort(r.begin(), r.end());
+    const std::size_t good = static_cast<std::size_t>(
+        std::count_if(r.begin(), r.end(), [](double v) { return v >= 0.9; }));
+    const double median =
+        r.empty() ? kNaN : (r.size() % 2 ? r[r.size() / 2] : (r[r.size() / 2 - 1] + r[r.size() / 2]) / 2);
+    t.add({std::to_string(row.k), row.proxy, std::to_string(row.n), r.empty() ? "-" : num(r.front()),
+           num(median), r.empty() ? "-" : num(r.back()),
+           fmt::format("{} of {}", good, row.set_pearson.size()), decisions_text(row.decisions)});
+  }
+  out << t.str("  ") << "\n";
+}
+
 // ---- CSV -------------------------------------------------------------------------------------
 
-void write_csv(const fs::path& path, const Results& r, const std::vector<Correlation>& cs) {
+void write_csv(const fs::path& path, const Results& r, const std::vector<Correlation>& cs,
+               const std::vector<SizeRow>& sizes) {
   std::ofstream out(path);
   if (!out) fail("cannot write the CSV file '{}': check the directory", path.string());
   out << "kind,eval_set,relation,proxy,mixture,n,statistic,value,ci_low,ci_high\n";
@@ -312,6 +376,14 @@ void write_csv(const fs::path& path, const Results& r, const std::vector<Correla
         "decision_accuracy", c.decisions.accuracy);
     if (c.eval_set.empty())
       row(kind, "", c.relation, c.proxy, "", n, "mean_set_pearson", c.mean_set_pearson);
+  }
+  for (const auto& z : sizes) {
+    const auto rel = fmt::format("k={}", z.k);
+    for (std::size_t e = 0; e < r.eval_sets.size(); ++e)
+      row("by_size", r.eval_sets[e].name, rel, z.proxy, "", std::to_string(z.n), "pearson",
+          z.set_pearson[e]);
+    row("by_size", "", rel, z.proxy, "", std::to_string(z.decisions.pairs), "decision_accuracy",
+        z.decisions.accuracy);
   }
   if (!out.flush()) fail("cannot write the CSV file '{}'", path.string());
 }
@@ -440,8 +512,10 @@ int run_report(const JobConfig& config, const po::variables_map& vm, const Commu
            "again to compare the proxies with them.\n";
   else
     print_correlations(r, cs, resamples, out);
+  const auto sizes = by_size(r);
+  print_by_size(sizes, out);
   if (vm.count("csv")) {
-    write_csv(vm["csv"].as<std::string>(), r, cs);
+    write_csv(vm["csv"].as<std::string>(), r, cs, sizes);
     out << fmt::format("CSV: '{}'\n", vm["csv"].as<std::string>());
   }
   if (vm.count("plots")) {

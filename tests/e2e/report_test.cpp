@@ -2,6 +2,7 @@
 // every number, the SVG plots, and the clear lines when there is no truth or no file.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -153,4 +154,55 @@ TEST_F(Report, WithoutTruthOrWithoutAFileItSaysSo) {
   EXPECT_NE(missing.err.find("does not exist"), std::string::npos) << missing.err;
   const auto bad = run_command(cmd({"report", "--top", "0"}));
   EXPECT_EQ(bad.exit_code, 2) << bad.err;
+}
+
+// With truth models of two sizes (the fixture's 4 pairs plus 3 triples) the report adds the
+// per-size table; its Pearson r for one eval set must be the correlation of that size's proxy
+// and truth losses, recomputed here from the CSV's score rows.
+TEST_F(Report, BySizeTableWhenTruthModelsHaveSeveralSizes) {
+  const std::string triples = "alpha/0+beta/1+gamma/0, alpha/1+beta/0+gamma/0, alpha/2+beta/1+beta/2";
+  const auto trained = run_command(cmd({"truth", "--truth.mixtures", triples}));
+  ASSERT_EQ(trained.exit_code, 0) << trained.out << trained.err;
+  const auto merge = run_command(cmd({"merge-eval", "--merge.sizes", "2"}));
+  ASSERT_EQ(merge.exit_code, 0) << merge.out << merge.err;
+  const auto csv = dir_ / "sizes.csv";
+  const auto r = run_command(cmd({"report", "--csv", csv.string()}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_NE(r.out.find("By mixture size k"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  2  merged      4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  3  merged      3"), std::string::npos) << r.out;
+
+  std::ifstream in(csv);
+  std::string line;
+  std::map<std::string, double> proxy, truth;  // mixture -> loss on eval set alpha
+  double reported = std::nan("");
+  int by_size_rows = 0;
+  while (std::getline(in, line)) {
+    const auto f = split(line, ',');
+    if (f[0] == "score" && f[1] == "alpha" && f[6] == "loss" && f[3] == "merged")
+      proxy[f[4]] = std::stod(f[7]);
+    if (f[0] == "score" && f[1] == "alpha" && f[6] == "loss" && f[3] == "truth")
+      truth[f[4]] = std::stod(f[7]);
+    if (f[0] == "by_size") ++by_size_rows;
+    if (f[0] == "by_size" && f[1] == "alpha" && f[2] == "k=3" && f[3] == "merged")
+      reported = std::stod(f[7]);
+  }
+  // 4 proxies x 2 sizes x (4 eval sets + 1 decision row).
+  EXPECT_EQ(by_size_rows, 4 * 2 * 5);
+  std::vector<double> x, y;
+  for (const auto& [name, t] : truth)
+    if (std::count(name.begin(), name.end(), '+') == 2) {
+      x.push_back(proxy.at(name));
+      y.push_back(t);
+    }
+  ASSERT_EQ(x.size(), 3u);
+  const double mx = (x[0] + x[1] + x[2]) / 3, my = (y[0] + y[1] + y[2]) / 3;
+  double sxy = 0, sxx = 0, syy = 0;
+  for (int i = 0; i < 3; ++i) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) * (x[i] - mx);
+    syy += (y[i] - my) * (y[i] - my);
+  }
+  // The CSV prints 17 significant digits; both sides compute in double.
+  EXPECT_NEAR(reported, sxy / std::sqrt(sxx * syy), 1e-9);
 }
