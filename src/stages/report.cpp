@@ -154,6 +154,12 @@ void print_eval_sets(const Results& r, std::ostream& out) {
 // What continued pre-training did: each pool model's loss against the seed's, on its own
 // partition's held-out set, as a mean over the other partitions' sets, and over the
 // out-of-domain sets (gain = seed loss - pool loss: positive when the pool model is better).
+// A pool unit's relation to an eval set: its own partition's, another partition's, or ood.
+std::string unit_relation(const Results& r, std::size_t u, std::size_t e) {
+  const auto& set = r.eval_sets[e];
+  return set.kind == "ood" ? "ood" : set.partition == r.units[u].partition ? "own" : "other";
+}
+
 void print_pool_vs_seed(const Results& r, std::ostream& out) {
   TextTable t({"unit", "own set", "seed", "unit", "gain", "other sets: seed", "unit", "gain",
                "ood: seed", "unit", "gain"},
@@ -169,11 +175,11 @@ void print_pool_vs_seed(const Results& r, std::ostream& out) {
     for (std::size_t e = 0; e < r.eval_sets.size(); ++e) {
       const double v = r.pool_loss.at(u, e), s0 = r.seed_loss[e];
       if (!std::isfinite(v) || !std::isfinite(s0)) continue;
-      const auto& set = r.eval_sets[e];
-      if (set.kind == "ood") {
+      const auto rel = unit_relation(r, u, e);
+      if (rel == "ood") {
         ood_seed += s0, ood_unit += v, ++oods;
-      } else if (set.partition == r.units[u].partition) {
-        own_name = set.name, own_seed = s0, own_unit = v;
+      } else if (rel == "own") {
+        own_name = r.eval_sets[e].name, own_seed = s0, own_unit = v;
       } else {
         other_seed += s0, other_unit += v, ++others;
       }
@@ -352,10 +358,7 @@ void write_csv(const fs::path& path, const Results& r, const std::vector<Correla
     const auto& set = r.eval_sets[e];
     scores("seed", "", "", set, r.seed_loss[e]);
     for (std::size_t u = 0; u < r.units.size(); ++u) {
-      const auto rel = set.kind == "ood"                       ? "ood"
-                       : set.partition == r.units[u].partition ? "own"
-                                                               : "other";
-      scores("pool", r.units[u].name, rel, set, r.pool_loss.at(u, e));
+      scores("pool", r.units[u].name, unit_relation(r, u, e), set, r.pool_loss.at(u, e));
     }
     for (std::size_t m = 0; m < r.mixtures.size(); ++m) {
       const auto rel = relation(r, m, e);

@@ -99,6 +99,11 @@ int group_count(int world_size, int group_size, const char* option) {
   return world_size / g;
 }
 
+// A model is done when its final checkpoint exists and says so.
+bool model_complete(const fs::path& output) {
+  return fs::exists(output) && read_checkpoint_info(output).provenance.complete;
+}
+
 // Trains `jobs` spread over groups; returns kExitInterrupted when a stop signal ended it.
 int train_in_groups(const std::vector<TrainJob>& all_jobs, const JobConfig& config,
                     const DataFile& data, const Communicator& world, int group_size,
@@ -120,9 +125,7 @@ int train_in_groups(const std::vector<TrainJob>& all_jobs, const JobConfig& conf
   std::vector<std::size_t> todo;
   std::vector<double> costs;
   for (std::size_t i = 0; i < jobs.size(); ++i) {
-    bool complete = false;
-    if (fs::exists(jobs[i].output)) complete = read_checkpoint_info(jobs[i].output).provenance.complete;
-    if (!complete) {
+    if (!model_complete(jobs[i].output)) {
       todo.push_back(i);
       costs.push_back(static_cast<double>(jobs[i].steps));
     }
@@ -308,7 +311,7 @@ namespace {
 int print_pending(const std::vector<TrainJob>& jobs, const char* what, const Communicator& world) {
   std::size_t pending = 0;
   for (const auto& job : jobs)
-    if (!fs::exists(job.output) || !read_checkpoint_info(job.output).provenance.complete) ++pending;
+    if (!model_complete(job.output)) ++pending;
   log::info("{}: {} of {} models not complete", what, pending, jobs.size());
   if (world.rank() == 0) std::printf("%zu\n", pending);
   return 0;
