@@ -280,7 +280,12 @@ TEST_F(CudaOps, LaunchersRejectShapesTheyCannotHandle) {
 }
 
 // tanh via CUDA's tanhf vs. the CPU's exp-based form: ~1e-7 absolute in tanh, times |x| <= ~15.
-// The residual add is one rounding on both sides: exact.
+// The backward pass has a cancellation the forward does not: 1 - th^2 where tanh is within a few
+// ulps (6e-8) of -1, i.e. x near -5, where one side already rounds th to -1 (gradient 0) and the
+// other does not. There the term 0.5 x (1 - th^2) du (|0.5 x du| <= 8.5) moves by up to 2 ulps,
+// 2e-6, times |dout| <= 4.5 (the largest of 1e5 normal draws): atol 1.2e-5. Seen on an H100: a
+// 6.4e-6 difference at such an element (the GPU's value was the nearer to the exact gradient).
+// A wrong formula is off by ~0.1. The residual add is one rounding on both sides: exact.
 TEST_F(CudaOps, GeluAndResidual) {
   const std::size_t n = 100003;
   auto x = floats(random_floats(n, 23, 3.0));
@@ -291,7 +296,7 @@ TEST_F(CudaOps, GeluAndResidual) {
   auto d = floats(random_floats(n, 24));
   cpu_->gelu_backward(d.cpu.get(), x.cpu.get(), d.cpu.get(), n);  // in place
   gpu_->gelu_backward(d.gpu.get(), x.gpu.get(), d.gpu.get(), n);
-  expect_close(both(d), 2e-6, 1e-5, "gelu_backward in place");
+  expect_close(both(d), 1.2e-5, 1e-5, "gelu_backward in place");
 
   auto a = floats(random_floats(n, 25));
   auto b = floats(random_floats(n, 26));

@@ -1,0 +1,142 @@
+// bench_gpu_train: training speed of the GPT on the CUDA backend (fp32; TF32 off), as tokens/s
+// and as MFU against a stated peak. Needs only the compute layers, so scripts/gpu-check.sh builds
+// it on a GPU machine without MPI or HDF5. Usage:
+//   build/bench/bench_gpu_train [--configs gpt2,1.1b] [--batch B] [--steps N] [--profile]
+//                               [--peak-tflops P]
+// Configs: small (6/6/384, T 256, vocab 256, B 16), gpt2 (the GPT-2 124M shape: 12 layers,
+// 12 heads, 768 channels, T 1024, vocab 50257 padded to 50304, B 8), 1.1b (the paper's shape:
+// 24 layers, 16 heads, 2048 channels, T 2048, vocab 50257, B 2). A step is zero_grad, forward,
+// backward, the global gradient norm and AdamW, as in training. --profile times each op (with a
+// device synchronisation after each, which slows the step; the totals are reported separately).
+// MFU counts bench::flops_per_token (causal attention at half, as the 6N + attention)
+// against --peak-tflops: 989 by default (H100 SXM dense bf16, the yardstick); the fp32
+// peak of the same card (67 TFLOP/s without tensor cores) is printed beside it.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "mixsim/backend/device.hpp"
+#include "mixsim/backend/ops.hpp"
+#include "mixsim/core/rng.hpp"
+#include "mixsim/core/timer.hpp"
+#include "mixsim/model/gpt.hpp"
+#include "mixsim/model/optimizer.hpp"
+#include "timed_backend.hpp"
+
+namespace {
+
+struct GpuConfig {
+  const char* name;
+  mixsim::ModelConfig model;
+  int batch;
+  int steps;
+};
+
+const GpuConfig kConfigs[] = {
+    {"small", {6, 6, 384, 256, 256}, 16, 20},
+    {"gpt2", {12, 12, 768, 1024, 50257}, 8, 10},
+    {"1.1b", {24, 16, 2048, 2048, 50257}, 2, 4},
+};
+
+constexpr double kFp32PeakTflops = 67.0;  // H100 SXM, fp32 without tensor cores
+
+void run(mixsim::Backend& gpu, const GpuConfig& cfg, int batch, int steps, double peak_tflops,
+         bool profile) {
+  mixsim::bench::TimedBackend timed(gpu, /*sync=*/true);
+  mixsim::Backend& backend = profile ? static_cast<mixsim::Backend&>(timed) : gpu;
+  const int B = batch > 0 ? batch : cfg.batch, T = cfg.model.context;
+  mixsim::Gpt model(cfg.model, backend, B);
+  model.init(1);
+  mixsim::AdamW opt(model.layout(), backend);
+  const mixsim::OptimConfig oc;
+  std::vector<int> tokens(std::size_t(B) * T + 1);
+  mixsim::Rng rng(7);
+  for (auto& t : tokens) t = int(rng.below(std::uint64_t(cfg.model.vocab_size)));
+  float first_loss = 0, loss = 0;
+  double fwd = 0, bwd = 0, upd = 0;
+  auto step = [&] {
+    mixsim::Stopwatch w;
+    model.zero_grad();
+    loss = model.forward(tokens.data(), tokens.data() + 1, B, T);  // returns the loss: synced
+    fwd += w.lap();
+    model.backward();
+    backend.synchronize();
+    bwd += w.lap();
+    opt.step(model.params(), model.grads(), 1e-4, oc);  // the norm comes back to the host: synced
+    backend.synchronize();
+    upd += w.lap();
+  };
+  step();  // warm-up: first touch of activations and moments, cuBLAS heuristics
+  first_loss = loss;
+  step();
+  fwd = bwd = upd = 0;
+  timed.reset();
+  mixsim::Stopwatch watch;
+  for (int i = 0; i < steps; ++i) step();
+  const double seconds = watch.seconds();
+  const double tokens_per_s = double(B) * T * steps / seconds;
+  const double tflops = tokens_per_s * mixsim::bench::flops_per_token(cfg.model) / 1e12;
+  std::printf("%-6s L=%d NH=%d C=%d T=%d V=%d B=%d params=%.1fM, %d steps, loss %.3f -> %.3f\n",
+              cfg.name, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, T,
+              cfg.model.vocab_size, B, double(model.layout().total()) / 1e6, steps,
+              double(first_loss), double(loss));
+  std::printf(
+      "       %.0f tokens/s  %.1f TFLOP/s  MFU %.1f%% of %.0f  (%.1f%% of fp32 %.0f)  per step: "
+      "forward %.1f ms, backward %.1f ms, optimizer %.1f ms\n",
+      tokens_per_s, tflops, 100.0 * tflops / peak_tflops, peak_tflops,
+      100.0 * tflops / kFp32PeakTflops, kFp32PeakTflops, 1e3 * fwd / steps, 1e3 * bwd / steps,
+      1e3 * upd / steps);
+  // One machine-readable line for scripts/gpu-check.sh's table.
+  std::printf("RESULT mixsim-fp32 %s tokens_per_s=%.0f tflops=%.2f mfu=%.2f\n", cfg.name,
+              tokens_per_s, tflops, 100.0 * tflops / peak_tflops);
+  if (profile) timed.print(steps);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string configs = "gpt2";
+  int steps = 0, batch = 0;
+  double peak = 989.0;
+  bool profile = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--configs") && i + 1 < argc) {
+      configs = argv[++i];
+    } else if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) {
+      steps = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) {
+      batch = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--peak-tflops") && i + 1 < argc) {
+      peak = std::atof(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--profile")) {
+      profile = true;
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--configs small,gpt2,1.1b] [--batch B] [--steps N] [--profile] "
+                   "[--peak-tflops P]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  const auto avail = mixsim::gpu_availability();
+  if (avail.count == 0) {
+    std::fprintf(stderr, "bench_gpu_train: no usable GPU: %s\n", avail.reason.c_str());
+    return 2;
+  }
+  std::printf("device: %s; fp32, TF32 off\n", avail.name.c_str());
+  try {
+    auto gpu = mixsim::make_backend("cuda");
+    for (const auto& cfg : kConfigs) {
+      if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
+        continue;
+      run(*gpu, cfg, batch, steps > 0 ? steps : cfg.steps, peak, profile);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_gpu_train: %s\n", e.what());
+    return 1;
+  }
+}

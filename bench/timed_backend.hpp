@@ -1,0 +1,119 @@
+// Shared by the CPU and GPU training benchmarks: a Backend wrapper that times every op, and the
+// FLOP count of a training token. Depends only on the compute layers (mixsim_compute).
+#pragma once
+
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "mixsim/backend/ops.hpp"
+#include "mixsim/core/config.hpp"
+#include "mixsim/core/timer.hpp"
+
+namespace mixsim::bench {
+
+// A Backend that forwards every op to another one and adds up the wall time of each op
+// (--profile): where a step's time goes, without a profiler.
+class TimedBackend final : public Backend {
+ public:
+  // sync: wait for the device after each op, so that asynchronous (GPU) ops are timed whole.
+  explicit TimedBackend(Backend& inner, bool sync = false) : in_(inner), sync_(sync) {}
+  std::string_view name() const override { return in_.name(); }
+  void* allocate(std::size_t b) override { return in_.allocate(b); }
+  void deallocate(void* p) noexcept override { in_.deallocate(p); }
+  void upload(void* d, const void* s, std::size_t b) override { in_.upload(d, s, b); }
+  void download(void* d, const void* s, std::size_t b) override { in_.download(d, s, b); }
+  void copy(void* d, const void* s, std::size_t b) override { in_.copy(d, s, b); }
+  void zero(void* p, std::size_t b) override {
+    time("zero", [&] { in_.zero(p, b); });
+  }
+  void synchronize() override { in_.synchronize(); }
+  void encoder_forward(float* o, const int* t, const float* a, const float* b, int B, int T,
+                       int C) override {
+    time("encoder_forward", [&] { in_.encoder_forward(o, t, a, b, B, T, C); });
+  }
+  void encoder_backward(float* a, float* b, const float* d, const int* t, int B, int T,
+                        int C) override {
+    time("encoder_backward", [&] { in_.encoder_backward(a, b, d, t, B, T, C); });
+  }
+  void layernorm_forward(float* o, float* m, float* r, const float* i, const float* w,
+                         const float* b, int N, int C) override {
+    time("layernorm_forward", [&] { in_.layernorm_forward(o, m, r, i, w, b, N, C); });
+  }
+  void layernorm_backward(float* di, float* dw, float* db, const float* d, const float* i,
+                          const float* w, const float* m, const float* r, int N, int C) override {
+    time("layernorm_backward", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
+  }
+  void matmul_forward(float* o, const float* i, const float* w, const float* b, int N, int C,
+                      int OC) override {
+    time("matmul_forward", [&] { in_.matmul_forward(o, i, w, b, N, C, OC); });
+  }
+  void matmul_backward(float* di, float* dw, float* db, const float* d, const float* i,
+                       const float* w, int N, int C, int OC) override {
+    time("matmul_backward", [&] { in_.matmul_backward(di, dw, db, d, i, w, N, C, OC); });
+  }
+  void attention_forward(float* o, float* l, const float* q, int B, int T, int C, int NH) override {
+    time("attention_forward", [&] { in_.attention_forward(o, l, q, B, T, C, NH); });
+  }
+  void attention_backward(float* dq, const float* d, const float* q, const float* o, const float* l,
+                          int B, int T, int C, int NH) override {
+    time("attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); });
+  }
+  void gelu_forward(float* o, const float* i, std::size_t n) override {
+    time("gelu_forward", [&] { in_.gelu_forward(o, i, n); });
+  }
+  void gelu_backward(float* di, const float* i, const float* d, std::size_t n) override {
+    time("gelu_backward", [&] { in_.gelu_backward(di, i, d, n); });
+  }
+  void residual_forward(float* o, const float* a, const float* b, std::size_t n) override {
+    time("residual_forward", [&] { in_.residual_forward(o, a, b, n); });
+  }
+  void classifier(float* l, float* ls, const int* t, float d, bool w, int N, int V,
+                  int Vp) override {
+    time("classifier", [&] { in_.classifier(l, ls, t, d, w, N, V, Vp); });
+  }
+  void adamw(float* p, float* m, float* v, const float* g, std::size_t n,
+             const AdamWArgs& a) override {
+    time("adamw", [&] { in_.adamw(p, m, v, g, n, a); });
+  }
+  double sum_squares(const float* x, std::size_t n) override {
+    double r = 0;
+    time("sum_squares", [&] { r = in_.sum_squares(x, n); });
+    return r;
+  }
+  void weighted_sum(float* o, const float* const* in, const float* w, int k,
+                    std::size_t n) override {
+    in_.weighted_sum(o, in, w, k, n);
+  }
+  void scale(float* x, float a, std::size_t n) override { in_.scale(x, a, n); }
+
+  void reset() { totals_.clear(); }
+  void print(int steps) const {
+    for (const auto& [op, s] : totals_)
+      std::printf("         %-20s %8.3f ms/step\n", op.c_str(), 1e3 * s / steps);
+  }
+
+ private:
+  template <class Fn>
+  void time(const char* op, Fn&& fn) {
+    Stopwatch w;
+    fn();
+    if (sync_) in_.synchronize();
+    totals_[op] += w.seconds();
+  }
+  Backend& in_;
+  bool sync_;
+  std::map<std::string, double> totals_;
+};
+
+// FLOPs of one training token: 6 per weight that enters a matrix product (2 forward, 4
+// backward): per layer 12 C^2 matrix weights and 9 C biases, and the head tied to wte, V x C;
+// plus causal attention: per layer and token, q.k and p.v over T/2 keys on average, 2 * 2 *
+// (T/2) * C forward and twice that backward. LayerNorm, GELU, softmax and AdamW are not counted.
+inline double flops_per_token(const ModelConfig& m) {
+  const double L = m.n_layer, C = m.n_embd, T = m.context, V = m.vocab_size;
+  const double weights = L * (12 * C * C + 9 * C) + V * C;
+  return 6 * weights + 6 * L * T * C;
+}
+
+}  // namespace mixsim::bench

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""PyTorch's training speed on the model bench_gpu_train measures: the comparison for issue #8.
+
+The same GPT-2 architecture as mixsim (learned positions, pre-LayerNorm blocks, tanh-GELU MLP,
+output head tied to the token embedding, vocabulary padded to a multiple of 64), the same shapes
+and batch, the same step (zero_grad, forward, backward, gradient-norm clipping, AdamW), with
+random tokens. Precision: bf16 (autocast, fp32 master weights; the issue's yardstick, usually with
+--compile) or fp32 (TF32 off, what mixsim's fp32 CUDA backend computes). Prints a line
+`RESULT torch-<dtype>[-compile] <config> tokens_per_s=... tflops=... mfu=...` for gpu-check.sh.
+FLOPs per token are counted as in bench/timed_backend.hpp (6 per matrix weight, causal
+attention at half), MFU against --peak-tflops (989: H100 dense bf16).
+
+  python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 10
+"""
+import argparse
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CONFIGS = {  # name: (layers, heads, channels, context, vocab, batch)
+    "small": (6, 6, 384, 256, 256, 16),
+    "gpt2": (12, 12, 768, 1024, 50257, 8),
+    "1.1b": (24, 16, 2048, 2048, 50257, 2),
+}
+
+
+class Block(nn.Module):
+    def __init__(self, C, NH):
+        super().__init__()
+        self.NH = NH
+        self.ln1 = nn.LayerNorm(C)
+        self.qkv = nn.Linear(C, 3 * C)
+        self.attproj = nn.Linear(C, C)
+        self.ln2 = nn.LayerNorm(C)
+        self.fc = nn.Linear(C, 4 * C)
+        self.fcproj = nn.Linear(4 * C, C)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.NH, C // self.NH).transpose(1, 2) for t in (q, k, v))
+        if hasattr(F, "scaled_dot_product_attention"):  # torch >= 2.0: flash attention
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # older torch (a CPU check of this script)
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+        x = x + self.attproj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.fcproj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class Gpt(nn.Module):
+    def __init__(self, L, NH, C, T, V):
+        super().__init__()
+        Vp = (V + 63) // 64 * 64
+        self.V = V
+        self.wte = nn.Embedding(Vp, C)
+        self.wpe = nn.Embedding(T, C)
+        self.blocks = nn.ModuleList(Block(C, NH) for _ in range(L))
+        self.lnf = nn.LayerNorm(C)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * L) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx, targets):
+        T = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lnf(x) @ self.wte.weight.t()  # tied head over the padded rows, as mixsim
+        return F.cross_entropy(logits[..., : self.V].float().reshape(-1, self.V), targets.view(-1))
+
+
+def flops_per_token(L, C, T, V):
+    return 6 * (L * (12 * C * C + 9 * C) + V * C) + 6 * L * T * C
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="gpt2", choices=sorted(CONFIGS))
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--batch", type=int, default=0, help="sequences per step (0: the config's)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu to check the script itself")
+    args = ap.parse_args()
+
+    L, NH, C, T, V, B = CONFIGS[args.config]
+    B = args.batch or B
+    torch.manual_seed(1)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = args.device
+    model = Gpt(L, NH, C, T, V).to(dev)
+    decay = [p for n, p in model.named_parameters() if p.dim() == 2]
+    other = [p for n, p in model.named_parameters() if p.dim() != 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": other, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
+                            **({"fused": True} if dev == "cuda" else {}))
+    step_model = torch.compile(model) if args.compile else model
+    tokens = torch.randint(0, V, (B, T + 1), device=dev)
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    amp = torch.autocast(dev, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            loss = step_model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    t0 = time.time()
+    for _ in range(3):
+        loss = step()
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    sync()
+    warm = time.time() - t0
+    t0 = time.time()
+    for _ in range(args.steps):
+        loss = step()
+    sync()
+    seconds = time.time() - t0
+    tps = B * T * args.steps / seconds
+    tflops = tps * flops_per_token(L, C, T, V) / 1e12
+    label = f"torch-{args.dtype}" + ("-compile" if args.compile else "")
+    print(f"{label} {args.config}: B={B} T={T}, warm-up {warm:.1f} s, {args.steps} steps "
+          f"{seconds:.2f} s, loss {loss.item():.3f}; {tps:.0f} tokens/s, {tflops:.1f} TFLOP/s, "
+          f"MFU {100 * tflops / args.peak_tflops:.1f}% of {args.peak_tflops:.0f}")
+    print(f"RESULT {label} {args.config} tokens_per_s={tps:.0f} tflops={tflops:.2f} "
+          f"mfu={100 * tflops / args.peak_tflops:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
