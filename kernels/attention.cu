@@ -1,14 +1,19 @@
-// Fused causal self-attention, flash style, in fp32. A block takes kWarps consecutive rows of one
-// (batch, head), one row per warp, and walks the other side in tiles of 32 rows held in shared
-// memory, one row per lane. Nothing of size T x T is ever stored:
+// Fused causal self-attention, flash style, in fp32 on CUDA cores. A block takes kBlockRows = 32
+// consecutive rows of one (batch, head), kRows = 4 consecutive rows per warp, and walks the other
+// side in tiles of 32 rows held in shared memory, one row per lane. Each value a lane reads from
+// shared memory feeds the warp's kRows rows, and each lane keeps NPL = ceil(HS / 32) head dims of
+// each row in registers (d = lane + 32 r): the kernels are templated on NPL. Nothing of size
+// T x T is ever stored:
 // - forward: per query row an online softmax (running max and sum) over key tiles; the output
 //   and the log-sum-exp of the row (the backward pass's only saved state) are written at the end.
 // - backward: probabilities are recomputed from the log-sum-exp. With P = softmax(scale q k^T),
 //   D_i = dout_i . out_i and dS = P (dout v^T - D): dq = scale dS k, dk = scale dS^T q,
 //   dv = P^T dout. Two kernels, so that every output row is summed by one warp in a fixed order
 //   (no atomics): a query-major one for dq (which also stores D), a key-major one for dk, dv.
-// Rows past T in a tile are loaded as zeros, so masked lanes never multiply garbage.
+// Rows past T in a tile are loaded as zeros, and a warp skips (uniformly) every row of its own
+// that is past T or sees no key of the tile, so no lane multiplies garbage or forms exp(-inf+inf).
 #include <cmath>
+#include <type_traits>
 
 #include "launchers.cuh"
 
@@ -16,10 +21,12 @@ namespace mixsim::cuda {
 
 namespace {
 
-constexpr int kWarps = 8;                           // rows of a block, one per warp
-constexpr int kTile = kWarpSize;                    // rows of a shared tile, one per lane
-constexpr int kPerLane = kMaxHeadSize / kWarpSize;  // head dims per lane: d = lane + 32 r
+constexpr int kWarps = 8;
+constexpr int kRows = 4;                         // rows of a warp
+constexpr int kBlockRows = kWarps * kRows;       // rows of a block
+constexpr int kTile = kWarpSize;                 // rows of a shared tile, one per lane
 constexpr int kThreads = kWarps * kWarpSize;
+static_assert(kBlockRows == kTile, "the key-major kernel starts its query tiles at its block");
 
 // An odd row stride: lane l reading element d of tile row l hits bank (l * ld + d) % 32, all
 // different when ld is odd.
@@ -27,10 +34,11 @@ __host__ __device__ inline int tile_ld(int HS) {
   return HS % 2 ? HS : HS + 1;
 }
 
-// Shared memory of every kernel here: two tiles, two per-warp rows, two per-tile vectors.
+// Shared memory of every kernel here: two tiles, two blocks of the block's own rows, two
+// per-tile vectors.
 std::size_t shared_bytes(int HS) {
   return sizeof(float) *
-         (2 * std::size_t(kTile) * tile_ld(HS) + 2 * std::size_t(kWarps) * HS + 2 * kTile);
+         (2 * std::size_t(kTile) * tile_ld(HS) + 2 * std::size_t(kBlockRows) * HS + 2 * kTile);
 }
 
 // Where the rows of one (batch, head) live.
@@ -57,146 +65,201 @@ __device__ inline void load_tile(float* tile, const float* src, std::size_t stri
   }
 }
 
-// The warp's own row (HS values) into shared memory; row < T.
-__device__ inline void load_row(float* dst, const float* src, int HS) {
-  for (int d = threadIdx.x % kWarpSize; d < HS; d += kWarpSize) dst[d] = src[d];
+// The block's own kBlockRows rows from `first` into rows[r * HS + d]; zero past T.
+__device__ inline void load_rows(float* rows, const float* src, std::size_t stride, int first,
+                                 int T, int HS) {
+  for (int idx = threadIdx.x; idx < kBlockRows * HS; idx += blockDim.x) {
+    const int r = idx / HS, d = idx % HS, row = first + r;
+    rows[idx] = row < T ? src[std::size_t(row) * stride + d] : 0.f;
+  }
 }
 
-// a . tile row `lane` (a is a per-warp row in shared memory, read as a broadcast).
-__device__ inline float dot_tile_row(const float* a, const float* tile, int lane, int HS) {
-  const float* t = tile + lane * tile_ld(HS);
-  float s = 0.f;
-  for (int d = 0; d < HS; ++d) s += a[d] * t[d];
-  return s;
+// dots[r] = own[r] . tile row `lane`, for the warp's kRows rows (own: its first row in shared
+// memory, read as broadcasts; each tile value is read once for all kRows rows).
+__device__ inline void dot_rows(float (&dots)[kRows], const float* own, const float* tile, int HS) {
+  const float* t = tile + (threadIdx.x % kWarpSize) * tile_ld(HS);
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) dots[r] = 0.f;
+  for (int d = 0; d < HS; ++d) {
+    const float td = t[d];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) dots[r] += own[r * HS + d] * td;
+  }
 }
 
-// acc[r] += sum over tile rows jj of w_jj * tile[jj, lane + 32 r], w_jj held by lane jj.
-__device__ inline void add_weighted_rows(float (&acc)[kPerLane], float w, const float* tile,
-                                         int HS) {
+// acc[r][c] += sum over tile rows jj of w[r] (held by lane jj) * tile[jj, lane + 32 c].
+template <int NPL>
+__device__ inline void add_weighted_rows(float (&acc)[kRows][NPL], const float (&w)[kRows],
+                                         const float* tile, int HS) {
   const int lane = threadIdx.x % kWarpSize, ld = tile_ld(HS);
   for (int jj = 0; jj < kTile; ++jj) {
-    const float wj = __shfl_sync(kFullMask, w, jj);
     const float* row = tile + jj * ld;
+    float x[NPL];
 #pragma unroll
-    for (int r = 0; r < kPerLane; ++r) {
-      const int d = lane + kWarpSize * r;
-      if (d < HS) acc[r] += wj * row[d];
+    for (int c = 0; c < NPL; ++c) {
+      const int d = lane + kWarpSize * c;
+      x[c] = d < HS ? row[d] : 0.f;
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float wj = __shfl_sync(kFullMask, w[r], jj);
+#pragma unroll
+      for (int c = 0; c < NPL; ++c) acc[r][c] += wj * x[c];
     }
   }
 }
 
-__device__ inline void store_row(float* dst, const float (&acc)[kPerLane], float factor, int HS) {
+template <int NPL>
+__device__ inline void store_row(float* dst, const float (&acc)[NPL], float factor, int HS) {
   const int lane = threadIdx.x % kWarpSize;
 #pragma unroll
-  for (int r = 0; r < kPerLane; ++r) {
-    const int d = lane + kWarpSize * r;
-    if (d < HS) dst[d] = acc[r] * factor;
+  for (int c = 0; c < NPL; ++c) {
+    const int d = lane + kWarpSize * c;
+    if (d < HS) dst[d] = acc[c] * factor;
   }
 }
 
+template <int NPL>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(float* out, float* lse, const float* qkv, int T, int C, int NH, int HS,
                              float scale) {
   extern __shared__ float smem[];
   const int ld = tile_ld(HS), warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  float* ks = smem;                        // (kTile, ld) keys
-  float* vs = ks + kTile * ld;             // (kTile, ld) values
-  float* q = vs + kTile * ld + warp * HS;  // this warp's query row
+  float* ks = smem;                           // (kTile, ld) keys
+  float* vs = ks + kTile * ld;                // (kTile, ld) values
+  float* qs = vs + kTile * ld;                // (kBlockRows, HS) the block's queries
+  const float* q = qs + warp * kRows * HS;    // the warp's kRows query rows
   const Head head = head_of(qkv, T, C, NH, HS);
-  const int i0 = blockIdx.x * kWarps, i = i0 + warp;
-  const int last = min(T, i0 + kWarps) - 1;  // the block's last query row
-  if (i < T) load_row(q, head.q + i * head.qkv_stride, HS);
+  const int i0 = blockIdx.x * kBlockRows, iw = i0 + warp * kRows;  // block's, warp's first row
+  const int last = min(T, i0 + kBlockRows) - 1;                    // the block's last query row
+  load_rows(qs, head.q, head.qkv_stride, i0, T, HS);
 
-  float m = -INFINITY, l = 0.f, acc[kPerLane] = {};
+  float m[kRows], l[kRows], acc[kRows][NPL];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int c = 0; c < NPL; ++c) acc[r][c] = 0.f;
+  }
   for (int j0 = 0; j0 <= last; j0 += kTile) {
-    __syncthreads();  // the previous tiles are consumed (and q is visible)
+    __syncthreads();  // the previous tiles are consumed (and the queries are visible)
     load_tile(ks, head.q + C, head.qkv_stride, j0, T, HS);
     load_tile(vs, head.q + 2 * C, head.qkv_stride, j0, T, HS);
     __syncthreads();
-    if (i >= T || j0 > i) continue;  // the whole warp: no visible key in this tile
+    if (iw >= T || j0 > iw + kRows - 1) continue;  // the whole warp: no row sees this tile
+    float s[kRows], p[kRows];
+    dot_rows(s, q, ks, HS);
     const int j = j0 + lane;
-    const float s = j <= i ? scale * dot_tile_row(q, ks, lane, HS) : -INFINITY;
-    const float m_new = fmaxf(m, warp_max(s));  // finite: key j0 <= i is visible
-    const float correction = expf(m - m_new);   // 0 on the first tile (m = -inf)
-    const float p = expf(s - m_new);            // 0 for masked keys
-    l = l * correction + warp_sum(p);
 #pragma unroll
-    for (int r = 0; r < kPerLane; ++r) acc[r] *= correction;
-    add_weighted_rows(acc, p, vs, HS);
-    m = m_new;
+    for (int r = 0; r < kRows; ++r) {
+      const int i = iw + r;
+      p[r] = 0.f;
+      if (i >= T || j0 > i) continue;  // uniform over the warp: row r sees no key of the tile
+      const float sr = j <= i ? scale * s[r] : -INFINITY;
+      const float m_new = fmaxf(m[r], warp_max(sr));  // finite: key j0 <= i is visible
+      const float correction = expf(m[r] - m_new);    // 0 on the row's first tile (m = -inf)
+      p[r] = expf(sr - m_new);                         // 0 for masked keys
+      l[r] = l[r] * correction + warp_sum(p[r]);
+#pragma unroll
+      for (int c = 0; c < NPL; ++c) acc[r][c] *= correction;
+      m[r] = m_new;
+    }
+    add_weighted_rows<NPL>(acc, p, vs, HS);
   }
-  if (i >= T) return;
-  store_row(out + head.row_offset + std::size_t(i) * C, acc, 1.f / l, HS);
-  if (lse && lane == 0) lse[head.lse_offset + i] = m + logf(l);
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int i = iw + r;
+    if (i >= T) break;
+    store_row<NPL>(out + head.row_offset + std::size_t(i) * C, acc[r], 1.f / l[r], HS);
+    if (lse && lane == 0) lse[head.lse_offset + i] = m[r] + logf(l[r]);
+  }
 }
 
 // Query-major: dq of the block's query rows, and D_i = dout_i . out_i for the key-major kernel.
+template <int NPL>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dq_kernel(float* dqkv, float* dvec, const float* dout, const float* qkv,
                                  const float* out, const float* lse, int T, int C, int NH, int HS,
                                  float scale) {
   extern __shared__ float smem[];
   const int ld = tile_ld(HS), warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  float* ks = smem;                        // (kTile, ld) keys
-  float* vs = ks + kTile * ld;             // (kTile, ld) values
-  float* q = vs + kTile * ld + warp * HS;  // this warp's query row
-  float* g = q + kWarps * HS;              // this warp's dout row
+  float* ks = smem;                         // (kTile, ld) keys
+  float* vs = ks + kTile * ld;              // (kTile, ld) values
+  float* qs = vs + kTile * ld;              // (kBlockRows, HS) the block's queries
+  float* gs = qs + kBlockRows * HS;         // (kBlockRows, HS) their dout rows
   const Head head = head_of(qkv, T, C, NH, HS);
-  const int i0 = blockIdx.x * kWarps, i = i0 + warp;
-  const int last = min(T, i0 + kWarps) - 1;
-  float D = 0.f, row_lse = 0.f;
-  if (i < T) {
+  const int i0 = blockIdx.x * kBlockRows, iw = i0 + warp * kRows;
+  const int last = min(T, i0 + kBlockRows) - 1;
+  load_rows(qs, head.q, head.qkv_stride, i0, T, HS);
+  load_rows(gs, dout + head.row_offset, C, i0, T, HS);
+  const float* q = qs + warp * kRows * HS;
+  const float* g = gs + warp * kRows * HS;
+  float D[kRows], row_lse[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int i = iw + r;
+    D[r] = row_lse[r] = 0.f;
+    if (i >= T) continue;
     const std::size_t row = head.row_offset + std::size_t(i) * C;
-    load_row(q, head.q + i * head.qkv_stride, HS);
-    load_row(g, dout + row, HS);
     float part = 0.f;
     for (int d = lane; d < HS; d += kWarpSize) part += dout[row + d] * out[row + d];
-    D = warp_sum(part);
-    if (lane == 0) dvec[head.lse_offset + i] = D;
-    row_lse = lse[head.lse_offset + i];
+    D[r] = warp_sum(part);
+    if (lane == 0) dvec[head.lse_offset + i] = D[r];
+    row_lse[r] = lse[head.lse_offset + i];
   }
 
-  float dq[kPerLane] = {};
+  float dq[kRows][NPL] = {};
   for (int j0 = 0; j0 <= last; j0 += kTile) {
     __syncthreads();
     load_tile(ks, head.q + C, head.qkv_stride, j0, T, HS);
     load_tile(vs, head.q + 2 * C, head.qkv_stride, j0, T, HS);
     __syncthreads();
-    if (i >= T || j0 > i) continue;
+    if (iw >= T || j0 > iw + kRows - 1) continue;
+    float s[kRows], dp[kRows], ds[kRows];
+    dot_rows(s, q, ks, HS);
+    dot_rows(dp, g, vs, HS);
     const int j = j0 + lane;
-    float ds = 0.f;
-    if (j <= i) {
-      const float p = expf(scale * dot_tile_row(q, ks, lane, HS) - row_lse);
-      ds = p * (dot_tile_row(g, vs, lane, HS) - D);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int i = iw + r;
+      ds[r] = 0.f;
+      if (i < T && j <= i) ds[r] = expf(scale * s[r] - row_lse[r]) * (dp[r] - D[r]);
     }
-    add_weighted_rows(dq, ds, ks, HS);
+    add_weighted_rows<NPL>(dq, ds, ks, HS);
   }
-  if (i >= T) return;
-  const std::size_t q_row = std::size_t(blockIdx.z) * T + i;
-  store_row(dqkv + q_row * head.qkv_stride + std::size_t(blockIdx.y) * HS, dq, scale, HS);
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int i = iw + r;
+    if (i >= T) break;
+    const std::size_t q_row = std::size_t(blockIdx.z) * T + i;
+    store_row<NPL>(dqkv + q_row * head.qkv_stride + std::size_t(blockIdx.y) * HS, dq[r], scale,
+                   HS);
+  }
 }
 
 // Key-major: dk and dv of the block's key rows, over the query tiles at or after them.
+template <int NPL>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dkdv_kernel(float* dqkv, const float* dout, const float* qkv,
                                    const float* lse, const float* dvec, int T, int C, int NH,
                                    int HS, float scale) {
   extern __shared__ float smem[];
   const int ld = tile_ld(HS), warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  float* qs = smem;                                     // (kTile, ld) queries
-  float* gs = qs + kTile * ld;                          // (kTile, ld) dout rows
-  float* k = gs + kTile * ld + warp * HS;               // this warp's key row
-  float* v = k + kWarps * HS;                           // this warp's value row
-  float* tile_lse = gs + kTile * ld + 2 * kWarps * HS;  // (kTile)
-  float* tile_d = tile_lse + kTile;                     // (kTile)
+  float* qs = smem;                           // (kTile, ld) queries
+  float* gs = qs + kTile * ld;                // (kTile, ld) dout rows
+  float* ks = gs + kTile * ld;                // (kBlockRows, HS) the block's keys
+  float* vs = ks + kBlockRows * HS;           // (kBlockRows, HS) the block's values
+  float* tile_lse = vs + kBlockRows * HS;     // (kTile)
+  float* tile_d = tile_lse + kTile;           // (kTile)
   const Head head = head_of(qkv, T, C, NH, HS);
-  const int j0 = blockIdx.x * kWarps, j = j0 + warp;
-  if (j < T) {
-    load_row(k, head.q + C + j * head.qkv_stride, HS);
-    load_row(v, head.q + 2 * C + j * head.qkv_stride, HS);
-  }
+  const int j0 = blockIdx.x * kBlockRows, jw = j0 + warp * kRows;
+  load_rows(ks, head.q + C, head.qkv_stride, j0, T, HS);
+  load_rows(vs, head.q + 2 * C, head.qkv_stride, j0, T, HS);
+  const float* k = ks + warp * kRows * HS;
+  const float* v = vs + warp * kRows * HS;
 
-  float dk[kPerLane] = {}, dv[kPerLane] = {};
+  float dk[kRows][NPL] = {}, dv[kRows][NPL] = {};
   for (int t0 = j0; t0 < T; t0 += kTile) {  // queries before j0 see none of the block's keys
     __syncthreads();
     load_tile(qs, head.q, head.qkv_stride, t0, T, HS);
@@ -207,27 +270,39 @@ __global__ void __launch_bounds__(kThreads)
       tile_d[threadIdx.x] = row < T ? dvec[head.lse_offset + row] : 0.f;
     }
     __syncthreads();
-    if (j >= T || t0 + kTile - 1 < j) continue;  // the whole warp: no query sees key j here
+    if (jw >= T) continue;  // the whole warp: no key row of its own (t0 + 31 >= jw always)
+    float s[kRows], dp[kRows], p[kRows], ds[kRows];
+    dot_rows(s, k, qs, HS);
+    dot_rows(dp, v, gs, HS);
     const int i = t0 + lane;
-    float p = 0.f, ds = 0.f;
-    if (i >= j && i < T) {
-      p = expf(scale * dot_tile_row(k, qs, lane, HS) - tile_lse[lane]);
-      ds = p * (dot_tile_row(v, gs, lane, HS) - tile_d[lane]);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int j = jw + r;
+      p[r] = ds[r] = 0.f;
+      if (j < T && i >= j && i < T) {
+        p[r] = expf(scale * s[r] - tile_lse[lane]);
+        ds[r] = p[r] * (dp[r] - tile_d[lane]);
+      }
     }
-    add_weighted_rows(dv, p, gs, HS);
-    add_weighted_rows(dk, ds, qs, HS);
+    add_weighted_rows<NPL>(dv, p, gs, HS);
+    add_weighted_rows<NPL>(dk, ds, qs, HS);
   }
-  if (j >= T) return;
-  float* row =
-      dqkv + (std::size_t(blockIdx.z) * T + j) * head.qkv_stride + std::size_t(blockIdx.y) * HS;
-  store_row(row + C, dk, scale, HS);
-  store_row(row + 2 * C, dv, 1.f, HS);
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int j = jw + r;
+    if (j >= T) break;
+    float* row =
+        dqkv + (std::size_t(blockIdx.z) * T + j) * head.qkv_stride + std::size_t(blockIdx.y) * HS;
+    store_row<NPL>(row + C, dk[r], scale, HS);
+    store_row<NPL>(row + 2 * C, dv[r], 1.f, HS);
+  }
 }
 
 struct Launch {
   dim3 grid;
   std::size_t shared;
   float scale;
+  int HS;
 };
 
 Launch check_and_plan(const char* op, int B, int T, int C, int NH) {
@@ -239,7 +314,26 @@ Launch check_and_plan(const char* op, int B, int T, int C, int NH) {
   CUDA_REQUIRE(B <= 65535 && NH <= 65535, op, dims({{"B", B}, {"NH", NH}}));
   // The same scale as the CPU backend: 1 / sqrt(HS) rounded to float.
   const float scale = 1.0f / std::sqrt(float(HS));
-  return {dim3(CEIL_DIV(T, kWarps), NH, B), shared_bytes(HS), scale};
+  return {dim3(CEIL_DIV(T, kBlockRows), NH, B), shared_bytes(HS), scale, HS};
+}
+
+// Calls fn(std::integral_constant<int, NPL>) for the head size's dims per lane (1..4).
+template <class Fn>
+void with_dims_per_lane(int HS, Fn&& fn) {
+  static_assert(kMaxHeadSize == 4 * kWarpSize, "one case per dims-per-lane count");
+  switch (CEIL_DIV(HS, kWarpSize)) {
+    case 1: fn(std::integral_constant<int, 1>{}); break;
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    case 3: fn(std::integral_constant<int, 3>{}); break;
+    default: fn(std::integral_constant<int, 4>{}); break;
+  }
+}
+
+// Past 48 KiB (head sizes above 64), dynamic shared memory must be allowed per kernel.
+template <class Kernel>
+void allow_shared(Kernel kernel, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 }  // namespace
@@ -247,9 +341,12 @@ Launch check_and_plan(const char* op, int B, int T, int C, int NH) {
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
                        cudaStream_t stream) {
   const Launch l = check_and_plan("attention_forward", B, T, C, NH);
-  attention_forward_kernel<<<l.grid, kThreads, l.shared, stream>>>(out, lse, qkv, T, C, NH, C / NH,
-                                                                   l.scale);
-  CUDA_CHECK_LAUNCH(attention_forward_kernel);
+  with_dims_per_lane(l.HS, [&](auto npl) {
+    auto* kernel = attention_forward_kernel<decltype(npl)::value>;
+    allow_shared(kernel, l.shared);
+    kernel<<<l.grid, kThreads, l.shared, stream>>>(out, lse, qkv, T, C, NH, l.HS, l.scale);
+    CUDA_CHECK_LAUNCH(attention_forward_kernel);
+  });
 }
 
 std::size_t attention_backward_workspace(int B, int T, int NH) {
@@ -263,12 +360,19 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   CUDA_REQUIRE(lse != nullptr, "attention_backward",
                std::string("no log-sum-exp saved by attention_forward"));
   float* dvec = ws.take<float>(std::size_t(B) * NH * T);  // (B, NH, T)
-  attention_backward_dq_kernel<<<l.grid, kThreads, l.shared, stream>>>(
-      dqkv, dvec, dout, qkv, out, lse, T, C, NH, C / NH, l.scale);
-  CUDA_CHECK_LAUNCH(attention_backward_dq_kernel);
-  attention_backward_dkdv_kernel<<<l.grid, kThreads, l.shared, stream>>>(dqkv, dout, qkv, lse, dvec,
-                                                                         T, C, NH, C / NH, l.scale);
-  CUDA_CHECK_LAUNCH(attention_backward_dkdv_kernel);
+  with_dims_per_lane(l.HS, [&](auto npl) {
+    constexpr int NPL = decltype(npl)::value;
+    auto* dq_kernel = attention_backward_dq_kernel<NPL>;
+    allow_shared(dq_kernel, l.shared);
+    dq_kernel<<<l.grid, kThreads, l.shared, stream>>>(dqkv, dvec, dout, qkv, out, lse, T, C, NH,
+                                                      l.HS, l.scale);
+    CUDA_CHECK_LAUNCH(attention_backward_dq_kernel);
+    auto* dkdv_kernel = attention_backward_dkdv_kernel<NPL>;
+    allow_shared(dkdv_kernel, l.shared);
+    dkdv_kernel<<<l.grid, kThreads, l.shared, stream>>>(dqkv, dout, qkv, lse, dvec, T, C, NH,
+                                                        l.HS, l.scale);
+    CUDA_CHECK_LAUNCH(attention_backward_dkdv_kernel);
+  });
 }
 
 }  // namespace mixsim::cuda

@@ -243,8 +243,10 @@ TEST_F(CudaOps, AttentionForwardAndBackward) {
   const AttentionShape shapes[] = {
       {B, T, C, NH},    // HS = 24, two key tiles, a partial last block
       {1, 100, 75, 3},  // HS = 25 (odd), four key tiles
-      {2, 65, 128, 1},  // HS = 128, the largest supported
+      {2, 65, 128, 1},  // HS = 128, the largest supported (4 dims per lane)
       {3, 1, 8, 2},     // one position
+      {2, 150, 192, 3}, // HS = 64 (2 dims per lane), five 32-row blocks, the last partial
+      {1, 70, 96, 1},   // HS = 96 (3 dims per lane)
   };
   for (const AttentionShape& s : shapes) {
     const std::string what = "attention B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) +
