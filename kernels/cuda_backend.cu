@@ -1,4 +1,4 @@
-// The fp32 CUDA backend: device memory, one stream for every op and copy, a cuBLAS handle, and a
+// The CUDA backend (fp32; matrix products in fp32 or bf16): device memory, one stream for every op and copy, a cuBLAS handle, and a
 // workspace that grows to the largest temporary any op has needed. Each op forwards to its
 // launcher (launchers.cuh), which checks its assumptions and the launch.
 #include <cublas_v2.h>
@@ -76,8 +76,8 @@ int select_device(int device) {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device)
-      : device_(select_device(device)), stream_(), cublas_(stream_.get()) {}
+  CudaBackend(int device, MatmulPrecision precision)
+      : device_(select_device(device)), precision_(precision), stream_(), cublas_(stream_.get()) {}
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());
     cudaFree(workspace_);
@@ -85,7 +85,9 @@ class CudaBackend final : public Backend {
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
 
-  std::string_view name() const override { return "cuda"; }
+  std::string_view name() const override {
+    return precision_ == MatmulPrecision::bf16 ? "cuda-bf16" : "cuda";
+  }
 
   void* allocate(std::size_t bytes) override {
     void* p = nullptr;
@@ -149,13 +151,14 @@ class CudaBackend final : public Backend {
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
                       int C, int OC) override {
-    cuda::matmul_forward(cublas_.get(), out, inp, weight, bias, N, C, OC, stream_.get());
+    cuda::matmul_forward(cublas_.get(), precision_, out, inp, weight, bias, N, C, OC,
+                         stream_.get());
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && OC > 0, "matmul_backward", cuda::dims({{"N", N}, {"OC", OC}}));
-    cuda::matmul_backward(cublas_.get(), dinp, dweight, dbias, dout, inp, weight, N, C, OC,
-                          workspace(cuda::matmul_backward_workspace(N, OC)), stream_.get());
+    cuda::matmul_backward(cublas_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C,
+                          OC, workspace(cuda::matmul_backward_workspace(N, OC)), stream_.get());
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
@@ -214,6 +217,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  MatmulPrecision precision_;
   Stream stream_;
   Cublas cublas_;
   void* workspace_ = nullptr;
@@ -222,8 +226,8 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
-  return std::make_unique<CudaBackend>(device);
+std::unique_ptr<Backend> make_cuda_backend(int device, MatmulPrecision precision) {
+  return std::make_unique<CudaBackend>(device, precision);
 }
 
 }  // namespace mixsim

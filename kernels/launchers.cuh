@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cuda_common.cuh"
+#include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/ops.hpp"
 
 namespace mixsim::cuda {
@@ -64,14 +65,15 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         const float* inp, const float* weight, const float* mean, const float* rstd,
                         int N, int C, Workspace ws, cudaStream_t stream);
 
-// ---- matmul.cu (cuBLAS, fp32 without TF32)
+// ---- matmul.cu (cuBLAS: fp32 without TF32, or bf16 inputs on tensor cores, fp32 accumulation)
 void set_fp32_math(cublasHandle_t handle);
-void matmul_forward(cublasHandle_t handle, float* out, const float* inp, const float* weight,
-                    const float* bias, int N, int C, int OC, cudaStream_t stream);
+void matmul_forward(cublasHandle_t handle, MatmulPrecision precision, float* out, const float* inp,
+                    const float* weight, const float* bias, int N, int C, int OC,
+                    cudaStream_t stream);
 std::size_t matmul_backward_workspace(int N, int OC);
-void matmul_backward(cublasHandle_t handle, float* dinp, float* dweight, float* dbias,
-                     const float* dout, const float* inp, const float* weight, int N, int C, int OC,
-                     Workspace ws, cudaStream_t stream);
+void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
+                     float* dbias, const float* dout, const float* inp, const float* weight, int N,
+                     int C, int OC, Workspace ws, cudaStream_t stream);
 
 // ---- attention.cu (fused causal attention; head size up to kMaxHeadSize)
 constexpr int kMaxHeadSize = 128;

@@ -1,4 +1,6 @@
-// Matrix products through cuBLAS sgemm in fp32 (no TF32: results compare to the CPU backend).
+// Matrix products through cuBLAS (cublasGemmEx on fp32 matrices): in full fp32 (no TF32: results
+// compare to the CPU backend), or with bf16 compute (CUBLAS_COMPUTE_32F_FAST_16BF: inputs rounded
+// to bf16 for the tensor cores, fp32 accumulation and output).
 // cuBLAS is column-major: a row-major (R, K) matrix is its column-major (K, R) transpose, so
 // out (N,OC) = inp (N,C) @ weight^T is computed as out^T (OC,N) = weight (OC,C) . inp^T (C,N).
 #include "launchers.cuh"
@@ -22,6 +24,16 @@ __global__ void broadcast_bias_kernel(float* out, const float* bias, int OC, std
     out[i] = bias[i % OC];
 }
 
+// C (m,n) = alpha op(A) op(B) + beta C, column-major, every matrix fp32.
+void gemm(cublasHandle_t handle, MatmulPrecision precision, cublasOperation_t ta,
+          cublasOperation_t tb, int m, int n, int k, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  const cublasComputeType_t compute =
+      precision == MatmulPrecision::bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+  CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
+                            &beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+}
+
 void check_dims(const char* op, int N, int C, int OC) {
   CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, op, dims({{"N", N}, {"C", C}, {"OC", OC}}));
 }
@@ -35,8 +47,9 @@ void set_fp32_math(cublasHandle_t handle) {
   CUBLAS_CHECK(cublasSetAtomicsMode(handle, CUBLAS_ATOMICS_NOT_ALLOWED));
 }
 
-void matmul_forward(cublasHandle_t handle, float* out, const float* inp, const float* weight,
-                    const float* bias, int N, int C, int OC, cudaStream_t stream) {
+void matmul_forward(cublasHandle_t handle, MatmulPrecision precision, float* out, const float* inp,
+                    const float* weight, const float* bias, int N, int C, int OC,
+                    cudaStream_t stream) {
   check_dims("matmul_forward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   // As on the CPU: the bias is written first and the product added to it (beta = 1).
@@ -48,28 +61,26 @@ void matmul_forward(cublasHandle_t handle, float* out, const float* inp, const f
     CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
     beta = 1.f;
   }
-  const float alpha = 1.f;
-  CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &alpha, weight, C, inp, C,
-                           &beta, out, OC));
+  gemm(handle, precision, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, weight, C, inp, C, beta, out,
+       OC);
 }
 
 std::size_t matmul_backward_workspace(int N, int OC) {
   return column_sums_workspace(N, OC);
 }
 
-void matmul_backward(cublasHandle_t handle, float* dinp, float* dweight, float* dbias,
-                     const float* dout, const float* inp, const float* weight, int N, int C, int OC,
-                     Workspace ws, cudaStream_t stream) {
+void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
+                     float* dbias, const float* dout, const float* inp, const float* weight, int N,
+                     int C, int OC, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_backward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
-  const float one = 1.f, zero = 0.f;
   // dinp^T (C,N) = weight^T (C,OC) . dout^T (OC,N)   (assigned)
   if (dinp)
-    CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, weight, C, dout, OC,
-                             &zero, dinp, C));
+    gemm(handle, precision, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, weight, C, dout, OC, 0.f, dinp,
+         C);
   // dweight^T (C,OC) += inp^T (C,N) . dout (N,OC)
-  CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one,
-                           dweight, C));
+  gemm(handle, precision, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, inp, C, dout, OC, 1.f, dweight,
+       C);
   if (dbias) column_sums_accumulate(dbias, dout, N, OC, ws, stream);
 }
 

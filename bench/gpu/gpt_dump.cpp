@@ -2,7 +2,7 @@
 // and tokens, with everything needed to repeat it elsewhere written to a directory; the reference
 // check is scripts/gpu/torch_check.py, which rebuilds the same model in PyTorch from these files.
 //
-//   gpt_dump --backend cpu|cuda --out DIR [--layers 2 --heads 3 --channels 72 --context 37
+//   gpt_dump --backend cpu|cuda|cuda-bf16 --out DIR [--layers 2 --heads 3 --channels 72 --context 37
 //            --vocab 257 --batch 3 --seq T --seed 7 --init rich|model]
 //
 // --init model keeps Gpt::init(seed): biases 0, LayerNorm weights 1, matrices N(0, 0.02). There
@@ -60,7 +60,7 @@ struct Options {
 };
 
 constexpr const char* kUsage =
-    "usage: gpt_dump --backend cpu|cuda --out DIR [--layers 2] [--heads 3] [--channels 72]\n"
+    "usage: gpt_dump --backend cpu|cuda|cuda-bf16 --out DIR [--layers 2] [--heads 3] [--channels 72]\n"
     "                [--context 37] [--vocab 257] [--batch 3] [--seq T (default: context)]\n"
     "                [--seed 7] [--init rich|model (default rich)]\n";
 

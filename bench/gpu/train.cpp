@@ -1,8 +1,8 @@
-// bench_gpu_train: training speed of the GPT on the CUDA backend (fp32; TF32 off), as tokens/s
-// and as MFU against a stated peak. Needs only the compute layers, so scripts/gpu-check.sh builds
+// bench_gpu_train: training speed of the GPT on the CUDA backend (fp32 with TF32 off, or
+// --backend cuda-bf16: bf16 matrix products), as tokens/s and as MFU against a stated peak. Needs only the compute layers, so scripts/gpu-check.sh builds
 // it on a GPU machine without MPI or HDF5. Usage:
-//   build/bench/bench_gpu_train [--configs gpt2,1.1b] [--batch B] [--steps N] [--profile]
-//                               [--peak-tflops P]
+//   build/bench/bench_gpu_train [--configs gpt2,1.1b] [--backend cuda|cuda-bf16] [--batch B]
+//                               [--steps N] [--profile] [--peak-tflops P]
 // Configs: small (6/6/384, T 256, vocab 256, B 16), gpt2 (the GPT-2 124M shape: 12 layers,
 // 12 heads, 768 channels, T 1024, vocab 50257 padded to 50304, B 8), 1.1b (the paper's shape:
 // 24 layers, 16 heads, 2048 channels, T 2048, vocab 50257, B 2). A step is zero_grad, forward,
@@ -43,7 +43,7 @@ const GpuConfig kConfigs[] = {
 
 constexpr double kFp32PeakTflops = 67.0;  // H100 SXM, fp32 without tensor cores
 
-void run(mixsim::Backend& gpu, const GpuConfig& cfg, int batch, int steps, double peak_tflops,
+void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, int batch, int steps, double peak_tflops,
          bool profile) {
   mixsim::bench::TimedBackend timed(gpu, /*sync=*/true);
   mixsim::Backend& backend = profile ? static_cast<mixsim::Backend&>(timed) : gpu;
@@ -90,7 +90,7 @@ void run(mixsim::Backend& gpu, const GpuConfig& cfg, int batch, int steps, doubl
       100.0 * tflops / kFp32PeakTflops, kFp32PeakTflops, 1e3 * fwd / steps, 1e3 * bwd / steps,
       1e3 * upd / steps);
   // One machine-readable line for scripts/gpu-check.sh's table.
-  std::printf("RESULT mixsim-fp32 %s tokens_per_s=%.0f tflops=%.2f mfu=%.2f\n", cfg.name,
+  std::printf("RESULT %s %s tokens_per_s=%.0f tflops=%.2f mfu=%.2f\n", label.c_str(), cfg.name,
               tokens_per_s, tflops, 100.0 * tflops / peak_tflops);
   if (profile) timed.print(steps);
   std::fflush(stdout);
@@ -99,13 +99,15 @@ void run(mixsim::Backend& gpu, const GpuConfig& cfg, int batch, int steps, doubl
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string configs = "gpt2";
+  std::string configs = "gpt2", backend_name = "cuda";
   int steps = 0, batch = 0;
   double peak = 989.0;
   bool profile = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--configs") && i + 1 < argc) {
       configs = argv[++i];
+    } else if (!std::strcmp(argv[i], "--backend") && i + 1 < argc) {
+      backend_name = argv[++i];
     } else if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) {
       steps = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) {
@@ -116,8 +118,8 @@ int main(int argc, char** argv) {
       profile = true;
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--configs small,gpt2,1.1b] [--batch B] [--steps N] [--profile] "
-                   "[--peak-tflops P]\n",
+                   "usage: %s [--configs small,gpt2,1.1b] [--backend cuda|cuda-bf16] [--batch B] "
+                   "[--steps N] [--profile] [--peak-tflops P]\n",
                    argv[0]);
       return 2;
     }
@@ -127,13 +129,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_gpu_train: no usable GPU: %s\n", avail.reason.c_str());
     return 2;
   }
-  std::printf("device: %s; fp32, TF32 off\n", avail.name.c_str());
+  std::printf("device: %s; backend %s (%s)\n", avail.name.c_str(), backend_name.c_str(),
+              backend_name == "cuda" ? "fp32, TF32 off" : "bf16 matrix products, fp32 otherwise");
   try {
-    auto gpu = mixsim::make_backend("cuda");
+    auto gpu = mixsim::make_backend(backend_name);
+    const std::string label = backend_name == "cuda" ? "mixsim-fp32" : "mixsim-bf16mm";
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;
-      run(*gpu, cfg, batch, steps > 0 ? steps : cfg.steps, peak, profile);
+      run(*gpu, label, cfg, batch, steps > 0 ? steps : cfg.steps, peak, profile);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gpu_train: %s\n", e.what());

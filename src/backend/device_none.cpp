@@ -13,7 +13,7 @@ GpuAvailability gpu_availability() {
 
 double gpu_smoke_axpy(int) { fail("mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON"); }
 
-std::unique_ptr<Backend> make_cuda_backend(int) {
+std::unique_ptr<Backend> make_cuda_backend(int, MatmulPrecision) {
   fail(
       "the CUDA backend is not available: mixsim was built without CUDA; rebuild with "
       "-DMIXSIM_CUDA=ON, or use backend cpu");

@@ -96,7 +96,8 @@ po::options_description train_section(TrainConfig& c) {
     ("train.checkpoint_every", with_default(&c.checkpoint_every), "steps between resumable checkpoints (0: at the end only)")
     ("train.log_every", with_default(&c.log_every), "steps between progress lines")
     ("train.save_optimizer", with_default(&c.save_optimizer), "keep AdamW state in final checkpoints")
-    ("train.backend", with_default(&c.backend), "cpu | cuda");
+    ("train.backend", with_default(&c.backend),
+     "cpu | cuda | cuda-bf16 (CUDA with bf16 matrix products; fp32 weights and state)");
   return d;
 }
 
@@ -168,7 +169,7 @@ po::options_description merge_section(MergeConfig& c) {
     ("merge.eval_batch", with_default(&c.eval_batch), "eval windows per forward pass on one rank")
     ("merge.save_every", with_default(&c.save_every), "seconds between writes of the results file (0: after every round)")
     ("merge.output", with_default(&c.output), "results file (relative: under run.out_dir)")
-    ("merge.backend", with_default(&c.backend), "cpu | cuda");
+    ("merge.backend", with_default(&c.backend), "cpu | cuda | cuda-bf16");
   return d;
 }
 
@@ -268,7 +269,7 @@ void validate_training(const JobConfig& c) {
   check_range("train.val_tokens", c.train.val_tokens, std::uint64_t{0}, std::uint64_t{1} << 40);
   check_range("train.checkpoint_every", c.train.checkpoint_every, 0, 1 << 30);
   check_range("train.log_every", c.train.log_every, 1, 1 << 30);
-  check_choice("train.backend", c.train.backend, {"cpu", "cuda"});
+  check_choice("train.backend", c.train.backend, {"cpu", "cuda", "cuda-bf16"});
   check_range("seed.steps", c.seed.steps, 1, 1 << 30);
   validate_schedule("seed", c.seed.schedule);
   check_range("cpt.steps_per_unit", c.cpt.steps_per_unit, 0, 1 << 30);
@@ -333,7 +334,7 @@ void validate_merge(const MergeConfig& m) {
   check_range("merge.eval_batch", m.eval_batch, 1, 1 << 16);
   check_range("merge.save_every", m.save_every, 0.0, 1e9);
   if (m.output.empty()) usage_fail("option --merge.output must name a file");
-  check_choice("merge.backend", m.backend, {"cpu", "cuda"});
+  check_choice("merge.backend", m.backend, {"cpu", "cuda", "cuda-bf16"});
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -525,4 +526,80 @@ TEST_F(CudaOps, TwentyTrainingStepsFollowCpuAndAreDeterministic) {
   EXPECT_LT(lg.back(), lg.front() - 0.5);  // it trains
   const std::vector<float> pg2 = train(*gpu_, batch, b, t, steps, nullptr);
   EXPECT_EQ(std::memcmp(pg.data(), pg2.data(), pg.size() * sizeof(float)), 0);
+}
+
+// ---- bf16 matrix products (backend "cuda-bf16")
+
+namespace {
+
+// ||a - b|| / ||b|| over all elements.
+double rel_l2(const Pair& p) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < p.cpu.size(); ++i) {
+    const double d = double(p.gpu[i]) - double(p.cpu[i]);
+    num += d * d;
+    den += double(p.cpu[i]) * double(p.cpu[i]);
+  }
+  return std::sqrt(num / den);
+}
+
+}  // namespace
+
+// Each input of a product is rounded to bf16 (8 significant bits: relative error <= 2^-9 each,
+// <= 2^-8 per product), and the sums of C or N random-sign products accumulate in fp32, so the
+// errors average out like the products themselves: the result's relative L2 error is about
+// 2^-8 / sqrt(3) ~ 2e-3 (uniform rounding). Bounds: at most 8e-3 (a transposed or wrongly strided
+// product is off by ~1), and at least 1e-4: an fp32 product (~1e-7) would mean that the bf16
+// setting did not reach cuBLAS.
+TEST_F(CudaOps, Bf16MatmulErrorIsBf16Rounding) {
+  auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
+  EXPECT_EQ(bf16->name(), "cuda-bf16");
+  const int OC = 3 * C;
+  auto on_bf16 = [&](const std::vector<float>& host) { return twin(*cpu_, *bf16, host); };
+  auto fetch_pair = [&](const Twin<float>& t) {
+    return Pair{fetch(*cpu_, t.cpu.get(), t.cpu.size()), fetch(*bf16, t.gpu.get(), t.gpu.size())};
+  };
+  auto inp = on_bf16(random_floats(std::size_t(N) * C, 91));
+  auto w = on_bf16(random_floats(std::size_t(OC) * C, 92));
+  auto out = on_bf16(std::vector<float>(std::size_t(N) * OC));
+  cpu_->matmul_forward(out.cpu.get(), inp.cpu.get(), w.cpu.get(), nullptr, N, C, OC);
+  bf16->matmul_forward(out.gpu.get(), inp.gpu.get(), w.gpu.get(), nullptr, N, C, OC);
+  auto dout = on_bf16(random_floats(std::size_t(N) * OC, 93));
+  auto dinp = on_bf16(std::vector<float>(std::size_t(N) * C));
+  auto dw = on_bf16(std::vector<float>(std::size_t(OC) * C));
+  cpu_->matmul_backward(dinp.cpu.get(), dw.cpu.get(), nullptr, dout.cpu.get(), inp.cpu.get(),
+                        w.cpu.get(), N, C, OC);
+  bf16->matmul_backward(dinp.gpu.get(), dw.gpu.get(), nullptr, dout.gpu.get(), inp.gpu.get(),
+                        w.gpu.get(), N, C, OC);
+  for (const auto& [name, t] : {std::pair<const char*, const Twin<float>*>{"out", &out},
+                                {"dinp", &dinp},
+                                {"dweight", &dw}}) {
+    const double err = rel_l2(fetch_pair(*t));
+    std::printf("bf16 matmul %s: relative L2 error %.3e\n", name, err);
+    EXPECT_LT(err, 8e-3) << name;
+    EXPECT_GT(err, 1e-4) << name;
+  }
+}
+
+// 20 AdamW steps with bf16 products against the CPU's fp32: the logits carry the products'
+// ~2e-3 relative error (|logit| <~ 3 here: ~1e-2 in the loss at worst), and the parameters drift
+// apart by lr-sized steps taken on slightly different gradients. 5e-2 per step covers both with
+// margin, while a wrong product or gradient stops the loss from following at all (it must also
+// fall by 0.5, as in fp32).
+TEST_F(CudaOps, Bf16TrainingFollowsCpu) {
+  auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
+  const int b = 4, t = 37, steps = 20;
+  const Batch batch = random_batch(b, t, model_config().vocab_size, 82);
+  std::vector<float> lc, lg;
+  train(*cpu_, batch, b, t, steps, &lc);
+  train(*bf16, batch, b, t, steps, &lg);
+  ASSERT_EQ(lc.size(), lg.size());
+  double worst = 0;
+  for (int s = 0; s < steps; ++s) {
+    EXPECT_NEAR(lg[s], lc[s], 5e-2) << "step " << s;
+    worst = std::max(worst, double(std::abs(lg[s] - lc[s])));
+  }
+  std::printf("bf16 training: largest loss difference to the CPU over %d steps %.3e\n", steps,
+              worst);
+  EXPECT_LT(lg.back(), lg.front() - 0.5);
 }

@@ -159,7 +159,8 @@ class DeviceBuffer {
 
 // The fp32 CPU backend (BLAS + OpenMP; threads: omp_get_max_threads()).
 std::unique_ptr<Backend> make_cpu_backend();
-// A backend by name: "cpu", or "cuda" in builds with CUDA. Throws UsageError for others.
+// A backend by name: "cpu", or "cuda" / "cuda-bf16" (backend/cuda.hpp) in builds with CUDA, on
+// the node-local rank's GPU. Throws UsageError for others.
 std::unique_ptr<Backend> make_backend(std::string_view name);
 
 }  // namespace mixsim

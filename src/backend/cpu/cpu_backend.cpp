@@ -139,22 +139,36 @@ std::unique_ptr<Backend> make_cpu_backend() {
   return std::make_unique<CpuBackend>();
 }
 
+int local_cuda_device(int device_count) {
+  if (device_count <= 0) return 0;
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
+    const char* value = std::getenv(var);
+    if (!value || !*value) continue;
+    char* end = nullptr;
+    const long rank = std::strtol(value, &end, 10);
+    if (*end == '\0' && rank >= 0) return int(rank % device_count);
+  }
+  return 0;
+}
+
 std::unique_ptr<Backend> make_backend(std::string_view name) {
   if (name == "cpu") return make_cpu_backend();
-  if (name == "cuda") {
+  if (name == "cuda" || name == "cuda-bf16") {
 #ifdef MIXSIM_HAVE_CUDA
     const GpuAvailability gpu = gpu_availability();
     if (gpu.count == 0)
-      fail("backend 'cuda' needs a usable GPU, but {}: use backend cpu on this machine",
+      fail("backend '{}' needs a usable GPU, but {}: use backend cpu on this machine", name,
            gpu.reason);
-    return make_cuda_backend(0);
+    return make_cuda_backend(local_cuda_device(gpu.count),
+                             name == "cuda" ? MatmulPrecision::fp32 : MatmulPrecision::bf16);
 #else
     usage_fail(
-        "backend 'cuda' is not available: mixsim was built without CUDA (MIXSIM_CUDA=OFF or nvcc "
-        "not found); rebuild with -DMIXSIM_CUDA=ON, or use backend cpu");
+        "backend '{}' is not available: mixsim was built without CUDA (MIXSIM_CUDA=OFF or nvcc "
+        "not found); rebuild with -DMIXSIM_CUDA=ON, or use backend cpu",
+        name);
 #endif
   }
-  usage_fail("unknown backend '{}': choose cpu or cuda", name);
+  usage_fail("unknown backend '{}': choose cpu, cuda or cuda-bf16", name);
 }
 
 }  // namespace mixsim
