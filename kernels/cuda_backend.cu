@@ -88,6 +88,8 @@ class CudaBackend final : public Backend {
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cuda-bf16" : "cuda";
   }
+  cudaStream_t stream() const { return stream_.get(); }
+  int device() const { return device_; }
 
   void* allocate(std::size_t bytes) override {
     void* p = nullptr;
@@ -151,14 +153,19 @@ class CudaBackend final : public Backend {
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
                       int C, int OC) override {
+    CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_forward",
+                 cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_forward(cublas_.get(), precision_, out, inp, weight, bias, N, C, OC,
+                         workspace(cuda::matmul_forward_workspace(precision_, N, C, OC)),
                          stream_.get());
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, int N, int C, int OC) override {
-    CUDA_REQUIRE(N > 0 && OC > 0, "matmul_backward", cuda::dims({{"N", N}, {"OC", OC}}));
+    CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_backward",
+                 cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_backward(cublas_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C,
-                          OC, workspace(cuda::matmul_backward_workspace(N, OC)), stream_.get());
+                          OC, workspace(cuda::matmul_backward_workspace(precision_, N, C, OC)),
+                          stream_.get());
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
@@ -225,6 +232,18 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+namespace cuda {
+
+BackendPlace place_of(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda)
+    throw Error("an op of the CUDA backend was given the '" + std::string(backend.name()) +
+                "' backend; it needs a backend from make_cuda_backend");
+  return {cuda->device(), cuda->stream()};
+}
+
+}  // namespace cuda
 
 std::unique_ptr<Backend> make_cuda_backend(int device, MatmulPrecision precision) {
   return std::make_unique<CudaBackend>(device, precision);

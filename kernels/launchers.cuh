@@ -65,12 +65,21 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         const float* inp, const float* weight, const float* mean, const float* rstd,
                         int N, int C, Workspace ws, cudaStream_t stream);
 
-// ---- matmul.cu (cuBLAS: fp32 without TF32, or bf16 inputs on tensor cores, fp32 accumulation)
+// ---- cuda_backend.cu: the device and stream of a backend made by make_cuda_backend (Error for
+// any other backend): what NCCL enqueues on.
+struct BackendPlace {
+  int device;
+  cudaStream_t stream;
+};
+BackendPlace place_of(Backend& backend);
+
+// ---- matmul.cu (cuBLAS: fp32 without TF32, or bf16 operands on tensor cores, fp32 accumulation)
 void set_fp32_math(cublasHandle_t handle);
+std::size_t matmul_forward_workspace(MatmulPrecision precision, int N, int C, int OC);
 void matmul_forward(cublasHandle_t handle, MatmulPrecision precision, float* out, const float* inp,
-                    const float* weight, const float* bias, int N, int C, int OC,
+                    const float* weight, const float* bias, int N, int C, int OC, Workspace ws,
                     cudaStream_t stream);
-std::size_t matmul_backward_workspace(int N, int OC);
+std::size_t matmul_backward_workspace(MatmulPrecision precision, int N, int C, int OC);
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
                      float* dbias, const float* dout, const float* inp, const float* weight, int N,
                      int C, int OC, Workspace ws, cudaStream_t stream);

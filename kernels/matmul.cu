@@ -1,8 +1,12 @@
-// Matrix products through cuBLAS (cublasGemmEx on fp32 matrices): in full fp32 (no TF32: results
-// compare to the CPU backend), or with bf16 compute (CUBLAS_COMPUTE_32F_FAST_16BF: inputs rounded
-// to bf16 for the tensor cores, fp32 accumulation and output).
+// Matrix products through cuBLAS (cublasGemmEx): in full fp32 (no TF32: results compare to the
+// CPU backend), or in bf16: both operands are rounded to bf16 into the workspace (one pass over
+// each, a small cost next to the product) and multiplied on tensor cores with fp32 accumulation
+// into the fp32 output. Explicit operands, because CUBLAS_COMPUTE_32F_FAST_16BF on fp32 matrices
+// leaves the tensor-core format to cuBLAS (on an H100 its error was TF32's, 2.9e-4, not bf16's).
 // cuBLAS is column-major: a row-major (R, K) matrix is its column-major (K, R) transpose, so
 // out (N,OC) = inp (N,C) @ weight^T is computed as out^T (OC,N) = weight (OC,C) . inp^T (C,N).
+#include <cuda_bf16.h>
+
 #include "launchers.cuh"
 
 namespace mixsim::cuda {
@@ -24,14 +28,38 @@ __global__ void broadcast_bias_kernel(float* out, const float* bias, int OC, std
     out[i] = bias[i % OC];
 }
 
-// C (m,n) = alpha op(A) op(B) + beta C, column-major, every matrix fp32.
-void gemm(cublasHandle_t handle, MatmulPrecision precision, cublasOperation_t ta,
-          cublasOperation_t tb, int m, int n, int k, float alpha, const float* A, int lda,
-          const float* B, int ldb, float beta, float* C, int ldc) {
-  const cublasComputeType_t compute =
-      precision == MatmulPrecision::bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
-  CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
-                            &beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::size_t n) {
+  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
+  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
+
+// An operand of a product: fp32 as given, or its bf16 copy in the workspace.
+struct Operand {
+  const void* data;
+  cudaDataType_t type;
+};
+
+Operand operand(MatmulPrecision precision, const float* x, std::size_t n, Workspace& ws,
+                cudaStream_t stream) {
+  if (precision == MatmulPrecision::fp32) return {x, CUDA_R_32F};
+  __nv_bfloat16* copy = ws.take<__nv_bfloat16>(n);
+  to_bf16_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(copy, x, n);
+  CUDA_CHECK_LAUNCH(to_bf16_kernel);
+  return {copy, CUDA_R_16BF};
+}
+
+std::size_t operand_bytes(MatmulPrecision precision, std::size_t n) {
+  return precision == MatmulPrecision::bf16 ? Workspace::aligned(n * sizeof(__nv_bfloat16)) : 0;
+}
+
+// C (m,n) = alpha op(A) op(B) + beta C, column-major; C is fp32, A and B fp32 or bf16 (both the
+// same), accumulated in fp32.
+void gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+          float alpha, Operand A, int lda, Operand B, int ldb, float beta, float* C, int ldc) {
+  CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, A.data, A.type, lda, B.data, B.type,
+                            ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
 }
 
 void check_dims(const char* op, int N, int C, int OC) {
@@ -47,8 +75,12 @@ void set_fp32_math(cublasHandle_t handle) {
   CUBLAS_CHECK(cublasSetAtomicsMode(handle, CUBLAS_ATOMICS_NOT_ALLOWED));
 }
 
+std::size_t matmul_forward_workspace(MatmulPrecision precision, int N, int C, int OC) {
+  return operand_bytes(precision, std::size_t(OC) * C) + operand_bytes(precision, std::size_t(N) * C);
+}
+
 void matmul_forward(cublasHandle_t handle, MatmulPrecision precision, float* out, const float* inp,
-                    const float* weight, const float* bias, int N, int C, int OC,
+                    const float* weight, const float* bias, int N, int C, int OC, Workspace ws,
                     cudaStream_t stream) {
   check_dims("matmul_forward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
@@ -61,12 +93,15 @@ void matmul_forward(cublasHandle_t handle, MatmulPrecision precision, float* out
     CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
     beta = 1.f;
   }
-  gemm(handle, precision, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, weight, C, inp, C, beta, out,
-       OC);
+  const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
+  const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
+  gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, beta, out, OC);
 }
 
-std::size_t matmul_backward_workspace(int N, int OC) {
-  return column_sums_workspace(N, OC);
+std::size_t matmul_backward_workspace(MatmulPrecision precision, int N, int C, int OC) {
+  return operand_bytes(precision, std::size_t(OC) * C) +
+         operand_bytes(precision, std::size_t(N) * OC) +
+         operand_bytes(precision, std::size_t(N) * C) + column_sums_workspace(N, OC);
 }
 
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
@@ -74,13 +109,15 @@ void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* di
                      int C, int OC, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_backward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
+  const Operand g = operand(precision, dout, std::size_t(N) * OC, ws, stream);
   // dinp^T (C,N) = weight^T (C,OC) . dout^T (OC,N)   (assigned)
-  if (dinp)
-    gemm(handle, precision, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, weight, C, dout, OC, 0.f, dinp,
-         C);
+  if (dinp) {
+    const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
+    gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dinp, C);
+  }
   // dweight^T (C,OC) += inp^T (C,N) . dout (N,OC)
-  gemm(handle, precision, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, inp, C, dout, OC, 1.f, dweight,
-       C);
+  const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
+  gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, x, C, g, OC, 1.f, dweight, C);
   if (dbias) column_sums_accumulate(dbias, dout, N, OC, ws, stream);
 }
 

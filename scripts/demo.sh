@@ -3,18 +3,21 @@
 # out-of-domain sets, run every stage of jobs/brown-demo.ini with 2 MPI ranks (a rerun resumes
 # and skips finished work), and print the report; it ends saying where the files and plots are.
 #
-#   scripts/demo.sh [--np N] [--job jobs/brown-demo.ini] [--out runs/brown-demo]
+#   scripts/demo.sh [--np N] [--job jobs/brown-demo.ini] [--out runs/brown-demo] [-- KEY VALUE...]
+# Anything after -- overrides job-file keys in every stage (e.g. -- --cpt.lr 0.003).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NP=2
 JOB="$ROOT/jobs/brown-demo.ini"
 OUT=""
+EXTRA=()
 while (($#)); do
   case "$1" in
     --np) NP="$2"; shift 2 ;;
     --job) JOB="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -26,6 +29,7 @@ begin=$SECONDS
 BIN="$ROOT/build/mixsim"
 OVERRIDES=()
 [[ -n "$OUT" ]] && OVERRIDES+=(--run.out_dir "$OUT")
+OVERRIDES+=("${EXTRA[@]}")
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OMP_NUM_THREADS=1   # one thread per rank: the ranks share the cores
 

@@ -19,5 +19,13 @@ std::unique_ptr<Backend> make_cuda_backend(int, MatmulPrecision) {
       "-DMIXSIM_CUDA=ON, or use backend cpu");
 }
 
+std::string nccl_unique_id() {
+  fail("NCCL is not available: mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON");
+}
+
+std::unique_ptr<DeviceAllreduce> make_nccl_allreduce(Backend&, const std::string&, int, int) {
+  fail("NCCL is not available: mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON");
+}
+
 }  // namespace mixsim
 #endif

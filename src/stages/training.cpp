@@ -11,6 +11,7 @@
 #include "mixsim/core/rng.hpp"
 #include "mixsim/core/signals.hpp"
 #include "mixsim/core/timer.hpp"
+#include "mixsim/dist/device_allreduce.hpp"
 #include "mixsim/data/loader.hpp"
 #include "mixsim/io/checkpoint.hpp"
 #include "mixsim/model/gpt.hpp"
@@ -115,10 +116,15 @@ double validation_loss(Gpt& model, const ValidationWindows& v, int micro, int T,
   return sums[1] > 0 ? sums[0] / sums[1] : std::numeric_limits<double>::quiet_NaN();
 }
 
-// Sums the gradient buffer over the group: ONE allreduce of the flat buffer.
+// Sums the gradient buffer over the group: ONE allreduce of the flat buffer, on the device
+// through NCCL when the backend has it (`device`), else over MPI.
 void allreduce_gradients(Backend& backend, float* grads, std::size_t n, const Communicator& group,
-                         std::vector<float>& staging) {
+                         DeviceAllreduce* device, std::vector<float>& staging) {
   if (group.size() == 1) return;
+  if (device) {
+    device->sum(grads, n);
+    return;
+  }
   if (backend.name() == "cpu") {
     group.allreduce_sum(std::span<float>(grads, n));
     return;
@@ -225,6 +231,7 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
   const auto valid = validation_windows(config, data, job.units, group.rank(), group.size());
 
   auto backend = make_backend(config.train.backend);
+  const auto device_sum = make_device_allreduce(group, *backend);
   Gpt model(config.model, *backend, plan.micro);
   AdamW adamw(model.layout(), *backend);
   const std::size_t n = model.layout().total();
@@ -317,7 +324,7 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
       local_loss += static_cast<double>(loss) * micro_scale;
     }
     outcome.compute_seconds += phase.lap();
-    allreduce_gradients(*backend, model.grads(), n, group, staging);
+    allreduce_gradients(*backend, model.grads(), n, group, device_sum.get(), staging);
     const double train_loss = group.allreduce_sum(local_loss);
     outcome.allreduce_seconds += phase.lap();
     const auto stats = adamw.step(model.params(), model.grads(), lr, optim);

@@ -2,7 +2,9 @@
 // Compiled whenever the CUDA toolkit is found; in builds without CUDA the factory throws.
 #pragma once
 
+#include <cstddef>
 #include <memory>
+#include <string>
 
 #include "mixsim/backend/ops.hpp"
 
@@ -11,8 +13,8 @@ namespace mixsim {
 // How the matrix products compute. Everything else (weights, activations, gradients, optimizer
 // state, every other op) is fp32 in both.
 //   fp32: cuBLAS in full fp32 (no TF32): the CPU backend's results to ~1e-6.
-//   bf16: the products' inputs are rounded to bf16 and multiplied on tensor cores with fp32
-//         accumulation (CUBLAS_COMPUTE_32F_FAST_16BF); fp32 master weights and optimizer state.
+//   bf16: both operands of each product are rounded to bf16 and multiplied on tensor cores with
+//         fp32 accumulation; fp32 master weights, gradients and optimizer state.
 enum class MatmulPrecision { fp32, bf16 };
 
 // A backend on CUDA device `device` (0-based). Throws Error when the device is not usable.
@@ -23,5 +25,23 @@ std::unique_ptr<Backend> make_cuda_backend(int device,
 // MPI_LOCALRANKID) modulo the number of devices, so that the ranks of a node spread over its
 // GPUs; 0 outside a launcher.
 int local_cuda_device(int device_count);
+
+// Sums of a device buffer over the ranks of a group (NCCL, kernels/nccl.cu), for the gradients of
+// data-parallel training on the CUDA backend: no staging through host memory.
+class DeviceAllreduce {
+ public:
+  virtual ~DeviceAllreduce() = default;
+  // In place over all ranks, enqueued on the backend's stream: the backend's next op sees the sum.
+  virtual void sum(float* data, std::size_t count) = 0;
+};
+
+// A new NCCL unique id (its bytes), made on one rank and sent to the others (dist/ does this).
+std::string nccl_unique_id();
+
+// Joins the NCCL communicator of `id` as `rank` of `nranks`, on the device and stream of
+// `cuda_backend` (from make_cuda_backend; anything else is an Error). Collective: every rank of
+// the group must call it.
+std::unique_ptr<DeviceAllreduce> make_nccl_allreduce(Backend& cuda_backend, const std::string& id,
+                                                     int nranks, int rank);
 
 }  // namespace mixsim
