@@ -82,6 +82,9 @@ po::options_description data_section(DataConfig& c) {
     ("data.eval_split", with_default(&c.eval_split), "valid | test: the split eval sets are built from")
     ("data.eval_max_docs", with_default(&c.eval_max_docs), "at most this many documents per eval set")
     ("data.eval_max_tokens", with_default(&c.eval_max_tokens), "at most this many tokens per eval set")
+    ("data.eval_cut", with_default(&c.eval_cut),
+     "spread | prefix: over eval_max_tokens, an equal share of every document (spread) or "
+     "whole documents in order, the last one cut (prefix)")
     ("data.skip_bad_files", with_default(&c.skip_bad_files), "skip and count bad input files instead of failing");
   return d;
 }
@@ -360,6 +363,7 @@ void validate(const JobConfig& c) {
   check_range("data.valid_fraction", c.data.valid_fraction, 0.0, 0.5);
   check_range("data.test_fraction", c.data.test_fraction, 0.0, 0.5);
   check_choice("data.eval_split", c.data.eval_split, {"valid", "test"});
+  check_choice("data.eval_cut", c.data.eval_cut, {"spread", "prefix"});
   check_choice("data.tokenizer", c.data.tokenizer, {"byte"});
   if (c.data.valid_fraction + c.data.test_fraction > 0.9)
     usage_fail("options --data.valid_fraction ({}) and --data.test_fraction ({}) leave less than "

@@ -25,6 +25,7 @@ void write_settings(const h5::Object& root, const DataSettings& s) {
   root.set_attribute("inputs_partitions", s.partitions);
   root.set_attribute("inputs_eval_dirs", s.eval_dirs);
   root.set_attribute("inputs_seed_corpus", s.seed_corpus);
+  root.set_attribute("eval_cut", s.eval_cut);
 }
 
 DataSettings read_settings(const h5::Object& root) {
@@ -41,6 +42,8 @@ DataSettings read_settings(const h5::Object& root) {
   s.partitions = root.strings_attribute("inputs_partitions");
   s.eval_dirs = root.strings_attribute("inputs_eval_dirs");
   s.seed_corpus = root.string_attribute("inputs_seed_corpus");
+  // Files made before eval sets could be spread over their documents cut them as a prefix.
+  s.eval_cut = root.has_attribute("eval_cut") ? root.string_attribute("eval_cut") : "prefix";
   return s;
 }
 

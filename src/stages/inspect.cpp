@@ -64,9 +64,9 @@ std::string describe_data(const fs::path& path, std::int64_t version) {
     out += "  seed corpus: none\n";
   out += fmt::format(
       "  settings: split_salt {}, valid {}, test {}, eval split {}, at most {} documents "
-      "and {} tokens per eval set, eval seed {}\n",
+      "and {} tokens per eval set (cut: {}), eval seed {}\n",
       s.split_salt, s.valid_fraction, s.test_fraction, s.eval_split, s.eval_max_docs,
-      s.eval_max_tokens, s.eval_seed);
+      s.eval_max_tokens, s.eval_cut, s.eval_seed);
   return out;
 }
 

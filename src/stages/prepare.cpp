@@ -104,6 +104,7 @@ std::string first_difference(const DataSettings& a, const DataSettings& b) {
   if (a.eval_max_tokens != b.eval_max_tokens)
     return fmt::format("eval_max_tokens {} vs {}", a.eval_max_tokens, b.eval_max_tokens);
   if (a.eval_seed != b.eval_seed) return fmt::format("run.seed {} vs {}", a.eval_seed, b.eval_seed);
+  if (a.eval_cut != b.eval_cut) return fmt::format("eval_cut {} vs {}", a.eval_cut, b.eval_cut);
   if (a.jsonl_field != b.jsonl_field)
     return fmt::format("jsonl_field '{}' vs '{}'", a.jsonl_field, b.jsonl_field);
   if (a.partitions != b.partitions)
@@ -186,7 +187,8 @@ void Preparer::add_eval_set(EvalSetRecord record, const std::vector<Hashed>& doc
       Rng(config_.run.seed).split(kEvalSampleStream).split(content_hash("", record.name));
   const auto ptrs = pointers(docs);
   const TokenSet set =
-      build_eval_set(ptrs, {data_.eval_max_docs, data_.eval_max_tokens}, tokenizer_, rng);
+      build_eval_set(ptrs, {data_.eval_max_docs, data_.eval_max_tokens, data_.eval_cut == "spread"},
+                     tokenizer_, rng);
   record.available_documents = docs.size();
   const EvalSetRecord r = writer_.add_eval_set(std::move(record), set);
   for (const auto& h : docs) used_.insert(h.hash);  // also documents left out of the sample
@@ -196,7 +198,8 @@ void Preparer::add_eval_set(EvalSetRecord record, const std::vector<Hashed>& doc
             r.available_documents > data_.eval_max_docs
                 ? fmt::format(" (from a sample of {})", data_.eval_max_docs)
                 : "",
-            r.tokens, r.truncated ? " (cut at data.eval_max_tokens)" : "");
+            r.tokens,
+            r.truncated ? fmt::format(" (cut at data.eval_max_tokens, {})", data_.eval_cut) : "");
   ++summary.eval_sets;
   summary.eval_tokens += r.tokens;
 }
@@ -393,7 +396,8 @@ PrepareSummary prepare_data(const JobConfig& config) {
   DataSettings settings{data.unit_tokens,           data.split_salt,     data.valid_fraction,
                         data.test_fraction,         data.eval_split,     data.eval_max_docs,
                         data.eval_max_tokens,       config.run.seed,     data.jsonl_field,
-                        settings_lines(partitions), settings_lines(ood), data.seed_corpus};
+                        settings_lines(partitions), settings_lines(ood), data.seed_corpus,
+                        data.eval_cut};
   const auto tokenizer = make_tokenizer(data.tokenizer);
   const fs::path output = data_file_path(config);
   PrepareSummary summary;

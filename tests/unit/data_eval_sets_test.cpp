@@ -1,8 +1,10 @@
 // Eval sets: at most max_docs documents (a seeded sample, in their given order) and at most
-// max_tokens tokens; every document starts with the end-of-text token.
+// max_tokens tokens, cut as a prefix or spread over the documents; every document starts with
+// the end-of-text token.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 
 #include "mixsim/data/eval_sets.hpp"
@@ -57,10 +59,51 @@ TEST(EvalSets, DocumentAndTokenLimits) {
   const TokenSet few = build_eval_set(p, {10, 1000000}, tok, Rng(1));
   EXPECT_EQ(few.documents.size(), 10u);
 
-  const TokenSet cut = build_eval_set(p, {100, 250}, tok, Rng(1));
+  const TokenSet cut = build_eval_set(p, {100, 250, /*spread=*/false}, tok, Rng(1));
   EXPECT_EQ(cut.tokens.size(), 250u);
   EXPECT_EQ(cut.documents.size(), 3u);  // two whole documents and half of the third
   EXPECT_TRUE(cut.truncated);
   EXPECT_EQ(cut.bytes, 99u + 99u + 49u);
   for (std::size_t i : {0u, 100u, 200u}) EXPECT_EQ(cut.tokens[i], 256) << i;
+}
+
+TEST(EvalSets, SpreadGivesEveryDocumentAnEqualShare) {
+  ByteTokenizer tok;
+  auto docs_of = [](std::initializer_list<std::size_t> lengths) {
+    std::vector<Document> docs;
+    for (std::size_t len : lengths)
+      docs.push_back({std::string(len, 'x'), fmt::format("d{}", docs.size())});
+    return docs;
+  };
+  // 100, 2000, 600 and 3000 tokens with the end-of-text token; 2600 to share: 650 each, but d0
+  // has only 100 and d2 600, so the 600 left go 300 and 300 to d1 and d3: 100 + 950 + 600 + 950.
+  const auto docs = docs_of({99, 1999, 599, 2999});
+  const TokenSet set = build_eval_set(ptrs(docs), {100, 2600}, tok, Rng(1));
+  ASSERT_EQ(set.tokens.size(), 2600u);
+  EXPECT_EQ(set.documents, (std::vector<std::string>{"d0", "d1", "d2", "d3"}));  // stored order
+  for (std::size_t start : {0u, 100u, 1050u, 1650u}) EXPECT_EQ(set.tokens[start], 256) << start;
+  EXPECT_EQ(std::count(set.tokens.begin(), set.tokens.end(), 256), 4);
+  EXPECT_EQ(set.bytes, 99u + 949u + 599u + 949u);
+  EXPECT_TRUE(set.truncated);
+
+  // The same budget as a prefix: d0 and d1 whole, then the first 500 tokens of d2.
+  const TokenSet prefix = build_eval_set(ptrs(docs), {100, 2600, false}, tok, Rng(1));
+  EXPECT_EQ(prefix.documents, (std::vector<std::string>{"d0", "d1", "d2"}));
+  EXPECT_EQ(prefix.tokens[2100], 256);
+
+  // Shares stay >= 512 tokens: of four 1500-token documents, 2000 tokens go to three (667, 667,
+  // 666), the seeded choice of which three being the same on every run.
+  const auto equal = docs_of({1499, 1499, 1499, 1499});
+  const TokenSet three = build_eval_set(ptrs(equal), {100, 2000}, tok, Rng(5));
+  EXPECT_EQ(three.tokens.size(), 2000u);
+  EXPECT_EQ(three.documents.size(), 3u);
+  EXPECT_TRUE(std::is_sorted(three.documents.begin(), three.documents.end()));
+  EXPECT_EQ(build_eval_set(ptrs(equal), {100, 2000}, tok, Rng(5)).documents, three.documents);
+  // ... and a budget under the minimum share goes to one document.
+  EXPECT_EQ(build_eval_set(ptrs(equal), {100, 300}, tok, Rng(5)).documents.size(), 1u);
+
+  // A budget that holds everything: every document whole, nothing cut.
+  const TokenSet all = build_eval_set(ptrs(docs), {100, 10000}, tok, Rng(1));
+  EXPECT_EQ(all.tokens.size(), 5700u);
+  EXPECT_FALSE(all.truncated);
 }

@@ -56,6 +56,7 @@ struct DataConfig {
   std::string eval_split = "valid";        // valid | test: which split the eval sets are built from
   std::uint64_t eval_max_docs = 1000;
   std::uint64_t eval_max_tokens = 1000000;
+  std::string eval_cut = "spread";         // spread | prefix: how a set is cut to eval_max_tokens
   bool skip_bad_files = false;             // skip (and count) unreadable/malformed input instead of failing
 };
 

@@ -17,14 +17,18 @@ namespace mixsim {
 struct EvalLimits {
   std::uint64_t max_docs = 1000;
   std::uint64_t max_tokens = 1000000;
+  // Over max_tokens: true ("spread") gives every document an equal share (its beginning; a
+  // document shorter than the share gives all of it and its rest goes to the others), false
+  // ("prefix") appends whole documents in order and cuts the last one.
+  bool spread = true;
 };
 
 // Indices of the documents to keep out of `count`: all when count <= max_docs, else a uniform
 // sample of max_docs drawn with `rng`. Increasing, so the documents keep their order.
 std::vector<std::size_t> sample_documents(std::size_t count, std::uint64_t max_docs, Rng rng);
 
-// The eval set of `documents` (already in their stored order): the sample, then documents in
-// order until max_tokens (the last one cut at the limit).
+// The eval set of `documents` (already in their stored order): the sample, cut to max_tokens as
+// EvalLimits::spread says. Each document enters as EOT + its tokens (the EOT counts).
 TokenSet build_eval_set(std::span<const Document* const> documents, const EvalLimits& limits,
                         const Tokenizer& tokenizer, Rng rng);
 

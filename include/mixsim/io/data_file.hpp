@@ -33,6 +33,7 @@ struct DataSettings {
   std::vector<std::string> partitions;  // "news=data/brown/news"
   std::vector<std::string> eval_dirs;   // "fortunes=data/eval/fortunes"
   std::string seed_corpus;              // directory, "" when none
+  std::string eval_cut = "spread";      // spread | prefix ("prefix" in files made before it existed)
   bool operator==(const DataSettings&) const = default;
 };
 
