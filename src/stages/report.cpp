@@ -272,7 +272,8 @@ void print_correlations(const Results& r, const std::vector<Correlation>& cs, in
 // A k-unit truth model trains k unit budgets, so truth losses fall with k where an average of k
 // models need not: pooling mixture sizes mixes that effect into the proxy's agreement. Per size
 // k (with at least 3 truth models) and proxy: Pearson r per eval set over the k-unit truth
-// mixtures, and the pairwise decisions summed over the sets.
+// mixtures, and the pairwise decisions summed over the sets. Printed for a single size too: its
+// one line per proxy sums up the per-set table (how many sets reach r >= 0.9).
 struct SizeRow {
   std::size_t k = 0;
   std::string proxy;
@@ -286,7 +287,6 @@ std::vector<SizeRow> by_size(const Results& r) {
   for (std::size_t m = 0; m < r.mixtures.size(); ++m)
     if (!r.mixtures[m].truth_checksum.empty()) rows_of[r.mixtures[m].members.size()].push_back(m);
   std::vector<SizeRow> out;
-  if (rows_of.size() < 2) return out;  // one size: the main tables are already per size
   for (const auto& p : r.proxies)
     for (const auto& [k, rows] : rows_of) {
       if (rows.size() < 3) continue;
