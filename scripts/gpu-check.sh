@@ -135,7 +135,7 @@ check_torch gpt2-wide-bf16 cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 
   --channels 768 --context 256 --vocab 50257 --batch 2
 
 # 5. speed: mixsim fp32, averaging, PyTorch
-result() {  # result LOGNAME LABEL: the RESULT lines of a log as table rows
+result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|values" rows
   grep '^RESULT' "$LOG/$1.log" 2> /dev/null | while read -r _ what cfg rest; do
     echo "$what $cfg|$rest"
   done
