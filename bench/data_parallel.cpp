@@ -2,7 +2,9 @@
 // it is started with, for the data-parallel efficiency target of the training issue. Run it with
 // 1 and 2 ranks (bench/data_parallel.sh does both and prints the ratio):
 //   OMP_NUM_THREADS=1 mpirun -np 2 build/bench/bench_data_parallel [--model small|tiny]
-//       [--steps N] [--batch B]
+//       [--steps N] [--batch B] [--bucket-mb MB]
+// --bucket-mb is train.grad_bucket_mb (default 25; 0: one gradient sum after the backward pass).
+#include <fmt/format.h>
 #include <omp.h>
 
 #include <cstdio>
@@ -10,8 +12,6 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
-
-#include <fmt/format.h>
 
 #include "mixsim/core/config.hpp"
 #include "mixsim/core/log.hpp"
@@ -52,10 +52,12 @@ int main(int argc, char** argv) {
   log::init({.rank = world.rank(), .size = world.size()});
   std::string model = "small";
   int steps = 4, batch = 8;
+  double bucket_mb = 25;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
     if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--batch")) batch = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--bucket-mb")) bucket_mb = std::atof(argv[i + 1]);
   }
   JobConfig config;
   if (model == "small") {
@@ -63,9 +65,10 @@ int main(int argc, char** argv) {
   } else {
     config.model = {4, 4, 128, 64, 257};
   }
-  std::string root = world.rank() == 0 ? (fs::temp_directory_path() /
-                                          ("mixsim-bench-dp-" + std::to_string(getpid()))).string()
-                                       : "";
+  std::string root =
+      world.rank() == 0
+          ? (fs::temp_directory_path() / ("mixsim-bench-dp-" + std::to_string(getpid()))).string()
+          : "";
   world.broadcast(root, 0);
   config.run.out_dir = root + "/run";
   config.data.partitions = {root + "/alpha"};
@@ -77,6 +80,7 @@ int main(int argc, char** argv) {
   config.train.val_tokens = 0;
   config.train.checkpoint_every = 0;
   config.train.log_every = 1000000;
+  config.train.grad_bucket_mb = bucket_mb;
   if (world.rank() == 0) {
     write_corpus(root);
     prepare_data(config);
@@ -93,12 +97,14 @@ int main(int argc, char** argv) {
   const auto outcome = train_model(job, config, data, world);
   const double tokens = static_cast<double>(steps) * batch * config.model.context;
   if (world.rank() == 0) {
-    std::printf("model %s (L=%d C=%d T=%d), global batch %d, %d steps, %d rank(s) x %d thread(s): "
-                "%.0f tokens/s (step loop %.2f s: compute %.2f, allreduce %.2f, optimizer %.2f)\n",
-                model.c_str(), config.model.n_layer, config.model.n_embd, config.model.context,
-                batch, steps, world.size(), omp_get_max_threads(), tokens / outcome.step_seconds,
-                outcome.step_seconds, outcome.compute_seconds, outcome.allreduce_seconds,
-                outcome.optimizer_seconds);
+    std::printf(
+        "model %s (L=%d C=%d T=%d), global batch %d, %d steps, %d rank(s) x %d thread(s): "
+        "%.0f tokens/s (step loop %.2f s: compute %.2f, allreduce %.2f, optimizer %.2f; "
+        "gradient sums: %s, %d started per step)\n",
+        model.c_str(), config.model.n_layer, config.model.n_embd, config.model.context, batch,
+        steps, world.size(), omp_get_max_threads(), tokens / outcome.step_seconds,
+        outcome.step_seconds, outcome.compute_seconds, outcome.allreduce_seconds,
+        outcome.optimizer_seconds, outcome.grad_sum.c_str(), outcome.grad_buckets);
     fs::remove_all(root);
   }
   return 0;

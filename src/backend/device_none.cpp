@@ -19,11 +19,16 @@ std::unique_ptr<Backend> make_cuda_backend(int, MatmulPrecision) {
       "-DMIXSIM_CUDA=ON, or use backend cpu");
 }
 
+std::string cuda_pci_bus_id(Backend&) {
+  fail("the CUDA backend is not available: mixsim was built without CUDA; rebuild with "
+       "-DMIXSIM_CUDA=ON");
+}
+
 std::string nccl_unique_id() {
   fail("NCCL is not available: mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON");
 }
 
-std::unique_ptr<DeviceAllreduce> make_nccl_allreduce(Backend&, const std::string&, int, int) {
+std::unique_ptr<GroupAllreduce> make_nccl_allreduce(Backend&, const std::string&, int, int) {
   fail("NCCL is not available: mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON");
 }
 

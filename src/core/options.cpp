@@ -100,7 +100,9 @@ po::options_description train_section(TrainConfig& c) {
     ("train.log_every", with_default(&c.log_every), "steps between progress lines")
     ("train.save_optimizer", with_default(&c.save_optimizer), "keep AdamW state in final checkpoints")
     ("train.backend", with_default(&c.backend),
-     "cpu | cuda | cuda-bf16 (CUDA with bf16 matrix products; fp32 weights and state)");
+     "cpu | cuda | cuda-bf16 (CUDA with bf16 matrix products; fp32 weights and state)")
+    ("train.grad_bucket_mb", with_default(&c.grad_bucket_mb),
+     "MB of gradients per sum started during the backward pass, overlapping it (0: one sum after it)");
   return d;
 }
 
@@ -273,6 +275,7 @@ void validate_training(const JobConfig& c) {
   check_range("train.checkpoint_every", c.train.checkpoint_every, 0, 1 << 30);
   check_range("train.log_every", c.train.log_every, 1, 1 << 30);
   check_choice("train.backend", c.train.backend, {"cpu", "cuda", "cuda-bf16"});
+  check_range("train.grad_bucket_mb", c.train.grad_bucket_mb, 0.0, 1e6);
   check_range("seed.steps", c.seed.steps, 1, 1 << 30);
   validate_schedule("seed", c.seed.schedule);
   check_range("cpt.steps_per_unit", c.cpt.steps_per_unit, 0, 1 << 30);

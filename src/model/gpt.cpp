@@ -333,7 +333,7 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
                         a.ln1_rstd, N, C);
 }
 
-void Gpt::backward() {
+void Gpt::backward(const GradsReady& grads_ready) {
   if (!acts_ || last_B_ == 0) fail("backward() needs a forward() first");
   Backend& be = backend_;
   const ModelDims& d = dims();
@@ -347,8 +347,27 @@ void Gpt::backward() {
   const float* last_residual = train_layer(d.L - 1).residual3;
   be.layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.dbuf, last_residual, p.lnfw, a.lnf_mean,
                         a.lnf_rstd, N, C);
-  for (int l = d.L - 1; l >= 0; --l) backward_block(l, train_layer(l), B, T);
+  auto report = [&](Param t, int layer) {
+    const TensorInfo& info = layout_[t];
+    const std::size_t per = layer < 0 ? info.numel : info.numel / std::size_t(d.L);
+    grads_ready(
+        std::span<float>(grads_.get() + info.offset + per * std::size_t(std::max(layer, 0)), per));
+  };
+  if (grads_ready) {
+    report(Param::lnfw, -1);
+    report(Param::lnfb, -1);
+  }
+  for (int l = d.L - 1; l >= 0; --l) {
+    backward_block(l, train_layer(l), B, T);
+    if (grads_ready)
+      for (int t = static_cast<int>(Param::ln1w); t <= static_cast<int>(Param::fcprojb); ++t)
+        report(static_cast<Param>(t), l);
+  }
   be.encoder_backward(g.wte, g.wpe, a.dresidual, train_tokens_.get(), B, T, C);
+  if (grads_ready) {
+    report(Param::wte, -1);  // also written by the head's backward, at the start of the pass
+    report(Param::wpe, -1);
+  }
   last_B_ = 0;  // the dlogits are spent: a second backward() needs a new forward()
 }
 

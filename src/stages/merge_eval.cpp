@@ -313,7 +313,11 @@ struct EvalSet {
 class Evaluator {
  public:
   Evaluator(const ModelConfig& model_config, Backend& backend, const Communicator& group, int batch)
-      : backend_(backend), group_(group), model_(model_config, backend, batch), batch_(batch) {}
+      : backend_(backend),
+        group_(group),
+        group_sum_(make_group_allreduce(group, backend)),
+        model_(model_config, backend, batch),
+        batch_(batch) {}
 
   // Loads this rank's share of the pool: unit u when u % group size == group rank, if needed.
   void load_pool(const Inputs& in, const std::set<std::size_t>& needed) {
@@ -374,15 +378,15 @@ class Evaluator {
       models.push_back(it->second.get());
       weights.push_back(item.weights[i]);
     }
-    collective_average(backend_, model_.params(), models, weights, n, group_, staging_);
+    collective_average(backend_, model_.params(), models, weights, n, *group_sum_);
   }
 
   Backend& backend_;
   const Communicator& group_;
+  std::unique_ptr<GroupAllreduce> group_sum_;  // the averages' sums, on the backend's memory
   Gpt model_;
   int batch_;
   std::map<std::size_t, DeviceBuffer<float>> held_;
-  std::vector<float> staging_;
 };
 
 // ---- results bookkeeping on rank 0 -----------------------------------------------------------
@@ -672,23 +676,14 @@ fs::path results_path(const JobConfig& config) {
 }
 
 void collective_average(Backend& backend, float* out, std::span<const float* const> models,
-                        std::span<const float> weights, std::size_t n, const Communicator& group,
-                        std::vector<float>& staging) {
+                        std::span<const float> weights, std::size_t n, GroupAllreduce& group_sum) {
   MIXSIM_CHECK(models.size() == weights.size(), "{} models, {} weights", models.size(),
                weights.size());
   if (models.empty())
     backend.zero(out, n * sizeof(float));
   else
     backend.weighted_sum(out, models.data(), weights.data(), static_cast<int>(models.size()), n);
-  if (group.size() == 1) return;
-  if (backend.name() == "cpu") {
-    group.allreduce_sum(std::span<float>(out, n));
-    return;
-  }
-  staging.resize(n);  // device memory: through the host
-  backend.download(staging.data(), out, n * sizeof(float));
-  group.allreduce_sum(std::span<float>(staging));
-  backend.upload(out, staging.data(), n * sizeof(float));
+  group_sum.sum(out, n);
 }
 
 EvalSums evaluate_windows(Gpt& model, const EvalWindows& windows, std::size_t first,

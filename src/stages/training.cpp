@@ -11,8 +11,8 @@
 #include "mixsim/core/rng.hpp"
 #include "mixsim/core/signals.hpp"
 #include "mixsim/core/timer.hpp"
-#include "mixsim/dist/device_allreduce.hpp"
 #include "mixsim/data/loader.hpp"
+#include "mixsim/dist/group_allreduce.hpp"
 #include "mixsim/io/checkpoint.hpp"
 #include "mixsim/model/gpt.hpp"
 #include "mixsim/model/optimizer.hpp"
@@ -36,15 +36,17 @@ BatchPlan plan_batches(const JobConfig& config, int ranks) {
   p.B = config.train.global_batch;
   p.ranks = ranks;
   if (p.B % ranks != 0)
-    usage_fail("option --train.global_batch ({}) must be a multiple of the ranks training one "
-               "model ({}): change the batch or the rank/group count",
-               p.B, ranks);
+    usage_fail(
+        "option --train.global_batch ({}) must be a multiple of the ranks training one "
+        "model ({}): change the batch or the rank/group count",
+        p.B, ranks);
   p.local = p.B / ranks;
   p.micro = config.train.micro_batch > 0 ? config.train.micro_batch : p.local;
   if (p.local % p.micro != 0)
-    usage_fail("option --train.micro_batch ({}) must divide each rank's share of the global batch "
-               "({} = {} / {} ranks)",
-               p.micro, p.local, p.B, ranks);
+    usage_fail(
+        "option --train.micro_batch ({}) must divide each rank's share of the global batch "
+        "({} = {} / {} ranks)",
+        p.micro, p.local, p.B, ranks);
   p.accum = p.local / p.micro;
   return p;
 }
@@ -116,26 +118,6 @@ double validation_loss(Gpt& model, const ValidationWindows& v, int micro, int T,
   return sums[1] > 0 ? sums[0] / sums[1] : std::numeric_limits<double>::quiet_NaN();
 }
 
-// Sums the gradient buffer over the group: ONE allreduce of the flat buffer, on the device
-// through NCCL when the backend has it (`device`), else over MPI.
-void allreduce_gradients(Backend& backend, float* grads, std::size_t n, const Communicator& group,
-                         DeviceAllreduce* device, std::vector<float>& staging) {
-  if (group.size() == 1) return;
-  if (device) {
-    device->sum(grads, n);
-    return;
-  }
-  if (backend.name() == "cpu") {
-    group.allreduce_sum(std::span<float>(grads, n));
-    return;
-  }
-  // Device memory without a device communicator: stage through the host.
-  staging.resize(n);
-  backend.download(staging.data(), grads, n * sizeof(float));
-  group.allreduce_sum(std::span<float>(staging));
-  backend.upload(grads, staging.data(), n * sizeof(float));
-}
-
 std::vector<float> download(Backend& backend, const float* src, std::size_t n) {
   std::vector<float> host(n);
   backend.download(host.data(), src, n * sizeof(float));
@@ -146,14 +128,15 @@ std::vector<float> download(Backend& backend, const float* src, std::size_t n) {
 void require_same_job(const fs::path& path, const Provenance& p, const TrainJob& job,
                       const BatchPlan& plan) {
   auto mismatch = [&](const std::string& what) {
-    fail("'{}' belongs to another training run ({}); delete it, or choose another output", 
+    fail("'{}' belongs to another training run ({}); delete it, or choose another output",
          path.string(), what);
   };
   if (p.name != job.name) mismatch(fmt::format("it trains '{}', this run '{}'", p.name, job.name));
   if (p.units != job.units) mismatch("its units differ");
   if (p.total_steps != job.steps)
     mismatch(fmt::format("{} steps, this run {}", p.total_steps, job.steps));
-  if (p.global_batch != plan.B) mismatch(fmt::format("global batch {}, this run {}", p.global_batch, plan.B));
+  if (p.global_batch != plan.B)
+    mismatch(fmt::format("global batch {}, this run {}", p.global_batch, plan.B));
   if (p.context != plan.T) mismatch(fmt::format("context {}, this run {}", p.context, plan.T));
 }
 
@@ -184,7 +167,8 @@ std::int64_t cpt_steps(const JobConfig& config, std::size_t k) {
   if (per_unit == 0) {
     const auto window_tokens =
         static_cast<std::uint64_t>(config.train.global_batch) * config.model.context;
-    per_unit = static_cast<std::int64_t>((config.data.unit_tokens + window_tokens - 1) / window_tokens);
+    per_unit =
+        static_cast<std::int64_t>((config.data.unit_tokens + window_tokens - 1) / window_tokens);
   }
   return per_unit * static_cast<std::int64_t>(k);
 }
@@ -195,7 +179,8 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
   TrainOutcome outcome;
   const BatchPlan plan = plan_batches(config, group.size());
   const bool writer = group.rank() == 0;
-  if (job.steps < 1) usage_fail("training '{}' needs at least one step (got {})", job.name, job.steps);
+  if (job.steps < 1)
+    usage_fail("training '{}' needs at least one step (got {})", job.name, job.steps);
 
   if (fs::exists(job.output)) {
     const auto info = read_checkpoint_info(job.output);
@@ -231,9 +216,19 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
   const auto valid = validation_windows(config, data, job.units, group.rank(), group.size());
 
   auto backend = make_backend(config.train.backend);
-  const auto device_sum = make_device_allreduce(group, *backend);
   Gpt model(config.model, *backend, plan.micro);
   AdamW adamw(model.layout(), *backend);
+  // Declared after the model: if an exception unwinds, started sums are waited for (in the
+  // destructors) while the gradient buffer they write still exists.
+  const auto group_sum = make_group_allreduce(group, *backend);
+  // Bucketed sums overlap the backward pass of the last micro-batch; 0 MB: one sum after it.
+  // Staged sums cannot overlap (they wait for finish()), so they take one sum of the buffer.
+  const bool overlap = config.train.grad_bucket_mb > 0 && group_sum->kind() != "local" &&
+                       group_sum->kind() != "mpi-staged";
+  GradientBuckets buckets(*group_sum,
+                          static_cast<std::size_t>(config.train.grad_bucket_mb * (1 << 20)));
+  outcome.grad_sum = std::string(group_sum->kind());
+  const Gpt::GradsReady grads_ready = [&](std::span<float> part) { buckets.ready(part); };
   const std::size_t n = model.layout().total();
   const OptimConfig optim = optim_for(config, job.schedule);
 
@@ -257,7 +252,8 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
   if (fs::exists(partial)) {
     auto ck = read_checkpoint(partial, /*with_optimizer=*/true);
     require_same_job(partial, ck.provenance, job, plan);
-    require_same_model(ck.model, config.model, "'" + partial.string() + "'", "the job's [model]");
+    require_same_model(ck.model, config.model, fmt::format("'{}'", partial.string()),
+                       "the job's [model]");
     model.set_params(ck.params);
     backend->upload(adamw.m(), ck.optimizer->m.data(), n * sizeof(float));
     backend->upload(adamw.v(), ck.optimizer->v.data(), n * sizeof(float));
@@ -272,7 +268,8 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
                                       partial.string(), step0, job.steps));
   } else if (!job.init.empty()) {
     auto ck = read_checkpoint(job.init, job.inherit_optimizer);
-    require_same_model(ck.model, config.model, "'" + job.init.string() + "'", "the job's [model]");
+    require_same_model(ck.model, config.model, fmt::format("'{}'", job.init.string()),
+                       "the job's [model]");
     model.set_params(ck.params);
     if (job.inherit_optimizer) {
       backend->upload(adamw.m(), ck.optimizer->m.data(), n * sizeof(float));
@@ -287,7 +284,6 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
 
   const std::size_t rows = static_cast<std::size_t>(plan.local) * plan.T;
   std::vector<std::int32_t> inputs(rows), targets(rows);
-  std::vector<float> staging;
   const float micro_scale = static_cast<float>(plan.micro) / static_cast<float>(plan.B);
   Stopwatch run_clock;
   double last_train = 0, last_valid = std::numeric_limits<double>::quiet_NaN();
@@ -318,13 +314,19 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
       const std::size_t off = static_cast<std::size_t>(a) * plan.micro * plan.T;
       // grad_scale = micro/B: the summed gradients over all micro-batches of all ranks are the
       // gradient of the global batch's mean loss.
-      const float loss = model.forward(inputs.data() + off, targets.data() + off, plan.micro,
-                                       plan.T, micro_scale);
-      model.backward();
+      const float loss =
+          model.forward(inputs.data() + off, targets.data() + off, plan.micro, plan.T, micro_scale);
+      model.backward(overlap && a + 1 == plan.accum ? grads_ready : Gpt::GradsReady{});
       local_loss += static_cast<double>(loss) * micro_scale;
     }
     outcome.compute_seconds += phase.lap();
-    allreduce_gradients(*backend, model.grads(), n, group, device_sum.get(), staging);
+    // What the overlap could not hide: the wait for the sums still running.
+    if (overlap) {
+      buckets.finish();
+      outcome.grad_buckets = buckets.buckets();
+      outcome.grad_parts = buckets.parts();
+    } else
+      group_sum->sum(model.grads(), n);
     const double train_loss = group.allreduce_sum(local_loss);
     outcome.allreduce_seconds += phase.lap();
     const auto stats = adamw.step(model.params(), model.grads(), lr, optim);
@@ -366,9 +368,10 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
     }
     if (stop) {
       if (writer)
-        log::write_any_rank(fmt::format("{}: stop signal received; checkpoint written at step "
-                                        "{}/{} to '{}'; run the same command again to resume",
-                                        job.name, step + 1, job.steps, partial.string()));
+        log::write_any_rank(
+            fmt::format("{}: stop signal received; checkpoint written at step "
+                        "{}/{} to '{}'; run the same command again to resume",
+                        job.name, step + 1, job.steps, partial.string()));
       outcome.interrupted = true;
       outcome.step_seconds = run_clock.seconds();
       outcome.seconds = watch.seconds();

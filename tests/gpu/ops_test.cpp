@@ -10,8 +10,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -242,12 +244,12 @@ struct AttentionShape {
 // absolute + 1e-4 relative is a margin, while a masking or indexing error is O(0.1).
 TEST_F(CudaOps, AttentionForwardAndBackward) {
   const AttentionShape shapes[] = {
-      {B, T, C, NH},    // HS = 24, two key tiles, a partial last block
-      {1, 100, 75, 3},  // HS = 25 (odd), four key tiles
-      {2, 65, 128, 1},  // HS = 128, the largest supported (4 dims per lane)
-      {3, 1, 8, 2},     // one position
-      {2, 150, 192, 3}, // HS = 64 (2 dims per lane), five 32-row blocks, the last partial
-      {1, 70, 96, 1},   // HS = 96 (3 dims per lane)
+      {B, T, C, NH},     // HS = 24, two key tiles, a partial last block
+      {1, 100, 75, 3},   // HS = 25 (odd), four key tiles
+      {2, 65, 128, 1},   // HS = 128, the largest supported (4 dims per lane)
+      {3, 1, 8, 2},      // one position
+      {2, 150, 192, 3},  // HS = 64 (2 dims per lane), five 32-row blocks, the last partial
+      {1, 70, 96, 1},    // HS = 96 (3 dims per lane)
   };
   for (const AttentionShape& s : shapes) {
     const std::string what = "attention B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) +
@@ -605,16 +607,38 @@ TEST_F(CudaOps, Bf16TrainingFollowsCpu) {
   EXPECT_LT(lg.back(), lg.front() - 0.5);
 }
 
-// ---- NCCL (the multi-rank sum is tests/mpi/device_allreduce_test.cpp, on one GPU per rank)
+// ---- NCCL (the multi-rank sums are tests/mpi/group_allreduce_test.cpp, on one GPU per rank)
 
-// A communicator of one rank: the init path on the backend's device and stream, and a sum that
-// must leave the buffer as it was (exactly). Any other backend is refused with an Error.
+// A communicator of one rank: the init path on the backend's device and its own stream, sums in
+// order (sum) and started behind the backend's earlier ops (start/finish, an op writing the part
+// just before and another reading it just after), the buffers left exactly as they were. With one
+// rank NCCL moves no data (an in-place sum is a no-op), so this checks that the calls, the group
+// and the event chain run and leave correct results, not the ordering itself: that needs two
+// GPUs (tests/mpi/group_allreduce_test.cpp). Any other backend is refused with an Error.
 TEST_F(CudaOps, NcclOneRankCommunicator) {
   const std::string id = nccl_unique_id();
   auto nccl = make_nccl_allreduce(*gpu_, id, 1, 0);
+  EXPECT_EQ(nccl->kind(), "nccl");
   auto x = floats(random_floats(1001, 70));
   nccl->sum(x.gpu.get(), 1001);
   expect_identical(both(x), "NCCL sum over one rank");
+
+  const std::size_t n = std::size_t(1) << 22;
+  const std::vector<float> a = random_floats(n, 71), b = random_floats(n, 72);
+  DeviceBuffer<float> da(*gpu_, n), db(*gpu_, n), y(*gpu_, n);
+  gpu_->upload(da.get(), a.data(), da.bytes());
+  gpu_->upload(db.get(), b.data(), db.bytes());
+  gpu_->residual_forward(y.get(), da.get(), db.get(), n);  // y = a + b, then sum y
+  const std::span<float> parts[] = {std::span<float>(y.get(), n / 2),
+                                    std::span<float>(y.get() + n / 2, n - n / 2)};
+  nccl->start(parts);
+  nccl->finish();
+  gpu_->scale(y.get(), 2.0f, n);  // must see the finished sum
+  std::vector<float> got(n);
+  gpu_->download(got.data(), y.get(), n * sizeof(float));
+  for (std::size_t i = 0; i < n; ++i)
+    ASSERT_EQ(got[i], 2.0f * (a[i] + b[i])) << "started sums, element " << i;
+  nccl->finish();  // nothing started: nothing to wait for
   EXPECT_THROW(make_nccl_allreduce(*cpu_, id, 1, 0), Error);
   EXPECT_THROW(make_nccl_allreduce(*gpu_, "short", 1, 0), Error);
 }

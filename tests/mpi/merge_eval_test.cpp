@@ -83,8 +83,10 @@ TEST(MergeEvalMpi, CollectiveAverageOverTheWorldEqualsTheSerialAverage) {
       my_weights.push_back(weights[k]);
     }
   DeviceBuffer<float> out(*backend, n);
-  std::vector<float> staging, got(n);
-  collective_average(*backend, out.get(), mine, my_weights, n, world, staging);
+  std::vector<float> got(n);
+  const auto group_sum = make_group_allreduce(world, *backend);
+  EXPECT_EQ(group_sum->kind(), world.size() == 1 ? "local" : "mpi");
+  collective_average(*backend, out.get(), mine, my_weights, n, *group_sum);
   backend->download(got.data(), out.get(), n * sizeof(float));
   for (std::size_t i = 0; i < n; ++i) {
     double exact = 0, magnitude = 0;

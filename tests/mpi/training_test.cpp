@@ -1,15 +1,21 @@
 // Data-parallel training: 1 rank and P ranks (P = 2, 4 under ctest) end with the same weights
-// for the same global batch, up to the rounding of a different gradient summation order.
+// for the same global batch, up to the rounding of a different gradient summation order; so do
+// the ways of summing the gradients (one sum after the backward pass, or bucketed sums started
+// during it).
+#include "mixsim/stages/training.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "mixsim/core/options.hpp"
 #include "mixsim/dist/communicator.hpp"
 #include "mixsim/io/checkpoint.hpp"
 #include "mixsim/stages/prepare.hpp"
-#include "mixsim/stages/training.hpp"
 #include "test_support.hpp"
 
 using namespace mixsim;
@@ -47,8 +53,26 @@ TEST(DataParallel, OneRankAndAllRanksGiveTheSameWeightsAfter20Steps) {
   tj.steps = 20;
   tj.data_seed = 7;
 
-  tj.output = fs::path(root) / "all_ranks.h5";
-  train_model(tj, config, data, world);
+  // The gradient sums: bucketed as by default (this model's gradients fit one 25 MB bucket, so
+  // that is one sum started at the end of the pass), 2 KB buckets (sums started during the pass:
+  // each weight matrix of this model fills one), and one plain sum after the pass.
+  const std::vector<std::pair<std::string, double>> variants{
+      {"all_ranks", 25.0}, {"all_ranks_2kb", 2.0 / 1024}, {"all_ranks_flat", 0.0}};
+  for (const auto& [name, mb] : variants) {
+    config.train.grad_bucket_mb = mb;
+    tj.output = fs::path(root) / (name + ".h5");
+    const auto outcome = train_model(tj, config, data, world);
+    EXPECT_EQ(outcome.grad_sum, world.size() > 1 ? "mpi" : "local") << name;
+    if (world.size() == 1 || mb == 0) {
+      EXPECT_EQ(outcome.grad_buckets, 0) << name;
+    } else if (mb == 25.0) {
+      EXPECT_EQ(outcome.grad_buckets, 1) << name;
+    } else {
+      // Four matrices per layer, two layers, then the embeddings: at least 9 sums per step.
+      EXPECT_GE(outcome.grad_buckets, 9) << name;
+      EXPECT_GE(outcome.grad_parts, outcome.grad_buckets) << name;
+    }
+  }
 
   // The same job on each rank alone (a group of one).
   const auto alone = world.split(world.rank(), 0);
@@ -56,8 +80,10 @@ TEST(DataParallel, OneRankAndAllRanksGiveTheSameWeightsAfter20Steps) {
   train_model(tj, config, data, alone);
   world.barrier();
 
-  if (world.rank() == 0) {
-    const auto p = read_checkpoint(fs::path(root) / "all_ranks.h5");
+  for (const auto& variant : variants) {
+    if (world.rank() != 0) break;
+    const auto& name = variant.first;
+    const auto p = read_checkpoint(fs::path(root) / (name + ".h5"));
     const auto one = read_checkpoint(fs::path(root) / "one_rank_0.h5");
     ASSERT_EQ(p.params.size(), one.params.size());
     double max_diff = 0, sum_diff = 0;
@@ -72,13 +98,14 @@ TEST(DataParallel, OneRankAndAllRanksGiveTheSameWeightsAfter20Steps) {
     // ~lr (3e-3) differently in one step; the bound max < 1e-3 says no element did. A real bug
     // (a rank's share dropped or counted twice) changes most elements by order lr: mean > 1e-4,
     // far above the mean bound of 1e-7.
-    EXPECT_LT(max_diff, 1e-3);
-    EXPECT_LT(sum_diff / p.params.size(), 1e-7) << "max " << max_diff;
+    EXPECT_LT(max_diff, 1e-3) << name;
+    EXPECT_LT(sum_diff / p.params.size(), 1e-7) << name << ": max " << max_diff;
     // The losses agree to a few ulps of the printed precision.
     for (std::size_t s = 0; s < p.curve.train_loss.size(); ++s)
-      EXPECT_NEAR(p.curve.train_loss[s], one.curve.train_loss[s], 1e-4) << "step " << s + 1;
-    std::printf("ranks %d vs 1: max |diff| %.3g, mean |diff| %.3g\n", world.size(), max_diff,
-                sum_diff / p.params.size());
+      EXPECT_NEAR(p.curve.train_loss[s], one.curve.train_loss[s], 1e-4)
+          << name << ", step " << s + 1;
+    std::printf("%s, ranks %d vs 1: max |diff| %.3g, mean |diff| %.3g\n", name.c_str(),
+                world.size(), max_diff, sum_diff / p.params.size());
   }
   world.barrier();  // rank 0 removes the directory only after everyone is done with it
 }

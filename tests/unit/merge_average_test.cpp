@@ -49,8 +49,9 @@ std::vector<float> average(const std::vector<std::vector<float>>& models,
   }
   const std::vector<float> w(weights.begin(), weights.end());
   DeviceBuffer<float> out(*backend, n);
-  std::vector<float> staging, host(n);
-  collective_average(*backend, out.get(), pointers, w, n, Communicator::world(), staging);
+  std::vector<float> host(n);
+  const auto world = Communicator::world();
+  collective_average(*backend, out.get(), pointers, w, n, *make_group_allreduce(world, *backend));
   backend->download(host.data(), out.get(), n * sizeof(float));
   return host;
 }
@@ -110,8 +111,9 @@ TEST(MergeAverage, ARankHoldingNoMemberContributesZeros) {
   DeviceBuffer<float> out(*backend, 3);
   const std::vector<float> junk{9, 9, 9};
   backend->upload(out.get(), junk.data(), 3 * sizeof(float));
-  std::vector<float> staging, host(3);
-  collective_average(*backend, out.get(), {}, {}, 3, Communicator::world(), staging);
+  std::vector<float> host(3);
+  const auto world = Communicator::world();
+  collective_average(*backend, out.get(), {}, {}, 3, *make_group_allreduce(world, *backend));
   backend->download(host.data(), out.get(), 3 * sizeof(float));
   EXPECT_EQ(host, (std::vector<float>{0, 0, 0}));
 }

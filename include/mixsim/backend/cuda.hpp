@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "mixsim/backend/group_allreduce.hpp"
 #include "mixsim/backend/ops.hpp"
 
 namespace mixsim {
@@ -26,22 +27,18 @@ std::unique_ptr<Backend> make_cuda_backend(int device,
 // GPUs; 0 outside a launcher.
 int local_cuda_device(int device_count);
 
-// Sums of a device buffer over the ranks of a group (NCCL, kernels/nccl.cu), for the gradients of
-// data-parallel training on the CUDA backend: no staging through host memory.
-class DeviceAllreduce {
- public:
-  virtual ~DeviceAllreduce() = default;
-  // In place over all ranks, enqueued on the backend's stream: the backend's next op sees the sum.
-  virtual void sum(float* data, std::size_t count) = 0;
-};
+// The PCI bus id of the GPU of `cuda_backend` (Error for other backends): NCCL cannot join two
+// ranks on one GPU, so dist/ compares these (with the host name) before it chooses NCCL.
+std::string cuda_pci_bus_id(Backend& cuda_backend);
 
 // A new NCCL unique id (its bytes), made on one rank and sent to the others (dist/ does this).
 std::string nccl_unique_id();
 
-// Joins the NCCL communicator of `id` as `rank` of `nranks`, on the device and stream of
-// `cuda_backend` (from make_cuda_backend; anything else is an Error). Collective: every rank of
-// the group must call it.
-std::unique_ptr<DeviceAllreduce> make_nccl_allreduce(Backend& cuda_backend, const std::string& id,
-                                                     int nranks, int rank);
+// Joins the NCCL communicator of `id` as `rank` of `nranks`, on the device of `cuda_backend`
+// (from make_cuda_backend; anything else is an Error): sum() runs on the backend's stream, start()
+// on a stream of its own that waits for the backend's work so far. Collective: every rank of the
+// group must call it.
+std::unique_ptr<GroupAllreduce> make_nccl_allreduce(Backend& cuda_backend, const std::string& id,
+                                                    int nranks, int rank);
 
 }  // namespace mixsim

@@ -70,6 +70,7 @@ struct TrainConfig {
   int log_every = 10;           // steps between progress lines
   bool save_optimizer = false;  // keep AdamW state in the final checkpoint
   std::string backend = "cpu";  // cpu | cuda | cuda-bf16
+  double grad_bucket_mb = 25;   // gradient sums start per this many MB during backward; 0 = after
 };
 
 // A learning-rate schedule of one kind of training run.

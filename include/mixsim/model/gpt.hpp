@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 
@@ -48,7 +49,12 @@ class Gpt {
   // backward() (e.g. grad_scale = 1/accumulation steps).
   float forward(const int* tokens, const int* targets, int B, int T, float grad_scale = 1.0f);
   // Part 2: adds the gradient of the last forward() to grads() (parameters accumulate).
-  void backward();
+  // `grads_ready`, when given, is called with each part of grads() as soon as no later op of the
+  // pass writes it (the final LayerNorm's, then every layer's tensors from the last layer to the
+  // first, then the embeddings'), in the same order on every call: for starting gradient sums
+  // while the pass goes on (GradientBuckets).
+  using GradsReady = std::function<void(std::span<float>)>;
+  void backward(const GradsReady& grads_ready = {});
   void zero_grad();
 
   // Forward only, with no activations kept for backward: summed losses over the positions whose

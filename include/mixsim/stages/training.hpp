@@ -37,6 +37,11 @@ struct TrainOutcome {
   // Where the step loop's time went, on this rank: forward + backward, the gradient allreduce
   // (including waiting for slower ranks), and the optimizer step.
   double compute_seconds = 0, allreduce_seconds = 0, optimizer_seconds = 0;
+  // How the gradients were summed: the GroupAllreduce kind (local, mpi, nccl, mpi-staged), and
+  // per step the sums started during the backward pass (0 with train.grad_bucket_mb = 0: one
+  // sum of the whole buffer after it) and the parts they covered.
+  std::string grad_sum;
+  int grad_buckets = 0, grad_parts = 0;
   double final_train_loss = 0;
   double final_valid_loss = 0;      // NaN when there was no validation data
 };

@@ -1,0 +1,136 @@
+// Group sums of backend memory (make_group_allreduce) and the gradient buckets that start them
+// during a backward pass: MPI on the CPU backend's memory under ctest's 2 and 4 ranks; NCCL and
+// the host-staged path where every rank of the node has a GPU of its own (skipped elsewhere,
+// with the reason).
+#include "mixsim/dist/group_allreduce.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <span>
+#include <vector>
+
+#include "mixsim/backend/device.hpp"
+
+using namespace mixsim;
+
+namespace {
+
+// Small integers: every sum is exact in fp32, in any order, so results compare with ==.
+std::vector<float> rank_values(std::size_t n, int rank, int salt = 0) {
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = float((i + salt) % 7 + rank);
+  return v;
+}
+float expected_sum(std::size_t i, int ranks, int salt = 0) {
+  return float(ranks * int((i + salt) % 7) + ranks * (ranks - 1) / 2);
+}
+
+// The sums of one buffer through sum(), through start() of its parts in several calls, and
+// through GradientBuckets, on `backend`: all exact.
+void check_sums(const Communicator& world, Backend& backend, GroupAllreduce& reduce) {
+  const int P = world.size();
+  const std::size_t n = 100003;
+  DeviceBuffer<float> buf(backend, n);
+  std::vector<float> out(n);
+
+  backend.upload(buf.get(), rank_values(n, world.rank()).data(), n * sizeof(float));
+  reduce.sum(buf.get(), n);
+  backend.download(out.data(), buf.get(), n * sizeof(float));
+  for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], expected_sum(i, P)) << "sum, " << i;
+
+  // Three parts in two starts (the middle of the buffer not summed), some progress() between.
+  backend.upload(buf.get(), rank_values(n, world.rank(), 3).data(), n * sizeof(float));
+  float* b = buf.get();
+  const std::span<float> first[] = {std::span<float>(b, 1000), std::span<float>(b + 1000, 5)};
+  const std::span<float> second[] = {std::span<float>(b + 50000, n - 50000)};
+  reduce.start(first);
+  reduce.progress();
+  reduce.start(second);
+  reduce.progress();
+  reduce.finish();
+  backend.download(out.data(), b, n * sizeof(float));
+  const auto own = rank_values(n, world.rank(), 3);
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool summed = i < 1005 || i >= 50000;
+    ASSERT_EQ(out[i], summed ? expected_sum(i, P, 3) : own[i]) << "started sums, " << i;
+  }
+
+  // Gradient buckets of 64 KB over 16 KB parts reported last to first, as a backward pass does.
+  backend.upload(buf.get(), rank_values(n, world.rank(), 5).data(), n * sizeof(float));
+  GradientBuckets buckets(reduce, 64 << 10);
+  const std::size_t part = 4096;  // floats: 16 KB
+  std::size_t end = n;
+  for (; end > part; end -= part) buckets.ready(std::span<float>(b + end - part, part));
+  buckets.ready(std::span<float>(b, end));
+  buckets.finish();
+  backend.download(out.data(), b, n * sizeof(float));
+  for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], expected_sum(i, P, 5)) << "buckets, " << i;
+  // 100003 floats = 24 parts of 4096 and one of 1699: six full buckets of four adjacent parts,
+  // each merged into one, then the last part alone in a seventh.
+  EXPECT_EQ(buckets.buckets(), 7);
+  EXPECT_EQ(buckets.parts(), 7);
+}
+
+bool every_rank_has_a_gpu(const Communicator& world, std::string& why) {
+  const GpuAvailability gpu = gpu_availability();
+  // NCCL needs one GPU per rank; every rank must agree to skip, or the others would hang.
+  const bool usable = world.allreduce_min(gpu.count >= world.size() ? 1.0 : 0.0) > 0;
+  if (!usable) why = gpu.count == 0 ? gpu.reason : "fewer GPUs than ranks";
+  return usable;
+}
+
+}  // namespace
+
+TEST(GroupAllreduce, MpiOnTheCpuBackendsMemory) {
+  const auto world = Communicator::world();
+  auto cpu = make_backend("cpu");
+  const auto reduce = make_group_allreduce(world, *cpu);
+  EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "mpi");
+  check_sums(world, *cpu, *reduce);
+}
+
+TEST(GroupAllreduce, BucketsMergeOnlyAdjacentParts) {
+  const auto world = Communicator::world();
+  auto cpu = make_backend("cpu");
+  const auto reduce = make_group_allreduce(world, *cpu);
+  std::vector<float> x = rank_values(100, world.rank());
+  GradientBuckets buckets(*reduce, 1 << 20);           // one bucket: everything waits for finish()
+  buckets.ready(std::span<float>(x.data() + 60, 20));  // [60, 80)
+  buckets.ready(std::span<float>(x.data() + 10, 10));  // [10, 20): apart
+  buckets.ready(std::span<float>(x.data() + 40, 20));  // [40, 60): joins [60, 80)
+  buckets.ready(std::span<float>(x.data() + 80, 5));   // [80, 85): joins [40, 80)
+  buckets.ready(std::span<float>(x.data() + 90, 0));   // empty: ignored
+  buckets.finish();
+  EXPECT_EQ(buckets.buckets(), 1);
+  EXPECT_EQ(buckets.parts(), 2);
+  const auto own = rank_values(100, world.rank());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const bool summed = (i >= 10 && i < 20) || (i >= 40 && i < 85);
+    ASSERT_EQ(x[i], summed ? expected_sum(i, world.size()) : own[i]) << i;
+  }
+  buckets.finish();  // nothing pending: no sum
+  EXPECT_EQ(buckets.buckets(), 0);
+}
+
+TEST(GroupAllreduce, NcclOnDeviceMemory) {
+  const auto world = Communicator::world();
+  std::string why;
+  if (!every_rank_has_a_gpu(world, why)) GTEST_SKIP() << "needs one GPU per rank: " << why;
+  auto backend = make_backend("cuda");
+  const auto reduce = make_group_allreduce(world, *backend);
+  EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "nccl");
+  check_sums(world, *backend, *reduce);
+}
+
+TEST(GroupAllreduce, EnvironmentStagesThroughTheHost) {
+  const auto world = Communicator::world();
+  std::string why;
+  if (!every_rank_has_a_gpu(world, why)) GTEST_SKIP() << "needs one GPU per rank: " << why;
+  setenv("MIXSIM_NCCL", "0", 1);
+  auto backend = make_backend("cuda");
+  const auto reduce = make_group_allreduce(world, *backend);
+  unsetenv("MIXSIM_NCCL");
+  EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "mpi-staged");
+  check_sums(world, *backend, *reduce);
+}
