@@ -1,10 +1,11 @@
-// The CUDA backend (fp32; matrix products in fp32 or bf16): device memory, one stream for every op and copy, a cuBLAS handle, and a
-// workspace that grows to the largest temporary any op has needed. Each op forwards to its
-// launcher (launchers.cuh), which checks its assumptions and the launch.
+// The CUDA backend (fp32; matrix products in fp32 or bf16): device memory, one stream for every op
+// and copy, a cuBLAS handle, and a workspace that grows to the largest temporary any op has needed.
+// Each op forwards to its launcher (launchers.cuh), which checks its assumptions and the launch.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -74,10 +75,22 @@ int select_device(int device) {
   return device;
 }
 
+// MIXSIM_TC_ATTENTION=1 turns on the tensor-core attention kernels for cuda-bf16. They are opt-in
+// until a GPU run has checked them (tests/gpu, scripts/gpu-check.sh); see docs/architecture.md.
+bool tc_attention_requested() {
+  const char* setting = std::getenv("MIXSIM_TC_ATTENTION");
+  return setting && std::string(setting) == "1";
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, MatmulPrecision precision)
-      : device_(select_device(device)), precision_(precision), stream_(), cublas_(stream_.get()) {}
+      : device_(select_device(device)),
+        precision_(precision),
+        tc_attention_(precision == MatmulPrecision::bf16 && tc_attention_requested()),
+        max_shared_(cuda::max_shared_per_block(device_)),
+        stream_(),
+        cublas_(stream_.get()) {}
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());
     cudaFree(workspace_);
@@ -169,15 +182,20 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
-    cuda::attention_forward(out, lse, qkv, B, T, C, NH, stream_.get());
+    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
+      cuda::attention_forward_tc(out, lse, qkv, B, T, C, NH, stream_.get());
+    else
+      cuda::attention_forward(out, lse, qkv, B, T, C, NH, stream_.get());
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                           const float* lse, int B, int T, int C, int NH) override {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
-    cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH,
-                             workspace(cuda::attention_backward_workspace(B, T, NH)),
-                             stream_.get());
+    const cuda::Workspace ws = workspace(cuda::attention_backward_workspace(B, T, NH));
+    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
+      cuda::attention_backward_tc(dqkv, dout, qkv, out, lse, B, T, C, NH, ws, stream_.get());
+    else
+      cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, ws, stream_.get());
   }
   void gelu_forward(float* out, const float* inp, std::size_t n) override {
     cuda::gelu_forward(out, inp, n, stream_.get());
@@ -225,6 +243,8 @@ class CudaBackend final : public Backend {
 
   int device_;
   MatmulPrecision precision_;
+  bool tc_attention_;  // attention on bf16 tensor cores (attention_tc.cu), where the shape allows
+  std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;
   void* workspace_ = nullptr;

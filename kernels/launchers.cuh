@@ -93,6 +93,17 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         const float* lse, int B, int T, int C, int NH, Workspace ws,
                         cudaStream_t stream);
 
+// ---- attention_tc.cu (the same ops on bf16 tensor cores, for cuda-bf16 with MIXSIM_TC_ATTENTION=1;
+// head sizes 16..128 in steps of 16 whose kernels fit the device's shared memory per block
+// (max_shared_per_block); the same workspace as attention_backward)
+std::size_t max_shared_per_block(int device);
+bool attention_tc_supported(int C, int NH, std::size_t max_shared);
+void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
+                          cudaStream_t stream);
+void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* out,
+                           const float* lse, int B, int T, int C, int NH, Workspace ws,
+                           cudaStream_t stream);
+
 // ---- gelu.cu
 void gelu_forward(float* out, const float* inp, std::size_t n, cudaStream_t stream);
 void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n,

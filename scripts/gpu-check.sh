@@ -133,6 +133,12 @@ check_torch gpt2-wide cuda "" --layers 2 --heads 12 --channels 768 --context 256
 # gradient tensor can be off by several times that: 5e-2. A wrong product is off by ~1.
 check_torch gpt2-wide-bf16 cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 --heads 12 \
   --channels 768 --context 256 --vocab 50257 --batch 2
+# The same with attention on bf16 tensor cores (kernels/attention_tc.cu, opt-in until checked
+# here): its own error is of the products' size (scripts/gpu/attention_bf16_error.py).
+export MIXSIM_TC_ATTENTION=1
+check_torch gpt2-wide-bf16-tc cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 --heads 12 \
+  --channels 768 --context 256 --vocab 50257 --batch 2
+unset MIXSIM_TC_ATTENTION
 
 # 5. speed: mixsim fp32, averaging, PyTorch
 result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|values" rows
@@ -144,7 +150,11 @@ CONFIGS=small,gpt2,1.1b
 ((QUICK)) && CONFIGS=small,gpt2
 step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS"
 step bench-train-bf16 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
-step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile
+step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 "$BUILD/bench/bench_gpu_train" \
+  --configs "$CONFIGS" --backend cuda-bf16
+# where a bf16 step's time goes now (per op, synchronised), with the tensor-core attention
+step bench-profile 60 env MIXSIM_TC_ATTENTION=1 "$BUILD/bench/bench_gpu_train" --configs gpt2 \
+  --steps 2 --profile --backend cuda-bf16
 step bench-averaging 60 "$BUILD/bench/bench_gpu_averaging"
 step torch-fp32 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype fp32 --steps 5
 ((QUICK)) || step torch-bf16-compile 240 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 10
@@ -162,7 +172,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16 bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
+for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 

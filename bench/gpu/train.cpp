@@ -1,6 +1,7 @@
 // bench_gpu_train: training speed of the GPT on the CUDA backend (fp32 with TF32 off, or
-// --backend cuda-bf16: bf16 matrix products), as tokens/s and as MFU against a stated peak. Needs only the compute layers, so scripts/gpu-check.sh builds
-// it on a GPU machine without MPI or HDF5. Usage:
+// --backend cuda-bf16: bf16 matrix products), as tokens/s and as MFU against a stated peak. Needs
+// only the compute layers, so scripts/gpu-check.sh builds it on a GPU machine without MPI or HDF5.
+// Usage:
 //   build/bench/bench_gpu_train [--configs gpt2,1.1b] [--backend cuda|cuda-bf16] [--batch B]
 //                               [--steps N] [--profile] [--peak-tflops P]
 // Configs: small (6/6/384, T 256, vocab 256, B 16), gpt2 (the GPT-2 124M shape: 12 layers,
@@ -43,8 +44,8 @@ const GpuConfig kConfigs[] = {
 
 constexpr double kFp32PeakTflops = 67.0;  // H100 SXM, fp32 without tensor cores
 
-void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, int batch, int steps, double peak_tflops,
-         bool profile) {
+void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, int batch, int steps,
+         double peak_tflops, bool profile) {
   mixsim::bench::TimedBackend timed(gpu, /*sync=*/true);
   mixsim::Backend& backend = profile ? static_cast<mixsim::Backend&>(timed) : gpu;
   const int B = batch > 0 ? batch : cfg.batch, T = cfg.model.context;
@@ -133,7 +134,12 @@ int main(int argc, char** argv) {
               backend_name == "cuda" ? "fp32, TF32 off" : "bf16 matrix products, fp32 otherwise");
   try {
     auto gpu = mixsim::make_backend(backend_name);
-    const std::string label = backend_name == "cuda" ? "mixsim-fp32" : "mixsim-bf16mm";
+    // cuda-bf16 with MIXSIM_TC_ATTENTION=1 also runs attention on tensor cores
+    const char* tc = std::getenv("MIXSIM_TC_ATTENTION");
+    const bool tc_attention = tc && std::string(tc) == "1";
+    const std::string label = backend_name == "cuda" ? "mixsim-fp32"
+                              : tc_attention         ? "mixsim-bf16tc"
+                                                     : "mixsim-bf16mm";
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

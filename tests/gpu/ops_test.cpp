@@ -493,8 +493,7 @@ TEST_F(CudaOps, GptLossAndEveryGradientMatchCpu) {
 namespace {
 
 std::vector<float> train(Backend& be, const Batch& batch, int b, int t, int steps,
-                         std::vector<float>* losses) {
-  const ModelConfig cfg = model_config();
+                         std::vector<float>* losses, const ModelConfig& cfg = model_config()) {
   Gpt m(cfg, be, b);
   m.init(81);
   AdamW opt(m.layout(), be);
@@ -582,6 +581,80 @@ TEST_F(CudaOps, Bf16MatmulErrorIsBf16Rounding) {
     EXPECT_LT(err, 8e-3) << name;
     EXPECT_GT(err, 1e-3) << name;
   }
+}
+
+// Attention on bf16 tensor cores (attention_tc.cu, cuda-bf16 with MIXSIM_TC_ATTENTION=1) against
+// the CPU's fp32. q, k, v, dout and the probabilities (and their gradients) are rounded to bf16
+// where the kernels round them; a float64 simulation of exactly those roundings on these shapes
+// and normal inputs (scripts/gpu/attention_bf16_error.py) predicts relative L2 errors of
+// 1.9e-3..3.1e-3 for out, 2.5e-3..4.2e-3 for dqkv, and 1.2e-4..6.9e-4 for lse. Bounds: out and
+// dqkv within 5e-4..8e-3 (the fp32 kernels, ~1e-7, fail the lower bound, so the tensor-core path
+// must have run; a wrong tile, mask or fragment layout is off by ~1), lse below 2e-3.
+TEST_F(CudaOps, Bf16TensorCoreAttention) {
+  setenv("MIXSIM_TC_ATTENTION", "1", 1);
+  auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
+  unsetenv("MIXSIM_TC_ATTENTION");
+  auto on_bf16 = [&](const std::vector<float>& host) { return twin(*cpu_, *bf16, host); };
+  auto fetch_pair = [&](const Twin<float>& t) {
+    return Pair{fetch(*cpu_, t.cpu.get(), t.cpu.size()), fetch(*bf16, t.gpu.get(), t.gpu.size())};
+  };
+  const AttentionShape shapes[] = {
+      {2, 150, 192, 3},   // HS = 64, three 64-row blocks, the last partial
+      {1, 100, 128, 1},   // HS = 128, the largest
+      {3, 1, 32, 2},      // HS = 16, one position
+      {2, 65, 96, 2},     // HS = 48, a block of one row
+      {1, 70, 80, 1},     // HS = 80
+      {1, 256, 768, 12},  // GPT-2's heads
+  };
+  for (const AttentionShape& s : shapes) {
+    const std::string what = "tensor-core attention B=" + std::to_string(s.B) +
+                             " T=" + std::to_string(s.T) + " C=" + std::to_string(s.C) +
+                             " NH=" + std::to_string(s.NH);
+    const std::size_t rows = std::size_t(s.B) * s.T;
+    auto qkv = on_bf16(random_floats(rows * 3 * s.C, 121));
+    auto out = on_bf16(std::vector<float>(rows * s.C));
+    auto lse = on_bf16(std::vector<float>(std::size_t(s.B) * s.NH * s.T));
+    cpu_->attention_forward(out.cpu.get(), lse.cpu.get(), qkv.cpu.get(), s.B, s.T, s.C, s.NH);
+    bf16->attention_forward(out.gpu.get(), lse.gpu.get(), qkv.gpu.get(), s.B, s.T, s.C, s.NH);
+    auto dout = on_bf16(random_floats(rows * s.C, 122));
+    auto dqkv = on_bf16(std::vector<float>(rows * 3 * s.C, 55.f));  // assigned
+    // Both backward passes from the CPU's forward outputs, so that only backward's error counts.
+    const std::vector<float> cpu_out = fetch(*cpu_, out.cpu.get(), out.cpu.size());
+    const std::vector<float> cpu_lse = fetch(*cpu_, lse.cpu.get(), lse.cpu.size());
+    auto out_ref = on_bf16(cpu_out);
+    auto lse_ref = on_bf16(cpu_lse);
+    cpu_->attention_backward(dqkv.cpu.get(), dout.cpu.get(), qkv.cpu.get(), out_ref.cpu.get(),
+                             lse_ref.cpu.get(), s.B, s.T, s.C, s.NH);
+    bf16->attention_backward(dqkv.gpu.get(), dout.gpu.get(), qkv.gpu.get(), out_ref.gpu.get(),
+                             lse_ref.gpu.get(), s.B, s.T, s.C, s.NH);
+    const double e_out = rel_l2(fetch_pair(out)), e_lse = rel_l2(fetch_pair(lse)),
+                 e_dqkv = rel_l2(fetch_pair(dqkv));
+    std::printf("%s: relative L2 error out %.3e, lse %.3e, dqkv %.3e\n", what.c_str(), e_out, e_lse,
+                e_dqkv);
+    EXPECT_LT(e_out, 8e-3) << what;
+    EXPECT_GT(e_out, 5e-4) << what;
+    EXPECT_LT(e_lse, 2e-3) << what;
+    EXPECT_LT(e_dqkv, 8e-3) << what;
+    EXPECT_GT(e_dqkv, 5e-4) << what;
+  }
+}
+
+// 20 training steps with tensor-core attention, under the bounds of Bf16TrainingFollowsCpu (the
+// attention's own bf16 error is of the products' size). Heads of 32 (the op tests' model has 24,
+// which the tensor-core kernels leave to the fp32 ones), sequences of 70: two 64-row blocks.
+TEST_F(CudaOps, Bf16TensorCoreAttentionTrainingFollowsCpu) {
+  setenv("MIXSIM_TC_ATTENTION", "1", 1);
+  auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
+  unsetenv("MIXSIM_TC_ATTENTION");
+  const ModelConfig cfg{2, 2, 64, 70, 257};
+  const int b = 2, t = 70, steps = 20;
+  const Batch batch = random_batch(b, t, cfg.vocab_size, 83);
+  std::vector<float> lc, lg;
+  train(*cpu_, batch, b, t, steps, &lc, cfg);
+  train(*bf16, batch, b, t, steps, &lg, cfg);
+  ASSERT_EQ(lc.size(), lg.size());
+  for (int s = 0; s < steps; ++s) EXPECT_NEAR(lg[s], lc[s], 5e-2) << "step " << s;
+  EXPECT_LT(lg.back(), lg.front() - 0.5);
 }
 
 // 20 AdamW steps with bf16 products against the CPU's fp32: the logits carry the products'

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""The error that kernels/attention_tc.cu should have: a float64 simulation of its bf16 roundings.
+
+Rounds q, k, v, dout and the probabilities / their gradients to bf16 exactly where the kernels
+do (products accumulate in fp32 on the GPU; float64 here, which changes nothing at this scale),
+and compares with exact float64 attention on random normal inputs. The backward pass starts from
+the exact forward's out and lse, as the test's does (the CPU's fp32 ones). Prints relative L2 errors per
+shape; tests/gpu/ops_test.cpp (Bf16TensorCoreAttention) takes its bounds from them. Needs torch
+(CPU is enough): python3 scripts/gpu/attention_bf16_error.py
+"""
+import math
+
+import torch
+
+
+def bf16(x):
+    return x.to(torch.bfloat16).to(torch.float64)
+
+
+def rel(a, b):
+    return (a - b).norm().item() / b.norm().item()
+
+
+def simulate(B, T, C, NH):
+    HS = C // NH
+    scale = 1 / math.sqrt(HS)
+    qkv = torch.randn(B, T, 3 * C, dtype=torch.float64)
+    dout = torch.randn(B, T, C, dtype=torch.float64)
+    heads = lambda x: x.reshape(B, T, NH, HS).transpose(1, 2)
+    q, k, v = (heads(x) for x in qkv.split(C, dim=2))
+    g = heads(dout)
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+
+    qe, ke, ve = (x.clone().requires_grad_() for x in (q, k, v))
+    s = (qe @ ke.transpose(-1, -2) * scale).masked_fill(~causal, -math.inf)
+    out = torch.softmax(s, -1) @ ve
+    lse = torch.logsumexp(s, -1)
+    out.backward(g)
+
+    s_k = (bf16(q) @ bf16(k).transpose(-1, -2) * scale).masked_fill(~causal, -math.inf)
+    lse_k = torch.logsumexp(s_k, -1)  # pass 1
+    p_k = torch.exp(s_k - lse_k[..., None])  # pass 2, normalised before rounding
+    out_k = bf16(p_k) @ bf16(v)
+    # Backward as the test runs it: from the reference forward's out and lse (the CPU's), so that
+    # only backward's own rounding counts.
+    o_ref, lse_ref = out.detach(), lse.detach()
+    p_b = torch.exp(s_k - lse_ref[..., None])
+    d = (g * o_ref).sum(-1)  # fp32 dout . out
+    ds = p_b * (bf16(g) @ bf16(v).transpose(-1, -2) - d[..., None])
+    dq = bf16(ds) @ bf16(k) * scale
+    dk = bf16(ds).transpose(-1, -2) @ bf16(q) * scale
+    dv = bf16(p_b).transpose(-1, -2) @ bf16(g)
+    exact = torch.cat([qe.grad, ke.grad, ve.grad])
+    print(f"B={B} T={T} C={C} NH={NH} (HS={HS}): relative L2 error out {rel(out_k, out):.2e}, "
+          f"lse {rel(lse_k, lse):.2e}, dqkv {rel(torch.cat([dq, dk, dv]), exact):.2e}")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    for shape in [(2, 150, 192, 3), (1, 100, 128, 1), (3, 1, 32, 2), (2, 65, 96, 2),
+                  (1, 70, 80, 1), (1, 256, 768, 12)]:
+        simulate(*shape)
