@@ -102,7 +102,10 @@ po::options_description train_section(TrainConfig& c) {
     ("train.backend", with_default(&c.backend),
      "cpu | cuda | cuda-bf16 (CUDA with bf16 matrix products; fp32 weights and state)")
     ("train.grad_bucket_mb", with_default(&c.grad_bucket_mb),
-     "MB of gradients per sum started during the backward pass, overlapping it (0: one sum after it)");
+     "MB of gradients per sum started during the backward pass, overlapping it (0: one sum after it)")
+    ("train.grad_reduce", with_default(&c.grad_reduce),
+     "fp32 | bf16 | auto: the gradient sums over ranks in fp32, or in bf16 (half the bytes); auto "
+     "= bf16 with backend cuda-bf16, else fp32");
   return d;
 }
 
@@ -276,6 +279,7 @@ void validate_training(const JobConfig& c) {
   check_range("train.log_every", c.train.log_every, 1, 1 << 30);
   check_choice("train.backend", c.train.backend, {"cpu", "cuda", "cuda-bf16"});
   check_range("train.grad_bucket_mb", c.train.grad_bucket_mb, 0.0, 1e6);
+  check_choice("train.grad_reduce", c.train.grad_reduce, {"auto", "fp32", "bf16"});
   check_range("seed.steps", c.seed.steps, 1, 1 << 30);
   validate_schedule("seed", c.seed.schedule);
   check_range("cpt.steps_per_unit", c.cpt.steps_per_unit, 0, 1 << 30);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <set>
 #include <string>
@@ -20,41 +21,79 @@ namespace {
 class LocalAllreduce final : public GroupAllreduce {
  public:
   std::string_view kind() const override { return "local"; }
-  void sum(float*, std::size_t) override {}
-  void start(std::span<const std::span<float>>) override {}
+  void sum(float*, std::size_t, SumFormat) override {}
+  void start(std::span<const std::span<float>>, SumFormat) override {}
   void finish() override {}
 };
 
-// The CPU backend's memory is host memory, and its ops have finished when they return: MPI works
-// on the buffers directly. start() issues one MPI_Iallreduce per part (per 2^30 floats).
-class MpiAllreduce final : public GroupAllreduce {
- public:
-  explicit MpiAllreduce(const Communicator& group) : group_(group) {}
-  ~MpiAllreduce() override {
-    if (!requests_.empty() && MpiSession::active())
-      MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
-  }
-  MpiAllreduce(const MpiAllreduce&) = delete;
-  MpiAllreduce& operator=(const MpiAllreduce&) = delete;
+// bf16 on the host: rounded to nearest even (a NaN stays a NaN), and widened back exactly.
+std::uint16_t to_bf16(float x) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+float from_bf16(std::uint16_t h) {
+  const std::uint32_t bits = std::uint32_t{h} << 16;
+  float x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
 
-  std::string_view kind() const override { return "mpi"; }
-  void sum(float* data, std::size_t count) override {
-    group_.allreduce_sum(std::span<float>(data, count));
+// The MPI reduction of bf16 values (sent as MPI_UINT16_T): inout = bf16(in + inout), each
+// partial sum rounded to bf16 as NCCL's bf16 sums are.
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const std::uint16_t*>(in);
+  auto* b = static_cast<std::uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = to_bf16(from_bf16(a[i]) + from_bf16(b[i]));
+}
+
+// Sums of host buffers over a group in either format, blocking or started. A started bf16 sum
+// runs on a bf16 copy of the part, widened back into it by finish().
+class HostSums {
+ public:
+  explicit HostSums(const Communicator& group) : group_(group) {
+    check_mpi(MPI_Op_create(&bf16_sum, /*commute=*/1, &bf16_op_), "MPI_Op_create");
   }
-  void start(std::span<const std::span<float>> parts) override {
-    constexpr std::size_t kChunk = std::size_t{1} << 30;
-    for (const auto part : parts)
-      for (std::size_t off = 0; off < part.size(); off += kChunk) {
-        MPI_Request request;
-        check_mpi(MPI_Iallreduce(MPI_IN_PLACE, part.data() + off,
-                                 static_cast<int>(std::min(kChunk, part.size() - off)), MPI_FLOAT,
-                                 MPI_SUM, group_.handle(), &request),
-                  "MPI_Iallreduce");
-        requests_.push_back(request);
-      }
-    progress();
+  ~HostSums() {
+    if (!MpiSession::active()) return;
+    if (!requests_.empty())
+      MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+    MPI_Op_free(&bf16_op_);
   }
-  void progress() override {
+  HostSums(const HostSums&) = delete;
+  HostSums& operator=(const HostSums&) = delete;
+
+  void sum(std::span<float> data, SumFormat format) {
+    if (format == SumFormat::fp32) {
+      group_.allreduce_sum(data);
+      return;
+    }
+    std::vector<std::uint16_t> wire(data.size());
+    std::transform(data.begin(), data.end(), wire.begin(), to_bf16);
+    for (std::size_t off = 0; off < wire.size(); off += kChunk)
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, wire.data() + off, chunk(wire.size(), off),
+                              MPI_UINT16_T, bf16_op_, group_.handle()),
+                "MPI_Allreduce");
+    std::transform(wire.begin(), wire.end(), data.begin(), from_bf16);
+  }
+
+  void start(std::span<float> part, SumFormat format) {
+    if (format == SumFormat::fp32) {
+      for (std::size_t off = 0; off < part.size(); off += kChunk)
+        issue(part.data() + off, chunk(part.size(), off), MPI_FLOAT, MPI_SUM);
+      return;
+    }
+    // The inner vector's buffer keeps its address when the outer vector grows (vectors move).
+    wire_.emplace_back(part.size());
+    widen_.push_back(part);
+    auto& wire = wire_.back();
+    std::transform(part.begin(), part.end(), wire.begin(), to_bf16);
+    for (std::size_t off = 0; off < wire.size(); off += kChunk)
+      issue(wire.data() + off, chunk(wire.size(), off), MPI_UINT16_T, bf16_op_);
+  }
+  void progress() {
     if (requests_.empty()) return;
     int done = 0;
     check_mpi(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done,
@@ -62,44 +101,82 @@ class MpiAllreduce final : public GroupAllreduce {
               "MPI_Testall");
     if (done) requests_.clear();
   }
-  void finish() override {
-    if (requests_.empty()) return;
-    check_mpi(
-        MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
-        "MPI_Waitall");
+  void finish() {
+    if (!requests_.empty())
+      check_mpi(
+          MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
+          "MPI_Waitall");
     requests_.clear();
+    for (std::size_t i = 0; i < widen_.size(); ++i)
+      std::transform(wire_[i].begin(), wire_[i].end(), widen_[i].begin(), from_bf16);
+    wire_.clear();
+    widen_.clear();
   }
 
  private:
+  static constexpr std::size_t kChunk = std::size_t{1} << 30;  // elements per MPI call (int)
+  static int chunk(std::size_t n, std::size_t off) {
+    return static_cast<int>(std::min(kChunk, n - off));
+  }
+  void issue(void* data, int count, MPI_Datatype type, MPI_Op op) {
+    MPI_Request request;
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data, count, type, op, group_.handle(), &request),
+              "MPI_Iallreduce");
+    requests_.push_back(request);
+  }
+
   const Communicator& group_;
+  MPI_Op bf16_op_ = MPI_OP_NULL;
   std::vector<MPI_Request> requests_;
+  std::vector<std::vector<std::uint16_t>> wire_;  // bf16 copies of started parts
+  std::vector<std::span<float>> widen_;           // the parts they go back into
+};
+
+// The CPU backend's memory is host memory, and its ops have finished when they return: MPI works
+// on the buffers directly. start() issues one MPI_Iallreduce per part (per 2^30 elements).
+class MpiAllreduce final : public GroupAllreduce {
+ public:
+  explicit MpiAllreduce(const Communicator& group) : sums_(group) {}
+  std::string_view kind() const override { return "mpi"; }
+  void sum(float* data, std::size_t count, SumFormat format) override {
+    sums_.sum(std::span<float>(data, count), format);
+  }
+  void start(std::span<const std::span<float>> parts, SumFormat format) override {
+    for (const auto part : parts) sums_.start(part, format);
+    sums_.progress();
+  }
+  void progress() override { sums_.progress(); }
+  void finish() override { sums_.finish(); }
+
+ private:
+  HostSums sums_;
 };
 
 // Device memory without NCCL: each sum goes through a host buffer (download, MPI, upload), and
 // started parts wait for finish(): correct everywhere, no overlap.
 class StagedAllreduce final : public GroupAllreduce {
  public:
-  StagedAllreduce(const Communicator& group, Backend& backend) : group_(group), backend_(backend) {}
+  StagedAllreduce(const Communicator& group, Backend& backend) : backend_(backend), sums_(group) {}
   std::string_view kind() const override { return "mpi-staged"; }
-  void sum(float* data, std::size_t count) override {
+  void sum(float* data, std::size_t count, SumFormat format) override {
     staging_.resize(count);
     backend_.download(staging_.data(), data, count * sizeof(float));
-    group_.allreduce_sum(std::span<float>(staging_));
+    sums_.sum(std::span<float>(staging_), format);
     backend_.upload(data, staging_.data(), count * sizeof(float));
   }
-  void start(std::span<const std::span<float>> parts) override {
-    started_.insert(started_.end(), parts.begin(), parts.end());
+  void start(std::span<const std::span<float>> parts, SumFormat format) override {
+    for (const auto part : parts) started_.push_back({part, format});
   }
   void finish() override {
-    for (const auto part : started_) sum(part.data(), part.size());
+    for (const auto& [part, format] : started_) sum(part.data(), part.size(), format);
     started_.clear();
   }
 
  private:
-  const Communicator& group_;
   Backend& backend_;
+  HostSums sums_;
   std::vector<float> staging_;
-  std::vector<std::span<float>> started_;
+  std::vector<std::pair<std::span<float>, SumFormat>> started_;
 };
 
 }  // namespace
@@ -137,8 +214,8 @@ std::unique_ptr<GroupAllreduce> make_group_allreduce(const Communicator& group, 
   return make_nccl_allreduce(backend, id, group.size(), group.rank());
 }
 
-GradientBuckets::GradientBuckets(GroupAllreduce& reduce, std::size_t bucket_bytes)
-    : reduce_(reduce), bucket_bytes_(bucket_bytes) {}
+GradientBuckets::GradientBuckets(GroupAllreduce& reduce, std::size_t bucket_bytes, SumFormat format)
+    : reduce_(reduce), bucket_bytes_(bucket_bytes), format_(format) {}
 
 void GradientBuckets::ready(std::span<float> part) {
   if (part.empty()) return;
@@ -160,7 +237,7 @@ void GradientBuckets::ready(std::span<float> part) {
 
 void GradientBuckets::start_pending() {
   if (pending_.empty()) return;
-  reduce_.start(pending_);
+  reduce_.start(pending_, format_);
   ++started_buckets_;
   started_parts_ += static_cast<int>(pending_.size());
   pending_.clear();

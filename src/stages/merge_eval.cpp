@@ -683,7 +683,7 @@ void collective_average(Backend& backend, float* out, std::span<const float* con
     backend.zero(out, n * sizeof(float));
   else
     backend.weighted_sum(out, models.data(), weights.data(), static_cast<int>(models.size()), n);
-  group_sum.sum(out, n);
+  group_sum.sum(out, n, SumFormat::fp32);  // an average is a model: never rounded to bf16
 }
 
 EvalSums evaluate_windows(Gpt& model, const EvalWindows& windows, std::size_t first,

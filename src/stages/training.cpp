@@ -225,9 +225,13 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
   // Staged sums cannot overlap (they wait for finish()), so they take one sum of the buffer.
   const bool overlap = config.train.grad_bucket_mb > 0 && group_sum->kind() != "local" &&
                        group_sum->kind() != "mpi-staged";
-  GradientBuckets buckets(*group_sum,
-                          static_cast<std::size_t>(config.train.grad_bucket_mb * (1 << 20)));
+  const bool bf16_sums = config.train.grad_reduce == "bf16" ||
+                         (config.train.grad_reduce == "auto" && backend->name() == "cuda-bf16");
+  const SumFormat sum_format = bf16_sums ? SumFormat::bf16 : SumFormat::fp32;
+  GradientBuckets buckets(
+      *group_sum, static_cast<std::size_t>(config.train.grad_bucket_mb * (1 << 20)), sum_format);
   outcome.grad_sum = std::string(group_sum->kind());
+  outcome.grad_format = bf16_sums ? "bf16" : "fp32";
   const Gpt::GradsReady grads_ready = [&](std::span<float> part) { buckets.ready(part); };
   const std::size_t n = model.layout().total();
   const OptimConfig optim = optim_for(config, job.schedule);
@@ -326,7 +330,7 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
       outcome.grad_buckets = buckets.buckets();
       outcome.grad_parts = buckets.parts();
     } else
-      group_sum->sum(model.grads(), n);
+      group_sum->sum(model.grads(), n, sum_format);
     const double train_loss = group.allreduce_sum(local_loss);
     outcome.allreduce_seconds += phase.lap();
     const auto stats = adamw.step(model.params(), model.grads(), lr, optim);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -682,18 +683,32 @@ TEST_F(CudaOps, Bf16TrainingFollowsCpu) {
 
 // ---- NCCL (the multi-rank sums are tests/mpi/group_allreduce_test.cpp, on one GPU per rank)
 
+namespace {
+
+// bf16 of a float, rounded to nearest even, widened back (finite inputs).
+float round_to_bf16(float x) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+}  // namespace
+
 // A communicator of one rank: the init path on the backend's device and its own stream, sums in
-// order (sum) and started behind the backend's earlier ops (start/finish, an op writing the part
-// just before and another reading it just after), the buffers left exactly as they were. With one
-// rank NCCL moves no data (an in-place sum is a no-op), so this checks that the calls, the group
-// and the event chain run and leave correct results, not the ordering itself: that needs two
-// GPUs (tests/mpi/group_allreduce_test.cpp). Any other backend is refused with an Error.
+// order (sum) and started behind the backend's earlier ops (start/finish: an op writes the part
+// just before, another reads it just after), in both formats. With one rank NCCL moves no data
+// for an fp32 sum (in place, a no-op), so that half checks the calls and the event chain, not the
+// ordering. The bf16 sums do write the parts, on the communication stream (narrowed, summed,
+// widened back): there the ordering shows, as y = 2 bf16(a + b) exactly, which a race between
+// the streams would break. Any other backend is refused with an Error.
 TEST_F(CudaOps, NcclOneRankCommunicator) {
   const std::string id = nccl_unique_id();
   auto nccl = make_nccl_allreduce(*gpu_, id, 1, 0);
   EXPECT_EQ(nccl->kind(), "nccl");
   auto x = floats(random_floats(1001, 70));
-  nccl->sum(x.gpu.get(), 1001);
+  nccl->sum(x.gpu.get(), 1001, SumFormat::fp32);
   expect_identical(both(x), "NCCL sum over one rank");
 
   const std::size_t n = std::size_t(1) << 22;
@@ -701,16 +716,29 @@ TEST_F(CudaOps, NcclOneRankCommunicator) {
   DeviceBuffer<float> da(*gpu_, n), db(*gpu_, n), y(*gpu_, n);
   gpu_->upload(da.get(), a.data(), da.bytes());
   gpu_->upload(db.get(), b.data(), db.bytes());
-  gpu_->residual_forward(y.get(), da.get(), db.get(), n);  // y = a + b, then sum y
   const std::span<float> parts[] = {std::span<float>(y.get(), n / 2),
                                     std::span<float>(y.get() + n / 2, n - n / 2)};
-  nccl->start(parts);
-  nccl->finish();
-  gpu_->scale(y.get(), 2.0f, n);  // must see the finished sum
   std::vector<float> got(n);
+  for (const SumFormat format : {SumFormat::fp32, SumFormat::bf16, SumFormat::bf16}) {
+    const char* what = format == SumFormat::fp32 ? "started fp32 sums" : "started bf16 sums";
+    gpu_->residual_forward(y.get(), da.get(), db.get(), n);  // y = a + b, then sum y
+    nccl->start(parts, format);
+    nccl->finish();
+    gpu_->scale(y.get(), 2.0f, n);  // must see the finished sum
+    gpu_->download(got.data(), y.get(), n * sizeof(float));
+    for (std::size_t i = 0; i < n; ++i) {
+      const float sum = a[i] + b[i];
+      ASSERT_EQ(got[i], 2.0f * (format == SumFormat::fp32 ? sum : round_to_bf16(sum)))
+          << what << ", element " << i;
+    }
+  }
+  // In order on the backend's stream, as one more op (bf16 runs through the started path).
+  gpu_->residual_forward(y.get(), da.get(), db.get(), n);
+  nccl->sum(y.get(), n, SumFormat::bf16);
+  gpu_->scale(y.get(), 2.0f, n);
   gpu_->download(got.data(), y.get(), n * sizeof(float));
   for (std::size_t i = 0; i < n; ++i)
-    ASSERT_EQ(got[i], 2.0f * (a[i] + b[i])) << "started sums, element " << i;
+    ASSERT_EQ(got[i], 2.0f * round_to_bf16(a[i] + b[i])) << "bf16 sum, element " << i;
   nccl->finish();  // nothing started: nothing to wait for
   EXPECT_THROW(make_nccl_allreduce(*cpu_, id, 1, 0), Error);
   EXPECT_THROW(make_nccl_allreduce(*gpu_, "short", 1, 0), Error);

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <span>
 #include <vector>
@@ -27,15 +28,17 @@ float expected_sum(std::size_t i, int ranks, int salt = 0) {
 }
 
 // The sums of one buffer through sum(), through start() of its parts in several calls, and
-// through GradientBuckets, on `backend`: all exact.
-void check_sums(const Communicator& world, Backend& backend, GroupAllreduce& reduce) {
+// through GradientBuckets, on `backend`: all exact (in bf16 too: every value and partial sum here
+// is an integer below 256).
+void check_sums(const Communicator& world, Backend& backend, GroupAllreduce& reduce,
+                SumFormat format) {
   const int P = world.size();
   const std::size_t n = 100003;
   DeviceBuffer<float> buf(backend, n);
   std::vector<float> out(n);
 
   backend.upload(buf.get(), rank_values(n, world.rank()).data(), n * sizeof(float));
-  reduce.sum(buf.get(), n);
+  reduce.sum(buf.get(), n, format);
   backend.download(out.data(), buf.get(), n * sizeof(float));
   for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], expected_sum(i, P)) << "sum, " << i;
 
@@ -44,9 +47,9 @@ void check_sums(const Communicator& world, Backend& backend, GroupAllreduce& red
   float* b = buf.get();
   const std::span<float> first[] = {std::span<float>(b, 1000), std::span<float>(b + 1000, 5)};
   const std::span<float> second[] = {std::span<float>(b + 50000, n - 50000)};
-  reduce.start(first);
+  reduce.start(first, format);
   reduce.progress();
-  reduce.start(second);
+  reduce.start(second, format);
   reduce.progress();
   reduce.finish();
   backend.download(out.data(), b, n * sizeof(float));
@@ -58,7 +61,7 @@ void check_sums(const Communicator& world, Backend& backend, GroupAllreduce& red
 
   // Gradient buckets of 64 KB over 16 KB parts reported last to first, as a backward pass does.
   backend.upload(buf.get(), rank_values(n, world.rank(), 5).data(), n * sizeof(float));
-  GradientBuckets buckets(reduce, 64 << 10);
+  GradientBuckets buckets(reduce, 64 << 10, format);
   const std::size_t part = 4096;  // floats: 16 KB
   std::size_t end = n;
   for (; end > part; end -= part) buckets.ready(std::span<float>(b + end - part, part));
@@ -87,7 +90,46 @@ TEST(GroupAllreduce, MpiOnTheCpuBackendsMemory) {
   auto cpu = make_backend("cpu");
   const auto reduce = make_group_allreduce(world, *cpu);
   EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "mpi");
-  check_sums(world, *cpu, *reduce);
+  check_sums(world, *cpu, *reduce, SumFormat::fp32);
+  check_sums(world, *cpu, *reduce, SumFormat::bf16);
+}
+
+// bf16 sums round every rank's value to bf16 first: 1 + 2^-12 is 1 in bf16 (8 significant
+// bits), so the bf16 sum over P ranks is P, the fp32 one P (1 + 2^-12) (exact in fp32). And
+// Ties go to even: 3 + 2^-7 lies halfway between 3 (even last bit) and 3 + 2^-6, so it becomes
+// 3; 3 + 3 2^-7 lies halfway between 3 + 2^-6 (odd) and 3 + 2^-5, so it becomes 3 + 2^-5. Their
+// sums over 2 and 4 ranks are then P 3 and P (3 + 2^-5), bf16 values reached in any order of
+// additions (with 4 in a chain: 9 + 3/32 is a tie that goes to 9 + 1/8, plus 3 + 1/32 another
+// that goes to 12 + 1/8). Through sum() and start().
+TEST(GroupAllreduce, Bf16SumsRoundEachRanksValues) {
+  const auto world = Communicator::world();
+  if (world.size() == 1) GTEST_SKIP() << "a group of one rank sums nothing";
+  auto cpu = make_backend("cpu");
+  const auto reduce = make_group_allreduce(world, *cpu);
+  const int P = world.size();
+  const float small = 1.0f + std::ldexp(1.0f, -12);
+  for (const bool started : {false, true}) {
+    std::vector<float> fp32(1000, small), bf16(1000, small);
+    if (started) {
+      const std::span<float> a[] = {std::span<float>(fp32)}, b[] = {std::span<float>(bf16)};
+      reduce->start(a, SumFormat::fp32);
+      reduce->start(b, SumFormat::bf16);
+      reduce->finish();
+    } else {
+      reduce->sum(fp32.data(), fp32.size(), SumFormat::fp32);
+      reduce->sum(bf16.data(), bf16.size(), SumFormat::bf16);
+    }
+    for (std::size_t i = 0; i < fp32.size(); ++i) {
+      ASSERT_EQ(fp32[i], float(P) * small) << (started ? "started, " : "") << i;
+      ASSERT_EQ(bf16[i], float(P)) << (started ? "started, " : "") << i;
+    }
+  }
+  std::vector<float> ties{3.0f + std::ldexp(1.0f, -7), 3.0f + 3 * std::ldexp(1.0f, -7)};
+  reduce->sum(ties.data(), ties.size(), SumFormat::bf16);
+  if (P == 2 || P == 4) {
+    EXPECT_EQ(ties[0], float(P) * 3.0f);
+    EXPECT_EQ(ties[1], float(P) * (3.0f + std::ldexp(1.0f, -5)));
+  }
 }
 
 TEST(GroupAllreduce, BucketsMergeOnlyAdjacentParts) {
@@ -95,12 +137,12 @@ TEST(GroupAllreduce, BucketsMergeOnlyAdjacentParts) {
   auto cpu = make_backend("cpu");
   const auto reduce = make_group_allreduce(world, *cpu);
   std::vector<float> x = rank_values(100, world.rank());
-  GradientBuckets buckets(*reduce, 1 << 20);           // one bucket: everything waits for finish()
-  buckets.ready(std::span<float>(x.data() + 60, 20));  // [60, 80)
-  buckets.ready(std::span<float>(x.data() + 10, 10));  // [10, 20): apart
-  buckets.ready(std::span<float>(x.data() + 40, 20));  // [40, 60): joins [60, 80)
-  buckets.ready(std::span<float>(x.data() + 80, 5));   // [80, 85): joins [40, 80)
-  buckets.ready(std::span<float>(x.data() + 90, 0));   // empty: ignored
+  GradientBuckets buckets(*reduce, 1 << 20, SumFormat::fp32);  // one bucket, at finish()
+  buckets.ready(std::span<float>(x.data() + 60, 20));          // [60, 80)
+  buckets.ready(std::span<float>(x.data() + 10, 10));          // [10, 20): apart
+  buckets.ready(std::span<float>(x.data() + 40, 20));          // [40, 60): joins [60, 80)
+  buckets.ready(std::span<float>(x.data() + 80, 5));           // [80, 85): joins [40, 80)
+  buckets.ready(std::span<float>(x.data() + 90, 0));           // empty: ignored
   buckets.finish();
   EXPECT_EQ(buckets.buckets(), 1);
   EXPECT_EQ(buckets.parts(), 2);
@@ -120,7 +162,8 @@ TEST(GroupAllreduce, NcclOnDeviceMemory) {
   auto backend = make_backend("cuda");
   const auto reduce = make_group_allreduce(world, *backend);
   EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "nccl");
-  check_sums(world, *backend, *reduce);
+  check_sums(world, *backend, *reduce, SumFormat::fp32);
+  check_sums(world, *backend, *reduce, SumFormat::bf16);
 }
 
 TEST(GroupAllreduce, EnvironmentStagesThroughTheHost) {
@@ -132,5 +175,6 @@ TEST(GroupAllreduce, EnvironmentStagesThroughTheHost) {
   const auto reduce = make_group_allreduce(world, *backend);
   unsetenv("MIXSIM_NCCL");
   EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "mpi-staged");
-  check_sums(world, *backend, *reduce);
+  check_sums(world, *backend, *reduce, SumFormat::fp32);
+  check_sums(world, *backend, *reduce, SumFormat::bf16);
 }

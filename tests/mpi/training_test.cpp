@@ -56,13 +56,22 @@ TEST(DataParallel, OneRankAndAllRanksGiveTheSameWeightsAfter20Steps) {
   // The gradient sums: bucketed as by default (this model's gradients fit one 25 MB bucket, so
   // that is one sum started at the end of the pass), 2 KB buckets (sums started during the pass:
   // each weight matrix of this model fills one), and one plain sum after the pass.
-  const std::vector<std::pair<std::string, double>> variants{
-      {"all_ranks", 25.0}, {"all_ranks_2kb", 2.0 / 1024}, {"all_ranks_flat", 0.0}};
-  for (const auto& [name, mb] : variants) {
+  struct Variant {
+    std::string name;
+    double bucket_mb;
+    std::string reduce;
+  };
+  const std::vector<Variant> variants{{"all_ranks", 25.0, "auto"},
+                                      {"all_ranks_2kb", 2.0 / 1024, "fp32"},
+                                      {"all_ranks_flat", 0.0, "auto"},
+                                      {"all_ranks_bf16", 2.0 / 1024, "bf16"}};
+  for (const auto& [name, mb, reduce] : variants) {
     config.train.grad_bucket_mb = mb;
+    config.train.grad_reduce = reduce;
     tj.output = fs::path(root) / (name + ".h5");
     const auto outcome = train_model(tj, config, data, world);
     EXPECT_EQ(outcome.grad_sum, world.size() > 1 ? "mpi" : "local") << name;
+    EXPECT_EQ(outcome.grad_format, reduce == "bf16" ? "bf16" : "fp32") << name;
     if (world.size() == 1 || mb == 0) {
       EXPECT_EQ(outcome.grad_buckets, 0) << name;
     } else if (mb == 25.0) {
@@ -82,7 +91,7 @@ TEST(DataParallel, OneRankAndAllRanksGiveTheSameWeightsAfter20Steps) {
 
   for (const auto& variant : variants) {
     if (world.rank() != 0) break;
-    const auto& name = variant.first;
+    const auto& name = variant.name;
     const auto p = read_checkpoint(fs::path(root) / (name + ".h5"));
     const auto one = read_checkpoint(fs::path(root) / "one_rank_0.h5");
     ASSERT_EQ(p.params.size(), one.params.size());
@@ -98,14 +107,25 @@ TEST(DataParallel, OneRankAndAllRanksGiveTheSameWeightsAfter20Steps) {
     // ~lr (3e-3) differently in one step; the bound max < 1e-3 says no element did. A real bug
     // (a rank's share dropped or counted twice) changes most elements by order lr: mean > 1e-4,
     // far above the mean bound of 1e-7.
-    EXPECT_LT(max_diff, 1e-3) << name;
-    EXPECT_LT(sum_diff / p.params.size(), 1e-7) << name << ": max " << max_diff;
-    // The losses agree to a few ulps of the printed precision.
-    for (std::size_t s = 0; s < p.curve.train_loss.size(); ++s)
-      EXPECT_NEAR(p.curve.train_loss[s], one.curve.train_loss[s], 1e-4)
+    // bf16 sums round each rank's gradient to 8 significant bits (2^-9 relative), which moves
+    // each AdamW step by about that fraction of lr (<= 3e-3): ~6e-6 per step, a random walk over
+    // 20 steps to ~3e-5 (measured: mean 1.8e-5 with 2 ranks, 3.1e-5 with 4; max 1.5e-3 and 2.9e-3,
+    // near-zero gradients whose sign flipped). Bounds: mean < 8e-5, max < 1e-2; a missing sum
+    // (each rank keeping its own share; tried once by hand) gives mean 5e-3.
+    const bool bf16 = variant.reduce == "bf16";
+    EXPECT_LT(max_diff, bf16 ? 1e-2 : 1e-3) << name;
+    EXPECT_LT(sum_diff / p.params.size(), bf16 ? 8e-5 : 1e-7) << name << ": max " << max_diff;
+    // The losses agree to a few ulps of the printed precision; with bf16 sums, the parameters'
+    // differences above move the loss by up to a few 1e-4 (measured 2e-4 at step 20).
+    double loss_diff = 0;
+    for (std::size_t s = 0; s < p.curve.train_loss.size(); ++s) {
+      EXPECT_NEAR(p.curve.train_loss[s], one.curve.train_loss[s], bf16 ? 1e-3 : 1e-4)
           << name << ", step " << s + 1;
-    std::printf("%s, ranks %d vs 1: max |diff| %.3g, mean |diff| %.3g\n", name.c_str(),
-                world.size(), max_diff, sum_diff / p.params.size());
+      loss_diff = std::max(
+          loss_diff, std::fabs(double(p.curve.train_loss[s]) - double(one.curve.train_loss[s])));
+    }
+    std::printf("%s, ranks %d vs 1: max |diff| %.3g, mean |diff| %.3g, losses %.3g\n", name.c_str(),
+                world.size(), max_diff, sum_diff / p.params.size(), loss_diff);
   }
   world.barrier();  // rank 0 removes the directory only after everyone is done with it
 }

@@ -14,6 +14,12 @@
 
 namespace mixsim {
 
+// What goes over the wire. fp32: the sum of the fp32 values, rounded as fp32 additions in the
+// transport's order. bf16 (half the bytes; the bf16 training recipe's gradient sums): every rank's
+// values are rounded to bf16 (to nearest even), the transport adds them rounding each partial sum
+// to bf16, and the result is widened back into the fp32 buffer.
+enum class SumFormat { fp32, bf16 };
+
 class GroupAllreduce {
  public:
   virtual ~GroupAllreduce() = default;
@@ -21,13 +27,13 @@ class GroupAllreduce {
 
   // Sums `count` floats at `data` over the group, in place: ordered after the backend's earlier
   // ops and before its later ones, as if it were one more op.
-  virtual void sum(float* data, std::size_t count) = 0;
+  virtual void sum(float* data, std::size_t count, SumFormat format) = 0;
 
   // Starts in-place sums of `parts` once the backend's ops issued so far have finished, and
   // returns without waiting, so that the sums overlap the backend's next ops. Until finish(),
   // neither the caller nor any op may read or write the parts. Every rank of the group must start
-  // the same parts (by size) in the same order.
-  virtual void start(std::span<const std::span<float>> parts) = 0;
+  // the same parts (by size) in the same order, in the same format.
+  virtual void start(std::span<const std::span<float>> parts, SumFormat format) = 0;
   // Lets started sums advance without waiting: MPI moves nonblocking collectives on only inside
   // MPI calls. Nothing to do where the transport progresses by itself.
   virtual void progress() {}

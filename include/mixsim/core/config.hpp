@@ -71,6 +71,7 @@ struct TrainConfig {
   bool save_optimizer = false;  // keep AdamW state in the final checkpoint
   std::string backend = "cpu";  // cpu | cuda | cuda-bf16
   double grad_bucket_mb = 25;   // gradient sums start per this many MB during backward; 0 = after
+  std::string grad_reduce = "auto";  // fp32 | bf16 | auto (bf16 with cuda-bf16, else fp32)
 };
 
 // A learning-rate schedule of one kind of training run.

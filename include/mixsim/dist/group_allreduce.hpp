@@ -28,7 +28,7 @@ std::unique_ptr<GroupAllreduce> make_group_allreduce(const Communicator& group, 
 // report the same parts in the same order (the model's backward pass does).
 class GradientBuckets {
  public:
-  GradientBuckets(GroupAllreduce& reduce, std::size_t bucket_bytes);
+  GradientBuckets(GroupAllreduce& reduce, std::size_t bucket_bytes, SumFormat format);
   void ready(std::span<float> part);
   void finish();
   // Of the last finish(): how many starts, and how many parts (after merging) they summed.
@@ -40,6 +40,7 @@ class GradientBuckets {
 
   GroupAllreduce& reduce_;
   std::size_t bucket_bytes_;
+  SumFormat format_;
   std::vector<std::span<float>> pending_;
   std::size_t pending_bytes_ = 0;
   int started_buckets_ = 0, started_parts_ = 0;

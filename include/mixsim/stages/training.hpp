@@ -41,6 +41,7 @@ struct TrainOutcome {
   // per step the sums started during the backward pass (0 with train.grad_bucket_mb = 0: one
   // sum of the whole buffer after it) and the parts they covered.
   std::string grad_sum;
+  std::string grad_format;  // fp32 or bf16 on the wire (train.grad_reduce)
   int grad_buckets = 0, grad_parts = 0;
   double final_train_loss = 0;
   double final_valid_loss = 0;      // NaN when there was no validation data
