@@ -637,6 +637,36 @@ TEST_F(CudaOps, Bf16TensorCoreAttention) {
     EXPECT_LT(e_lse, 2e-3) << what;
     EXPECT_LT(e_dqkv, 8e-3) << what;
     EXPECT_GT(e_dqkv, 5e-4) << what;
+    if (HasFailure()) {  // where the kernels are wrong: the worst elements, by coordinates
+      const int HS = s.C / s.NH;
+      auto worst = [&](const char* name, const Pair& p, auto place) {
+        std::vector<std::size_t> order(p.cpu.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        const std::size_t k = std::min<std::size_t>(8, order.size());
+        std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                          [&](std::size_t a, std::size_t b) {
+                            return std::fabs(p.gpu[a] - p.cpu[a]) > std::fabs(p.gpu[b] - p.cpu[b]);
+                          });
+        for (std::size_t j = 0; j < k; ++j)
+          std::printf("  %s %s: cpu %.6g gpu %.6g\n", name, place(order[j]).c_str(),
+                      p.cpu[order[j]], p.gpu[order[j]]);
+      };
+      const auto T = std::size_t(s.T), C = std::size_t(s.C);
+      worst("out", fetch_pair(out), [&](std::size_t i) {
+        return "b=" + std::to_string(i / (T * C)) + " t=" + std::to_string(i / C % T) +
+               " h=" + std::to_string(i % C / HS) + " d=" + std::to_string(i % HS);
+      });
+      worst("lse", fetch_pair(lse), [&](std::size_t i) {
+        return "b=" + std::to_string(i / (T * s.NH)) + " h=" + std::to_string(i / T % s.NH) +
+               " t=" + std::to_string(i % T);
+      });
+      worst("dqkv", fetch_pair(dqkv), [&](std::size_t i) {
+        return "b=" + std::to_string(i / (T * 3 * C)) + " t=" + std::to_string(i / (3 * C) % T) +
+               " " + "qkv"[i % (3 * C) / C] + " h=" + std::to_string(i % C / HS) +
+               " d=" + std::to_string(i % HS);
+      });
+      return;
+    }
   }
 }
 
