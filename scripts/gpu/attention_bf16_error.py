@@ -5,8 +5,10 @@ Rounds q, k, v, dout and the probabilities / their gradients to bf16 exactly whe
 do (products accumulate in fp32 on the GPU; float64 here, which changes nothing at this scale),
 and compares with exact float64 attention on random normal inputs. The backward pass starts from
 the exact forward's out and lse, as the test's does (the CPU's fp32 ones). Prints relative L2 errors per
-shape; tests/gpu/ops_test.cpp (Bf16TensorCoreAttention) takes its bounds from them. Needs torch
-(CPU is enough): python3 scripts/gpu/attention_bf16_error.py
+shape; tests/gpu/ops_test.cpp (Bf16TensorCoreAttention) takes its bounds from them. Then the
+same roundings computed in fp32 against float64: how far the GPU (fp32 sums in another order) can
+be from the test's double emulation of the kernels (attention_bf16_reference). Needs torch (CPU
+is enough): python3 scripts/gpu/attention_bf16_error.py
 """
 import math
 
@@ -19,6 +21,38 @@ def bf16(x):
 
 def rel(a, b):
     return (a - b).norm().item() / b.norm().item()
+
+
+def kernel_roundings(q, k, v, g, out_ref, lse_ref, scale, causal, dtype):
+    """The kernels' outputs, with their bf16 roundings, computed in `dtype`."""
+    q, k, v, g = (x.to(dtype) for x in (q, k, v, g))
+    rnd = lambda x: x.to(torch.bfloat16).to(dtype)
+    s = (rnd(q) @ rnd(k).transpose(-1, -2) * scale).masked_fill(~causal, -math.inf)
+    lse = torch.logsumexp(s, -1)
+    out = rnd(torch.exp(s - lse[..., None])) @ rnd(v)
+    p = torch.exp(s - lse_ref.to(dtype)[..., None])
+    d = (g * out_ref.to(dtype)).sum(-1)
+    ds = p * (rnd(g) @ rnd(v).transpose(-1, -2) - d[..., None])
+    dq = rnd(ds) @ rnd(k) * scale
+    dk = rnd(ds).transpose(-1, -2) @ rnd(q) * scale
+    dv = rnd(p).transpose(-1, -2) @ rnd(g)
+    return out, lse, torch.cat([dq, dk, dv])
+
+
+def fp32_against_emulation(B, T, C, NH):
+    HS = C // NH
+    scale = 1 / math.sqrt(HS)
+    heads = lambda x: x.reshape(B, T, NH, HS).transpose(1, 2)
+    q, k, v = (heads(x) for x in torch.randn(B, T, 3 * C, dtype=torch.float64).split(C, dim=2))
+    g = heads(torch.randn(B, T, C, dtype=torch.float64))
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~causal, -math.inf)
+    out_ref, lse_ref = torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+    exact = kernel_roundings(q, k, v, g, out_ref, lse_ref, scale, causal, torch.float64)
+    fp32 = kernel_roundings(q, k, v, g, out_ref, lse_ref, scale, causal, torch.float32)
+    errors = ", ".join(f"{name} {rel(b.double(), a):.2e}"
+                       for name, a, b in zip(("out", "lse", "dqkv"), exact, fp32))
+    print(f"B={B} T={T} C={C} NH={NH}: fp32 against the float64 emulation, relative L2 {errors}")
 
 
 def simulate(B, T, C, NH):
@@ -57,6 +91,9 @@ def simulate(B, T, C, NH):
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    for shape in [(2, 150, 192, 3), (1, 100, 128, 1), (3, 1, 32, 2), (2, 65, 96, 2),
-                  (1, 70, 80, 1), (1, 256, 768, 12)]:
+    shapes = [(2, 150, 192, 3), (1, 100, 128, 1), (3, 1, 32, 2), (2, 65, 96, 2), (1, 70, 80, 1),
+              (1, 256, 768, 12)]
+    for shape in shapes:
         simulate(*shape)
+    for shape in shapes:
+        fp32_against_emulation(*shape)
