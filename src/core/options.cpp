@@ -100,12 +100,13 @@ po::options_description train_section(TrainConfig& c) {
     ("train.log_every", with_default(&c.log_every), "steps between progress lines")
     ("train.save_optimizer", with_default(&c.save_optimizer), "keep AdamW state in final checkpoints")
     ("train.backend", with_default(&c.backend),
-     "cpu | cuda | cuda-bf16 (CUDA with bf16 matrix products; fp32 weights and state)")
+     "cpu | cpu-bf16 | cuda | cuda-bf16 (-bf16: bf16 matrix products; fp32 weights and state; "
+     "cpu-bf16 is cuda-bf16's reference on the CPU)")
     ("train.grad_bucket_mb", with_default(&c.grad_bucket_mb),
      "MB of gradients per sum started during the backward pass, overlapping it (0: one sum after it)")
     ("train.grad_reduce", with_default(&c.grad_reduce),
      "fp32 | bf16 | auto: the gradient sums over ranks in fp32, or in bf16 (half the bytes); auto "
-     "= bf16 with backend cuda-bf16, else fp32");
+     "= bf16 with the -bf16 backends, else fp32");
   return d;
 }
 
@@ -177,7 +178,7 @@ po::options_description merge_section(MergeConfig& c) {
     ("merge.eval_batch", with_default(&c.eval_batch), "eval windows per forward pass on one rank")
     ("merge.save_every", with_default(&c.save_every), "seconds between writes of the results file (0: after every round)")
     ("merge.output", with_default(&c.output), "results file (relative: under run.out_dir)")
-    ("merge.backend", with_default(&c.backend), "cpu | cuda | cuda-bf16");
+    ("merge.backend", with_default(&c.backend), "cpu | cpu-bf16 | cuda | cuda-bf16");
   return d;
 }
 
@@ -277,7 +278,7 @@ void validate_training(const JobConfig& c) {
   check_range("train.val_tokens", c.train.val_tokens, std::uint64_t{0}, std::uint64_t{1} << 40);
   check_range("train.checkpoint_every", c.train.checkpoint_every, 0, 1 << 30);
   check_range("train.log_every", c.train.log_every, 1, 1 << 30);
-  check_choice("train.backend", c.train.backend, {"cpu", "cuda", "cuda-bf16"});
+  check_choice("train.backend", c.train.backend, {"cpu", "cpu-bf16", "cuda", "cuda-bf16"});
   check_range("train.grad_bucket_mb", c.train.grad_bucket_mb, 0.0, 1e6);
   check_choice("train.grad_reduce", c.train.grad_reduce, {"auto", "fp32", "bf16"});
   check_range("seed.steps", c.seed.steps, 1, 1 << 30);
@@ -344,7 +345,7 @@ void validate_merge(const MergeConfig& m) {
   check_range("merge.eval_batch", m.eval_batch, 1, 1 << 16);
   check_range("merge.save_every", m.save_every, 0.0, 1e9);
   if (m.output.empty()) usage_fail("option --merge.output must name a file");
-  check_choice("merge.backend", m.backend, {"cpu", "cuda", "cuda-bf16"});
+  check_choice("merge.backend", m.backend, {"cpu", "cpu-bf16", "cuda", "cuda-bf16"});
 }
 
 }  // namespace

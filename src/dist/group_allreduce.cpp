@@ -183,7 +183,7 @@ class StagedAllreduce final : public GroupAllreduce {
 
 std::unique_ptr<GroupAllreduce> make_group_allreduce(const Communicator& group, Backend& backend) {
   if (group.size() == 1) return std::make_unique<LocalAllreduce>();
-  if (backend.name() == "cpu") return std::make_unique<MpiAllreduce>(group);
+  if (backend.name().starts_with("cpu")) return std::make_unique<MpiAllreduce>(group);
   // Every rank must choose the same kind, or the collectives below would not match: rank 0's
   // MIXSIM_NCCL decides for the group, and so does any GPU that two ranks share (too few GPUs for
   // the ranks of a node), which NCCL cannot join.

@@ -226,7 +226,7 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
   const bool overlap = config.train.grad_bucket_mb > 0 && group_sum->kind() != "local" &&
                        group_sum->kind() != "mpi-staged";
   const bool bf16_sums = config.train.grad_reduce == "bf16" ||
-                         (config.train.grad_reduce == "auto" && backend->name() == "cuda-bf16");
+                         (config.train.grad_reduce == "auto" && backend->name().ends_with("-bf16"));
   const SumFormat sum_format = bf16_sums ? SumFormat::bf16 : SumFormat::fp32;
   GradientBuckets buckets(
       *group_sum, static_cast<std::size_t>(config.train.grad_bucket_mb * (1 << 20)), sum_format);

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "mixsim/backend/cpu_kernels.hpp"
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/core/error.hpp"
@@ -534,15 +535,6 @@ TEST_F(CudaOps, TwentyTrainingStepsFollowCpuAndAreDeterministic) {
 
 namespace {
 
-// bf16 of a float, rounded to nearest even, widened back (finite inputs).
-float round_to_bf16(float x) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-  std::memcpy(&x, &bits, sizeof x);
-  return x;
-}
-
 // ||a - b|| / ||b|| over all elements.
 double rel_l2(const Pair& p) {
   double num = 0, den = 0;
@@ -593,6 +585,42 @@ TEST_F(CudaOps, Bf16MatmulErrorIsBf16Rounding) {
   }
 }
 
+// cuda-bf16 against its CPU reference, cpu-bf16: both multiply the same bf16 operands (rounded to
+// nearest even), whose products are exact in fp32, so only the order of the fp32 sums differs:
+// ~sqrt(K) 2^-24 ~ 1e-6 relative for these K <= 296. Bound 1e-5. Another rounding (truncation,
+// TF32, fp16) is off by ~1e-3. The bias gradient sums the fp32 dout on both sides.
+TEST_F(CudaOps, Bf16MatmulMatchesCpuBf16) {
+  auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
+  auto ref = make_cpu_backend(MatmulPrecision::bf16);
+  const int OC = 3 * C;
+  auto on = [&](const std::vector<float>& host) { return twin(*ref, *bf16, host); };
+  auto fetch_pair = [&](const Twin<float>& t) {
+    return Pair{fetch(*ref, t.cpu.get(), t.cpu.size()), fetch(*bf16, t.gpu.get(), t.gpu.size())};
+  };
+  auto inp = on(random_floats(std::size_t(N) * C, 91));
+  auto w = on(random_floats(std::size_t(OC) * C, 92));
+  auto bias = on(random_floats(OC, 94));
+  auto out = on(std::vector<float>(std::size_t(N) * OC));
+  ref->matmul_forward(out.cpu.get(), inp.cpu.get(), w.cpu.get(), bias.cpu.get(), N, C, OC);
+  bf16->matmul_forward(out.gpu.get(), inp.gpu.get(), w.gpu.get(), bias.gpu.get(), N, C, OC);
+  auto dout = on(random_floats(std::size_t(N) * OC, 93));
+  auto dinp = on(std::vector<float>(std::size_t(N) * C));
+  auto dw = on(std::vector<float>(std::size_t(OC) * C, 0.5f));
+  auto db = on(std::vector<float>(OC, 0.25f));
+  ref->matmul_backward(dinp.cpu.get(), dw.cpu.get(), db.cpu.get(), dout.cpu.get(), inp.cpu.get(),
+                       w.cpu.get(), N, C, OC);
+  bf16->matmul_backward(dinp.gpu.get(), dw.gpu.get(), db.gpu.get(), dout.gpu.get(), inp.gpu.get(),
+                        w.gpu.get(), N, C, OC);
+  for (const auto& [name, t] : {std::pair<const char*, const Twin<float>*>{"out", &out},
+                                {"dinp", &dinp},
+                                {"dweight", &dw},
+                                {"dbias", &db}}) {
+    const double err = rel_l2(fetch_pair(*t));
+    std::printf("cuda-bf16 against cpu-bf16, matmul %s: relative L2 %.3e\n", name, err);
+    EXPECT_LT(err, 1e-5) << name;
+  }
+}
+
 namespace {
 
 // What attention_tc.cu computes, in double with its bf16 roundings: q, k, v, dout rounded to bf16;
@@ -611,7 +639,7 @@ AttentionBf16 attention_bf16_reference(const std::vector<float>& qkv,
   const int nb = shape.B, nt = shape.T, nc = shape.C, nh = shape.NH;
   const int HS = nc / nh;
   const float scale = 1.0f / std::sqrt(float(HS));
-  const auto bf = [](double x) { return double(round_to_bf16(float(x))); };
+  const auto bf = [](double x) { return double(cpu::round_to_bf16(float(x))); };
   AttentionBf16 r{std::vector<float>(std::size_t(nb) * nt * nc),
                   std::vector<float>(std::size_t(nb) * nh * nt),
                   std::vector<float>(std::size_t(nb) * nt * 3 * nc)};
@@ -851,7 +879,7 @@ TEST_F(CudaOps, NcclOneRankCommunicator) {
     gpu_->download(got.data(), y.get(), n * sizeof(float));
     for (std::size_t i = 0; i < n; ++i) {
       const float sum = a[i] + b[i];
-      ASSERT_EQ(got[i], 2.0f * (format == SumFormat::fp32 ? sum : round_to_bf16(sum)))
+      ASSERT_EQ(got[i], 2.0f * (format == SumFormat::fp32 ? sum : cpu::round_to_bf16(sum)))
           << what << ", element " << i;
     }
   }
@@ -861,7 +889,7 @@ TEST_F(CudaOps, NcclOneRankCommunicator) {
   gpu_->scale(y.get(), 2.0f, n);
   gpu_->download(got.data(), y.get(), n * sizeof(float));
   for (std::size_t i = 0; i < n; ++i)
-    ASSERT_EQ(got[i], 2.0f * round_to_bf16(a[i] + b[i])) << "bf16 sum, element " << i;
+    ASSERT_EQ(got[i], 2.0f * cpu::round_to_bf16(a[i] + b[i])) << "bf16 sum, element " << i;
   nccl->finish();  // nothing started: nothing to wait for
   EXPECT_THROW(make_nccl_allreduce(*cpu_, id, 1, 0), Error);
   EXPECT_THROW(make_nccl_allreduce(*gpu_, "short", 1, 0), Error);

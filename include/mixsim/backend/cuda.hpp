@@ -11,12 +11,7 @@
 
 namespace mixsim {
 
-// How the matrix products compute. Everything else (weights, activations, gradients, optimizer
-// state, every other op) is fp32 in both.
-//   fp32: cuBLAS in full fp32 (no TF32): the CPU backend's results to ~1e-6.
-//   bf16: both operands of each product are rounded to bf16 and multiplied on tensor cores with
-//         fp32 accumulation; fp32 master weights, gradients and optimizer state.
-enum class MatmulPrecision { fp32, bf16 };
+// MatmulPrecision (backend/ops.hpp): fp32, or bf16 operands on tensor cores.
 
 // A backend on CUDA device `device` (0-based). Throws Error when the device is not usable.
 std::unique_ptr<Backend> make_cuda_backend(int device,

@@ -157,10 +157,20 @@ class DeviceBuffer {
   std::size_t count_ = 0;
 };
 
-// The fp32 CPU backend (BLAS + OpenMP; threads: omp_get_max_threads()).
-std::unique_ptr<Backend> make_cpu_backend();
-// A backend by name: "cpu", or "cuda" / "cuda-bf16" (backend/cuda.hpp) in builds with CUDA, on
-// the node-local rank's GPU. Throws UsageError for others.
+// How the matrix products compute. Everything else (weights, activations, gradients, optimizer
+// state, every other op) is fp32 in both.
+//   fp32: full fp32 products (cuBLAS without TF32; BLAS on the CPU).
+//   bf16: both operands of each product are rounded to bf16 (to nearest even) and multiplied
+//         with fp32 accumulation: tensor cores on the GPU ("cuda-bf16"); on the CPU
+//         ("cpu-bf16") rounded copies through BLAS, the reference for cuda-bf16 (a product of
+//         two bf16 values is exact in fp32, so only the order of the fp32 sums differs).
+enum class MatmulPrecision { fp32, bf16 };
+
+// The CPU backend (BLAS + OpenMP; threads: omp_get_max_threads()): "cpu", or "cpu-bf16" with
+// bf16 products.
+std::unique_ptr<Backend> make_cpu_backend(MatmulPrecision precision = MatmulPrecision::fp32);
+// A backend by name: "cpu", "cpu-bf16", or "cuda" / "cuda-bf16" (backend/cuda.hpp) in builds
+// with CUDA, on the node-local rank's GPU. Throws UsageError for others.
 std::unique_ptr<Backend> make_backend(std::string_view name);
 
 }  // namespace mixsim

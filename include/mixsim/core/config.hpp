@@ -69,9 +69,9 @@ struct TrainConfig {
   int checkpoint_every = 100;   // steps between resumable checkpoints; 0 = only at the end
   int log_every = 10;           // steps between progress lines
   bool save_optimizer = false;  // keep AdamW state in the final checkpoint
-  std::string backend = "cpu";  // cpu | cuda | cuda-bf16
+  std::string backend = "cpu";  // cpu | cpu-bf16 | cuda | cuda-bf16
   double grad_bucket_mb = 25;   // gradient sums start per this many MB during backward; 0 = after
-  std::string grad_reduce = "auto";  // fp32 | bf16 | auto (bf16 with cuda-bf16, else fp32)
+  std::string grad_reduce = "auto";  // fp32 | bf16 | auto (bf16 with *-bf16 backends, else fp32)
 };
 
 // A learning-rate schedule of one kind of training run.
@@ -130,7 +130,7 @@ struct MergeConfig {
   int eval_batch = 16;                    // eval windows per forward pass on one rank
   double save_every = 60;                 // seconds between writes of results.h5; 0: every round
   std::string output = "results.h5";      // relative: under run.out_dir
-  std::string backend = "cpu";            // cpu | cuda | cuda-bf16
+  std::string backend = "cpu";            // cpu | cpu-bf16 | cuda | cuda-bf16
 };
 
 struct JobConfig {

@@ -2,6 +2,7 @@
 // checking the assumptions the kernel relies on.
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "mixsim/backend/cpu_kernels.hpp"
 #include "mixsim/backend/cuda.hpp"
@@ -28,7 +29,10 @@ void parallel_bytes(std::size_t bytes, auto&& fn) {
 
 class CpuBackend final : public Backend {
  public:
-  std::string_view name() const override { return "cpu"; }
+  explicit CpuBackend(MatmulPrecision precision) : precision_(precision) {}
+  std::string_view name() const override {
+    return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
+  }
 
   void* allocate(std::size_t bytes) override {
     const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
@@ -80,11 +84,26 @@ class CpuBackend final : public Backend {
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
                       int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_forward: N={} C={} OC={}", N, C, OC);
+    if (precision_ == MatmulPrecision::bf16) {
+      inp = rounded(scratch_[0], inp, std::size_t(N) * C);
+      weight = rounded(scratch_[1], weight, std::size_t(OC) * C);
+    }
     cpu::matmul_forward(out, inp, weight, bias, N, C, OC);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, int N, int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_backward: N={} C={} OC={}", N, C, OC);
+    if (precision_ == MatmulPrecision::bf16) {
+      // As cuda-bf16: the products take bf16 operands, the bias gradient sums the fp32 dout.
+      const float* g = rounded(scratch_[0], dout, std::size_t(N) * OC);
+      if (dinp)
+        cpu::gemm<float>(false, false, N, C, OC, 1.f, g, OC,
+                         rounded(scratch_[1], weight, std::size_t(OC) * C), C, 0.f, dinp, C);
+      cpu::gemm<float>(true, false, OC, C, N, 1.f, g, OC,
+                       rounded(scratch_[2], inp, std::size_t(N) * C), C, 1.f, dweight, C);
+      if (dbias) cpu::bias_backward(dbias, dout, N, OC);
+      return;
+    }
     cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
@@ -127,6 +146,18 @@ class CpuBackend final : public Backend {
   void scale(float* x, float alpha, std::size_t n) override { cpu::scale(x, alpha, n); }
 
  private:
+  // x rounded to bf16 (to nearest even) into `scratch`, which grows as needed.
+  static const float* rounded(std::vector<float>& scratch, const float* x, std::size_t n) {
+    if (scratch.size() < n) scratch.resize(n);
+    float* out = scratch.data();
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
+    for (std::size_t i = 0; i < n; ++i) out[i] = cpu::round_to_bf16(x[i]);
+    return out;
+  }
+
+  MatmulPrecision precision_;
+  std::vector<float> scratch_[3];  // bf16-rounded operands (cpu-bf16)
+
   static void check_attention(const char* op, int B, int T, int C, int NH) {
     MIXSIM_CHECK(B > 0 && T > 0 && NH > 0 && C % NH == 0, "{}: B={} T={} C={} NH={}", op, B, T, C,
                  NH);
@@ -135,8 +166,8 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() {
-  return std::make_unique<CpuBackend>();
+std::unique_ptr<Backend> make_cpu_backend(MatmulPrecision precision) {
+  return std::make_unique<CpuBackend>(precision);
 }
 
 int local_cuda_device(int device_count) {
@@ -153,6 +184,7 @@ int local_cuda_device(int device_count) {
 
 std::unique_ptr<Backend> make_backend(std::string_view name) {
   if (name == "cpu") return make_cpu_backend();
+  if (name == "cpu-bf16") return make_cpu_backend(MatmulPrecision::bf16);
   if (name == "cuda" || name == "cuda-bf16") {
 #ifdef MIXSIM_HAVE_CUDA
     const GpuAvailability gpu = gpu_availability();
@@ -168,7 +200,7 @@ std::unique_ptr<Backend> make_backend(std::string_view name) {
         name);
 #endif
   }
-  usage_fail("unknown backend '{}': choose cpu, cuda or cuda-bf16", name);
+  usage_fail("unknown backend '{}': choose cpu, cpu-bf16, cuda or cuda-bf16", name);
 }
 
 }  // namespace mixsim

@@ -51,9 +51,13 @@ void matmul_backward(F* dinp, F* dweight, F* dbias, const F* dout, const F* inp,
   if (dinp) gemm<F>(false, false, N, C, OC, F(1), dout, OC, weight, C, F(0), dinp, C);
   // dweight (OC,C) += dout^T (OC,N) @ inp (N,C)
   gemm<F>(true, false, OC, C, N, F(1), dout, OC, inp, C, F(1), dweight, C);
-  if (!dbias) return;
-  // dbias (OC) += column sums of dout: each thread owns a block of columns and adds the rows
-  // in order, so the sum does not depend on the thread count.
+  if (dbias) bias_backward(dbias, dout, N, OC);
+}
+
+template <class F>
+void bias_backward(F* dbias, const F* dout, int N, int OC) {
+  // Each thread owns a block of columns and adds the rows in order, so the sum does not depend
+  // on the thread count.
   const int threads = std::size_t(N) * OC >= kParallelMin ? omp_get_max_threads() : 1;
 #pragma omp parallel num_threads(threads)
   {
@@ -68,7 +72,8 @@ void matmul_backward(F* dinp, F* dweight, F* dbias, const F* dout, const F* inp,
 #define MIXSIM_INSTANTIATE(F)                                                                    \
   template void gemm<F>(bool, bool, int, int, int, F, const F*, int, const F*, int, F, F*, int); \
   template void matmul_forward<F>(F*, const F*, const F*, const F*, int, int, int);              \
-  template void matmul_backward<F>(F*, F*, F*, const F*, const F*, const F*, int, int, int);
+  template void matmul_backward<F>(F*, F*, F*, const F*, const F*, const F*, int, int, int);     \
+  template void bias_backward<F>(F*, const F*, int, int);
 MIXSIM_INSTANTIATE(float)
 MIXSIM_INSTANTIATE(double)
 #undef MIXSIM_INSTANTIATE
