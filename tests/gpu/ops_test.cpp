@@ -621,84 +621,6 @@ TEST_F(CudaOps, Bf16MatmulMatchesCpuBf16) {
   }
 }
 
-namespace {
-
-// What attention_tc.cu computes, in double with its bf16 roundings: q, k, v, dout rounded to bf16;
-// forward P = exp(scale s - lse) rounded to bf16 before P v; backward from the given out and lse
-// (the CPU's), with dS and P rounded to bf16 before their products. Only the order of the fp32
-// sums and fp32's own rounding differ from the kernels.
-struct AttentionBf16 {
-  std::vector<float> out, lse, dqkv;
-};
-
-AttentionBf16 attention_bf16_reference(const std::vector<float>& qkv,
-                                       const std::vector<float>& dout,
-                                       const std::vector<float>& out_ref,
-                                       const std::vector<float>& lse_ref,
-                                       const AttentionShape& shape) {
-  const int nb = shape.B, nt = shape.T, nc = shape.C, nh = shape.NH;
-  const int HS = nc / nh;
-  const float scale = 1.0f / std::sqrt(float(HS));
-  const auto bf = [](double x) { return double(cpu::round_to_bf16(float(x))); };
-  AttentionBf16 r{std::vector<float>(std::size_t(nb) * nt * nc),
-                  std::vector<float>(std::size_t(nb) * nh * nt),
-                  std::vector<float>(std::size_t(nb) * nt * 3 * nc)};
-  std::vector<double> s(std::size_t(nt) * nt), ds(s.size()), pb(s.size());
-  for (int b = 0; b < nb; ++b)
-    for (int h = 0; h < nh; ++h) {
-      auto at = [&](const std::vector<float>& x, int t, int part, int d) {  // qkv-shaped
-        return bf(x[(std::size_t(b) * nt + t) * 3 * nc + std::size_t(part) * nc + h * HS + d]);
-      };
-      auto row = [&](int t, int d) { return (std::size_t(b) * nt + t) * nc + h * HS + d; };
-      for (int i = 0; i < nt; ++i) {
-        double m = -INFINITY;
-        for (int j = 0; j <= i; ++j) {
-          double dot = 0;
-          for (int d = 0; d < HS; ++d) dot += at(qkv, i, 0, d) * at(qkv, j, 1, d);
-          s[std::size_t(i) * nt + j] = double(scale) * dot;
-          m = std::max(m, s[std::size_t(i) * nt + j]);
-        }
-        double l = 0;
-        for (int j = 0; j <= i; ++j) l += std::exp(s[std::size_t(i) * nt + j] - m);
-        const double lse = m + std::log(l);
-        r.lse[(std::size_t(b) * nh + h) * nt + i] = float(lse);
-        for (int d = 0; d < HS; ++d) {
-          double acc = 0;
-          for (int j = 0; j <= i; ++j)
-            acc += bf(std::exp(s[std::size_t(i) * nt + j] - lse)) * at(qkv, j, 2, d);
-          r.out[row(i, d)] = float(acc);
-        }
-        // backward, from the reference forward's out and lse
-        const double lr = lse_ref[(std::size_t(b) * nh + h) * nt + i];
-        double D = 0;
-        for (int d = 0; d < HS; ++d) D += double(dout[row(i, d)]) * double(out_ref[row(i, d)]);
-        for (int j = 0; j <= i; ++j) {
-          double dp = 0;
-          for (int d = 0; d < HS; ++d) dp += bf(dout[row(i, d)]) * at(qkv, j, 2, d);
-          const double p = std::exp(s[std::size_t(i) * nt + j] - lr);
-          pb[std::size_t(i) * nt + j] = bf(p);
-          ds[std::size_t(i) * nt + j] = bf(p * (dp - D));
-        }
-      }
-      for (int t = 0; t < nt; ++t)
-        for (int d = 0; d < HS; ++d) {
-          double dq = 0, dk = 0, dv = 0;
-          for (int j = 0; j <= t; ++j) dq += ds[std::size_t(t) * nt + j] * at(qkv, j, 1, d);
-          for (int i = t; i < nt; ++i) {
-            dk += ds[std::size_t(i) * nt + t] * at(qkv, i, 0, d);
-            dv += pb[std::size_t(i) * nt + t] * bf(dout[row(i, d)]);
-          }
-          const std::size_t base = (std::size_t(b) * nt + t) * 3 * nc + h * HS + d;
-          r.dqkv[base] = float(double(scale) * dq);
-          r.dqkv[base + nc] = float(double(scale) * dk);
-          r.dqkv[base + 2 * nc] = float(dv);
-        }
-    }
-  return r;
-}
-
-}  // namespace
-
 // Attention on bf16 tensor cores (attention_tc.cu, cuda-bf16 with MIXSIM_TC_ATTENTION=1) against
 // the CPU's fp32. q, k, v, dout and the probabilities (and their gradients) are rounded to bf16
 // where the kernels round them; a float64 simulation of exactly those roundings on these shapes
@@ -706,14 +628,16 @@ AttentionBf16 attention_bf16_reference(const std::vector<float>& qkv,
 // 1.9e-3..3.1e-3 for out, 2.5e-3..4.2e-3 for dqkv, and 1.2e-4..6.9e-4 for lse. Bounds: out and
 // dqkv within 5e-4..8e-3 (the fp32 kernels, ~1e-7, fail the lower bound, so the tensor-core path
 // must have run; a wrong tile, mask or fragment layout is off by ~1), lse below 2e-3.
-// Then, much tighter, against attention_bf16_reference (the same roundings in double): what is
-// left is fp32 sums in another order, which now and then tips a value to the neighbouring bf16
-// one; simulated (scripts/gpu/attention_bf16_error.py: the same roundings in fp32 against
-// float64, these shapes): relative L2 up to 3.9e-5 for out, 1.3e-5 for dqkv, 4e-8 for lse.
+// Then, much tighter, against cpu-bf16 with MIXSIM_TC_ATTENTION=1 (src/backend/cpu/
+// attention_bf16.cpp: the same roundings, fp32 sums in another order): what is left is the order
+// of the sums, which now and then tips a value to the neighbouring bf16 one. Each side is within
+// 3.9e-5 (out), 1.3e-5 (dqkv), 4e-8 (lse) of a float64 emulation of the roundings (relative L2;
+// scripts/gpu/attention_bf16_error.py; tests/unit/cpu_bf16_test.cpp checks the CPU side).
 // Bounds 2e-4, 2e-4 and 1e-5: one element of dqkv off by its own size adds 1e-3..2e-3 here.
 TEST_F(CudaOps, Bf16TensorCoreAttention) {
   setenv("MIXSIM_TC_ATTENTION", "1", 1);
   auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
+  auto ref = make_cpu_backend(MatmulPrecision::bf16);  // the same roundings on the CPU
   unsetenv("MIXSIM_TC_ATTENTION");
   auto on_bf16 = [&](const std::vector<float>& host) { return twin(*cpu_, *bf16, host); };
   auto fetch_pair = [&](const Twin<float>& t) {
@@ -750,20 +674,24 @@ TEST_F(CudaOps, Bf16TensorCoreAttention) {
                              lse_ref.gpu.get(), s.B, s.T, s.C, s.NH);
     const double e_out = rel_l2(fetch_pair(out)), e_lse = rel_l2(fetch_pair(lse)),
                  e_dqkv = rel_l2(fetch_pair(dqkv));
-    const AttentionBf16 ref = attention_bf16_reference(
-        fetch(*cpu_, qkv.cpu.get(), qkv.cpu.size()), fetch(*cpu_, dout.cpu.get(), dout.cpu.size()),
-        cpu_out, cpu_lse, s);
+    // The reference: forward on the CPU with the kernels' roundings, backward from the same
+    // fp32 out and lse as the GPU's.
+    std::vector<float> r_out(cpu_out.size()), r_lse(cpu_lse.size()), r_dqkv(rows * 3 * s.C);
+    const std::vector<float> h_qkv = fetch(*cpu_, qkv.cpu.get(), qkv.cpu.size()),
+                             h_dout = fetch(*cpu_, dout.cpu.get(), dout.cpu.size());
+    ref->attention_forward(r_out.data(), r_lse.data(), h_qkv.data(), s.B, s.T, s.C, s.NH);
+    ref->attention_backward(r_dqkv.data(), h_dout.data(), h_qkv.data(), cpu_out.data(),
+                            cpu_lse.data(), s.B, s.T, s.C, s.NH);
     const auto gpu_of = [&](const Twin<float>& t) {
       return fetch(*bf16, t.gpu.get(), t.gpu.size());
     };
-    const double t_out = rel_l2(Pair{ref.out, gpu_of(out)}),
-                 t_lse = rel_l2(Pair{ref.lse, gpu_of(lse)}),
-                 t_dqkv = rel_l2(Pair{ref.dqkv, gpu_of(dqkv)});
-    std::printf("%s: relative L2 to the bf16 emulation out %.3e, lse %.3e, dqkv %.3e\n",
+    const double t_out = rel_l2(Pair{r_out, gpu_of(out)}), t_lse = rel_l2(Pair{r_lse, gpu_of(lse)}),
+                 t_dqkv = rel_l2(Pair{r_dqkv, gpu_of(dqkv)});
+    std::printf("%s: relative L2 to cpu-bf16's attention out %.3e, lse %.3e, dqkv %.3e\n",
                 what.c_str(), t_out, t_lse, t_dqkv);
-    EXPECT_LT(t_out, 2e-4) << what << " (against the bf16 emulation)";
-    EXPECT_LT(t_lse, 1e-5) << what << " (against the bf16 emulation)";
-    EXPECT_LT(t_dqkv, 2e-4) << what << " (against the bf16 emulation)";
+    EXPECT_LT(t_out, 2e-4) << what << " (against cpu-bf16)";
+    EXPECT_LT(t_lse, 1e-5) << what << " (against cpu-bf16)";
+    EXPECT_LT(t_dqkv, 2e-4) << what << " (against cpu-bf16)";
     std::printf("%s: relative L2 error out %.3e, lse %.3e, dqkv %.3e\n", what.c_str(), e_out, e_lse,
                 e_dqkv);
     EXPECT_LT(e_out, 8e-3) << what;

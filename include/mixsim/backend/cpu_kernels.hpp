@@ -54,6 +54,13 @@ template <class F>
 void attention_backward(F* dqkv, const F* dout, const F* qkv, const F* out, const F* lse, int B,
                         int T, int C, int NH);
 
+// Attention with the bf16 roundings of the tensor-core kernels (kernels/attention_tc.cu), float
+// only: cpu-bf16 with MIXSIM_TC_ATTENTION=1, for head sizes 16..128 in steps of 16, as there.
+bool attention_bf16_supported(int C, int NH);
+void attention_bf16_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH);
+void attention_bf16_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                             const float* lse, int B, int T, int C, int NH);
+
 template <class F>
 void gelu_forward(F* out, const F* inp, std::size_t n);
 template <class F>

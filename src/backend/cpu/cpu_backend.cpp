@@ -2,6 +2,7 @@
 // checking the assumptions the kernel relies on.
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "mixsim/backend/cpu_kernels.hpp"
@@ -29,7 +30,9 @@ void parallel_bytes(std::size_t bytes, auto&& fn) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(MatmulPrecision precision) : precision_(precision) {}
+  explicit CpuBackend(MatmulPrecision precision)
+      : precision_(precision),
+        tc_attention_(precision == MatmulPrecision::bf16 && tc_requested()) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
   }
@@ -109,13 +112,19 @@ class CpuBackend final : public Backend {
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
     check_attention("attention_forward", B, T, C, NH);
-    cpu::attention_forward(out, lse, qkv, B, T, C, NH);
+    if (tc_attention_ && cpu::attention_bf16_supported(C, NH))
+      cpu::attention_bf16_forward(out, lse, qkv, B, T, C, NH);
+    else
+      cpu::attention_forward(out, lse, qkv, B, T, C, NH);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                           const float* lse, int B, int T, int C, int NH) override {
     check_attention("attention_backward", B, T, C, NH);
     MIXSIM_CHECK(lse, "attention_backward needs the log-sum-exp saved by attention_forward");
-    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+    if (tc_attention_ && cpu::attention_bf16_supported(C, NH))
+      cpu::attention_bf16_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+    else
+      cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
   }
   void gelu_forward(float* out, const float* inp, std::size_t n) override {
     cpu::gelu_forward(out, inp, n);
@@ -155,7 +164,15 @@ class CpuBackend final : public Backend {
     return out;
   }
 
+  // MIXSIM_TC_ATTENTION=1: cuda-bf16 runs attention on tensor cores (kernels/attention_tc.cu),
+  // and cpu-bf16 then rounds as those kernels do (attention_bf16.cpp).
+  static bool tc_requested() {
+    const char* setting = std::getenv("MIXSIM_TC_ATTENTION");
+    return setting && std::string_view(setting) == "1";
+  }
+
   MatmulPrecision precision_;
+  bool tc_attention_;
   std::vector<float> scratch_[3];  // bf16-rounded operands (cpu-bf16)
 
   static void check_attention(const char* op, int B, int T, int C, int NH) {
