@@ -8,9 +8,12 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
+#include "../support/scoped_env.hpp"
 #include "mixsim/backend/device.hpp"
 
 using namespace mixsim;
@@ -170,10 +173,11 @@ TEST(GroupAllreduce, EnvironmentStagesThroughTheHost) {
   const auto world = Communicator::world();
   std::string why;
   if (!every_rank_has_a_gpu(world, why)) GTEST_SKIP() << "needs one GPU per rank: " << why;
-  setenv("MIXSIM_NCCL", "0", 1);
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_NCCL",
+                                                "0");  // to env.reset()
   auto backend = make_backend("cuda");
   const auto reduce = make_group_allreduce(world, *backend);
-  unsetenv("MIXSIM_NCCL");
+  env.reset();
   EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "mpi-staged");
   check_sums(world, *backend, *reduce, SumFormat::fp32);
   check_sums(world, *backend, *reduce, SumFormat::bf16);

@@ -158,7 +158,8 @@ class DeviceBuffer {
 };
 
 // How the matrix products compute. Everything else (weights, activations, gradients, optimizer
-// state, every other op) is fp32 in both.
+// state, every other op) is fp32 in both, except attention with MIXSIM_TC_ATTENTION=1 (bf16
+// tensor cores on the GPU, the same roundings in cpu-bf16).
 //   fp32: full fp32 products (cuBLAS without TF32; BLAS on the CPU).
 //   bf16: both operands of each product are rounded to bf16 (to nearest even) and multiplied
 //         with fp32 accumulation: tensor cores on the GPU ("cuda-bf16"); on the CPU
@@ -167,7 +168,8 @@ class DeviceBuffer {
 enum class MatmulPrecision { fp32, bf16 };
 
 // The CPU backend (BLAS + OpenMP; threads: omp_get_max_threads()): "cpu", or "cpu-bf16" with
-// bf16 products.
+// bf16 products (and, when the environment sets MIXSIM_TC_ATTENTION=1 at construction, the
+// tensor-core attention's roundings).
 std::unique_ptr<Backend> make_cpu_backend(MatmulPrecision precision = MatmulPrecision::fp32);
 // A backend by name: "cpu", "cpu-bf16", or "cuda" / "cuda-bf16" (backend/cuda.hpp) in builds
 // with CUDA, on the node-local rank's GPU. Throws UsageError for others.
