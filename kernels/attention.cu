@@ -329,13 +329,6 @@ void with_dims_per_lane(int HS, Fn&& fn) {
   }
 }
 
-// Past 48 KiB (head sizes above 64), dynamic shared memory must be allowed per kernel.
-template <class Kernel>
-void allow_shared(Kernel kernel, std::size_t bytes) {
-  if (bytes > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
@@ -343,7 +336,7 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
   const Launch l = check_and_plan("attention_forward", B, T, C, NH);
   with_dims_per_lane(l.HS, [&](auto npl) {
     auto* kernel = attention_forward_kernel<decltype(npl)::value>;
-    allow_shared(kernel, l.shared);
+    allow_dynamic_shared(kernel, l.shared);
     kernel<<<l.grid, kThreads, l.shared, stream>>>(out, lse, qkv, T, C, NH, l.HS, l.scale);
     CUDA_CHECK_LAUNCH(attention_forward_kernel);
   });
@@ -363,12 +356,12 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   with_dims_per_lane(l.HS, [&](auto npl) {
     constexpr int NPL = decltype(npl)::value;
     auto* dq_kernel = attention_backward_dq_kernel<NPL>;
-    allow_shared(dq_kernel, l.shared);
+    allow_dynamic_shared(dq_kernel, l.shared);
     dq_kernel<<<l.grid, kThreads, l.shared, stream>>>(dqkv, dvec, dout, qkv, out, lse, T, C, NH,
                                                       l.HS, l.scale);
     CUDA_CHECK_LAUNCH(attention_backward_dq_kernel);
     auto* dkdv_kernel = attention_backward_dkdv_kernel<NPL>;
-    allow_shared(dkdv_kernel, l.shared);
+    allow_dynamic_shared(dkdv_kernel, l.shared);
     dkdv_kernel<<<l.grid, kThreads, l.shared, stream>>>(dqkv, dout, qkv, lse, dvec, T, C, NH,
                                                         l.HS, l.scale);
     CUDA_CHECK_LAUNCH(attention_backward_dkdv_kernel);

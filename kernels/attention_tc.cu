@@ -435,14 +435,6 @@ void with_head_size(int HS, Fn&& fn) {
   }
 }
 
-// Every kernel here needs more than the default 48 KiB of dynamic shared memory (at most
-// 121 KiB, head size 128, key-major backward); the H100 allows 227 KiB per block, an A100 163 KiB,
-// sm_86/89 cards 99 KiB (attention_tc_supported checks the device's limit).
-template <class Kernel>
-void allow_shared(Kernel kernel, std::size_t bytes) {
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
 }  // namespace
 
 bool attention_tc_supported(int C, int NH, std::size_t max_shared) {
@@ -469,7 +461,7 @@ void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T
   with_head_size(plan.HS, [&](auto hs) {
     constexpr int HS = decltype(hs)::value;
     auto* kernel = attention_forward_tc_kernel<HS>;
-    allow_shared(kernel, forward_shared<HS>());
+    allow_dynamic_shared(kernel, forward_shared<HS>());
     kernel<<<plan.grid, kThreads, forward_shared<HS>(), stream>>>(out, lse, qkv, T, C, NH,
                                                                   plan.scale);
     CUDA_CHECK_LAUNCH(attention_forward_tc_kernel);
@@ -486,12 +478,12 @@ void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, con
   with_head_size(plan.HS, [&](auto hs) {
     constexpr int HS = decltype(hs)::value;
     auto* dq_kernel = attention_backward_dq_tc_kernel<HS>;
-    allow_shared(dq_kernel, backward_dq_shared<HS>());
+    allow_dynamic_shared(dq_kernel, backward_dq_shared<HS>());
     dq_kernel<<<plan.grid, kThreads, backward_dq_shared<HS>(), stream>>>(dqkv, dvec, dout, qkv, out,
                                                                          lse, T, C, NH, plan.scale);
     CUDA_CHECK_LAUNCH(attention_backward_dq_tc_kernel);
     auto* dkdv_kernel = attention_backward_dkdv_tc_kernel<HS>;
-    allow_shared(dkdv_kernel, backward_dkdv_shared<HS>());
+    allow_dynamic_shared(dkdv_kernel, backward_dkdv_shared<HS>());
     dkdv_kernel<<<plan.grid, kThreads, backward_dkdv_shared<HS>(), stream>>>(
         dqkv, dout, qkv, lse, dvec, T, C, NH, plan.scale);
     CUDA_CHECK_LAUNCH(attention_backward_dkdv_tc_kernel);

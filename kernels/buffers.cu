@@ -1,7 +1,10 @@
-// Whole-buffer arithmetic: model averaging (weighted_sum) and scaling.
+// Whole-buffer arithmetic: model averaging (weighted_sum), scaling, and fp32 <-> bf16 copies
+// (the operands of cuda-bf16's products, the bf16 gradient sums).
 // weighted_sum is bit-identical to the CPU backend: per element it forms w0*x0, then adds
 // w1*x1, w2*x2, ... in input order, each product and sum rounded separately (the _rn intrinsics
 // forbid contracting them into a fused multiply-add, which the CPU code does not do either).
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
 #include "launchers.cuh"
@@ -11,6 +14,18 @@ namespace mixsim::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+
+__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::size_t n) {
+  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
+  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
+
+__global__ void from_bf16_kernel(float* out, const __nv_bfloat16* in, std::size_t n) {
+  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
+  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = __bfloat162float(in[i]);
+}
 constexpr int kInputsPerLaunch = 16;  // passed by value as kernel parameters
 
 struct Inputs {
@@ -58,7 +73,9 @@ __global__ void weighted_sum4_kernel(float4* out, Inputs in, bool first, std::si
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+bool aligned16(const void* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
+}
 
 __global__ void scale_kernel(float* x, float alpha, std::size_t n) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
@@ -105,6 +122,18 @@ void scale(float* x, float alpha, std::size_t n, cudaStream_t stream) {
   if (n == 0) return;
   scale_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(x, alpha, n);
   CUDA_CHECK_LAUNCH(scale_kernel);
+}
+
+void to_bf16(__nv_bfloat16* out, const float* in, std::size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  to_bf16_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, in, n);
+  CUDA_CHECK_LAUNCH(to_bf16_kernel);
+}
+
+void from_bf16(float* out, const __nv_bfloat16* in, std::size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  from_bf16_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, in, n);
+  CUDA_CHECK_LAUNCH(from_bf16_kernel);
 }
 
 }  // namespace mixsim::cuda

@@ -68,6 +68,15 @@ __device__ inline float warp_max(float v) {
   return v;
 }
 
+// A kernel that takes more than the default 48 KiB of dynamic shared memory per block must opt
+// in to it, per kernel (up to the device's limit, cudaDevAttrMaxSharedMemoryPerBlockOptin).
+template <class Kernel>
+void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
 // Blocks for an elementwise grid-stride loop over n elements: enough to fill any GPU, capped so
 // that the grid size fits every launch limit.
 inline unsigned elementwise_blocks(std::size_t n, int threads) {

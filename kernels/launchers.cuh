@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -93,9 +94,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         const float* lse, int B, int T, int C, int NH, Workspace ws,
                         cudaStream_t stream);
 
-// ---- attention_tc.cu (the same ops on bf16 tensor cores, for cuda-bf16 with MIXSIM_TC_ATTENTION=1;
-// head sizes 16..128 in steps of 16 whose kernels fit the device's shared memory per block
-// (max_shared_per_block); the same workspace as attention_backward)
+// ---- attention_tc.cu (the same ops on bf16 tensor cores, for cuda-bf16 with
+// MIXSIM_TC_ATTENTION=1; head sizes 16..128 in steps of 16 whose kernels fit the device's shared
+// memory per block (max_shared_per_block); the same workspace as attention_backward)
 std::size_t max_shared_per_block(int device);
 bool attention_tc_supported(int C, int NH, std::size_t max_shared);
 void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
@@ -128,5 +129,8 @@ double sum_squares(const float* x, std::size_t n, Workspace ws, cudaStream_t str
 void weighted_sum(float* out, const float* const* inputs, const float* weights, int k,
                   std::size_t n, cudaStream_t stream);
 void scale(float* x, float alpha, std::size_t n, cudaStream_t stream);
+// out = in rounded to bf16 (to nearest even), and back (exact).
+void to_bf16(__nv_bfloat16* out, const float* in, std::size_t n, cudaStream_t stream);
+void from_bf16(float* out, const __nv_bfloat16* in, std::size_t n, cudaStream_t stream);
 
 }  // namespace mixsim::cuda

@@ -28,12 +28,6 @@ __global__ void broadcast_bias_kernel(float* out, const float* bias, int OC, std
     out[i] = bias[i % OC];
 }
 
-__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::size_t n) {
-  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    out[i] = __float2bfloat16_rn(in[i]);
-}
-
 // An operand of a product: fp32 as given, or its bf16 copy in the workspace.
 struct Operand {
   const void* data;
@@ -44,8 +38,7 @@ Operand operand(MatmulPrecision precision, const float* x, std::size_t n, Worksp
                 cudaStream_t stream) {
   if (precision == MatmulPrecision::fp32) return {x, CUDA_R_32F};
   __nv_bfloat16* copy = ws.take<__nv_bfloat16>(n);
-  to_bf16_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(copy, x, n);
-  CUDA_CHECK_LAUNCH(to_bf16_kernel);
+  to_bf16(copy, x, n, stream);
   return {copy, CUDA_R_16BF};
 }
 
@@ -76,7 +69,8 @@ void set_fp32_math(cublasHandle_t handle) {
 }
 
 std::size_t matmul_forward_workspace(MatmulPrecision precision, int N, int C, int OC) {
-  return operand_bytes(precision, std::size_t(OC) * C) + operand_bytes(precision, std::size_t(N) * C);
+  return operand_bytes(precision, std::size_t(OC) * C) +
+         operand_bytes(precision, std::size_t(N) * C);
 }
 
 void matmul_forward(cublasHandle_t handle, MatmulPrecision precision, float* out, const float* inp,

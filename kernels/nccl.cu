@@ -35,20 +35,6 @@ void nccl_check(ncclResult_t rc, const char* call, const char* file, int line) {
 }
 #define NCCL_CHECK(call) nccl_check((call), #call, __FILE__, __LINE__)
 
-constexpr int kThreads = 256;
-
-__global__ void narrow_kernel(__nv_bfloat16* out, const float* in, std::size_t n) {
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
-       i += std::size_t(gridDim.x) * blockDim.x)
-    out[i] = __float2bfloat16_rn(in[i]);
-}
-
-__global__ void widen_kernel(float* out, const __nv_bfloat16* in, std::size_t n) {
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
-       i += std::size_t(gridDim.x) * blockDim.x)
-    out[i] = __bfloat162float(in[i]);
-}
-
 class NcclAllreduce final : public GroupAllreduce {
  public:
   NcclAllreduce(cuda::BackendPlace place, const std::string& id, int nranks, int rank)
@@ -103,7 +89,7 @@ class NcclAllreduce final : public GroupAllreduce {
       wire = take_wire(total);
       std::size_t off = 0;
       for (const auto part : parts) {
-        narrow(wire + off, part.data(), part.size());
+        cuda::to_bf16(wire + off, part.data(), part.size(), comm_stream_);
         off += part.size();
       }
     }
@@ -128,7 +114,7 @@ class NcclAllreduce final : public GroupAllreduce {
     if (wire) {
       std::size_t off = 0;
       for (const auto part : parts) {
-        widen(part.data(), wire + off, part.size());
+        cuda::from_bf16(part.data(), wire + off, part.size(), comm_stream_);
         off += part.size();
       }
     }
@@ -180,17 +166,6 @@ class NcclAllreduce final : public GroupAllreduce {
     for (const auto& [ptr, n] : wire_) cudaFree(ptr);
     wire_.clear();
   }
-  void narrow(__nv_bfloat16* out, const float* in, std::size_t n) {
-    if (n == 0) return;
-    narrow_kernel<<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, comm_stream_>>>(out, in, n);
-    CUDA_CHECK_LAUNCH(narrow_kernel);
-  }
-  void widen(float* out, const __nv_bfloat16* in, std::size_t n) {
-    if (n == 0) return;
-    widen_kernel<<<cuda::elementwise_blocks(n, kThreads), kThreads, 0, comm_stream_>>>(out, in, n);
-    CUDA_CHECK_LAUNCH(widen_kernel);
-  }
-
   void release() noexcept {
     cudaSetDevice(device_);
     if (comm_stream_) cudaStreamSynchronize(comm_stream_);  // no sum may outlive the communicator

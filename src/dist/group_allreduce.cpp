@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <set>
 #include <string>
@@ -13,6 +12,7 @@
 #include <utility>
 
 #include "mixsim/backend/cuda.hpp"
+#include "mixsim/core/bf16.hpp"
 #include "mixsim/core/log.hpp"
 
 namespace mixsim {
@@ -26,27 +26,12 @@ class LocalAllreduce final : public GroupAllreduce {
   void finish() override {}
 };
 
-// bf16 on the host: rounded to nearest even (a NaN stays a NaN), and widened back exactly.
-std::uint16_t to_bf16(float x) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<std::uint16_t>(bits >> 16);
-}
-float from_bf16(std::uint16_t h) {
-  const std::uint32_t bits = std::uint32_t{h} << 16;
-  float x;
-  std::memcpy(&x, &bits, sizeof x);
-  return x;
-}
-
 // The MPI reduction of bf16 values (sent as MPI_UINT16_T): inout = bf16(in + inout), each
 // partial sum rounded to bf16 as NCCL's bf16 sums are.
 void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   const auto* a = static_cast<const std::uint16_t*>(in);
   auto* b = static_cast<std::uint16_t*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = to_bf16(from_bf16(a[i]) + from_bf16(b[i]));
+  for (int i = 0; i < *len; ++i) b[i] = bf16_bits(bf16_value(a[i]) + bf16_value(b[i]));
 }
 
 // Sums of host buffers over a group in either format, blocking or started. A started bf16 sum
@@ -71,12 +56,12 @@ class HostSums {
       return;
     }
     std::vector<std::uint16_t> wire(data.size());
-    std::transform(data.begin(), data.end(), wire.begin(), to_bf16);
+    std::transform(data.begin(), data.end(), wire.begin(), bf16_bits);
     for (std::size_t off = 0; off < wire.size(); off += kChunk)
       check_mpi(MPI_Allreduce(MPI_IN_PLACE, wire.data() + off, chunk(wire.size(), off),
                               MPI_UINT16_T, bf16_op_, group_.handle()),
                 "MPI_Allreduce");
-    std::transform(wire.begin(), wire.end(), data.begin(), from_bf16);
+    std::transform(wire.begin(), wire.end(), data.begin(), bf16_value);
   }
 
   void start(std::span<float> part, SumFormat format) {
@@ -89,7 +74,7 @@ class HostSums {
     wire_.emplace_back(part.size());
     widen_.push_back(part);
     auto& wire = wire_.back();
-    std::transform(part.begin(), part.end(), wire.begin(), to_bf16);
+    std::transform(part.begin(), part.end(), wire.begin(), bf16_bits);
     for (std::size_t off = 0; off < wire.size(); off += kChunk)
       issue(wire.data() + off, chunk(wire.size(), off), MPI_UINT16_T, bf16_op_);
   }
@@ -108,7 +93,7 @@ class HostSums {
           "MPI_Waitall");
     requests_.clear();
     for (std::size_t i = 0; i < widen_.size(); ++i)
-      std::transform(wire_[i].begin(), wire_[i].end(), widen_[i].begin(), from_bf16);
+      std::transform(wire_[i].begin(), wire_[i].end(), widen_[i].begin(), bf16_value);
     wire_.clear();
     widen_.clear();
   }

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "mixsim/backend/ops.hpp"
+#include "mixsim/core/bf16.hpp"
 
 namespace mixsim::cpu {
 
@@ -38,15 +39,6 @@ void matmul_backward(F* dinp, F* dweight, F* dbias, const F* dout, const F* inp,
 // dbias (OC) += column sums of dout (N,OC), rows added in order (matmul_backward's bias part).
 template <class F>
 void bias_backward(F* dbias, const F* dout, int N, int OC);
-
-// x rounded to bf16 (8 significant bits, to nearest even), widened back; NaN stays NaN. The
-// rounding of the cpu-bf16 backend, as __float2bfloat16_rn on the GPU.
-inline float round_to_bf16(float x) {
-  std::uint32_t bits = std::bit_cast<std::uint32_t>(x);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return x;
-  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-  return std::bit_cast<float>(bits);
-}
 
 template <class F>
 void attention_forward(F* out, F* lse, const F* qkv, int B, int T, int C, int NH);

@@ -160,7 +160,7 @@ class CpuBackend final : public Backend {
     if (scratch.size() < n) scratch.resize(n);
     float* out = scratch.data();
 #pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
-    for (std::size_t i = 0; i < n; ++i) out[i] = cpu::round_to_bf16(x[i]);
+    for (std::size_t i = 0; i < n; ++i) out[i] = round_to_bf16(x[i]);
     return out;
   }
 
