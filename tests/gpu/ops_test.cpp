@@ -17,13 +17,14 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "../support/scoped_env.hpp"
-#include "mixsim/backend/cpu_kernels.hpp"
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
+#include "mixsim/core/bf16.hpp"
 #include "mixsim/core/error.hpp"
 #include "mixsim/core/rng.hpp"
 #include "mixsim/model/gpt.hpp"
@@ -549,6 +550,34 @@ double rel_l2(const Pair& p) {
   return std::sqrt(num / den);
 }
 
+// One matmul layer (OC = 3C) forward and backward on `be`, from the inputs of seeds 91..94, the
+// results fetched to the host. With a bias, dweight and dbias start at 0.5 and 0.25 (they
+// accumulate); without, dweight starts at 0 and there is no bias gradient.
+struct MatmulResults {
+  std::vector<float> out, dinp, dweight, dbias;
+};
+MatmulResults matmul_case(Backend& be, bool with_bias) {
+  const int OC = 3 * C;
+  auto put = [&](const std::vector<float>& host) {
+    DeviceBuffer<float> buf(be, host.size());
+    if (!host.empty()) be.upload(buf.get(), host.data(), buf.bytes());
+    return buf;
+  };
+  const auto inp = put(random_floats(std::size_t(N) * C, 91));
+  const auto w = put(random_floats(std::size_t(OC) * C, 92));
+  const auto dout = put(random_floats(std::size_t(N) * OC, 93));
+  const auto bias = put(with_bias ? random_floats(OC, 94) : std::vector<float>());
+  auto out = put(std::vector<float>(std::size_t(N) * OC));
+  auto dinp = put(std::vector<float>(std::size_t(N) * C));
+  auto dw = put(std::vector<float>(std::size_t(OC) * C, with_bias ? 0.5f : 0.f));
+  auto db = put(with_bias ? std::vector<float>(OC, 0.25f) : std::vector<float>());
+  be.matmul_forward(out.get(), inp.get(), w.get(), bias.get(), N, C, OC);
+  be.matmul_backward(dinp.get(), dw.get(), db.get(), dout.get(), inp.get(), w.get(), N, C, OC);
+  return {fetch(be, out.get(), out.size()), fetch(be, dinp.get(), dinp.size()),
+          fetch(be, dw.get(), dw.size()),
+          with_bias ? fetch(be, db.get(), db.size()) : std::vector<float>()};
+}
+
 }  // namespace
 
 // Each operand of a product is rounded to bf16 (8 significant bits), and the sums of C or N
@@ -561,27 +590,11 @@ double rel_l2(const Pair& p) {
 TEST_F(CudaOps, Bf16MatmulErrorIsBf16Rounding) {
   auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
   EXPECT_EQ(bf16->name(), "cuda-bf16");
-  const int OC = 3 * C;
-  auto on_bf16 = [&](const std::vector<float>& host) { return twin(*cpu_, *bf16, host); };
-  auto fetch_pair = [&](const Twin<float>& t) {
-    return Pair{fetch(*cpu_, t.cpu.get(), t.cpu.size()), fetch(*bf16, t.gpu.get(), t.gpu.size())};
-  };
-  auto inp = on_bf16(random_floats(std::size_t(N) * C, 91));
-  auto w = on_bf16(random_floats(std::size_t(OC) * C, 92));
-  auto out = on_bf16(std::vector<float>(std::size_t(N) * OC));
-  cpu_->matmul_forward(out.cpu.get(), inp.cpu.get(), w.cpu.get(), nullptr, N, C, OC);
-  bf16->matmul_forward(out.gpu.get(), inp.gpu.get(), w.gpu.get(), nullptr, N, C, OC);
-  auto dout = on_bf16(random_floats(std::size_t(N) * OC, 93));
-  auto dinp = on_bf16(std::vector<float>(std::size_t(N) * C));
-  auto dw = on_bf16(std::vector<float>(std::size_t(OC) * C));
-  cpu_->matmul_backward(dinp.cpu.get(), dw.cpu.get(), nullptr, dout.cpu.get(), inp.cpu.get(),
-                        w.cpu.get(), N, C, OC);
-  bf16->matmul_backward(dinp.gpu.get(), dw.gpu.get(), nullptr, dout.gpu.get(), inp.gpu.get(),
-                        w.gpu.get(), N, C, OC);
-  for (const auto& [name, t] : {std::pair<const char*, const Twin<float>*>{"out", &out},
-                                {"dinp", &dinp},
-                                {"dweight", &dw}}) {
-    const double err = rel_l2(fetch_pair(*t));
+  const MatmulResults ref = matmul_case(*cpu_, false), got = matmul_case(*bf16, false);
+  for (const auto& [name, r, g] :
+       {std::tuple{"out", &ref.out, &got.out}, std::tuple{"dinp", &ref.dinp, &got.dinp},
+        std::tuple{"dweight", &ref.dweight, &got.dweight}}) {
+    const double err = rel_l2(Pair{*r, *g});
     std::printf("bf16 matmul %s: relative L2 error %.3e\n", name, err);
     EXPECT_LT(err, 8e-3) << name;
     EXPECT_GT(err, 1e-3) << name;
@@ -594,31 +607,13 @@ TEST_F(CudaOps, Bf16MatmulErrorIsBf16Rounding) {
 // TF32, fp16) is off by ~1e-3. The bias gradient sums the fp32 dout on both sides.
 TEST_F(CudaOps, Bf16MatmulMatchesCpuBf16) {
   auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
-  auto ref = make_cpu_backend(MatmulPrecision::bf16);
-  const int OC = 3 * C;
-  auto on = [&](const std::vector<float>& host) { return twin(*ref, *bf16, host); };
-  auto fetch_pair = [&](const Twin<float>& t) {
-    return Pair{fetch(*ref, t.cpu.get(), t.cpu.size()), fetch(*bf16, t.gpu.get(), t.gpu.size())};
-  };
-  auto inp = on(random_floats(std::size_t(N) * C, 91));
-  auto w = on(random_floats(std::size_t(OC) * C, 92));
-  auto bias = on(random_floats(OC, 94));
-  auto out = on(std::vector<float>(std::size_t(N) * OC));
-  ref->matmul_forward(out.cpu.get(), inp.cpu.get(), w.cpu.get(), bias.cpu.get(), N, C, OC);
-  bf16->matmul_forward(out.gpu.get(), inp.gpu.get(), w.gpu.get(), bias.gpu.get(), N, C, OC);
-  auto dout = on(random_floats(std::size_t(N) * OC, 93));
-  auto dinp = on(std::vector<float>(std::size_t(N) * C));
-  auto dw = on(std::vector<float>(std::size_t(OC) * C, 0.5f));
-  auto db = on(std::vector<float>(OC, 0.25f));
-  ref->matmul_backward(dinp.cpu.get(), dw.cpu.get(), db.cpu.get(), dout.cpu.get(), inp.cpu.get(),
-                       w.cpu.get(), N, C, OC);
-  bf16->matmul_backward(dinp.gpu.get(), dw.gpu.get(), db.gpu.get(), dout.gpu.get(), inp.gpu.get(),
-                        w.gpu.get(), N, C, OC);
-  for (const auto& [name, t] : {std::pair<const char*, const Twin<float>*>{"out", &out},
-                                {"dinp", &dinp},
-                                {"dweight", &dw},
-                                {"dbias", &db}}) {
-    const double err = rel_l2(fetch_pair(*t));
+  auto cpu_bf16 = make_cpu_backend(MatmulPrecision::bf16);
+  const MatmulResults ref = matmul_case(*cpu_bf16, true), got = matmul_case(*bf16, true);
+  for (const auto& [name, r, g] :
+       {std::tuple{"out", &ref.out, &got.out}, std::tuple{"dinp", &ref.dinp, &got.dinp},
+        std::tuple{"dweight", &ref.dweight, &got.dweight},
+        std::tuple{"dbias", &ref.dbias, &got.dbias}}) {
+    const double err = rel_l2(Pair{*r, *g});
     std::printf("cuda-bf16 against cpu-bf16, matmul %s: relative L2 %.3e\n", name, err);
     EXPECT_LT(err, 1e-5) << name;
   }
@@ -640,8 +635,7 @@ TEST_F(CudaOps, Bf16MatmulMatchesCpuBf16) {
 // accumulation, FMA and expf may tip a few more values. Bounds 2e-4, 2e-4 and 1e-5: one element
 // of dqkv off by its own size adds 1e-3..2e-3 here.
 TEST_F(CudaOps, Bf16TensorCoreAttention) {
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION",
-                                                "1");  // to env.reset()
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
   auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
   auto ref = make_cpu_backend(MatmulPrecision::bf16);  // the same roundings on the CPU
   env.reset();
@@ -742,8 +736,7 @@ TEST_F(CudaOps, Bf16TensorCoreAttention) {
 // attention's own bf16 error is of the products' size). Heads of 32 (the op tests' model has 24,
 // which the tensor-core kernels leave to the fp32 ones), sequences of 70: two 64-row blocks.
 TEST_F(CudaOps, Bf16TensorCoreAttentionTrainingFollowsCpu) {
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION",
-                                                "1");  // to env.reset()
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
   auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
   env.reset();
   const ModelConfig cfg{2, 2, 64, 70, 257};
@@ -814,7 +807,7 @@ TEST_F(CudaOps, NcclOneRankCommunicator) {
     gpu_->download(got.data(), y.get(), n * sizeof(float));
     for (std::size_t i = 0; i < n; ++i) {
       const float sum = a[i] + b[i];
-      ASSERT_EQ(got[i], 2.0f * (format == SumFormat::fp32 ? sum : cpu::round_to_bf16(sum)))
+      ASSERT_EQ(got[i], 2.0f * (format == SumFormat::fp32 ? sum : round_to_bf16(sum)))
           << what << ", element " << i;
     }
   }
@@ -824,7 +817,7 @@ TEST_F(CudaOps, NcclOneRankCommunicator) {
   gpu_->scale(y.get(), 2.0f, n);
   gpu_->download(got.data(), y.get(), n * sizeof(float));
   for (std::size_t i = 0; i < n; ++i)
-    ASSERT_EQ(got[i], 2.0f * cpu::round_to_bf16(a[i] + b[i])) << "bf16 sum, element " << i;
+    ASSERT_EQ(got[i], 2.0f * round_to_bf16(a[i] + b[i])) << "bf16 sum, element " << i;
   nccl->finish();  // nothing started: nothing to wait for
   EXPECT_THROW(make_nccl_allreduce(*cpu_, id, 1, 0), Error);
   EXPECT_THROW(make_nccl_allreduce(*gpu_, "short", 1, 0), Error);

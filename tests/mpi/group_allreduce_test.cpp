@@ -33,8 +33,8 @@ float expected_sum(std::size_t i, int ranks, int salt = 0) {
 // The sums of one buffer through sum(), through start() of its parts in several calls, and
 // through GradientBuckets, on `backend`: all exact (in bf16 too: every value and partial sum here
 // is an integer below 256).
-void check_sums(const Communicator& world, Backend& backend, GroupAllreduce& reduce,
-                SumFormat format) {
+void check_sums_in(SumFormat format, const Communicator& world, Backend& backend,
+                   GroupAllreduce& reduce) {
   const int P = world.size();
   const std::size_t n = 100003;
   DeviceBuffer<float> buf(backend, n);
@@ -78,6 +78,12 @@ void check_sums(const Communicator& world, Backend& backend, GroupAllreduce& red
   EXPECT_EQ(buckets.parts(), 7);
 }
 
+// check_sums_in both formats.
+void check_sums(const Communicator& world, Backend& backend, GroupAllreduce& reduce) {
+  check_sums_in(SumFormat::fp32, world, backend, reduce);
+  check_sums_in(SumFormat::bf16, world, backend, reduce);
+}
+
 bool every_rank_has_a_gpu(const Communicator& world, std::string& why) {
   const GpuAvailability gpu = gpu_availability();
   // NCCL needs one GPU per rank; every rank must agree to skip, or the others would hang.
@@ -93,13 +99,12 @@ TEST(GroupAllreduce, MpiOnTheCpuBackendsMemory) {
   auto cpu = make_backend("cpu");
   const auto reduce = make_group_allreduce(world, *cpu);
   EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "mpi");
-  check_sums(world, *cpu, *reduce, SumFormat::fp32);
-  check_sums(world, *cpu, *reduce, SumFormat::bf16);
+  check_sums(world, *cpu, *reduce);
 }
 
 // bf16 sums round every rank's value to bf16 first: 1 + 2^-12 is 1 in bf16 (8 significant
-// bits), so the bf16 sum over P ranks is P, the fp32 one P (1 + 2^-12) (exact in fp32). And
-// Ties go to even: 3 + 2^-7 lies halfway between 3 (even last bit) and 3 + 2^-6, so it becomes
+// bits), so the bf16 sum over P ranks is P, the fp32 one P (1 + 2^-12) (exact in fp32). Ties go
+// to even: 3 + 2^-7 lies halfway between 3 (even last bit) and 3 + 2^-6, so it becomes
 // 3; 3 + 3 2^-7 lies halfway between 3 + 2^-6 (odd) and 3 + 2^-5, so it becomes 3 + 2^-5. Their
 // sums over 2 and 4 ranks are then P 3 and P (3 + 2^-5), bf16 values reached in any order of
 // additions (with 4 in a chain: 9 + 3/32 is a tie that goes to 9 + 1/8, plus 3 + 1/32 another
@@ -165,20 +170,17 @@ TEST(GroupAllreduce, NcclOnDeviceMemory) {
   auto backend = make_backend("cuda");
   const auto reduce = make_group_allreduce(world, *backend);
   EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "nccl");
-  check_sums(world, *backend, *reduce, SumFormat::fp32);
-  check_sums(world, *backend, *reduce, SumFormat::bf16);
+  check_sums(world, *backend, *reduce);
 }
 
 TEST(GroupAllreduce, EnvironmentStagesThroughTheHost) {
   const auto world = Communicator::world();
   std::string why;
   if (!every_rank_has_a_gpu(world, why)) GTEST_SKIP() << "needs one GPU per rank: " << why;
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_NCCL",
-                                                "0");  // to env.reset()
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_NCCL", "0");
   auto backend = make_backend("cuda");
   const auto reduce = make_group_allreduce(world, *backend);
   env.reset();
   EXPECT_EQ(reduce->kind(), world.size() == 1 ? "local" : "mpi-staged");
-  check_sums(world, *backend, *reduce, SumFormat::fp32);
-  check_sums(world, *backend, *reduce, SumFormat::bf16);
+  check_sums(world, *backend, *reduce);
 }

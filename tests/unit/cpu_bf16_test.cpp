@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "../support/scoped_env.hpp"
-#include "mixsim/backend/cpu_kernels.hpp"
 #include "mixsim/backend/ops.hpp"
+#include "mixsim/core/bf16.hpp"
 #include "mixsim/core/rng.hpp"
 #include "mixsim/model/gpt.hpp"
 #include "mixsim/model/optimizer.hpp"
@@ -35,7 +35,7 @@ std::vector<float> random_floats(std::size_t n, std::uint64_t seed) {
 
 std::vector<float> rounded(const std::vector<float>& x) {
   std::vector<float> r(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) r[i] = cpu::round_to_bf16(x[i]);
+  for (std::size_t i = 0; i < x.size(); ++i) r[i] = round_to_bf16(x[i]);
   return r;
 }
 
@@ -109,7 +109,7 @@ AttentionBf16 attention_bf16_reference(const std::vector<float>& qkv,
   const int nb = shape.B, nt = shape.T, nc = shape.C, nh = shape.NH;
   const int HS = nc / nh;
   const float scale = 1.0f / std::sqrt(float(HS));
-  const auto bf = [](double x) { return double(cpu::round_to_bf16(float(x))); };
+  const auto bf = [](double x) { return double(round_to_bf16(float(x))); };
   AttentionBf16 r{std::vector<float>(std::size_t(nb) * nt * nc),
                   std::vector<float>(std::size_t(nb) * nh * nt),
                   std::vector<float>(std::size_t(nb) * nt * 3 * nc)};
@@ -171,13 +171,13 @@ AttentionBf16 attention_bf16_reference(const std::vector<float>& qkv,
 
 TEST(CpuBf16, RoundsToNearestEven) {
   const float ulp1 = std::ldexp(1.0f, -7);  // bf16's spacing in [1, 2): 8 significant bits
-  EXPECT_EQ(cpu::round_to_bf16(1.0f + ulp1), 1.0f + ulp1);                  // representable
-  EXPECT_EQ(cpu::round_to_bf16(1.0f + ulp1 / 2), 1.0f);                     // tie, to even (1)
-  EXPECT_EQ(cpu::round_to_bf16(1.0f + 3 * ulp1 / 2), 1.0f + 2 * ulp1);      // tie, to even (up)
-  EXPECT_EQ(cpu::round_to_bf16(1.0f + ulp1 / 2 + ulp1 / 64), 1.0f + ulp1);  // above the tie
-  EXPECT_EQ(cpu::round_to_bf16(-3.0f - ulp1 / 4), -3.0f);
-  EXPECT_TRUE(std::isnan(cpu::round_to_bf16(std::numeric_limits<float>::quiet_NaN())));
-  EXPECT_EQ(cpu::round_to_bf16(std::numeric_limits<float>::infinity()),
+  EXPECT_EQ(round_to_bf16(1.0f + ulp1), 1.0f + ulp1);                  // representable
+  EXPECT_EQ(round_to_bf16(1.0f + ulp1 / 2), 1.0f);                     // tie, to even (1)
+  EXPECT_EQ(round_to_bf16(1.0f + 3 * ulp1 / 2), 1.0f + 2 * ulp1);      // tie, to even (up)
+  EXPECT_EQ(round_to_bf16(1.0f + ulp1 / 2 + ulp1 / 64), 1.0f + ulp1);  // above the tie
+  EXPECT_EQ(round_to_bf16(-3.0f - ulp1 / 4), -3.0f);
+  EXPECT_TRUE(std::isnan(round_to_bf16(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(round_to_bf16(std::numeric_limits<float>::infinity()),
             std::numeric_limits<float>::infinity());
   EXPECT_EQ(make_backend("cpu-bf16")->name(), "cpu-bf16");
 }
@@ -287,8 +287,7 @@ TEST(CpuBf16, TinyDifferencesCascadeThroughBf16Rounding) {
 // 1.9e-3..3.1e-3 (out) and 2.5e-3..4.2e-3 (dqkv) simulated: bounds 5e-4..8e-3, as the GPU test's.
 // Head sizes that are not multiples of 16 stay fp32, as on the GPU.
 TEST(CpuBf16, AttentionRoundsAsTheTensorCoreKernels) {
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION",
-                                                "1");  // to env.reset()
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
   auto bf16 = make_cpu_backend(MatmulPrecision::bf16);
   env.reset();
   auto fp32 = make_cpu_backend();
@@ -339,8 +338,7 @@ TEST(CpuBf16, TrainingWithBf16AttentionFollowsFp32) {
   const ModelConfig cfg{2, 2, 64, 70, 257};
   const int steps = 20;
   auto run = [&](Backend& be) { return train_losses(be, cfg, 2, 70, steps, 83); };
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION",
-                                                "1");  // to env.reset()
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
   auto bf16 = make_cpu_backend(MatmulPrecision::bf16);
   env.reset();
   auto bf16_products = make_cpu_backend(MatmulPrecision::bf16);
