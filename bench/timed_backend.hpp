@@ -65,6 +65,15 @@ class TimedBackend final : public Backend {
   void gelu_backward(float* di, const float* i, const float* d, std::size_t n) override {
     time("gelu_backward", [&] { in_.gelu_backward(di, i, d, n); });
   }
+  void matmul_gelu_forward(float* o, float* p, const float* i, const float* w, const float* b,
+                           int N, int C, int OC) override {
+    time("matmul_gelu_forward", [&] { in_.matmul_gelu_forward(o, p, i, w, b, N, C, OC); });
+  }
+  void gelu_matmul_backward(float* dp, float* dw, float* db, const float* d, const float* i,
+                            const float* p, const float* w, int N, int C, int OC) override {
+    time("gelu_matmul_backward",
+         [&] { in_.gelu_matmul_backward(dp, dw, db, d, i, p, w, N, C, OC); });
+  }
   void residual_forward(float* o, const float* a, const float* b, std::size_t n) override {
     time("residual_forward", [&] { in_.residual_forward(o, a, b, n); });
   }

@@ -82,6 +82,13 @@ bool tc_attention_requested() {
   return setting && std::string(setting) == "1";
 }
 
+// MIXSIM_CUBLASLT=1 sends the products with a bias or a GELU through cuBLASLt, fused into the
+// epilogue (matmul.cu). Opt-in until a GPU run has checked it; see docs/architecture.md.
+bool cublaslt_requested() {
+  const char* setting = std::getenv("MIXSIM_CUBLASLT");
+  return setting && std::string(setting) == "1";
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, MatmulPrecision precision)
@@ -90,7 +97,8 @@ class CudaBackend final : public Backend {
         tc_attention_(precision == MatmulPrecision::bf16 && tc_attention_requested()),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
-        cublas_(stream_.get()) {}
+        cublas_(stream_.get()),
+        lt_(cublaslt_requested() ? cuda::make_lt_matmul() : nullptr) {}
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());
     cudaFree(workspace_);
@@ -102,6 +110,12 @@ class CudaBackend final : public Backend {
     return precision_ == MatmulPrecision::bf16 ? "cuda-bf16" : "cuda";
   }
   cudaStream_t stream() const { return stream_.get(); }
+  CublasLtUse cublaslt_use() const {
+    if (!lt_) return {};
+    CublasLtUse use = cuda::lt_use(*lt_);
+    use.enabled = true;
+    return use;
+  }
   int device() const { return device_; }
 
   void* allocate(std::size_t bytes) override {
@@ -168,17 +182,37 @@ class CudaBackend final : public Backend {
                       int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::matmul_forward(cublas_.get(), precision_, out, inp, weight, bias, N, C, OC,
-                         workspace(cuda::matmul_forward_workspace(precision_, N, C, OC)),
-                         stream_.get());
+    cuda::matmul_forward(
+        cublas_.get(), lt_.get(), precision_, out, inp, weight, bias, N, C, OC,
+        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, N, C, OC)),
+        stream_.get());
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::matmul_backward(cublas_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C,
-                          OC, workspace(cuda::matmul_backward_workspace(precision_, N, C, OC)),
-                          stream_.get());
+    cuda::matmul_backward(
+        cublas_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C, OC,
+        workspace(cuda::matmul_backward_workspace(precision_, false, N, C, OC)), stream_.get());
+  }
+  void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* weight,
+                           const float* bias, int N, int C, int OC) override {
+    CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_gelu_forward",
+                 cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
+    cuda::matmul_gelu_forward(
+        cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N, C, OC,
+        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, N, C, OC)),
+        stream_.get());
+  }
+  void gelu_matmul_backward(float* dpre, float* dweight, float* dbias, const float* dout,
+                            const float* inp, const float* pre, const float* weight, int N, int C,
+                            int OC) override {
+    CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "gelu_matmul_backward",
+                 cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
+    cuda::gelu_matmul_backward(
+        cublas_.get(), lt_.get(), precision_, dpre, dweight, dbias, dout, inp, pre, weight, N, C,
+        OC, workspace(cuda::matmul_backward_workspace(precision_, lt_ != nullptr, N, C, OC)),
+        stream_.get());
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
@@ -247,6 +281,7 @@ class CudaBackend final : public Backend {
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;
+  cuda::LtMatmulPtr lt_;  // null unless MIXSIM_CUBLASLT=1
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
 };
@@ -264,6 +299,14 @@ BackendPlace place_of(Backend& backend) {
 }
 
 }  // namespace cuda
+
+CublasLtUse cublaslt_use(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda)
+    throw Error("cublaslt_use() was given the '" + std::string(backend.name()) +
+                "' backend; it needs a backend from make_cuda_backend");
+  return cuda->cublaslt_use();
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int device, MatmulPrecision precision) {
   return std::make_unique<CudaBackend>(device, precision);

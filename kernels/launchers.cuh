@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <memory>
 #include <string>
 
 #include "cuda_common.cuh"
@@ -74,16 +75,34 @@ struct BackendPlace {
 };
 BackendPlace place_of(Backend& backend);
 
-// ---- matmul.cu (cuBLAS: fp32 without TF32, or bf16 operands on tensor cores, fp32 accumulation)
+// ---- matmul.cu (cuBLAS: fp32 without TF32, or bf16 operands on tensor cores, fp32 accumulation;
+// with an LtMatmul, cuBLASLt with the bias and GELU fused into the products' epilogues)
+class LtMatmul;
+struct LtMatmulDeleter {
+  void operator()(LtMatmul* lt) const noexcept;
+};
+using LtMatmulPtr = std::unique_ptr<LtMatmul, LtMatmulDeleter>;
+LtMatmulPtr make_lt_matmul();
+const CublasLtUse& lt_use(const LtMatmul& lt);
+
 void set_fp32_math(cublasHandle_t handle);
-std::size_t matmul_forward_workspace(MatmulPrecision precision, int N, int C, int OC);
-void matmul_forward(cublasHandle_t handle, MatmulPrecision precision, float* out, const float* inp,
-                    const float* weight, const float* bias, int N, int C, int OC, Workspace ws,
-                    cudaStream_t stream);
-std::size_t matmul_backward_workspace(MatmulPrecision precision, int N, int C, int OC);
+// `lt`: whether the op gets an LtMatmul (its products may take cuBLASLt workspace).
+std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, int N, int C, int OC);
+void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
+                    const float* inp, const float* weight, const float* bias, int N, int C, int OC,
+                    Workspace ws, cudaStream_t stream);
+// The same workspace as matmul_forward.
+void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
+                         float* pre, const float* inp, const float* weight, const float* bias,
+                         int N, int C, int OC, Workspace ws, cudaStream_t stream);
+std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, int N, int C, int OC);
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
                      float* dbias, const float* dout, const float* inp, const float* weight, int N,
                      int C, int OC, Workspace ws, cudaStream_t stream);
+void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
+                          float* dpre, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* pre, const float* weight, int N, int C,
+                          int OC, Workspace ws, cudaStream_t stream);
 
 // ---- attention.cu (fused causal attention; head size up to kMaxHeadSize)
 constexpr int kMaxHeadSize = 128;

@@ -5,7 +5,20 @@
 // leaves the tensor-core format to cuBLAS (on an H100 its error was TF32's, 2.9e-4, not bf16's).
 // cuBLAS is column-major: a row-major (R, K) matrix is its column-major (K, R) transpose, so
 // out (N,OC) = inp (N,C) @ weight^T is computed as out^T (OC,N) = weight (OC,C) . inp^T (C,N).
+//
+// With MIXSIM_CUBLASLT=1 (an LtMatmul per backend), the products whose result goes through more
+// work go through cuBLASLt instead, the work fused into the product's epilogue: the bias (forward
+// with bias), bias then GELU keeping the GELU's input (matmul_gelu_forward), and the GELU's
+// gradient (the dinp product of gelu_matmul_backward). Same operands, same fp32 accumulation and
+// output; cuBLASLt's GELU is GPT-2's tanh form, in its own fp32 arithmetic. Where cuBLASLt has no
+// algorithm for a problem (its heuristic returns none), the product runs as without it, followed
+// by the separate kernels, and LtMatmul counts the fallback (cublaslt_use).
+#include <cublasLt.h>
 #include <cuda_bf16.h>
+
+#include <array>
+#include <cstdint>
+#include <map>
 
 #include "launchers.cuh"
 
@@ -21,6 +34,10 @@ void cublas_check(cublasStatus_t status, const char* what, const char* file, int
 #define CUBLAS_CHECK(call) cublas_check((call), #call, __FILE__, __LINE__)
 
 constexpr int kThreads = 256;
+
+// The most workspace a cuBLASLt algorithm may use (split-K partials and the like): what the
+// heuristic is told, and what the workspace size functions add when cuBLASLt is on.
+constexpr std::size_t kLtWorkspaceBytes = std::size_t(32) << 20;
 
 __global__ void broadcast_bias_kernel(float* out, const float* bias, int OC, std::size_t n) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
@@ -59,6 +76,234 @@ void check_dims(const char* op, int N, int C, int OC) {
   CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, op, dims({{"N", N}, {"C", C}, {"OC", OC}}));
 }
 
+// Owner of one cuBLASLt descriptor object.
+template <class Handle, cublasStatus_t (*Destroy)(Handle)>
+class LtObject {
+ public:
+  LtObject() = default;
+  ~LtObject() {
+    if (handle_) Destroy(handle_);
+  }
+  LtObject(const LtObject&) = delete;
+  LtObject& operator=(const LtObject&) = delete;
+  Handle* out() { return &handle_; }
+  Handle get() const { return handle_; }
+
+ private:
+  Handle handle_ = nullptr;
+};
+using LtDesc = LtObject<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
+using LtLayout = LtObject<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+using LtPreference = LtObject<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
+
+template <class T>
+void set_attribute(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t what, const T& value) {
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, what, &value, sizeof(value)));
+}
+template <class T>
+void set_attribute(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t what,
+                   const T& value) {
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, what, &value, sizeof(value)));
+}
+
+// The largest power of two up to 256 that divides the address: what the heuristic is told of each
+// matrix (it assumes 256 otherwise), and part of the key of its answer.
+std::uint32_t alignment(const void* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t align = 256;
+  while (align > 1 && address % align != 0) align >>= 1;
+  return align;
+}
+
+const char* epilogue_name(cublasLtEpilogue_t kind) {
+  switch (kind) {
+    case CUBLASLT_EPILOGUE_BIAS:
+      return "BIAS";
+    case CUBLASLT_EPILOGUE_GELU_AUX:
+      return "GELU_AUX";
+    case CUBLASLT_EPILOGUE_GELU_AUX_BIAS:
+      return "GELU_AUX_BIAS";
+    case CUBLASLT_EPILOGUE_DGELU:
+      return "DGELU";
+    default:
+      return "DEFAULT";
+  }
+}
+
+// What a product's epilogue does after the fp32 accumulation, with its vectors and matrices.
+struct Epilogue {
+  cublasLtEpilogue_t kind = CUBLASLT_EPILOGUE_DEFAULT;
+  const float* bias = nullptr;  // BIAS variants: (m)
+  float* aux = nullptr;         // GELU_AUX*: written (the GELU's input); DGELU: read; (m, n)
+  std::int64_t aux_ld = 0;      // cuBLASLt requires a multiple of 8
+};
+
+}  // namespace
+
+// cuBLASLt for one backend: its handle, and the algorithm its heuristic chose for each problem
+// (shape, types, epilogue, alignments), so that the heuristic runs once per problem and the same
+// problem always runs the same algorithm (deterministic results).
+class LtMatmul {
+ public:
+  LtMatmul() { CUBLAS_CHECK(cublasLtCreate(&handle_)); }
+  ~LtMatmul() { cublasLtDestroy(handle_); }
+  LtMatmul(const LtMatmul&) = delete;
+  LtMatmul& operator=(const LtMatmul&) = delete;
+
+  // D (m,n) = op(A) op(B), then the epilogue; D is fp32, column-major with leading dimension
+  // ldd, and not read (beta 0). Returns false, having run nothing, when cuBLASLt has no algorithm
+  // for the problem.
+  bool run(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A, int lda,
+           Operand B, int ldb, float* D, int ldd, const Epilogue& ep, Workspace& ws,
+           cudaStream_t stream) {
+    LtDesc desc;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSA, std::int32_t(ta));
+    set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB, std::int32_t(tb));
+    set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE, std::uint32_t(ep.kind));
+    if (ep.bias)
+      set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    static_cast<const void*>(ep.bias));
+    if (ep.aux) {
+      set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                    static_cast<void*>(ep.aux));
+      set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, ep.aux_ld);
+    }
+    // Stored shapes, before op(): A is (m,k) or, transposed, (k,m); B is (k,n) or (n,k).
+    LtLayout a, b, d;
+    const bool ta_n = ta == CUBLAS_OP_N, tb_n = tb == CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(a.out(), A.type, ta_n ? m : k, ta_n ? k : m, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(b.out(), B.type, tb_n ? k : n, tb_n ? n : k, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(d.out(), CUDA_R_32F, m, n, ldd));
+
+    const Key key{m,
+                  n,
+                  k,
+                  ta,
+                  tb,
+                  A.type,
+                  ep.kind,
+                  lda,
+                  ldb,
+                  ldd,
+                  alignment(A.data),
+                  alignment(B.data),
+                  alignment(D),
+                  ep.bias ? alignment(ep.bias) : 0,
+                  ep.aux ? alignment(ep.aux) : 0,
+                  ep.aux_ld};
+    auto found = plans_.find(key);
+    if (found == plans_.end())
+      found = plans_.emplace(key, plan(desc.get(), a.get(), b.get(), d.get(), key)).first;
+    const Plan& p = found->second;
+    if (!p.found) {
+      ++use_.fallbacks;
+      use_.last_fallback = p.reason;
+      return false;
+    }
+    void* scratch = p.workspace ? ws.take<char>(p.workspace) : nullptr;
+    const float alpha = 1.f, beta = 0.f;
+    CUBLAS_CHECK(cublasLtMatmul(handle_, desc.get(), &alpha, A.data, a.get(), B.data, b.get(),
+                                &beta, D, d.get(), D, d.get(), &p.algo, scratch, p.workspace,
+                                stream));
+    ++use_.fused;
+    return true;
+  }
+
+  // A product that cannot go through cuBLASLt at all (the shape breaks one of its rules).
+  void refuse(std::string reason) {
+    ++use_.fallbacks;
+    use_.last_fallback = std::move(reason);
+  }
+
+  const CublasLtUse& use() const { return use_; }
+
+ private:
+  using Key = std::array<long long, 16>;
+  struct Plan {
+    bool found = false;
+    cublasLtMatmulAlgo_t algo{};
+    std::size_t workspace = 0;
+    std::string reason;  // why not, when not found
+  };
+
+  Plan plan(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+            cublasLtMatrixLayout_t d, const Key& key) {
+    LtPreference pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(pref.out()));
+    set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                  std::uint64_t(kLtWorkspaceBytes));
+    set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, std::uint32_t(key[10]));
+    set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, std::uint32_t(key[11]));
+    set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, std::uint32_t(key[12]));
+    set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, std::uint32_t(key[12]));
+    cublasLtMatmulHeuristicResult_t result{};
+    int count = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(handle_, desc, a, b, d, d, pref.get(), 1, &result, &count);
+    Plan p;
+    if (status == CUBLAS_STATUS_SUCCESS && count > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+      p.found = true;
+      p.algo = result.algo;
+      p.workspace = result.workspaceSize;
+      return p;
+    }
+    p.reason = std::string("cuBLASLt has no algorithm for m=") + std::to_string(key[0]) +
+               " n=" + std::to_string(key[1]) + " k=" + std::to_string(key[2]) + " (" +
+               (key[5] == CUDA_R_16BF ? "bf16" : "fp32") + " operands, epilogue " +
+               epilogue_name(cublasLtEpilogue_t(key[6])) + "): " +
+               (status == CUBLAS_STATUS_SUCCESS ? std::string("the heuristic returned none")
+                                                : cublasGetStatusString(status));
+    return p;
+  }
+
+  cublasLtHandle_t handle_ = nullptr;
+  std::map<Key, Plan> plans_;
+  CublasLtUse use_;
+};
+
+void LtMatmulDeleter::operator()(LtMatmul* lt) const noexcept {
+  delete lt;
+}
+
+LtMatmulPtr make_lt_matmul() {
+  return LtMatmulPtr(new LtMatmul());
+}
+
+const CublasLtUse& lt_use(const LtMatmul& lt) {
+  return lt.use();
+}
+
+namespace {
+
+// out = x @ w^T + bias from prepared operands: one fused cuBLASLt product where it can, else
+// the bias written first and the product added to it (beta = 1), as on the CPU.
+void forward_product(cublasHandle_t handle, LtMatmul* lt, float* out, Operand w, Operand x,
+                     const float* bias, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
+  if (lt && bias &&
+      lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC,
+              {CUBLASLT_EPILOGUE_BIAS, bias, nullptr, 0}, ws, stream))
+    return;
+  float beta = 0.f;
+  if (bias) {
+    const std::size_t n = std::size_t(N) * OC;
+    broadcast_bias_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, bias, OC,
+                                                                                    n);
+    CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
+    beta = 1.f;
+  }
+  gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, beta, out, OC);
+}
+
+// dweight^T (C,OC) += inp^T (C,N) . dout (N,OC); dbias += the column sums of the fp32 dout.
+void weight_gradients(cublasHandle_t handle, MatmulPrecision precision, float* dweight,
+                      float* dbias, Operand g, const float* dout, const float* inp, int N, int C,
+                      int OC, Workspace& ws, cudaStream_t stream) {
+  const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
+  gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, x, C, g, OC, 1.f, dweight, C);
+  if (dbias) column_sums_accumulate(dbias, dout, N, OC, ws, stream);
+}
+
 }  // namespace
 
 void set_fp32_math(cublasHandle_t handle) {
@@ -68,34 +313,46 @@ void set_fp32_math(cublasHandle_t handle) {
   CUBLAS_CHECK(cublasSetAtomicsMode(handle, CUBLAS_ATOMICS_NOT_ALLOWED));
 }
 
-std::size_t matmul_forward_workspace(MatmulPrecision precision, int N, int C, int OC) {
+std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, int N, int C, int OC) {
   return operand_bytes(precision, std::size_t(OC) * C) +
-         operand_bytes(precision, std::size_t(N) * C);
+         operand_bytes(precision, std::size_t(N) * C) + (lt ? kLtWorkspaceBytes : 0);
 }
 
-void matmul_forward(cublasHandle_t handle, MatmulPrecision precision, float* out, const float* inp,
-                    const float* weight, const float* bias, int N, int C, int OC, Workspace ws,
-                    cudaStream_t stream) {
+void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
+                    const float* inp, const float* weight, const float* bias, int N, int C, int OC,
+                    Workspace ws, cudaStream_t stream) {
   check_dims("matmul_forward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
-  // As on the CPU: the bias is written first and the product added to it (beta = 1).
-  float beta = 0.f;
-  if (bias) {
-    const std::size_t n = std::size_t(N) * OC;
-    broadcast_bias_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, bias, OC,
-                                                                                    n);
-    CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
-    beta = 1.f;
-  }
   const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
-  gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, beta, out, OC);
+  forward_product(handle, lt, out, w, x, bias, N, C, OC, ws, stream);
 }
 
-std::size_t matmul_backward_workspace(MatmulPrecision precision, int N, int C, int OC) {
+void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
+                         float* pre, const float* inp, const float* weight, const float* bias,
+                         int N, int C, int OC, Workspace ws, cudaStream_t stream) {
+  check_dims("matmul_gelu_forward", N, C, OC);
+  CUBLAS_CHECK(cublasSetStream(handle, stream));
+  const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
+  const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
+  if (lt) {
+    // out^T (OC,N) = gelu(pre^T), pre^T = w . x^T + bias: pre is the epilogue's aux matrix.
+    const Epilogue ep{bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias,
+                      pre, OC};
+    if (OC % 8 != 0)
+      lt->refuse("cuBLASLt's GELU epilogue needs OC divisible by 8, got OC=" + std::to_string(OC));
+    else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC, ep, ws, stream))
+      return;
+  }
+  forward_product(handle, lt, pre, w, x, bias, N, C, OC, ws, stream);
+  gelu_forward(out, pre, std::size_t(N) * OC, stream);
+}
+
+std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, int N, int C, int OC) {
   return operand_bytes(precision, std::size_t(OC) * C) +
          operand_bytes(precision, std::size_t(N) * OC) +
-         operand_bytes(precision, std::size_t(N) * C) + column_sums_workspace(N, OC);
+         operand_bytes(precision, std::size_t(N) * C) + column_sums_workspace(N, OC) +
+         (lt ? kLtWorkspaceBytes : 0);
 }
 
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
@@ -109,10 +366,31 @@ void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* di
     const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
     gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dinp, C);
   }
-  // dweight^T (C,OC) += inp^T (C,N) . dout (N,OC)
-  const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
-  gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, x, C, g, OC, 1.f, dweight, C);
-  if (dbias) column_sums_accumulate(dbias, dout, N, OC, ws, stream);
+  weight_gradients(handle, precision, dweight, dbias, g, dout, inp, N, C, OC, ws, stream);
+}
+
+void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
+                          float* dpre, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* pre, const float* weight, int N, int C,
+                          int OC, Workspace ws, cudaStream_t stream) {
+  check_dims("gelu_matmul_backward", N, C, OC);
+  CUBLAS_CHECK(cublasSetStream(handle, stream));
+  const Operand g = operand(precision, dout, std::size_t(N) * OC, ws, stream);
+  const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
+  // dpre^T (C,N) = gelu'(pre^T) * (weight^T (C,OC) . dout^T (OC,N)): pre is the aux matrix.
+  bool fused = false;
+  if (lt) {
+    const Epilogue ep{CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C};
+    if (C % 8 != 0)
+      lt->refuse("cuBLASLt's GELU epilogue needs C divisible by 8, got C=" + std::to_string(C));
+    else
+      fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, dpre, C, ep, ws, stream);
+  }
+  if (!fused) {
+    gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dpre, C);
+    gelu_backward(dpre, pre, dpre, std::size_t(N) * C, stream);
+  }
+  weight_gradients(handle, precision, dweight, dbias, g, dout, inp, N, C, OC, ws, stream);
 }
 
 }  // namespace mixsim::cuda

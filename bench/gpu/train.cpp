@@ -12,6 +12,9 @@
 // MFU counts bench::flops_per_token (causal attention at half, as the 6N + attention)
 // against --peak-tflops: 989 by default (H100 SXM dense bf16, the yardstick); the fp32
 // peak of the same card (67 TFLOP/s without tensor cores) is printed beside it.
+// Environment: MIXSIM_TC_ATTENTION=1 (cuda-bf16's attention on tensor cores, label
+// mixsim-bf16tc) and MIXSIM_CUBLASLT=1 (bias and GELU in cuBLASLt epilogues, label suffix +lt,
+// with the count of fused and fallen-back products).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/core/rng.hpp"
@@ -137,13 +141,23 @@ int main(int argc, char** argv) {
     // cuda-bf16 with MIXSIM_TC_ATTENTION=1 also runs attention on tensor cores
     const char* tc = std::getenv("MIXSIM_TC_ATTENTION");
     const bool tc_attention = tc && std::string(tc) == "1";
-    const std::string label = backend_name == "cuda" ? "mixsim-fp32"
-                              : tc_attention         ? "mixsim-bf16tc"
-                                                     : "mixsim-bf16mm";
+    // MIXSIM_CUBLASLT=1: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label)
+    const char* lt = std::getenv("MIXSIM_CUBLASLT");
+    const bool cublaslt = lt && std::string(lt) == "1";
+    const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
+                                          : tc_attention         ? "mixsim-bf16tc"
+                                                                 : "mixsim-bf16mm") +
+                              (cublaslt ? "+lt" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;
       run(*gpu, label, cfg, batch, steps > 0 ? steps : cfg.steps, peak, profile);
+      if (cublaslt) {
+        const mixsim::CublasLtUse use = mixsim::cublaslt_use(*gpu);
+        std::printf("       cuBLASLt: %zu fused products, %zu fallbacks%s%s\n", use.fused,
+                    use.fallbacks, use.fallbacks ? " (last: " : "",
+                    use.fallbacks ? (use.last_fallback + ")").c_str() : "");
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gpu_train: %s\n", e.what());

@@ -11,7 +11,9 @@ GpuAvailability gpu_availability() {
   return {0, "mixsim was built without CUDA (MIXSIM_CUDA=OFF or nvcc not found)", ""};
 }
 
-double gpu_smoke_axpy(int) { fail("mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON"); }
+double gpu_smoke_axpy(int) {
+  fail("mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON");
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int, MatmulPrecision) {
   fail(
@@ -20,8 +22,15 @@ std::unique_ptr<Backend> make_cuda_backend(int, MatmulPrecision) {
 }
 
 std::string cuda_pci_bus_id(Backend&) {
-  fail("the CUDA backend is not available: mixsim was built without CUDA; rebuild with "
-       "-DMIXSIM_CUDA=ON");
+  fail(
+      "the CUDA backend is not available: mixsim was built without CUDA; rebuild with "
+      "-DMIXSIM_CUDA=ON");
+}
+
+CublasLtUse cublaslt_use(Backend&) {
+  fail(
+      "the CUDA backend is not available: mixsim was built without CUDA; rebuild with "
+      "-DMIXSIM_CUDA=ON");
 }
 
 std::string nccl_unique_id() {

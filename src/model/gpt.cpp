@@ -270,8 +270,7 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, int B,
   be.residual_forward(a.residual2, residual, a.proj, NC);
   // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
   be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, N, C);
-  be.matmul_forward(a.fch, a.ln2, p.fcw, p.fcb, N, C, 4 * C);
-  be.gelu_forward(a.fch_gelu, a.fch, NC * 4);
+  be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, p.fcw, p.fcb, N, C, 4 * C);
   be.matmul_forward(a.proj, a.fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C);
   be.residual_forward(a.residual3, a.residual2, a.proj, NC);
 }
@@ -319,9 +318,9 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
   Activations& s = *acts_;
   const float* residual = l == 0 ? s.encoded : train_layer(l - 1).residual3;
   // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on).
-  be.matmul_backward(s.dbuf4, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, p.fcprojw, N, 4 * C,
-                     C);
-  be.gelu_backward(s.dbuf4, a.fch, s.dbuf4, std::size_t(N) * 4 * C);
+  // dbuf4 = the gradient of fch, through the GELU.
+  be.gelu_matmul_backward(s.dbuf4, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, a.fch, p.fcprojw,
+                          N, 4 * C, C);
   be.matmul_backward(s.dbuf, g.fcw, g.fcb, s.dbuf4, a.ln2, p.fcw, N, C, 4 * C);
   be.layernorm_backward(s.dresidual, g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w, a.ln2_mean,
                         a.ln2_rstd, N, C);

@@ -515,6 +515,22 @@ std::vector<float> train(Backend& be, const Batch& batch, int b, int t, int step
   return params_of(m);
 }
 
+// 20 steps on `gpu` and on `cpu` from the same start and batch: the losses agree within `bound`
+// at every step, the model learns (the loss falls by 0.5), and a second run on `gpu` ends with
+// bit-identical parameters.
+void expect_twenty_steps_follow(Backend& cpu, Backend& gpu, std::uint64_t seed, double bound) {
+  const int b = 4, t = 37, steps = 20;
+  const Batch batch = random_batch(b, t, model_config().vocab_size, seed);
+  std::vector<float> lc, lg;
+  train(cpu, batch, b, t, steps, &lc);
+  const std::vector<float> p1 = train(gpu, batch, b, t, steps, &lg);
+  ASSERT_EQ(lc.size(), lg.size());
+  for (int s = 0; s < steps; ++s) EXPECT_NEAR(lg[s], lc[s], bound) << "step " << s;
+  EXPECT_LT(lg.back(), lg.front() - 0.5);  // it trains
+  const std::vector<float> p2 = train(gpu, batch, b, t, steps, nullptr);
+  EXPECT_EQ(std::memcmp(p1.data(), p2.data(), p1.size() * sizeof(float)), 0);
+}
+
 }  // namespace
 
 // 20 AdamW steps (lr 1e-3, weight decay, clipping at 1) on one batch. Adam's normalised update
@@ -523,16 +539,7 @@ std::vector<float> train(Backend& be, const Batch& batch, int b, int t, int step
 // the loss by far less than 2e-3 (the loss itself falls by much more: the model learns).
 // The GPU run is deterministic: a second run gives bit-identical parameters.
 TEST_F(CudaOps, TwentyTrainingStepsFollowCpuAndAreDeterministic) {
-  const int b = 4, t = 37, steps = 20;
-  const Batch batch = random_batch(b, t, model_config().vocab_size, 82);
-  std::vector<float> lc, lg;
-  train(*cpu_, batch, b, t, steps, &lc);
-  const std::vector<float> pg = train(*gpu_, batch, b, t, steps, &lg);
-  ASSERT_EQ(lc.size(), lg.size());
-  for (int s = 0; s < steps; ++s) EXPECT_NEAR(lg[s], lc[s], 2e-3) << "step " << s;
-  EXPECT_LT(lg.back(), lg.front() - 0.5);  // it trains
-  const std::vector<float> pg2 = train(*gpu_, batch, b, t, steps, nullptr);
-  EXPECT_EQ(std::memcmp(pg.data(), pg2.data(), pg.size() * sizeof(float)), 0);
+  expect_twenty_steps_follow(*cpu_, *gpu_, 82, 2e-3);
 }
 
 // ---- bf16 matrix products (backend "cuda-bf16")
@@ -771,6 +778,101 @@ TEST_F(CudaOps, Bf16TrainingFollowsCpu) {
   std::printf("bf16 training: largest loss difference to the CPU over %d steps %.3e\n", steps,
               worst);
   EXPECT_LT(lg.back(), lg.front() - 0.5);
+}
+
+// ---- cuBLASLt epilogues (MIXSIM_CUBLASLT=1: bias and GELU fused into the products)
+
+namespace {
+
+// The three products whose epilogue cuBLASLt fuses, on `be`: a forward with bias (OC = 3C), the
+// fc layer with bias and GELU (OC = H = 4C), and the backward of the projection (H in, C out)
+// through the GELU. Weights are scaled by 1/sqrt(fan-in) so that the GELU's inputs are O(1),
+// where it bends, and the bias is as large as the product. The backward takes host inputs of its
+// own (inp and pre unrelated), so that dweight and dbias are pure products and sums.
+struct LtResults {
+  std::vector<float> out, pre, gelu, dpre, dweight, dbias;
+};
+LtResults lt_case(Backend& be) {
+  const int H = 4 * C;
+  auto put = [&](const std::vector<float>& host) {
+    DeviceBuffer<float> buf(be, host.size());
+    be.upload(buf.get(), host.data(), buf.bytes());
+    return buf;
+  };
+  const auto inp = put(random_floats(std::size_t(N) * C, 101));
+  const auto wq = put(random_floats(std::size_t(3) * C * C, 102, 1 / std::sqrt(double(C))));
+  const auto bq = put(random_floats(std::size_t(3) * C, 103));
+  auto out = put(std::vector<float>(std::size_t(N) * 3 * C, 5.f));
+  be.matmul_forward(out.get(), inp.get(), wq.get(), bq.get(), N, C, 3 * C);
+
+  const auto wfc = put(random_floats(std::size_t(H) * C, 104, 1 / std::sqrt(double(C))));
+  const auto bfc = put(random_floats(H, 105));
+  auto pre = put(std::vector<float>(std::size_t(N) * H, 5.f));
+  auto gelu = put(std::vector<float>(std::size_t(N) * H, 5.f));
+  be.matmul_gelu_forward(gelu.get(), pre.get(), inp.get(), wfc.get(), bfc.get(), N, C, H);
+
+  const auto wproj = put(random_floats(std::size_t(C) * H, 106, 1 / std::sqrt(double(H))));
+  const auto dout = put(random_floats(std::size_t(N) * C, 107));
+  const auto act = put(random_floats(std::size_t(N) * H, 108));
+  const auto pre_b = put(random_floats(std::size_t(N) * H, 109, 1.5));
+  auto dpre = put(std::vector<float>(std::size_t(N) * H, 7.f));  // assigned
+  auto dw = put(std::vector<float>(std::size_t(C) * H, 0.5f));   // accumulated
+  auto db = put(std::vector<float>(C, 0.25f));
+  be.gelu_matmul_backward(dpre.get(), dw.get(), db.get(), dout.get(), act.get(), pre_b.get(),
+                          wproj.get(), N, H, C);
+  return {fetch(be, out.get(), out.size()),   fetch(be, pre.get(), pre.size()),
+          fetch(be, gelu.get(), gelu.size()), fetch(be, dpre.get(), dpre.size()),
+          fetch(be, dw.get(), dw.size()),     fetch(be, db.get(), db.size())};
+}
+
+}  // namespace
+
+// cuda and cuda-bf16 with MIXSIM_CUBLASLT=1 against their CPU references (cpu; cpu-bf16, the same
+// bf16 operands). The products differ only in the order of the fp32 sums: ~1e-6 relative, bound
+// 1e-5 as in Bf16MatmulMatchesCpuBf16. cuBLASLt computes the GELU (GPT-2's tanh form) and its
+// derivative in its own fp32 code: a hardware tanh (relative error up to 2^-11) would leave
+// ~1e-4 relative L2 in gelu and dpre, so their bound is 1e-3; a missing bias is off by ~0.7
+// here, a missing GELU or derivative by O(1). Each product must have run fused (the count, and no
+// fallback), or the test has not tested the epilogues.
+TEST_F(CudaOps, CublasLtEpiloguesMatchCpu) {
+  for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
+    std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_CUBLASLT", "1");
+    auto lt = make_cuda_backend(0, precision);
+    env.reset();
+    auto ref = make_cpu_backend(precision);
+    const std::string name(lt->name());
+    const LtResults r = lt_case(*ref), g = lt_case(*lt);
+    const CublasLtUse use = cublaslt_use(*lt);
+    EXPECT_TRUE(use.enabled) << name;
+    EXPECT_EQ(use.fused, 3u) << name;
+    EXPECT_EQ(use.fallbacks, 0u) << name << ": " << use.last_fallback;
+    for (const auto& [what, x, y, bound] :
+         {std::tuple{"out (bias)", &r.out, &g.out, 1e-5}, std::tuple{"pre", &r.pre, &g.pre, 1e-5},
+          std::tuple{"gelu", &r.gelu, &g.gelu, 1e-3}, std::tuple{"dpre", &r.dpre, &g.dpre, 1e-3},
+          std::tuple{"dweight", &r.dweight, &g.dweight, 1e-5},
+          std::tuple{"dbias", &r.dbias, &g.dbias, 1e-5}}) {
+      const double err = rel_l2(Pair{*x, *y});
+      std::printf("%s with cuBLASLt epilogues, %s: relative L2 to the CPU %.3e\n", name.c_str(),
+                  what, err);
+      EXPECT_LT(err, bound) << name << " " << what;
+    }
+  }
+  EXPECT_FALSE(cublaslt_use(*gpu_).enabled);  // off unless asked for
+  EXPECT_THROW(cublaslt_use(*cpu_), Error);
+}
+
+// 20 AdamW steps with MIXSIM_CUBLASLT=1 in fp32 against the CPU: TwentyTrainingStepsFollowCpu's
+// 2e-3 (sign flips of near-zero gradients) widened to 5e-3 for cuBLASLt's own GELU arithmetic,
+// which moves every MLP activation by up to ~1e-4 relative. A second run from the same start is
+// bit-identical: each problem keeps the algorithm its heuristic chose first.
+TEST_F(CudaOps, CublasLtTrainingFollowsCpuAndIsDeterministic) {
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_CUBLASLT", "1");
+  auto lt = make_cuda_backend(0);
+  env.reset();
+  expect_twenty_steps_follow(*cpu_, *lt, 84, 5e-3);
+  const CublasLtUse use = cublaslt_use(*lt);
+  EXPECT_GT(use.fused, 0u);
+  EXPECT_EQ(use.fallbacks, 0u) << use.last_fallback;
 }
 
 // ---- NCCL (the multi-rank sums are tests/mpi/group_allreduce_test.cpp, on one GPU per rank)

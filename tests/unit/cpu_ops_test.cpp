@@ -377,3 +377,43 @@ TEST(CpuOps, FloatBackendAgreesWithDoubleKernels) {
     ASSERT_NEAR(fgb[i], gb[i], 1e-5) << i;
   }
 }
+
+// The MLP's fused pairs as the CPU backend runs them (Backend's defaults: the two ops in turn).
+// Forward: pre is exactly matmul_forward's result and out exactly gelu_forward(pre). Backward:
+// dpre is the gradient of r . matmul(gelu(pre)) with respect to pre (central differences in
+// double on the double kernels, then the float op against them: sums of <= 12 O(1) terms in
+// float, 1e-5 is ~50 ulps), while dweight and dbias accumulate onto what they held.
+TEST(CpuOps, MatmulGeluPairsAreTheOpsInTurn) {
+  auto be = mixsim::make_cpu_backend();
+  const int N = 7, C = 12, OC = 5;  // the projection maps C = 12 hidden units to OC = 5
+  const Vec x = random_vec(N * 8, 30), w1 = random_vec(C * 8, 31), b1 = random_vec(C, 32);
+  std::vector<float> fx = to_float(x), fw1 = to_float(w1), fb1 = to_float(b1);
+  std::vector<float> out(N * C), pre(N * C), ref_pre(N * C), ref_out(N * C);
+  be->matmul_gelu_forward(out.data(), pre.data(), fx.data(), fw1.data(), fb1.data(), N, 8, C);
+  be->matmul_forward(ref_pre.data(), fx.data(), fw1.data(), fb1.data(), N, 8, C);
+  be->gelu_forward(ref_out.data(), ref_pre.data(), ref_pre.size());
+  EXPECT_EQ(pre, ref_pre);
+  EXPECT_EQ(out, ref_out);
+
+  Vec h = random_vec(N * C, 33), w = random_vec(OC * C, 34), r = random_vec(N * OC, 35);
+  auto loss = [&] {
+    Vec g(h.size()), y(N * OC);
+    cpu::gelu_forward(g.data(), h.data(), h.size());
+    cpu::matmul_forward(y.data(), g.data(), w.data(), static_cast<const double*>(nullptr), N, C,
+                        OC);
+    return dot(y, r);
+  };
+  Vec g(h.size()), dh(h.size()), dw(OC * C, 0.0), db(OC, 0.0);
+  cpu::gelu_forward(g.data(), h.data(), h.size());
+  cpu::matmul_backward(dh.data(), dw.data(), db.data(), r.data(), g.data(), w.data(), N, C, OC);
+  cpu::gelu_backward(dh.data(), h.data(), dh.data(), h.size());
+  expect_gradient(loss, h, dh, "dpre");
+
+  std::vector<float> fh = to_float(h), fg = to_float(g), fw = to_float(w), fr = to_float(r);
+  std::vector<float> fdpre(h.size(), 99.f), fdw(OC * C, 1.f), fdb(OC, -1.f);  // dpre: assigned
+  be->gelu_matmul_backward(fdpre.data(), fdw.data(), fdb.data(), fr.data(), fg.data(), fh.data(),
+                           fw.data(), N, C, OC);
+  for (std::size_t i = 0; i < dh.size(); ++i) ASSERT_NEAR(fdpre[i], dh[i], 1e-5) << i;
+  for (std::size_t i = 0; i < dw.size(); ++i) ASSERT_NEAR(fdw[i] - 1.f, dw[i], 1e-5) << i;
+  for (int i = 0; i < OC; ++i) ASSERT_NEAR(fdb[i] + 1.f, db[i], 1e-5) << i;
+}

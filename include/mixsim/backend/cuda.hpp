@@ -17,6 +17,18 @@ namespace mixsim {
 std::unique_ptr<Backend> make_cuda_backend(int device,
                                            MatmulPrecision precision = MatmulPrecision::fp32);
 
+// What MIXSIM_CUBLASLT=1 (set when the backend is made) did: the matrix products that ran in
+// cuBLASLt with their bias or GELU fused into the epilogue, and those that fell back to cuBLAS
+// and separate kernels because cuBLASLt had no algorithm for them (the last reason kept).
+struct CublasLtUse {
+  bool enabled = false;
+  std::size_t fused = 0;
+  std::size_t fallbacks = 0;
+  std::string last_fallback;
+};
+// For a backend from make_cuda_backend (Error for any other backend).
+CublasLtUse cublaslt_use(Backend& cuda_backend);
+
 // The GPU of this process: the node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
 // MPI_LOCALRANKID) modulo the number of devices, so that the ranks of a node spread over its
 // GPUs; 0 outside a launcher.

@@ -93,6 +93,29 @@ class Backend {
   virtual void gelu_forward(float* out, const float* inp, std::size_t n) = 0;
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) = 0;
 
+  // ---- the MLP's two matmul + GELU pairs as one op each, which a backend may fuse (the CUDA
+  // backend can, in cuBLASLt epilogues); the defaults run the ops above, one after the other.
+  // The fc layer: pre = inp @ weight^T + bias (bias nullable), out = gelu(pre).
+  virtual void matmul_gelu_forward(float* out, float* pre,                  // (N,OC), (N,OC)
+                                   const float* inp,                        // (N,C)
+                                   const float* weight, const float* bias,  // (OC,C), (OC)
+                                   int N, int C, int OC) {
+    matmul_forward(pre, inp, weight, bias, N, C, OC);
+    gelu_forward(out, pre, std::size_t(N) * OC);
+  }
+  // The backward of the projection that follows it, matmul(gelu(pre)): matmul_backward with
+  // inp = gelu(pre), then the gradient is taken through the GELU, so that dpre (assigned, not
+  // nullable) is the gradient of pre.
+  virtual void gelu_matmul_backward(float* dpre,                         // (N,C)
+                                    float* dweight, float* dbias,        // (OC,C), (OC) +=
+                                    const float* dout,                   // (N,OC)
+                                    const float* inp, const float* pre,  // (N,C): gelu(pre), pre
+                                    const float* weight,                 // (OC,C)
+                                    int N, int C, int OC) {
+    matmul_backward(dpre, dweight, dbias, dout, inp, weight, N, C, OC);
+    gelu_backward(dpre, pre, dpre, std::size_t(N) * C);
+  }
+
   // ---- out = a + b (out may alias a or b)
   virtual void residual_forward(float* out, const float* a, const float* b, std::size_t n) = 0;
 
