@@ -28,6 +28,7 @@ class TimedBackend final : public Backend {
     time("zero", [&] { in_.zero(p, b); });
   }
   void synchronize() override { in_.synchronize(); }
+  DType activation_storage() const override { return in_.activation_storage(); }
   void encoder_forward(float* o, const int* t, const float* a, const float* b, int B, int T,
                        int C) override {
     time("encoder_forward", [&] { in_.encoder_forward(o, t, a, b, B, T, C); });
@@ -36,7 +37,7 @@ class TimedBackend final : public Backend {
                         int C) override {
     time("encoder_backward", [&] { in_.encoder_backward(a, b, d, t, B, T, C); });
   }
-  void layernorm_forward(float* o, float* m, float* r, const float* i, const float* w,
+  void layernorm_forward(TensorOut o, float* m, float* r, const float* i, const float* w,
                          const float* b, int N, int C) override {
     time("layernorm_forward", [&] { in_.layernorm_forward(o, m, r, i, w, b, N, C); });
   }
@@ -44,12 +45,12 @@ class TimedBackend final : public Backend {
                           const float* w, const float* m, const float* r, int N, int C) override {
     time("layernorm_backward", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
   }
-  void matmul_forward(float* o, const float* i, const float* w, const float* b, int N, int C,
+  void matmul_forward(float* o, TensorIn i, const float* w, const float* b, int N, int C,
                       int OC) override {
     time("matmul_forward", [&] { in_.matmul_forward(o, i, w, b, N, C, OC); });
   }
-  void matmul_backward(float* di, float* dw, float* db, const float* d, const float* i,
-                       const float* w, int N, int C, int OC) override {
+  void matmul_backward(float* di, float* dw, float* db, TensorIn d, TensorIn i, const float* w,
+                       int N, int C, int OC) override {
     time("matmul_backward", [&] { in_.matmul_backward(di, dw, db, d, i, w, N, C, OC); });
   }
   void attention_forward(float* o, float* l, const float* q, int B, int T, int C, int NH) override {
@@ -59,17 +60,17 @@ class TimedBackend final : public Backend {
                           int B, int T, int C, int NH) override {
     time("attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); });
   }
-  void gelu_forward(float* o, const float* i, std::size_t n) override {
+  void gelu_forward(TensorOut o, const float* i, std::size_t n) override {
     time("gelu_forward", [&] { in_.gelu_forward(o, i, n); });
   }
   void gelu_backward(float* di, const float* i, const float* d, std::size_t n) override {
     time("gelu_backward", [&] { in_.gelu_backward(di, i, d, n); });
   }
-  void matmul_gelu_forward(float* o, float* p, const float* i, const float* w, const float* b,
-                           int N, int C, int OC) override {
+  void matmul_gelu_forward(TensorOut o, float* p, TensorIn i, const float* w, const float* b, int N,
+                           int C, int OC) override {
     time("matmul_gelu_forward", [&] { in_.matmul_gelu_forward(o, p, i, w, b, N, C, OC); });
   }
-  void gelu_matmul_backward(float* dp, float* dw, float* db, const float* d, const float* i,
+  void gelu_matmul_backward(float* dp, float* dw, float* db, const float* d, TensorIn i,
                             const float* p, const float* w, int N, int C, int OC) override {
     time("gelu_matmul_backward",
          [&] { in_.gelu_matmul_backward(dp, dw, db, d, i, p, w, N, C, OC); });
@@ -77,7 +78,7 @@ class TimedBackend final : public Backend {
   void residual_forward(float* o, const float* a, const float* b, std::size_t n) override {
     time("residual_forward", [&] { in_.residual_forward(o, a, b, n); });
   }
-  void classifier(float* l, float* ls, const int* t, float d, bool w, int N, int V,
+  void classifier(float* l, float* ls, const int* t, float d, TensorOut w, int N, int V,
                   int Vp) override {
     time("classifier", [&] { in_.classifier(l, ls, t, d, w, N, V, Vp); });
   }

@@ -1,8 +1,9 @@
 // The fused softmax + cross-entropy: one block per row computes the row's max and the sum of
 // exponentials (block reductions in a fixed order), the loss, and for training overwrites the
-// logits in place with dloss * (softmax - onehot); the probabilities are never stored. Every
-// element is read and written by the same thread, and the target's logit is read by all
-// threads before the first barrier, so the in-place writes race with nothing.
+// logits in place with dloss * (softmax - onehot), or writes them as bf16 into a buffer of their
+// own (the logits then stay); the probabilities are never stored. Every element is read and
+// written by the same thread, and the target's logit is read by all threads before the first
+// barrier, so the in-place writes race with nothing.
 #include "launchers.cuh"
 
 namespace mixsim::cuda {
@@ -32,16 +33,20 @@ struct Sum {
   __device__ float operator()(float a, float b) const { return a + b; }
 };
 
+// dlogits: null (no gradient), the logits themselves (fp32, in place), or a bf16 buffer.
+template <class Grad>
 __global__ void __launch_bounds__(kThreads)
-    classifier_kernel(float* logits, float* losses, const int* targets, float dloss, bool write,
-                      int V, int Vp) {
+    classifier_kernel(const float* logits, Grad* dlogits, float* losses, const int* targets,
+                      float dloss, int V, int Vp) {
   __shared__ float scratch[kWarps];
-  float* row = logits + std::size_t(blockIdx.x) * Vp;
+  const float* row = logits + std::size_t(blockIdx.x) * Vp;
+  Grad* grad = dlogits ? dlogits + std::size_t(blockIdx.x) * Vp : nullptr;
+  const bool write = grad != nullptr;
   const int target = targets[blockIdx.x];
   if (target < 0) {  // a skipped position: no loss, no gradient (the whole block)
     if (threadIdx.x == 0) losses[blockIdx.x] = 0.f;
     if (write)
-      for (int j = threadIdx.x; j < Vp; j += kThreads) row[j] = 0.f;
+      for (int j = threadIdx.x; j < Vp; j += kThreads) store(grad + j, 0.f);
     return;
   }
   const float target_logit = row[target];
@@ -57,18 +62,25 @@ __global__ void __launch_bounds__(kThreads)
   for (int j = threadIdx.x; j < V; j += kThreads) {
     float g = __fmul_rn(expf(row[j] - mx), k);
     if (j == target) g -= dloss;
-    row[j] = g;
+    store(grad + j, g);
   }
-  for (int j = V + threadIdx.x; j < Vp; j += kThreads) row[j] = 0.f;
+  for (int j = V + threadIdx.x; j < Vp; j += kThreads) store(grad + j, 0.f);
 }
 
 }  // namespace
 
-void classifier(float* logits, float* losses, const int* targets, float dloss, bool write_dlogits,
+void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
                 int N, int V, int Vp, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && V > 0 && V <= Vp, "classifier", dims({{"N", N}, {"V", V}, {"Vp", Vp}}));
-  classifier_kernel<<<N, kThreads, 0, stream>>>(logits, losses, targets, dloss, write_dlogits, V,
-                                                Vp);
+  CUDA_REQUIRE(dlogits.type == DType::bf16 || !dlogits.data || dlogits.data == logits,
+               "classifier (fp32 dlogits are written in place)",
+               std::string("dlogits apart from the logits"));
+  if (dlogits.type == DType::bf16)
+    classifier_kernel<<<N, kThreads, 0, stream>>>(logits, static_cast<__nv_bfloat16*>(dlogits.data),
+                                                  losses, targets, dloss, V, Vp);
+  else
+    classifier_kernel<<<N, kThreads, 0, stream>>>(logits, static_cast<float*>(dlogits.data), losses,
+                                                  targets, dloss, V, Vp);
   CUDA_CHECK_LAUNCH(classifier_kernel);
 }
 

@@ -89,12 +89,20 @@ bool cublaslt_requested() {
   return setting && std::string(setting) == "1";
 }
 
+// MIXSIM_BF16_ACTIVATIONS=1: cuda-bf16 asks the model to store the tensors only products read in
+// bf16 (activation_storage). Opt-in until a GPU run has checked it.
+bool bf16_activations_requested() {
+  const char* setting = std::getenv("MIXSIM_BF16_ACTIVATIONS");
+  return setting && std::string(setting) == "1";
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, MatmulPrecision precision)
       : device_(select_device(device)),
         precision_(precision),
         tc_attention_(precision == MatmulPrecision::bf16 && tc_attention_requested()),
+        bf16_activations_(precision == MatmulPrecision::bf16 && bf16_activations_requested()),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -156,6 +164,9 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, stream_.get()));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+  DType activation_storage() const override {
+    return bf16_activations_ ? DType::bf16 : DType::fp32;
+  }
 
   void encoder_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B,
                        int T, int C) override {
@@ -167,7 +178,7 @@ class CudaBackend final : public Backend {
     cuda::encoder_backward(dwte, dwpe, dout, tokens, B, T, C,
                            workspace(cuda::encoder_backward_workspace(B, T)), stream_.get());
   }
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+  void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                          const float* weight, const float* bias, int N, int C) override {
     cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, stream_.get());
   }
@@ -178,41 +189,44 @@ class CudaBackend final : public Backend {
     cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
                              workspace(cuda::layernorm_backward_workspace(N, C)), stream_.get());
   }
-  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+  void matmul_forward(float* out, TensorIn inp, const float* weight, const float* bias, int N,
                       int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_forward(
         cublas_.get(), lt_.get(), precision_, out, inp, weight, bias, N, C, OC,
-        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, N, C, OC)),
+        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, N, C, OC)),
         stream_.get());
   }
-  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                       const float* inp, const float* weight, int N, int C, int OC) override {
+  void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
+                       const float* weight, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::matmul_backward(
-        cublas_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C, OC,
-        workspace(cuda::matmul_backward_workspace(precision_, false, N, C, OC)), stream_.get());
+    cuda::matmul_backward(cublas_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C,
+                          OC,
+                          workspace(cuda::matmul_backward_workspace(precision_, false, dout.type,
+                                                                    inp.type, N, C, OC)),
+                          stream_.get());
   }
-  void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* weight,
+  void matmul_gelu_forward(TensorOut out, float* pre, TensorIn inp, const float* weight,
                            const float* bias, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_gelu_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_gelu_forward(
         cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N, C, OC,
-        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, N, C, OC)),
+        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, N, C, OC)),
         stream_.get());
   }
   void gelu_matmul_backward(float* dpre, float* dweight, float* dbias, const float* dout,
-                            const float* inp, const float* pre, const float* weight, int N, int C,
+                            TensorIn inp, const float* pre, const float* weight, int N, int C,
                             int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "gelu_matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::gelu_matmul_backward(
-        cublas_.get(), lt_.get(), precision_, dpre, dweight, dbias, dout, inp, pre, weight, N, C,
-        OC, workspace(cuda::matmul_backward_workspace(precision_, lt_ != nullptr, N, C, OC)),
-        stream_.get());
+    cuda::gelu_matmul_backward(cublas_.get(), lt_.get(), precision_, dpre, dweight, dbias, dout,
+                               inp, pre, weight, N, C, OC,
+                               workspace(cuda::matmul_backward_workspace(
+                                   precision_, lt_ != nullptr, DType::fp32, inp.type, N, C, OC)),
+                               stream_.get());
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
@@ -231,7 +245,7 @@ class CudaBackend final : public Backend {
     else
       cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, ws, stream_.get());
   }
-  void gelu_forward(float* out, const float* inp, std::size_t n) override {
+  void gelu_forward(TensorOut out, const float* inp, std::size_t n) override {
     cuda::gelu_forward(out, inp, n, stream_.get());
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) override {
@@ -240,9 +254,9 @@ class CudaBackend final : public Backend {
   void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {
     cuda::residual_forward(out, a, b, n, stream_.get());
   }
-  void classifier(float* logits, float* losses, const int* targets, float dloss, bool write_dlogits,
+  void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
                   int N, int V, int Vp) override {
-    cuda::classifier(logits, losses, targets, dloss, write_dlogits, N, V, Vp, stream_.get());
+    cuda::classifier(logits, losses, targets, dloss, dlogits, N, V, Vp, stream_.get());
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
              const AdamWArgs& args) override {
@@ -278,6 +292,7 @@ class CudaBackend final : public Backend {
   int device_;
   MatmulPrecision precision_;
   bool tc_attention_;  // attention on bf16 tensor cores (attention_tc.cu), where the shape allows
+  bool bf16_activations_;   // activation_storage() is bf16
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

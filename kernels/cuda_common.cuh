@@ -3,6 +3,7 @@
 // reductions (butterflies, so that every lane holds the same, deterministic result).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -12,7 +13,7 @@
 
 #include "mixsim/core/error_types.hpp"
 
-#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define CEIL_DIV(a, b) (((a) + (b)-1) / (b))
 
 namespace mixsim::cuda {
 
@@ -66,6 +67,14 @@ __device__ inline float warp_max(float v) {
   for (int offset = 16; offset > 0; offset >>= 1)
     v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
   return v;
+}
+
+// Stores an fp32 value as the output's element type: as is, or rounded to bf16 (nearest even).
+__device__ inline void store(float* p, float v) {
+  *p = v;
+}
+__device__ inline void store(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
 }
 
 // A kernel that takes more than the default 48 KiB of dynamic shared memory per block must opt

@@ -11,12 +11,13 @@ constexpr int kThreads = 256;
 constexpr float kGeluScale = 0.7978845608028654f;
 constexpr float kGeluCube = 0.044715f;
 
-__global__ void gelu_forward_kernel(float* out, const float* inp, std::size_t n) {
+template <class Out>
+__global__ void gelu_forward_kernel(Out* out, const float* inp, std::size_t n) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
   for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const float x = inp[i];
     const float u = kGeluScale * (x + kGeluCube * x * x * x);
-    out[i] = 0.5f * x * (1.f + tanhf(u));
+    store(out + i, 0.5f * x * (1.f + tanhf(u)));
   }
 }
 
@@ -35,9 +36,14 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
 
 }  // namespace
 
-void gelu_forward(float* out, const float* inp, std::size_t n, cudaStream_t stream) {
+void gelu_forward(TensorOut out, const float* inp, std::size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  gelu_forward_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, inp, n);
+  const unsigned blocks = elementwise_blocks(n, kThreads);
+  if (out.type == DType::bf16)
+    gelu_forward_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(out.data), inp,
+                                                         n);
+  else
+    gelu_forward_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<float*>(out.data), inp, n);
   CUDA_CHECK_LAUNCH(gelu_forward_kernel);
 }
 

@@ -60,8 +60,8 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* to
                       int C, Workspace ws, cudaStream_t stream);
 
 // ---- layernorm.cu
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                       const float* bias, int N, int C, cudaStream_t stream);
+void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int N, int C, cudaStream_t stream);
 std::size_t layernorm_backward_workspace(int N, int C);
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
@@ -86,23 +86,29 @@ LtMatmulPtr make_lt_matmul();
 const CublasLtUse& lt_use(const LtMatmul& lt);
 
 void set_fp32_math(cublasHandle_t handle);
-// `lt`: whether the op gets an LtMatmul (its products may take cuBLASLt workspace).
-std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, int N, int C, int OC);
+// The workspace functions take whether the op gets an LtMatmul (its products may take cuBLASLt
+// workspace) and how the typed inputs are stored (an operand stored otherwise than the products
+// take it is converted into the workspace).
+std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, int N, int C,
+                                     int OC);
 void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
-                    const float* inp, const float* weight, const float* bias, int N, int C, int OC,
+                    TensorIn inp, const float* weight, const float* bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream);
 // The same workspace as matmul_forward.
-void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
-                         float* pre, const float* inp, const float* weight, const float* bias,
-                         int N, int C, int OC, Workspace ws, cudaStream_t stream);
-std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, int N, int C, int OC);
+void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
+                         TensorOut out, float* pre, TensorIn inp, const float* weight,
+                         const float* bias, int N, int C, int OC, Workspace ws,
+                         cudaStream_t stream);
+std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
+                                      int N, int C, int OC);
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
-                     float* dbias, const float* dout, const float* inp, const float* weight, int N,
-                     int C, int OC, Workspace ws, cudaStream_t stream);
+                     float* dbias, TensorIn dout, TensorIn inp, const float* weight, int N, int C,
+                     int OC, Workspace ws, cudaStream_t stream);
+// The workspace of matmul_backward with an fp32 dout.
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                           float* dpre, float* dweight, float* dbias, const float* dout,
-                          const float* inp, const float* pre, const float* weight, int N, int C,
-                          int OC, Workspace ws, cudaStream_t stream);
+                          TensorIn inp, const float* pre, const float* weight, int N, int C, int OC,
+                          Workspace ws, cudaStream_t stream);
 
 // ---- attention.cu (fused causal attention; head size up to kMaxHeadSize)
 constexpr int kMaxHeadSize = 128;
@@ -125,7 +131,7 @@ void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, con
                            cudaStream_t stream);
 
 // ---- gelu.cu
-void gelu_forward(float* out, const float* inp, std::size_t n, cudaStream_t stream);
+void gelu_forward(TensorOut out, const float* inp, std::size_t n, cudaStream_t stream);
 void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n,
                    cudaStream_t stream);
 
@@ -134,7 +140,7 @@ void residual_forward(float* out, const float* a, const float* b, std::size_t n,
                       cudaStream_t stream);
 
 // ---- classifier.cu
-void classifier(float* logits, float* losses, const int* targets, float dloss, bool write_dlogits,
+void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
                 int N, int V, int Vp, cudaStream_t stream);
 
 // ---- optimizer.cu

@@ -11,7 +11,8 @@ constexpr float kLayerNormEps = 1e-5f;
 constexpr int kRowsPerBlock = 8;  // one warp per row
 constexpr int kRowLanes = 8;      // param-gradient partials: block = (32 channels, kRowLanes)
 
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+template <class Out>
+__global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, const float* inp,
                                          const float* weight, const float* bias, int N, int C) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
@@ -26,8 +27,8 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
     var += d * d;
   }
   const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
-  float* o = out + std::size_t(row) * C;
-  for (int c = lane; c < C; c += kWarpSize) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+  Out* o = out + std::size_t(row) * C;
+  for (int c = lane; c < C; c += kWarpSize) store(o + c, (x[c] - m) * s * weight[c] + bias[c]);
   if (lane == 0) {
     if (mean) mean[row] = m;
     if (rstd) rstd[row] = s;
@@ -94,11 +95,17 @@ __global__ void layernorm_param_partials_kernel(float* partial_w, float* partial
 
 }  // namespace
 
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                       const float* bias, int N, int C, cudaStream_t stream) {
+void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int N, int C, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_forward", dims({{"N", N}, {"C", C}}));
-  layernorm_forward_kernel<<<CEIL_DIV(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0, stream>>>(
-      out, mean, rstd, inp, weight, bias, N, C);
+  const dim3 grid(CEIL_DIV(N, kRowsPerBlock)), block(kRowsPerBlock * kWarpSize);
+  if (out.type == DType::bf16) {
+    layernorm_forward_kernel<<<grid, block, 0, stream>>>(static_cast<__nv_bfloat16*>(out.data),
+                                                         mean, rstd, inp, weight, bias, N, C);
+  } else {
+    layernorm_forward_kernel<<<grid, block, 0, stream>>>(static_cast<float*>(out.data), mean, rstd,
+                                                         inp, weight, bias, N, C);
+  }
   CUDA_CHECK_LAUNCH(layernorm_forward_kernel);
 }
 

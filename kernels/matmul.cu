@@ -45,22 +45,33 @@ __global__ void broadcast_bias_kernel(float* out, const float* bias, int OC, std
     out[i] = bias[i % OC];
 }
 
-// An operand of a product: fp32 as given, or its bf16 copy in the workspace.
+// An operand of a product as the products take it: in fp32 precision fp32, in bf16 precision
+// bf16. A tensor stored that way is used as it is; otherwise it is converted into the workspace
+// (rounded to bf16, or a bf16 tensor widened: exact).
 struct Operand {
   const void* data;
   cudaDataType_t type;
 };
 
-Operand operand(MatmulPrecision precision, const float* x, std::size_t n, Workspace& ws,
+Operand operand(MatmulPrecision precision, TensorIn x, std::size_t n, Workspace& ws,
                 cudaStream_t stream) {
-  if (precision == MatmulPrecision::fp32) return {x, CUDA_R_32F};
+  if (precision == MatmulPrecision::fp32) {
+    if (x.type == DType::fp32) return {x.data, CUDA_R_32F};
+    float* wide = ws.take<float>(n);
+    from_bf16(wide, static_cast<const __nv_bfloat16*>(x.data), n, stream);
+    return {wide, CUDA_R_32F};
+  }
+  if (x.type == DType::bf16) return {x.data, CUDA_R_16BF};
   __nv_bfloat16* copy = ws.take<__nv_bfloat16>(n);
-  to_bf16(copy, x, n, stream);
+  to_bf16(copy, static_cast<const float*>(x.data), n, stream);
   return {copy, CUDA_R_16BF};
 }
 
-std::size_t operand_bytes(MatmulPrecision precision, std::size_t n) {
-  return precision == MatmulPrecision::bf16 ? Workspace::aligned(n * sizeof(__nv_bfloat16)) : 0;
+// The workspace operand() takes for n elements stored as `stored`.
+std::size_t operand_bytes(MatmulPrecision precision, DType stored, std::size_t n) {
+  if (precision == MatmulPrecision::fp32)
+    return stored == DType::fp32 ? 0 : Workspace::aligned(n * sizeof(float));
+  return stored == DType::bf16 ? 0 : Workspace::aligned(n * sizeof(__nv_bfloat16));
 }
 
 // C (m,n) = alpha op(A) op(B) + beta C, column-major; C is fp32, A and B fp32 or bf16 (both the
@@ -150,12 +161,12 @@ class LtMatmul {
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
 
-  // D (m,n) = op(A) op(B), then the epilogue; D is fp32, column-major with leading dimension
-  // ldd, and not read (beta 0). Returns false, having run nothing, when cuBLASLt has no algorithm
-  // for the problem.
+  // D (m,n) = op(A) op(B), then the epilogue; D is fp32 or bf16 (d_type), column-major with
+  // leading dimension ldd, and not read (beta 0); the bias and the aux matrix are fp32 either
+  // way. Returns false, having run nothing, when cuBLASLt has no algorithm for the problem.
   bool run(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A, int lda,
-           Operand B, int ldb, float* D, int ldd, const Epilogue& ep, Workspace& ws,
-           cudaStream_t stream) {
+           Operand B, int ldb, void* D, cudaDataType_t d_type, int ldd, const Epilogue& ep,
+           Workspace& ws, cudaStream_t stream) {
     LtDesc desc;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
     set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSA, std::int32_t(ta));
@@ -169,12 +180,19 @@ class LtMatmul {
                     static_cast<void*>(ep.aux));
       set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, ep.aux_ld);
     }
+    if (d_type != CUDA_R_32F) {  // both default to D's type; ours stay fp32
+      if (ep.bias)
+        set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, std::int32_t(CUDA_R_32F));
+      if (ep.aux)
+        set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE,
+                      std::int32_t(CUDA_R_32F));
+    }
     // Stored shapes, before op(): A is (m,k) or, transposed, (k,m); B is (k,n) or (n,k).
     LtLayout a, b, d;
     const bool ta_n = ta == CUBLAS_OP_N, tb_n = tb == CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(a.out(), A.type, ta_n ? m : k, ta_n ? k : m, lda));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(b.out(), B.type, tb_n ? k : n, tb_n ? n : k, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(d.out(), CUDA_R_32F, m, n, ldd));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(d.out(), d_type, m, n, ldd));
 
     const Key key{m,
                   n,
@@ -191,7 +209,8 @@ class LtMatmul {
                   alignment(D),
                   ep.bias ? alignment(ep.bias) : 0,
                   ep.aux ? alignment(ep.aux) : 0,
-                  ep.aux_ld};
+                  ep.aux_ld,
+                  d_type};
     auto found = plans_.find(key);
     if (found == plans_.end())
       found = plans_.emplace(key, plan(desc.get(), a.get(), b.get(), d.get(), key)).first;
@@ -219,7 +238,7 @@ class LtMatmul {
   const CublasLtUse& use() const { return use_; }
 
  private:
-  using Key = std::array<long long, 16>;
+  using Key = std::array<long long, 17>;
   struct Plan {
     bool found = false;
     cublasLtMatmulAlgo_t algo{};
@@ -250,7 +269,8 @@ class LtMatmul {
     }
     p.reason = std::string("cuBLASLt has no algorithm for m=") + std::to_string(key[0]) +
                " n=" + std::to_string(key[1]) + " k=" + std::to_string(key[2]) + " (" +
-               (key[5] == CUDA_R_16BF ? "bf16" : "fp32") + " operands, epilogue " +
+               (key[5] == CUDA_R_16BF ? "bf16" : "fp32") + " operands, " +
+               (key[16] == CUDA_R_16BF ? "bf16" : "fp32") + " output, epilogue " +
                epilogue_name(cublasLtEpilogue_t(key[6])) + "): " +
                (status == CUBLAS_STATUS_SUCCESS ? std::string("the heuristic returned none")
                                                 : cublasGetStatusString(status));
@@ -281,7 +301,7 @@ namespace {
 void forward_product(cublasHandle_t handle, LtMatmul* lt, float* out, Operand w, Operand x,
                      const float* bias, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
   if (lt && bias &&
-      lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC,
+      lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, CUDA_R_32F, OC,
               {CUBLASLT_EPILOGUE_BIAS, bias, nullptr, 0}, ws, stream))
     return;
   float beta = 0.f;
@@ -295,13 +315,14 @@ void forward_product(cublasHandle_t handle, LtMatmul* lt, float* out, Operand w,
   gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, beta, out, OC);
 }
 
-// dweight^T (C,OC) += inp^T (C,N) . dout (N,OC); dbias += the column sums of the fp32 dout.
+// dweight^T (C,OC) += inp^T (C,N) . dout (N,OC); dbias += the column sums of dout, which is
+// then fp32 (the caller has checked).
 void weight_gradients(cublasHandle_t handle, MatmulPrecision precision, float* dweight,
-                      float* dbias, Operand g, const float* dout, const float* inp, int N, int C,
-                      int OC, Workspace& ws, cudaStream_t stream) {
+                      float* dbias, Operand g, TensorIn dout, TensorIn inp, int N, int C, int OC,
+                      Workspace& ws, cudaStream_t stream) {
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
   gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, x, C, g, OC, 1.f, dweight, C);
-  if (dbias) column_sums_accumulate(dbias, dout, N, OC, ws, stream);
+  if (dbias) column_sums_accumulate(dbias, static_cast<const float*>(dout.data), N, OC, ws, stream);
 }
 
 }  // namespace
@@ -313,13 +334,14 @@ void set_fp32_math(cublasHandle_t handle) {
   CUBLAS_CHECK(cublasSetAtomicsMode(handle, CUBLAS_ATOMICS_NOT_ALLOWED));
 }
 
-std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, int N, int C, int OC) {
-  return operand_bytes(precision, std::size_t(OC) * C) +
-         operand_bytes(precision, std::size_t(N) * C) + (lt ? kLtWorkspaceBytes : 0);
+std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, int N, int C,
+                                     int OC) {
+  return operand_bytes(precision, DType::fp32, std::size_t(OC) * C) +
+         operand_bytes(precision, inp, std::size_t(N) * C) + (lt ? kLtWorkspaceBytes : 0);
 }
 
 void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
-                    const float* inp, const float* weight, const float* bias, int N, int C, int OC,
+                    TensorIn inp, const float* weight, const float* bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream) {
   check_dims("matmul_forward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
@@ -328,9 +350,10 @@ void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precisi
   forward_product(handle, lt, out, w, x, bias, N, C, OC, ws, stream);
 }
 
-void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
-                         float* pre, const float* inp, const float* weight, const float* bias,
-                         int N, int C, int OC, Workspace ws, cudaStream_t stream) {
+void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
+                         TensorOut out, float* pre, TensorIn inp, const float* weight,
+                         const float* bias, int N, int C, int OC, Workspace ws,
+                         cudaStream_t stream) {
   check_dims("matmul_gelu_forward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
@@ -339,26 +362,31 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
     // out^T (OC,N) = gelu(pre^T), pre^T = w . x^T + bias: pre is the epilogue's aux matrix.
     const Epilogue ep{bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias,
                       pre, OC};
+    const cudaDataType_t out_type = out.type == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
     if (OC % 8 != 0)
       lt->refuse("cuBLASLt's GELU epilogue needs OC divisible by 8, got OC=" + std::to_string(OC));
-    else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC, ep, ws, stream))
+    else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out.data, out_type, OC, ep, ws,
+                     stream))
       return;
   }
   forward_product(handle, lt, pre, w, x, bias, N, C, OC, ws, stream);
   gelu_forward(out, pre, std::size_t(N) * OC, stream);
 }
 
-std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, int N, int C, int OC) {
-  return operand_bytes(precision, std::size_t(OC) * C) +
-         operand_bytes(precision, std::size_t(N) * OC) +
-         operand_bytes(precision, std::size_t(N) * C) + column_sums_workspace(N, OC) +
+std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
+                                      int N, int C, int OC) {
+  return operand_bytes(precision, DType::fp32, std::size_t(OC) * C) +
+         operand_bytes(precision, dout, std::size_t(N) * OC) +
+         operand_bytes(precision, inp, std::size_t(N) * C) + column_sums_workspace(N, OC) +
          (lt ? kLtWorkspaceBytes : 0);
 }
 
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
-                     float* dbias, const float* dout, const float* inp, const float* weight, int N,
-                     int C, int OC, Workspace ws, cudaStream_t stream) {
+                     float* dbias, TensorIn dout, TensorIn inp, const float* weight, int N, int C,
+                     int OC, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_backward", N, C, OC);
+  CUDA_REQUIRE(!dbias || dout.type == DType::fp32, "matmul_backward (a bias gradient)",
+               std::string("a bf16 dout"));
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand g = operand(precision, dout, std::size_t(N) * OC, ws, stream);
   // dinp^T (C,N) = weight^T (C,OC) . dout^T (OC,N)   (assigned)
@@ -371,8 +399,8 @@ void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* di
 
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                           float* dpre, float* dweight, float* dbias, const float* dout,
-                          const float* inp, const float* pre, const float* weight, int N, int C,
-                          int OC, Workspace ws, cudaStream_t stream) {
+                          TensorIn inp, const float* pre, const float* weight, int N, int C, int OC,
+                          Workspace ws, cudaStream_t stream) {
   check_dims("gelu_matmul_backward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand g = operand(precision, dout, std::size_t(N) * OC, ws, stream);
@@ -384,7 +412,8 @@ void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision p
     if (C % 8 != 0)
       lt->refuse("cuBLASLt's GELU epilogue needs C divisible by 8, got C=" + std::to_string(C));
     else
-      fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, dpre, C, ep, ws, stream);
+      fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, dpre, CUDA_R_32F, C, ep, ws,
+                      stream);
   }
   if (!fused) {
     gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dpre, C);

@@ -143,7 +143,12 @@ check_torch gpt2-wide-bf16-tc cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --laye
 export MIXSIM_CUBLASLT=1
 check_torch gpt2-wide-bf16-tc-lt cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
-unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT
+# And with the product-only tensors stored in bf16 (opt-in until checked here; on the CPU the
+# results are bit-identical to fp32 storage, tests/unit/cpu_bf16_test.cpp).
+export MIXSIM_BF16_ACTIVATIONS=1
+check_torch gpt2-wide-bf16-all cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
+  --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
+unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS
 
 # 5. speed: mixsim fp32, averaging, PyTorch
 result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|values" rows
@@ -159,10 +164,11 @@ step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 "$BUILD/bench/bench_gpu_t
   --configs "$CONFIGS" --backend cuda-bf16
 step bench-train-bf16-tc-lt 120 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
   "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
-# where a bf16 step's time goes now (per op, synchronised), with the tensor-core attention and
-# the cuBLASLt epilogues
-step bench-profile 60 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 "$BUILD/bench/bench_gpu_train" \
-  --configs gpt2 --steps 2 --profile --backend cuda-bf16
+step bench-train-bf16-all 120 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
+  MIXSIM_BF16_ACTIVATIONS=1 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
+# where a bf16 step's time goes now (per op, synchronised), with all three opt-ins
+step bench-profile 60 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 MIXSIM_BF16_ACTIVATIONS=1 \
+  "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile --backend cuda-bf16
 step bench-averaging 60 "$BUILD/bench/bench_gpu_averaging"
 step torch-fp32 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype fp32 --steps 5
 ((QUICK)) || step torch-bf16-compile 240 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 10
@@ -182,10 +188,10 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
+for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-train-bf16-all bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
-LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-tc-lt.log" 2> /dev/null | tail -1)
+LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)
 row "cuBLASLt epilogues (last bench)" "${LT:-no report}"
 
 echo

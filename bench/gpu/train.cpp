@@ -14,7 +14,8 @@
 // peak of the same card (67 TFLOP/s without tensor cores) is printed beside it.
 // Environment: MIXSIM_TC_ATTENTION=1 (cuda-bf16's attention on tensor cores, label
 // mixsim-bf16tc) and MIXSIM_CUBLASLT=1 (bias and GELU in cuBLASLt epilogues, label suffix +lt,
-// with the count of fused and fallen-back products).
+// with the count of fused and fallen-back products) and MIXSIM_BF16_ACTIVATIONS=1 (cuda-bf16
+// stores the tensors only products read in bf16, label suffix +act).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -144,10 +145,12 @@ int main(int argc, char** argv) {
     // MIXSIM_CUBLASLT=1: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label)
     const char* lt = std::getenv("MIXSIM_CUBLASLT");
     const bool cublaslt = lt && std::string(lt) == "1";
+    // MIXSIM_BF16_ACTIVATIONS=1: product-only tensors stored in bf16 ("+act")
+    const bool bf16_act = gpu->activation_storage() == mixsim::DType::bf16;
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
                                           : tc_attention         ? "mixsim-bf16tc"
                                                                  : "mixsim-bf16mm") +
-                              (cublaslt ? "+lt" : "");
+                              (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

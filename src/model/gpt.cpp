@@ -66,27 +66,29 @@ void fill_normal(std::span<float> out, double stddev, const Rng& root, std::uint
 }  // namespace
 
 // Training activations. Per-layer tensors are stacked over L with a stride of R = max_batch *
-// context rows, so that backward() finds layer l's values whatever B and T the batch has.
+// context rows, so that backward() finds layer l's values whatever B and T the batch has. The
+// tensors only matrix products read (void*) are stored as activation_storage_ says: fp32 or bf16.
 struct Gpt::Activations {
   float* encoded;    // (R, C)
-  float* ln1;        // (L, R, C)
+  void* ln1;         // (L, R, C)
   float* ln1_mean;   // (L, R)
   float* ln1_rstd;   // (L, R)
   float* qkv;        // (L, R, 3C)
   float* atty;       // (L, R, C)
   float* att_lse;    // (L, R*NH): (B, NH, T) per layer
   float* residual2;  // (L, R, C)
-  float* ln2;        // (L, R, C)
+  void* ln2;         // (L, R, C)
   float* ln2_mean;   // (L, R)
   float* ln2_rstd;   // (L, R)
   float* fch;        // (L, R, 4C)
-  float* fch_gelu;   // (L, R, 4C)
+  void* fch_gelu;    // (L, R, 4C)
   float* residual3;  // (L, R, C)
   float* proj;       // (R, C) output of a projection before the residual add (not kept)
-  float* lnf;        // (R, C)
+  void* lnf;         // (R, C)
   float* lnf_mean;   // (R)
   float* lnf_rstd;   // (R)
-  float* logits;     // (R, Vp) logits, then dlogits (classifier writes them in place)
+  float* logits;     // (R, Vp) logits, then in fp32 storage dlogits (written in place)
+  void* dlogits;     // (R, Vp) bf16 dlogits in bf16 storage; null in fp32 storage
   float* losses;     // (R)
   float* dresidual;  // (R, C) gradient of the residual stream, shared by all layers
   float* dbuf;       // (R, C) gradient of a LayerNorm output or of the attention output
@@ -94,9 +96,10 @@ struct Gpt::Activations {
 };
 
 // One layer's view of the activations (training: slices of Activations; evaluation: buffers
-// reused by every layer, with nothing saved for backward).
+// reused by every layer, with nothing saved for backward). ln1, ln2 and fch_gelu are stored as
+// `stored` says.
 struct Gpt::LayerActs {
-  float* ln1;        // (B,T,C)
+  void* ln1;         // (B,T,C)
   float* ln1_mean;   // (B,T) nullable
   float* ln1_rstd;   // (B,T) nullable
   float* qkv;        // (B,T,3C)
@@ -104,16 +107,35 @@ struct Gpt::LayerActs {
   float* att_lse;    // (B,NH,T) nullable
   float* proj;       // (B,T,C)
   float* residual2;  // (B,T,C)
-  float* ln2;        // (B,T,C)
+  void* ln2;         // (B,T,C)
   float* ln2_mean;   // (B,T) nullable
   float* ln2_rstd;   // (B,T) nullable
   float* fch;        // (B,T,4C)
-  float* fch_gelu;   // (B,T,4C)
+  void* fch_gelu;    // (B,T,4C)
   float* residual3;  // (B,T,C)
+  DType stored;
 };
 
-Gpt::Gpt(const ModelConfig& config, Backend& backend, int max_batch)
-    : layout_(config), backend_(backend), max_batch_(max_batch), params_(backend, layout_.total()) {
+namespace {
+
+std::size_t element_bytes(DType type) {
+  return type == DType::bf16 ? 2 : sizeof(float);
+}
+
+// The element `index` of a tensor stored as `type` at `base`.
+void* element(void* base, DType type, std::size_t index) {
+  return static_cast<char*>(base) + index * element_bytes(type);
+}
+
+}  // namespace
+
+Gpt::Gpt(const ModelConfig& config, Backend& backend, int max_batch,
+         std::optional<DType> activation_storage)
+    : layout_(config),
+      backend_(backend),
+      max_batch_(max_batch),
+      storage_(activation_storage.value_or(backend.activation_storage())),
+      params_(backend, layout_.total()) {
   if (max_batch < 1) usage_fail("the batch size must be at least 1 (got {})", max_batch);
 }
 
@@ -199,38 +221,45 @@ void Gpt::ensure_training() {
   const std::size_t L = d.L, C = d.C, R = std::size_t(max_batch_) * d.maxT;
   acts_ = std::make_unique<Activations>();
   Activations& a = *acts_;
-  const std::pair<float**, std::size_t> fields[] = {{&a.encoded, R * C},
-                                                    {&a.ln1, L * R * C},
-                                                    {&a.ln1_mean, L * R},
-                                                    {&a.ln1_rstd, L * R},
-                                                    {&a.qkv, L * R * 3 * C},
-                                                    {&a.atty, L * R * C},
-                                                    {&a.att_lse, L * R * d.NH},
-                                                    {&a.residual2, L * R * C},
-                                                    {&a.ln2, L * R * C},
-                                                    {&a.ln2_mean, L * R},
-                                                    {&a.ln2_rstd, L * R},
-                                                    {&a.fch, L * R * 4 * C},
-                                                    {&a.fch_gelu, L * R * 4 * C},
-                                                    {&a.residual3, L * R * C},
-                                                    {&a.proj, R * C},
-                                                    {&a.lnf, R * C},
-                                                    {&a.lnf_mean, R},
-                                                    {&a.lnf_rstd, R},
-                                                    {&a.logits, R * d.Vp},
-                                                    {&a.losses, R},
-                                                    {&a.dresidual, R * C},
-                                                    {&a.dbuf, R * C},
-                                                    {&a.dbuf4, R * 4 * C}};
-  static_assert(std::size(fields) == sizeof(Activations) / sizeof(float*));
-  std::size_t total = 0;
-  for (const auto& f : fields) total += f.second;
-  acts_memory_ = DeviceBuffer<float>(backend_, total);
-  float* next = acts_memory_.get();
-  for (const auto& [field, size] : fields) {
-    *field = next;
-    next += size;
-  }
+  const DType st = storage_;
+  // Carves the tensors out of `base` (each at a multiple of 64 bytes) and returns the bytes
+  // used: run once without memory to size the allocation, then on it.
+  auto carve = [&](char* base) {
+    std::size_t at = 0;
+    auto next = [&](std::size_t count, DType type = DType::fp32) -> void* {
+      void* p = base ? base + at : nullptr;
+      at += (count * element_bytes(type) + 63) / 64 * 64;
+      return p;
+    };
+    auto next_f = [&](std::size_t count) { return static_cast<float*>(next(count)); };
+    a.encoded = next_f(R * C);
+    a.ln1 = next(L * R * C, st);
+    a.ln1_mean = next_f(L * R);
+    a.ln1_rstd = next_f(L * R);
+    a.qkv = next_f(L * R * 3 * C);
+    a.atty = next_f(L * R * C);
+    a.att_lse = next_f(L * R * d.NH);
+    a.residual2 = next_f(L * R * C);
+    a.ln2 = next(L * R * C, st);
+    a.ln2_mean = next_f(L * R);
+    a.ln2_rstd = next_f(L * R);
+    a.fch = next_f(L * R * 4 * C);
+    a.fch_gelu = next(L * R * 4 * C, st);
+    a.residual3 = next_f(L * R * C);
+    a.proj = next_f(R * C);
+    a.lnf = next(R * C, st);
+    a.lnf_mean = next_f(R);
+    a.lnf_rstd = next_f(R);
+    a.logits = next_f(R * d.Vp);
+    a.dlogits = st == DType::bf16 ? next(R * d.Vp, st) : nullptr;
+    a.losses = next_f(R);
+    a.dresidual = next_f(R * C);
+    a.dbuf = next_f(R * C);
+    a.dbuf4 = next_f(R * 4 * C);
+    return at;
+  };
+  acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
+  carve(acts_memory_.get());
   train_tokens_ = DeviceBuffer<int>(backend_, R);
   train_targets_ = DeviceBuffer<int>(backend_, R);
   grads();
@@ -240,7 +269,7 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
   const ModelDims& d = dims();
   const std::size_t C = d.C, R = std::size_t(max_batch_) * d.maxT, L = std::size_t(l);
   const Activations& a = *acts_;
-  return {a.ln1 + L * R * C,
+  return {element(a.ln1, storage_, L * R * C),
           a.ln1_mean + L * R,
           a.ln1_rstd + L * R,
           a.qkv + L * R * 3 * C,
@@ -248,12 +277,13 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
           a.att_lse + L * R * d.NH,
           a.proj,
           a.residual2 + L * R * C,
-          a.ln2 + L * R * C,
+          element(a.ln2, storage_, L * R * C),
           a.ln2_mean + L * R,
           a.ln2_rstd + L * R,
           a.fch + L * R * 4 * C,
-          a.fch_gelu + L * R * 4 * C,
-          a.residual3 + L * R * C};
+          element(a.fch_gelu, storage_, L * R * 4 * C),
+          a.residual3 + L * R * C,
+          storage_};
 }
 
 void Gpt::forward_block(int l, const float* residual, const LayerActs& a, int B, int T) {
@@ -263,15 +293,16 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, int B,
   const std::size_t NC = std::size_t(N) * C;
   const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
   // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-  be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, p.ln1w, p.ln1b, N, C);
-  be.matmul_forward(a.qkv, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+  const TensorOut ln1{a.ln1, a.stored}, ln2{a.ln2, a.stored}, fch_gelu{a.fch_gelu, a.stored};
+  be.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, residual, p.ln1w, p.ln1b, N, C);
+  be.matmul_forward(a.qkv, ln1, p.qkvw, p.qkvb, N, C, 3 * C);
   be.attention_forward(a.atty, a.att_lse, a.qkv, B, T, C, d.NH);
   be.matmul_forward(a.proj, a.atty, p.attprojw, p.attprojb, N, C, C);
   be.residual_forward(a.residual2, residual, a.proj, NC);
   // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-  be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, N, C);
-  be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, p.fcw, p.fcb, N, C, 4 * C);
-  be.matmul_forward(a.proj, a.fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C);
+  be.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, N, C);
+  be.matmul_gelu_forward(fch_gelu, a.fch, ln2, p.fcw, p.fcb, N, C, 4 * C);
+  be.matmul_forward(a.proj, fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C);
   be.residual_forward(a.residual3, a.residual2, a.proj, NC);
 }
 
@@ -295,10 +326,11 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
     forward_block(l, residual, la, B, T);
     residual = la.residual3;
   }
-  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, int(N), d.C);
-  be.matmul_forward(a.logits, a.lnf, p.wte, nullptr, int(N), d.C, d.Vp);
+  const TensorOut lnf{a.lnf, storage_};
+  be.layernorm_forward(lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, int(N), d.C);
+  be.matmul_forward(a.logits, lnf, p.wte, nullptr, int(N), d.C, d.Vp);
   const float dloss = grad_scale / float(valid);
-  be.classifier(a.logits, a.losses, train_targets_.get(), dloss, true, int(N), d.V, d.Vp);
+  be.classifier(a.logits, a.losses, train_targets_.get(), dloss, dlogits(), int(N), d.V, d.Vp);
 
   std::vector<float> losses(N);
   be.download(losses.data(), a.losses, N * sizeof(float));
@@ -307,6 +339,11 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
   last_B_ = B;
   last_T_ = T;
   return float(sum / double(valid));
+}
+
+TensorOut Gpt::dlogits() const {
+  return storage_ == DType::bf16 ? TensorOut{acts_->dlogits, DType::bf16}
+                                 : TensorOut{acts_->logits};
 }
 
 void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
@@ -319,15 +356,15 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
   const float* residual = l == 0 ? s.encoded : train_layer(l - 1).residual3;
   // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on).
   // dbuf4 = the gradient of fch, through the GELU.
-  be.gelu_matmul_backward(s.dbuf4, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, a.fch, p.fcprojw,
-                          N, 4 * C, C);
-  be.matmul_backward(s.dbuf, g.fcw, g.fcb, s.dbuf4, a.ln2, p.fcw, N, C, 4 * C);
+  be.gelu_matmul_backward(s.dbuf4, g.fcprojw, g.fcprojb, s.dresidual, {a.fch_gelu, a.stored}, a.fch,
+                          p.fcprojw, N, 4 * C, C);
+  be.matmul_backward(s.dbuf, g.fcw, g.fcb, s.dbuf4, {a.ln2, a.stored}, p.fcw, N, C, 4 * C);
   be.layernorm_backward(s.dresidual, g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w, a.ln2_mean,
                         a.ln2_rstd, N, C);
   // Attention; dbuf4 now holds dqkv (B,T,3C).
   be.matmul_backward(s.dbuf, g.attprojw, g.attprojb, s.dresidual, a.atty, p.attprojw, N, C, C);
   be.attention_backward(s.dbuf4, s.dbuf, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
-  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, s.dbuf4, a.ln1, p.qkvw, N, C, 3 * C);
+  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, s.dbuf4, {a.ln1, a.stored}, p.qkvw, N, C, 3 * C);
   be.layernorm_backward(s.dresidual, g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean,
                         a.ln1_rstd, N, C);
 }
@@ -340,8 +377,10 @@ void Gpt::backward(const GradsReady& grads_ready) {
   const ParamTensors<float> p = layout_.carve(params_.get());
   const ParamTensors<float> g = layout_.carve(grads_.get());
   Activations& a = *acts_;
-  // The classifier left dlogits in a.logits; the head is tied to wte.
-  be.matmul_backward(a.dbuf, g.wte, nullptr, a.logits, a.lnf, p.wte, N, C, d.Vp);
+  // The classifier left dlogits in a.logits (fp32 storage) or a.dlogits (bf16); the head is tied
+  // to wte.
+  be.matmul_backward(a.dbuf, g.wte, nullptr, dlogits(), TensorIn{a.lnf, storage_}, p.wte, N, C,
+                     d.Vp);
   be.zero(a.dresidual, std::size_t(N) * C * sizeof(float));
   const float* last_residual = train_layer(d.L - 1).residual3;
   be.layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.dbuf, last_residual, p.lnfw, a.lnf_mean,
@@ -393,8 +432,9 @@ Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
   float* fch = proj + rows * C;
   float* fch_gelu = fch + rows * 4 * C;
   // The residual stream is updated in place; nothing is saved for backward.
-  return {ln,  nullptr, nullptr, qkv,     atty, nullptr,  proj,
-          res, ln,      nullptr, nullptr, fch,  fch_gelu, res};
+  // ln and fch_gelu keep their fp32 size whatever the storage (a bf16 tensor uses half of it).
+  return {ln, nullptr, nullptr, qkv, atty,     nullptr, proj,    res,
+          ln, nullptr, nullptr, fch, fch_gelu, res,     storage_};
 }
 
 EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
@@ -405,18 +445,20 @@ EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
   const ModelDims& d = dims();
   const ParamTensors<float> p = layout_.carve(params_.get());
   const LayerActs a = eval_layer(eval_rows_);
-  float* logits = a.fch_gelu + eval_rows_ * 4 * d.C;  // (kEvalChunk, Vp)
+  float* logits = static_cast<float*>(a.fch_gelu) + eval_rows_ * 4 * d.C;  // (kEvalChunk, Vp)
   float* losses = logits + std::size_t(kEvalChunk) * d.Vp;
   be.upload(eval_tokens_.get(), tokens, N * sizeof(int));
   be.upload(eval_targets_.get(), targets, N * sizeof(int));
 
   be.encoder_forward(a.residual3, eval_tokens_.get(), p.wte, p.wpe, B, T, d.C);
   for (int l = 0; l < d.L; ++l) forward_block(l, a.residual3, a, B, T);
-  be.layernorm_forward(a.ln1, nullptr, nullptr, a.residual3, p.lnfw, p.lnfb, int(N), d.C);
+  be.layernorm_forward({a.ln1, a.stored}, nullptr, nullptr, a.residual3, p.lnfw, p.lnfb, int(N),
+                       d.C);
   for (std::size_t r0 = 0; r0 < N; r0 += kEvalChunk) {
     const int rows = int(std::min<std::size_t>(kEvalChunk, N - r0));
-    be.matmul_forward(logits, a.ln1 + r0 * d.C, p.wte, nullptr, rows, d.C, d.Vp);
-    be.classifier(logits, losses + r0, eval_targets_.get() + r0, 0.0f, false, rows, d.V, d.Vp);
+    be.matmul_forward(logits, {element(a.ln1, a.stored, r0 * d.C), a.stored}, p.wte, nullptr, rows,
+                      d.C, d.Vp);
+    be.classifier(logits, losses + r0, eval_targets_.get() + r0, 0.0f, nullptr, rows, d.V, d.Vp);
   }
   std::vector<float> host(N);
   be.download(host.data(), losses, N * sizeof(float));

@@ -18,6 +18,7 @@
 #include "../support/scoped_env.hpp"
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/core/bf16.hpp"
+#include "mixsim/core/error.hpp"
 #include "mixsim/core/rng.hpp"
 #include "mixsim/model/gpt.hpp"
 #include "mixsim/model/optimizer.hpp"
@@ -350,4 +351,135 @@ TEST(CpuBf16, TrainingWithBf16AttentionFollowsFp32) {
   double worst = 0;
   for (int s = 0; s < steps; ++s) worst = std::max(worst, double(std::fabs(lb[s] - lc[s])));
   std::printf("largest loss difference to fp32 over %d steps: %.3e\n", steps, worst);
+}
+
+// ---- bf16 storage of the tensors only products read (Backend::activation_storage)
+
+namespace {
+
+std::vector<std::uint16_t> bits_of(const std::vector<float>& x) {
+  std::vector<std::uint16_t> b(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) b[i] = bf16_bits(x[i]);
+  return b;
+}
+
+}  // namespace
+
+// Each op that can write bf16 writes exactly its fp32 result rounded to nearest even; the
+// classifier leaves the logits as they were when its dlogits are a bf16 buffer of their own; a
+// product reading a bf16 tensor gives what it gives on the widened values, in either precision;
+// and a bias gradient from a bf16 dout is refused (it is summed in fp32).
+TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
+  for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
+    auto be = make_cpu_backend(precision);
+    const int n = 37, c = 72, vp = 320, v = 257;
+    const auto x = random_floats(std::size_t(n) * c, 201);
+    const auto w = random_floats(c, 202), b = random_floats(c, 203);
+    std::vector<float> ln(x.size()), mean(n), rstd(n);
+    std::vector<std::uint16_t> ln16(x.size());
+    be->layernorm_forward(ln.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), n, c);
+    be->layernorm_forward({ln16.data(), DType::bf16}, nullptr, nullptr, x.data(), w.data(),
+                          b.data(), n, c);
+    EXPECT_EQ(ln16, bits_of(ln));
+
+    std::vector<float> g(x.size());
+    std::vector<std::uint16_t> g16(x.size());
+    be->gelu_forward(g.data(), x.data(), x.size());
+    be->gelu_forward({g16.data(), DType::bf16}, x.data(), x.size());
+    EXPECT_EQ(g16, bits_of(g));
+
+    auto logits = random_floats(std::size_t(n) * vp, 204);
+    const auto logits0 = logits;
+    std::vector<int> targets(n);
+    for (int i = 0; i < n; ++i) targets[i] = i % 5 == 0 ? -1 : (i * 37) % v;
+    std::vector<float> losses(n), losses16(n);
+    std::vector<std::uint16_t> d16(logits.size());
+    be->classifier(logits.data(), losses16.data(), targets.data(), 0.5f, {d16.data(), DType::bf16},
+                   n, v, vp);
+    EXPECT_EQ(logits, logits0);
+    be->classifier(logits.data(), losses.data(), targets.data(), 0.5f, logits.data(), n, v, vp);
+    EXPECT_EQ(losses16, losses);
+    EXPECT_EQ(d16, bits_of(logits));
+
+    // products from a bf16 tensor = products from its widened values
+    std::vector<float> wide(ln16.size());
+    for (std::size_t i = 0; i < wide.size(); ++i) wide[i] = bf16_value(ln16[i]);
+    const auto wm = random_floats(std::size_t(OC) * c, 205);
+    const auto dout = random_floats(std::size_t(n) * OC, 206);
+    const TensorIn in16{ln16.data(), DType::bf16};
+    std::vector<float> o1(std::size_t(n) * OC), o2(o1.size());
+    be->matmul_forward(o1.data(), in16, wm.data(), nullptr, n, c, OC);
+    be->matmul_forward(o2.data(), wide.data(), wm.data(), nullptr, n, c, OC);
+    EXPECT_EQ(o1, o2);
+    const auto dout16 = bits_of(dout);
+    std::vector<float> dout_wide(dout.size());
+    for (std::size_t i = 0; i < dout.size(); ++i) dout_wide[i] = bf16_value(dout16[i]);
+    std::vector<float> di1(x.size()), di2(x.size()), dw1(wm.size(), 0.5f), dw2(dw1);
+    be->matmul_backward(di1.data(), dw1.data(), nullptr, {dout16.data(), DType::bf16}, in16,
+                        wm.data(), n, c, OC);
+    be->matmul_backward(di2.data(), dw2.data(), nullptr, dout_wide.data(), wide.data(), wm.data(),
+                        n, c, OC);
+    EXPECT_EQ(di1, di2);
+    EXPECT_EQ(dw1, dw2);
+    std::vector<float> db(OC);
+    EXPECT_THROW(be->matmul_backward(di1.data(), dw1.data(), db.data(),
+                                     {dout16.data(), DType::bf16}, in16, wm.data(), n, c, OC),
+                 Error);
+  }
+}
+
+// The point of the storage: in cpu-bf16 (and so in cuda-bf16, up to its order of sums), storing
+// the product-only tensors in bf16 changes nothing, because the products round them to bf16
+// anyway: the loss, every gradient and the evaluation sums are bit-identical. In fp32 precision
+// the same storage does change the results (the products would not have rounded), by bf16's
+// error: so the bf16 path really stored bf16. And MIXSIM_BF16_ACTIVATIONS=1 is what makes
+// cpu-bf16 (not cpu) prefer it.
+TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
+  const ModelConfig cfg{2, 3, 72, 37, 257};
+  const int b = 3, t = 37;
+  Rng rng(207);
+  std::vector<int> tokens(std::size_t(b) * t), targets(tokens.size());
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<int>(rng.below(cfg.vocab_size));
+    targets[i] = i % 11 == 3 ? -1 : static_cast<int>(rng.below(cfg.vocab_size));
+  }
+  struct Run {
+    float loss;
+    std::vector<float> grads;
+    EvalSums eval;
+  };
+  auto run = [&](Backend& be, DType storage) {
+    Gpt m(cfg, be, b, storage);
+    EXPECT_EQ(m.activation_storage(), storage);
+    m.init(208);
+    m.zero_grad();
+    Run r;
+    r.loss = m.forward(tokens.data(), targets.data(), b, t);
+    m.backward();
+    r.grads.resize(m.layout().total());
+    be.download(r.grads.data(), m.grads(), r.grads.size() * sizeof(float));
+    r.eval = m.evaluate(tokens.data(), targets.data(), b, t);
+    return r;
+  };
+  auto bf16 = make_cpu_backend(MatmulPrecision::bf16);
+  const Run a = run(*bf16, DType::fp32), s = run(*bf16, DType::bf16);
+  EXPECT_EQ(a.loss, s.loss);
+  EXPECT_EQ(a.grads, s.grads);
+  EXPECT_EQ(a.eval.loss_sum, s.eval.loss_sum);
+  EXPECT_EQ(a.eval.tokens, s.eval.tokens);
+
+  auto fp32 = make_cpu_backend();
+  const Run f = run(*fp32, DType::fp32), fs = run(*fp32, DType::bf16);
+  EXPECT_NE(f.loss, fs.loss);
+  EXPECT_NEAR(fs.loss, f.loss, 1e-2 * f.loss);
+  EXPECT_NE(f.grads, fs.grads);
+  EXPECT_LT(rel_l2(fs.grads, f.grads), 5e-2);
+
+  EXPECT_EQ(bf16->activation_storage(), DType::fp32);
+  EXPECT_EQ(fp32->activation_storage(), DType::fp32);
+  mixsim::testing::ScopedEnv env("MIXSIM_BF16_ACTIVATIONS", "1");
+  EXPECT_EQ(make_cpu_backend(MatmulPrecision::bf16)->activation_storage(), DType::bf16);
+  EXPECT_EQ(make_cpu_backend()->activation_storage(), DType::fp32);
+  EXPECT_EQ(Gpt(cfg, *make_cpu_backend(MatmulPrecision::bf16), 1).activation_storage(),
+            DType::bf16);
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string_view>
 #include <utility>
@@ -21,6 +22,32 @@ struct AdamWArgs {
   float grad_scale = 1.f;        // the gradient is multiplied by this first (clipping)
 };
 
+// How a tensor's elements are stored: fp32, or bf16 (the fp32 value rounded to nearest even to
+// bf16's 8 significant bits, 16 bits each; core/bf16.hpp). Only the tensors that nothing but
+// matrix products read may be bf16 (LayerNorm outputs, the GELU's output, dlogits): in a backend
+// whose products round their operands to bf16 anyway, storing them rounded changes no result and
+// halves their memory and traffic (Backend::activation_storage).
+enum class DType : std::uint8_t { fp32, bf16 };
+
+// A tensor an op reads or writes, with its storage type; a float* converts to an fp32 one.
+struct TensorIn {
+  const void* data = nullptr;
+  DType type = DType::fp32;
+  TensorIn() = default;
+  TensorIn(std::nullptr_t) {}            // NOLINT: a null tensor, as a null pointer
+  TensorIn(const float* p) : data(p) {}  // NOLINT: fp32, implicitly
+  TensorIn(const void* p, DType t) : data(p), type(t) {}
+};
+struct TensorOut {
+  void* data = nullptr;
+  DType type = DType::fp32;
+  TensorOut() = default;
+  TensorOut(std::nullptr_t) {}      // NOLINT
+  TensorOut(float* p) : data(p) {}  // NOLINT
+  TensorOut(void* p, DType t) : data(p), type(t) {}
+  operator TensorIn() const { return {data, type}; }  // NOLINT: what was written is read
+};
+
 // Conventions of every op:
 // - Pointers are backend memory (host for cpu, device for cuda), from Backend::allocate.
 //   Arguments are ordered outputs first, then inputs, then dimensions: op(out..., in..., dims).
@@ -29,6 +56,8 @@ struct AdamWArgs {
 // - Gradient semantics: gradients of PARAMETERS are accumulated (+=), so that micro-batches add
 //   up; gradients of ACTIVATIONS are assigned (=), except layernorm_backward's dinp, which is
 //   accumulated because it feeds the residual stream (one dresidual buffer for all layers).
+// - Tensors passed as TensorIn/TensorOut may be fp32 or bf16 in any backend; every other
+//   pointer is fp32.
 // - Ops run in order on one stream; results are deterministic: the same inputs and thread count
 //   give bit-identical outputs (no reduction order depends on scheduling).
 class Backend {
@@ -44,6 +73,10 @@ class Backend {
   virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
   virtual void zero(void* ptr, std::size_t bytes) = 0;
   virtual void synchronize() = 0;
+  // How the model should store the tensors that only matrix products read: bf16 in cpu-bf16 and
+  // cuda-bf16 when the environment sets MIXSIM_BF16_ACTIVATIONS=1 at construction (results
+  // unchanged: the products round them to bf16 anyway), fp32 otherwise.
+  virtual DType activation_storage() const { return DType::fp32; }
 
   // ---- embedding: out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
   virtual void encoder_forward(float* out,                          // (B,T,C)
@@ -55,9 +88,9 @@ class Backend {
                                 int B, int T, int C) = 0;
 
   // ---- layer normalisation over C; mean and rstd (N) are saved for backward (nullable)
-  virtual void layernorm_forward(float* out, float* mean, float* rstd,    // (N,C), (N), (N)
-                                 const float* inp,                        // (N,C)
-                                 const float* weight, const float* bias,  // (C), (C)
+  virtual void layernorm_forward(TensorOut out, float* mean, float* rstd,  // (N,C), (N), (N)
+                                 const float* inp,                         // (N,C)
+                                 const float* weight, const float* bias,   // (C), (C)
                                  int N, int C) = 0;
   virtual void layernorm_backward(float* dinp,                           // (N,C) +=
                                   float* dweight, float* dbias,          // (C) +=
@@ -68,14 +101,15 @@ class Backend {
 
   // ---- out = inp @ weight^T + bias (bias nullable)
   virtual void matmul_forward(float* out,                              // (N,OC)
-                              const float* inp,                        // (N,C)
+                              TensorIn inp,                            // (N,C)
                               const float* weight, const float* bias,  // (OC,C), (OC)
                               int N, int C, int OC) = 0;
-  // dinp = dout @ weight (assigned; nullable to skip); dweight, dbias += (dbias nullable).
-  virtual void matmul_backward(float* dinp,                            // (N,C)
-                               float* dweight, float* dbias,           // (OC,C), (OC)
-                               const float* dout,                      // (N,OC)
-                               const float* inp, const float* weight,  // (N,C), (OC,C)
+  // dinp = dout @ weight (assigned; nullable to skip); dweight, dbias += (dbias nullable; the
+  // bias gradient sums an fp32 dout: with a bf16 dout, dbias must be null).
+  virtual void matmul_backward(float* dinp,                        // (N,C)
+                               float* dweight, float* dbias,       // (OC,C), (OC)
+                               TensorIn dout,                      // (N,OC)
+                               TensorIn inp, const float* weight,  // (N,C), (OC,C)
                                int N, int C, int OC) = 0;
 
   // ---- causal self-attention; qkv rows hold q, k, v of all heads: [q(C) k(C) v(C)].
@@ -90,14 +124,14 @@ class Backend {
                                   int B, int T, int C, int NH) = 0;
 
   // ---- GELU (tanh approximation, as GPT-2); backward may run in place (dinp == dout)
-  virtual void gelu_forward(float* out, const float* inp, std::size_t n) = 0;
+  virtual void gelu_forward(TensorOut out, const float* inp, std::size_t n) = 0;
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) = 0;
 
   // ---- the MLP's two matmul + GELU pairs as one op each, which a backend may fuse (the CUDA
   // backend can, in cuBLASLt epilogues); the defaults run the ops above, one after the other.
   // The fc layer: pre = inp @ weight^T + bias (bias nullable), out = gelu(pre).
-  virtual void matmul_gelu_forward(float* out, float* pre,                  // (N,OC), (N,OC)
-                                   const float* inp,                        // (N,C)
+  virtual void matmul_gelu_forward(TensorOut out, float* pre,               // (N,OC), (N,OC)
+                                   TensorIn inp,                            // (N,C)
                                    const float* weight, const float* bias,  // (OC,C), (OC)
                                    int N, int C, int OC) {
     matmul_forward(pre, inp, weight, bias, N, C, OC);
@@ -106,11 +140,11 @@ class Backend {
   // The backward of the projection that follows it, matmul(gelu(pre)): matmul_backward with
   // inp = gelu(pre), then the gradient is taken through the GELU, so that dpre (assigned, not
   // nullable) is the gradient of pre.
-  virtual void gelu_matmul_backward(float* dpre,                         // (N,C)
-                                    float* dweight, float* dbias,        // (OC,C), (OC) +=
-                                    const float* dout,                   // (N,OC)
-                                    const float* inp, const float* pre,  // (N,C): gelu(pre), pre
-                                    const float* weight,                 // (OC,C)
+  virtual void gelu_matmul_backward(float* dpre,                     // (N,C)
+                                    float* dweight, float* dbias,    // (OC,C), (OC) +=
+                                    const float* dout,               // (N,OC)
+                                    TensorIn inp, const float* pre,  // (N,C): gelu(pre), pre
+                                    const float* weight,             // (OC,C)
                                     int N, int C, int OC) {
     matmul_backward(dpre, dweight, dbias, dout, inp, weight, N, C, OC);
     gelu_backward(dpre, pre, dpre, std::size_t(N) * C);
@@ -121,11 +155,13 @@ class Backend {
 
   // ---- fused softmax + cross-entropy over the first V of Vp logits of each row.
   // losses[i] = -log softmax(logits[i,:V])[targets[i]], or 0 where targets[i] < 0 (skipped).
-  // With write_dlogits, logits are overwritten in place by dloss * (softmax - onehot) on the
-  // first V entries and 0 on the padding and on skipped rows: probabilities are never stored.
+  // Unless dlogits is null, dlogits = dloss * (softmax - onehot) on the first V entries and 0 on
+  // the padding and on skipped rows (probabilities are never stored): fp32 dlogits must be the
+  // logits themselves (overwritten in place); bf16 dlogits are a buffer of their own, and the
+  // logits are left as they were.
   virtual void classifier(float* logits, float* losses,  // (N,Vp), (N)
                           const int* targets,            // (N)
-                          float dloss, bool write_dlogits, int N, int V, int Vp) = 0;
+                          float dloss, TensorOut dlogits, int N, int V, int Vp) = 0;
 
   // ---- optimizer and buffer arithmetic over n floats
   virtual void adamw(float* params, float* m, float* v,  // (n) updated

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 
 #include "mixsim/backend/ops.hpp"
@@ -24,8 +25,11 @@ class Gpt {
  public:
   // Parameters are allocated now; gradients and training activations (for batches of up to
   // max_batch sequences of up to config.context tokens) on the first forward(), so that a model
-  // used only for evaluation never holds them. `backend` must outlive the model.
-  Gpt(const ModelConfig& config, Backend& backend, int max_batch);
+  // used only for evaluation never holds them. `backend` must outlive the model. The tensors
+  // that only matrix products read are stored as `activation_storage` says, by default as the
+  // backend prefers (Backend::activation_storage).
+  Gpt(const ModelConfig& config, Backend& backend, int max_batch,
+      std::optional<DType> activation_storage = std::nullopt);
   ~Gpt();
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
@@ -34,6 +38,7 @@ class Gpt {
   const ModelDims& dims() const { return layout_.dims(); }
   Backend& backend() const { return backend_; }
   int max_batch() const { return max_batch_; }
+  DType activation_storage() const { return storage_; }
 
   float* params() const { return params_.get(); }  // (layout().total()) backend memory
   float* grads();                                  // same layout; allocated on first use
@@ -73,13 +78,15 @@ class Gpt {
   LayerActs eval_layer(std::size_t rows) const;
   void forward_block(int l, const float* residual, const LayerActs& a, int B, int T);
   void backward_block(int l, const LayerActs& a, int B, int T);
+  TensorOut dlogits() const;  // where the classifier writes dlogits, and the head's backward reads
 
   ParamLayout layout_;
   Backend& backend_;
   int max_batch_;
+  DType storage_;
   DeviceBuffer<float> params_;
   DeviceBuffer<float> grads_;
-  DeviceBuffer<float> acts_memory_;  // training activations, one allocation
+  DeviceBuffer<char> acts_memory_;   // training activations, one allocation
   DeviceBuffer<float> eval_memory_;  // evaluation activations, grown as needed
   DeviceBuffer<int> train_tokens_;   // (max_batch, context): kept for backward()
   DeviceBuffer<int> train_targets_;

@@ -1,5 +1,6 @@
 // The fp32 CPU backend: host memory, and each op forwarded to its kernel (cpu_kernels.hpp) after
 // checking the assumptions the kernel relies on.
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -9,6 +10,7 @@
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/backend/ops.hpp"
+#include "mixsim/core/bf16.hpp"
 #include "mixsim/core/error.hpp"
 #include "parallel.hpp"
 
@@ -32,7 +34,9 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(MatmulPrecision precision)
       : precision_(precision),
-        tc_attention_(precision == MatmulPrecision::bf16 && tc_requested()) {}
+        tc_attention_(precision == MatmulPrecision::bf16 && env_is_1("MIXSIM_TC_ATTENTION")),
+        bf16_activations_(precision == MatmulPrecision::bf16 &&
+                          env_is_1("MIXSIM_BF16_ACTIVATIONS")) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
   }
@@ -62,6 +66,9 @@ class CpuBackend final : public Backend {
     });
   }
   void synchronize() override {}
+  DType activation_storage() const override {
+    return bf16_activations_ ? DType::bf16 : DType::fp32;
+  }
 
   void encoder_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B,
                        int T, int C) override {
@@ -73,10 +80,13 @@ class CpuBackend final : public Backend {
     MIXSIM_CHECK(B > 0 && T > 0 && C > 0, "encoder_backward: B={} T={} C={}", B, T, C);
     cpu::encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
   }
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+  void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                          const float* weight, const float* bias, int N, int C) override {
     MIXSIM_CHECK(N > 0 && C > 0, "layernorm_forward: N={} C={}", N, C);
-    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+    const std::size_t n = std::size_t(N) * C;
+    float* o = staging(out, n);
+    cpu::layernorm_forward(o, mean, rstd, inp, weight, bias, N, C);
+    narrow(out, o, n);
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
@@ -84,30 +94,37 @@ class CpuBackend final : public Backend {
     MIXSIM_CHECK(N > 0 && C > 0 && mean && rstd, "layernorm_backward: N={} C={}", N, C);
     cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
   }
-  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+  void matmul_forward(float* out, TensorIn inp, const float* weight, const float* bias, int N,
                       int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_forward: N={} C={} OC={}", N, C, OC);
-    if (precision_ == MatmulPrecision::bf16) {
-      inp = rounded(scratch_[0], inp, std::size_t(N) * C);
+    const float* x = operand(scratch_[0], inp, std::size_t(N) * C);
+    if (precision_ == MatmulPrecision::bf16)
       weight = rounded(scratch_[1], weight, std::size_t(OC) * C);
-    }
-    cpu::matmul_forward(out, inp, weight, bias, N, C, OC);
+    cpu::matmul_forward(out, x, weight, bias, N, C, OC);
   }
-  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                       const float* inp, const float* weight, int N, int C, int OC) override {
+  void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
+                       const float* weight, int N, int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_backward: N={} C={} OC={}", N, C, OC);
-    if (precision_ == MatmulPrecision::bf16) {
-      // As cuda-bf16: the products take bf16 operands, the bias gradient sums the fp32 dout.
-      const float* g = rounded(scratch_[0], dout, std::size_t(N) * OC);
-      if (dinp)
-        cpu::gemm<float>(false, false, N, C, OC, 1.f, g, OC,
-                         rounded(scratch_[1], weight, std::size_t(OC) * C), C, 0.f, dinp, C);
-      cpu::gemm<float>(true, false, OC, C, N, 1.f, g, OC,
-                       rounded(scratch_[2], inp, std::size_t(N) * C), C, 1.f, dweight, C);
-      if (dbias) cpu::bias_backward(dbias, dout, N, OC);
+    MIXSIM_CHECK(!dbias || dout.type == DType::fp32,
+                 "matmul_backward: a bias gradient needs an fp32 dout, got bf16");
+    if (precision_ == MatmulPrecision::fp32 && dout.type == DType::fp32 &&
+        inp.type == DType::fp32) {
+      cpu::matmul_backward(dinp, dweight, dbias, static_cast<const float*>(dout.data),
+                           static_cast<const float*>(inp.data), weight, N, C, OC);
       return;
     }
-    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+    // As cuda-bf16: the products take bf16 operands (rounded here, or stored so), the bias
+    // gradient sums the fp32 dout.
+    const float* g = operand(scratch_[0], dout, std::size_t(N) * OC);
+    if (dinp) {
+      const float* w = precision_ == MatmulPrecision::bf16
+                           ? rounded(scratch_[1], weight, std::size_t(OC) * C)
+                           : weight;
+      cpu::gemm<float>(false, false, N, C, OC, 1.f, g, OC, w, C, 0.f, dinp, C);
+    }
+    cpu::gemm<float>(true, false, OC, C, N, 1.f, g, OC,
+                     operand(scratch_[2], inp, std::size_t(N) * C), C, 1.f, dweight, C);
+    if (dbias) cpu::bias_backward(dbias, static_cast<const float*>(dout.data), N, OC);
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
@@ -126,8 +143,10 @@ class CpuBackend final : public Backend {
     else
       cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
   }
-  void gelu_forward(float* out, const float* inp, std::size_t n) override {
-    cpu::gelu_forward(out, inp, n);
+  void gelu_forward(TensorOut out, const float* inp, std::size_t n) override {
+    float* o = staging(out, n);
+    cpu::gelu_forward(o, inp, n);
+    narrow(out, o, n);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) override {
     cpu::gelu_backward(dinp, inp, dout, n);
@@ -135,10 +154,21 @@ class CpuBackend final : public Backend {
   void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {
     cpu::residual_forward(out, a, b, n);
   }
-  void classifier(float* logits, float* losses, const int* targets, float dloss, bool write_dlogits,
+  void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
                   int N, int V, int Vp) override {
     MIXSIM_CHECK(N > 0 && V > 0 && V <= Vp, "classifier: N={} V={} Vp={}", N, V, Vp);
-    cpu::classifier(logits, losses, targets, dloss, write_dlogits, N, V, Vp);
+    MIXSIM_CHECK(dlogits.type == DType::bf16 || !dlogits.data || dlogits.data == logits,
+                 "classifier: fp32 dlogits are written in place: pass the logits");
+    if (dlogits.type == DType::fp32) {
+      cpu::classifier(logits, losses, targets, dloss, dlogits.data != nullptr, N, V, Vp);
+      return;
+    }
+    // bf16 dlogits: in place on a copy, then rounded into the buffer; the logits stay.
+    const std::size_t n = std::size_t(N) * Vp;
+    if (out_scratch_.size() < n) out_scratch_.resize(n);
+    copy(out_scratch_.data(), logits, n * sizeof(float));
+    cpu::classifier(out_scratch_.data(), losses, targets, dloss, true, N, V, Vp);
+    narrow(dlogits, out_scratch_.data(), n);
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
              const AdamWArgs& args) override {
@@ -164,16 +194,46 @@ class CpuBackend final : public Backend {
     return out;
   }
 
+  // The fp32 values of a product's operand: in bf16 precision rounded into `scratch`; a bf16
+  // tensor is widened into it (exact: its values are bf16 already, in either precision).
+  const float* operand(std::vector<float>& scratch, TensorIn t, std::size_t n) {
+    const float* x = static_cast<const float*>(t.data);
+    if (t.type == DType::fp32)
+      return precision_ == MatmulPrecision::bf16 ? rounded(scratch, x, n) : x;
+    if (scratch.size() < n) scratch.resize(n);
+    const auto* bits = static_cast<const std::uint16_t*>(t.data);
+    float* out = scratch.data();
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
+    for (std::size_t i = 0; i < n; ++i) out[i] = bf16_value(bits[i]);
+    return out;
+  }
+  // Where an op computes the n values of `out`: out itself when fp32, else a scratch buffer that
+  // narrow() then rounds into the bf16 tensor.
+  float* staging(TensorOut out, std::size_t n) {
+    if (out.type == DType::fp32) return static_cast<float*>(out.data);
+    if (out_scratch_.size() < n) out_scratch_.resize(n);
+    return out_scratch_.data();
+  }
+  static void narrow(TensorOut out, const float* values, std::size_t n) {
+    if (out.type == DType::fp32) return;
+    auto* bits = static_cast<std::uint16_t*>(out.data);
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
+    for (std::size_t i = 0; i < n; ++i) bits[i] = bf16_bits(values[i]);
+  }
+
   // MIXSIM_TC_ATTENTION=1: cuda-bf16 runs attention on tensor cores (kernels/attention_tc.cu),
-  // and cpu-bf16 then rounds as those kernels do (attention_bf16.cpp).
-  static bool tc_requested() {
-    const char* setting = std::getenv("MIXSIM_TC_ATTENTION");
+  // and cpu-bf16 then rounds as those kernels do (attention_bf16.cpp). MIXSIM_BF16_ACTIVATIONS=1:
+  // the model stores its product-only tensors in bf16 (activation_storage).
+  static bool env_is_1(const char* name) {
+    const char* setting = std::getenv(name);
     return setting && std::string_view(setting) == "1";
   }
 
   MatmulPrecision precision_;
   bool tc_attention_;
-  std::vector<float> scratch_[3];  // bf16-rounded operands (cpu-bf16)
+  bool bf16_activations_;
+  std::vector<float> scratch_[3];   // product operands rounded (cpu-bf16) or widened (bf16)
+  std::vector<float> out_scratch_;  // outputs computed in fp32 before they are rounded to bf16
 
   static void check_attention(const char* op, int B, int T, int C, int NH) {
     MIXSIM_CHECK(B > 0 && T > 0 && NH > 0 && C % NH == 0, "{}: B={} T={} C={} NH={}", op, B, T, C,
