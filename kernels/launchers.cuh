@@ -45,10 +45,11 @@ struct Workspace {
 // then the partials are added in chunk order: fixed order, no atomics (reduce.cu).
 constexpr int kRowChunk = 256;
 
-// ---- reduce.cu: dst[c] += sum over rows of x[r, c] (x is (N, C)), deterministic.
+// ---- reduce.cu: dst[c] += sum over rows of x[r, c] (x is (N, C)), deterministic; with
+// `rounded`, the same pass also writes x rounded to bf16 there (N x C).
 std::size_t column_sums_workspace(int N, int C);
 void column_sums_accumulate(float* dst, const float* x, int N, int C, Workspace ws,
-                            cudaStream_t stream);
+                            cudaStream_t stream, __nv_bfloat16* rounded = nullptr);
 // dst[c] += sum over k = 0..chunks-1 of partials[k, c], in that order.
 void accumulate_partials(float* dst, const float* partials, int chunks, int C, cudaStream_t stream);
 

@@ -10,7 +10,8 @@
 // work go through cuBLASLt instead, the work fused into the product's epilogue: the bias (forward
 // with bias), bias then GELU keeping the GELU's input (matmul_gelu_forward), and the GELU's
 // gradient (the dinp product of gelu_matmul_backward). Same operands, same fp32 accumulation and
-// output; cuBLASLt's GELU is GPT-2's tanh form, in its own fp32 arithmetic. Where cuBLASLt has no
+// output; cuBLASLt's GELU is GPT-2's tanh form, in its own fp32 arithmetic. (A bf16 GELU output
+// is left to the GELU kernel: cuBLASLt's aux matrix would be bf16 too.) Where cuBLASLt has no
 // algorithm for a problem (its heuristic returns none), the product runs as without it, followed
 // by the separate kernels, and LtMatmul counts the fallback (cublaslt_use).
 #include <cublasLt.h>
@@ -161,12 +162,12 @@ class LtMatmul {
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
 
-  // D (m,n) = op(A) op(B), then the epilogue; D is fp32 or bf16 (d_type), column-major with
-  // leading dimension ldd, and not read (beta 0); the bias and the aux matrix are fp32 either
-  // way. Returns false, having run nothing, when cuBLASLt has no algorithm for the problem.
+  // D (m,n) = op(A) op(B), then the epilogue; D is fp32, column-major with leading dimension
+  // ldd, and not read (beta 0). Returns false, having run nothing, when cuBLASLt has no
+  // algorithm for the problem or refuses it.
   bool run(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A, int lda,
-           Operand B, int ldb, void* D, cudaDataType_t d_type, int ldd, const Epilogue& ep,
-           Workspace& ws, cudaStream_t stream) {
+           Operand B, int ldb, float* D, int ldd, const Epilogue& ep, Workspace& ws,
+           cudaStream_t stream) {
     LtDesc desc;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
     set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSA, std::int32_t(ta));
@@ -180,19 +181,12 @@ class LtMatmul {
                     static_cast<void*>(ep.aux));
       set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, ep.aux_ld);
     }
-    if (d_type != CUDA_R_32F) {  // both default to D's type; ours stay fp32
-      if (ep.bias)
-        set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, std::int32_t(CUDA_R_32F));
-      if (ep.aux)
-        set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE,
-                      std::int32_t(CUDA_R_32F));
-    }
     // Stored shapes, before op(): A is (m,k) or, transposed, (k,m); B is (k,n) or (n,k).
     LtLayout a, b, d;
     const bool ta_n = ta == CUBLAS_OP_N, tb_n = tb == CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(a.out(), A.type, ta_n ? m : k, ta_n ? k : m, lda));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(b.out(), B.type, tb_n ? k : n, tb_n ? n : k, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(d.out(), d_type, m, n, ldd));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(d.out(), CUDA_R_32F, m, n, ldd));
 
     const Key key{m,
                   n,
@@ -209,12 +203,11 @@ class LtMatmul {
                   alignment(D),
                   ep.bias ? alignment(ep.bias) : 0,
                   ep.aux ? alignment(ep.aux) : 0,
-                  ep.aux_ld,
-                  d_type};
+                  ep.aux_ld};
     auto found = plans_.find(key);
     if (found == plans_.end())
       found = plans_.emplace(key, plan(desc.get(), a.get(), b.get(), d.get(), key)).first;
-    const Plan& p = found->second;
+    Plan& p = found->second;
     if (!p.found) {
       ++use_.fallbacks;
       use_.last_fallback = p.reason;
@@ -222,9 +215,22 @@ class LtMatmul {
     }
     void* scratch = p.workspace ? ws.take<char>(p.workspace) : nullptr;
     const float alpha = 1.f, beta = 0.f;
-    CUBLAS_CHECK(cublasLtMatmul(handle_, desc.get(), &alpha, A.data, a.get(), B.data, b.get(),
-                                &beta, D, d.get(), D, d.get(), &p.algo, scratch, p.workspace,
-                                stream));
+    const cublasStatus_t status =
+        cublasLtMatmul(handle_, desc.get(), &alpha, A.data, a.get(), B.data, b.get(), &beta, D,
+                       d.get(), D, d.get(), &p.algo, scratch, p.workspace, stream);
+    // A combination the heuristic let through but the matmul refuses (it checks some rules only
+    // here) is refused before anything runs: that problem falls back, now and from then on.
+    if (!p.ran &&
+        (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
+      p.found = false;
+      p.reason = std::string("cuBLASLt refused to run ") + describe(key) + ": " +
+                 cublasGetStatusString(status);
+      ++use_.fallbacks;
+      use_.last_fallback = p.reason;
+      return false;
+    }
+    CUBLAS_CHECK(status);
+    p.ran = true;
     ++use_.fused;
     return true;
   }
@@ -238,11 +244,12 @@ class LtMatmul {
   const CublasLtUse& use() const { return use_; }
 
  private:
-  using Key = std::array<long long, 17>;
+  using Key = std::array<long long, 16>;
   struct Plan {
     bool found = false;
     cublasLtMatmulAlgo_t algo{};
     std::size_t workspace = 0;
+    bool ran = false;    // cublasLtMatmul has accepted it once
     std::string reason;  // why not, when not found
   };
 
@@ -267,14 +274,16 @@ class LtMatmul {
       p.workspace = result.workspaceSize;
       return p;
     }
-    p.reason = std::string("cuBLASLt has no algorithm for m=") + std::to_string(key[0]) +
-               " n=" + std::to_string(key[1]) + " k=" + std::to_string(key[2]) + " (" +
-               (key[5] == CUDA_R_16BF ? "bf16" : "fp32") + " operands, " +
-               (key[16] == CUDA_R_16BF ? "bf16" : "fp32") + " output, epilogue " +
-               epilogue_name(cublasLtEpilogue_t(key[6])) + "): " +
+    p.reason = "cuBLASLt has no algorithm for " + describe(key) + ": " +
                (status == CUBLAS_STATUS_SUCCESS ? std::string("the heuristic returned none")
                                                 : cublasGetStatusString(status));
     return p;
+  }
+
+  static std::string describe(const Key& key) {
+    return "m=" + std::to_string(key[0]) + " n=" + std::to_string(key[1]) +
+           " k=" + std::to_string(key[2]) + " (" + (key[5] == CUDA_R_16BF ? "bf16" : "fp32") +
+           " operands, epilogue " + epilogue_name(cublasLtEpilogue_t(key[6])) + ")";
   }
 
   cublasLtHandle_t handle_ = nullptr;
@@ -301,7 +310,7 @@ namespace {
 void forward_product(cublasHandle_t handle, LtMatmul* lt, float* out, Operand w, Operand x,
                      const float* bias, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
   if (lt && bias &&
-      lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, CUDA_R_32F, OC,
+      lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC,
               {CUBLASLT_EPILOGUE_BIAS, bias, nullptr, 0}, ws, stream))
     return;
   float beta = 0.f;
@@ -315,14 +324,27 @@ void forward_product(cublasHandle_t handle, LtMatmul* lt, float* out, Operand w,
   gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, beta, out, OC);
 }
 
-// dweight^T (C,OC) += inp^T (C,N) . dout (N,OC); dbias += the column sums of dout, which is
-// then fp32 (the caller has checked).
-void weight_gradients(cublasHandle_t handle, MatmulPrecision precision, float* dweight,
-                      float* dbias, Operand g, TensorIn dout, TensorIn inp, int N, int C, int OC,
-                      Workspace& ws, cudaStream_t stream) {
+// The gradient dout (N,OC) as the backward products' operand, and dbias += its column sums
+// (fp32: the caller has checked). In bf16 precision one pass does both: the column sums' kernel
+// writes the rounded copy as it reads dout (bit-identical to rounding it on its own).
+Operand gradient_operand(MatmulPrecision precision, float* dbias, TensorIn dout, int N, int OC,
+                         Workspace& ws, cudaStream_t stream) {
+  if (!dbias) return operand(precision, dout, std::size_t(N) * OC, ws, stream);
+  const auto* g = static_cast<const float*>(dout.data);
+  if (precision == MatmulPrecision::fp32) {
+    column_sums_accumulate(dbias, g, N, OC, ws, stream);
+    return {g, CUDA_R_32F};
+  }
+  __nv_bfloat16* copy = ws.take<__nv_bfloat16>(std::size_t(N) * OC);
+  column_sums_accumulate(dbias, g, N, OC, ws, stream, copy);
+  return {copy, CUDA_R_16BF};
+}
+
+// dweight^T (C,OC) += inp^T (C,N) . dout (N,OC).
+void weight_gradient(cublasHandle_t handle, MatmulPrecision precision, float* dweight, Operand g,
+                     TensorIn inp, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
   gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, x, C, g, OC, 1.f, dweight, C);
-  if (dbias) column_sums_accumulate(dbias, static_cast<const float*>(dout.data), N, OC, ws, stream);
 }
 
 }  // namespace
@@ -358,15 +380,18 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
-  if (lt) {
+  // With a bf16 out, the GELU epilogue is not asked: its aux matrix (pre, which the backward
+  // pass needs in fp32) has D's type in cuBLASLt except in fp8 kernels (cublasLt.h,
+  // EPILOGUE_AUX_DATA_TYPE). The product then still takes its bias in the epilogue, and the GELU
+  // kernel writes the bf16 out.
+  if (lt && out.type == DType::fp32) {
     // out^T (OC,N) = gelu(pre^T), pre^T = w . x^T + bias: pre is the epilogue's aux matrix.
     const Epilogue ep{bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias,
                       pre, OC};
-    const cudaDataType_t out_type = out.type == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
     if (OC % 8 != 0)
       lt->refuse("cuBLASLt's GELU epilogue needs OC divisible by 8, got OC=" + std::to_string(OC));
-    else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out.data, out_type, OC, ep, ws,
-                     stream))
+    else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, static_cast<float*>(out.data),
+                     OC, ep, ws, stream))
       return;
   }
   forward_product(handle, lt, pre, w, x, bias, N, C, OC, ws, stream);
@@ -388,13 +413,13 @@ void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* di
   CUDA_REQUIRE(!dbias || dout.type == DType::fp32, "matmul_backward (a bias gradient)",
                std::string("a bf16 dout"));
   CUBLAS_CHECK(cublasSetStream(handle, stream));
-  const Operand g = operand(precision, dout, std::size_t(N) * OC, ws, stream);
+  const Operand g = gradient_operand(precision, dbias, dout, N, OC, ws, stream);
   // dinp^T (C,N) = weight^T (C,OC) . dout^T (OC,N)   (assigned)
   if (dinp) {
     const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
     gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dinp, C);
   }
-  weight_gradients(handle, precision, dweight, dbias, g, dout, inp, N, C, OC, ws, stream);
+  weight_gradient(handle, precision, dweight, g, inp, N, C, OC, ws, stream);
 }
 
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
@@ -403,7 +428,7 @@ void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision p
                           Workspace ws, cudaStream_t stream) {
   check_dims("gelu_matmul_backward", N, C, OC);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
-  const Operand g = operand(precision, dout, std::size_t(N) * OC, ws, stream);
+  const Operand g = gradient_operand(precision, dbias, dout, N, OC, ws, stream);
   const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
   // dpre^T (C,N) = gelu'(pre^T) * (weight^T (C,OC) . dout^T (OC,N)): pre is the aux matrix.
   bool fused = false;
@@ -412,14 +437,13 @@ void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision p
     if (C % 8 != 0)
       lt->refuse("cuBLASLt's GELU epilogue needs C divisible by 8, got C=" + std::to_string(C));
     else
-      fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, dpre, CUDA_R_32F, C, ep, ws,
-                      stream);
+      fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, dpre, C, ep, ws, stream);
   }
   if (!fused) {
     gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dpre, C);
     gelu_backward(dpre, pre, dpre, std::size_t(N) * C, stream);
   }
-  weight_gradients(handle, precision, dweight, dbias, g, dout, inp, N, C, OC, ws, stream);
+  weight_gradient(handle, precision, dweight, g, inp, N, C, OC, ws, stream);
 }
 
 }  // namespace mixsim::cuda

@@ -1,6 +1,8 @@
 // Column sums of a row-major (N, C) matrix for parameter gradients (biases), deterministic: each
 // block sums a fixed chunk of rows for 32 columns in a fixed order, then one thread per column
 // adds the chunk sums in chunk order. No atomics, so the result is the same on every run.
+// Optionally the same pass writes x rounded to bf16 (the bf16 operand of a gradient's products),
+// which saves the rounding pass its own read of x.
 #include "launchers.cuh"
 
 namespace mixsim::cuda {
@@ -9,13 +11,19 @@ namespace {
 
 constexpr int kRowLanes = 8;  // threads per column in a chunk; block = (32 columns, kRowLanes)
 
-__global__ void column_partials_kernel(float* partials, const float* x, int N, int C) {
+__global__ void column_partials_kernel(float* partials, __nv_bfloat16* rounded, const float* x,
+                                       int N, int C) {
   __shared__ float sums[kRowLanes][kWarpSize];
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
   const int r0 = blockIdx.y * kRowChunk, r1 = min(N, r0 + kRowChunk);
   float s = 0.f;
   if (c < C)
-    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) s += x[std::size_t(r) * C + c];
+    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
+      const std::size_t i = std::size_t(r) * C + c;
+      const float v = x[i];
+      s += v;
+      if (rounded) rounded[i] = __float2bfloat16_rn(v);
+    }
   sums[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y == 0 && c < C) {
@@ -49,13 +57,13 @@ void accumulate_partials(float* dst, const float* partials, int chunks, int C,
 }
 
 void column_sums_accumulate(float* dst, const float* x, int N, int C, Workspace ws,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, __nv_bfloat16* rounded) {
   CUDA_REQUIRE(N > 0 && C > 0, "column_sums_accumulate", dims({{"N", N}, {"C", C}}));
   const int chunks = CEIL_DIV(N, kRowChunk);
   CUDA_REQUIRE(chunks <= 65535, "column_sums_accumulate (grid.y)", dims({{"N", N}}));
   float* partials = ws.take<float>(std::size_t(chunks) * C);
   const dim3 grid(CEIL_DIV(C, kWarpSize), chunks), block(kWarpSize, kRowLanes);
-  column_partials_kernel<<<grid, block, 0, stream>>>(partials, x, N, C);
+  column_partials_kernel<<<grid, block, 0, stream>>>(partials, rounded, x, N, C);
   CUDA_CHECK_LAUNCH(column_partials_kernel);
   accumulate_partials(dst, partials, chunks, C, stream);
 }

@@ -258,6 +258,7 @@ void Gpt::ensure_training() {
     a.dbuf4 = next_f(R * 4 * C);
     return at;
   };
+  static_assert(sizeof(Activations) == 24 * sizeof(void*), "carve() assigns each of the 24");
   acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
   carve(acts_memory_.get());
   train_tokens_ = DeviceBuffer<int>(backend_, R);

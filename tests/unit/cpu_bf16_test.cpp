@@ -366,13 +366,14 @@ std::vector<std::uint16_t> bits_of(const std::vector<float>& x) {
 }  // namespace
 
 // Each op that can write bf16 writes exactly its fp32 result rounded to nearest even; the
-// classifier leaves the logits as they were when its dlogits are a bf16 buffer of their own; a
-// product reading a bf16 tensor gives what it gives on the widened values, in either precision;
-// and a bias gradient from a bf16 dout is refused (it is summed in fp32).
+// classifier leaves the logits as they were when its dlogits are a bf16 buffer of their own (and
+// refuses bf16 dlogits overlapping the logits, fp32 ones apart from them); a product reading a
+// bf16 tensor gives what it gives on the widened values, in either precision; and a bias
+// gradient from a bf16 dout is refused (it is summed in fp32).
 TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
   for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
     auto be = make_cpu_backend(precision);
-    const int n = 37, c = 72, vp = 320, v = 257;
+    const int n = 150, c = 72, vp = 320, v = 257;  // 150 rows: the classifier's chunks of 64
     const auto x = random_floats(std::size_t(n) * c, 201);
     const auto w = random_floats(c, 202), b = random_floats(c, 203);
     std::vector<float> ln(x.size()), mean(n), rstd(n);
@@ -400,6 +401,12 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
     be->classifier(logits.data(), losses.data(), targets.data(), 0.5f, logits.data(), n, v, vp);
     EXPECT_EQ(losses16, losses);
     EXPECT_EQ(d16, bits_of(logits));
+    EXPECT_THROW(be->classifier(logits.data(), losses.data(), targets.data(), 0.5f,
+                                {logits.data() + logits.size() / 2, DType::bf16}, n, v, vp),
+                 Error);
+    EXPECT_THROW(be->classifier(logits.data(), losses.data(), targets.data(), 0.5f,
+                                logits.data() + 1, n, v, vp),
+                 Error);
 
     // products from a bf16 tensor = products from its widened values
     std::vector<float> wide(ln16.size());

@@ -157,8 +157,8 @@ class Backend {
   // losses[i] = -log softmax(logits[i,:V])[targets[i]], or 0 where targets[i] < 0 (skipped).
   // Unless dlogits is null, dlogits = dloss * (softmax - onehot) on the first V entries and 0 on
   // the padding and on skipped rows (probabilities are never stored): fp32 dlogits must be the
-  // logits themselves (overwritten in place); bf16 dlogits are a buffer of their own, and the
-  // logits are left as they were.
+  // logits themselves (overwritten in place); bf16 dlogits are a buffer of their own (that does
+  // not overlap the logits), and the logits are left as they were.
   virtual void classifier(float* logits, float* losses,  // (N,Vp), (N)
                           const int* targets,            // (N)
                           float dloss, TensorOut dlogits, int N, int V, int Vp) = 0;

@@ -27,7 +27,8 @@ class Gpt {
   // max_batch sequences of up to config.context tokens) on the first forward(), so that a model
   // used only for evaluation never holds them. `backend` must outlive the model. The tensors
   // that only matrix products read are stored as `activation_storage` says, by default as the
-  // backend prefers (Backend::activation_storage).
+  // backend prefers (Backend::activation_storage). bf16 storage on a backend with fp32 products
+  // is allowed, and changes the results by bf16's rounding (tests use it to see it happen).
   Gpt(const ModelConfig& config, Backend& backend, int max_batch,
       std::optional<DType> activation_storage = std::nullopt);
   ~Gpt();

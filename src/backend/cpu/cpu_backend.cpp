@@ -1,5 +1,6 @@
 // The fp32 CPU backend: host memory, and each op forwarded to its kernel (cpu_kernels.hpp) after
 // checking the assumptions the kernel relies on.
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -163,12 +164,21 @@ class CpuBackend final : public Backend {
       cpu::classifier(logits, losses, targets, dloss, dlogits.data != nullptr, N, V, Vp);
       return;
     }
-    // bf16 dlogits: in place on a copy, then rounded into the buffer; the logits stay.
-    const std::size_t n = std::size_t(N) * Vp;
-    if (out_scratch_.size() < n) out_scratch_.resize(n);
-    copy(out_scratch_.data(), logits, n * sizeof(float));
-    cpu::classifier(out_scratch_.data(), losses, targets, dloss, true, N, V, Vp);
-    narrow(dlogits, out_scratch_.data(), n);
+    MIXSIM_CHECK(!overlap(dlogits.data, std::size_t(N) * Vp * 2, logits,
+                          std::size_t(N) * Vp * sizeof(float)),
+                 "classifier: bf16 dlogits must not overlap the logits");
+    // bf16 dlogits: in place on a copy of a chunk of rows, then rounded into the buffer; the
+    // logits stay.
+    constexpr int kRows = 64;
+    const std::size_t chunk = std::size_t(kRows) * Vp;
+    if (out_scratch_.size() < chunk) out_scratch_.resize(chunk);
+    for (int r0 = 0; r0 < N; r0 += kRows) {
+      const int rows = std::min(kRows, N - r0);
+      const std::size_t at = std::size_t(r0) * Vp, n = std::size_t(rows) * Vp;
+      copy(out_scratch_.data(), logits + at, n * sizeof(float));
+      cpu::classifier(out_scratch_.data(), losses + r0, targets + r0, dloss, true, rows, V, Vp);
+      narrow({static_cast<std::uint16_t*>(dlogits.data) + at, DType::bf16}, out_scratch_.data(), n);
+    }
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
              const AdamWArgs& args) override {
@@ -192,6 +202,12 @@ class CpuBackend final : public Backend {
 #pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
     for (std::size_t i = 0; i < n; ++i) out[i] = round_to_bf16(x[i]);
     return out;
+  }
+
+  // Whether the byte ranges [a, a + na) and [b, b + nb) share a byte.
+  static bool overlap(const void* a, std::size_t na, const void* b, std::size_t nb) {
+    const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
+    return x < y + nb && y < x + na;
   }
 
   // The fp32 values of a product's operand: in bf16 precision rounded into `scratch`; a bf16
