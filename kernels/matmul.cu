@@ -213,7 +213,10 @@ class LtMatmul {
       use_.last_fallback = p.reason;
       return false;
     }
-    void* scratch = p.workspace ? ws.take<char>(p.workspace) : nullptr;
+    // The scratch comes from a copy of ws: the caller's later takes may reuse those bytes (they
+    // run after this product in stream order), so a refused call leaves nothing behind.
+    Workspace local = ws;
+    void* scratch = p.workspace ? local.take<char>(p.workspace) : nullptr;
     const float alpha = 1.f, beta = 0.f;
     const cublasStatus_t status =
         cublasLtMatmul(handle_, desc.get(), &alpha, A.data, a.get(), B.data, b.get(), &beta, D,

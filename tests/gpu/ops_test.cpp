@@ -899,8 +899,9 @@ DeviceBuffer<T> put(Backend& be, const std::vector<T>& host) {
 // CPU's by the op tests above). `run(be, out)` runs the op on `be` into `out`, n values.
 template <class Run>
 void expect_bf16_is_rounded_fp32(Backend& be, std::size_t n, Run run, const std::string& what) {
-  DeviceBuffer<float> f(be, n);
-  DeviceBuffer<std::uint16_t> h(be, n);
+  // filled first with values no op here writes, so that an op that writes nothing fails
+  DeviceBuffer<float> f = put(be, std::vector<float>(n, 1e30f));
+  DeviceBuffer<std::uint16_t> h = put(be, std::vector<std::uint16_t>(n, 0xffff));
   run(be, TensorOut(f.get()));
   run(be, TensorOut(h.get(), DType::bf16));
   const std::vector<std::uint16_t> got = fetch(be, h.get(), n);
@@ -929,6 +930,7 @@ TEST_F(CudaOps, Bf16StorageOpsMatchCpuBf16) {
   const auto logits = random_floats(std::size_t(N) * Vp, 114);
   std::vector<int> targets(N);
   for (int i = 0; i < N; ++i) targets[i] = i % 7 == 0 ? -1 : (i * 31) % V;
+  std::vector<float> losses_of[2];  // cpu-bf16's, cuda-bf16's
   for (Backend* be : {cpu.get(), gpu.get()}) {
     auto dx = put(*be, x), dw = put(*be, w), db = put(*be, b);
     expect_bf16_is_rounded_fp32(
@@ -942,6 +944,7 @@ TEST_F(CudaOps, Bf16StorageOpsMatchCpuBf16) {
         "gelu_forward");
     auto dt = put(*be, targets);
     DeviceBuffer<float> losses(*be, N);
+    std::vector<float> loss_runs[2];  // the losses of the fp32 and the bf16 run
     expect_bf16_is_rounded_fp32(
         *be, logits.size(),
         [&](Backend& e, TensorOut out) {
@@ -953,9 +956,14 @@ TEST_F(CudaOps, Bf16StorageOpsMatchCpuBf16) {
             e.classifier(dl.get(), losses.get(), dt.get(), 0.25f, out, N, V, Vp);
             EXPECT_EQ(fetch(e, dl.get(), dl.size()), logits) << e.name() << ": the logits stay";
           }
+          loss_runs[out.type == DType::bf16] = fetch(e, losses.get(), N);
         },
         "classifier dlogits");
+    EXPECT_EQ(loss_runs[0], loss_runs[1]) << be->name() << ": the losses do not depend on dlogits";
+    losses_of[be == gpu.get()] = loss_runs[0];
   }
+  // the same losses as the CPU's, as ClassifierLossesAndDlogitsInPlace bounds them
+  expect_close(Pair{losses_of[0], losses_of[1]}, 1e-5, 1e-5, "classifier losses");
   DeviceBuffer<float> buf(*gpu, std::size_t(N) * Vp * 2);
   DeviceBuffer<float> losses(*gpu, N);
   auto dt = put(*gpu, targets);

@@ -404,6 +404,10 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
     EXPECT_THROW(be->classifier(logits.data(), losses.data(), targets.data(), 0.5f,
                                 {logits.data() + logits.size() / 2, DType::bf16}, n, v, vp),
                  Error);
+    const auto dlogits0 = logits;  // a null tensor of either type: losses only
+    be->classifier(logits.data(), losses.data(), targets.data(), 0.5f, {nullptr, DType::bf16}, n, v,
+                   vp);
+    EXPECT_EQ(logits, dlogits0);
     EXPECT_THROW(be->classifier(logits.data(), losses.data(), targets.data(), 0.5f,
                                 logits.data() + 1, n, v, vp),
                  Error);

@@ -160,7 +160,7 @@ class CpuBackend final : public Backend {
     MIXSIM_CHECK(N > 0 && V > 0 && V <= Vp, "classifier: N={} V={} Vp={}", N, V, Vp);
     MIXSIM_CHECK(dlogits.type == DType::bf16 || !dlogits.data || dlogits.data == logits,
                  "classifier: fp32 dlogits are written in place: pass the logits");
-    if (dlogits.type == DType::fp32) {
+    if (dlogits.type == DType::fp32 || !dlogits.data) {
       cpu::classifier(logits, losses, targets, dloss, dlogits.data != nullptr, N, V, Vp);
       return;
     }
