@@ -5,12 +5,12 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
 #include <string>
 
 #include "launchers.cuh"
 #include "mixsim/backend/cuda.hpp"
+#include "mixsim/core/env.hpp"
 
 namespace mixsim {
 
@@ -75,38 +75,24 @@ int select_device(int device) {
   return device;
 }
 
-// MIXSIM_TC_ATTENTION=1 turns on the tensor-core attention kernels for cuda-bf16. They are opt-in
-// until a GPU run has checked them (tests/gpu, scripts/gpu-check.sh); see docs/architecture.md.
-bool tc_attention_requested() {
-  const char* setting = std::getenv("MIXSIM_TC_ATTENTION");
-  return setting && std::string(setting) == "1";
-}
-
-// MIXSIM_CUBLASLT=1 sends the products with a bias or a GELU through cuBLASLt, fused into the
-// epilogue (matmul.cu). Opt-in until a GPU run has checked it; see docs/architecture.md.
-bool cublaslt_requested() {
-  const char* setting = std::getenv("MIXSIM_CUBLASLT");
-  return setting && std::string(setting) == "1";
-}
-
-// MIXSIM_BF16_ACTIVATIONS=1: cuda-bf16 asks the model to store the tensors only products read in
-// bf16 (activation_storage). Opt-in until a GPU run has checked it.
-bool bf16_activations_requested() {
-  const char* setting = std::getenv("MIXSIM_BF16_ACTIVATIONS");
-  return setting && std::string(setting) == "1";
-}
+// The opt-in switches (core/env.hpp), each opt-in until a GPU run has checked it (tests/gpu,
+// scripts/gpu-check.sh; docs/architecture.md): MIXSIM_TC_ATTENTION=1, the tensor-core attention
+// kernels for cuda-bf16; MIXSIM_CUBLASLT=1, the products with a bias or a GELU through cuBLASLt,
+// fused into the epilogue (matmul.cu); MIXSIM_BF16_ACTIVATIONS=1, cuda-bf16 asks the model to
+// store the tensors only products read in bf16 (activation_storage).
 
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, MatmulPrecision precision)
       : device_(select_device(device)),
         precision_(precision),
-        tc_attention_(precision == MatmulPrecision::bf16 && tc_attention_requested()),
-        bf16_activations_(precision == MatmulPrecision::bf16 && bf16_activations_requested()),
+        tc_attention_(precision == MatmulPrecision::bf16 && env_switch_on("MIXSIM_TC_ATTENTION")),
+        bf16_activations_(precision == MatmulPrecision::bf16 &&
+                          env_switch_on("MIXSIM_BF16_ACTIVATIONS")),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
-        lt_(cublaslt_requested() ? cuda::make_lt_matmul() : nullptr) {}
+        lt_(env_switch_on("MIXSIM_CUBLASLT") ? cuda::make_lt_matmul() : nullptr) {}
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());
     cudaFree(workspace_);

@@ -409,20 +409,46 @@ std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType 
          (lt ? kLtWorkspaceBytes : 0);
 }
 
+namespace {
+
+// The backward products of out = inp @ weight^T (+ bias): dinp (assigned; nullable), dweight and
+// dbias (+=). With `pre`, inp was gelu(pre) and dinp becomes the gradient of pre: the GELU's
+// derivative in the product's epilogue where cuBLASLt can, else the GELU kernel after it.
+void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* dinp,
+                       float* dweight, float* dbias, TensorIn dout, TensorIn inp, const float* pre,
+                       const float* weight, int N, int C, int OC, Workspace& ws,
+                       cudaStream_t stream) {
+  CUBLAS_CHECK(cublasSetStream(handle, stream));
+  const Operand g = gradient_operand(precision, dbias, dout, N, OC, ws, stream);
+  // dinp^T (C,N) = weight^T (C,OC) . dout^T (OC,N)   (assigned), through gelu'(pre^T)
+  if (dinp) {
+    const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
+    bool fused = false;
+    if (pre && lt) {  // pre is the DGELU epilogue's aux matrix
+      const Epilogue ep{CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C};
+      if (C % 8 != 0)
+        lt->refuse("cuBLASLt's GELU epilogue needs C divisible by 8, got C=" + std::to_string(C));
+      else
+        fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, dinp, C, ep, ws, stream);
+    }
+    if (!fused) {
+      gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dinp, C);
+      if (pre) gelu_backward(dinp, pre, dinp, std::size_t(N) * C, stream);
+    }
+  }
+  weight_gradient(handle, precision, dweight, g, inp, N, C, OC, ws, stream);
+}
+
+}  // namespace
+
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
                      float* dbias, TensorIn dout, TensorIn inp, const float* weight, int N, int C,
                      int OC, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_backward", N, C, OC);
   CUDA_REQUIRE(!dbias || dout.type == DType::fp32, "matmul_backward (a bias gradient)",
                std::string("a bf16 dout"));
-  CUBLAS_CHECK(cublasSetStream(handle, stream));
-  const Operand g = gradient_operand(precision, dbias, dout, N, OC, ws, stream);
-  // dinp^T (C,N) = weight^T (C,OC) . dout^T (OC,N)   (assigned)
-  if (dinp) {
-    const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
-    gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dinp, C);
-  }
-  weight_gradient(handle, precision, dweight, g, inp, N, C, OC, ws, stream);
+  backward_products(handle, nullptr, precision, dinp, dweight, dbias, dout, inp, nullptr, weight, N,
+                    C, OC, ws, stream);
 }
 
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
@@ -430,23 +456,10 @@ void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision p
                           TensorIn inp, const float* pre, const float* weight, int N, int C, int OC,
                           Workspace ws, cudaStream_t stream) {
   check_dims("gelu_matmul_backward", N, C, OC);
-  CUBLAS_CHECK(cublasSetStream(handle, stream));
-  const Operand g = gradient_operand(precision, dbias, dout, N, OC, ws, stream);
-  const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
-  // dpre^T (C,N) = gelu'(pre^T) * (weight^T (C,OC) . dout^T (OC,N)): pre is the aux matrix.
-  bool fused = false;
-  if (lt) {
-    const Epilogue ep{CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C};
-    if (C % 8 != 0)
-      lt->refuse("cuBLASLt's GELU epilogue needs C divisible by 8, got C=" + std::to_string(C));
-    else
-      fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, dpre, C, ep, ws, stream);
-  }
-  if (!fused) {
-    gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dpre, C);
-    gelu_backward(dpre, pre, dpre, std::size_t(N) * C, stream);
-  }
-  weight_gradient(handle, precision, dweight, g, inp, N, C, OC, ws, stream);
+  CUDA_REQUIRE(dpre != nullptr && pre != nullptr, "gelu_matmul_backward",
+               std::string("a null dpre or pre"));
+  backward_products(handle, lt, precision, dpre, dweight, dbias, dout, inp, pre, weight, N, C, OC,
+                    ws, stream);
 }
 
 }  // namespace mixsim::cuda

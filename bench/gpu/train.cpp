@@ -26,6 +26,7 @@
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/backend/ops.hpp"
+#include "mixsim/core/env.hpp"
 #include "mixsim/core/rng.hpp"
 #include "mixsim/core/timer.hpp"
 #include "mixsim/model/gpt.hpp"
@@ -140,11 +141,9 @@ int main(int argc, char** argv) {
   try {
     auto gpu = mixsim::make_backend(backend_name);
     // cuda-bf16 with MIXSIM_TC_ATTENTION=1 also runs attention on tensor cores
-    const char* tc = std::getenv("MIXSIM_TC_ATTENTION");
-    const bool tc_attention = tc && std::string(tc) == "1";
+    const bool tc_attention = mixsim::env_switch_on("MIXSIM_TC_ATTENTION");
     // MIXSIM_CUBLASLT=1: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label)
-    const char* lt = std::getenv("MIXSIM_CUBLASLT");
-    const bool cublaslt = lt && std::string(lt) == "1";
+    const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
     // MIXSIM_BF16_ACTIVATIONS=1: product-only tensors stored in bf16 ("+act")
     const bool bf16_act = gpu->activation_storage() == mixsim::DType::bf16;
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"

@@ -67,53 +67,52 @@ void fill_normal(std::span<float> out, double stddev, const Rng& root, std::uint
 
 // Training activations. Per-layer tensors are stacked over L with a stride of R = max_batch *
 // context rows, so that backward() finds layer l's values whatever B and T the batch has. The
-// tensors only matrix products read (void*) are stored as activation_storage_ says: fp32 or bf16.
+// tensors only matrix products read (TensorOut) are stored as storage_ says: fp32 or bf16.
 struct Gpt::Activations {
-  float* encoded;    // (R, C)
-  void* ln1;         // (L, R, C)
-  float* ln1_mean;   // (L, R)
-  float* ln1_rstd;   // (L, R)
-  float* qkv;        // (L, R, 3C)
-  float* atty;       // (L, R, C)
-  float* att_lse;    // (L, R*NH): (B, NH, T) per layer
-  float* residual2;  // (L, R, C)
-  void* ln2;         // (L, R, C)
-  float* ln2_mean;   // (L, R)
-  float* ln2_rstd;   // (L, R)
-  float* fch;        // (L, R, 4C)
-  void* fch_gelu;    // (L, R, 4C)
-  float* residual3;  // (L, R, C)
-  float* proj;       // (R, C) output of a projection before the residual add (not kept)
-  void* lnf;         // (R, C)
-  float* lnf_mean;   // (R)
-  float* lnf_rstd;   // (R)
-  float* logits;     // (R, Vp) logits, then in fp32 storage dlogits (written in place)
-  void* dlogits;     // (R, Vp) bf16 dlogits in bf16 storage; null in fp32 storage
-  float* losses;     // (R)
-  float* dresidual;  // (R, C) gradient of the residual stream, shared by all layers
-  float* dbuf;       // (R, C) gradient of a LayerNorm output or of the attention output
-  float* dbuf4;      // (R, 4C) gradient of the MLP hidden layer or of qkv
+  float* encoded;      // (R, C)
+  TensorOut ln1;       // (L, R, C)
+  float* ln1_mean;     // (L, R)
+  float* ln1_rstd;     // (L, R)
+  float* qkv;          // (L, R, 3C)
+  float* atty;         // (L, R, C)
+  float* att_lse;      // (L, R*NH): (B, NH, T) per layer
+  float* residual2;    // (L, R, C)
+  TensorOut ln2;       // (L, R, C)
+  float* ln2_mean;     // (L, R)
+  float* ln2_rstd;     // (L, R)
+  float* fch;          // (L, R, 4C)
+  TensorOut fch_gelu;  // (L, R, 4C)
+  float* residual3;    // (L, R, C)
+  float* proj;         // (R, C) output of a projection before the residual add (not kept)
+  TensorOut lnf;       // (R, C)
+  float* lnf_mean;     // (R)
+  float* lnf_rstd;     // (R)
+  float* logits;       // (R, Vp)
+  TensorOut dlogits;   // (R, Vp): the logits themselves in fp32 storage (written in place), else
+                       // a bf16 buffer of their own
+  float* losses;       // (R)
+  float* dresidual;    // (R, C) gradient of the residual stream, shared by all layers
+  float* dbuf;         // (R, C) gradient of a LayerNorm output or of the attention output
+  float* dbuf4;        // (R, 4C) gradient of the MLP hidden layer or of qkv
 };
 
 // One layer's view of the activations (training: slices of Activations; evaluation: buffers
-// reused by every layer, with nothing saved for backward). ln1, ln2 and fch_gelu are stored as
-// `stored` says.
+// reused by every layer, with nothing saved for backward).
 struct Gpt::LayerActs {
-  void* ln1;         // (B,T,C)
-  float* ln1_mean;   // (B,T) nullable
-  float* ln1_rstd;   // (B,T) nullable
-  float* qkv;        // (B,T,3C)
-  float* atty;       // (B,T,C)
-  float* att_lse;    // (B,NH,T) nullable
-  float* proj;       // (B,T,C)
-  float* residual2;  // (B,T,C)
-  void* ln2;         // (B,T,C)
-  float* ln2_mean;   // (B,T) nullable
-  float* ln2_rstd;   // (B,T) nullable
-  float* fch;        // (B,T,4C)
-  void* fch_gelu;    // (B,T,4C)
-  float* residual3;  // (B,T,C)
-  DType stored;
+  TensorOut ln1;       // (B,T,C)
+  float* ln1_mean;     // (B,T) nullable
+  float* ln1_rstd;     // (B,T) nullable
+  float* qkv;          // (B,T,3C)
+  float* atty;         // (B,T,C)
+  float* att_lse;      // (B,NH,T) nullable
+  float* proj;         // (B,T,C)
+  float* residual2;    // (B,T,C)
+  TensorOut ln2;       // (B,T,C)
+  float* ln2_mean;     // (B,T) nullable
+  float* ln2_rstd;     // (B,T) nullable
+  float* fch;          // (B,T,4C)
+  TensorOut fch_gelu;  // (B,T,4C)
+  float* residual3;    // (B,T,C)
 };
 
 namespace {
@@ -122,9 +121,9 @@ std::size_t element_bytes(DType type) {
   return type == DType::bf16 ? 2 : sizeof(float);
 }
 
-// The element `index` of a tensor stored as `type` at `base`.
-void* element(void* base, DType type, std::size_t index) {
-  return static_cast<char*>(base) + index * element_bytes(type);
+// The tensor that starts at element `index` of t.
+TensorOut from(TensorOut t, std::size_t index) {
+  return {static_cast<char*>(t.data) + index * element_bytes(t.type), t.type};
 }
 
 }  // namespace
@@ -232,33 +231,35 @@ void Gpt::ensure_training() {
       return p;
     };
     auto next_f = [&](std::size_t count) { return static_cast<float*>(next(count)); };
+    auto next_t = [&](std::size_t count) { return TensorOut{next(count, st), st}; };
     a.encoded = next_f(R * C);
-    a.ln1 = next(L * R * C, st);
+    a.ln1 = next_t(L * R * C);
     a.ln1_mean = next_f(L * R);
     a.ln1_rstd = next_f(L * R);
     a.qkv = next_f(L * R * 3 * C);
     a.atty = next_f(L * R * C);
     a.att_lse = next_f(L * R * d.NH);
     a.residual2 = next_f(L * R * C);
-    a.ln2 = next(L * R * C, st);
+    a.ln2 = next_t(L * R * C);
     a.ln2_mean = next_f(L * R);
     a.ln2_rstd = next_f(L * R);
     a.fch = next_f(L * R * 4 * C);
-    a.fch_gelu = next(L * R * 4 * C, st);
+    a.fch_gelu = next_t(L * R * 4 * C);
     a.residual3 = next_f(L * R * C);
     a.proj = next_f(R * C);
-    a.lnf = next(R * C, st);
+    a.lnf = next_t(R * C);
     a.lnf_mean = next_f(R);
     a.lnf_rstd = next_f(R);
     a.logits = next_f(R * d.Vp);
-    a.dlogits = st == DType::bf16 ? next(R * d.Vp, st) : nullptr;
+    a.dlogits = st == DType::bf16 ? next_t(R * d.Vp) : TensorOut(a.logits);
     a.losses = next_f(R);
     a.dresidual = next_f(R * C);
     a.dbuf = next_f(R * C);
     a.dbuf4 = next_f(R * 4 * C);
     return at;
   };
-  static_assert(sizeof(Activations) == 24 * sizeof(void*), "carve() assigns each of the 24");
+  static_assert(sizeof(Activations) == 19 * sizeof(float*) + 5 * sizeof(TensorOut),
+                "carve() assigns each of the 24");
   acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
   carve(acts_memory_.get());
   train_tokens_ = DeviceBuffer<int>(backend_, R);
@@ -270,7 +271,7 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
   const ModelDims& d = dims();
   const std::size_t C = d.C, R = std::size_t(max_batch_) * d.maxT, L = std::size_t(l);
   const Activations& a = *acts_;
-  return {element(a.ln1, storage_, L * R * C),
+  return {from(a.ln1, L * R * C),
           a.ln1_mean + L * R,
           a.ln1_rstd + L * R,
           a.qkv + L * R * 3 * C,
@@ -278,13 +279,12 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
           a.att_lse + L * R * d.NH,
           a.proj,
           a.residual2 + L * R * C,
-          element(a.ln2, storage_, L * R * C),
+          from(a.ln2, L * R * C),
           a.ln2_mean + L * R,
           a.ln2_rstd + L * R,
           a.fch + L * R * 4 * C,
-          element(a.fch_gelu, storage_, L * R * 4 * C),
-          a.residual3 + L * R * C,
-          storage_};
+          from(a.fch_gelu, L * R * 4 * C),
+          a.residual3 + L * R * C};
 }
 
 void Gpt::forward_block(int l, const float* residual, const LayerActs& a, int B, int T) {
@@ -294,16 +294,15 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, int B,
   const std::size_t NC = std::size_t(N) * C;
   const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
   // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-  const TensorOut ln1{a.ln1, a.stored}, ln2{a.ln2, a.stored}, fch_gelu{a.fch_gelu, a.stored};
-  be.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, residual, p.ln1w, p.ln1b, N, C);
-  be.matmul_forward(a.qkv, ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+  be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, p.ln1w, p.ln1b, N, C);
+  be.matmul_forward(a.qkv, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
   be.attention_forward(a.atty, a.att_lse, a.qkv, B, T, C, d.NH);
   be.matmul_forward(a.proj, a.atty, p.attprojw, p.attprojb, N, C, C);
   be.residual_forward(a.residual2, residual, a.proj, NC);
   // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-  be.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, N, C);
-  be.matmul_gelu_forward(fch_gelu, a.fch, ln2, p.fcw, p.fcb, N, C, 4 * C);
-  be.matmul_forward(a.proj, fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C);
+  be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, N, C);
+  be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, p.fcw, p.fcb, N, C, 4 * C);
+  be.matmul_forward(a.proj, a.fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C);
   be.residual_forward(a.residual3, a.residual2, a.proj, NC);
 }
 
@@ -327,11 +326,10 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
     forward_block(l, residual, la, B, T);
     residual = la.residual3;
   }
-  const TensorOut lnf{a.lnf, storage_};
-  be.layernorm_forward(lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, int(N), d.C);
-  be.matmul_forward(a.logits, lnf, p.wte, nullptr, int(N), d.C, d.Vp);
+  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, int(N), d.C);
+  be.matmul_forward(a.logits, a.lnf, p.wte, nullptr, int(N), d.C, d.Vp);
   const float dloss = grad_scale / float(valid);
-  be.classifier(a.logits, a.losses, train_targets_.get(), dloss, dlogits(), int(N), d.V, d.Vp);
+  be.classifier(a.logits, a.losses, train_targets_.get(), dloss, a.dlogits, int(N), d.V, d.Vp);
 
   std::vector<float> losses(N);
   be.download(losses.data(), a.losses, N * sizeof(float));
@@ -340,11 +338,6 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
   last_B_ = B;
   last_T_ = T;
   return float(sum / double(valid));
-}
-
-TensorOut Gpt::dlogits() const {
-  return storage_ == DType::bf16 ? TensorOut{acts_->dlogits, DType::bf16}
-                                 : TensorOut{acts_->logits};
 }
 
 void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
@@ -357,15 +350,15 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
   const float* residual = l == 0 ? s.encoded : train_layer(l - 1).residual3;
   // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on).
   // dbuf4 = the gradient of fch, through the GELU.
-  be.gelu_matmul_backward(s.dbuf4, g.fcprojw, g.fcprojb, s.dresidual, {a.fch_gelu, a.stored}, a.fch,
-                          p.fcprojw, N, 4 * C, C);
-  be.matmul_backward(s.dbuf, g.fcw, g.fcb, s.dbuf4, {a.ln2, a.stored}, p.fcw, N, C, 4 * C);
+  be.gelu_matmul_backward(s.dbuf4, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, a.fch, p.fcprojw,
+                          N, 4 * C, C);
+  be.matmul_backward(s.dbuf, g.fcw, g.fcb, s.dbuf4, a.ln2, p.fcw, N, C, 4 * C);
   be.layernorm_backward(s.dresidual, g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w, a.ln2_mean,
                         a.ln2_rstd, N, C);
   // Attention; dbuf4 now holds dqkv (B,T,3C).
   be.matmul_backward(s.dbuf, g.attprojw, g.attprojb, s.dresidual, a.atty, p.attprojw, N, C, C);
   be.attention_backward(s.dbuf4, s.dbuf, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
-  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, s.dbuf4, {a.ln1, a.stored}, p.qkvw, N, C, 3 * C);
+  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, s.dbuf4, a.ln1, p.qkvw, N, C, 3 * C);
   be.layernorm_backward(s.dresidual, g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean,
                         a.ln1_rstd, N, C);
 }
@@ -378,10 +371,8 @@ void Gpt::backward(const GradsReady& grads_ready) {
   const ParamTensors<float> p = layout_.carve(params_.get());
   const ParamTensors<float> g = layout_.carve(grads_.get());
   Activations& a = *acts_;
-  // The classifier left dlogits in a.logits (fp32 storage) or a.dlogits (bf16); the head is tied
-  // to wte.
-  be.matmul_backward(a.dbuf, g.wte, nullptr, dlogits(), TensorIn{a.lnf, storage_}, p.wte, N, C,
-                     d.Vp);
+  // The classifier left dlogits in a.dlogits; the head is tied to wte.
+  be.matmul_backward(a.dbuf, g.wte, nullptr, a.dlogits, a.lnf, p.wte, N, C, d.Vp);
   be.zero(a.dresidual, std::size_t(N) * C * sizeof(float));
   const float* last_residual = train_layer(d.L - 1).residual3;
   be.layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.dbuf, last_residual, p.lnfw, a.lnf_mean,
@@ -434,8 +425,9 @@ Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
   float* fch_gelu = fch + rows * 4 * C;
   // The residual stream is updated in place; nothing is saved for backward.
   // ln and fch_gelu keep their fp32 size whatever the storage (a bf16 tensor uses half of it).
-  return {ln, nullptr, nullptr, qkv, atty,     nullptr, proj,    res,
-          ln, nullptr, nullptr, fch, fch_gelu, res,     storage_};
+  const TensorOut ln_t{ln, storage_}, fch_gelu_t{fch_gelu, storage_};
+  return {ln_t, nullptr, nullptr, qkv,     atty, nullptr,    proj,
+          res,  ln_t,    nullptr, nullptr, fch,  fch_gelu_t, res};
 }
 
 EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
@@ -446,19 +438,17 @@ EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
   const ModelDims& d = dims();
   const ParamTensors<float> p = layout_.carve(params_.get());
   const LayerActs a = eval_layer(eval_rows_);
-  float* logits = static_cast<float*>(a.fch_gelu) + eval_rows_ * 4 * d.C;  // (kEvalChunk, Vp)
+  float* logits = static_cast<float*>(a.fch_gelu.data) + eval_rows_ * 4 * d.C;  // (kEvalChunk, Vp)
   float* losses = logits + std::size_t(kEvalChunk) * d.Vp;
   be.upload(eval_tokens_.get(), tokens, N * sizeof(int));
   be.upload(eval_targets_.get(), targets, N * sizeof(int));
 
   be.encoder_forward(a.residual3, eval_tokens_.get(), p.wte, p.wpe, B, T, d.C);
   for (int l = 0; l < d.L; ++l) forward_block(l, a.residual3, a, B, T);
-  be.layernorm_forward({a.ln1, a.stored}, nullptr, nullptr, a.residual3, p.lnfw, p.lnfb, int(N),
-                       d.C);
+  be.layernorm_forward(a.ln1, nullptr, nullptr, a.residual3, p.lnfw, p.lnfb, int(N), d.C);
   for (std::size_t r0 = 0; r0 < N; r0 += kEvalChunk) {
     const int rows = int(std::min<std::size_t>(kEvalChunk, N - r0));
-    be.matmul_forward(logits, {element(a.ln1, a.stored, r0 * d.C), a.stored}, p.wte, nullptr, rows,
-                      d.C, d.Vp);
+    be.matmul_forward(logits, from(a.ln1, r0 * d.C), p.wte, nullptr, rows, d.C, d.Vp);
     be.classifier(logits, losses + r0, eval_targets_.get() + r0, 0.0f, nullptr, rows, d.V, d.Vp);
   }
   std::vector<float> host(N);

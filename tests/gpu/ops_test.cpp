@@ -243,6 +243,11 @@ struct AttentionShape {
   int B, T, C, NH;
 };
 
+std::string shape_name(const AttentionShape& s) {
+  return "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " C=" + std::to_string(s.C) +
+         " NH=" + std::to_string(s.NH);
+}
+
 }  // namespace
 
 // Scores are q.k over HS <= 128 terms, softmax over <= 100 keys, exp and log differ by an ulp
@@ -258,8 +263,7 @@ TEST_F(CudaOps, AttentionForwardAndBackward) {
       {1, 70, 96, 1},    // HS = 96 (3 dims per lane)
   };
   for (const AttentionShape& s : shapes) {
-    const std::string what = "attention B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) +
-                             " C=" + std::to_string(s.C) + " NH=" + std::to_string(s.NH);
+    const std::string what = "attention " + shape_name(s);
     const std::size_t rows = std::size_t(s.B) * s.T;
     auto qkv = floats(random_floats(rows * 3 * s.C, 21));
     auto out = floats(std::vector<float>(rows * s.C));
@@ -661,9 +665,7 @@ TEST_F(CudaOps, Bf16TensorCoreAttention) {
       {1, 256, 768, 12},  // GPT-2's heads
   };
   for (const AttentionShape& s : shapes) {
-    const std::string what = "tensor-core attention B=" + std::to_string(s.B) +
-                             " T=" + std::to_string(s.T) + " C=" + std::to_string(s.C) +
-                             " NH=" + std::to_string(s.NH);
+    const std::string what = "tensor-core attention " + shape_name(s);
     const std::size_t rows = std::size_t(s.B) * s.T;
     auto qkv = on_bf16(random_floats(rows * 3 * s.C, 121));
     auto out = on_bf16(std::vector<float>(rows * s.C));

@@ -65,15 +65,24 @@ MatmulResult matmul(Backend& be, const std::vector<float>& x, const std::vector<
   return r;
 }
 
+// b sequences of t random tokens, each with a random target, from `seed`.
+struct TokenBatch {
+  std::vector<int> tokens, targets;
+};
+TokenBatch random_batch(int b, int t, int vocab, std::uint64_t seed) {
+  Rng rng(seed);
+  TokenBatch batch{std::vector<int>(std::size_t(b) * t), std::vector<int>(std::size_t(b) * t)};
+  for (std::size_t i = 0; i < batch.tokens.size(); ++i) {
+    batch.tokens[i] = static_cast<int>(rng.below(vocab));
+    batch.targets[i] = static_cast<int>(rng.below(vocab));
+  }
+  return batch;
+}
+
 // The losses of `steps` AdamW steps (constant lr) of a GPT from init seed 81 on one random batch.
 std::vector<float> train_losses(Backend& be, const ModelConfig& cfg, int b, int t, int steps,
                                 std::uint64_t batch_seed) {
-  Rng rng(batch_seed);
-  std::vector<int> tokens(std::size_t(b) * t), targets(tokens.size());
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<int>(rng.below(cfg.vocab_size));
-    targets[i] = static_cast<int>(rng.below(cfg.vocab_size));
-  }
+  const auto [tokens, targets] = random_batch(b, t, cfg.vocab_size, batch_seed);
   Gpt m(cfg, be, b);
   m.init(81);
   AdamW opt(m.layout(), be);
@@ -236,12 +245,8 @@ TEST(CpuBf16, TrainingFollowsFp32) {
 TEST(CpuBf16, TinyDifferencesCascadeThroughBf16Rounding) {
   const ModelConfig cfg{2, 3, 72, 37, 257};
   const int b = 4, t = 37;
-  Rng rng(72);
-  std::vector<int> tokens(std::size_t(b) * t), targets(tokens.size());
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<int>(rng.below(cfg.vocab_size));
-    targets[i] = static_cast<int>(rng.below(cfg.vocab_size));
-  }
+  const TokenBatch batch = random_batch(b, t, cfg.vocab_size, 72);
+  const std::vector<int>&tokens = batch.tokens, &targets = batch.targets;  // used in a lambda
   for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
     auto be = make_cpu_backend(precision);
     auto gradients = [&](bool noisy) {
@@ -448,12 +453,9 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
 TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
   const ModelConfig cfg{2, 3, 72, 37, 257};
   const int b = 3, t = 37;
-  Rng rng(207);
-  std::vector<int> tokens(std::size_t(b) * t), targets(tokens.size());
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<int>(rng.below(cfg.vocab_size));
-    targets[i] = i % 11 == 3 ? -1 : static_cast<int>(rng.below(cfg.vocab_size));
-  }
+  TokenBatch batch = random_batch(b, t, cfg.vocab_size, 207);
+  for (std::size_t i = 3; i < batch.targets.size(); i += 11) batch.targets[i] = -1;  // skipped
+  const std::vector<int>&tokens = batch.tokens, &targets = batch.targets;
   struct Run {
     float loss;
     std::vector<float> grads;

@@ -79,7 +79,6 @@ class Gpt {
   LayerActs eval_layer(std::size_t rows) const;
   void forward_block(int l, const float* residual, const LayerActs& a, int B, int T);
   void backward_block(int l, const LayerActs& a, int B, int T);
-  TensorOut dlogits() const;  // where the classifier writes dlogits, and the head's backward reads
 
   ParamLayout layout_;
   Backend& backend_;

@@ -12,6 +12,7 @@
 #include "mixsim/backend/device.hpp"
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/core/bf16.hpp"
+#include "mixsim/core/env.hpp"
 #include "mixsim/core/error.hpp"
 #include "parallel.hpp"
 
@@ -35,9 +36,9 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(MatmulPrecision precision)
       : precision_(precision),
-        tc_attention_(precision == MatmulPrecision::bf16 && env_is_1("MIXSIM_TC_ATTENTION")),
+        tc_attention_(precision == MatmulPrecision::bf16 && env_switch_on("MIXSIM_TC_ATTENTION")),
         bf16_activations_(precision == MatmulPrecision::bf16 &&
-                          env_is_1("MIXSIM_BF16_ACTIVATIONS")) {}
+                          env_switch_on("MIXSIM_BF16_ACTIVATIONS")) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
   }
@@ -108,23 +109,14 @@ class CpuBackend final : public Backend {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_backward: N={} C={} OC={}", N, C, OC);
     MIXSIM_CHECK(!dbias || dout.type == DType::fp32,
                  "matmul_backward: a bias gradient needs an fp32 dout, got bf16");
-    if (precision_ == MatmulPrecision::fp32 && dout.type == DType::fp32 &&
-        inp.type == DType::fp32) {
-      cpu::matmul_backward(dinp, dweight, dbias, static_cast<const float*>(dout.data),
-                           static_cast<const float*>(inp.data), weight, N, C, OC);
-      return;
-    }
-    // As cuda-bf16: the products take bf16 operands (rounded here, or stored so), the bias
-    // gradient sums the fp32 dout.
-    const float* g = operand(scratch_[0], dout, std::size_t(N) * OC);
-    if (dinp) {
-      const float* w = precision_ == MatmulPrecision::bf16
-                           ? rounded(scratch_[1], weight, std::size_t(OC) * C)
-                           : weight;
-      cpu::gemm<float>(false, false, N, C, OC, 1.f, g, OC, w, C, 0.f, dinp, C);
-    }
-    cpu::gemm<float>(true, false, OC, C, N, 1.f, g, OC,
-                     operand(scratch_[2], inp, std::size_t(N) * C), C, 1.f, dweight, C);
+    // As cuda-bf16: the products take bf16 operands (rounded here, or stored so; in fp32
+    // precision fp32 ones as given), the bias gradient sums the fp32 dout.
+    const float* w = dinp && precision_ == MatmulPrecision::bf16
+                         ? rounded(scratch_[1], weight, std::size_t(OC) * C)
+                         : weight;
+    cpu::matmul_backward(dinp, dweight, static_cast<float*>(nullptr),
+                         operand(scratch_[0], dout, std::size_t(N) * OC),
+                         operand(scratch_[2], inp, std::size_t(N) * C), w, N, C, OC);
     if (dbias) cpu::bias_backward(dbias, static_cast<const float*>(dout.data), N, OC);
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
@@ -237,15 +229,10 @@ class CpuBackend final : public Backend {
     for (std::size_t i = 0; i < n; ++i) bits[i] = bf16_bits(values[i]);
   }
 
+  MatmulPrecision precision_;
   // MIXSIM_TC_ATTENTION=1: cuda-bf16 runs attention on tensor cores (kernels/attention_tc.cu),
   // and cpu-bf16 then rounds as those kernels do (attention_bf16.cpp). MIXSIM_BF16_ACTIVATIONS=1:
   // the model stores its product-only tensors in bf16 (activation_storage).
-  static bool env_is_1(const char* name) {
-    const char* setting = std::getenv(name);
-    return setting && std::string_view(setting) == "1";
-  }
-
-  MatmulPrecision precision_;
   bool tc_attention_;
   bool bf16_activations_;
   std::vector<float> scratch_[3];   // product operands rounded (cpu-bf16) or widened (bf16)
