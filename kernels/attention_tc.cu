@@ -22,6 +22,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "launchers.cuh"
@@ -169,6 +171,28 @@ __device__ inline Head head_of(const float* qkv, int T, int C, int NH) {
           b * T * stride + h * HS};
 }
 
+// Of the warp's 16 rows from iw, for both backward kernels: D = dout . out in fp32 (summed as
+// attention.cu does) into row_d[0..15] and dvec, lse * lse_factor into row_lse[0..15] (0 past T).
+template <int HS>
+__device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, const float* dout,
+                                 const float* out, const float* lse, const Head& head, int iw,
+                                 int T, int C, float lse_factor) {
+  const int lane = threadIdx.x % kWarpSize;
+  for (int rr = 0; rr < 16; ++rr) {
+    const int row = iw + rr;
+    const std::size_t at = head.row_offset + std::size_t(row) * C;
+    float part = 0.f;
+    if (row < T)
+      for (int d = lane; d < HS; d += kWarpSize) part += dout[at + d] * out[at + d];
+    part = warp_sum(part);
+    if (lane == 0) {
+      row_d[rr] = part;
+      row_lse[rr] = row < T ? lse[head.lse_offset + row] * lse_factor : 0.f;
+      if (row < T) dvec[head.lse_offset + row] = part;
+    }
+  }
+}
+
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_tc_kernel(float* out, float* lse, const float* qkv, int T, int C, int NH,
@@ -274,19 +298,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* p = dprobs + warp * 16 * kPld;
   load_tile<HS>(qs, head.q, head.qkv_stride, i0, T);
   load_tile<HS>(gs, dout + head.row_offset, C, i0, T);
-  for (int rr = 0; rr < 16; ++rr) {  // the warp's rows: D in fp32, summed as attention.cu does
-    const int row = iw + rr;
-    const std::size_t at = head.row_offset + std::size_t(row) * C;
-    float part = 0.f;
-    if (row < T)
-      for (int d = lane; d < HS; d += kWarpSize) part += dout[at + d] * out[at + d];
-    part = warp_sum(part);
-    if (lane == 0) {
-      row_d[warp * 16 + rr] = part;
-      row_lse[warp * 16 + rr] = row < T ? lse[head.lse_offset + row] : 0.f;
-      if (row < T) dvec[head.lse_offset + row] = part;
-    }
-  }
+  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, lse, head, iw, T, C, 1.f);
 
   FragC dq[HS / 16];
   zero<HS>(dq);
@@ -387,6 +399,379 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- The same three kernels on mma.sync (m16n8k16, bf16 operands, fp32 accumulation), the
+// default tensor-core path. The roundings and the two-pass forward are those of the WMMA kernels
+// above (and of cpu-bf16's reference), but the fragment layouts of mma.sync are documented (PTX
+// ISA, "Matrix fragments for mma.m16n8k16"), so scores, probabilities and their gradients stay in
+// registers: no fp32 score scratch in shared memory, no store and reload between the products.
+// Of a warp's 16 x 8 accumulator tile, lane l holds rows g = l / 4 and g + 8, columns
+// 2 (l % 4) and 2 (l % 4) + 1: c[0], c[1] on row g, c[2], c[3] on row g + 8. Two neighbouring
+// accumulator tiles, rounded to bf16 and packed in pairs, are exactly the A fragment (16 x 16)
+// of the next product, which is how P and dS feed P V, dS K, P^T dout and dS^T Q.
+// Operands come from bf16 tiles in shared memory through ldmatrix: row-major A fragments as four
+// 8 x 8 matrices, B fragments of "n-major" tiles (keys as rows, for S = Q K^T) as they are, and
+// of "k-major" tiles (for P V) transposed by ldmatrix.trans.
+namespace mma_sync {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Shared memory: bf16 tiles of (kRows, tile_ld<HS>()); the padding of 8 elements puts the eight
+// 16-byte rows that one ldmatrix matrix reads in eight different bank groups.
+template <int HS>
+constexpr std::size_t forward_shared() {
+  return 3 * tile_bytes<HS>();
+}
+template <int HS>
+constexpr std::size_t backward_shared() {
+  return 4 * tile_bytes<HS>() + 2 * kRows * sizeof(float);
+}
+
+__device__ inline std::uint32_t shared_address(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8 x 8 bf16 matrices; lane l names row l % 8 of matrix l / 8, and r[m] receives matrix m:
+// row l / 4, columns 2 (l % 4) and + 1 (with .trans, column l / 4, rows 2 (l % 4) and + 1).
+__device__ inline void ldmatrix_x4(std::uint32_t (&r)[4], const bf16* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row))
+               : "memory");
+}
+__device__ inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], const bf16* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row))
+               : "memory");
+}
+
+// d (16 x 8) += a (16 x 16) b (16 x 8); b given as its two registers.
+__device__ inline void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                           std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats rounded to bf16 (to nearest even), the first in the low half: the element with the
+// smaller column index, as fragments hold them.
+__device__ inline std::uint32_t pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  std::uint32_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
+// tile[r, d] = bf16(src[(first + r) * stride + d]) for the kRows rows from `first`; zero past T.
+// Four floats a thread at a time (the launchers require 16-byte aligned rows).
+template <int HS>
+__device__ inline void load_tile(bf16* tile, const float* src, std::size_t stride, int first,
+                                 int T) {
+  constexpr int kQuads = HS / 4;
+  for (int idx = threadIdx.x; idx < kRows * kQuads; idx += kThreads) {
+    const int r = idx / kQuads, d = idx % kQuads * 4, row = first + r;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (row < T) v = *reinterpret_cast<const float4*>(src + std::size_t(row) * stride + d);
+    auto* dst = reinterpret_cast<__nv_bfloat162*>(tile + r * tile_ld<HS>() + d);
+    dst[0] = __floats2bfloat162_rn(v.x, v.y);
+    dst[1] = __floats2bfloat162_rn(v.z, v.w);
+  }
+}
+
+// s = a . b^T for a warp: a the 16 rows of the warp (16 x HS), b the 64 rows of a tile (64 x HS);
+// s[n] is the accumulator tile of b's rows 8n..8n+7.
+template <int HS>
+__device__ inline void scores(float (&s)[8][4], const bf16* a, const bf16* b, int lane) {
+  constexpr int LD = tile_ld<HS>();
+#pragma unroll
+  for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+  for (int k = 0; k < HS; k += 16) {
+    std::uint32_t fa[4];  // rows 0-7 | 8-15 at column k, then the same at k + 8
+    ldmatrix_x4(fa, a + (lane % 16) * LD + k + lane / 16 * 8);
+#pragma unroll
+    for (int n = 0; n < 8; n += 2) {
+      std::uint32_t fb[4];  // b's rows 8n.. at k, at k + 8, rows 8n + 8.. at k, at k + 8
+      ldmatrix_x4(fb, b + (n * 8 + lane / 16 * 8 + lane % 8) * LD + k + lane / 8 % 2 * 8);
+      mma(s[n], fa, fb[0], fb[1]);
+      mma(s[n + 1], fa, fb[2], fb[3]);
+    }
+  }
+}
+
+// The 16 x 64 values of s rounded to bf16 as the A fragments of four 16-column slices.
+__device__ inline void to_fragments(std::uint32_t (&a)[4][4], const float (&s)[8][4]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    a[k][0] = pack(s[2 * k][0], s[2 * k][1]);          // row g, columns 0-7 of the slice
+    a[k][1] = pack(s[2 * k][2], s[2 * k][3]);          // row g + 8, columns 0-7
+    a[k][2] = pack(s[2 * k + 1][0], s[2 * k + 1][1]);  // row g, columns 8-15
+    a[k][3] = pack(s[2 * k + 1][2], s[2 * k + 1][3]);  // row g + 8, columns 8-15
+  }
+}
+
+// acc (16 x HS) += a (16 x 64, fragments) . m (the 64 x HS rows of a tile); acc[n] holds
+// columns 8n..8n+7.
+template <int HS>
+__device__ inline void accumulate(float (&acc)[HS / 8][4], const std::uint32_t (&a)[4][4],
+                                  const bf16* m, int lane) {
+  constexpr int LD = tile_ld<HS>();
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+#pragma unroll
+    for (int n = 0; n < HS / 8; n += 2) {
+      std::uint32_t fb[4];  // rows 16k.. | 16k + 8.. at column 8n, then the same at 8n + 8
+      ldmatrix_x4_trans(fb,
+                        m + (k * 16 + lane / 8 % 2 * 8 + lane % 8) * LD + n * 8 + lane / 16 * 8);
+      mma(acc[n], a[k], fb[0], fb[1]);
+      mma(acc[n + 1], a[k], fb[2], fb[3]);
+    }
+  }
+}
+
+template <int HS>
+__device__ inline void zero(float (&acc)[HS / 8][4]) {
+#pragma unroll
+  for (int n = 0; n < HS / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+}
+
+// dst[(first + r) * stride + d] = factor * acc[r, d] for the warp's rows r below T (two floats a
+// lane: each quad writes 32 contiguous bytes of a row).
+template <int HS>
+__device__ inline void store_rows(float* dst, std::size_t stride, int first, int T,
+                                  const float (&acc)[HS / 8][4], float factor, int lane) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = first + lane / 4 + 8 * half;
+    if (row >= T) continue;
+    float* at = dst + std::size_t(row) * stride + lane % 4 * 2;
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n)
+      *reinterpret_cast<float2*>(at + n * 8) =
+          make_float2(factor * acc[n][2 * half], factor * acc[n][2 * half + 1]);
+  }
+}
+
+// The element of s[n][v] of a lane: its row (of the warp's 16) and column (of the tile's 64).
+__device__ inline int row_of(int lane, int v) {
+  return lane / 4 + (v / 2) * 8;
+}
+__device__ inline int column_of(int lane, int n, int v) {
+  return n * 8 + lane % 4 * 2 + v % 2;
+}
+
+template <int HS>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(float* out, float* lse, const float* qkv, int T, int C, int NH, float scale) {
+  constexpr int LD = tile_ld<HS>();
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* qs = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's queries
+  bf16* ks = qs + kRows * LD;                // (64, LD) a key tile
+  bf16* vs = ks + kRows * LD;                // (64, LD) its values
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const Head head = head_of<HS>(qkv, T, C, NH);
+  // The blocks with the most key tiles first: the last ones then fill the tail.
+  const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kRows, iw = i0 + warp * 16;
+  const int last = min(T, i0 + kRows) - 1;
+  const bool live = iw < T;         // uniform over the warp
+  const float sl = scale * kLog2e;  // exp(scale s - x) = exp2(sl s - x log2 e)
+  const bf16* qw = qs + warp * 16 * LD;
+  load_tile<HS>(qs, head.q, head.qkv_stride, i0, T);
+
+  // Pass 1: the max and sum of each of the lane's two rows (base 2), over all key tiles. Every
+  // row below T sees key 0 in the first tile, so its max is finite from there on.
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float s[8][4];
+  for (int j0 = 0; j0 <= last; j0 += kRows) {
+    __syncthreads();  // the previous tile is consumed (and the queries are in place)
+    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
+    __syncthreads();
+    if (!live) continue;
+    scores<HS>(s, qw, ks, lane);
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
+        s[n][v] = i < T && j <= i ? sl * s[n][v] : -INFINITY;
+        tile_max[v / 2] = fmaxf(tile_max[v / 2], s[n][v]);
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // the four lanes of a row: lanes 4g..4g+3
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 2));
+      const float m_new = fmaxf(m[h], tile_max[h]);
+      float sum = 0.f;
+      if (m_new != -INFINITY) {  // -inf only on rows past T
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          sum += exp2f(s[n][2 * h] - m_new) + exp2f(s[n][2 * h + 1] - m_new);
+      }
+      sum += __shfl_xor_sync(kFullMask, sum, 1);
+      sum += __shfl_xor_sync(kFullMask, sum, 2);
+      l[h] = m_new == -INFINITY ? 0.f : l[h] * exp2f(m[h] - m_new) + sum;
+      m[h] = m_new;
+    }
+  }
+  float lse2[2];  // log2 of each row's sum of exp
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    lse2[h] = m[h] + log2f(l[h]);
+    const int i = iw + lane / 4 + 8 * h;
+    if (live && lse && lane % 4 == 0 && i < T) lse[head.lse_offset + i] = lse2[h] * kLn2;
+  }
+
+  // Pass 2: out = P V with P = exp(scale s - lse) rounded to bf16.
+  float acc[HS / 8][4];
+  zero<HS>(acc);
+  for (int j0 = 0; j0 <= last; j0 += kRows) {
+    __syncthreads();
+    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
+    load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+    __syncthreads();
+    if (!live) continue;
+    scores<HS>(s, qw, ks, lane);
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
+        s[n][v] = i < T && j <= i ? exp2f(sl * s[n][v] - lse2[v / 2]) : 0.f;
+      }
+    std::uint32_t p[4][4];
+    to_fragments(p, s);
+    accumulate<HS>(acc, p, vs, lane);
+  }
+  if (live) store_rows<HS>(out + head.row_offset, C, iw, T, acc, 1.f, lane);
+}
+
+// Query-major: dq of the block's rows (dS K), and D_i = dout_i . out_i for the key-major kernel.
+template <int HS>
+__global__ void __launch_bounds__(kThreads)
+    backward_dq_kernel(float* dqkv, float* dvec, const float* dout, const float* qkv,
+                       const float* out, const float* lse, int T, int C, int NH, float scale) {
+  constexpr int LD = tile_ld<HS>();
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* qs = reinterpret_cast<bf16*>(smem);                    // (64, LD) the block's queries
+  bf16* gs = qs + kRows * LD;                                  // (64, LD) their dout rows
+  bf16* ks = gs + kRows * LD;                                  // (64, LD) a key tile
+  bf16* vs = ks + kRows * LD;                                  // (64, LD) its values
+  float* row_lse = reinterpret_cast<float*>(vs + kRows * LD);  // (64) base 2
+  float* row_d = row_lse + kRows;                              // (64)
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const Head head = head_of<HS>(qkv, T, C, NH);
+  const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kRows, iw = i0 + warp * 16;
+  const int last = min(T, i0 + kRows) - 1;
+  const bool live = iw < T;
+  const float sl = scale * kLog2e;
+  load_tile<HS>(qs, head.q, head.qkv_stride, i0, T);
+  load_tile<HS>(gs, dout + head.row_offset, C, i0, T);
+  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, lse, head, iw, T, C,
+                kLog2e);
+  __syncwarp();
+  float li[2], di[2];  // of the lane's rows g and g + 8
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    li[h] = row_lse[warp * 16 + lane / 4 + 8 * h];
+    di[h] = row_d[warp * 16 + lane / 4 + 8 * h];
+  }
+
+  float dq[HS / 8][4];
+  zero<HS>(dq);
+  const bf16* qw = qs + warp * 16 * LD;
+  const bf16* gw = gs + warp * 16 * LD;
+  for (int j0 = 0; j0 <= last; j0 += kRows) {
+    __syncthreads();  // the previous tiles are consumed (and the block's rows are in place)
+    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
+    load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+    __syncthreads();
+    if (!live) continue;
+    float s[8][4], dp[8][4];
+    scores<HS>(s, qw, ks, lane);   // S
+    scores<HS>(dp, gw, vs, lane);  // dP = dout V^T
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
+        s[n][v] = i < T && j <= i ? exp2f(sl * s[n][v] - li[v / 2]) * (dp[n][v] - di[v / 2]) : 0.f;
+      }
+    std::uint32_t ds[4][4];
+    to_fragments(ds, s);
+    accumulate<HS>(dq, ds, ks, lane);
+  }
+  if (live) store_rows<HS>(dqkv + head.dqkv_offset, head.qkv_stride, iw, T, dq, scale, lane);
+}
+
+// Key-major: dk (dS^T Q) and dv (P^T dout) of the block's key rows, over the query tiles at or
+// after them.
+template <int HS>
+__global__ void __launch_bounds__(kThreads)
+    backward_dkdv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                         const float* dvec, int T, int C, int NH, float scale) {
+  constexpr int LD = tile_ld<HS>();
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* ks = reinterpret_cast<bf16*>(smem);                     // (64, LD) the block's keys
+  bf16* vs = ks + kRows * LD;                                   // (64, LD) their values
+  bf16* qs = vs + kRows * LD;                                   // (64, LD) a query tile
+  bf16* gs = qs + kRows * LD;                                   // (64, LD) its dout rows
+  float* tile_lse = reinterpret_cast<float*>(gs + kRows * LD);  // (64) base 2
+  float* tile_d = tile_lse + kRows;                             // (64)
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const Head head = head_of<HS>(qkv, T, C, NH);
+  const int j0 = blockIdx.x * kRows, jw = j0 + warp * 16;  // the first blocks have the most work
+  const bool live = jw < T;
+  const float sl = scale * kLog2e;
+  load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
+  load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+
+  float dk[HS / 8][4], dv[HS / 8][4];
+  zero<HS>(dk);
+  zero<HS>(dv);
+  const bf16* kw = ks + warp * 16 * LD;
+  const bf16* vw = vs + warp * 16 * LD;
+  for (int t0 = j0; t0 < T; t0 += kRows) {  // queries before j0 see none of the block's keys
+    __syncthreads();
+    load_tile<HS>(qs, head.q, head.qkv_stride, t0, T);
+    load_tile<HS>(gs, dout + head.row_offset, C, t0, T);
+    if (threadIdx.x < kRows) {
+      const int row = t0 + threadIdx.x;
+      tile_lse[threadIdx.x] = row < T ? lse[head.lse_offset + row] * kLog2e : 0.f;
+      tile_d[threadIdx.x] = row < T ? dvec[head.lse_offset + row] : 0.f;
+    }
+    __syncthreads();
+    if (!live) continue;
+    float s[8][4], dp[8][4];
+    scores<HS>(s, kw, qs, lane);   // S^T: the warp's keys x the tile's queries
+    scores<HS>(dp, vw, gs, lane);  // dP^T = V dout^T
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const int col = column_of(lane, n, v), i = t0 + col, j = jw + row_of(lane, v);
+        const float p = i < T && i >= j ? exp2f(sl * s[n][v] - tile_lse[col]) : 0.f;
+        s[n][v] = p;
+        dp[n][v] = p * (dp[n][v] - tile_d[col]);
+      }
+    std::uint32_t pt[4][4], dst[4][4];
+    to_fragments(pt, s);
+    to_fragments(dst, dp);
+    accumulate<HS>(dv, pt, gs, lane);
+    accumulate<HS>(dk, dst, qs, lane);
+  }
+  if (live) {
+    float* rows = dqkv + head.dqkv_offset;
+    store_rows<HS>(rows + C, head.qkv_stride, jw, T, dk, scale, lane);
+    store_rows<HS>(rows + 2 * C, head.qkv_stride, jw, T, dv, 1.f, lane);
+  }
+}
+
+}  // namespace mma_sync
+
 struct Plan {
   dim3 grid;
   float scale;
@@ -437,14 +822,17 @@ void with_head_size(int HS, Fn&& fn) {
 
 }  // namespace
 
-bool attention_tc_supported(int C, int NH, std::size_t max_shared) {
+bool attention_tc_supported(int C, int NH, std::size_t max_shared, TcAttention kernels) {
   if (NH <= 0 || C <= 0 || C % NH != 0) return false;
   const int HS = C / NH;
   if (HS % 16 != 0 || HS < 16 || HS > 128) return false;
   std::size_t needed = 0;
   with_head_size(HS, [&](auto hs) {
     constexpr int H = decltype(hs)::value;
-    needed = std::max({forward_shared<H>(), backward_dq_shared<H>(), backward_dkdv_shared<H>()});
+    needed =
+        kernels == TcAttention::mma
+            ? std::max(mma_sync::forward_shared<H>(), mma_sync::backward_shared<H>())
+            : std::max({forward_shared<H>(), backward_dq_shared<H>(), backward_dkdv_shared<H>()});
   });
   return needed <= max_shared;
 }
@@ -455,11 +843,32 @@ std::size_t max_shared_per_block(int device) {
   return std::size_t(bytes);
 }
 
+namespace {
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
+}  // namespace
+
 void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
-                          cudaStream_t stream) {
-  const Plan plan = check_and_plan("attention_forward (tensor cores)", B, T, C, NH);
+                          TcAttention kernels, cudaStream_t stream) {
+  const char* op = "attention_forward (tensor cores)";
+  const Plan plan = check_and_plan(op, B, T, C, NH);
   with_head_size(plan.HS, [&](auto hs) {
     constexpr int HS = decltype(hs)::value;
+    if (kernels == TcAttention::mma) {
+      // float4 loads of the rows and float2 stores (the model's tensors start at multiples of 64
+      // bytes, cudaMalloc's of 256)
+      CUDA_REQUIRE(aligned16(qkv) && aligned16(out), op,
+                   std::string("qkv or out not 16-byte aligned"));
+      auto* kernel = mma_sync::forward_kernel<HS>;
+      constexpr std::size_t shared = mma_sync::forward_shared<HS>();
+      allow_dynamic_shared(kernel, shared);
+      kernel<<<plan.grid, kThreads, shared, stream>>>(out, lse, qkv, T, C, NH, plan.scale);
+      CUDA_CHECK_LAUNCH(mma_sync::forward_kernel);
+      return;
+    }
     auto* kernel = attention_forward_tc_kernel<HS>;
     allow_dynamic_shared(kernel, forward_shared<HS>());
     kernel<<<plan.grid, kThreads, forward_shared<HS>(), stream>>>(out, lse, qkv, T, C, NH,
@@ -469,14 +878,30 @@ void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T
 }
 
 void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* out,
-                           const float* lse, int B, int T, int C, int NH, Workspace ws,
-                           cudaStream_t stream) {
-  const Plan plan = check_and_plan("attention_backward (tensor cores)", B, T, C, NH);
-  CUDA_REQUIRE(lse != nullptr, "attention_backward (tensor cores)",
-               std::string("no log-sum-exp saved by attention_forward"));
+                           const float* lse, int B, int T, int C, int NH, TcAttention kernels,
+                           Workspace ws, cudaStream_t stream) {
+  const char* op = "attention_backward (tensor cores)";
+  const Plan plan = check_and_plan(op, B, T, C, NH);
+  CUDA_REQUIRE(lse != nullptr, op, std::string("no log-sum-exp saved by attention_forward"));
   float* dvec = ws.take<float>(std::size_t(B) * NH * T);  // (B, NH, T)
   with_head_size(plan.HS, [&](auto hs) {
     constexpr int HS = decltype(hs)::value;
+    if (kernels == TcAttention::mma) {
+      CUDA_REQUIRE(aligned16(qkv) && aligned16(dout) && aligned16(dqkv), op,
+                   std::string("qkv, dout or dqkv not 16-byte aligned"));
+      constexpr std::size_t shared = mma_sync::backward_shared<HS>();
+      auto* dq_kernel = mma_sync::backward_dq_kernel<HS>;
+      allow_dynamic_shared(dq_kernel, shared);
+      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(dqkv, dvec, dout, qkv, out, lse, T, C, NH,
+                                                         plan.scale);
+      CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);
+      auto* dkdv_kernel = mma_sync::backward_dkdv_kernel<HS>;
+      allow_dynamic_shared(dkdv_kernel, shared);
+      dkdv_kernel<<<plan.grid, kThreads, shared, stream>>>(dqkv, dout, qkv, lse, dvec, T, C, NH,
+                                                           plan.scale);
+      CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
+      return;
+    }
     auto* dq_kernel = attention_backward_dq_tc_kernel<HS>;
     allow_dynamic_shared(dq_kernel, backward_dq_shared<HS>());
     dq_kernel<<<plan.grid, kThreads, backward_dq_shared<HS>(), stream>>>(dqkv, dvec, dout, qkv, out,

@@ -77,7 +77,8 @@ int select_device(int device) {
 
 // The opt-in switches (core/env.hpp), each opt-in until a GPU run has checked it (tests/gpu,
 // scripts/gpu-check.sh; docs/architecture.md): MIXSIM_TC_ATTENTION=1, the tensor-core attention
-// kernels for cuda-bf16; MIXSIM_CUBLASLT=1, the products with a bias or a GELU through cuBLASLt,
+// kernels for cuda-bf16 (mma.sync; with MIXSIM_WMMA_ATTENTION=1 too, the WMMA ones, kept to be
+// compared on a GPU); MIXSIM_CUBLASLT=1, the products with a bias or a GELU through cuBLASLt,
 // fused into the epilogue (matmul.cu); MIXSIM_BF16_ACTIVATIONS=1, cuda-bf16 asks the model to
 // store the tensors only products read in bf16 (activation_storage).
 
@@ -87,6 +88,8 @@ class CudaBackend final : public Backend {
       : device_(select_device(device)),
         precision_(precision),
         tc_attention_(precision == MatmulPrecision::bf16 && env_switch_on("MIXSIM_TC_ATTENTION")),
+        tc_kernels_(env_switch_on("MIXSIM_WMMA_ATTENTION") ? cuda::TcAttention::wmma
+                                                           : cuda::TcAttention::mma),
         bf16_activations_(precision == MatmulPrecision::bf16 &&
                           env_switch_on("MIXSIM_BF16_ACTIVATIONS")),
         max_shared_(cuda::max_shared_per_block(device_)),
@@ -216,8 +219,8 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
-    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
-      cuda::attention_forward_tc(out, lse, qkv, B, T, C, NH, stream_.get());
+    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_))
+      cuda::attention_forward_tc(out, lse, qkv, B, T, C, NH, tc_kernels_, stream_.get());
     else
       cuda::attention_forward(out, lse, qkv, B, T, C, NH, stream_.get());
   }
@@ -226,8 +229,9 @@ class CudaBackend final : public Backend {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
     const cuda::Workspace ws = workspace(cuda::attention_backward_workspace(B, T, NH));
-    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
-      cuda::attention_backward_tc(dqkv, dout, qkv, out, lse, B, T, C, NH, ws, stream_.get());
+    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_))
+      cuda::attention_backward_tc(dqkv, dout, qkv, out, lse, B, T, C, NH, tc_kernels_, ws,
+                                  stream_.get());
     else
       cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, ws, stream_.get());
   }
@@ -239,6 +243,12 @@ class CudaBackend final : public Backend {
   }
   void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {
     cuda::residual_forward(out, a, b, n, stream_.get());
+  }
+  void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
+                                  const float* a, const float* b, const float* weight,
+                                  const float* bias, int N, int C) override {
+    cuda::residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias, N, C,
+                                     stream_.get());
   }
   void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
                   int N, int V, int Vp) override {
@@ -278,8 +288,9 @@ class CudaBackend final : public Backend {
   int device_;
   MatmulPrecision precision_;
   bool tc_attention_;  // attention on bf16 tensor cores (attention_tc.cu), where the shape allows
-  bool bf16_activations_;   // activation_storage() is bf16
-  std::size_t max_shared_;  // the device's shared memory per block (opt-in)
+  cuda::TcAttention tc_kernels_;  // which family of them
+  bool bf16_activations_;         // activation_storage() is bf16
+  std::size_t max_shared_;        // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;
   cuda::LtMatmulPtr lt_;  // null unless MIXSIM_CUBLASLT=1

@@ -63,6 +63,10 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* to
 // ---- layernorm.cu
 void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int N, int C, cudaStream_t stream);
+// residual = a + b (may alias a or b), then layernorm_forward of it, in one pass
+void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
+                                const float* a, const float* b, const float* weight,
+                                const float* bias, int N, int C, cudaStream_t stream);
 std::size_t layernorm_backward_workspace(int N, int C);
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
@@ -122,14 +126,18 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 
 // ---- attention_tc.cu (the same ops on bf16 tensor cores, for cuda-bf16 with
 // MIXSIM_TC_ATTENTION=1; head sizes 16..128 in steps of 16 whose kernels fit the device's shared
-// memory per block (max_shared_per_block); the same workspace as attention_backward)
+// memory per block (max_shared_per_block); the same workspace as attention_backward). Two kernel
+// families with the same roundings: mma.sync with the scores in registers (the default), and
+// WMMA with the scores staged in shared memory (MIXSIM_WMMA_ATTENTION=1, kept until a GPU run has
+// compared the two).
+enum class TcAttention { mma, wmma };
 std::size_t max_shared_per_block(int device);
-bool attention_tc_supported(int C, int NH, std::size_t max_shared);
+bool attention_tc_supported(int C, int NH, std::size_t max_shared, TcAttention kernels);
 void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
-                          cudaStream_t stream);
+                          TcAttention kernels, cudaStream_t stream);
 void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* out,
-                           const float* lse, int B, int T, int C, int NH, Workspace ws,
-                           cudaStream_t stream);
+                           const float* lse, int B, int T, int C, int NH, TcAttention kernels,
+                           Workspace ws, cudaStream_t stream);
 
 // ---- gelu.cu
 void gelu_forward(TensorOut out, const float* inp, std::size_t n, cudaStream_t stream);

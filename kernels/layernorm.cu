@@ -1,6 +1,7 @@
 // LayerNorm over C channels: one warp per row, two passes (mean, then variance of x - mean) as
-// the CPU backend does. The weight and bias gradients are sums over rows, formed per chunk of
-// rows and then added in chunk order (deterministic, no atomics).
+// the CPU backend does; optionally with the residual add that forms its input fused in. The weight
+// and bias gradients are sums over rows, formed per chunk of rows and then added in chunk order
+// (deterministic, no atomics).
 #include "launchers.cuh"
 
 namespace mixsim::cuda {
@@ -11,15 +12,30 @@ constexpr float kLayerNormEps = 1e-5f;
 constexpr int kRowsPerBlock = 8;  // one warp per row
 constexpr int kRowLanes = 8;      // param-gradient partials: block = (32 channels, kRowLanes)
 
+// With `add`, the row is first formed as inp + add (the residual add) and written to `sum`, which
+// may alias inp: one pass over both inputs instead of a separate add whose result is read back.
+// Each lane reads back only the elements it wrote, so the row needs no barrier.
 template <class Out>
 __global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, const float* inp,
-                                         const float* weight, const float* bias, int N, int C) {
+                                         const float* weight, const float* bias, int N, int C,
+                                         const float* add, float* sum_out) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;  // the whole warp
-  const float* x = inp + std::size_t(row) * C;
+  const std::size_t off = std::size_t(row) * C;
+  const float* x = inp + off;
   float sum = 0.f;
-  for (int c = lane; c < C; c += kWarpSize) sum += x[c];
+  if (add) {
+    float* r = sum_out + off;
+    for (int c = lane; c < C; c += kWarpSize) {
+      const float v = x[c] + add[off + c];
+      r[c] = v;
+      sum += v;
+    }
+    x = r;
+  } else {
+    for (int c = lane; c < C; c += kWarpSize) sum += x[c];
+  }
   const float m = warp_sum(sum) / float(C);
   float var = 0.f;
   for (int c = lane; c < C; c += kWarpSize) {
@@ -27,7 +43,7 @@ __global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, con
     var += d * d;
   }
   const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
-  Out* o = out + std::size_t(row) * C;
+  Out* o = out + off;
   for (int c = lane; c < C; c += kWarpSize) store(o + c, (x[c] - m) * s * weight[c] + bias[c]);
   if (lane == 0) {
     if (mean) mean[row] = m;
@@ -95,18 +111,38 @@ __global__ void layernorm_param_partials_kernel(float* partial_w, float* partial
 
 }  // namespace
 
+namespace {
+
+void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
+                              const float* weight, const float* bias, int N, int C,
+                              const float* add, float* sum_out, cudaStream_t stream) {
+  const dim3 grid(CEIL_DIV(N, kRowsPerBlock)), block(kRowsPerBlock * kWarpSize);
+  if (out.type == DType::bf16) {
+    layernorm_forward_kernel<<<grid, block, 0, stream>>>(
+        static_cast<__nv_bfloat16*>(out.data), mean, rstd, inp, weight, bias, N, C, add, sum_out);
+  } else {
+    layernorm_forward_kernel<<<grid, block, 0, stream>>>(static_cast<float*>(out.data), mean, rstd,
+                                                         inp, weight, bias, N, C, add, sum_out);
+  }
+  CUDA_CHECK_LAUNCH(layernorm_forward_kernel);
+}
+
+}  // namespace
+
 void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int N, int C, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_forward", dims({{"N", N}, {"C", C}}));
-  const dim3 grid(CEIL_DIV(N, kRowsPerBlock)), block(kRowsPerBlock * kWarpSize);
-  if (out.type == DType::bf16) {
-    layernorm_forward_kernel<<<grid, block, 0, stream>>>(static_cast<__nv_bfloat16*>(out.data),
-                                                         mean, rstd, inp, weight, bias, N, C);
-  } else {
-    layernorm_forward_kernel<<<grid, block, 0, stream>>>(static_cast<float*>(out.data), mean, rstd,
-                                                         inp, weight, bias, N, C);
-  }
-  CUDA_CHECK_LAUNCH(layernorm_forward_kernel);
+  launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, nullptr, nullptr, stream);
+}
+
+void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
+                                const float* a, const float* b, const float* weight,
+                                const float* bias, int N, int C, cudaStream_t stream) {
+  CUDA_REQUIRE(N > 0 && C > 0, "residual_layernorm_forward", dims({{"N", N}, {"C", C}}));
+  CUDA_REQUIRE(residual != nullptr && a != nullptr && b != nullptr, "residual_layernorm_forward",
+               std::string("a null residual or input"));
+  // The kernel reads `a` as the row and `b` as the addend; `residual` may alias either.
+  launch_layernorm_forward(out, mean, rstd, a, weight, bias, N, C, b, residual, stream);
 }
 
 std::size_t layernorm_backward_workspace(int N, int C) {

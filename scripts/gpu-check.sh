@@ -162,6 +162,10 @@ step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS"
 step bench-train-bf16 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
 step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 "$BUILD/bench/bench_gpu_train" \
   --configs "$CONFIGS" --backend cuda-bf16
+# The WMMA tensor-core kernels (scores staged in shared memory) against the default mma.sync ones
+# above, on the GPT-2 shape only, to decide which to keep.
+step bench-train-bf16-wmma 60 env MIXSIM_TC_ATTENTION=1 MIXSIM_WMMA_ATTENTION=1 \
+  "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 # (the GPT-2 shape only: the -all row below has every shape; the script must stay within 8 min)
 step bench-train-bf16-tc-lt 90 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
   "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
@@ -189,7 +193,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-train-bf16-all bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
+for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-wmma bench-train-bf16-tc-lt bench-train-bf16-all bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)

@@ -115,6 +115,14 @@ struct Gpt::LayerActs {
   float* residual3;    // (B,T,C)
 };
 
+struct Gpt::NextNorm {
+  TensorOut out;
+  float* mean;  // nullable
+  float* rstd;  // nullable
+  const float* weight;
+  const float* bias;
+};
+
 namespace {
 
 std::size_t element_bytes(DType type) {
@@ -287,23 +295,23 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
           a.residual3 + L * R * C};
 }
 
-void Gpt::forward_block(int l, const float* residual, const LayerActs& a, int B, int T) {
+void Gpt::forward_block(int l, const float* residual, const LayerActs& a, const NextNorm& next,
+                        int B, int T) {
   Backend& be = backend_;
   const ModelDims& d = dims();
   const int C = d.C, N = B * T;
-  const std::size_t NC = std::size_t(N) * C;
   const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
   // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-  be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, p.ln1w, p.ln1b, N, C);
   be.matmul_forward(a.qkv, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
   be.attention_forward(a.atty, a.att_lse, a.qkv, B, T, C, d.NH);
   be.matmul_forward(a.proj, a.atty, p.attprojw, p.attprojb, N, C, C);
-  be.residual_forward(a.residual2, residual, a.proj, NC);
-  // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-  be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, N, C);
+  be.residual_layernorm_forward(a.residual2, a.ln2, a.ln2_mean, a.ln2_rstd, residual, a.proj,
+                                p.ln2w, p.ln2b, N, C);
+  // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))), and the next LayerNorm
   be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, p.fcw, p.fcb, N, C, 4 * C);
   be.matmul_forward(a.proj, a.fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C);
-  be.residual_forward(a.residual3, a.residual2, a.proj, NC);
+  be.residual_layernorm_forward(a.residual3, next.out, next.mean, next.rstd, a.residual2, a.proj,
+                                next.weight, next.bias, N, C);
 }
 
 float Gpt::forward(const int* tokens, const int* targets, int B, int T, float grad_scale) {
@@ -321,12 +329,19 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
 
   be.encoder_forward(a.encoded, train_tokens_.get(), p.wte, p.wpe, B, T, d.C);
   const float* residual = a.encoded;
+  LayerActs la = train_layer(0);
+  be.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, residual, p.ln1w, p.ln1b, int(N), d.C);
   for (int l = 0; l < d.L; ++l) {
-    const LayerActs la = train_layer(l);
-    forward_block(l, residual, la, B, T);
-    residual = la.residual3;
+    const LayerActs this_layer = la;
+    NextNorm next{a.lnf, a.lnf_mean, a.lnf_rstd, p.lnfw, p.lnfb};
+    if (l + 1 < d.L) {
+      la = train_layer(l + 1);
+      const LayerParams lp = layer_params(p, l + 1, d.C);
+      next = {la.ln1, la.ln1_mean, la.ln1_rstd, lp.ln1w, lp.ln1b};
+    }
+    forward_block(l, residual, this_layer, next, B, T);
+    residual = this_layer.residual3;
   }
-  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, int(N), d.C);
   be.matmul_forward(a.logits, a.lnf, p.wte, nullptr, int(N), d.C, d.Vp);
   const float dloss = grad_scale / float(valid);
   be.classifier(a.logits, a.losses, train_targets_.get(), dloss, a.dlogits, int(N), d.V, d.Vp);
@@ -444,8 +459,17 @@ EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
   be.upload(eval_targets_.get(), targets, N * sizeof(int));
 
   be.encoder_forward(a.residual3, eval_tokens_.get(), p.wte, p.wpe, B, T, d.C);
-  for (int l = 0; l < d.L; ++l) forward_block(l, a.residual3, a, B, T);
-  be.layernorm_forward(a.ln1, nullptr, nullptr, a.residual3, p.lnfw, p.lnfb, int(N), d.C);
+  be.layernorm_forward(a.ln1, nullptr, nullptr, a.residual3, p.ln1w, p.ln1b, int(N), d.C);
+  for (int l = 0; l < d.L; ++l) {
+    // every layer's ln1 and the final LayerNorm share the eval buffer a.ln1
+    NextNorm next{a.ln1, nullptr, nullptr, p.lnfw, p.lnfb};
+    if (l + 1 < d.L) {
+      const LayerParams lp = layer_params(p, l + 1, d.C);
+      next.weight = lp.ln1w;
+      next.bias = lp.ln1b;
+    }
+    forward_block(l, a.residual3, a, next, B, T);
+  }
   for (std::size_t r0 = 0; r0 < N; r0 += kEvalChunk) {
     const int rows = int(std::min<std::size_t>(kEvalChunk, N - r0));
     be.matmul_forward(logits, from(a.ln1, r0 * d.C), p.wte, nullptr, rows, d.C, d.Vp);

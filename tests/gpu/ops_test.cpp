@@ -117,6 +117,9 @@ class CudaOps : public ::testing::Test {
     return {fetch(*cpu_, t.cpu.get(), t.cpu.size()), fetch(*gpu_, t.gpu.get(), t.gpu.size())};
   }
 
+  // Bf16TensorCoreAttention for one family of tensor-core kernels (attention_tc.cu)
+  void check_tc_attention(bool wmma);
+
   std::unique_ptr<Backend> cpu_, gpu_;
 };
 
@@ -200,6 +203,56 @@ TEST_F(CudaOps, LayerNormForwardAndBackward) {
   expect_close(both(dinp), 2e-5, 1e-4, "layernorm dinp");
   expect_close(both(dw), 2e-4, 1e-4, "layernorm dweight");
   expect_close(both(db), 2e-4, 1e-4, "layernorm dbias");
+}
+
+// The residual add fused into the LayerNorm that reads it: on the GPU bit-identical to the two
+// ops in turn (the same fp32 additions, then the same LayerNorm code), also with the sum written
+// over its first input (the eval pass updates the residual stream in place) and into bf16; and
+// within the LayerNorm test's bounds of the CPU, whose default runs the two ops.
+TEST_F(CudaOps, ResidualLayerNormFusedIsTheOpsInTurn) {
+  const std::size_t NC = std::size_t(N) * C;
+  const std::vector<float> ha = random_floats(NC, 81, 2.0, 0.5), hb = random_floats(NC, 82);
+  auto a = floats(ha), b = floats(hb);
+  auto w = floats(random_floats(C, 83, 1.0, 1.0)), bias = floats(random_floats(C, 84));
+  auto res = floats(std::vector<float>(NC, 7.f)), out = floats(std::vector<float>(NC, 7.f));
+  auto mean = floats(std::vector<float>(N)), rstd = floats(std::vector<float>(N));
+  for (Backend* be : {cpu_.get(), gpu_.get()}) {
+    const bool g = be == gpu_.get();
+    be->residual_layernorm_forward(
+        g ? res.gpu.get() : res.cpu.get(), g ? out.gpu.get() : out.cpu.get(),
+        g ? mean.gpu.get() : mean.cpu.get(), g ? rstd.gpu.get() : rstd.cpu.get(),
+        g ? a.gpu.get() : a.cpu.get(), g ? b.gpu.get() : b.cpu.get(), g ? w.gpu.get() : w.cpu.get(),
+        g ? bias.gpu.get() : bias.cpu.get(), N, C);
+  }
+  EXPECT_EQ(both(res).gpu, both(res).cpu);  // one fp32 addition per element on both
+  expect_close(both(out), 1e-5, 1e-5, "fused layernorm out");
+  expect_close(both(mean), 1e-6, 1e-5, "fused layernorm mean");
+  expect_close(both(rstd), 1e-6, 1e-5, "fused layernorm rstd");
+
+  // The same on the GPU as the two ops in turn, bit for bit
+  auto res2 = floats(std::vector<float>(NC)), out2 = floats(std::vector<float>(NC));
+  auto mean2 = floats(std::vector<float>(N)), rstd2 = floats(std::vector<float>(N));
+  gpu_->residual_forward(res2.gpu.get(), a.gpu.get(), b.gpu.get(), NC);
+  gpu_->layernorm_forward(out2.gpu.get(), mean2.gpu.get(), rstd2.gpu.get(), res2.gpu.get(),
+                          w.gpu.get(), bias.gpu.get(), N, C);
+  EXPECT_EQ(both(res2).gpu, both(res).gpu);
+  EXPECT_EQ(both(out2).gpu, both(out).gpu);
+  EXPECT_EQ(both(mean2).gpu, both(mean).gpu);
+  EXPECT_EQ(both(rstd2).gpu, both(rstd).gpu);
+
+  // In place over a (no mean and rstd), and with a bf16 output: the fp32 result rounded
+  auto inplace = floats(ha);
+  DeviceBuffer<std::uint16_t> out16(*gpu_, NC);
+  gpu_->zero(out16.get(), out16.bytes());  // no LayerNorm output here is +0
+  gpu_->residual_layernorm_forward(inplace.gpu.get(), TensorOut{out16.get(), DType::bf16}, nullptr,
+                                   nullptr, inplace.gpu.get(), b.gpu.get(), w.gpu.get(),
+                                   bias.gpu.get(), N, C);
+  EXPECT_EQ(fetch(*gpu_, inplace.gpu.get(), NC), both(res).gpu);
+  const std::vector<std::uint16_t> got = fetch(*gpu_, out16.get(), NC);
+  const std::vector<float> fp32_out = both(out).gpu;
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < NC; ++i) differ += got[i] != bf16_bits(fp32_out[i]);
+  EXPECT_EQ(differ, 0u) << "bf16 output elements that are not the fp32 output rounded";
 }
 
 // cuBLAS and OpenBLAS sum the K products in different orders; each output is a sum of up to
@@ -647,11 +700,16 @@ TEST_F(CudaOps, Bf16MatmulMatchesCpuBf16) {
 // torch simulation of fp32 sums (scripts/gpu/attention_bf16_error.py), though tensor cores'
 // accumulation, FMA and expf may tip a few more values. Bounds 2e-4, 2e-4 and 1e-5: one element
 // of dqkv off by its own size adds 1e-3..2e-3 here.
-TEST_F(CudaOps, Bf16TensorCoreAttention) {
+// Both kernel families are held to the same bounds: they round the same values.
+namespace {
+void CudaOps::check_tc_attention(bool wmma) {
   std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
+  std::optional<mixsim::testing::ScopedEnv> family(std::in_place, "MIXSIM_WMMA_ATTENTION",
+                                                   wmma ? "1" : "0");
   auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
   auto ref = make_cpu_backend(MatmulPrecision::bf16);  // the same roundings on the CPU
   env.reset();
+  family.reset();
   auto on_bf16 = [&](const std::vector<float>& host) { return twin(*cpu_, *bf16, host); };
   auto fetch_pair = [&](const Twin<float>& t) {
     return Pair{fetch(*cpu_, t.cpu.get(), t.cpu.size()), fetch(*bf16, t.gpu.get(), t.gpu.size())};
@@ -665,7 +723,8 @@ TEST_F(CudaOps, Bf16TensorCoreAttention) {
       {1, 256, 768, 12},  // GPT-2's heads
   };
   for (const AttentionShape& s : shapes) {
-    const std::string what = "tensor-core attention " + shape_name(s);
+    const std::string what =
+        std::string(wmma ? "WMMA" : "mma.sync") + " tensor-core attention " + shape_name(s);
     const std::size_t rows = std::size_t(s.B) * s.T;
     auto qkv = on_bf16(random_floats(rows * 3 * s.C, 121));
     auto out = on_bf16(std::vector<float>(rows * s.C));
@@ -724,23 +783,31 @@ TEST_F(CudaOps, Bf16TensorCoreAttention) {
           std::printf("  %s %s: cpu %.6g gpu %.6g\n", name, place(order[j]).c_str(),
                       p.cpu[order[j]], p.gpu[order[j]]);
       };
-      const auto T = std::size_t(s.T), C = std::size_t(s.C);
+      const auto t_ = std::size_t(s.T), c_ = std::size_t(s.C);
       worst("out", fetch_pair(out), [&](std::size_t i) {
-        return "b=" + std::to_string(i / (T * C)) + " t=" + std::to_string(i / C % T) +
-               " h=" + std::to_string(i % C / HS) + " d=" + std::to_string(i % HS);
+        return "b=" + std::to_string(i / (t_ * c_)) + " t=" + std::to_string(i / c_ % t_) +
+               " h=" + std::to_string(i % c_ / HS) + " d=" + std::to_string(i % HS);
       });
       worst("lse", fetch_pair(lse), [&](std::size_t i) {
-        return "b=" + std::to_string(i / (T * s.NH)) + " h=" + std::to_string(i / T % s.NH) +
-               " t=" + std::to_string(i % T);
+        return "b=" + std::to_string(i / (t_ * s.NH)) + " h=" + std::to_string(i / t_ % s.NH) +
+               " t=" + std::to_string(i % t_);
       });
       worst("dqkv", fetch_pair(dqkv), [&](std::size_t i) {
-        return "b=" + std::to_string(i / (T * 3 * C)) + " t=" + std::to_string(i / (3 * C) % T) +
-               " " + "qkv"[i % (3 * C) / C] + " h=" + std::to_string(i % C / HS) +
-               " d=" + std::to_string(i % HS);
+        return "b=" + std::to_string(i / (t_ * 3 * c_)) +
+               " t=" + std::to_string(i / (3 * c_) % t_) + " " + "qkv"[i % (3 * c_) / c_] +
+               " h=" + std::to_string(i % c_ / HS) + " d=" + std::to_string(i % HS);
       });
       return;
     }
   }
+}
+}  // namespace
+
+TEST_F(CudaOps, Bf16TensorCoreAttention) {
+  check_tc_attention(false);
+}
+TEST_F(CudaOps, Bf16WmmaTensorCoreAttention) {
+  check_tc_attention(true);
 }
 
 // 20 training steps with tensor-core attention, under the bounds of Bf16TrainingFollowsCpu (the

@@ -152,6 +152,17 @@ class Backend {
 
   // ---- out = a + b (out may alias a or b)
   virtual void residual_forward(float* out, const float* a, const float* b, std::size_t n) = 0;
+  // ---- the residual add and the LayerNorm that reads its sum, as one op that a backend may fuse
+  // (the CUDA backend does: one pass, the sum is not read back): residual = a + b (may alias a or
+  // b), then layernorm_forward(out, mean, rstd, residual, ...). The default runs the two ops.
+  virtual void residual_layernorm_forward(float* residual,                          // (N,C)
+                                          TensorOut out, float* mean, float* rstd,  // as layernorm
+                                          const float* a, const float* b,           // (N,C)
+                                          const float* weight, const float* bias,   // (C), (C)
+                                          int N, int C) {
+    residual_forward(residual, a, b, std::size_t(N) * C);
+    layernorm_forward(out, mean, rstd, residual, weight, bias, N, C);
+  }
 
   // ---- fused softmax + cross-entropy over the first V of Vp logits of each row.
   // losses[i] = -log softmax(logits[i,:V])[targets[i]], or 0 where targets[i] < 0 (skipped).

@@ -77,7 +77,11 @@ class Gpt {
   void ensure_eval(std::size_t rows);
   LayerActs train_layer(int l) const;  // per-layer stride: max_batch x context rows
   LayerActs eval_layer(std::size_t rows) const;
-  void forward_block(int l, const float* residual, const LayerActs& a, int B, int T);
+  struct NextNorm;  // the LayerNorm that reads a block's output (the next ln1, or lnf)
+  // One block, from its ln1 (already formed from `residual`) to residual3, and the LayerNorm of
+  // residual3 that follows it, fused with the last residual add.
+  void forward_block(int l, const float* residual, const LayerActs& a, const NextNorm& next, int B,
+                     int T);
   void backward_block(int l, const LayerActs& a, int B, int T);
 
   ParamLayout layout_;
