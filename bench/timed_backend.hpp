@@ -78,6 +78,12 @@ class TimedBackend final : public Backend {
   void residual_forward(float* o, const float* a, const float* b, std::size_t n) override {
     time("residual_forward", [&] { in_.residual_forward(o, a, b, n); });
   }
+  void residual_layernorm_forward(float* res, TensorOut o, float* m, float* r, const float* a,
+                                  const float* b, const float* w, const float* bias, int N,
+                                  int C) override {
+    time("residual_layernorm_forward",
+         [&] { in_.residual_layernorm_forward(res, o, m, r, a, b, w, bias, N, C); });
+  }
   void classifier(float* l, float* ls, const int* t, float d, TensorOut w, int N, int V,
                   int Vp) override {
     time("classifier", [&] { in_.classifier(l, ls, t, d, w, N, V, Vp); });
