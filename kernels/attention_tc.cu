@@ -157,18 +157,17 @@ __device__ inline void store_rows(float* dst, std::size_t stride, int first, int
 
 // Where the rows of one (batch, head) live.
 struct Head {
-  const float* q;           // row t at q + t * qkv_stride; k = q + C, v = q + 2C
-  std::size_t qkv_stride;   // 3C
-  std::size_t row_offset;   // (b, t, h) of a (B,T,C) tensor: row_offset + t * C
-  std::size_t lse_offset;   // (b, h, t) of a (B,NH,T) tensor: lse_offset + t
-  std::size_t dqkv_offset;  // (b, t, h) of the q part of a (B,T,3C) tensor: + t * 3C
+  std::size_t qkv_stride;  // 3C
+  std::size_t qkv_offset;  // (b, t, h) of the q part of a (B,T,3C) tensor: + t * 3C (k: + C,
+                           // v: + 2C)
+  std::size_t row_offset;  // (b, t, h) of a (B,T,C) tensor: row_offset + t * C
+  std::size_t lse_offset;  // (b, h, t) of a (B,NH,T) tensor: lse_offset + t
 };
 
 template <int HS>
-__device__ inline Head head_of(const float* qkv, int T, int C, int NH) {
+__device__ inline Head head_of(int T, int C, int NH) {
   const std::size_t b = blockIdx.z, h = blockIdx.y, stride = 3 * std::size_t(C);
-  return {qkv + b * T * stride + h * HS, stride, b * T * C + h * HS, (b * NH + h) * T,
-          b * T * stride + h * HS};
+  return {stride, b * T * stride + h * HS, b * T * C + h * HS, (b * NH + h) * T};
 }
 
 // Of the warp's 16 rows from iw, for both backward kernels: D = dout . out in fp32 (summed as
@@ -206,20 +205,21 @@ __global__ void __launch_bounds__(kThreads)
   bf16* probs = reinterpret_cast<bf16*>(scores + kWarps * 16 * kSld);  // (warps, 16, kPld)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int r = lane / 2, col0 = (lane % 2) * 32;  // this lane's row of the warp's 16, columns
-  const Head head = head_of<HS>(qkv, T, C, NH);
+  const Head head = head_of<HS>(T, C, NH);
+  const float* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
   const int i0 = blockIdx.x * kRows, iw = i0 + warp * 16, i = iw + r;
   const int last = min(T, i0 + kRows) - 1;
   const bool live = iw < T;  // uniform over the warp
   float* s = scores + warp * 16 * kSld;
   bf16* p = probs + warp * 16 * kPld;
-  load_tile<HS>(qs, head.q, head.qkv_stride, i0, T);
+  load_tile<HS>(qs, q, head.qkv_stride, i0, T);
 
   // Pass 1: max and sum of each row. Tiles start at multiples of 64 up to i0, so every row below
   // T sees the first key of every tile: the max is finite from the first tile on.
   float m = -INFINITY, l = 0.f;
   for (int j0 = 0; j0 <= last; j0 += kRows) {
     __syncthreads();  // the previous tile is consumed (and the queries are visible)
-    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
+    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
     __syncthreads();
     if (!live) continue;
     products_with_tile<HS>(s, qs + warp * 16 * LD, ks);
@@ -250,8 +250,8 @@ __global__ void __launch_bounds__(kThreads)
   zero<HS>(acc);
   for (int j0 = 0; j0 <= last; j0 += kRows) {
     __syncthreads();
-    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
-    load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
+    load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
     __syncthreads();
     if (!live) continue;
     products_with_tile<HS>(s, qs + warp * 16 * LD, ks);
@@ -289,14 +289,15 @@ __global__ void __launch_bounds__(kThreads)
   float* row_d = row_lse + kRows;                                          // (64)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int r = lane / 2, col0 = (lane % 2) * 32;
-  const Head head = head_of<HS>(qkv, T, C, NH);
+  const Head head = head_of<HS>(T, C, NH);
+  const float* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
   const int i0 = blockIdx.x * kRows, iw = i0 + warp * 16, i = iw + r;
   const int last = min(T, i0 + kRows) - 1;
   const bool live = iw < T;
   float* s = scores + warp * 16 * kSld;
   float* ds = dscores + warp * 16 * kSld;
   bf16* p = dprobs + warp * 16 * kPld;
-  load_tile<HS>(qs, head.q, head.qkv_stride, i0, T);
+  load_tile<HS>(qs, q, head.qkv_stride, i0, T);
   load_tile<HS>(gs, dout + head.row_offset, C, i0, T);
   row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, lse, head, iw, T, C, 1.f);
 
@@ -304,8 +305,8 @@ __global__ void __launch_bounds__(kThreads)
   zero<HS>(dq);
   for (int j0 = 0; j0 <= last; j0 += kRows) {
     __syncthreads();  // also makes row_d and row_lse visible
-    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
-    load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
+    load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
     __syncthreads();
     if (!live) continue;
     products_with_tile<HS>(s, qs + warp * 16 * LD, ks);   // S
@@ -324,7 +325,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   float* stage = reinterpret_cast<float*>(smem) + warp * 16 * stage_ld<HS>();
-  if (live) store_rows<HS>(dqkv + head.dqkv_offset, head.qkv_stride, iw, T, dq, stage, scale);
+  if (live) store_rows<HS>(dqkv + head.qkv_offset, head.qkv_stride, iw, T, dq, stage, scale);
 }
 
 // Key-major: dk (dS^T Q) and dv (P^T dout) of the block's key rows, over the query tiles at or
@@ -348,22 +349,23 @@ __global__ void __launch_bounds__(kThreads)
   float* tile_d = tile_lse + kRows;                                         // (64)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int r = lane / 2, col0 = (lane % 2) * 32;
-  const Head head = head_of<HS>(qkv, T, C, NH);
+  const Head head = head_of<HS>(T, C, NH);
+  const float* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
   const int j0 = blockIdx.x * kRows, jw = j0 + warp * 16, j = jw + r;
   const bool live = jw < T;
   float* s = scores + warp * 16 * kSld;
   float* ds = dscores + warp * 16 * kSld;
   bf16* pt = probs + warp * 16 * kPld;
   bf16* dst = dprobs + warp * 16 * kPld;
-  load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
-  load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+  load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
+  load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
 
   FragC dk[HS / 16], dv[HS / 16];
   zero<HS>(dk);
   zero<HS>(dv);
   for (int t0 = j0; t0 < T; t0 += kRows) {  // queries before j0 see none of the block's keys
     __syncthreads();
-    load_tile<HS>(qs, head.q, head.qkv_stride, t0, T);
+    load_tile<HS>(qs, q, head.qkv_stride, t0, T);
     load_tile<HS>(gs, dout + head.row_offset, C, t0, T);
     if (threadIdx.x < kRows) {
       const int row = t0 + threadIdx.x;
@@ -393,7 +395,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   float* stage = reinterpret_cast<float*>(smem) + warp * 16 * stage_ld<HS>();
   if (live) {
-    float* rows = dqkv + head.dqkv_offset;
+    float* rows = dqkv + head.qkv_offset;
     store_rows<HS>(rows + C, head.qkv_stride, jw, T, dk, stage, scale);
     store_rows<HS>(rows + 2 * C, head.qkv_stride, jw, T, dv, stage, 1.f);
   }
@@ -465,19 +467,20 @@ __device__ inline std::uint32_t pack(float lo, float hi) {
   return bits;
 }
 
-// tile[r, d] = bf16(src[(first + r) * stride + d]) for the kRows rows from `first`; zero past T.
-// Four floats a thread at a time (the launchers require 16-byte aligned rows).
+// tile[r, d] = src[(first + r) * stride + d] for the kRows rows from `first`; zero past T. The
+// sources are bf16 copies of qkv and dout that the launchers round once per call (a tile is read
+// by many blocks: half the bytes of fp32, and no conversion in the kernels); eight values (16
+// bytes) a thread at a time: the copies start 256-byte aligned and every row offset is a multiple
+// of 8 elements.
 template <int HS>
-__device__ inline void load_tile(bf16* tile, const float* src, std::size_t stride, int first,
+__device__ inline void load_tile(bf16* tile, const bf16* src, std::size_t stride, int first,
                                  int T) {
-  constexpr int kQuads = HS / 4;
-  for (int idx = threadIdx.x; idx < kRows * kQuads; idx += kThreads) {
-    const int r = idx / kQuads, d = idx % kQuads * 4, row = first + r;
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (row < T) v = *reinterpret_cast<const float4*>(src + std::size_t(row) * stride + d);
-    auto* dst = reinterpret_cast<__nv_bfloat162*>(tile + r * tile_ld<HS>() + d);
-    dst[0] = __floats2bfloat162_rn(v.x, v.y);
-    dst[1] = __floats2bfloat162_rn(v.z, v.w);
+  constexpr int kOcts = HS / 8;
+  for (int idx = threadIdx.x; idx < kRows * kOcts; idx += kThreads) {
+    const int r = idx / kOcts, d = idx % kOcts * 8, row = first + r;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (row < T) v = *reinterpret_cast<const uint4*>(src + std::size_t(row) * stride + d);
+    *reinterpret_cast<uint4*>(tile + r * tile_ld<HS>() + d) = v;
   }
 }
 
@@ -565,21 +568,22 @@ __device__ inline int column_of(int lane, int n, int v) {
 
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(float* out, float* lse, const float* qkv, int T, int C, int NH, float scale) {
+    forward_kernel(float* out, float* lse, const bf16* qkv, int T, int C, int NH, float scale) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's queries
   bf16* ks = qs + kRows * LD;                // (64, LD) a key tile
   bf16* vs = ks + kRows * LD;                // (64, LD) its values
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const Head head = head_of<HS>(qkv, T, C, NH);
+  const Head head = head_of<HS>(T, C, NH);
+  const bf16* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
   // The blocks with the most key tiles first: the last ones then fill the tail.
   const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kRows, iw = i0 + warp * 16;
   const int last = min(T, i0 + kRows) - 1;
   const bool live = iw < T;         // uniform over the warp
   const float sl = scale * kLog2e;  // exp(scale s - x) = exp2(sl s - x log2 e)
   const bf16* qw = qs + warp * 16 * LD;
-  load_tile<HS>(qs, head.q, head.qkv_stride, i0, T);
+  load_tile<HS>(qs, q, head.qkv_stride, i0, T);
 
   // Pass 1: the max and sum of each of the lane's two rows (base 2), over all key tiles. Every
   // row below T sees key 0 in the first tile, so its max is finite from there on.
@@ -587,7 +591,7 @@ __global__ void __launch_bounds__(kThreads)
   float s[8][4];
   for (int j0 = 0; j0 <= last; j0 += kRows) {
     __syncthreads();  // the previous tile is consumed (and the queries are in place)
-    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
+    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
     __syncthreads();
     if (!live) continue;
     scores<HS>(s, qw, ks, lane);
@@ -630,8 +634,8 @@ __global__ void __launch_bounds__(kThreads)
   zero<HS>(acc);
   for (int j0 = 0; j0 <= last; j0 += kRows) {
     __syncthreads();
-    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
-    load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
+    load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
     __syncthreads();
     if (!live) continue;
     scores<HS>(s, qw, ks, lane);
@@ -652,8 +656,9 @@ __global__ void __launch_bounds__(kThreads)
 // Query-major: dq of the block's rows (dS K), and D_i = dout_i . out_i for the key-major kernel.
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    backward_dq_kernel(float* dqkv, float* dvec, const float* dout, const float* qkv,
-                       const float* out, const float* lse, int T, int C, int NH, float scale) {
+    backward_dq_kernel(float* dqkv, float* dvec, const float* dout, const bf16* dout16,
+                       const bf16* qkv, const float* out, const float* lse, int T, int C, int NH,
+                       float scale) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem);                    // (64, LD) the block's queries
@@ -663,13 +668,14 @@ __global__ void __launch_bounds__(kThreads)
   float* row_lse = reinterpret_cast<float*>(vs + kRows * LD);  // (64) base 2
   float* row_d = row_lse + kRows;                              // (64)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const Head head = head_of<HS>(qkv, T, C, NH);
+  const Head head = head_of<HS>(T, C, NH);
+  const bf16* q = qkv + head.qkv_offset;
   const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kRows, iw = i0 + warp * 16;
   const int last = min(T, i0 + kRows) - 1;
   const bool live = iw < T;
   const float sl = scale * kLog2e;
-  load_tile<HS>(qs, head.q, head.qkv_stride, i0, T);
-  load_tile<HS>(gs, dout + head.row_offset, C, i0, T);
+  load_tile<HS>(qs, q, head.qkv_stride, i0, T);
+  load_tile<HS>(gs, dout16 + head.row_offset, C, i0, T);
   row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, lse, head, iw, T, C,
                 kLog2e);
   __syncwarp();
@@ -686,8 +692,8 @@ __global__ void __launch_bounds__(kThreads)
   const bf16* gw = gs + warp * 16 * LD;
   for (int j0 = 0; j0 <= last; j0 += kRows) {
     __syncthreads();  // the previous tiles are consumed (and the block's rows are in place)
-    load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
-    load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
+    load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
     __syncthreads();
     if (!live) continue;
     float s[8][4], dp[8][4];
@@ -704,14 +710,14 @@ __global__ void __launch_bounds__(kThreads)
     to_fragments(ds, s);
     accumulate<HS>(dq, ds, ks, lane);
   }
-  if (live) store_rows<HS>(dqkv + head.dqkv_offset, head.qkv_stride, iw, T, dq, scale, lane);
+  if (live) store_rows<HS>(dqkv + head.qkv_offset, head.qkv_stride, iw, T, dq, scale, lane);
 }
 
 // Key-major: dk (dS^T Q) and dv (P^T dout) of the block's key rows, over the query tiles at or
 // after them.
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
-    backward_dkdv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+    backward_dkdv_kernel(float* dqkv, const bf16* dout16, const bf16* qkv, const float* lse,
                          const float* dvec, int T, int C, int NH, float scale) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
@@ -722,12 +728,13 @@ __global__ void __launch_bounds__(kThreads)
   float* tile_lse = reinterpret_cast<float*>(gs + kRows * LD);  // (64) base 2
   float* tile_d = tile_lse + kRows;                             // (64)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const Head head = head_of<HS>(qkv, T, C, NH);
+  const Head head = head_of<HS>(T, C, NH);
+  const bf16* q = qkv + head.qkv_offset;
   const int j0 = blockIdx.x * kRows, jw = j0 + warp * 16;  // the first blocks have the most work
   const bool live = jw < T;
   const float sl = scale * kLog2e;
-  load_tile<HS>(ks, head.q + C, head.qkv_stride, j0, T);
-  load_tile<HS>(vs, head.q + 2 * C, head.qkv_stride, j0, T);
+  load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
+  load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
 
   float dk[HS / 8][4], dv[HS / 8][4];
   zero<HS>(dk);
@@ -736,8 +743,8 @@ __global__ void __launch_bounds__(kThreads)
   const bf16* vw = vs + warp * 16 * LD;
   for (int t0 = j0; t0 < T; t0 += kRows) {  // queries before j0 see none of the block's keys
     __syncthreads();
-    load_tile<HS>(qs, head.q, head.qkv_stride, t0, T);
-    load_tile<HS>(gs, dout + head.row_offset, C, t0, T);
+    load_tile<HS>(qs, q, head.qkv_stride, t0, T);
+    load_tile<HS>(gs, dout16 + head.row_offset, C, t0, T);
     if (threadIdx.x < kRows) {
       const int row = t0 + threadIdx.x;
       tile_lse[threadIdx.x] = row < T ? lse[head.lse_offset + row] * kLog2e : 0.f;
@@ -764,7 +771,7 @@ __global__ void __launch_bounds__(kThreads)
     accumulate<HS>(dk, dst, qs, lane);
   }
   if (live) {
-    float* rows = dqkv + head.dqkv_offset;
+    float* rows = dqkv + head.qkv_offset;
     store_rows<HS>(rows + C, head.qkv_stride, jw, T, dk, scale, lane);
     store_rows<HS>(rows + 2 * C, head.qkv_stride, jw, T, dv, 1.f, lane);
   }
@@ -851,21 +858,32 @@ bool aligned16(const void* p) {
 
 }  // namespace
 
+std::size_t attention_tc_workspace(TcAttention kernels, bool backward, int B, int T, int C,
+                                   int NH) {
+  const std::size_t rows = std::size_t(B) * T;
+  std::size_t bytes = backward ? Workspace::aligned(std::size_t(B) * NH * T * sizeof(float)) : 0;
+  if (kernels == TcAttention::mma)  // the bf16 copies of qkv (and of dout)
+    bytes += Workspace::aligned(rows * 3 * C * sizeof(__nv_bfloat16)) +
+             (backward ? Workspace::aligned(rows * C * sizeof(__nv_bfloat16)) : 0);
+  return bytes;
+}
+
 void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
-                          TcAttention kernels, cudaStream_t stream) {
+                          TcAttention kernels, Workspace ws, cudaStream_t stream) {
   const char* op = "attention_forward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
   with_head_size(plan.HS, [&](auto hs) {
     constexpr int HS = decltype(hs)::value;
     if (kernels == TcAttention::mma) {
-      // float4 loads of the rows and float2 stores (the model's tensors start at multiples of 64
-      // bytes, cudaMalloc's of 256)
-      CUDA_REQUIRE(aligned16(qkv) && aligned16(out), op,
-                   std::string("qkv or out not 16-byte aligned"));
+      // float2 stores (the model's tensors start at multiples of 64 bytes, cudaMalloc's of 256)
+      CUDA_REQUIRE(aligned16(out), op, std::string("out not 16-byte aligned"));
+      const std::size_t n = std::size_t(B) * T * 3 * C;
+      bf16* qkv16 = ws.take<bf16>(n);
+      to_bf16(qkv16, qkv, n, stream);
       auto* kernel = mma_sync::forward_kernel<HS>;
       constexpr std::size_t shared = mma_sync::forward_shared<HS>();
       allow_dynamic_shared(kernel, shared);
-      kernel<<<plan.grid, kThreads, shared, stream>>>(out, lse, qkv, T, C, NH, plan.scale);
+      kernel<<<plan.grid, kThreads, shared, stream>>>(out, lse, qkv16, T, C, NH, plan.scale);
       CUDA_CHECK_LAUNCH(mma_sync::forward_kernel);
       return;
     }
@@ -887,17 +905,21 @@ void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, con
   with_head_size(plan.HS, [&](auto hs) {
     constexpr int HS = decltype(hs)::value;
     if (kernels == TcAttention::mma) {
-      CUDA_REQUIRE(aligned16(qkv) && aligned16(dout) && aligned16(dqkv), op,
-                   std::string("qkv, dout or dqkv not 16-byte aligned"));
+      CUDA_REQUIRE(aligned16(dqkv), op, std::string("dqkv not 16-byte aligned"));
+      const std::size_t rows = std::size_t(B) * T;
+      bf16* qkv16 = ws.take<bf16>(rows * 3 * C);
+      bf16* dout16 = ws.take<bf16>(rows * C);
+      to_bf16(qkv16, qkv, rows * 3 * C, stream);
+      to_bf16(dout16, dout, rows * C, stream);
       constexpr std::size_t shared = mma_sync::backward_shared<HS>();
       auto* dq_kernel = mma_sync::backward_dq_kernel<HS>;
       allow_dynamic_shared(dq_kernel, shared);
-      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(dqkv, dvec, dout, qkv, out, lse, T, C, NH,
-                                                         plan.scale);
+      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(dqkv, dvec, dout, dout16, qkv16, out, lse,
+                                                         T, C, NH, plan.scale);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);
       auto* dkdv_kernel = mma_sync::backward_dkdv_kernel<HS>;
       allow_dynamic_shared(dkdv_kernel, shared);
-      dkdv_kernel<<<plan.grid, kThreads, shared, stream>>>(dqkv, dout, qkv, lse, dvec, T, C, NH,
+      dkdv_kernel<<<plan.grid, kThreads, shared, stream>>>(dqkv, dout16, qkv16, lse, dvec, T, C, NH,
                                                            plan.scale);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
       return;

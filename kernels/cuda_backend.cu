@@ -220,7 +220,9 @@ class CudaBackend final : public Backend {
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
                          int NH) override {
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_))
-      cuda::attention_forward_tc(out, lse, qkv, B, T, C, NH, tc_kernels_, stream_.get());
+      cuda::attention_forward_tc(
+          out, lse, qkv, B, T, C, NH, tc_kernels_,
+          workspace(cuda::attention_tc_workspace(tc_kernels_, false, B, T, C, NH)), stream_.get());
     else
       cuda::attention_forward(out, lse, qkv, B, T, C, NH, stream_.get());
   }
@@ -228,12 +230,14 @@ class CudaBackend final : public Backend {
                           const float* lse, int B, int T, int C, int NH) override {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
-    const cuda::Workspace ws = workspace(cuda::attention_backward_workspace(B, T, NH));
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_))
-      cuda::attention_backward_tc(dqkv, dout, qkv, out, lse, B, T, C, NH, tc_kernels_, ws,
-                                  stream_.get());
+      cuda::attention_backward_tc(
+          dqkv, dout, qkv, out, lse, B, T, C, NH, tc_kernels_,
+          workspace(cuda::attention_tc_workspace(tc_kernels_, true, B, T, C, NH)), stream_.get());
     else
-      cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, ws, stream_.get());
+      cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH,
+                               workspace(cuda::attention_backward_workspace(B, T, NH)),
+                               stream_.get());
   }
   void gelu_forward(TensorOut out, const float* inp, std::size_t n) override {
     cuda::gelu_forward(out, inp, n, stream_.get());

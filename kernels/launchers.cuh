@@ -126,15 +126,17 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 
 // ---- attention_tc.cu (the same ops on bf16 tensor cores, for cuda-bf16 with
 // MIXSIM_TC_ATTENTION=1; head sizes 16..128 in steps of 16 whose kernels fit the device's shared
-// memory per block (max_shared_per_block); the same workspace as attention_backward). Two kernel
+// memory per block (max_shared_per_block); workspace: attention_tc_workspace). Two kernel
 // families with the same roundings: mma.sync with the scores in registers (the default), and
 // WMMA with the scores staged in shared memory (MIXSIM_WMMA_ATTENTION=1, kept until a GPU run has
 // compared the two).
 enum class TcAttention { mma, wmma };
 std::size_t max_shared_per_block(int device);
 bool attention_tc_supported(int C, int NH, std::size_t max_shared, TcAttention kernels);
+// The workspace of attention_forward_tc (backward false) or attention_backward_tc.
+std::size_t attention_tc_workspace(TcAttention kernels, bool backward, int B, int T, int C, int NH);
 void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
-                          TcAttention kernels, cudaStream_t stream);
+                          TcAttention kernels, Workspace ws, cudaStream_t stream);
 void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* out,
                            const float* lse, int B, int T, int C, int NH, TcAttention kernels,
                            Workspace ws, cudaStream_t stream);

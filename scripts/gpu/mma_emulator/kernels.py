@@ -27,15 +27,16 @@ class Gmem:
     """Global float arrays; element-indexed; alignment checked for vector accesses assuming the
     allocation itself is 16-byte aligned (cudaMalloc).  Write counts tracked per element."""
 
-    def __init__(self, **arrays):
+    def __init__(self, esize=None, **arrays):
         self.a = {k: np.asarray(v, dtype=np.float32).ravel().copy() for k, v in arrays.items()}
+        self.esize = esize or {}  # bytes per element where not 4 (bf16 arrays hold bf16 values)
         self.wcount = {k: np.zeros(v.size, dtype=np.int64) for k, v in self.a.items()}
         self.misaligned = []
 
     def load(self, name, idx, width=1):
         idx = np.asarray(idx, dtype=np.int64)
         if width > 1 and np.any(idx % width):
-            self.misaligned.append(f"{name}: {width * 4}-byte load at element {idx[idx % width != 0][:4]}")
+            self.misaligned.append(f"{name}: {width * self.esize.get(name, 4)}-byte load at element {idx[idx % width != 0][:4]}")
         arr = self.a[name]
         if idx.size and (idx.min() < 0 or idx.max() + width > arr.size):
             raise IndexError(f"global read out of range in {name}")
@@ -91,30 +92,31 @@ def head_of(ctx, HS, T, C, NH):
 
 
 def load_tile(ctx, HS, tile, src_name, src, stride, first, T):
-    """for (idx = threadIdx.x; idx < kRows * kQuads; idx += kThreads) {
-         r = idx / kQuads, d = idx % kQuads * 4, row = first + r;
-         v = row < T ? *(float4*)(src + row * stride + d) : 0;
-         dst = (bfloat162*)(tile + r * tile_ld + d); dst[0] = (v.x, v.y); dst[1] = (v.z, v.w); }"""
-    kQuads = HS // 4
+    """The sources are the launchers' bf16 copies (to_bf16 of qkv and dout):
+       for (idx = threadIdx.x; idx < kRows * kOcts; idx += kThreads) {
+         r = idx / kOcts, d = idx % kOcts * 8, row = first + r;
+         v = row < T ? *(uint4*)(src + row * stride + d) : 0;   // 8 bf16
+         *(uint4*)(tile + r * tile_ld + d) = v; }"""
+    kOcts = HS // 8
     LD = tile_ld(HS)
     idx = ctx.threadIdx.copy()
     while True:
-        act = idx < kRows * kQuads
+        act = idx < kRows * kOcts
         if not act.any():
             break
         i = idx[act]
-        r = i // kQuads
-        d = i % kQuads * 4
+        r = i // kOcts
+        d = i % kOcts * 8
         row = first + r
-        v = np.zeros((i.size, 4), dtype=np.float32)
+        v = np.zeros((i.size, 8), dtype=np.float32)
         ok = row < T
         if ok.any():
-            v[ok] = ctx.g.load(src_name, src + row[ok] * stride + d[ok], width=4)
+            v[ok] = ctx.g.load(src_name, src + row[ok] * stride + d[ok], width=8)
         dst = tile + r * LD + d
-        if np.any(dst % 2):
-            raise SharedMemoryError("bfloat162 store misaligned")
-        ctx.smem.write_bf(np.concatenate([dst, dst + 1, dst + 2, dst + 3]),
-                          np.concatenate([v[:, 0], v[:, 1], v[:, 2], v[:, 3]]), ctx.warp)
+        if np.any(dst % 8):
+            raise SharedMemoryError("uint4 store misaligned")
+        ctx.smem.write_bf(np.concatenate([dst + e for e in range(8)]),
+                          np.concatenate([v[:, e] for e in range(8)]), ctx.warp)
         idx = idx + kThreads
 
 
@@ -198,13 +200,13 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
     live = iw < T
     sl = np.float32(scale) * kLog2e
     qw = qs + warp * 16 * LD
-    load_tile(ctx, HS, qs, "qkv", head.q, head.qkv_stride, i0, T)
+    load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, i0, T)
 
     m = [np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)]
     l = [np.zeros(32, np.float32), np.zeros(32, np.float32)]
     for j0 in range(0, last + 1, kRows):
         yield  # __syncthreads
-        load_tile(ctx, HS, ks, "qkv", head.q + C, head.qkv_stride, j0, T)
+        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
         yield
         if not live:
             continue
@@ -243,8 +245,8 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
     acc = zero(HS)
     for j0 in range(0, last + 1, kRows):
         yield
-        load_tile(ctx, HS, ks, "qkv", head.q + C, head.qkv_stride, j0, T)
-        load_tile(ctx, HS, vs, "qkv", head.q + 2 * C, head.qkv_stride, j0, T)
+        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
+        load_tile(ctx, HS, vs, "qkv16", head.q + 2 * C, head.qkv_stride, j0, T)
         yield
         if not live:
             continue
@@ -277,8 +279,8 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale):
     last = min(T, i0 + kRows) - 1
     live = iw < T
     sl = np.float32(scale) * kLog2e
-    load_tile(ctx, HS, qs, "qkv", head.q, head.qkv_stride, i0, T)
-    load_tile(ctx, HS, gs, "dout", head.row_offset, C, i0, T)
+    load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, i0, T)
+    load_tile(ctx, HS, gs, "dout16", head.row_offset, C, i0, T)
     for rr in range(16):
         row = iw + rr
         at = head.row_offset + row * C
@@ -312,8 +314,8 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale):
     gw = gs + warp * 16 * LD
     for j0 in range(0, last + 1, kRows):
         yield
-        load_tile(ctx, HS, ks, "qkv", head.q + C, head.qkv_stride, j0, T)
-        load_tile(ctx, HS, vs, "qkv", head.q + 2 * C, head.qkv_stride, j0, T)
+        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
+        load_tile(ctx, HS, vs, "qkv16", head.q + 2 * C, head.qkv_stride, j0, T)
         yield
         if not live:
             continue
@@ -346,8 +348,8 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
     jw = j0 + warp * 16
     live = jw < T
     sl = np.float32(scale) * kLog2e
-    load_tile(ctx, HS, ks, "qkv", head.q + C, head.qkv_stride, j0, T)
-    load_tile(ctx, HS, vs, "qkv", head.q + 2 * C, head.qkv_stride, j0, T)
+    load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
+    load_tile(ctx, HS, vs, "qkv16", head.q + 2 * C, head.qkv_stride, j0, T)
 
     dk = zero(HS)
     dv = zero(HS)
@@ -355,8 +357,8 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
     vw = vs + warp * 16 * LD
     for t0 in range(j0, T, kRows):
         yield
-        load_tile(ctx, HS, qs, "qkv", head.q, head.qkv_stride, t0, T)
-        load_tile(ctx, HS, gs, "dout", head.row_offset, C, t0, T)
+        load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, t0, T)
+        load_tile(ctx, HS, gs, "dout16", head.row_offset, C, t0, T)
         tid = ctx.threadIdx
         w = tid < kRows
         if w.any():
@@ -436,7 +438,9 @@ def attention_forward(qkv, B, T, C, NH):
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     grid = ((T + kRows - 1) // kRows, NH, B)
-    g = Gmem(qkv=qkv, out=np.full(B * T * C, np.nan), lse=np.full(B * NH * T, np.nan))
+    # the launcher's to_bf16 copy of qkv (round to nearest even), which the kernel reads
+    g = Gmem(qkv16=bf16(np.asarray(qkv, dtype=np.float32)), out=np.full(B * T * C, np.nan),
+             lse=np.full(B * NH * T, np.nan), esize={"qkv16": 2})
     races = launch(forward_kernel, grid, *smem_layout("fwd", HS), g, HS, T, C, NH, scale)
     return g, races
 
@@ -445,8 +449,11 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH):
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     grid = ((T + kRows - 1) // kRows, NH, B)
-    g = Gmem(qkv=qkv, dout=dout, out=out, lse=lse, dqkv=np.full(B * T * 3 * C, np.nan),
-             dvec=np.full(B * NH * T, np.nan))
+    # the launcher's to_bf16 copies of qkv and dout (D still reads the fp32 dout)
+    g = Gmem(qkv16=bf16(np.asarray(qkv, dtype=np.float32)),
+             dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout, out=out, lse=lse,
+             dqkv=np.full(B * T * 3 * C, np.nan), dvec=np.full(B * NH * T, np.nan),
+             esize={"qkv16": 2, "dout16": 2})
     races = launch(backward_dq_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale)
     races += launch(backward_dkdv_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale)
     return g, races
