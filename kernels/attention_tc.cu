@@ -566,6 +566,24 @@ __device__ inline int column_of(int lane, int n, int v) {
   return n * 8 + lane % 4 * 2 + v % 2;
 }
 
+// f(n, v, valid) for each element s[n][v] of a lane, valid = whether the causal mask and T leave
+// it in. Most tiles lie wholly below the diagonal and before T (`full`, uniform over the warp):
+// there valid is the constant true and no index arithmetic runs.
+template <class Valid, class F>
+__device__ inline void for_each_element(bool full, Valid valid, F f) {
+  if (full) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) f(n, v, true);
+  } else {
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) f(n, v, valid(n, v));
+  }
+}
+
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(float* out, float* lse, const bf16* qkv, int T, int C, int NH, float scale) {
@@ -596,14 +614,15 @@ __global__ void __launch_bounds__(kThreads)
     if (!live) continue;
     scores<HS>(s, qw, ks, lane);
     float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int v = 0; v < 4; ++v) {
-        const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
-        s[n][v] = i < T && j <= i ? sl * s[n][v] : -INFINITY;
-        tile_max[v / 2] = fmaxf(tile_max[v / 2], s[n][v]);
-      }
+    const bool full = j0 < i0 && iw + 16 <= T;  // keys before the block's rows, rows before T
+    const auto valid = [&](int n, int v) {
+      const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
+      return i < T && j <= i;
+    };
+    for_each_element(full, valid, [&](int n, int v, bool ok) {
+      s[n][v] = ok ? sl * s[n][v] : -INFINITY;
+      tile_max[v / 2] = fmaxf(tile_max[v / 2], s[n][v]);
+    });
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // the four lanes of a row: lanes 4g..4g+3
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 1));
@@ -639,13 +658,14 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (!live) continue;
     scores<HS>(s, qw, ks, lane);
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int v = 0; v < 4; ++v) {
-        const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
-        s[n][v] = i < T && j <= i ? exp2f(sl * s[n][v] - lse2[v / 2]) : 0.f;
-      }
+    const bool full = j0 < i0 && iw + 16 <= T;
+    const auto valid = [&](int n, int v) {
+      const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
+      return i < T && j <= i;
+    };
+    for_each_element(full, valid, [&](int n, int v, bool ok) {
+      s[n][v] = ok ? exp2f(sl * s[n][v] - lse2[v / 2]) : 0.f;
+    });
     std::uint32_t p[4][4];
     to_fragments(p, s);
     accumulate<HS>(acc, p, vs, lane);
@@ -699,13 +719,14 @@ __global__ void __launch_bounds__(kThreads)
     float s[8][4], dp[8][4];
     scores<HS>(s, qw, ks, lane);   // S
     scores<HS>(dp, gw, vs, lane);  // dP = dout V^T
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int v = 0; v < 4; ++v) {
-        const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
-        s[n][v] = i < T && j <= i ? exp2f(sl * s[n][v] - li[v / 2]) * (dp[n][v] - di[v / 2]) : 0.f;
-      }
+    const bool full = j0 < i0 && iw + 16 <= T;
+    const auto valid = [&](int n, int v) {
+      const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
+      return i < T && j <= i;
+    };
+    for_each_element(full, valid, [&](int n, int v, bool ok) {
+      s[n][v] = ok ? exp2f(sl * s[n][v] - li[v / 2]) * (dp[n][v] - di[v / 2]) : 0.f;
+    });
     std::uint32_t ds[4][4];
     to_fragments(ds, s);
     accumulate<HS>(dq, ds, ks, lane);
@@ -755,15 +776,18 @@ __global__ void __launch_bounds__(kThreads)
     float s[8][4], dp[8][4];
     scores<HS>(s, kw, qs, lane);   // S^T: the warp's keys x the tile's queries
     scores<HS>(dp, vw, gs, lane);  // dP^T = V dout^T
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int v = 0; v < 4; ++v) {
-        const int col = column_of(lane, n, v), i = t0 + col, j = jw + row_of(lane, v);
-        const float p = i < T && i >= j ? exp2f(sl * s[n][v] - tile_lse[col]) : 0.f;
-        s[n][v] = p;
-        dp[n][v] = p * (dp[n][v] - tile_d[col]);
-      }
+    // queries after the block's keys, before T (keys past T then see none of them)
+    const bool full = t0 > j0 && t0 + kRows <= T;
+    const auto valid = [&](int n, int v) {
+      const int i = t0 + column_of(lane, n, v), j = jw + row_of(lane, v);
+      return i < T && i >= j;
+    };
+    for_each_element(full, valid, [&](int n, int v, bool ok) {
+      const int col = column_of(lane, n, v);
+      const float p = ok ? exp2f(sl * s[n][v] - tile_lse[col]) : 0.f;
+      s[n][v] = p;
+      dp[n][v] = p * (dp[n][v] - tile_d[col]);
+    });
     std::uint32_t pt[4][4], dst[4][4];
     to_fragments(pt, s);
     to_fragments(dst, dp);

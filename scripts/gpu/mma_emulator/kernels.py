@@ -77,6 +77,16 @@ class Head:
     pass
 
 
+def mask(full, valid):
+    """for_each_element: in a tile the kernel calls `full` (warp-uniform) it takes every element
+    as valid without computing the mask; check that the predicate was right."""
+    if full:
+        if not np.all(valid):
+            raise AssertionError("a tile taken as full has a masked element")
+        return np.ones_like(valid, dtype=bool)
+    return valid
+
+
 def head_of(ctx, HS, T, C, NH):
     # const std::size_t b = blockIdx.z, h = blockIdx.y, stride = 3 * std::size_t(C);
     # return {qkv + b * T * stride + h * HS, stride, b * T * C + h * HS, (b * NH + h) * T,
@@ -212,11 +222,12 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
             continue
         s = scores(ctx, HS, qw, ks)
         tile_max = [np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)]
+        full = j0 < i0 and iw + 16 <= T
         for n in range(8):
             for v in range(4):
                 i = iw + row_of(lane, v)
                 j = j0 + column_of(lane, n, v)
-                s[n][v] = np.where((i < T) & (j <= i), sl * s[n][v], -INF)
+                s[n][v] = np.where(mask(full, (i < T) & (j <= i)), sl * s[n][v], -INF)
                 tile_max[v // 2] = np.fmax(tile_max[v // 2], s[n][v])
         for h in range(2):
             tile_max[h] = np.fmax(tile_max[h], shfl_xor(tile_max[h], 1))
@@ -251,13 +262,14 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
         if not live:
             continue
         s = scores(ctx, HS, qw, ks)
+        full = j0 < i0 and iw + 16 <= T
         for n in range(8):
             for v in range(4):
                 i = iw + row_of(lane, v)
                 j = j0 + column_of(lane, n, v)
                 with np.errstate(invalid="ignore"):
                     e = exp2f(fmaf(sl, s[n][v], -lse2[v // 2]))
-                s[n][v] = np.where((i < T) & (j <= i), e, np.float32(0))
+                s[n][v] = np.where(mask(full, (i < T) & (j <= i)), e, np.float32(0))
         p = to_fragments(s)
         accumulate(ctx, HS, acc, p, vs)
     if live:
@@ -321,13 +333,14 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale):
             continue
         s = scores(ctx, HS, qw, ks)
         dp = scores(ctx, HS, gw, vs)
+        full = j0 < i0 and iw + 16 <= T
         for n in range(8):
             for v in range(4):
                 i = iw + row_of(lane, v)
                 j = j0 + column_of(lane, n, v)
                 with np.errstate(invalid="ignore", over="ignore"):
                     val = exp2f(fmaf(sl, s[n][v], -li[v // 2])) * (dp[n][v] - di[v // 2])
-                s[n][v] = np.where((i < T) & (j <= i), val, np.float32(0))
+                s[n][v] = np.where(mask(full, (i < T) & (j <= i)), val, np.float32(0))
         ds = to_fragments(s)
         accumulate(ctx, HS, dq, ds, ks)
     if live:
@@ -375,6 +388,7 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
             continue
         s = scores(ctx, HS, kw, qs)
         dp = scores(ctx, HS, vw, gs)
+        full = t0 > j0 and t0 + kRows <= T
         for n in range(8):
             for v in range(4):
                 col = column_of(lane, n, v)
@@ -383,7 +397,7 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
                 tl = ctx.smem.read_f(tile_lse + col, warp)
                 with np.errstate(invalid="ignore", over="ignore"):
                     e = exp2f(fmaf(sl, s[n][v], -tl))
-                p = np.where((i < T) & (i >= j), e, np.float32(0))
+                p = np.where(mask(full, (i < T) & (i >= j)), e, np.float32(0))
                 s[n][v] = p
                 dp[n][v] = p * (dp[n][v] - ctx.smem.read_f(tile_d + col, warp))
         pt = to_fragments(s)

@@ -7,7 +7,8 @@ import kernels
 import ptx
 import ref
 
-SHAPES = [(1, 150, 128, 2), (1, 70, 80, 1), (2, 65, 96, 2), (1, 100, 128, 1), (1, 1, 32, 2)]
+SHAPES = [(1, 150, 128, 2), (1, 70, 80, 1), (2, 65, 96, 2), (1, 100, 128, 1), (1, 1, 32, 2),
+          (1, 300, 64, 1)]  # the last: many tiles wholly below the diagonal (full)
 
 
 def rel(a, b):
