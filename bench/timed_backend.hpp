@@ -29,6 +29,12 @@ class TimedBackend final : public Backend {
   }
   void synchronize() override { in_.synchronize(); }
   DType activation_storage() const override { return in_.activation_storage(); }
+  bool attention_rounds_qkv(int C, int NH) const override {
+    return in_.attention_rounds_qkv(C, NH);
+  }
+  void store(TensorOut d, const float* s, std::size_t n) override {
+    time("store", [&] { in_.store(d, s, n); });
+  }
   void encoder_forward(float* o, const int* t, const float* a, const float* b, int B, int T,
                        int C) override {
     time("encoder_forward", [&] { in_.encoder_forward(o, t, a, b, B, T, C); });
@@ -53,10 +59,10 @@ class TimedBackend final : public Backend {
                        int N, int C, int OC) override {
     time("matmul_backward", [&] { in_.matmul_backward(di, dw, db, d, i, w, N, C, OC); });
   }
-  void attention_forward(float* o, float* l, const float* q, int B, int T, int C, int NH) override {
+  void attention_forward(float* o, float* l, TensorIn q, int B, int T, int C, int NH) override {
     time("attention_forward", [&] { in_.attention_forward(o, l, q, B, T, C, NH); });
   }
-  void attention_backward(float* dq, const float* d, const float* q, const float* o, const float* l,
+  void attention_backward(float* dq, const float* d, TensorIn q, const float* o, const float* l,
                           int B, int T, int C, int NH) override {
     time("attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); });
   }

@@ -880,19 +880,36 @@ bool aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
+// The bf16 qkv that the mma.sync kernels read: a bf16 one as it is, an fp32 one rounded into the
+// workspace.
+const bf16* bf16_qkv(TensorIn qkv, std::size_t n, Workspace& ws, cudaStream_t stream) {
+  if (qkv.type == DType::bf16) return static_cast<const bf16*>(qkv.data);
+  bf16* copy = ws.take<bf16>(n);
+  to_bf16(copy, static_cast<const float*>(qkv.data), n, stream);
+  return copy;
+}
+
+// The fp32 qkv that the WMMA kernels read.
+const float* fp32_qkv(const char* op, TensorIn qkv) {
+  CUDA_REQUIRE(qkv.type == DType::fp32, op,
+               std::string("a bf16 qkv, which only the mma.sync kernels read"));
+  return static_cast<const float*>(qkv.data);
+}
+
 }  // namespace
 
-std::size_t attention_tc_workspace(TcAttention kernels, bool backward, int B, int T, int C,
-                                   int NH) {
+std::size_t attention_tc_workspace(TcAttention kernels, bool backward, DType qkv, int B, int T,
+                                   int C, int NH) {
   const std::size_t rows = std::size_t(B) * T;
   std::size_t bytes = backward ? Workspace::aligned(std::size_t(B) * NH * T * sizeof(float)) : 0;
-  if (kernels == TcAttention::mma)  // the bf16 copies of qkv (and of dout)
-    bytes += Workspace::aligned(rows * 3 * C * sizeof(__nv_bfloat16)) +
-             (backward ? Workspace::aligned(rows * C * sizeof(__nv_bfloat16)) : 0);
+  if (kernels == TcAttention::mma) {  // the bf16 copies of an fp32 qkv and of dout
+    if (qkv == DType::fp32) bytes += Workspace::aligned(rows * 3 * C * sizeof(__nv_bfloat16));
+    if (backward) bytes += Workspace::aligned(rows * C * sizeof(__nv_bfloat16));
+  }
   return bytes;
 }
 
-void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
+void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
                           TcAttention kernels, Workspace ws, cudaStream_t stream) {
   const char* op = "attention_forward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
@@ -901,9 +918,7 @@ void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T
     if (kernels == TcAttention::mma) {
       // float2 stores (the model's tensors start at multiples of 64 bytes, cudaMalloc's of 256)
       CUDA_REQUIRE(aligned16(out), op, std::string("out not 16-byte aligned"));
-      const std::size_t n = std::size_t(B) * T * 3 * C;
-      bf16* qkv16 = ws.take<bf16>(n);
-      to_bf16(qkv16, qkv, n, stream);
+      const bf16* qkv16 = bf16_qkv(qkv, std::size_t(B) * T * 3 * C, ws, stream);
       auto* kernel = mma_sync::forward_kernel<HS>;
       constexpr std::size_t shared = mma_sync::forward_shared<HS>();
       allow_dynamic_shared(kernel, shared);
@@ -913,13 +928,13 @@ void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T
     }
     auto* kernel = attention_forward_tc_kernel<HS>;
     allow_dynamic_shared(kernel, forward_shared<HS>());
-    kernel<<<plan.grid, kThreads, forward_shared<HS>(), stream>>>(out, lse, qkv, T, C, NH,
-                                                                  plan.scale);
+    kernel<<<plan.grid, kThreads, forward_shared<HS>(), stream>>>(out, lse, fp32_qkv(op, qkv), T, C,
+                                                                  NH, plan.scale);
     CUDA_CHECK_LAUNCH(attention_forward_tc_kernel);
   });
 }
 
-void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* out,
+void attention_backward_tc(float* dqkv, const float* dout, TensorIn qkv, const float* out,
                            const float* lse, int B, int T, int C, int NH, TcAttention kernels,
                            Workspace ws, cudaStream_t stream) {
   const char* op = "attention_backward (tensor cores)";
@@ -931,9 +946,8 @@ void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, con
     if (kernels == TcAttention::mma) {
       CUDA_REQUIRE(aligned16(dqkv), op, std::string("dqkv not 16-byte aligned"));
       const std::size_t rows = std::size_t(B) * T;
-      bf16* qkv16 = ws.take<bf16>(rows * 3 * C);
+      const bf16* qkv16 = bf16_qkv(qkv, rows * 3 * C, ws, stream);
       bf16* dout16 = ws.take<bf16>(rows * C);
-      to_bf16(qkv16, qkv, rows * 3 * C, stream);
       to_bf16(dout16, dout, rows * C, stream);
       constexpr std::size_t shared = mma_sync::backward_shared<HS>();
       auto* dq_kernel = mma_sync::backward_dq_kernel<HS>;
@@ -950,13 +964,14 @@ void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, con
     }
     auto* dq_kernel = attention_backward_dq_tc_kernel<HS>;
     allow_dynamic_shared(dq_kernel, backward_dq_shared<HS>());
-    dq_kernel<<<plan.grid, kThreads, backward_dq_shared<HS>(), stream>>>(dqkv, dvec, dout, qkv, out,
+    const float* q32 = fp32_qkv(op, qkv);
+    dq_kernel<<<plan.grid, kThreads, backward_dq_shared<HS>(), stream>>>(dqkv, dvec, dout, q32, out,
                                                                          lse, T, C, NH, plan.scale);
     CUDA_CHECK_LAUNCH(attention_backward_dq_tc_kernel);
     auto* dkdv_kernel = attention_backward_dkdv_tc_kernel<HS>;
     allow_dynamic_shared(dkdv_kernel, backward_dkdv_shared<HS>());
     dkdv_kernel<<<plan.grid, kThreads, backward_dkdv_shared<HS>(), stream>>>(
-        dqkv, dout, qkv, lse, dvec, T, C, NH, plan.scale);
+        dqkv, dout, q32, lse, dvec, T, C, NH, plan.scale);
     CUDA_CHECK_LAUNCH(attention_backward_dkdv_tc_kernel);
   });
 }

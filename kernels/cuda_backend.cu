@@ -217,26 +217,45 @@ class CudaBackend final : public Backend {
                                    precision_, lt_ != nullptr, DType::fp32, inp.type, N, C, OC)),
                                stream_.get());
   }
-  void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
+  // Only the mma.sync kernels read a bf16 qkv (the WMMA and fp32 ones round or read fp32 rows).
+  bool attention_rounds_qkv(int C, int NH) const override {
+    return tc_attention_ && tc_kernels_ == cuda::TcAttention::mma &&
+           cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_);
+  }
+  void store(TensorOut dst, const float* src, std::size_t n) override {
+    const std::size_t bytes = n * (dst.type == DType::bf16 ? 2 : sizeof(float));
+    const auto d = reinterpret_cast<std::uintptr_t>(dst.data),
+               s = reinterpret_cast<std::uintptr_t>(src);
+    CUDA_REQUIRE(d + bytes <= s || s + n * sizeof(float) <= d, "store",
+                 std::string("the destination overlaps the source"));
+    if (dst.type == DType::fp32)
+      copy(dst.data, src, bytes);
+    else if (n > 0)
+      cuda::to_bf16(static_cast<__nv_bfloat16*>(dst.data), src, n, stream_.get());
+  }
+  void attention_forward(float* out, float* lse, TensorIn qkv, int B, int T, int C,
                          int NH) override {
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_))
       cuda::attention_forward_tc(
           out, lse, qkv, B, T, C, NH, tc_kernels_,
-          workspace(cuda::attention_tc_workspace(tc_kernels_, false, B, T, C, NH)), stream_.get());
+          workspace(cuda::attention_tc_workspace(tc_kernels_, false, qkv.type, B, T, C, NH)),
+          stream_.get());
     else
-      cuda::attention_forward(out, lse, qkv, B, T, C, NH, stream_.get());
+      cuda::attention_forward(out, lse, fp32_qkv("attention_forward", qkv, C, NH), B, T, C, NH,
+                              stream_.get());
   }
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+  void attention_backward(float* dqkv, const float* dout, TensorIn qkv, const float* out,
                           const float* lse, int B, int T, int C, int NH) override {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_))
       cuda::attention_backward_tc(
           dqkv, dout, qkv, out, lse, B, T, C, NH, tc_kernels_,
-          workspace(cuda::attention_tc_workspace(tc_kernels_, true, B, T, C, NH)), stream_.get());
+          workspace(cuda::attention_tc_workspace(tc_kernels_, true, qkv.type, B, T, C, NH)),
+          stream_.get());
     else
-      cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH,
-                               workspace(cuda::attention_backward_workspace(B, T, NH)),
+      cuda::attention_backward(dqkv, dout, fp32_qkv("attention_backward", qkv, C, NH), out, lse, B,
+                               T, C, NH, workspace(cuda::attention_backward_workspace(B, T, NH)),
                                stream_.get());
   }
   void gelu_forward(TensorOut out, const float* inp, std::size_t n) override {
@@ -287,6 +306,15 @@ class CudaBackend final : public Backend {
       workspace_bytes_ = grown;
     }
     return {static_cast<char*>(workspace_), workspace_bytes_};
+  }
+
+  // The fp32 kernels' qkv: refuses a bf16 one (attention_rounds_qkv says where that is allowed).
+  static const float* fp32_qkv(const char* op, TensorIn qkv, int C, int NH) {
+    CUDA_REQUIRE(qkv.type == DType::fp32, op,
+                 "a bf16 qkv, which only the mma.sync tensor-core kernels read (cuda-bf16 with "
+                 "MIXSIM_TC_ATTENTION=1 and head size a multiple of 16 up to 128): " +
+                     cuda::dims({{"C", C}, {"NH", NH}}));
+    return static_cast<const float*>(qkv.data);
   }
 
   int device_;

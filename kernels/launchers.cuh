@@ -133,11 +133,14 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 enum class TcAttention { mma, wmma };
 std::size_t max_shared_per_block(int device);
 bool attention_tc_supported(int C, int NH, std::size_t max_shared, TcAttention kernels);
-// The workspace of attention_forward_tc (backward false) or attention_backward_tc.
-std::size_t attention_tc_workspace(TcAttention kernels, bool backward, int B, int T, int C, int NH);
-void attention_forward_tc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
+// The workspace of attention_forward_tc (backward false) or attention_backward_tc. The mma.sync
+// kernels read qkv as bf16 (a bf16 qkv as it is, an fp32 one rounded into the workspace); the
+// WMMA ones read an fp32 qkv only.
+std::size_t attention_tc_workspace(TcAttention kernels, bool backward, DType qkv, int B, int T,
+                                   int C, int NH);
+void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
                           TcAttention kernels, Workspace ws, cudaStream_t stream);
-void attention_backward_tc(float* dqkv, const float* dout, const float* qkv, const float* out,
+void attention_backward_tc(float* dqkv, const float* dout, TensorIn qkv, const float* out,
                            const float* lse, int B, int T, int C, int NH, TcAttention kernels,
                            Workspace ws, cudaStream_t stream);
 

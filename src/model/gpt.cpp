@@ -73,7 +73,8 @@ struct Gpt::Activations {
   TensorOut ln1;       // (L, R, C)
   float* ln1_mean;     // (L, R)
   float* ln1_rstd;     // (L, R)
-  float* qkv;          // (L, R, 3C)
+  TensorOut qkv;       // (L, R, 3C): bf16 only where attention rounds it (qkv_storage)
+  float* qkv_product;  // (R, 3C) the product before it is rounded into a bf16 qkv, else null
   float* atty;         // (L, R, C)
   float* att_lse;      // (L, R*NH): (B, NH, T) per layer
   float* residual2;    // (L, R, C)
@@ -102,7 +103,7 @@ struct Gpt::LayerActs {
   TensorOut ln1;       // (B,T,C)
   float* ln1_mean;     // (B,T) nullable
   float* ln1_rstd;     // (B,T) nullable
-  float* qkv;          // (B,T,3C)
+  TensorOut qkv;       // (B,T,3C)
   float* atty;         // (B,T,C)
   float* att_lse;      // (B,NH,T) nullable
   float* proj;         // (B,T,C)
@@ -113,6 +114,7 @@ struct Gpt::LayerActs {
   float* fch;          // (B,T,4C)
   TensorOut fch_gelu;  // (B,T,4C)
   float* residual3;    // (B,T,C)
+  float* qkv_product;  // (B,T,3C) fp32, rounded into a bf16 qkv; null when qkv is fp32
 };
 
 struct Gpt::NextNorm {
@@ -147,6 +149,12 @@ Gpt::Gpt(const ModelConfig& config, Backend& backend, int max_batch,
 }
 
 Gpt::~Gpt() = default;
+
+DType Gpt::qkv_storage() const {
+  const ModelDims& d = dims();
+  return storage_ == DType::bf16 && backend_.attention_rounds_qkv(d.C, d.NH) ? DType::bf16
+                                                                             : DType::fp32;
+}
 
 float* Gpt::grads() {
   if (!grads_.get()) {
@@ -244,7 +252,9 @@ void Gpt::ensure_training() {
     a.ln1 = next_t(L * R * C);
     a.ln1_mean = next_f(L * R);
     a.ln1_rstd = next_f(L * R);
-    a.qkv = next_f(L * R * 3 * C);
+    const DType qst = qkv_storage();
+    a.qkv = TensorOut{next(L * R * 3 * C, qst), qst};
+    a.qkv_product = qst == DType::bf16 ? next_f(R * 3 * C) : nullptr;
     a.atty = next_f(L * R * C);
     a.att_lse = next_f(L * R * d.NH);
     a.residual2 = next_f(L * R * C);
@@ -266,8 +276,8 @@ void Gpt::ensure_training() {
     a.dbuf4 = next_f(R * 4 * C);
     return at;
   };
-  static_assert(sizeof(Activations) == 19 * sizeof(float*) + 5 * sizeof(TensorOut),
-                "carve() assigns each of the 24");
+  static_assert(sizeof(Activations) == 19 * sizeof(float*) + 6 * sizeof(TensorOut),
+                "carve() assigns each of the 25");
   acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
   carve(acts_memory_.get());
   train_tokens_ = DeviceBuffer<int>(backend_, R);
@@ -282,7 +292,7 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
   return {from(a.ln1, L * R * C),
           a.ln1_mean + L * R,
           a.ln1_rstd + L * R,
-          a.qkv + L * R * 3 * C,
+          from(a.qkv, L * R * 3 * C),
           a.atty + L * R * C,
           a.att_lse + L * R * d.NH,
           a.proj,
@@ -292,7 +302,8 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
           a.ln2_rstd + L * R,
           a.fch + L * R * 4 * C,
           from(a.fch_gelu, L * R * 4 * C),
-          a.residual3 + L * R * C};
+          a.residual3 + L * R * C,
+          a.qkv_product};
 }
 
 void Gpt::forward_block(int l, const float* residual, const LayerActs& a, const NextNorm& next,
@@ -302,7 +313,12 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, const 
   const int C = d.C, N = B * T;
   const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
   // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-  be.matmul_forward(a.qkv, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+  if (a.qkv_product) {  // a bf16 qkv: the product in fp32, then rounded (what attention reads)
+    be.matmul_forward(a.qkv_product, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+    be.store(a.qkv, a.qkv_product, std::size_t(N) * 3 * C);
+  } else {
+    be.matmul_forward(static_cast<float*>(a.qkv.data), a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+  }
   be.attention_forward(a.atty, a.att_lse, a.qkv, B, T, C, d.NH);
   be.matmul_forward(a.proj, a.atty, p.attprojw, p.attprojb, N, C, C);
   be.residual_layernorm_forward(a.residual2, a.ln2, a.ln2_mean, a.ln2_rstd, residual, a.proj,
@@ -441,8 +457,12 @@ Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
   // The residual stream is updated in place; nothing is saved for backward.
   // ln and fch_gelu keep their fp32 size whatever the storage (a bf16 tensor uses half of it).
   const TensorOut ln_t{ln, storage_}, fch_gelu_t{fch_gelu, storage_};
-  return {ln_t, nullptr, nullptr, qkv,     atty, nullptr,    proj,
-          res,  ln_t,    nullptr, nullptr, fch,  fch_gelu_t, res};
+  // A bf16 qkv takes the first half of its region; the fp32 product before rounding goes to fch,
+  // which the block writes only later.
+  const TensorOut qkv_t{qkv, qkv_storage()};
+  float* qkv_product = qkv_t.type == DType::bf16 ? fch : nullptr;
+  return {ln_t, nullptr, nullptr, qkv_t, atty,       nullptr, proj,       res,
+          ln_t, nullptr, nullptr, fch,   fch_gelu_t, res,     qkv_product};
 }
 
 EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {

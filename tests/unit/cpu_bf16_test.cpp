@@ -450,6 +450,69 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
 // the same storage does change the results (the products would not have rounded), by bf16's
 // error: so the bf16 path really stored bf16. And MIXSIM_BF16_ACTIVATIONS=1 is what makes
 // cpu-bf16 (not cpu) prefer it.
+// qkv in bf16 where attention rounds q, k and v itself (cpu-bf16 with MIXSIM_TC_ATTENTION=1, head
+// sizes multiple of 16): the ops give bit for bit what they give from the fp32 qkv, store()
+// rounds to nearest even, a backend whose attention reads fp32 rows refuses a bf16 qkv, and a
+// model's loss, every gradient and the eval sums are bit-identical to fp32 storage.
+TEST(CpuBf16, Bf16QkvStorageChangesNothing) {
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
+  auto tc = make_cpu_backend(MatmulPrecision::bf16);
+  env.reset();
+  auto plain = make_cpu_backend(MatmulPrecision::bf16);  // its attention reads fp32 rows
+  const int B = 2, T = 37, C = 64, NH = 2;               // HS 32
+  EXPECT_TRUE(tc->attention_rounds_qkv(C, NH));
+  EXPECT_FALSE(tc->attention_rounds_qkv(72, 3));  // HS 24
+  EXPECT_FALSE(plain->attention_rounds_qkv(C, NH));
+  const std::size_t rows = std::size_t(B) * T, n = rows * 3 * C;
+  Rng rng(301);
+  std::vector<float> q32(n), dout(rows * C);
+  for (float& x : q32) x = float(rng.normal());
+  for (float& x : dout) x = float(rng.normal());
+  std::vector<std::uint16_t> q16(n, 0xffff);
+  tc->store(TensorOut(q16.data(), DType::bf16), q32.data(), n);
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < n; ++i) wrong += q16[i] != bf16_bits(q32[i]);
+  EXPECT_EQ(wrong, 0u);
+  std::vector<float> copy(n);
+  tc->store(TensorOut(copy.data()), q32.data(), n);
+  EXPECT_EQ(copy, q32);
+  EXPECT_THROW(tc->store(TensorOut(q32.data() + 1), q32.data(), 4), Error);  // overlap
+  auto run = [&](TensorIn qkv) {
+    std::vector<float> out(rows * C), lse(std::size_t(B) * NH * T), dqkv(n);
+    tc->attention_forward(out.data(), lse.data(), qkv, B, T, C, NH);
+    tc->attention_backward(dqkv.data(), dout.data(), qkv, out.data(), lse.data(), B, T, C, NH);
+    return std::tuple{out, lse, dqkv};
+  };
+  EXPECT_EQ(run(q32.data()), run(TensorIn(q16.data(), DType::bf16)));
+  std::vector<float> out(rows * C), lse(std::size_t(B) * NH * T);
+  EXPECT_THROW(plain->attention_forward(out.data(), lse.data(), TensorIn(q16.data(), DType::bf16),
+                                        B, T, C, NH),
+               Error);
+
+  const ModelConfig cfg{2, NH, C, T, 257};
+  TokenBatch batch = random_batch(B, T, cfg.vocab_size, 302);
+  auto step = [&](Backend& be, DType storage) {
+    Gpt m(cfg, be, B, storage);
+    m.init(303);
+    m.zero_grad();
+    const float loss = m.forward(batch.tokens.data(), batch.targets.data(), B, T);
+    m.backward();
+    std::vector<float> grads(m.layout().total());
+    be.download(grads.data(), m.grads(), grads.size() * sizeof(float));
+    const EvalSums e = m.evaluate(batch.tokens.data(), batch.targets.data(), B, T);
+    return std::tuple{m.qkv_storage(), loss, grads, e.loss_sum};
+  };
+  const auto [s32, l32, g32, e32] = step(*tc, DType::fp32);
+  const auto [s16, l16, g16, e16] = step(*tc, DType::bf16);
+  EXPECT_EQ(s32, DType::fp32);
+  EXPECT_EQ(s16, DType::bf16);
+  EXPECT_EQ(l16, l32);
+  EXPECT_EQ(g16, g32);
+  EXPECT_EQ(e16, e32);
+  // without tensor-core attention qkv stays fp32 whatever the storage
+  EXPECT_EQ(std::get<0>(step(*plain, DType::bf16)), DType::fp32);
+}
+
 TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
   const ModelConfig cfg{2, 3, 72, 37, 257};
   const int b = 3, t = 37;

@@ -24,8 +24,9 @@ struct AdamWArgs {
 
 // How a tensor's elements are stored: fp32, or bf16 (the fp32 value rounded to nearest even to
 // bf16's 8 significant bits, 16 bits each; core/bf16.hpp). Only the tensors that nothing but
-// matrix products read may be bf16 (LayerNorm outputs, the GELU's output, dlogits): in a backend
-// whose products round their operands to bf16 anyway, storing them rounded changes no result and
+// matrix products read may be bf16 (LayerNorm outputs, the GELU's output, dlogits, and qkv where
+// attention reads it only rounded to bf16: Backend::attention_rounds_qkv): in a backend whose
+// products round their operands to bf16 anyway, storing them rounded changes no result and
 // halves their memory and traffic (Backend::activation_storage).
 enum class DType : std::uint8_t { fp32, bf16 };
 
@@ -77,6 +78,13 @@ class Backend {
   // cuda-bf16 when the environment sets MIXSIM_BF16_ACTIVATIONS=1 at construction (results
   // unchanged: the products round them to bf16 anyway), fp32 otherwise.
   virtual DType activation_storage() const { return DType::fp32; }
+  // Whether attention (forward and backward) reads q, k and v only rounded to bf16 for heads of
+  // this shape (cpu-bf16 and cuda-bf16 with tensor-core attention), so that qkv may be stored in
+  // bf16; attention_forward and attention_backward accept a bf16 qkv only where this is true.
+  virtual bool attention_rounds_qkv(int /*C*/, int /*NH*/) const { return false; }
+  // dst = src, stored as dst's type says (bf16: rounded to nearest even). dst and src must not
+  // overlap.
+  virtual void store(TensorOut dst, const float* src, std::size_t n) = 0;
 
   // ---- embedding: out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
   virtual void encoder_forward(float* out,                          // (B,T,C)
@@ -114,13 +122,13 @@ class Backend {
 
   // ---- causal self-attention; qkv rows hold q, k, v of all heads: [q(C) k(C) v(C)].
   // Only the log-sum-exp of each row is saved (O(T) memory); backward recomputes the scores.
-  virtual void attention_forward(float* out, float* lse,               // (B,T,C), (B,NH,T)
-                                 const float* qkv,                     // (B,T,3C)
-                                 int B, int T, int C, int NH) = 0;     // lse nullable
-  virtual void attention_backward(float* dqkv,                         // (B,T,3C) assigned
-                                  const float* dout,                   // (B,T,C)
-                                  const float* qkv, const float* out,  // (B,T,3C), (B,T,C)
-                                  const float* lse,                    // (B,NH,T)
+  virtual void attention_forward(float* out, float* lse,            // (B,T,C), (B,NH,T)
+                                 TensorIn qkv,                      // (B,T,3C)
+                                 int B, int T, int C, int NH) = 0;  // lse nullable
+  virtual void attention_backward(float* dqkv,                      // (B,T,3C) assigned
+                                  const float* dout,                // (B,T,C)
+                                  TensorIn qkv, const float* out,   // (B,T,3C), (B,T,C)
+                                  const float* lse,                 // (B,NH,T)
                                   int B, int T, int C, int NH) = 0;
 
   // ---- GELU (tanh approximation, as GPT-2); backward may run in place (dinp == dout)

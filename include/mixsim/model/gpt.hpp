@@ -40,6 +40,9 @@ class Gpt {
   Backend& backend() const { return backend_; }
   int max_batch() const { return max_batch_; }
   DType activation_storage() const { return storage_; }
+  // qkv's storage: bf16 where the activation storage is bf16 and the backend's attention rounds
+  // q, k and v to bf16 itself (Backend::attention_rounds_qkv), else fp32.
+  DType qkv_storage() const;
 
   float* params() const { return params_.get(); }  // (layout().total()) backend memory
   float* grads();                                  // same layout; allocated on first use

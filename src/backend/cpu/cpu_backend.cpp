@@ -119,22 +119,35 @@ class CpuBackend final : public Backend {
                          operand(scratch_[2], inp, std::size_t(N) * C), w, N, C, OC);
     if (dbias) cpu::bias_backward(dbias, static_cast<const float*>(dout.data), N, OC);
   }
-  void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
+  bool attention_rounds_qkv(int C, int NH) const override {
+    return tc_attention_ && cpu::attention_bf16_supported(C, NH);
+  }
+  void store(TensorOut dst, const float* src, std::size_t n) override {
+    MIXSIM_CHECK(!overlap(dst.data, n * (dst.type == DType::bf16 ? 2 : 4), src, n * sizeof(float)),
+                 "store: the destination overlaps the source");
+    if (dst.type == DType::fp32)
+      copy(dst.data, src, n * sizeof(float));
+    else
+      narrow(dst, src, n);
+  }
+  void attention_forward(float* out, float* lse, TensorIn qkv, int B, int T, int C,
                          int NH) override {
     check_attention("attention_forward", B, T, C, NH);
-    if (tc_attention_ && cpu::attention_bf16_supported(C, NH))
-      cpu::attention_bf16_forward(out, lse, qkv, B, T, C, NH);
+    const float* x = attention_input("attention_forward", qkv, B, T, C, NH);
+    if (attention_rounds_qkv(C, NH))
+      cpu::attention_bf16_forward(out, lse, x, B, T, C, NH);
     else
-      cpu::attention_forward(out, lse, qkv, B, T, C, NH);
+      cpu::attention_forward(out, lse, x, B, T, C, NH);
   }
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+  void attention_backward(float* dqkv, const float* dout, TensorIn qkv, const float* out,
                           const float* lse, int B, int T, int C, int NH) override {
     check_attention("attention_backward", B, T, C, NH);
     MIXSIM_CHECK(lse, "attention_backward needs the log-sum-exp saved by attention_forward");
-    if (tc_attention_ && cpu::attention_bf16_supported(C, NH))
-      cpu::attention_bf16_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+    const float* x = attention_input("attention_backward", qkv, B, T, C, NH);
+    if (attention_rounds_qkv(C, NH))
+      cpu::attention_bf16_backward(dqkv, dout, x, out, lse, B, T, C, NH);
     else
-      cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+      cpu::attention_backward(dqkv, dout, x, out, lse, B, T, C, NH);
   }
   void gelu_forward(TensorOut out, const float* inp, std::size_t n) override {
     float* o = staging(out, n);
@@ -215,6 +228,23 @@ class CpuBackend final : public Backend {
     for (std::size_t i = 0; i < n; ++i) out[i] = bf16_value(bits[i]);
     return out;
   }
+  // The fp32 qkv that attention reads: as given, or a bf16 one widened into scratch (exact), which
+  // only an attention that rounds q, k and v to bf16 itself may take.
+  const float* attention_input(const char* op, TensorIn qkv, int B, int T, int C, int NH) {
+    if (qkv.type == DType::fp32) return static_cast<const float*>(qkv.data);
+    MIXSIM_CHECK(attention_rounds_qkv(C, NH),
+                 "{}: a bf16 qkv needs an attention that rounds q, k and v to bf16 itself "
+                 "(cpu-bf16 with MIXSIM_TC_ATTENTION=1, head size a multiple of 16 up to 128); "
+                 "got C={} NH={} on {}",
+                 op, C, NH, name());
+    const std::size_t n = std::size_t(B) * T * 3 * C;
+    if (qkv_scratch_.size() < n) qkv_scratch_.resize(n);
+    const auto* bits = static_cast<const std::uint16_t*>(qkv.data);
+    float* out = qkv_scratch_.data();
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
+    for (std::size_t i = 0; i < n; ++i) out[i] = bf16_value(bits[i]);
+    return out;
+  }
   // Where an op computes the n values of `out`: out itself when fp32, else a scratch buffer that
   // narrow() then rounds into the bf16 tensor.
   float* staging(TensorOut out, std::size_t n) {
@@ -237,6 +267,7 @@ class CpuBackend final : public Backend {
   bool bf16_activations_;
   std::vector<float> scratch_[3];   // product operands rounded (cpu-bf16) or widened (bf16)
   std::vector<float> out_scratch_;  // outputs computed in fp32 before they are rounded to bf16
+  std::vector<float> qkv_scratch_;  // a bf16 qkv widened for attention
 
   static void check_attention(const char* op, int B, int T, int C, int NH) {
     MIXSIM_CHECK(B > 0 && T > 0 && NH > 0 && C % NH == 0, "{}: B={} T={} C={} NH={}", op, B, T, C,
