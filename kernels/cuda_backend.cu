@@ -77,10 +77,9 @@ int select_device(int device) {
 
 // The opt-in switches (core/env.hpp), each opt-in until a GPU run has checked it (tests/gpu,
 // scripts/gpu-check.sh; docs/architecture.md): MIXSIM_TC_ATTENTION=1, the tensor-core attention
-// kernels for cuda-bf16 (mma.sync; with MIXSIM_WMMA_ATTENTION=1 too, the WMMA ones, kept to be
-// compared on a GPU); MIXSIM_CUBLASLT=1, the products with a bias or a GELU through cuBLASLt,
-// fused into the epilogue (matmul.cu); MIXSIM_BF16_ACTIVATIONS=1, cuda-bf16 asks the model to
-// store the tensors only products read in bf16 (activation_storage).
+// kernels for cuda-bf16 (mma.sync); MIXSIM_CUBLASLT=1, the products with a bias or a GELU through
+// cuBLASLt, fused into the epilogue (matmul.cu); MIXSIM_BF16_ACTIVATIONS=1, cuda-bf16 asks the
+// model to store the tensors only products read in bf16 (activation_storage).
 
 class CudaBackend final : public Backend {
  public:
@@ -88,8 +87,6 @@ class CudaBackend final : public Backend {
       : device_(select_device(device)),
         precision_(precision),
         tc_attention_(precision == MatmulPrecision::bf16 && env_switch_on("MIXSIM_TC_ATTENTION")),
-        tc_kernels_(env_switch_on("MIXSIM_WMMA_ATTENTION") ? cuda::TcAttention::wmma
-                                                           : cuda::TcAttention::mma),
         bf16_activations_(precision == MatmulPrecision::bf16 &&
                           env_switch_on("MIXSIM_BF16_ACTIVATIONS")),
         max_shared_(cuda::max_shared_per_block(device_)),
@@ -217,10 +214,9 @@ class CudaBackend final : public Backend {
                                    precision_, lt_ != nullptr, DType::fp32, inp.type, N, C, OC)),
                                stream_.get());
   }
-  // Only the mma.sync kernels read a bf16 qkv (the WMMA and fp32 ones round or read fp32 rows).
+  // The tensor-core kernels read q, k and v rounded to bf16 (the fp32 ones read fp32 rows).
   bool attention_rounds_qkv(int C, int NH) const override {
-    return tc_attention_ && tc_kernels_ == cuda::TcAttention::mma &&
-           cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_);
+    return tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_);
   }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     const std::size_t bytes = n * (dst.type == DType::bf16 ? 2 : sizeof(float));
@@ -235,11 +231,10 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* lse, TensorIn qkv, int B, int T, int C,
                          int NH) override {
-    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_))
+    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
       cuda::attention_forward_tc(
-          out, lse, qkv, B, T, C, NH, tc_kernels_,
-          workspace(cuda::attention_tc_workspace(tc_kernels_, false, qkv.type, B, T, C, NH)),
-          stream_.get());
+          out, lse, qkv, B, T, C, NH,
+          workspace(cuda::attention_tc_workspace(false, qkv.type, B, T, C, NH)), stream_.get());
     else
       cuda::attention_forward(out, lse, fp32_qkv("attention_forward", qkv, C, NH), B, T, C, NH,
                               stream_.get());
@@ -248,11 +243,10 @@ class CudaBackend final : public Backend {
                           const float* lse, int B, int T, int C, int NH) override {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
-    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_, tc_kernels_))
+    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
       cuda::attention_backward_tc(
-          dqkv, dout, qkv, out, lse, B, T, C, NH, tc_kernels_,
-          workspace(cuda::attention_tc_workspace(tc_kernels_, true, qkv.type, B, T, C, NH)),
-          stream_.get());
+          dqkv, dout, qkv, out, lse, B, T, C, NH,
+          workspace(cuda::attention_tc_workspace(true, qkv.type, B, T, C, NH)), stream_.get());
     else
       cuda::attention_backward(dqkv, dout, fp32_qkv("attention_backward", qkv, C, NH), out, lse, B,
                                T, C, NH, workspace(cuda::attention_backward_workspace(B, T, NH)),
@@ -311,7 +305,7 @@ class CudaBackend final : public Backend {
   // The fp32 kernels' qkv: refuses a bf16 one (attention_rounds_qkv says where that is allowed).
   static const float* fp32_qkv(const char* op, TensorIn qkv, int C, int NH) {
     CUDA_REQUIRE(qkv.type == DType::fp32, op,
-                 "a bf16 qkv, which only the mma.sync tensor-core kernels read (cuda-bf16 with "
+                 "a bf16 qkv, which only the tensor-core kernels read (cuda-bf16 with "
                  "MIXSIM_TC_ATTENTION=1 and head size a multiple of 16 up to 128): " +
                      cuda::dims({{"C", C}, {"NH", NH}}));
     return static_cast<const float*>(qkv.data);
@@ -320,9 +314,8 @@ class CudaBackend final : public Backend {
   int device_;
   MatmulPrecision precision_;
   bool tc_attention_;  // attention on bf16 tensor cores (attention_tc.cu), where the shape allows
-  cuda::TcAttention tc_kernels_;  // which family of them
-  bool bf16_activations_;         // activation_storage() is bf16
-  std::size_t max_shared_;        // the device's shared memory per block (opt-in)
+  bool bf16_activations_;   // activation_storage() is bf16
+  std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;
   cuda::LtMatmulPtr lt_;  // null unless MIXSIM_CUBLASLT=1

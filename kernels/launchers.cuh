@@ -124,25 +124,18 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         const float* lse, int B, int T, int C, int NH, Workspace ws,
                         cudaStream_t stream);
 
-// ---- attention_tc.cu (the same ops on bf16 tensor cores, for cuda-bf16 with
+// ---- attention_tc.cu (the same ops on bf16 tensor cores, mma.sync, for cuda-bf16 with
 // MIXSIM_TC_ATTENTION=1; head sizes 16..128 in steps of 16 whose kernels fit the device's shared
-// memory per block (max_shared_per_block); workspace: attention_tc_workspace). Two kernel
-// families with the same roundings: mma.sync with the scores in registers (the default), and
-// WMMA with the scores staged in shared memory (MIXSIM_WMMA_ATTENTION=1, kept until a GPU run has
-// compared the two).
-enum class TcAttention { mma, wmma };
+// memory per block (max_shared_per_block)). qkv may be fp32 (rounded into the workspace) or bf16;
+// workspace: attention_tc_workspace.
 std::size_t max_shared_per_block(int device);
-bool attention_tc_supported(int C, int NH, std::size_t max_shared, TcAttention kernels);
-// The workspace of attention_forward_tc (backward false) or attention_backward_tc. The mma.sync
-// kernels read qkv as bf16 (a bf16 qkv as it is, an fp32 one rounded into the workspace); the
-// WMMA ones read an fp32 qkv only.
-std::size_t attention_tc_workspace(TcAttention kernels, bool backward, DType qkv, int B, int T,
-                                   int C, int NH);
+bool attention_tc_supported(int C, int NH, std::size_t max_shared);
+std::size_t attention_tc_workspace(bool backward, DType qkv, int B, int T, int C, int NH);
 void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
-                          TcAttention kernels, Workspace ws, cudaStream_t stream);
+                          Workspace ws, cudaStream_t stream);
 void attention_backward_tc(float* dqkv, const float* dout, TensorIn qkv, const float* out,
-                           const float* lse, int B, int T, int C, int NH, TcAttention kernels,
-                           Workspace ws, cudaStream_t stream);
+                           const float* lse, int B, int T, int C, int NH, Workspace ws,
+                           cudaStream_t stream);
 
 // ---- gelu.cu
 void gelu_forward(TensorOut out, const float* inp, std::size_t n, cudaStream_t stream);

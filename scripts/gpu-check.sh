@@ -162,10 +162,6 @@ step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS"
 step bench-train-bf16 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
 step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 "$BUILD/bench/bench_gpu_train" \
   --configs "$CONFIGS" --backend cuda-bf16
-# The WMMA tensor-core kernels (scores staged in shared memory) against the default mma.sync ones
-# above, on the GPT-2 shape only, to decide which to keep.
-step bench-train-bf16-wmma 60 env MIXSIM_TC_ATTENTION=1 MIXSIM_WMMA_ATTENTION=1 \
-  "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 # (the GPT-2 shape only: the -all row below has every shape; the script must stay within 8 min)
 step bench-train-bf16-tc-lt 90 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
   "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
@@ -181,9 +177,12 @@ step torch-bf16 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf1
 # memory errors in the kernels (out of bounds, misaligned, uninitialised reads) on the op tests
 if command -v compute-sanitizer > /dev/null && ((!QUICK)); then
   # Whole-model tests are left out (slow under memcheck, and made of the same kernels); the
-  # tensor-core attention and NCCL tests stay in. OutOfMemory's cudaMalloc fails on purpose.
+  # tensor-core attention tests stay in. OutOfMemory's cudaMalloc fails on purpose. The NCCL test
+  # is left out too: NCCL's own init probes kernel images with cudaFuncGetAttributes, which fails
+  # by design for the architectures it was not built for, and memcheck counts each such API error
+  # (4 on the H200 run of 2026-11-27, all inside libnccl; the test itself passes).
   step sanitizer 150 compute-sanitizer --tool memcheck --error-exitcode 1 \
-    "$BUILD/tests/gpu_ops_test" --gtest_filter='-*Twenty*:*GptLoss*:*TrainingFollows*:*OutOfMemory*'
+    "$BUILD/tests/gpu_ops_test" --gtest_filter='-*Twenty*:*GptLoss*:*TrainingFollows*:*OutOfMemory*:*Nccl*'
   SAN=$(grep -E 'ERROR SUMMARY' "$LOG/sanitizer.log" | tail -1)
   row "compute-sanitizer memcheck (ops)" "${SAN:-no summary (see sanitizer.log)}"
 fi
@@ -193,7 +192,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-wmma bench-train-bf16-tc-lt bench-train-bf16-all bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
+for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-train-bf16-all bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)

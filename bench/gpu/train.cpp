@@ -13,7 +13,7 @@
 // against --peak-tflops: 989 by default (H100 SXM dense bf16, the yardstick); the fp32
 // peak of the same card (67 TFLOP/s without tensor cores) is printed beside it.
 // Environment: MIXSIM_TC_ATTENTION=1 (cuda-bf16's attention on tensor cores, label
-// mixsim-bf16tc; with MIXSIM_WMMA_ATTENTION=1 too, the WMMA kernels, label mixsim-bf16wmma) and
+// mixsim-bf16tc) and
 // MIXSIM_CUBLASLT=1 (bias and GELU in cuBLASLt epilogues, label suffix +lt, with the count of fused
 // and fallen-back products) and MIXSIM_BF16_ACTIVATIONS=1 (cuda-bf16 stores the tensors only
 // products read in bf16, label suffix +act).
@@ -147,9 +147,7 @@ int main(int argc, char** argv) {
     const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
     // MIXSIM_BF16_ACTIVATIONS=1: product-only tensors stored in bf16 ("+act")
     const bool bf16_act = gpu->activation_storage() == mixsim::DType::bf16;
-    const bool wmma = tc_attention && mixsim::env_switch_on("MIXSIM_WMMA_ATTENTION");
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
-                                          : wmma                 ? "mixsim-bf16wmma"
                                           : tc_attention         ? "mixsim-bf16tc"
                                                                  : "mixsim-bf16mm") +
                               (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "");

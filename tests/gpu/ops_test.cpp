@@ -117,9 +117,6 @@ class CudaOps : public ::testing::Test {
     return {fetch(*cpu_, t.cpu.get(), t.cpu.size()), fetch(*gpu_, t.gpu.get(), t.gpu.size())};
   }
 
-  // Bf16TensorCoreAttention for one family of tensor-core kernels (attention_tc.cu)
-  void check_tc_attention(bool wmma);
-
   std::unique_ptr<Backend> cpu_, gpu_;
 };
 
@@ -711,7 +708,10 @@ TEST_F(CudaOps, Bf16MatmulMatchesCpuBf16) {
 // and normal inputs (scripts/gpu/attention_bf16_error.py) predicts relative L2 errors of
 // 1.9e-3..3.1e-3 for out, 2.5e-3..4.2e-3 for dqkv, and 1.2e-4..6.9e-4 for lse. Bounds: out and
 // dqkv within 5e-4..8e-3 (the fp32 kernels, ~1e-7, fail the lower bound, so the tensor-core path
-// must have run; a wrong tile, mask or fragment layout is off by ~1), lse below 2e-3.
+// must have run; a wrong tile, mask or fragment layout is off by ~1), lse below 8e-3: with one
+// position (T = 1) lse is scale q.k itself, whose bf16 rounding error is not averaged over keys;
+// the H200 run of 2026-11-27 measured 4.6e-3 there for both kernel families, with the GPU within
+// 1.1e-8 of cpu-bf16's same roundings (the tight check below).
 // Then, much tighter, against cpu-bf16 with MIXSIM_TC_ATTENTION=1 (src/backend/cpu/
 // attention_bf16.cpp: the same roundings, fp32 sums in another order): what is left is the order
 // of the sums, which now and then tips a value to the neighbouring bf16 one. The CPU side is
@@ -720,16 +720,11 @@ TEST_F(CudaOps, Bf16MatmulMatchesCpuBf16) {
 // torch simulation of fp32 sums (scripts/gpu/attention_bf16_error.py), though tensor cores'
 // accumulation, FMA and expf may tip a few more values. Bounds 2e-4, 2e-4 and 1e-5: one element
 // of dqkv off by its own size adds 1e-3..2e-3 here.
-// Both kernel families are held to the same bounds: they round the same values.
-namespace {
-void CudaOps::check_tc_attention(bool wmma) {
+TEST_F(CudaOps, Bf16TensorCoreAttention) {
   std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
-  std::optional<mixsim::testing::ScopedEnv> family(std::in_place, "MIXSIM_WMMA_ATTENTION",
-                                                   wmma ? "1" : "0");
   auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
   auto ref = make_cpu_backend(MatmulPrecision::bf16);  // the same roundings on the CPU
   env.reset();
-  family.reset();
   auto on_bf16 = [&](const std::vector<float>& host) { return twin(*cpu_, *bf16, host); };
   auto fetch_pair = [&](const Twin<float>& t) {
     return Pair{fetch(*cpu_, t.cpu.get(), t.cpu.size()), fetch(*bf16, t.gpu.get(), t.gpu.size())};
@@ -743,8 +738,7 @@ void CudaOps::check_tc_attention(bool wmma) {
       {1, 256, 768, 12},  // GPT-2's heads
   };
   for (const AttentionShape& s : shapes) {
-    const std::string what =
-        std::string(wmma ? "WMMA" : "mma.sync") + " tensor-core attention " + shape_name(s);
+    const std::string what = "tensor-core attention " + shape_name(s);
     const std::size_t rows = std::size_t(s.B) * s.T;
     auto qkv = on_bf16(random_floats(rows * 3 * s.C, 121));
     auto out = on_bf16(std::vector<float>(rows * s.C));
@@ -786,7 +780,7 @@ void CudaOps::check_tc_attention(bool wmma) {
                 e_dqkv);
     EXPECT_LT(e_out, 8e-3) << what;
     EXPECT_GT(e_out, 5e-4) << what;
-    EXPECT_LT(e_lse, 2e-3) << what;
+    EXPECT_LT(e_lse, 8e-3) << what;
     EXPECT_LT(e_dqkv, 8e-3) << what;
     EXPECT_GT(e_dqkv, 5e-4) << what;
     if (HasFailure()) {  // where the kernels are wrong: the worst elements, by coordinates
@@ -820,14 +814,6 @@ void CudaOps::check_tc_attention(bool wmma) {
       return;
     }
   }
-}
-}  // namespace
-
-TEST_F(CudaOps, Bf16TensorCoreAttention) {
-  check_tc_attention(false);
-}
-TEST_F(CudaOps, Bf16WmmaTensorCoreAttention) {
-  check_tc_attention(true);
 }
 
 // 20 training steps with tensor-core attention, under the bounds of Bf16TrainingFollowsCpu (the
