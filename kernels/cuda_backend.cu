@@ -75,11 +75,12 @@ int select_device(int device) {
   return device;
 }
 
-// The opt-in switches (core/env.hpp), each opt-in until a GPU run has checked it (tests/gpu,
-// scripts/gpu-check.sh; docs/architecture.md): MIXSIM_TC_ATTENTION=1, the tensor-core attention
-// kernels for cuda-bf16 (mma.sync); MIXSIM_CUBLASLT=1, the products with a bias or a GELU through
-// cuBLASLt, fused into the epilogue (matmul.cu); MIXSIM_BF16_ACTIVATIONS=1, cuda-bf16 asks the
-// model to store the tensors only products read in bf16 (activation_storage).
+// The opt-in switches (core/env.hpp; all three passed tests/gpu and scripts/gpu-check.sh on an H200
+// on 2026-11-27, docs/benchmarks.md, and are to become cuda-bf16's default): MIXSIM_TC_ATTENTION=1,
+// the tensor-core attention kernels for cuda-bf16 (mma.sync); MIXSIM_CUBLASLT=1, the products with
+// a bias or a GELU through cuBLASLt, fused into the epilogue (matmul.cu);
+// MIXSIM_BF16_ACTIVATIONS=1, cuda-bf16 asks the model to store the tensors only products read in
+// bf16 (activation_storage).
 
 class CudaBackend final : public Backend {
  public:
