@@ -75,28 +75,6 @@ __device__ inline Head head_of(int T, int C, int NH) {
   return {stride, b * T * stride + h * HS, b * T * C + h * HS, (b * NH + h) * T};
 }
 
-// Of the warp's 16 rows from iw, for both backward kernels: D = dout . out in fp32 (summed as
-// attention.cu does) into row_d[0..15] and dvec, lse * lse_factor into row_lse[0..15] (0 past T).
-template <int HS>
-__device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, const float* dout,
-                                 const float* out, const float* lse, const Head& head, int iw,
-                                 int T, int C, float lse_factor) {
-  const int lane = threadIdx.x % kWarpSize;
-  for (int rr = 0; rr < 16; ++rr) {
-    const int row = iw + rr;
-    const std::size_t at = head.row_offset + std::size_t(row) * C;
-    float part = 0.f;
-    if (row < T)
-      for (int d = lane; d < HS; d += kWarpSize) part += dout[at + d] * out[at + d];
-    part = warp_sum(part);
-    if (lane == 0) {
-      row_d[rr] = part;
-      row_lse[rr] = row < T ? lse[head.lse_offset + row] * lse_factor : 0.f;
-      if (row < T) dvec[head.lse_offset + row] = part;
-    }
-  }
-}
-
 namespace mma_sync {
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -268,6 +246,28 @@ __device__ inline void for_each_element(bool full, Valid valid, F f) {
   }
 }
 
+// Of the warp's 16 rows from iw: D = dout . out in fp32 (summed as attention.cu does) into
+// row_d[0..15] and dvec, and lse in base 2 into row_lse[0..15] (0 past T).
+template <int HS>
+__device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, const float* dout,
+                                 const float* out, const float* lse, const Head& head, int iw,
+                                 int T, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  for (int rr = 0; rr < 16; ++rr) {
+    const int row = iw + rr;
+    const std::size_t at = head.row_offset + std::size_t(row) * C;
+    float part = 0.f;
+    if (row < T)
+      for (int d = lane; d < HS; d += kWarpSize) part += dout[at + d] * out[at + d];
+    part = warp_sum(part);
+    if (lane == 0) {
+      row_d[rr] = part;
+      row_lse[rr] = row < T ? lse[head.lse_offset + row] * kLog2e : 0.f;
+      if (row < T) dvec[head.lse_offset + row] = part;
+    }
+  }
+}
+
 template <int HS>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(float* out, float* lse, const bf16* qkv, int T, int C, int NH, float scale) {
@@ -380,8 +380,7 @@ __global__ void __launch_bounds__(kThreads)
   const float sl = scale * kLog2e;
   load_tile<HS>(qs, q, head.qkv_stride, i0, T);
   load_tile<HS>(gs, dout16 + head.row_offset, C, i0, T);
-  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, lse, head, iw, T, C,
-                kLog2e);
+  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, lse, head, iw, T, C);
   __syncwarp();
   float li[2], di[2];  // of the lane's rows g and g + 8
 #pragma unroll

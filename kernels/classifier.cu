@@ -6,7 +6,6 @@
 // own (the logits then stay); the probabilities are never stored. Every element is read and
 // written by the same thread, and the target's logit is read by all threads before the first
 // barrier, so the in-place writes race with nothing.
-#include <cstdint>
 
 #include "launchers.cuh"
 
@@ -96,12 +95,12 @@ void classifier(float* logits, float* losses, const int* targets, float dloss, T
   CUDA_REQUIRE(dlogits.type == DType::bf16 || !dlogits.data || dlogits.data == logits,
                "classifier (fp32 dlogits are written in place)",
                std::string("dlogits apart from the logits"));
-  const auto d = reinterpret_cast<std::uintptr_t>(dlogits.data),
-             l = reinterpret_cast<std::uintptr_t>(logits);
   const std::size_t n = std::size_t(N) * Vp;
-  CUDA_REQUIRE(dlogits.type == DType::fp32 || d + 2 * n <= l || l + 4 * n <= d,
-               "classifier (bf16 dlogits in a buffer of their own)",
-               std::string("bf16 dlogits overlapping the logits"));
+  CUDA_REQUIRE(
+      dlogits.type == DType::fp32 ||
+          !bytes_overlap(dlogits.data, n * element_bytes(DType::bf16), logits, n * sizeof(float)),
+      "classifier (bf16 dlogits in a buffer of their own)",
+      std::string("bf16 dlogits overlapping the logits"));
   if (dlogits.type == DType::bf16)
     classifier_kernel<<<N, kThreads, 0, stream>>>(logits, static_cast<__nv_bfloat16*>(dlogits.data),
                                                   losses, targets, dloss, V, Vp);

@@ -220,10 +220,8 @@ class CudaBackend final : public Backend {
     return tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_);
   }
   void store(TensorOut dst, const float* src, std::size_t n) override {
-    const std::size_t bytes = n * (dst.type == DType::bf16 ? 2 : sizeof(float));
-    const auto d = reinterpret_cast<std::uintptr_t>(dst.data),
-               s = reinterpret_cast<std::uintptr_t>(src);
-    CUDA_REQUIRE(d + bytes <= s || s + n * sizeof(float) <= d, "store",
+    const std::size_t bytes = n * element_bytes(dst.type);
+    CUDA_REQUIRE(!bytes_overlap(dst.data, bytes, src, n * sizeof(float)), "store",
                  std::string("the destination overlaps the source"));
     if (dst.type == DType::fp32)
       copy(dst.data, src, bytes);

@@ -127,8 +127,13 @@ struct Gpt::NextNorm {
 
 namespace {
 
-std::size_t element_bytes(DType type) {
-  return type == DType::bf16 ? 2 : sizeof(float);
+// The weight and bias of the LayerNorm that reads block l's output: ln1 of block l + 1, or, after
+// the last block, lnf.
+std::pair<const float*, const float*> norm_after(const ParamTensors<float>& p, int l, int L,
+                                                 std::size_t C) {
+  if (l + 1 == L) return {p.lnfw, p.lnfb};
+  const LayerParams next = layer_params(p, l + 1, C);
+  return {next.ln1w, next.ln1b};
 }
 
 // The tensor that starts at element `index` of t.
@@ -349,11 +354,11 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
   be.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, residual, p.ln1w, p.ln1b, int(N), d.C);
   for (int l = 0; l < d.L; ++l) {
     const LayerActs this_layer = la;
-    NextNorm next{a.lnf, a.lnf_mean, a.lnf_rstd, p.lnfw, p.lnfb};
+    const auto [w, b] = norm_after(p, l, d.L, d.C);
+    NextNorm next{a.lnf, a.lnf_mean, a.lnf_rstd, w, b};
     if (l + 1 < d.L) {
       la = train_layer(l + 1);
-      const LayerParams lp = layer_params(p, l + 1, d.C);
-      next = {la.ln1, la.ln1_mean, la.ln1_rstd, lp.ln1w, lp.ln1b};
+      next = {la.ln1, la.ln1_mean, la.ln1_rstd, w, b};
     }
     forward_block(l, residual, this_layer, next, B, T);
     residual = this_layer.residual3;
@@ -482,13 +487,8 @@ EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
   be.layernorm_forward(a.ln1, nullptr, nullptr, a.residual3, p.ln1w, p.ln1b, int(N), d.C);
   for (int l = 0; l < d.L; ++l) {
     // every layer's ln1 and the final LayerNorm share the eval buffer a.ln1
-    NextNorm next{a.ln1, nullptr, nullptr, p.lnfw, p.lnfb};
-    if (l + 1 < d.L) {
-      const LayerParams lp = layer_params(p, l + 1, d.C);
-      next.weight = lp.ln1w;
-      next.bias = lp.ln1b;
-    }
-    forward_block(l, a.residual3, a, next, B, T);
+    const auto [w, b] = norm_after(p, l, d.L, d.C);
+    forward_block(l, a.residual3, a, NextNorm{a.ln1, nullptr, nullptr, w, b}, B, T);
   }
   for (std::size_t r0 = 0; r0 < N; r0 += kEvalChunk) {
     const int rows = int(std::min<std::size_t>(kEvalChunk, N - r0));

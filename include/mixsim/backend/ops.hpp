@@ -49,6 +49,17 @@ struct TensorOut {
   operator TensorIn() const { return {data, type}; }  // NOLINT: what was written is read
 };
 
+// Bytes per element of a tensor of this type.
+inline std::size_t element_bytes(DType type) {
+  return type == DType::bf16 ? 2 : sizeof(float);
+}
+
+// Whether the byte ranges [a, a + na) and [b, b + nb) share a byte (the ops' aliasing checks).
+inline bool bytes_overlap(const void* a, std::size_t na, const void* b, std::size_t nb) {
+  const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
+  return x < y + nb && y < x + na;
+}
+
 // Conventions of every op:
 // - Pointers are backend memory (host for cpu, device for cuda), from Backend::allocate.
 //   Arguments are ordered outputs first, then inputs, then dimensions: op(out..., in..., dims).

@@ -123,7 +123,7 @@ class CpuBackend final : public Backend {
     return tc_attention_ && cpu::attention_bf16_supported(C, NH);
   }
   void store(TensorOut dst, const float* src, std::size_t n) override {
-    MIXSIM_CHECK(!overlap(dst.data, n * (dst.type == DType::bf16 ? 2 : 4), src, n * sizeof(float)),
+    MIXSIM_CHECK(!bytes_overlap(dst.data, n * element_bytes(dst.type), src, n * sizeof(float)),
                  "store: the destination overlaps the source");
     if (dst.type == DType::fp32)
       copy(dst.data, src, n * sizeof(float));
@@ -169,8 +169,8 @@ class CpuBackend final : public Backend {
       cpu::classifier(logits, losses, targets, dloss, dlogits.data != nullptr, N, V, Vp);
       return;
     }
-    MIXSIM_CHECK(!overlap(dlogits.data, std::size_t(N) * Vp * 2, logits,
-                          std::size_t(N) * Vp * sizeof(float)),
+    MIXSIM_CHECK(!bytes_overlap(dlogits.data, std::size_t(N) * Vp * 2, logits,
+                                std::size_t(N) * Vp * sizeof(float)),
                  "classifier: bf16 dlogits must not overlap the logits");
     // bf16 dlogits: in place on a copy of a chunk of rows, then rounded into the buffer; the
     // logits stay.
@@ -209,10 +209,14 @@ class CpuBackend final : public Backend {
     return out;
   }
 
-  // Whether the byte ranges [a, a + na) and [b, b + nb) share a byte.
-  static bool overlap(const void* a, std::size_t na, const void* b, std::size_t nb) {
-    const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
-    return x < y + nb && y < x + na;
+  // The n bf16 values at `bits` widened into `scratch` (exact).
+  static const float* widened(std::vector<float>& scratch, const void* bits, std::size_t n) {
+    if (scratch.size() < n) scratch.resize(n);
+    const auto* b = static_cast<const std::uint16_t*>(bits);
+    float* out = scratch.data();
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
+    for (std::size_t i = 0; i < n; ++i) out[i] = bf16_value(b[i]);
+    return out;
   }
 
   // The fp32 values of a product's operand: in bf16 precision rounded into `scratch`; a bf16
@@ -221,12 +225,7 @@ class CpuBackend final : public Backend {
     const float* x = static_cast<const float*>(t.data);
     if (t.type == DType::fp32)
       return precision_ == MatmulPrecision::bf16 ? rounded(scratch, x, n) : x;
-    if (scratch.size() < n) scratch.resize(n);
-    const auto* bits = static_cast<const std::uint16_t*>(t.data);
-    float* out = scratch.data();
-#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
-    for (std::size_t i = 0; i < n; ++i) out[i] = bf16_value(bits[i]);
-    return out;
+    return widened(scratch, t.data, n);
   }
   // The fp32 qkv that attention reads: as given, or a bf16 one widened into scratch (exact), which
   // only an attention that rounds q, k and v to bf16 itself may take.
@@ -237,13 +236,7 @@ class CpuBackend final : public Backend {
                  "(cpu-bf16 with MIXSIM_TC_ATTENTION=1, head size a multiple of 16 up to 128); "
                  "got C={} NH={} on {}",
                  op, C, NH, name());
-    const std::size_t n = std::size_t(B) * T * 3 * C;
-    if (qkv_scratch_.size() < n) qkv_scratch_.resize(n);
-    const auto* bits = static_cast<const std::uint16_t*>(qkv.data);
-    float* out = qkv_scratch_.data();
-#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
-    for (std::size_t i = 0; i < n; ++i) out[i] = bf16_value(bits[i]);
-    return out;
+    return widened(qkv_scratch_, qkv.data, std::size_t(B) * T * 3 * C);
   }
   // Where an op computes the n values of `out`: out itself when fp32, else a scratch buffer that
   // narrow() then rounds into the bf16 tensor.
