@@ -75,25 +75,29 @@ int select_device(int device) {
   return device;
 }
 
-// The opt-in switches (core/env.hpp; all three passed tests/gpu and scripts/gpu-check.sh on an H200
-// on 2026-11-27, docs/benchmarks.md, and are to become cuda-bf16's default): MIXSIM_TC_ATTENTION=1,
-// the tensor-core attention kernels for cuda-bf16 (mma.sync); MIXSIM_CUBLASLT=1, the products with
-// a bias or a GELU through cuBLASLt, fused into the epilogue (matmul.cu);
-// MIXSIM_BF16_ACTIVATIONS=1, cuda-bf16 asks the model to store the tensors only products read in
-// bf16 (activation_storage).
+// The switches (core/env.hpp: "1" on, "0" off, unset the default; all three passed tests/gpu and
+// scripts/gpu-check.sh on an H200 on 2026-11-27, docs/benchmarks.md, and are on by default for
+// cuda-bf16): MIXSIM_TC_ATTENTION, the tensor-core attention kernels for cuda-bf16 (mma.sync);
+// MIXSIM_CUBLASLT, the products with a bias or a GELU through cuBLASLt, fused into the epilogue
+// (matmul.cu; off by default for cuda, whose fp32 products stay plain cuBLAS and its GELU exactly
+// the CPU's arithmetic); MIXSIM_BF16_ACTIVATIONS, cuda-bf16 asks the model to store the tensors
+// only products read in bf16 (activation_storage).
 
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, MatmulPrecision precision)
       : device_(select_device(device)),
         precision_(precision),
-        tc_attention_(precision == MatmulPrecision::bf16 && env_switch_on("MIXSIM_TC_ATTENTION")),
-        bf16_activations_(precision == MatmulPrecision::bf16 &&
-                          env_switch_on("MIXSIM_BF16_ACTIVATIONS")),
+        tc_attention_(env_switch("MIXSIM_TC_ATTENTION", true) &&
+                      precision == MatmulPrecision::bf16),
+        bf16_activations_(env_switch("MIXSIM_BF16_ACTIVATIONS", true) &&
+                          precision == MatmulPrecision::bf16),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
-        lt_(env_switch_on("MIXSIM_CUBLASLT") ? cuda::make_lt_matmul() : nullptr) {}
+        lt_(env_switch("MIXSIM_CUBLASLT", precision == MatmulPrecision::bf16)
+                ? cuda::make_lt_matmul()
+                : nullptr) {}
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());
     cudaFree(workspace_);
@@ -305,7 +309,7 @@ class CudaBackend final : public Backend {
   static const float* fp32_qkv(const char* op, TensorIn qkv, int C, int NH) {
     CUDA_REQUIRE(qkv.type == DType::fp32, op,
                  "a bf16 qkv, which only the tensor-core kernels read (cuda-bf16 with "
-                 "MIXSIM_TC_ATTENTION=1 and head size a multiple of 16 up to 128): " +
+                 "MIXSIM_TC_ATTENTION on and head size a multiple of 16 up to 128): " +
                      cuda::dims({{"C", C}, {"NH", NH}}));
     return static_cast<const float*>(qkv.data);
   }
@@ -317,7 +321,7 @@ class CudaBackend final : public Backend {
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;
-  cuda::LtMatmulPtr lt_;  // null unless MIXSIM_CUBLASLT=1
+  cuda::LtMatmulPtr lt_;  // null when MIXSIM_CUBLASLT is off
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
 };

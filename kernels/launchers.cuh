@@ -124,8 +124,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         const float* lse, int B, int T, int C, int NH, Workspace ws,
                         cudaStream_t stream);
 
-// ---- attention_tc.cu (the same ops on bf16 tensor cores, mma.sync, for cuda-bf16 with
-// MIXSIM_TC_ATTENTION=1; head sizes 16..128 in steps of 16 whose kernels fit the device's shared
+// ---- attention_tc.cu (the same ops on bf16 tensor cores, mma.sync, for cuda-bf16 unless
+// MIXSIM_TC_ATTENTION=0; head sizes 16..128 in steps of 16 whose kernels fit the device's shared
 // memory per block (max_shared_per_block)). qkv may be fp32 (rounded into the workspace) or bf16;
 // workspace: attention_tc_workspace.
 std::size_t max_shared_per_block(int device);

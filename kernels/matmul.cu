@@ -6,14 +6,15 @@
 // cuBLAS is column-major: a row-major (R, K) matrix is its column-major (K, R) transpose, so
 // out (N,OC) = inp (N,C) @ weight^T is computed as out^T (OC,N) = weight (OC,C) . inp^T (C,N).
 //
-// With MIXSIM_CUBLASLT=1 (an LtMatmul per backend), the products whose result goes through more
-// work go through cuBLASLt instead, the work fused into the product's epilogue: the bias (forward
-// with bias), bias then GELU keeping the GELU's input (matmul_gelu_forward), and the GELU's
-// gradient (the dinp product of gelu_matmul_backward). Same operands, same fp32 accumulation and
-// output; cuBLASLt's GELU is GPT-2's tanh form, in its own fp32 arithmetic. (A bf16 GELU output
-// is left to the GELU kernel: cuBLASLt's aux matrix would be bf16 too.) Where cuBLASLt has no
-// algorithm for a problem (its heuristic returns none), the product runs as without it, followed
-// by the separate kernels, and LtMatmul counts the fallback (cublaslt_use).
+// With MIXSIM_CUBLASLT on (an LtMatmul per backend; the default for cuda-bf16, =1 for cuda too),
+// the products whose result goes through more work go through cuBLASLt instead, the work fused into
+// the product's epilogue: the bias (forward with bias), bias then GELU keeping the GELU's input
+// (matmul_gelu_forward), and the GELU's gradient (the dinp product of gelu_matmul_backward). Same
+// operands, same fp32 accumulation and output; cuBLASLt's GELU is GPT-2's tanh form, in its own
+// fp32 arithmetic. (A bf16 GELU output is left to the GELU kernel: cuBLASLt's aux matrix would be
+// bf16 too.) Where cuBLASLt has no algorithm for a problem (its heuristic returns none), the
+// product runs as without it, followed by the separate kernels, and LtMatmul counts the fallback
+// (cublaslt_use).
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 

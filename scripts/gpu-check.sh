@@ -35,6 +35,9 @@ if [[ "${1:-}" == "--fetch" ]]; then
 fi
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
+# cuda-bf16's switches (include/mixsim/core/env.hpp) are set per step below; none leaks in from
+# the caller's environment, so that the tests and the table mean the defaults they say.
+unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS
 
 START=$(date +%s)
 STATUS=0  # 1 when a test or a check failed (the benchmarks only report)
@@ -131,24 +134,27 @@ check_torch gpt2-wide cuda "" --layers 2 --heads 12 --channels 768 --context 256
 # bf16 products against torch's fp32: ~2.4e-3 relative per product (tests/gpu/ops_test.cpp,
 # Bf16MatmulErrorIsBf16Rounding), a little more through the layers, and the largest element of a
 # gradient tensor can be off by several times that: 5e-2. A wrong product is off by ~1.
+# cuda-bf16 runs with three switches, all on by default (core/env.hpp); the rows below add them
+# one at a time, each set explicitly, so that every layer of the bf16 path is checked on its own.
+# Products only:
+export MIXSIM_TC_ATTENTION=0 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0
 check_torch gpt2-wide-bf16 cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 --heads 12 \
   --channels 768 --context 256 --vocab 50257 --batch 2
-# The same with attention on bf16 tensor cores (kernels/attention_tc.cu, opt-in; passed here on
-# an H200, 2026-11-27): its own error is of the products' size (scripts/gpu/attention_bf16_error.py).
+# With attention on bf16 tensor cores (kernels/attention_tc.cu): its own error is of the products'
+# size (scripts/gpu/attention_bf16_error.py).
 export MIXSIM_TC_ATTENTION=1
 check_torch gpt2-wide-bf16-tc cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 --heads 12 \
   --channels 768 --context 256 --vocab 50257 --batch 2
-# And with the bias and GELU in cuBLASLt epilogues (opt-in; passed here on an H200): cuBLASLt's GELU
-# is its own fp32 code (~1e-4 relative at most), far inside the bf16 tolerances.
+# And with the bias and GELU in cuBLASLt epilogues: cuBLASLt's GELU is its own fp32 code (~1e-4
+# relative at most), far inside the bf16 tolerances.
 export MIXSIM_CUBLASLT=1
 check_torch gpt2-wide-bf16-tc-lt cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
-# And with the product-only tensors stored in bf16 (opt-in; passed here on an H200; on the CPU the
-# results are bit-identical to fp32 storage, tests/unit/cpu_bf16_test.cpp).
-export MIXSIM_BF16_ACTIVATIONS=1
+# And with the product-only tensors stored in bf16 (on the CPU the results are bit-identical to
+# fp32 storage, tests/unit/cpu_bf16_test.cpp): cuda-bf16 as it runs by default, nothing set.
+unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS
 check_torch gpt2-wide-bf16-all cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
-unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS
 
 # 5. speed: mixsim fp32, averaging, PyTorch
 result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|values" rows
@@ -159,17 +165,19 @@ result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|v
 CONFIGS=small,gpt2,1.1b
 ((QUICK)) && CONFIGS=small,gpt2
 step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS"
-step bench-train-bf16 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
-step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 "$BUILD/bench/bench_gpu_train" \
-  --configs "$CONFIGS" --backend cuda-bf16
+# cuda-bf16 with its switches added one at a time (products only; + tensor-core attention;
+# + cuBLASLt), then as it runs by default (all three)
+step bench-train-bf16 120 env MIXSIM_TC_ATTENTION=0 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 \
+  "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
+step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 \
+  "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
 # (the GPT-2 shape only: the -all row below has every shape; the script must stay within 8 min)
 step bench-train-bf16-tc-lt 90 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
-  "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
-step bench-train-bf16-all 120 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
-  MIXSIM_BF16_ACTIVATIONS=1 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
-# where a bf16 step's time goes now (per op, synchronised), with all three opt-ins
-step bench-profile 60 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 MIXSIM_BF16_ACTIVATIONS=1 \
-  "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile --backend cuda-bf16
+  MIXSIM_BF16_ACTIVATIONS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
+step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
+# where a default bf16 step's time goes now (per op, synchronised)
+step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile \
+  --backend cuda-bf16
 step bench-averaging 60 "$BUILD/bench/bench_gpu_averaging"
 step torch-fp32 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype fp32 --steps 5
 ((QUICK)) || step torch-bf16-compile 240 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 10

@@ -12,11 +12,11 @@
 // MFU counts bench::flops_per_token (causal attention at half, as the 6N + attention)
 // against --peak-tflops: 989 by default (H100 SXM dense bf16, the yardstick); the fp32
 // peak of the same card (67 TFLOP/s without tensor cores) is printed beside it.
-// Environment: MIXSIM_TC_ATTENTION=1 (cuda-bf16's attention on tensor cores, label
-// mixsim-bf16tc) and
-// MIXSIM_CUBLASLT=1 (bias and GELU in cuBLASLt epilogues, label suffix +lt, with the count of fused
-// and fallen-back products) and MIXSIM_BF16_ACTIVATIONS=1 (cuda-bf16 stores the tensors only
-// products read in bf16, label suffix +act).
+// Environment (core/env.hpp: 1 on, 0 off; all three on by default for cuda-bf16, MIXSIM_CUBLASLT
+// off by default for cuda): MIXSIM_TC_ATTENTION (cuda-bf16's attention on tensor cores, label
+// mixsim-bf16tc, else mixsim-bf16mm), MIXSIM_CUBLASLT (bias and GELU in cuBLASLt epilogues, label
+// suffix +lt, with the count of fused and fallen-back products) and MIXSIM_BF16_ACTIVATIONS
+// (cuda-bf16 stores the tensors only products read in bf16, label suffix +act).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -141,11 +141,12 @@ int main(int argc, char** argv) {
               backend_name == "cuda" ? "fp32, TF32 off" : "bf16 matrix products, fp32 otherwise");
   try {
     auto gpu = mixsim::make_backend(backend_name);
-    // cuda-bf16 with MIXSIM_TC_ATTENTION=1 also runs attention on tensor cores
-    const bool tc_attention = mixsim::env_switch_on("MIXSIM_TC_ATTENTION");
-    // MIXSIM_CUBLASLT=1: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label)
+    // cuda-bf16 runs attention on tensor cores unless MIXSIM_TC_ATTENTION=0 (the backend read
+    // the same switch; every config's head size, 64 or 128, is one the kernels take)
+    const bool tc_attention = mixsim::env_switch("MIXSIM_TC_ATTENTION", true);
+    // MIXSIM_CUBLASLT: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label)
     const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
-    // MIXSIM_BF16_ACTIVATIONS=1: product-only tensors stored in bf16 ("+act")
+    // MIXSIM_BF16_ACTIVATIONS: product-only tensors stored in bf16 ("+act")
     const bool bf16_act = gpu->activation_storage() == mixsim::DType::bf16;
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
                                           : tc_attention         ? "mixsim-bf16tc"

@@ -102,6 +102,16 @@ void expect_identical(const Pair& p, const std::string& what) {
     }
 }
 
+// cuda-bf16 made with its three switches (include/mixsim/core/env.hpp) set as given: "1" on, "0"
+// off, "" unset (the default: all three on). Tests of one layer of the bf16 path say which they
+// need, whatever the caller's environment holds.
+std::unique_ptr<Backend> cuda_bf16_with(const char* tc_attention, const char* cublaslt,
+                                        const char* bf16_activations) {
+  mixsim::testing::ScopedEnv tc("MIXSIM_TC_ATTENTION", tc_attention),
+      lt("MIXSIM_CUBLASLT", cublaslt), act("MIXSIM_BF16_ACTIVATIONS", bf16_activations);
+  return make_cuda_backend(0, MatmulPrecision::bf16);
+}
+
 class CudaOps : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -687,9 +697,11 @@ TEST_F(CudaOps, Bf16MatmulErrorIsBf16Rounding) {
 // cuda-bf16 against its CPU reference, cpu-bf16: both multiply the same bf16 operands (rounded to
 // nearest even), whose products are exact in fp32, so only the order of the fp32 sums differs:
 // ~sqrt(K) 2^-24 ~ 1e-6 relative for these K <= 296. Bound 1e-5. Another rounding (truncation,
-// TF32, fp16) is off by ~1e-3. The bias gradient sums the fp32 dout on both sides.
+// TF32, fp16) is off by ~1e-3. The bias gradient sums the fp32 dout on both sides. Plain cuBLAS
+// with the separate bias kernels (MIXSIM_CUBLASLT=0); CublasLtEpiloguesMatchCpu checks the
+// default, cuBLASLt, the same way.
 TEST_F(CudaOps, Bf16MatmulMatchesCpuBf16) {
-  auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
+  auto bf16 = cuda_bf16_with("", "0", "");
   auto cpu_bf16 = make_cpu_backend(MatmulPrecision::bf16);
   const MatmulResults ref = matmul_case(*cpu_bf16, true), got = matmul_case(*bf16, true);
   for (const auto& [name, r, g] :
@@ -838,9 +850,11 @@ TEST_F(CudaOps, Bf16TensorCoreAttentionTrainingFollowsCpu) {
 // ~2.4e-3 relative error (|logit| <~ 3 here: ~1e-2 in the loss at worst), and the parameters drift
 // apart by lr-sized steps taken on slightly different gradients. 5e-2 per step covers both with
 // margin, while a wrong product or gradient stops the loss from following at all (it must also
-// fall by 0.5, as in fp32).
+// fall by 0.5, as in fp32). cuda-bf16 with its switches all off, bf16 products and nothing else;
+// Bf16StorageModelMatchesFp32Storage and Bf16TensorCoreAttentionTrainingFollowsCpu train with
+// them on.
 TEST_F(CudaOps, Bf16TrainingFollowsCpu) {
-  auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
+  auto bf16 = cuda_bf16_with("0", "0", "0");
   const int b = 4, t = 37, steps = 20;
   const Batch batch = random_batch(b, t, model_config().vocab_size, 82);
   std::vector<float> lc, lg;
@@ -934,8 +948,34 @@ TEST_F(CudaOps, CublasLtEpiloguesMatchCpu) {
       EXPECT_LT(err, bound) << name << " " << what;
     }
   }
-  EXPECT_FALSE(cublaslt_use(*gpu_).enabled);  // off unless asked for
   EXPECT_THROW(cublaslt_use(*cpu_), Error);
+}
+
+// The switches' defaults on the GPU: cuda-bf16 unset has all three on (cuBLASLt, tensor-core
+// attention for heads of 32, bf16 storage), each "0" turns its own off; cuda (fp32) keeps plain
+// cuBLAS and fp32 storage unless MIXSIM_CUBLASLT=1; a value other than 1 or 0 is refused.
+TEST_F(CudaOps, Bf16SwitchesDefaultOn) {
+  const int c = 64, nh = 2;  // HS 32: the tensor-core kernels take it
+  auto defaults = cuda_bf16_with("", "", "");
+  EXPECT_TRUE(cublaslt_use(*defaults).enabled);
+  EXPECT_TRUE(defaults->attention_rounds_qkv(c, nh));
+  EXPECT_EQ(defaults->activation_storage(), DType::bf16);
+  auto off = cuda_bf16_with("0", "0", "0");
+  EXPECT_FALSE(cublaslt_use(*off).enabled);
+  EXPECT_FALSE(off->attention_rounds_qkv(c, nh));
+  EXPECT_EQ(off->activation_storage(), DType::fp32);
+  {
+    mixsim::testing::ScopedEnv lt("MIXSIM_CUBLASLT", "");
+    EXPECT_FALSE(cublaslt_use(*make_cuda_backend(0)).enabled);
+  }
+  {
+    mixsim::testing::ScopedEnv lt("MIXSIM_CUBLASLT", "1");
+    EXPECT_TRUE(cublaslt_use(*make_cuda_backend(0)).enabled);
+  }
+  EXPECT_FALSE(gpu_->attention_rounds_qkv(c, nh));
+  EXPECT_EQ(gpu_->activation_storage(), DType::fp32);
+  EXPECT_THROW(cuda_bf16_with("", "yes", ""), UsageError);
+  EXPECT_THROW(cuda_bf16_with("true", "", ""), UsageError);
 }
 
 // 20 AdamW steps with MIXSIM_CUBLASLT=1 in fp32 against the CPU: TwentyTrainingStepsFollowCpu's

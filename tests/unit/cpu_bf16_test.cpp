@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
-#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -32,6 +31,14 @@ std::vector<float> random_floats(std::size_t n, std::uint64_t seed) {
   std::vector<float> v(n);
   for (auto& x : v) x = static_cast<float>(rng.normal());
   return v;
+}
+
+// cpu-bf16 made with the environment's MIXSIM_TC_ATTENTION set to `tc`: "1" rounds attention as
+// the tensor-core kernels do (the default), "0" leaves it fp32; each test says which it needs,
+// whatever the caller's environment holds.
+std::unique_ptr<Backend> cpu_bf16_with_tc(const char* tc) {
+  mixsim::testing::ScopedEnv env("MIXSIM_TC_ATTENTION", tc);
+  return make_cpu_backend(MatmulPrecision::bf16);
 }
 
 std::vector<float> rounded(const std::vector<float>& x) {
@@ -293,9 +300,7 @@ TEST(CpuBf16, TinyDifferencesCascadeThroughBf16Rounding) {
 // 1.9e-3..3.1e-3 (out) and 2.5e-3..4.2e-3 (dqkv) simulated: bounds 5e-4..8e-3, as the GPU test's.
 // Head sizes that are not multiples of 16 stay fp32, as on the GPU.
 TEST(CpuBf16, AttentionRoundsAsTheTensorCoreKernels) {
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
-  auto bf16 = make_cpu_backend(MatmulPrecision::bf16);
-  env.reset();
+  auto bf16 = cpu_bf16_with_tc("1");
   auto fp32 = make_cpu_backend();
   for (const Shape& s :
        {Shape{2, 150, 192, 3}, Shape{1, 100, 128, 1}, Shape{3, 1, 32, 2}, Shape{2, 65, 96, 2},
@@ -344,10 +349,8 @@ TEST(CpuBf16, TrainingWithBf16AttentionFollowsFp32) {
   const ModelConfig cfg{2, 2, 64, 70, 257};
   const int steps = 20;
   auto run = [&](Backend& be) { return train_losses(be, cfg, 2, 70, steps, 83); };
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
-  auto bf16 = make_cpu_backend(MatmulPrecision::bf16);
-  env.reset();
-  auto bf16_products = make_cpu_backend(MatmulPrecision::bf16);
+  auto bf16 = cpu_bf16_with_tc("1");
+  auto bf16_products = cpu_bf16_with_tc("0");
   auto fp32 = make_cpu_backend();
   const auto lc = run(*fp32), lb = run(*bf16), lp = run(*bf16_products);
   for (int s = 0; s < steps; ++s) EXPECT_NEAR(lb[s], lc[s], 5e-2) << "step " << s;
@@ -448,18 +451,16 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
 // the product-only tensors in bf16 changes nothing, because the products round them to bf16
 // anyway: the loss, every gradient and the evaluation sums are bit-identical. In fp32 precision
 // the same storage does change the results (the products would not have rounded), by bf16's
-// error: so the bf16 path really stored bf16. And MIXSIM_BF16_ACTIVATIONS=1 is what makes
-// cpu-bf16 (not cpu) prefer it.
+// error: so the bf16 path really stored bf16. cpu-bf16 (not cpu) prefers it unless the
+// environment sets MIXSIM_BF16_ACTIVATIONS=0.
 // qkv in bf16 where attention rounds q, k and v itself (cpu-bf16 with MIXSIM_TC_ATTENTION=1, head
 // sizes multiple of 16): the ops give bit for bit what they give from the fp32 qkv, store()
 // rounds to nearest even, a backend whose attention reads fp32 rows refuses a bf16 qkv, and a
 // model's loss, every gradient and the eval sums are bit-identical to fp32 storage.
 TEST(CpuBf16, Bf16QkvStorageChangesNothing) {
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
-  auto tc = make_cpu_backend(MatmulPrecision::bf16);
-  env.reset();
-  auto plain = make_cpu_backend(MatmulPrecision::bf16);  // its attention reads fp32 rows
-  const int B = 2, T = 37, C = 64, NH = 2;               // HS 32
+  auto tc = cpu_bf16_with_tc("1");
+  auto plain = cpu_bf16_with_tc("0");       // its attention reads fp32 rows
+  const int B = 2, T = 37, C = 64, NH = 2;  // HS 32
   EXPECT_TRUE(tc->attention_rounds_qkv(C, NH));
   EXPECT_FALSE(tc->attention_rounds_qkv(72, 3));  // HS 24
   EXPECT_FALSE(plain->attention_rounds_qkv(C, NH));
@@ -551,11 +552,42 @@ TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
   EXPECT_NE(f.grads, fs.grads);
   EXPECT_LT(rel_l2(fs.grads, f.grads), 5e-2);
 
-  EXPECT_EQ(bf16->activation_storage(), DType::fp32);
-  EXPECT_EQ(fp32->activation_storage(), DType::fp32);
-  mixsim::testing::ScopedEnv env("MIXSIM_BF16_ACTIVATIONS", "1");
-  EXPECT_EQ(make_cpu_backend(MatmulPrecision::bf16)->activation_storage(), DType::bf16);
-  EXPECT_EQ(make_cpu_backend()->activation_storage(), DType::fp32);
-  EXPECT_EQ(Gpt(cfg, *make_cpu_backend(MatmulPrecision::bf16), 1).activation_storage(),
-            DType::bf16);
+  for (const char* setting : {"", "1", "0"}) {  // "": unset, the default
+    mixsim::testing::ScopedEnv env("MIXSIM_BF16_ACTIVATIONS", setting);
+    const DType expected = std::string(setting) == "0" ? DType::fp32 : DType::bf16;
+    EXPECT_EQ(make_cpu_backend(MatmulPrecision::bf16)->activation_storage(), expected) << setting;
+    EXPECT_EQ(make_cpu_backend()->activation_storage(), DType::fp32) << setting;
+    EXPECT_EQ(Gpt(cfg, *make_cpu_backend(MatmulPrecision::bf16), 1).activation_storage(), expected)
+        << setting;
+  }
+}
+
+// The switches' defaults and their refusals: unset, cpu-bf16 rounds attention as the tensor-core
+// kernels do and stores product-only tensors in bf16, as cuda-bf16 runs; "0" turns each off; any
+// value other than 1 or 0 is a UsageError that names the variable and the value, even for cpu,
+// which the switches do not change, so that a typo never quietly picks a path.
+TEST(CpuBf16, SwitchesDefaultOnAndRefuseOtherValues) {
+  for (const char* tc : {"", "1", "0"}) {
+    mixsim::testing::ScopedEnv env("MIXSIM_TC_ATTENTION", tc);
+    EXPECT_EQ(make_cpu_backend(MatmulPrecision::bf16)->attention_rounds_qkv(64, 2),
+              std::string(tc) != "0")
+        << tc;
+    EXPECT_FALSE(make_cpu_backend()->attention_rounds_qkv(64, 2)) << tc;
+  }
+  for (const char* name : {"MIXSIM_TC_ATTENTION", "MIXSIM_BF16_ACTIVATIONS"}) {
+    for (const char* bad : {"true", "on", "2", " 1"}) {
+      mixsim::testing::ScopedEnv env(name, bad);
+      for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
+        try {
+          make_cpu_backend(precision);
+          ADD_FAILURE() << name << "=" << bad << " was accepted";
+        } catch (const UsageError& e) {
+          const std::string what = e.what();
+          EXPECT_NE(what.find(name), std::string::npos) << what;
+          EXPECT_NE(what.find(std::string("=") + bad + ":"), std::string::npos) << what;
+          EXPECT_NE(what.find("expected 1 (on) or 0 (off)"), std::string::npos) << what;
+        }
+      }
+    }
+  }
 }

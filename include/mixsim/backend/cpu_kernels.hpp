@@ -47,7 +47,7 @@ void attention_backward(F* dqkv, const F* dout, const F* qkv, const F* out, cons
                         int T, int C, int NH);
 
 // Attention with the bf16 roundings of the tensor-core kernels (kernels/attention_tc.cu), float
-// only: cpu-bf16 with MIXSIM_TC_ATTENTION=1, for head sizes 16..128 in steps of 16, as there
+// only: cpu-bf16 (unless MIXSIM_TC_ATTENTION=0), for head sizes 16..128 in steps of 16, as there
 // (the GPU also needs the kernels to fit its shared memory per block, which cards with 99 KiB do
 // not for head sizes 96..128; this side does not check that).
 bool attention_bf16_supported(int C, int NH);

@@ -17,9 +17,10 @@ namespace mixsim {
 std::unique_ptr<Backend> make_cuda_backend(int device,
                                            MatmulPrecision precision = MatmulPrecision::fp32);
 
-// What MIXSIM_CUBLASLT=1 (set when the backend is made) did: the matrix products that ran in
-// cuBLASLt with their bias or GELU fused into the epilogue, and those that fell back to cuBLAS
-// and separate kernels because cuBLASLt had no algorithm for them (the last reason kept).
+// What MIXSIM_CUBLASLT (read when the backend is made: on by default for cuda-bf16, off for cuda)
+// did: the matrix products that ran in cuBLASLt with their bias or GELU fused into the epilogue,
+// and those that fell back to cuBLAS and separate kernels because cuBLASLt had no algorithm for
+// them (the last reason kept).
 struct CublasLtUse {
   bool enabled = false;
   std::size_t fused = 0;

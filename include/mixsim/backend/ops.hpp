@@ -86,7 +86,7 @@ class Backend {
   virtual void zero(void* ptr, std::size_t bytes) = 0;
   virtual void synchronize() = 0;
   // How the model should store the tensors that only matrix products read: bf16 in cpu-bf16 and
-  // cuda-bf16 when the environment sets MIXSIM_BF16_ACTIVATIONS=1 at construction (results
+  // cuda-bf16 unless the environment sets MIXSIM_BF16_ACTIVATIONS=0 at construction (results
   // unchanged: the products round them to bf16 anyway), fp32 otherwise.
   virtual DType activation_storage() const { return DType::fp32; }
   // Whether attention (forward and backward) reads q, k and v only rounded to bf16 for heads of
@@ -247,8 +247,9 @@ class DeviceBuffer {
 };
 
 // How the matrix products compute. Everything else (weights, activations, gradients, optimizer
-// state, every other op) is fp32 in both, except attention with MIXSIM_TC_ATTENTION=1 (bf16
-// tensor cores on the GPU, the same roundings in cpu-bf16).
+// state, every other op) is fp32 in both, except attention in bf16 where the head size allows
+// (bf16 tensor cores on the GPU, the same roundings in cpu-bf16; MIXSIM_TC_ATTENTION=0 keeps it
+// fp32).
 //   fp32: full fp32 products (cuBLAS without TF32; BLAS on the CPU).
 //   bf16: both operands of each product are rounded to bf16 (to nearest even) and multiplied
 //         with fp32 accumulation: tensor cores on the GPU ("cuda-bf16"); on the CPU
@@ -257,7 +258,7 @@ class DeviceBuffer {
 enum class MatmulPrecision { fp32, bf16 };
 
 // The CPU backend (BLAS + OpenMP; threads: omp_get_max_threads()): "cpu", or "cpu-bf16" with
-// bf16 products (and, when the environment sets MIXSIM_TC_ATTENTION=1 at construction, the
+// bf16 products (and, unless the environment sets MIXSIM_TC_ATTENTION=0 at construction, the
 // tensor-core attention's roundings).
 std::unique_ptr<Backend> make_cpu_backend(MatmulPrecision precision = MatmulPrecision::fp32);
 // A backend by name: "cpu", "cpu-bf16", or "cuda" / "cuda-bf16" (backend/cuda.hpp) in builds

@@ -1,5 +1,5 @@
-// Causal attention with the bf16 roundings of kernels/attention_tc.cu, for cpu-bf16 with
-// MIXSIM_TC_ATTENTION=1: the CPU reference of the tensor-core kernels. q, k, v and dout are
+// Causal attention with the bf16 roundings of kernels/attention_tc.cu, for cpu-bf16 (unless
+// MIXSIM_TC_ATTENTION=0): the CPU reference of the tensor-core kernels. q, k, v and dout are
 // rounded to bf16; forward takes the row's log-sum-exp first (fp32 scores from the rounded q, k)
 // and rounds P = exp(scale s - lse) to bf16 before P v; backward rounds dS = P (dP - D) and P to
 // bf16 before their products, with dP from the rounded dout and v and D = dout . out in fp32.

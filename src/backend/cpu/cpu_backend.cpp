@@ -36,9 +36,10 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(MatmulPrecision precision)
       : precision_(precision),
-        tc_attention_(precision == MatmulPrecision::bf16 && env_switch_on("MIXSIM_TC_ATTENTION")),
-        bf16_activations_(precision == MatmulPrecision::bf16 &&
-                          env_switch_on("MIXSIM_BF16_ACTIVATIONS")) {}
+        tc_attention_(env_switch("MIXSIM_TC_ATTENTION", true) &&
+                      precision == MatmulPrecision::bf16),
+        bf16_activations_(env_switch("MIXSIM_BF16_ACTIVATIONS", true) &&
+                          precision == MatmulPrecision::bf16) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
   }
@@ -233,7 +234,7 @@ class CpuBackend final : public Backend {
     if (qkv.type == DType::fp32) return static_cast<const float*>(qkv.data);
     MIXSIM_CHECK(attention_rounds_qkv(C, NH),
                  "{}: a bf16 qkv needs an attention that rounds q, k and v to bf16 itself "
-                 "(cpu-bf16 with MIXSIM_TC_ATTENTION=1, head size a multiple of 16 up to 128); "
+                 "(cpu-bf16 with MIXSIM_TC_ATTENTION on, head size a multiple of 16 up to 128); "
                  "got C={} NH={} on {}",
                  op, C, NH, name());
     return widened(qkv_scratch_, qkv.data, std::size_t(B) * T * 3 * C);
@@ -253,9 +254,11 @@ class CpuBackend final : public Backend {
   }
 
   MatmulPrecision precision_;
-  // MIXSIM_TC_ATTENTION=1: cuda-bf16 runs attention on tensor cores (kernels/attention_tc.cu),
-  // and cpu-bf16 then rounds as those kernels do (attention_bf16.cpp). MIXSIM_BF16_ACTIVATIONS=1:
-  // the model stores its product-only tensors in bf16 (activation_storage).
+  // The switches cuda-bf16 reads too (core/env.hpp; on unless set to 0), so that cpu-bf16 stays
+  // its reference: MIXSIM_TC_ATTENTION, cuda-bf16 runs attention on tensor cores
+  // (kernels/attention_tc.cu) and cpu-bf16 rounds as those kernels do (attention_bf16.cpp);
+  // MIXSIM_BF16_ACTIVATIONS, the model stores its product-only tensors in bf16
+  // (activation_storage).
   bool tc_attention_;
   bool bf16_activations_;
   std::vector<float> scratch_[3];   // product operands rounded (cpu-bf16) or widened (bf16)
