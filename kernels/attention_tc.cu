@@ -15,14 +15,17 @@
 // shared memory, ran at 0.42x of this one on an H200 and was removed.)
 //
 // A block takes kRows = 64 rows of one (batch, head), 16 per warp, and walks the other side in
-// tiles of 64 rows.
-// - forward: pass 1 computes each row's max and sum over all key tiles (scores only); pass 2
-//   recomputes the scores, forms P = exp(scale s - lse) rounded to bf16 (normalised, the same P
-//   that backward recomputes) and accumulates P V. Nothing of size T x T is stored; lse per row is
-//   saved. These are the roundings of cpu-bf16's reference (src/backend/cpu/attention_bf16.cpp).
+// tiles of 64 rows, in two shared-memory stages: while the warps work on one tile, cp.async
+// copies the next into the other stage (one barrier per tile).
+// - forward: one pass over the key tiles (flash attention): a running max m and sum l per row,
+//   P = exp(scale s - m) rounded to bf16 and accumulated as P V, the sums rescaled by
+//   exp(m_old - m_new) when the max grows, and out = (P V) / l at the end. Nothing of size T x T
+//   is stored; lse per row is saved. These are the roundings of cpu-bf16's reference
+//   (src/backend/cpu/attention_bf16.cpp, which walks the keys in the same tiles).
 // - backward, as attention.cu: a query-major kernel for dq (dS K; also stores D = dout . out) and a
 //   key-major kernel for dk (dS^T Q) and dv (P^T dout), so that every output row is summed by one
-//   warp in a fixed order: deterministic, no atomics.
+//   warp in a fixed order: deterministic, no atomics. Both recompute the normalised
+//   P = exp(scale s - lse).
 // Rows past T are loaded as zeros and masked; a warp whose rows all lie past T skips the products
 // (uniformly) but still takes part in the block's barriers. scripts/gpu/mma_emulator runs the
 // kernels' index arithmetic lane by lane in numpy.
@@ -81,14 +84,18 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // Shared memory: bf16 tiles of (kRows, tile_ld<HS>()); the padding of 8 elements puts the eight
-// 16-byte rows that one ldmatrix matrix reads in eight different bank groups.
+// 16-byte rows that one ldmatrix matrix reads in eight different bank groups. The tiles of the
+// other side come in two stages (kStages): the next tile is copied (cp.async) while the warps
+// work on this one.
+constexpr int kStages = 2;
 template <int HS>
-constexpr std::size_t forward_shared() {
-  return 3 * tile_bytes<HS>();
+constexpr std::size_t forward_shared() {  // the queries; keys and values per stage
+  return (1 + 2 * kStages) * tile_bytes<HS>();
 }
 template <int HS>
-constexpr std::size_t backward_shared() {
-  return 4 * tile_bytes<HS>() + 2 * kRows * sizeof(float);
+constexpr std::size_t
+backward_shared() {  // the block's two tiles; two tiles and two rows per stage
+  return (2 + 2 * kStages) * tile_bytes<HS>() + 2 * kStages * kRows * sizeof(float);
 }
 
 __device__ inline std::uint32_t shared_address(const void* p) {
@@ -129,20 +136,52 @@ __device__ inline std::uint32_t pack(float lo, float hi) {
   return bits;
 }
 
-// tile[r, d] = src[(first + r) * stride + d] for the kRows rows from `first`; zero past T. The
-// sources are bf16 copies of qkv and dout that the launchers round once per call (a tile is read
-// by many blocks: half the bytes of fp32, and no conversion in the kernels); eight values (16
-// bytes) a thread at a time: the copies start 256-byte aligned and every row offset is a multiple
-// of 8 elements.
+// Asynchronous copies from global to shared memory (cp.async, sm_80 on): `bytes` of `src` (16 or
+// 4) to `dst`, or zeros when !valid (a source size of 0 reads nothing; src must still be a
+// global address). A thread's copies so far form a group at commit_copies(); wait_copies() waits
+// for all of the thread's groups, after which a __syncthreads() makes every thread's copies
+// visible to the block.
+__device__ inline void copy_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+               :
+               : "r"(shared_address(dst)), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ inline void copy_async4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+               :
+               : "r"(shared_address(dst)), "l"(src), "r"(valid ? 4 : 0)
+               : "memory");
+}
+__device__ inline void commit_copies() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ inline void wait_copies() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Starts tile[r, d] = src[(first + r) * stride + d] for the kRows rows from `first`; zero past T.
+// The sources are bf16 copies of qkv and dout that the launchers round once per call (a tile is
+// read by many blocks: half the bytes of fp32, and no conversion in the kernels); eight values
+// (16 bytes) a copy: the copies start 256-byte aligned and every row offset is a multiple of 8
+// elements.
 template <int HS>
 __device__ inline void load_tile(bf16* tile, const bf16* src, std::size_t stride, int first,
                                  int T) {
   constexpr int kOcts = HS / 8;
   for (int idx = threadIdx.x; idx < kRows * kOcts; idx += kThreads) {
     const int r = idx / kOcts, d = idx % kOcts * 8, row = first + r;
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (row < T) v = *reinterpret_cast<const uint4*>(src + std::size_t(row) * stride + d);
-    *reinterpret_cast<uint4*>(tile + r * tile_ld<HS>() + d) = v;
+    const bool valid = row < T;
+    copy_async16(tile + r * tile_ld<HS>() + d, src + (valid ? std::size_t(row) * stride + d : 0),
+                 valid);
+  }
+}
+// Starts dst[r] = src[first + r] for the kRows rows from `first`; zero past T.
+__device__ inline void load_rows(float* dst, const float* src, int first, int T) {
+  if (threadIdx.x < kRows) {
+    const int row = first + threadIdx.x;
+    const bool valid = row < T;
+    copy_async4(dst + threadIdx.x, src + (valid ? row : 0), valid);
   }
 }
 
@@ -203,11 +242,13 @@ __device__ inline void zero(float (&acc)[HS / 8][4]) {
   for (int n = 0; n < HS / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 }
 
-// dst[(first + r) * stride + d] = factor * acc[r, d] for the warp's rows r below T (two floats a
-// lane: each quad writes 32 contiguous bytes of a row).
+// dst[(first + r) * stride + d] = factor[h] * acc[r, d] for the warp's rows r below T, h = 0 for
+// the lane's row g and 1 for g + 8 (two floats a lane: each quad writes 32 contiguous bytes of a
+// row).
 template <int HS>
 __device__ inline void store_rows(float* dst, std::size_t stride, int first, int T,
-                                  const float (&acc)[HS / 8][4], float factor, int lane) {
+                                  const float (&acc)[HS / 8][4], const float (&factor)[2],
+                                  int lane) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = first + lane / 4 + 8 * half;
@@ -216,7 +257,7 @@ __device__ inline void store_rows(float* dst, std::size_t stride, int first, int
 #pragma unroll
     for (int n = 0; n < HS / 8; ++n)
       *reinterpret_cast<float2*>(at + n * 8) =
-          make_float2(factor * acc[n][2 * half], factor * acc[n][2 * half + 1]);
+          make_float2(factor[half] * acc[n][2 * half], factor[half] * acc[n][2 * half + 1]);
   }
 }
 
@@ -274,28 +315,42 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's queries
-  bf16* ks = qs + kRows * LD;                // (64, LD) a key tile
-  bf16* vs = ks + kRows * LD;                // (64, LD) its values
+  bf16* kv = qs + kRows * LD;  // per stage: (64, LD) a key tile, then (64, LD) its values
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const Head head = head_of<HS>(T, C, NH);
   const bf16* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
   // The blocks with the most key tiles first: the last ones then fill the tail.
   const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kRows, iw = i0 + warp * 16;
-  const int last = min(T, i0 + kRows) - 1;
-  const bool live = iw < T;         // uniform over the warp
+  const int tiles = (min(T, i0 + kRows) - 1) / kRows + 1;  // key tiles up to the last row
+  const bool live = iw < T;                                // uniform over the warp
   const float sl = scale * kLog2e;  // exp(scale s - x) = exp2(sl s - x log2 e)
   const bf16* qw = qs + warp * 16 * LD;
+  const auto load_stage = [&](int t) {  // key tile t and its values into stage t % 2
+    bf16* ks = kv + (t % kStages) * 2 * kRows * LD;
+    load_tile<HS>(ks, q + C, head.qkv_stride, t * kRows, T);
+    load_tile<HS>(ks + kRows * LD, q + 2 * C, head.qkv_stride, t * kRows, T);
+  };
   load_tile<HS>(qs, q, head.qkv_stride, i0, T);
+  load_stage(0);
+  commit_copies();
 
-  // Pass 1: the max and sum of each of the lane's two rows (base 2), over all key tiles. Every
-  // row below T sees key 0 in the first tile, so its max is finite from there on.
+  // One pass over the key tiles (flash attention): the running max m and sum l of each of the
+  // lane's two rows (base 2), and out = sum over tiles of P V with P = exp(scale s - m) rounded
+  // to bf16, rescaled by exp(m_old - m_new) when the max grows; out / l at the end. Every row
+  // below T sees key 0 in the first tile, so its max is finite from there on; a row past T keeps
+  // m = -inf and its P zero.
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  float s[8][4];
-  for (int j0 = 0; j0 <= last; j0 += kRows) {
-    __syncthreads();  // the previous tile is consumed (and the queries are in place)
-    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
-    __syncthreads();
+  float acc[HS / 8][4];
+  zero<HS>(acc);
+  for (int t = 0; t < tiles; ++t) {
+    wait_copies();
+    __syncthreads();  // tile t is in place; every warp is done with tile t - 1, whose stage...
+    if (t + 1 < tiles) load_stage(t + 1);  // ...the next tile now fills, behind the work on t
+    commit_copies();
     if (!live) continue;
+    const bf16* ks = kv + (t % kStages) * 2 * kRows * LD;
+    const int j0 = t * kRows;
+    float s[8][4];
     scores<HS>(s, qw, ks, lane);
     float tile_max[2] = {-INFINITY, -INFINITY};
     const bool full = j0 < i0 && iw + 16 <= T;  // keys before the block's rows, rows before T
@@ -312,49 +367,38 @@ __global__ void __launch_bounds__(kThreads)
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 1));
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 2));
       const float m_new = fmaxf(m[h], tile_max[h]);
+      const float base = m_new == -INFINITY ? 0.f : m_new;  // -inf only on rows past T
+      const float rescale = exp2f(m[h] - base);             // 0 on the first tile
       float sum = 0.f;
-      if (m_new != -INFINITY) {  // -inf only on rows past T
 #pragma unroll
-        for (int n = 0; n < 8; ++n)
-          sum += exp2f(s[n][2 * h] - m_new) + exp2f(s[n][2 * h + 1] - m_new);
+      for (int n = 0; n < 8; ++n) {
+        s[n][2 * h] = exp2f(s[n][2 * h] - base);
+        s[n][2 * h + 1] = exp2f(s[n][2 * h + 1] - base);
+        sum += s[n][2 * h] + s[n][2 * h + 1];
       }
       sum += __shfl_xor_sync(kFullMask, sum, 1);
       sum += __shfl_xor_sync(kFullMask, sum, 2);
-      l[h] = m_new == -INFINITY ? 0.f : l[h] * exp2f(m[h] - m_new) + sum;
+      l[h] = l[h] * rescale + sum;
       m[h] = m_new;
-    }
-  }
-  float lse2[2];  // log2 of each row's sum of exp
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    lse2[h] = m[h] + log2f(l[h]);
-    const int i = iw + lane / 4 + 8 * h;
-    if (live && lse && lane % 4 == 0 && i < T) lse[head.lse_offset + i] = lse2[h] * kLn2;
-  }
-
-  // Pass 2: out = P V with P = exp(scale s - lse) rounded to bf16.
-  float acc[HS / 8][4];
-  zero<HS>(acc);
-  for (int j0 = 0; j0 <= last; j0 += kRows) {
-    __syncthreads();
-    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
-    load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
-    __syncthreads();
-    if (!live) continue;
-    scores<HS>(s, qw, ks, lane);
-    const bool full = j0 < i0 && iw + 16 <= T;
-    const auto valid = [&](int n, int v) {
-      const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
-      return i < T && j <= i;
-    };
-    for_each_element(full, valid, [&](int n, int v, bool ok) {
-      s[n][v] = ok ? exp2f(sl * s[n][v] - lse2[v / 2]) : 0.f;
-    });
+      for (int n = 0; n < HS / 8; ++n) {
+        acc[n][2 * h] *= rescale;
+        acc[n][2 * h + 1] *= rescale;
+      }
+    }
     std::uint32_t p[4][4];
     to_fragments(p, s);
-    accumulate<HS>(acc, p, vs, lane);
+    accumulate<HS>(acc, p, ks + kRows * LD, lane);
   }
-  if (live) store_rows<HS>(out + head.row_offset, C, iw, T, acc, 1.f, lane);
+  if (!live) return;
+  float inv[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    inv[h] = 1.f / l[h];
+    const int i = iw + lane / 4 + 8 * h;
+    if (lse && lane % 4 == 0 && i < T) lse[head.lse_offset + i] = (m[h] + log2f(l[h])) * kLn2;
+  }
+  store_rows<HS>(out + head.row_offset, C, iw, T, acc, inv, lane);
 }
 
 // Query-major: dq of the block's rows (dS K), and D_i = dout_i . out_i for the key-major kernel.
@@ -365,21 +409,27 @@ __global__ void __launch_bounds__(kThreads)
                        float scale) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* qs = reinterpret_cast<bf16*>(smem);                    // (64, LD) the block's queries
-  bf16* gs = qs + kRows * LD;                                  // (64, LD) their dout rows
-  bf16* ks = gs + kRows * LD;                                  // (64, LD) a key tile
-  bf16* vs = ks + kRows * LD;                                  // (64, LD) its values
-  float* row_lse = reinterpret_cast<float*>(vs + kRows * LD);  // (64) base 2
-  float* row_d = row_lse + kRows;                              // (64)
+  bf16* qs = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's queries
+  bf16* gs = qs + kRows * LD;                // (64, LD) their dout rows
+  bf16* kv = gs + kRows * LD;                // per stage: (64, LD) a key tile, (64, LD) its values
+  float* row_lse = reinterpret_cast<float*>(kv + kStages * 2 * kRows * LD);  // (64) base 2
+  float* row_d = row_lse + kRows;                                            // (64)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const Head head = head_of<HS>(T, C, NH);
   const bf16* q = qkv + head.qkv_offset;
   const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kRows, iw = i0 + warp * 16;
-  const int last = min(T, i0 + kRows) - 1;
+  const int tiles = (min(T, i0 + kRows) - 1) / kRows + 1;
   const bool live = iw < T;
   const float sl = scale * kLog2e;
+  const auto load_stage = [&](int t) {  // key tile t and its values into stage t % 2
+    bf16* ks = kv + (t % kStages) * 2 * kRows * LD;
+    load_tile<HS>(ks, q + C, head.qkv_stride, t * kRows, T);
+    load_tile<HS>(ks + kRows * LD, q + 2 * C, head.qkv_stride, t * kRows, T);
+  };
   load_tile<HS>(qs, q, head.qkv_stride, i0, T);
   load_tile<HS>(gs, dout16 + head.row_offset, C, i0, T);
+  load_stage(0);
+  commit_copies();
   row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, lse, head, iw, T, C);
   __syncwarp();
   float li[2], di[2];  // of the lane's rows g and g + 8
@@ -393,12 +443,15 @@ __global__ void __launch_bounds__(kThreads)
   zero<HS>(dq);
   const bf16* qw = qs + warp * 16 * LD;
   const bf16* gw = gs + warp * 16 * LD;
-  for (int j0 = 0; j0 <= last; j0 += kRows) {
-    __syncthreads();  // the previous tiles are consumed (and the block's rows are in place)
-    load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
-    load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
-    __syncthreads();
+  for (int t = 0; t < tiles; ++t) {
+    wait_copies();
+    __syncthreads();  // tile t (and the block's rows) in place; tile t - 1's stage is free
+    if (t + 1 < tiles) load_stage(t + 1);
+    commit_copies();
     if (!live) continue;
+    const bf16* ks = kv + (t % kStages) * 2 * kRows * LD;
+    const bf16* vs = ks + kRows * LD;
+    const int j0 = t * kRows;
     float s[8][4], dp[8][4];
     scores<HS>(s, qw, ks, lane);   // S
     scores<HS>(dp, gw, vs, lane);  // dP = dout V^T
@@ -414,48 +467,62 @@ __global__ void __launch_bounds__(kThreads)
     to_fragments(ds, s);
     accumulate<HS>(dq, ds, ks, lane);
   }
-  if (live) store_rows<HS>(dqkv + head.qkv_offset, head.qkv_stride, iw, T, dq, scale, lane);
+  if (live)
+    store_rows<HS>(dqkv + head.qkv_offset, head.qkv_stride, iw, T, dq, {scale, scale}, lane);
 }
 
 // Key-major: dk (dS^T Q) and dv (P^T dout) of the block's key rows, over the query tiles at or
-// after them.
+// after them. Compiled for three blocks per SM at head sizes up to 64 (168 registers a thread,
+// no spills; an H100's or H200's shared memory holds three there too, an A100's two), else for
+// what its registers allow.
 template <int HS>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
     backward_dkdv_kernel(float* dqkv, const bf16* dout16, const bf16* qkv, const float* lse,
                          const float* dvec, int T, int C, int NH, float scale) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* ks = reinterpret_cast<bf16*>(smem);                     // (64, LD) the block's keys
-  bf16* vs = ks + kRows * LD;                                   // (64, LD) their values
-  bf16* qs = vs + kRows * LD;                                   // (64, LD) a query tile
-  bf16* gs = qs + kRows * LD;                                   // (64, LD) its dout rows
-  float* tile_lse = reinterpret_cast<float*>(gs + kRows * LD);  // (64) base 2
-  float* tile_d = tile_lse + kRows;                             // (64)
+  bf16* ks = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's keys
+  bf16* vs = ks + kRows * LD;                // (64, LD) their values
+  bf16* qg = vs + kRows * LD;                // per stage: (64, LD) a query tile, (64, LD) its dout
+  float* rows = reinterpret_cast<float*>(qg + kStages * 2 * kRows * LD);  // per stage: (64) lse,
+                                                                          // (64) D of the queries
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const Head head = head_of<HS>(T, C, NH);
   const bf16* q = qkv + head.qkv_offset;
   const int j0 = blockIdx.x * kRows, jw = j0 + warp * 16;  // the first blocks have the most work
+  const int tiles = CEIL_DIV(T - j0, kRows);  // queries before j0 see none of the block's keys
   const bool live = jw < T;
   const float sl = scale * kLog2e;
+  const auto load_stage = [&](int t) {  // query tile t (from j0), its dout, lse and D
+    const int t0 = j0 + t * kRows;
+    bf16* qt = qg + (t % kStages) * 2 * kRows * LD;
+    float* rt = rows + (t % kStages) * 2 * kRows;
+    load_tile<HS>(qt, q, head.qkv_stride, t0, T);
+    load_tile<HS>(qt + kRows * LD, dout16 + head.row_offset, C, t0, T);
+    load_rows(rt, lse + head.lse_offset, t0, T);
+    load_rows(rt + kRows, dvec + head.lse_offset, t0, T);
+  };
   load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
   load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
+  load_stage(0);
+  commit_copies();
 
   float dk[HS / 8][4], dv[HS / 8][4];
   zero<HS>(dk);
   zero<HS>(dv);
   const bf16* kw = ks + warp * 16 * LD;
   const bf16* vw = vs + warp * 16 * LD;
-  for (int t0 = j0; t0 < T; t0 += kRows) {  // queries before j0 see none of the block's keys
-    __syncthreads();
-    load_tile<HS>(qs, q, head.qkv_stride, t0, T);
-    load_tile<HS>(gs, dout16 + head.row_offset, C, t0, T);
-    if (threadIdx.x < kRows) {
-      const int row = t0 + threadIdx.x;
-      tile_lse[threadIdx.x] = row < T ? lse[head.lse_offset + row] * kLog2e : 0.f;
-      tile_d[threadIdx.x] = row < T ? dvec[head.lse_offset + row] : 0.f;
-    }
-    __syncthreads();
+  for (int t = 0; t < tiles; ++t) {
+    wait_copies();
+    __syncthreads();  // tile t (and the block's keys) in place; tile t - 1's stage is free
+    if (t + 1 < tiles) load_stage(t + 1);
+    commit_copies();
     if (!live) continue;
+    const int t0 = j0 + t * kRows;
+    const bf16* qs = qg + (t % kStages) * 2 * kRows * LD;
+    const bf16* gs = qs + kRows * LD;
+    const float* tile_lse = rows + (t % kStages) * 2 * kRows;  // natural log
+    const float* tile_d = tile_lse + kRows;
     float s[8][4], dp[8][4];
     scores<HS>(s, kw, qs, lane);   // S^T: the warp's keys x the tile's queries
     scores<HS>(dp, vw, gs, lane);  // dP^T = V dout^T
@@ -467,7 +534,8 @@ __global__ void __launch_bounds__(kThreads)
     };
     for_each_element(full, valid, [&](int n, int v, bool ok) {
       const int col = column_of(lane, n, v);
-      const float p = ok ? exp2f(sl * s[n][v] - tile_lse[col]) : 0.f;
+      // (lse log2 e rounded on its own, never fused into the subtraction: the dq kernel's li)
+      const float p = ok ? exp2f(sl * s[n][v] - __fmul_rn(tile_lse[col], kLog2e)) : 0.f;
       s[n][v] = p;
       dp[n][v] = p * (dp[n][v] - tile_d[col]);
     });
@@ -478,9 +546,9 @@ __global__ void __launch_bounds__(kThreads)
     accumulate<HS>(dk, dst, qs, lane);
   }
   if (live) {
-    float* rows = dqkv + head.qkv_offset;
-    store_rows<HS>(rows + C, head.qkv_stride, jw, T, dk, scale, lane);
-    store_rows<HS>(rows + 2 * C, head.qkv_stride, jw, T, dv, 1.f, lane);
+    float* out_rows = dqkv + head.qkv_offset;
+    store_rows<HS>(out_rows + C, head.qkv_stride, jw, T, dk, {scale, scale}, lane);
+    store_rows<HS>(out_rows + 2 * C, head.qkv_stride, jw, T, dv, {1.f, 1.f}, lane);
   }
 }
 
@@ -587,6 +655,9 @@ void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, in
   // float2 stores (the model's tensors start at multiples of 64 bytes, cudaMalloc's of 256)
   CUDA_REQUIRE(aligned16(out), op, std::string("out not 16-byte aligned"));
   const bf16* qkv16 = bf16_qkv(qkv, std::size_t(B) * T * 3 * C, ws, stream);
+  // cp.async copies 16 bytes: a bf16 qkv given as it is must start 16-byte aligned (the rounded
+  // copy in the workspace does)
+  CUDA_REQUIRE(aligned16(qkv16), op, std::string("a bf16 qkv not 16-byte aligned"));
   with_head_size(plan.HS, [&](auto hs) {
     constexpr int HS = decltype(hs)::value;
     auto* kernel = mma_sync::forward_kernel<HS>;
@@ -606,6 +677,7 @@ void attention_backward_tc(float* dqkv, const float* dout, TensorIn qkv, const f
   CUDA_REQUIRE(aligned16(dqkv), op, std::string("dqkv not 16-byte aligned"));
   const std::size_t rows = std::size_t(B) * T;
   const bf16* qkv16 = bf16_qkv(qkv, rows * 3 * C, ws, stream);
+  CUDA_REQUIRE(aligned16(qkv16), op, std::string("a bf16 qkv not 16-byte aligned"));
   float* dvec = ws.take<float>(std::size_t(B) * NH * T);  // (B, NH, T)
   bf16* dout16 = ws.take<bf16>(rows * C);
   to_bf16(dout16, dout, rows * C, stream);

@@ -3,7 +3,9 @@
 
 Rounds q, k, v, dout and the probabilities / their gradients to bf16 exactly where the kernels
 do (products accumulate in fp32 on the GPU; float64 here, which changes nothing at this scale),
-and compares with exact float64 attention on random normal inputs. The backward pass starts from
+and compares with exact float64 attention on random normal inputs. The forward is the kernel's
+single pass over key tiles of 64 (flash attention): P = exp(scale s - running max) rounded to
+bf16 per tile, the sums rescaled when the max grows, out divided by the unrounded sum at the end. The backward pass starts from
 the exact forward's out and lse, as the test's does (the CPU's fp32 ones). Prints relative L2 errors per
 shape; tests/gpu/ops_test.cpp (Bf16TensorCoreAttention) takes its bounds from them. Then the
 same roundings computed in fp32 against float64: how far the GPU (fp32 sums in another order) can
@@ -19,6 +21,30 @@ def bf16(x):
     return x.to(torch.bfloat16).to(torch.float64)
 
 
+KEY_TILE = 64  # the forward kernel's key tiles (kRows)
+
+
+def tiled_forward(s, v, rnd):
+    """The forward kernel's one pass (flash attention) over key tiles of 64, in s's dtype: per
+    tile m_new = max(m, tile max of the scaled scores s), rescale = exp(m - m_new) (0 on the first
+    tile: every row sees key 0 there), p = exp(s - m_new), l = l rescale + sum p (p unrounded),
+    acc = acc rescale + rnd(p) rnd(v); m = m_new. A row before the tile (all of it masked) keeps
+    m (rescale 1, p 0). Returns out = acc (1 / l) and lse = m + log l."""
+    T = s.shape[-1]
+    m = torch.full(s.shape[:-1], -math.inf, dtype=s.dtype)
+    l = torch.zeros(s.shape[:-1], dtype=s.dtype)
+    acc = torch.zeros(*s.shape[:-1], v.shape[-1], dtype=s.dtype)
+    for j0 in range(0, T, KEY_TILE):
+        st = s[..., j0:j0 + KEY_TILE]
+        m_new = torch.maximum(m, st.amax(-1))
+        rescale = torch.exp(m - m_new)
+        p = torch.exp(st - m_new[..., None])
+        l = l * rescale + p.sum(-1)
+        acc = acc * rescale[..., None] + rnd(p) @ rnd(v[..., j0:j0 + KEY_TILE, :])
+        m = m_new
+    return acc * (1 / l)[..., None], m + torch.log(l)
+
+
 def rel(a, b):
     return (a - b).norm().item() / b.norm().item()
 
@@ -28,8 +54,7 @@ def kernel_roundings(q, k, v, g, out_ref, lse_ref, scale, causal, dtype):
     q, k, v, g = (x.to(dtype) for x in (q, k, v, g))
     rnd = lambda x: x.to(torch.bfloat16).to(dtype)
     s = (rnd(q) @ rnd(k).transpose(-1, -2) * scale).masked_fill(~causal, -math.inf)
-    lse = torch.logsumexp(s, -1)
-    out = rnd(torch.exp(s - lse[..., None])) @ rnd(v)
+    out, lse = tiled_forward(s, v, rnd)
     p = torch.exp(s - lse_ref.to(dtype)[..., None])
     d = (g * out_ref.to(dtype)).sum(-1)
     ds = p * (rnd(g) @ rnd(v).transpose(-1, -2) - d[..., None])
@@ -72,9 +97,7 @@ def simulate(B, T, C, NH):
     out.backward(g)
 
     s_k = (bf16(q) @ bf16(k).transpose(-1, -2) * scale).masked_fill(~causal, -math.inf)
-    lse_k = torch.logsumexp(s_k, -1)  # pass 1
-    p_k = torch.exp(s_k - lse_k[..., None])  # pass 2, normalised before rounding
-    out_k = bf16(p_k) @ bf16(v)
+    out_k, lse_k = tiled_forward(s_k, v, bf16)  # one pass, P = exp(s - running max) rounded
     # Backward as the test runs it: from the reference forward's out and lse (the CPU's), so that
     # only backward's own rounding counts.
     o_ref, lse_ref = out.detach(), lse.detach()

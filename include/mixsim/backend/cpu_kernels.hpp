@@ -49,7 +49,8 @@ void attention_backward(F* dqkv, const F* dout, const F* qkv, const F* out, cons
 // Attention with the bf16 roundings of the tensor-core kernels (kernels/attention_tc.cu), float
 // only: cpu-bf16 (unless MIXSIM_TC_ATTENTION=0), for head sizes 16..128 in steps of 16, as there
 // (the GPU also needs the kernels to fit its shared memory per block, which cards with 99 KiB do
-// not for head sizes 96..128; this side does not check that).
+// not for head size 128; this side does not check that). Forward walks the keys in the kernel's
+// tiles of 64, so P is rounded relative to the same running max.
 bool attention_bf16_supported(int C, int NH);
 void attention_bf16_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH);
 void attention_bf16_backward(float* dqkv, const float* dout, const float* qkv, const float* out,

@@ -4,6 +4,14 @@ Each kernel is a Python generator per warp; `yield` = __syncthreads().  The bloc
 the four warps of a block round-robin from barrier to barrier (warps of one barrier interval are
 independent except through races, which Smem detects by epoch).  Per-lane values are numpy
 arrays over the 32 lanes (last axis); index arithmetic is copied from the .cu lane by lane.
+
+cp.async (copy_async16 / copy_async4, zero-filled past T) is modelled as a shared-memory store at
+its issue point, in the barrier interval that issues it: conservative for the race checker (a
+stage refilled while another warp may still read it in the same interval is flagged).  Besides,
+AsyncSmem keeps every copy pending until its warp has committed it (commit_copies) and waited
+for it (wait_copies = cp.async.wait_group 0): reading a pending element, from any warp, is listed
+as a "cp.async race" (a missing wait or commit); reading another warp's copy without a barrier
+after its wait is a race as for any store.
 """
 import numpy as np
 
@@ -14,6 +22,7 @@ kRows = 64
 kWarps = 4
 kWarpSize = 32
 kThreads = kWarps * kWarpSize
+kStages = 2  # tiles of the other side: the next one is copied while this one is used
 kLog2e = np.float32(1.4426950408889634)
 kLn2 = np.float32(0.6931471805599453)
 INF = np.float32(np.inf)
@@ -44,6 +53,14 @@ class Gmem:
             return arr[idx]
         return arr[idx[..., None] + np.arange(width)]
 
+    def check(self, name, idx, width=1):
+        """An address that is formed (and must be valid and aligned) but not necessarily read."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if width > 1 and np.any(idx % width):
+            self.misaligned.append(f"{name}: {width * self.esize.get(name, 4)}-byte address at element {idx[idx % width != 0][:4]}")
+        if idx.size and (idx.min() < 0 or idx.max() + width > self.a[name].size):
+            raise IndexError(f"global address out of range in {name}")
+
     def store(self, name, idx, vals, width=1):
         idx = np.asarray(idx, dtype=np.int64)
         if idx.size == 0:
@@ -60,6 +77,61 @@ class Gmem:
             full = idx[..., None] + np.arange(width)
             arr[full] = vals
             np.add.at(self.wcount[name], full.ravel(), 1)
+
+
+class AsyncSmem(Smem):
+    """Smem with cp.async bookkeeping: per warp (its lanes commit and wait together), the
+    elements of copies issued but not committed, and of committed groups not waited for."""
+
+    def __init__(self, n_bf16, n_f32=0, f32_byte_base=None):
+        super().__init__(n_bf16, n_f32, f32_byte_base)
+        nb, nf = self.bf.size, self.f.size
+        self.unc = {"bf": np.zeros((kWarps, nb), bool), "f": np.zeros((kWarps, nf), bool)}
+        self.com = {"bf": np.zeros((kWarps, nb), bool), "f": np.zeros((kWarps, nf), bool)}
+        self.copies = 0
+
+    def copy_bf(self, idx, vals, warp):  # cp.async into the bf16 tiles: a store, pending
+        self.write_bf(idx, vals, warp)
+        self.unc["bf"][warp, np.asarray(idx).ravel()] = True
+        self.copies += 1
+
+    def copy_f(self, idx, vals, warp):
+        self.write_f(idx, vals, warp)
+        self.unc["f"][warp, np.asarray(idx).ravel()] = True
+        self.copies += 1
+
+    def commit(self, warp):  # cp.async.commit_group
+        for k in ("bf", "f"):
+            self.com[k][warp] |= self.unc[k][warp]
+            self.unc[k][warp] = False
+
+    def wait(self, warp):  # cp.async.wait_group 0: the committed groups (not uncommitted copies)
+        for k in ("bf", "f"):
+            self.com[k][warp] = False
+
+    def _pending(self, k, idx, warp, what):  # a race with the copy itself: listed with races
+        idx = np.asarray(idx).ravel()
+        for pend, how in ((self.unc[k], "never committed"), (self.com[k], "not waited for")):
+            bad = pend[:, idx].any(0)
+            if bad.any():
+                self.races.append(f"cp.async race {what} epoch {self.epoch} warp {warp}: read of "
+                                  f"a copy {how}, idx {idx[bad][:4]}")
+
+    def read_bf(self, idx, warp):
+        self._pending("bf", idx, warp, "bf16")
+        return super().read_bf(idx, warp)
+
+    def read_f(self, idx, warp):
+        self._pending("f", idx, warp, "f32")
+        return super().read_f(idx, warp)
+
+
+def commit_copies(ctx):
+    ctx.smem.commit(ctx.warp)
+
+
+def wait_copies(ctx):
+    ctx.smem.wait(ctx.warp)
 
 
 class Ctx:
@@ -102,11 +174,11 @@ def head_of(ctx, HS, T, C, NH):
 
 
 def load_tile(ctx, HS, tile, src_name, src, stride, first, T):
-    """The sources are the launchers' bf16 copies (to_bf16 of qkv and dout):
+    """Starts the copy; the sources are the launchers' bf16 copies (to_bf16 of qkv and dout):
        for (idx = threadIdx.x; idx < kRows * kOcts; idx += kThreads) {
-         r = idx / kOcts, d = idx % kOcts * 8, row = first + r;
-         v = row < T ? *(uint4*)(src + row * stride + d) : 0;   // 8 bf16
-         *(uint4*)(tile + r * tile_ld + d) = v; }"""
+         r = idx / kOcts, d = idx % kOcts * 8, row = first + r; valid = row < T;
+         copy_async16(tile + r * tile_ld + d, src + (valid ? row * stride + d : 0), valid); }
+       (16 bytes = 8 bf16 a copy, zeros when !valid)"""
     kOcts = HS // 8
     LD = tile_ld(HS)
     idx = ctx.threadIdx.copy()
@@ -118,16 +190,35 @@ def load_tile(ctx, HS, tile, src_name, src, stride, first, T):
         r = i // kOcts
         d = i % kOcts * 8
         row = first + r
-        v = np.zeros((i.size, 8), dtype=np.float32)
         ok = row < T
+        addr = src + np.where(ok, row * stride + d, 0)
+        v = np.zeros((i.size, 8), dtype=np.float32)
+        ctx.g.check(src_name, addr, width=8)  # a global, 16-byte aligned address even if !valid
         if ok.any():
-            v[ok] = ctx.g.load(src_name, src + row[ok] * stride + d[ok], width=8)
+            v[ok] = ctx.g.load(src_name, addr[ok], width=8)
         dst = tile + r * LD + d
         if np.any(dst % 8):
-            raise SharedMemoryError("uint4 store misaligned")
-        ctx.smem.write_bf(np.concatenate([dst + e for e in range(8)]),
-                          np.concatenate([v[:, e] for e in range(8)]), ctx.warp)
+            raise SharedMemoryError("cp.async 16-byte destination misaligned")
+        ctx.smem.copy_bf(np.concatenate([dst + e for e in range(8)]),
+                         np.concatenate([v[:, e] for e in range(8)]), ctx.warp)
         idx = idx + kThreads
+
+
+def load_rows(ctx, dst, src_name, src, first, T):
+    """if (threadIdx.x < kRows) { row = first + threadIdx.x; valid = row < T;
+         copy_async4(dst + threadIdx.x, src + (valid ? row : 0), valid); }   (dst: f32 region)"""
+    tid = ctx.threadIdx
+    w = tid < kRows
+    if not w.any():
+        return
+    row = first + tid[w]
+    ok = row < T
+    addr = src + np.where(ok, row, 0)
+    ctx.g.check(src_name, addr, width=1)
+    v = np.zeros(row.size, np.float32)
+    if ok.any():
+        v[ok] = ctx.g.load(src_name, addr[ok])
+    ctx.smem.copy_f(dst + tid[w], v, ctx.warp)
 
 
 def scores(ctx, HS, a, b):
@@ -171,14 +262,16 @@ def zero(HS):
 
 
 def store_rows(ctx, HS, dst_name, dst, stride, first, T, acc, factor):
+    """factor: (factor[0], factor[1]) for the lane's rows g and g + 8, each a scalar or per lane."""
     lane = ctx.lane
-    factor = np.float32(factor)
+    assert len(factor) == 2
     for half in range(2):
+        f = np.broadcast_to(np.asarray(factor[half], dtype=np.float32), (32,))
         row = first + lane // 4 + 8 * half
         ok = row < T  # if (row >= T) continue;
         at = dst + row * stride + lane % 4 * 2
         for n in range(HS // 8):
-            vals = np.stack([factor * acc[n][2 * half], factor * acc[n][2 * half + 1]], axis=-1)
+            vals = np.stack([f * acc[n][2 * half], f * acc[n][2 * half + 1]], axis=-1)
             ctx.g.store(dst_name, (at + n * 8)[ok], vals[ok], width=2)
 
 
@@ -200,26 +293,38 @@ def warp_sum(v):
 def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
     LD = tile_ld(HS)
     qs = 0
-    ks = qs + kRows * LD
-    vs = ks + kRows * LD
+    kv = qs + kRows * LD  # per stage: (64, LD) a key tile, then (64, LD) its values
     warp, lane = ctx.warp, ctx.lane
     head = head_of(ctx, HS, T, C, NH)
     i0 = (ctx.gridDim[0] - 1 - ctx.blockIdx[0]) * kRows
     iw = i0 + warp * 16
-    last = min(T, i0 + kRows) - 1
+    tiles = (min(T, i0 + kRows) - 1) // kRows + 1  # key tiles up to the last row
     live = iw < T
     sl = np.float32(scale) * kLog2e
     qw = qs + warp * 16 * LD
+
+    def load_stage(t):  # key tile t and its values into stage t % 2
+        ks = kv + (t % kStages) * 2 * kRows * LD
+        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, t * kRows, T)
+        load_tile(ctx, HS, ks + kRows * LD, "qkv16", head.q + 2 * C, head.qkv_stride, t * kRows, T)
+
     load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, i0, T)
+    load_stage(0)
+    commit_copies(ctx)
 
     m = [np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)]
     l = [np.zeros(32, np.float32), np.zeros(32, np.float32)]
-    for j0 in range(0, last + 1, kRows):
+    acc = zero(HS)
+    for t in range(tiles):
+        wait_copies(ctx)
         yield  # __syncthreads
-        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
-        yield
+        if t + 1 < tiles:
+            load_stage(t + 1)
+        commit_copies(ctx)
         if not live:
             continue
+        ks = kv + (t % kStages) * 2 * kRows * LD
+        j0 = t * kRows
         s = scores(ctx, HS, qw, ks)
         tile_max = [np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)]
         full = j0 < i0 and iw + 16 <= T
@@ -233,66 +338,63 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
             tile_max[h] = np.fmax(tile_max[h], shfl_xor(tile_max[h], 1))
             tile_max[h] = np.fmax(tile_max[h], shfl_xor(tile_max[h], 2))
             m_new = np.fmax(m[h], tile_max[h])
+            base = np.where(m_new == -INF, np.float32(0), m_new).astype(np.float32)
+            rescale = exp2f(m[h] - base)  # 0 on the first tile
             sm = np.zeros(32, np.float32)
-            live_row = m_new != -INF
-            with np.errstate(invalid="ignore"):
-                for n in range(8):
-                    term = exp2f(s[n][2 * h] - m_new) + exp2f(s[n][2 * h + 1] - m_new)
-                    sm = np.where(live_row, sm + term, sm)
+            for n in range(8):
+                s[n][2 * h] = exp2f(s[n][2 * h] - base)
+                s[n][2 * h + 1] = exp2f(s[n][2 * h + 1] - base)
+                sm = sm + (s[n][2 * h] + s[n][2 * h + 1])
             sm = sm + shfl_xor(sm, 1)
             sm = sm + shfl_xor(sm, 2)
-            with np.errstate(invalid="ignore"):
-                l[h] = np.where(m_new == -INF, np.float32(0), fmaf(l[h], exp2f(m[h] - m_new), sm))
+            l[h] = fmaf(l[h], rescale, sm)  # l * rescale + sum (contracted by nvcc)
             m[h] = m_new
-    lse2 = [None, None]
+            for n in range(HS // 8):
+                acc[n][2 * h] *= rescale
+                acc[n][2 * h + 1] *= rescale
+        p = to_fragments(s)
+        accumulate(ctx, HS, acc, p, ks + kRows * LD)
+    if not live:
+        return
+    inv = [None, None]
     for h in range(2):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lse2[h] = (m[h] + log2f(l[h])).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            inv[h] = (np.float32(1) / l[h]).astype(np.float32)
         i = iw + lane // 4 + 8 * h
         w = (lane % 4 == 0) & (i < T)
-        if live and has_lse:
-            ctx.g.store("lse", (head.lse_offset + i)[w], (lse2[h] * kLn2)[w])
-
-    acc = zero(HS)
-    for j0 in range(0, last + 1, kRows):
-        yield
-        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
-        load_tile(ctx, HS, vs, "qkv16", head.q + 2 * C, head.qkv_stride, j0, T)
-        yield
-        if not live:
-            continue
-        s = scores(ctx, HS, qw, ks)
-        full = j0 < i0 and iw + 16 <= T
-        for n in range(8):
-            for v in range(4):
-                i = iw + row_of(lane, v)
-                j = j0 + column_of(lane, n, v)
-                with np.errstate(invalid="ignore"):
-                    e = exp2f(fmaf(sl, s[n][v], -lse2[v // 2]))
-                s[n][v] = np.where(mask(full, (i < T) & (j <= i)), e, np.float32(0))
-        p = to_fragments(s)
-        accumulate(ctx, HS, acc, p, vs)
-    if live:
-        store_rows(ctx, HS, "out", head.row_offset, C, iw, T, acc, 1.0)
+        if has_lse:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                lse_h = ((m[h] + log2f(l[h])).astype(np.float32) * kLn2).astype(np.float32)
+            ctx.g.store("lse", (head.lse_offset + i)[w], lse_h[w])
+    with np.errstate(invalid="ignore"):  # rows past T: acc 0 times 1/0, never stored
+        store_rows(ctx, HS, "out", head.row_offset, C, iw, T, acc, inv)
 
 
 def backward_dq_kernel(ctx, HS, T, C, NH, scale):
     LD = tile_ld(HS)
     qs = 0
     gs = qs + kRows * LD
-    ks = gs + kRows * LD
-    vs = ks + kRows * LD
-    row_lse = 0  # float region (after vs + kRows*LD)
+    kv = gs + kRows * LD  # per stage: (64, LD) a key tile, (64, LD) its values
+    row_lse = 0  # float region (after kv + kStages * 2 * kRows * LD)
     row_d = row_lse + kRows
     warp, lane = ctx.warp, ctx.lane
     head = head_of(ctx, HS, T, C, NH)
     i0 = (ctx.gridDim[0] - 1 - ctx.blockIdx[0]) * kRows
     iw = i0 + warp * 16
-    last = min(T, i0 + kRows) - 1
+    tiles = (min(T, i0 + kRows) - 1) // kRows + 1
     live = iw < T
     sl = np.float32(scale) * kLog2e
+
+    def load_stage(t):  # key tile t and its values into stage t % 2
+        ks = kv + (t % kStages) * 2 * kRows * LD
+        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, t * kRows, T)
+        load_tile(ctx, HS, ks + kRows * LD, "qkv16", head.q + 2 * C, head.qkv_stride, t * kRows, T)
+
     load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, i0, T)
     load_tile(ctx, HS, gs, "dout16", head.row_offset, C, i0, T)
+    load_stage(0)
+    commit_copies(ctx)
+    # row_terms
     for rr in range(16):
         row = iw + rr
         at = head.row_offset + row * C
@@ -324,13 +426,17 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale):
     dq = zero(HS)
     qw = qs + warp * 16 * LD
     gw = gs + warp * 16 * LD
-    for j0 in range(0, last + 1, kRows):
-        yield
-        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
-        load_tile(ctx, HS, vs, "qkv16", head.q + 2 * C, head.qkv_stride, j0, T)
-        yield
+    for t in range(tiles):
+        wait_copies(ctx)
+        yield  # __syncthreads
+        if t + 1 < tiles:
+            load_stage(t + 1)
+        commit_copies(ctx)
         if not live:
             continue
+        ks = kv + (t % kStages) * 2 * kRows * LD
+        vs = ks + kRows * LD
+        j0 = t * kRows
         s = scores(ctx, HS, qw, ks)
         dp = scores(ctx, HS, gw, vs)
         full = j0 < i0 and iw + 16 <= T
@@ -344,48 +450,54 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale):
         ds = to_fragments(s)
         accumulate(ctx, HS, dq, ds, ks)
     if live:
-        store_rows(ctx, HS, "dqkv", head.dqkv_offset, head.qkv_stride, iw, T, dq, scale)
+        store_rows(ctx, HS, "dqkv", head.dqkv_offset, head.qkv_stride, iw, T, dq, (scale, scale))
 
 
 def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
     LD = tile_ld(HS)
     ks = 0
     vs = ks + kRows * LD
-    qs = vs + kRows * LD
-    gs = qs + kRows * LD
-    tile_lse = 0
-    tile_d = tile_lse + kRows
+    qg = vs + kRows * LD  # per stage: (64, LD) a query tile, (64, LD) its dout
+    rows = 0  # float region (after qg + kStages * 2 * kRows * LD): per stage (64) lse, (64) D
     warp, lane = ctx.warp, ctx.lane
     head = head_of(ctx, HS, T, C, NH)
     j0 = ctx.blockIdx[0] * kRows
     jw = j0 + warp * 16
+    tiles = -(-(T - j0) // kRows)  # CEIL_DIV(T - j0, kRows)
     live = jw < T
     sl = np.float32(scale) * kLog2e
+
+    def load_stage(t):  # query tile t (from j0), its dout, lse and D
+        t0 = j0 + t * kRows
+        qt = qg + (t % kStages) * 2 * kRows * LD
+        rt = rows + (t % kStages) * 2 * kRows
+        load_tile(ctx, HS, qt, "qkv16", head.q, head.qkv_stride, t0, T)
+        load_tile(ctx, HS, qt + kRows * LD, "dout16", head.row_offset, C, t0, T)
+        load_rows(ctx, rt, "lse", head.lse_offset, t0, T)
+        load_rows(ctx, rt + kRows, "dvec", head.lse_offset, t0, T)
+
     load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
     load_tile(ctx, HS, vs, "qkv16", head.q + 2 * C, head.qkv_stride, j0, T)
+    load_stage(0)
+    commit_copies(ctx)
 
     dk = zero(HS)
     dv = zero(HS)
     kw = ks + warp * 16 * LD
     vw = vs + warp * 16 * LD
-    for t0 in range(j0, T, kRows):
-        yield
-        load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, t0, T)
-        load_tile(ctx, HS, gs, "dout16", head.row_offset, C, t0, T)
-        tid = ctx.threadIdx
-        w = tid < kRows
-        if w.any():
-            row = t0 + tid[w]
-            okr = row < T
-            lv = np.zeros(row.size, np.float32)
-            dvv = np.zeros(row.size, np.float32)
-            lv[okr] = ctx.g.load("lse", head.lse_offset + row[okr]) * kLog2e
-            dvv[okr] = ctx.g.load("dvec", head.lse_offset + row[okr])
-            ctx.smem.write_f(tile_lse + tid[w], lv, warp)
-            ctx.smem.write_f(tile_d + tid[w], dvv, warp)
-        yield
+    for t in range(tiles):
+        wait_copies(ctx)
+        yield  # __syncthreads
+        if t + 1 < tiles:
+            load_stage(t + 1)
+        commit_copies(ctx)
         if not live:
             continue
+        t0 = j0 + t * kRows
+        qs = qg + (t % kStages) * 2 * kRows * LD
+        gs = qs + kRows * LD
+        tile_lse = rows + (t % kStages) * 2 * kRows  # natural log
+        tile_d = tile_lse + kRows
         s = scores(ctx, HS, kw, qs)
         dp = scores(ctx, HS, vw, gs)
         full = t0 > j0 and t0 + kRows <= T
@@ -395,8 +507,9 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
                 i = t0 + col
                 j = jw + row_of(lane, v)
                 tl = ctx.smem.read_f(tile_lse + col, warp)
+                lse2 = (tl * kLog2e).astype(np.float32)  # __fmul_rn(tile_lse[col], kLog2e)
                 with np.errstate(invalid="ignore", over="ignore"):
-                    e = exp2f(fmaf(sl, s[n][v], -tl))
+                    e = exp2f(fmaf(sl, s[n][v], -lse2))
                 p = np.where(mask(full, (i < T) & (i >= j)), e, np.float32(0))
                 s[n][v] = p
                 dp[n][v] = p * (dp[n][v] - ctx.smem.read_f(tile_d + col, warp))
@@ -405,10 +518,9 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
         accumulate(ctx, HS, dv, pt, gs)
         accumulate(ctx, HS, dk, dst, qs)
     if live:
-        rows = head.dqkv_offset
-        store_rows(ctx, HS, "dqkv", rows + C, head.qkv_stride, jw, T, dk, scale)
-        store_rows(ctx, HS, "dqkv", rows + 2 * C, head.qkv_stride, jw, T, dv, 1.0)
-
+        out_rows = head.dqkv_offset
+        store_rows(ctx, HS, "dqkv", out_rows + C, head.qkv_stride, jw, T, dk, (scale, scale))
+        store_rows(ctx, HS, "dqkv", out_rows + 2 * C, head.qkv_stride, jw, T, dv, (1.0, 1.0))
 
 # ------------------------------------------------------------------------------------------
 def launch(kernel, grid, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
@@ -417,7 +529,7 @@ def launch(kernel, grid, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
     for bz in range(grid[2]):
         for by in range(grid[1]):
             for bx in range(grid[0]):
-                smem = Smem(n_bf16, n_f32, f32_byte_base)
+                smem = AsyncSmem(n_bf16, n_f32, f32_byte_base)
                 gens = [kernel(Ctx((bx, by, bz), grid, w, smem, gmem), *args, **kw)
                         for w in range(kWarps)]
                 alive = [True] * kWarps
@@ -441,10 +553,11 @@ def launch(kernel, grid, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
 
 
 def smem_layout(kind, HS):
+    """forward_shared / backward_shared: bf16 tiles, then (backward) the float rows."""
     LD = tile_ld(HS)
-    tiles = {"fwd": 3, "bwd": 4}[kind]
+    tiles = {"fwd": 1 + 2 * kStages, "bwd": 2 + 2 * kStages}[kind]
     n_bf16 = tiles * kRows * LD
-    n_f32 = 0 if kind == "fwd" else 2 * kRows
+    n_f32 = 0 if kind == "fwd" else 2 * kStages * kRows
     return n_bf16, n_f32, 2 * n_bf16
 
 

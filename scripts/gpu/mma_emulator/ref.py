@@ -1,5 +1,6 @@
 """(a) float64 causal attention, (b) numpy port of src/backend/cpu/attention_bf16.cpp (fp32,
-same loop orders, bf16 roundings)."""
+same loop orders, bf16 roundings): a forward in one pass over key tiles of 64 with a running max
+(as kernels/attention_tc.cu), and the backward from the saved lse."""
 import numpy as np
 
 from ptx import bf16
@@ -48,7 +49,14 @@ def _expf(x):
         return np.exp(x.astype(np.float64)).astype(np.float32)
 
 
+KEY_TILE = 64  # kRows of attention_tc.cu, kKeyTile of attention_bf16.cpp
+
+
 def bf16_cpu_forward(qkv, B, T, C, NH):
+    """One pass over the key tiles of 64 (flash attention), per row i over the tiles j0 <= i:
+    m_new = max(m, tile max of the scaled scores), rescale = exp(m - m_new) (0 on the first tile),
+    p_j = exp(s_j - m_new) (fp32), l = l rescale + sum_j p_j (the fp32 p), acc = acc rescale +
+    sum_j bf16(p_j) v_j, m = m_new; then lse = m + log l, out = acc (1 / l)."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     stride = 3 * C
@@ -56,6 +64,7 @@ def bf16_cpu_forward(qkv, B, T, C, NH):
     out = np.zeros((B, T, C), np.float32)
     lse = np.zeros((B, NH, T), np.float32)
     mask = np.tril(np.ones((T, T), bool))
+    rows = np.arange(T)
     for b in range(B):
         for h in range(NH):
             q = bf16(qkv[b, :, h * HS:(h + 1) * HS])
@@ -63,18 +72,28 @@ def bf16_cpu_forward(qkv, B, T, C, NH):
             v = bf16(qkv[b, :, 2 * C + h * HS:2 * C + (h + 1) * HS])
             s = (scale * _seqdot(q, k)).astype(np.float32)
             s = np.where(mask, s, -np.inf).astype(np.float32)
-            m = s.max(1)
+            m = np.full(T, -np.inf, np.float32)
             l = np.zeros(T, np.float32)
-            for j in range(T):
-                l = np.where(mask[:, j], (l + _expf(s[:, j] - m)).astype(np.float32), l)
-            row_lse = (m + np.log(l.astype(np.float64)).astype(np.float32)).astype(np.float32)
-            lse[b, h] = row_lse
             acc = np.zeros((T, HS), np.float32)
-            for j in range(T):
-                p = bf16(_expf(s[:, j] - row_lse))
-                p = np.where(mask[:, j], p, 0).astype(np.float32)
-                acc = (acc + p[:, None] * v[j][None, :]).astype(np.float32)
-            out[b, :, h * HS:(h + 1) * HS] = acc
+            for j0 in range(0, T, KEY_TILE):
+                j1 = min(T, j0 + KEY_TILE)
+                act = rows >= j0  # the rows that reach this tile (they all see key j0)
+                tile_max = s[:, j0:j1].max(1)
+                m_new = np.maximum(m, tile_max).astype(np.float32)
+                rescale = _expf((m - m_new).astype(np.float32))
+                acc = np.where(act[:, None], (acc * rescale[:, None]).astype(np.float32), acc)
+                tsum = np.zeros(T, np.float32)
+                for j in range(j0, j1):
+                    p = _expf((s[:, j] - m_new).astype(np.float32))
+                    on = act & mask[:, j]
+                    tsum = np.where(on, (tsum + p).astype(np.float32), tsum)
+                    pb = np.where(on, bf16(p), 0).astype(np.float32)
+                    acc = (acc + pb[:, None] * v[j][None, :]).astype(np.float32)
+                l = np.where(act, ((l * rescale).astype(np.float32) + tsum).astype(np.float32), l)
+                m = np.where(act, m_new, m)
+            lse[b, h] = (m + np.log(l.astype(np.float64)).astype(np.float32)).astype(np.float32)
+            inv = (np.float32(1) / l).astype(np.float32)
+            out[b, :, h * HS:(h + 1) * HS] = (acc * inv[:, None]).astype(np.float32)
     return out.ravel(), lse.ravel()
 
 

@@ -1,5 +1,8 @@
+import contextlib
+import io
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -59,10 +62,30 @@ def main(shapes):
                 row[n] = (0.0, row[n][1])
                 print(f"   {n}: f64 ref ~0 (|ref|={np.linalg.norm(a):.1e}), |emulated|={np.linalg.norm(e):.1e}")
         for k, (a, b) in row.items():
-            flag = "" if (a < 1e-2 and b < 1e-3) else "   <-- BAD"
+            # vs bf16-cpu: fp32 sums in another order, up to 1.2e-4 measured; the subtlest
+            # wrong roundings are 1.4e-3 (l summed from the bf16 p) to 2e-3 (the old two-pass P)
+            flag = "" if (a < 1e-2 and b < 5e-4) else "   <-- BAD"
             ok &= flag == ""
             print(f"   {k:4s} rel L2 vs f64 {a:.2e}   vs bf16-cpu {b:.2e}{flag}")
     print("ALL OK" if ok else "MISMATCH")
+
+
+def run_source(source, shape=SHAPES[0]):
+    """Runs kernels.py as edited into `source` (a mutant) on one shape: (printed output, None), or
+    (None, the exception) when the emulation stopped."""
+    global kernels
+    module = types.ModuleType("kernels")
+    exec(compile(source, "kernels_mut", "exec"), module.__dict__)
+    saved, kernels = kernels, module
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            main([shape])
+        return buf.getvalue(), None
+    except Exception as e:  # a mutant may break the emulation itself: that counts as caught
+        return None, e
+    finally:
+        kernels = saved
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 // Causal attention with the bf16 roundings of kernels/attention_tc.cu, for cpu-bf16 (unless
 // MIXSIM_TC_ATTENTION=0): the CPU reference of the tensor-core kernels. q, k, v and dout are
-// rounded to bf16; forward takes the row's log-sum-exp first (fp32 scores from the rounded q, k)
-// and rounds P = exp(scale s - lse) to bf16 before P v; backward rounds dS = P (dP - D) and P to
-// bf16 before their products, with dP from the rounded dout and v and D = dout . out in fp32.
-// Sums are fp32, in a fixed order (rows, then keys), one (batch, head) per OpenMP iteration.
+// rounded to bf16; forward walks the keys in the kernel's tiles of 64 with a running max m (fp32
+// scores from the rounded q, k), rounds P = exp(scale s - m) to bf16 before P v, rescales the
+// sums when m grows and divides by the fp32 sum of P at the end; backward rounds dS = P (dP - D)
+// and P to bf16 before their products, with dP from the rounded dout and v and D = dout . out in
+// fp32. Sums are fp32, in a fixed order (rows, then keys), one (batch, head) per OpenMP iteration.
 // A plain O(T^2 HS) loop per head: a reference, not a fast path.
 #include <algorithm>
 #include <cmath>
@@ -31,6 +32,10 @@ float dot(const float* a, const float* b, int n) {
   return s;
 }
 
+// The keys the tensor-core forward kernel takes at a time (kRows in attention_tc.cu): where its
+// running max, and so the rounding of P, is updated.
+constexpr int kKeyTile = 64;
+
 }  // namespace
 
 bool attention_bf16_supported(int C, int NH) {
@@ -54,21 +59,33 @@ void attention_bf16_forward(float* out, float* lse, const float* qkv, int B, int
       rounded_rows(k, base + C, stride, T, HS);
       rounded_rows(v, base + 2 * C, stride, T, HS);
       for (int i = 0; i < T; ++i) {
-        float m = -INFINITY;
-        for (int j = 0; j <= i; ++j) {
-          s[j] = scale * dot(&q[std::size_t(i) * HS], &k[std::size_t(j) * HS], HS);
-          m = std::max(m, s[j]);
-        }
-        float l = 0.f;
-        for (int j = 0; j <= i; ++j) l += std::exp(s[j] - m);
-        const float row_lse = m + std::log(l);
-        if (lse) lse[(std::size_t(b) * NH + h) * T + i] = row_lse;
+        // key tiles of kKeyTile, as the kernel walks them: running max m and sum l, and acc
+        // rescaled by exp(m_old - m_new) whenever the max grows
+        float m = -INFINITY, l = 0.f;
         std::fill(acc.begin(), acc.end(), 0.f);
-        for (int j = 0; j <= i; ++j) {
-          const float p = round_to_bf16(std::exp(s[j] - row_lse));
-          for (int d = 0; d < HS; ++d) acc[d] += p * v[std::size_t(j) * HS + d];
+        for (int j0 = 0; j0 <= i; j0 += kKeyTile) {
+          const int j1 = std::min(i + 1, j0 + kKeyTile);
+          float tile_max = -INFINITY;
+          for (int j = j0; j < j1; ++j) {
+            s[j] = scale * dot(&q[std::size_t(i) * HS], &k[std::size_t(j) * HS], HS);
+            tile_max = std::max(tile_max, s[j]);
+          }
+          const float m_new = std::max(m, tile_max), rescale = std::exp(m - m_new);
+          float sum = 0.f;
+          for (float& a : acc) a *= rescale;
+          for (int j = j0; j < j1; ++j) {
+            const float p = std::exp(s[j] - m_new);
+            sum += p;
+            const float pb = round_to_bf16(p);
+            for (int d = 0; d < HS; ++d) acc[d] += pb * v[std::size_t(j) * HS + d];
+          }
+          l = l * rescale + sum;
+          m = m_new;
         }
-        std::copy(acc.begin(), acc.end(), out + (std::size_t(b) * T + i) * C + std::size_t(h) * HS);
+        if (lse) lse[(std::size_t(b) * NH + h) * T + i] = m + std::log(l);
+        const float inv = 1.f / l;
+        float* dst = out + (std::size_t(b) * T + i) * C + std::size_t(h) * HS;
+        for (int d = 0; d < HS; ++d) dst[d] = acc[d] * inv;
       }
     }
   }
