@@ -32,6 +32,7 @@ class TimedBackend final : public Backend {
   bool attention_rounds_qkv(int C, int NH) const override {
     return in_.attention_rounds_qkv(C, NH);
   }
+  bool bf16_product_outputs() const override { return in_.bf16_product_outputs(); }
   void store(TensorOut d, const float* s, std::size_t n) override {
     time("store", [&] { in_.store(d, s, n); });
   }
@@ -51,7 +52,7 @@ class TimedBackend final : public Backend {
                           const float* w, const float* m, const float* r, int N, int C) override {
     time("layernorm_backward", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
   }
-  void matmul_forward(float* o, TensorIn i, const float* w, const float* b, int N, int C,
+  void matmul_forward(TensorOut o, TensorIn i, const float* w, const float* b, int N, int C,
                       int OC) override {
     time("matmul_forward", [&] { in_.matmul_forward(o, i, w, b, N, C, OC); });
   }

@@ -81,7 +81,9 @@ int select_device(int device) {
 // MIXSIM_CUBLASLT, the products with a bias or a GELU through cuBLASLt, fused into the epilogue
 // (matmul.cu; off by default for cuda, whose fp32 products stay plain cuBLAS and its GELU exactly
 // the CPU's arithmetic); MIXSIM_BF16_ACTIVATIONS, cuda-bf16 asks the model to store the tensors
-// only products read in bf16 (activation_storage).
+// only products read in bf16 (activation_storage). And one opt-in, off unless set to 1, written
+// without a GPU at hand and not yet run on one: MIXSIM_BF16_OUTPUTS, products write the bf16 qkv
+// themselves (bf16_product_outputs; the bias rounded to bf16 first).
 
 class CudaBackend final : public Backend {
  public:
@@ -92,6 +94,8 @@ class CudaBackend final : public Backend {
                       precision == MatmulPrecision::bf16),
         bf16_activations_(env_switch("MIXSIM_BF16_ACTIVATIONS", true) &&
                           precision == MatmulPrecision::bf16),
+        bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", false) &&
+                      precision == MatmulPrecision::bf16),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -180,7 +184,7 @@ class CudaBackend final : public Backend {
     cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
                              workspace(cuda::layernorm_backward_workspace(N, C)), stream_.get());
   }
-  void matmul_forward(float* out, TensorIn inp, const float* weight, const float* bias, int N,
+  void matmul_forward(TensorOut out, TensorIn inp, const float* weight, const float* bias, int N,
                       int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
@@ -223,6 +227,7 @@ class CudaBackend final : public Backend {
   bool attention_rounds_qkv(int C, int NH) const override {
     return tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_);
   }
+  bool bf16_product_outputs() const override { return bf16_outputs_; }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     const std::size_t bytes = n * element_bytes(dst.type);
     CUDA_REQUIRE(!bytes_overlap(dst.data, bytes, src, n * sizeof(float)), "store",
@@ -318,6 +323,7 @@ class CudaBackend final : public Backend {
   MatmulPrecision precision_;
   bool tc_attention_;  // attention on bf16 tensor cores (attention_tc.cu), where the shape allows
   bool bf16_activations_;   // activation_storage() is bf16
+  bool bf16_outputs_;       // bf16_product_outputs()
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

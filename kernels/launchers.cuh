@@ -96,7 +96,7 @@ void set_fp32_math(cublasHandle_t handle);
 // take it is converted into the workspace).
 std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, int N, int C,
                                      int OC);
-void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
+void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut out,
                     TensorIn inp, const float* weight, const float* bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream);
 // The same workspace as matmul_forward.

@@ -41,7 +41,8 @@ constexpr int kThreads = 256;
 // heuristic is told, and what the workspace size functions add when cuBLASLt is on.
 constexpr std::size_t kLtWorkspaceBytes = std::size_t(32) << 20;
 
-__global__ void broadcast_bias_kernel(float* out, const float* bias, int OC, std::size_t n) {
+template <class T>
+__global__ void broadcast_bias_kernel(T* out, const T* bias, int OC, std::size_t n) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
   for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     out[i] = bias[i % OC];
@@ -76,12 +77,24 @@ std::size_t operand_bytes(MatmulPrecision precision, DType stored, std::size_t n
   return stored == DType::bf16 ? 0 : Workspace::aligned(n * sizeof(__nv_bfloat16));
 }
 
-// C (m,n) = alpha op(A) op(B) + beta C, column-major; C is fp32, A and B fp32 or bf16 (both the
-// same), accumulated in fp32.
+// A product's result: fp32, or bf16 (bf16 operands only), rounded from the fp32 accumulation.
+struct Output {
+  void* data;
+  cudaDataType_t type;
+};
+Output output(float* p) {
+  return {p, CUDA_R_32F};
+}
+Output output(TensorOut t) {
+  return {t.data, t.type == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F};
+}
+
+// C (m,n) = alpha op(A) op(B) + beta C, column-major; A and B fp32 or bf16 (both the same), C
+// fp32 or (with bf16 operands) bf16, accumulated in fp32.
 void gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-          float alpha, Operand A, int lda, Operand B, int ldb, float beta, float* C, int ldc) {
+          float alpha, Operand A, int lda, Operand B, int ldb, float beta, Output C, int ldc) {
   CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, A.data, A.type, lda, B.data, B.type,
-                            ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                            ldb, &beta, C.data, C.type, ldc, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
 }
 
@@ -146,9 +159,9 @@ const char* epilogue_name(cublasLtEpilogue_t kind) {
 // What a product's epilogue does after the fp32 accumulation, with its vectors and matrices.
 struct Epilogue {
   cublasLtEpilogue_t kind = CUBLASLT_EPILOGUE_DEFAULT;
-  const float* bias = nullptr;  // BIAS variants: (m)
-  float* aux = nullptr;         // GELU_AUX*: written (the GELU's input); DGELU: read; (m, n)
-  std::int64_t aux_ld = 0;      // cuBLASLt requires a multiple of 8
+  const void* bias = nullptr;  // BIAS variants: (m), of D's type
+  float* aux = nullptr;        // GELU_AUX*: written (the GELU's input); DGELU: read; (m, n)
+  std::int64_t aux_ld = 0;     // cuBLASLt requires a multiple of 8
 };
 
 }  // namespace
@@ -163,11 +176,12 @@ class LtMatmul {
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
 
-  // D (m,n) = op(A) op(B), then the epilogue; D is fp32, column-major with leading dimension
-  // ldd, and not read (beta 0). Returns false, having run nothing, when cuBLASLt has no
-  // algorithm for the problem or refuses it.
+  // D (m,n) = op(A) op(B), then the epilogue; D is fp32 or bf16 (then the bias and aux matrix
+  // are bf16 too, as cuBLASLt requires), column-major with leading dimension ldd, and not read
+  // (beta 0). Returns false, having run nothing, when cuBLASLt has no algorithm for the problem
+  // or refuses it.
   bool run(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A, int lda,
-           Operand B, int ldb, float* D, int ldd, const Epilogue& ep, Workspace& ws,
+           Operand B, int ldb, Output D, int ldd, const Epilogue& ep, Workspace& ws,
            cudaStream_t stream) {
     LtDesc desc;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -187,7 +201,7 @@ class LtMatmul {
     const bool ta_n = ta == CUBLAS_OP_N, tb_n = tb == CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(a.out(), A.type, ta_n ? m : k, ta_n ? k : m, lda));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(b.out(), B.type, tb_n ? k : n, tb_n ? n : k, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(d.out(), CUDA_R_32F, m, n, ldd));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(d.out(), D.type, m, n, ldd));
 
     const Key key{m,
                   n,
@@ -201,10 +215,11 @@ class LtMatmul {
                   ldd,
                   alignment(A.data),
                   alignment(B.data),
-                  alignment(D),
+                  alignment(D.data),
                   ep.bias ? alignment(ep.bias) : 0,
                   ep.aux ? alignment(ep.aux) : 0,
-                  ep.aux_ld};
+                  ep.aux_ld,
+                  D.type};
     auto found = plans_.find(key);
     if (found == plans_.end())
       found = plans_.emplace(key, plan(desc.get(), a.get(), b.get(), d.get(), key)).first;
@@ -220,8 +235,8 @@ class LtMatmul {
     void* scratch = p.workspace ? local.take<char>(p.workspace) : nullptr;
     const float alpha = 1.f, beta = 0.f;
     const cublasStatus_t status =
-        cublasLtMatmul(handle_, desc.get(), &alpha, A.data, a.get(), B.data, b.get(), &beta, D,
-                       d.get(), D, d.get(), &p.algo, scratch, p.workspace, stream);
+        cublasLtMatmul(handle_, desc.get(), &alpha, A.data, a.get(), B.data, b.get(), &beta, D.data,
+                       d.get(), D.data, d.get(), &p.algo, scratch, p.workspace, stream);
     // A combination the heuristic let through but the matmul refuses (it checks some rules only
     // here) is refused before anything runs: that problem falls back, now and from then on.
     if (!p.ran &&
@@ -248,7 +263,7 @@ class LtMatmul {
   const CublasLtUse& use() const { return use_; }
 
  private:
-  using Key = std::array<long long, 16>;
+  using Key = std::array<long long, 17>;
   struct Plan {
     bool found = false;
     cublasLtMatmulAlgo_t algo{};
@@ -287,7 +302,8 @@ class LtMatmul {
   static std::string describe(const Key& key) {
     return "m=" + std::to_string(key[0]) + " n=" + std::to_string(key[1]) +
            " k=" + std::to_string(key[2]) + " (" + (key[5] == CUDA_R_16BF ? "bf16" : "fp32") +
-           " operands, epilogue " + epilogue_name(cublasLtEpilogue_t(key[6])) + ")";
+           " operands, " + (key[16] == CUDA_R_16BF ? "bf16" : "fp32") + " result, epilogue " +
+           epilogue_name(cublasLtEpilogue_t(key[6])) + ")";
   }
 
   cublasLtHandle_t handle_ = nullptr;
@@ -310,18 +326,30 @@ const CublasLtUse& lt_use(const LtMatmul& lt) {
 namespace {
 
 // out = x @ w^T + bias from prepared operands: one fused cuBLASLt product where it can, else
-// the bias written first and the product added to it (beta = 1), as on the CPU.
-void forward_product(cublasHandle_t handle, LtMatmul* lt, float* out, Operand w, Operand x,
+// the bias written first and the product added to it (beta = 1), as on the CPU. A bf16 out takes
+// the bias rounded to bf16 (into the workspace): cuBLASLt's bias has D's type.
+void forward_product(cublasHandle_t handle, LtMatmul* lt, Output out, Operand w, Operand x,
                      const float* bias, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
+  const void* b = bias;
+  if (bias && out.type == CUDA_R_16BF) {
+    __nv_bfloat16* rounded = ws.take<__nv_bfloat16>(OC);
+    to_bf16(rounded, bias, OC, stream);
+    b = rounded;
+  }
   if (lt && bias &&
       lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC,
-              {CUBLASLT_EPILOGUE_BIAS, bias, nullptr, 0}, ws, stream))
+              {CUBLASLT_EPILOGUE_BIAS, b, nullptr, 0}, ws, stream))
     return;
   float beta = 0.f;
   if (bias) {
     const std::size_t n = std::size_t(N) * OC;
-    broadcast_bias_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, bias, OC,
-                                                                                    n);
+    const unsigned blocks = elementwise_blocks(n, kThreads);
+    if (out.type == CUDA_R_16BF)
+      broadcast_bias_kernel<<<blocks, kThreads, 0, stream>>>(
+          static_cast<__nv_bfloat16*>(out.data), static_cast<const __nv_bfloat16*>(b), OC, n);
+    else
+      broadcast_bias_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<float*>(out.data), bias,
+                                                             OC, n);
     CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
     beta = 1.f;
   }
@@ -348,7 +376,7 @@ Operand gradient_operand(MatmulPrecision precision, float* dbias, TensorIn dout,
 void weight_gradient(cublasHandle_t handle, MatmulPrecision precision, float* dweight, Operand g,
                      TensorIn inp, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
-  gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, x, C, g, OC, 1.f, dweight, C);
+  gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.f, x, C, g, OC, 1.f, output(dweight), C);
 }
 
 }  // namespace
@@ -363,17 +391,21 @@ void set_fp32_math(cublasHandle_t handle) {
 std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, int N, int C,
                                      int OC) {
   return operand_bytes(precision, DType::fp32, std::size_t(OC) * C) +
-         operand_bytes(precision, inp, std::size_t(N) * C) + (lt ? kLtWorkspaceBytes : 0);
+         operand_bytes(precision, inp, std::size_t(N) * C) +
+         (precision == MatmulPrecision::bf16 ? Workspace::aligned(OC * sizeof(__nv_bfloat16)) : 0) +
+         (lt ? kLtWorkspaceBytes : 0);
 }
 
-void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* out,
+void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut out,
                     TensorIn inp, const float* weight, const float* bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream) {
   check_dims("matmul_forward", N, C, OC);
+  CUDA_REQUIRE(out.type == DType::fp32 || precision == MatmulPrecision::bf16, "matmul_forward",
+               std::string("a bf16 out, which only bf16 products write (cuda-bf16)"));
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
-  forward_product(handle, lt, out, w, x, bias, N, C, OC, ws, stream);
+  forward_product(handle, lt, output(out), w, x, bias, N, C, OC, ws, stream);
 }
 
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
@@ -394,11 +426,11 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
                       pre, OC};
     if (OC % 8 != 0)
       lt->refuse("cuBLASLt's GELU epilogue needs OC divisible by 8, got OC=" + std::to_string(OC));
-    else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, static_cast<float*>(out.data),
-                     OC, ep, ws, stream))
+    else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, output(out), OC, ep, ws,
+                     stream))
       return;
   }
-  forward_product(handle, lt, pre, w, x, bias, N, C, OC, ws, stream);
+  forward_product(handle, lt, output(pre), w, x, bias, N, C, OC, ws, stream);
   gelu_forward(out, pre, std::size_t(N) * OC, stream);
 }
 
@@ -430,10 +462,11 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
       if (C % 8 != 0)
         lt->refuse("cuBLASLt's GELU epilogue needs C divisible by 8, got C=" + std::to_string(C));
       else
-        fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, dinp, C, ep, ws, stream);
+        fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, output(dinp), C, ep, ws,
+                        stream);
     }
     if (!fused) {
-      gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, dinp, C);
+      gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(dinp), C);
       if (pre) gelu_backward(dinp, pre, dinp, std::size_t(N) * C, stream);
     }
   }

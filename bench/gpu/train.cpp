@@ -16,7 +16,8 @@
 // off by default for cuda): MIXSIM_TC_ATTENTION (cuda-bf16's attention on tensor cores, label
 // mixsim-bf16tc, else mixsim-bf16mm), MIXSIM_CUBLASLT (bias and GELU in cuBLASLt epilogues, label
 // suffix +lt, with the count of fused and fallen-back products) and MIXSIM_BF16_ACTIVATIONS
-// (cuda-bf16 stores the tensors only products read in bf16, label suffix +act).
+// (cuda-bf16 stores the tensors only products read in bf16, label suffix +act); and the opt-in
+// MIXSIM_BF16_OUTPUTS=1 (the qkv product writes bf16 itself, label suffix +out).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -148,10 +149,13 @@ int main(int argc, char** argv) {
     const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
     // MIXSIM_BF16_ACTIVATIONS: product-only tensors stored in bf16 ("+act")
     const bool bf16_act = gpu->activation_storage() == mixsim::DType::bf16;
+    // MIXSIM_BF16_OUTPUTS=1 (opt-in): the qkv product writes bf16 itself ("+out")
+    const bool bf16_out = gpu->bf16_product_outputs();
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
                                           : tc_attention         ? "mixsim-bf16tc"
                                                                  : "mixsim-bf16mm") +
-                              (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "");
+                              (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "") +
+                              (bf16_out ? "+out" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

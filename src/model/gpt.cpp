@@ -161,6 +161,12 @@ DType Gpt::qkv_storage() const {
                                                                              : DType::fp32;
 }
 
+// A bf16 qkv is the fp32 product rounded by store(), unless the backend's products write bf16
+// themselves (then the bias is rounded first: Backend::matmul_forward).
+bool Gpt::qkv_rounded_by_store() const {
+  return qkv_storage() == DType::bf16 && !backend_.bf16_product_outputs();
+}
+
 float* Gpt::grads() {
   if (!grads_.get()) {
     grads_ = DeviceBuffer<float>(backend_, layout_.total());
@@ -259,7 +265,7 @@ void Gpt::ensure_training() {
     a.ln1_rstd = next_f(L * R);
     const DType qst = qkv_storage();
     a.qkv = TensorOut{next(L * R * 3 * C, qst), qst};
-    a.qkv_product = qst == DType::bf16 ? next_f(R * 3 * C) : nullptr;
+    a.qkv_product = qkv_rounded_by_store() ? next_f(R * 3 * C) : nullptr;
     a.atty = next_f(L * R * C);
     a.att_lse = next_f(L * R * d.NH);
     a.residual2 = next_f(L * R * C);
@@ -321,8 +327,8 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, const 
   if (a.qkv_product) {  // a bf16 qkv: the product in fp32, then rounded (what attention reads)
     be.matmul_forward(a.qkv_product, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
     be.store(a.qkv, a.qkv_product, std::size_t(N) * 3 * C);
-  } else {
-    be.matmul_forward(static_cast<float*>(a.qkv.data), a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+  } else {  // fp32, or bf16 written by the product itself (bf16_product_outputs)
+    be.matmul_forward(a.qkv, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
   }
   be.attention_forward(a.atty, a.att_lse, a.qkv, B, T, C, d.NH);
   be.matmul_forward(a.proj, a.atty, p.attprojw, p.attprojb, N, C, C);
@@ -465,7 +471,7 @@ Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
   // A bf16 qkv takes the first half of its region; the fp32 product before rounding goes to fch,
   // which the block writes only later.
   const TensorOut qkv_t{qkv, qkv_storage()};
-  float* qkv_product = qkv_t.type == DType::bf16 ? fch : nullptr;
+  float* qkv_product = qkv_rounded_by_store() ? fch : nullptr;
   return {ln_t, nullptr, nullptr, qkv_t, atty,       nullptr, proj,       res,
           ln_t, nullptr, nullptr, fch,   fch_gelu_t, res,     qkv_product};
 }

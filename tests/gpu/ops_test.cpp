@@ -829,22 +829,28 @@ TEST_F(CudaOps, Bf16TensorCoreAttention) {
   }
 }
 
-// 20 training steps with tensor-core attention, under the bounds of Bf16TrainingFollowsCpu (the
-// attention's own bf16 error is of the products' size). Heads of 32 (the op tests' model has 24,
-// which the tensor-core kernels leave to the fp32 ones), sequences of 70: two 64-row blocks.
-TEST_F(CudaOps, Bf16TensorCoreAttentionTrainingFollowsCpu) {
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
-  auto bf16 = make_cuda_backend(0, MatmulPrecision::bf16);
-  env.reset();
+namespace {
+
+// 20 AdamW steps on `gpu` of a model with heads of 32 (the op tests' model has 24, which the
+// tensor-core kernels leave to the fp32 ones) and sequences of 70 (two 64-row blocks), under the
+// bounds of Bf16TrainingFollowsCpu against the fp32 CPU: within 5e-2 a step, and falling.
+void expect_tensor_core_model_follows(Backend& cpu, Backend& gpu, std::uint64_t seed) {
   const ModelConfig cfg{2, 2, 64, 70, 257};
   const int b = 2, t = 70, steps = 20;
-  const Batch batch = random_batch(b, t, cfg.vocab_size, 83);
+  const Batch batch = random_batch(b, t, cfg.vocab_size, seed);
   std::vector<float> lc, lg;
-  train(*cpu_, batch, b, t, steps, &lc, cfg);
-  train(*bf16, batch, b, t, steps, &lg, cfg);
+  train(cpu, batch, b, t, steps, &lc, cfg);
+  train(gpu, batch, b, t, steps, &lg, cfg);
   ASSERT_EQ(lc.size(), lg.size());
   for (int s = 0; s < steps; ++s) EXPECT_NEAR(lg[s], lc[s], 5e-2) << "step " << s;
   EXPECT_LT(lg.back(), lg.front() - 0.5);
+}
+
+}  // namespace
+
+// 20 training steps with tensor-core attention (its own bf16 error is of the products' size).
+TEST_F(CudaOps, Bf16TensorCoreAttentionTrainingFollowsCpu) {
+  expect_tensor_core_model_follows(*cpu_, *cuda_bf16_with("1", "", ""), 83);
 }
 
 // 20 AdamW steps with bf16 products against the CPU's fp32: the logits carry the products'
@@ -1220,6 +1226,64 @@ TEST_F(CudaOps, Bf16QkvStorageChangesNothing) {
   EXPECT_NEAR(loss16, loss32, 1e-5 * loss32);
   EXPECT_LT(rel_l2(Pair{g32, g16}), 1e-2);
   EXPECT_NEAR(e16, e32, 1e-5 * e32);
+}
+
+// ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS=1, opt-in; written without a GPU at hand)
+
+// A product's bf16 out on cuda-bf16, through cuBLASLt's bias epilogue and through plain cuBLAS
+// (the bf16 bias broadcast, beta = 1), against cpu-bf16's: the fp32 result with the bias rounded
+// to bf16 first, rounded. The sums' order differs (~1e-7 relative), which tips an element to the
+// neighbouring bf16 value with probability ~2e-7 / 2^-8 ~ 5e-5: so no element may be more than
+// one bf16 step off, and at most 1% one step (a missing or unrounded bias, or a wrong layout, is
+// off by many steps in most elements). The fp32 backend refuses a bf16 out.
+TEST_F(CudaOps, Bf16ProductOutputs) {
+  auto ref = make_cpu_backend(MatmulPrecision::bf16);
+  const int OC = 3 * C;
+  const auto x = random_floats(std::size_t(N) * C, 141),
+             w = random_floats(std::size_t(OC) * C, 142), bias = random_floats(OC, 143);
+  auto product = [&](Backend& be) {
+    auto dx = put(be, x), dw = put(be, w), db = put(be, bias);
+    DeviceBuffer<std::uint16_t> out =
+        put(be, std::vector<std::uint16_t>(std::size_t(N) * OC, 0xffff));
+    be.matmul_forward({out.get(), DType::bf16}, dx.get(), dw.get(), db.get(), N, C, OC);
+    return fetch(be, out.get(), out.size());
+  };
+  const std::vector<std::uint16_t> want = product(*ref);
+  for (const char* lt : {"0", "1"}) {
+    auto gpu = cuda_bf16_with("", lt, "");
+    const std::vector<std::uint16_t> got = product(*gpu);
+    std::size_t off_by_one = 0, worse = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const int step = std::abs(int(got[i]) - int(want[i]));  // same sign: adjacent bit patterns
+      off_by_one += step == 1;
+      worse += step > 1;
+    }
+    std::printf("bf16 product out (cuBLASLt %s): %zu of %zu elements one bf16 step from cpu-bf16\n",
+                lt, off_by_one, got.size());
+    EXPECT_EQ(worse, 0u) << "cuBLASLt " << lt;
+    EXPECT_LE(off_by_one, got.size() / 100) << "cuBLASLt " << lt;
+    if (std::string(lt) == "1") {
+      const CublasLtUse use = cublaslt_use(*gpu);
+      EXPECT_EQ(use.fused, 1u);
+      EXPECT_EQ(use.fallbacks, 0u) << use.last_fallback;
+    }
+    DeviceBuffer<std::uint16_t> out(*gpu_, std::size_t(N) * OC);
+    auto dx = put(*gpu_, x), dw = put(*gpu_, w);
+    EXPECT_THROW(
+        gpu_->matmul_forward({out.get(), DType::bf16}, dx.get(), dw.get(), nullptr, N, C, OC),
+        Error);  // fp32 products do not write bf16
+  }
+}
+
+// 20 training steps with the qkv written in bf16 by its product (heads of 32: it is stored in
+// bf16) follow the fp32 CPU as Bf16TensorCoreAttentionTrainingFollowsCpu's do (the bias's
+// rounding is far smaller than the bounds).
+TEST_F(CudaOps, Bf16ProductOutputsTrainingFollowsCpu) {
+  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_BF16_OUTPUTS", "1");
+  auto direct = cuda_bf16_with("", "", "");
+  env.reset();
+  ASSERT_TRUE(direct->bf16_product_outputs());
+  expect_tensor_core_model_follows(*cpu_, *direct, 144);
 }
 
 // ---- NCCL (the multi-rank sums are tests/mpi/group_allreduce_test.cpp, on one GPU per rank)

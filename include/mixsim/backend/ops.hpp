@@ -93,6 +93,11 @@ class Backend {
   // this shape (cpu-bf16 and cuda-bf16 with tensor-core attention), so that qkv may be stored in
   // bf16; attention_forward and attention_backward accept a bf16 qkv only where this is true.
   virtual bool attention_rounds_qkv(int /*C*/, int /*NH*/) const { return false; }
+  // Whether the model should have products write bf16 outputs where it stores bf16 anyway (the
+  // qkv that attention rounds itself), instead of an fp32 product rounded by store(): cpu-bf16
+  // and cuda-bf16 when the environment sets MIXSIM_BF16_OUTPUTS=1 at construction (opt-in: the
+  // bias is then rounded to bf16 before it is added, see matmul_forward).
+  virtual bool bf16_product_outputs() const { return false; }
   // dst = src, stored as dst's type says (bf16: rounded to nearest even). dst and src must not
   // overlap.
   virtual void store(TensorOut dst, const float* src, std::size_t n) = 0;
@@ -118,8 +123,10 @@ class Backend {
                                   const float* mean, const float* rstd,  // (N)
                                   int N, int C) = 0;
 
-  // ---- out = inp @ weight^T + bias (bias nullable)
-  virtual void matmul_forward(float* out,                              // (N,OC)
+  // ---- out = inp @ weight^T + bias (bias nullable). A bf16 out (bf16 precision only) is the
+  // fp32 result with the bias rounded to bf16 before it is added (as cuBLASLt's bias epilogue
+  // takes it with a bf16 output, and as autocast does), then rounded to nearest even.
+  virtual void matmul_forward(TensorOut out,                           // (N,OC)
                               TensorIn inp,                            // (N,C)
                               const float* weight, const float* bias,  // (OC,C), (OC)
                               int N, int C, int OC) = 0;

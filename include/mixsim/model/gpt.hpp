@@ -72,6 +72,7 @@ class Gpt {
   EvalSums evaluate(const int* tokens, const int* targets, int B, int T);
 
  private:
+  bool qkv_rounded_by_store() const;
   struct Activations;
   struct LayerActs;
   void check_batch(const int* tokens, const int* targets, int B, int T, int maxB) const;

@@ -39,7 +39,9 @@ class CpuBackend final : public Backend {
         tc_attention_(env_switch("MIXSIM_TC_ATTENTION", true) &&
                       precision == MatmulPrecision::bf16),
         bf16_activations_(env_switch("MIXSIM_BF16_ACTIVATIONS", true) &&
-                          precision == MatmulPrecision::bf16) {}
+                          precision == MatmulPrecision::bf16),
+        bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", false) &&
+                      precision == MatmulPrecision::bf16) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
   }
@@ -97,13 +99,20 @@ class CpuBackend final : public Backend {
     MIXSIM_CHECK(N > 0 && C > 0 && mean && rstd, "layernorm_backward: N={} C={}", N, C);
     cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
   }
-  void matmul_forward(float* out, TensorIn inp, const float* weight, const float* bias, int N,
+  void matmul_forward(TensorOut out, TensorIn inp, const float* weight, const float* bias, int N,
                       int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_forward: N={} C={} OC={}", N, C, OC);
+    MIXSIM_CHECK(out.type == DType::fp32 || precision_ == MatmulPrecision::bf16,
+                 "matmul_forward: a bf16 out needs bf16 products (cpu-bf16), not {}", name());
     const float* x = operand(scratch_[0], inp, std::size_t(N) * C);
     if (precision_ == MatmulPrecision::bf16)
       weight = rounded(scratch_[1], weight, std::size_t(OC) * C);
-    cpu::matmul_forward(out, x, weight, bias, N, C, OC);
+    // a bf16 out: the bias rounded to bf16 first, as cuBLASLt's bias epilogue takes it
+    if (bias && out.type == DType::bf16) bias = rounded(scratch_[2], bias, OC);
+    const std::size_t n = std::size_t(N) * OC;
+    float* y = staging(out, n);
+    cpu::matmul_forward(y, x, weight, bias, N, C, OC);
+    narrow(out, y, n);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
                        const float* weight, int N, int C, int OC) override {
@@ -123,6 +132,7 @@ class CpuBackend final : public Backend {
   bool attention_rounds_qkv(int C, int NH) const override {
     return tc_attention_ && cpu::attention_bf16_supported(C, NH);
   }
+  bool bf16_product_outputs() const override { return bf16_outputs_; }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     MIXSIM_CHECK(!bytes_overlap(dst.data, n * element_bytes(dst.type), src, n * sizeof(float)),
                  "store: the destination overlaps the source");
@@ -258,9 +268,11 @@ class CpuBackend final : public Backend {
   // its reference: MIXSIM_TC_ATTENTION, cuda-bf16 runs attention on tensor cores
   // (kernels/attention_tc.cu) and cpu-bf16 rounds as those kernels do (attention_bf16.cpp);
   // MIXSIM_BF16_ACTIVATIONS, the model stores its product-only tensors in bf16
-  // (activation_storage).
+  // (activation_storage); MIXSIM_BF16_OUTPUTS (opt-in, off unless set to 1), products write the
+  // bf16 qkv themselves (bf16_product_outputs).
   bool tc_attention_;
   bool bf16_activations_;
+  bool bf16_outputs_;
   std::vector<float> scratch_[3];   // product operands rounded (cpu-bf16) or widened (bf16)
   std::vector<float> out_scratch_;  // outputs computed in fp32 before they are rounded to bf16
   std::vector<float> qkv_scratch_;  // a bf16 qkv widened for attention
