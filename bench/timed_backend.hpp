@@ -67,18 +67,18 @@ class TimedBackend final : public Backend {
                           int B, int T, int C, int NH) override {
     time("attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); });
   }
-  void gelu_forward(TensorOut o, const float* i, std::size_t n) override {
+  void gelu_forward(TensorOut o, TensorIn i, std::size_t n) override {
     time("gelu_forward", [&] { in_.gelu_forward(o, i, n); });
   }
-  void gelu_backward(float* di, const float* i, const float* d, std::size_t n) override {
+  void gelu_backward(TensorOut di, TensorIn i, const float* d, std::size_t n) override {
     time("gelu_backward", [&] { in_.gelu_backward(di, i, d, n); });
   }
-  void matmul_gelu_forward(TensorOut o, float* p, TensorIn i, const float* w, const float* b, int N,
-                           int C, int OC) override {
+  void matmul_gelu_forward(TensorOut o, TensorOut p, TensorIn i, const float* w, const float* b,
+                           int N, int C, int OC) override {
     time("matmul_gelu_forward", [&] { in_.matmul_gelu_forward(o, p, i, w, b, N, C, OC); });
   }
-  void gelu_matmul_backward(float* dp, float* dw, float* db, const float* d, TensorIn i,
-                            const float* p, const float* w, int N, int C, int OC) override {
+  void gelu_matmul_backward(TensorOut dp, float* dw, float* db, const float* d, TensorIn i,
+                            TensorIn p, const float* w, int N, int C, int OC) override {
     time("gelu_matmul_backward",
          [&] { in_.gelu_matmul_backward(dp, dw, db, d, i, p, w, N, C, OC); });
   }

@@ -83,7 +83,8 @@ int select_device(int device) {
 // the CPU's arithmetic); MIXSIM_BF16_ACTIVATIONS, cuda-bf16 asks the model to store the tensors
 // only products read in bf16 (activation_storage). And one opt-in, off unless set to 1, written
 // without a GPU at hand and not yet run on one: MIXSIM_BF16_OUTPUTS, products write the bf16 qkv
-// themselves (bf16_product_outputs; the bias rounded to bf16 first).
+// and the MLP's pre-activation and its gradient themselves (bf16_product_outputs; the bias
+// rounded to bf16 first).
 
 class CudaBackend final : public Backend {
  public:
@@ -203,7 +204,7 @@ class CudaBackend final : public Backend {
                                                                     inp.type, N, C, OC)),
                           stream_.get());
   }
-  void matmul_gelu_forward(TensorOut out, float* pre, TensorIn inp, const float* weight,
+  void matmul_gelu_forward(TensorOut out, TensorOut pre, TensorIn inp, const float* weight,
                            const float* bias, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_gelu_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
@@ -212,15 +213,15 @@ class CudaBackend final : public Backend {
         workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, N, C, OC)),
         stream_.get());
   }
-  void gelu_matmul_backward(float* dpre, float* dweight, float* dbias, const float* dout,
-                            TensorIn inp, const float* pre, const float* weight, int N, int C,
+  void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,
+                            TensorIn inp, TensorIn pre, const float* weight, int N, int C,
                             int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "gelu_matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::gelu_matmul_backward(cublas_.get(), lt_.get(), precision_, dpre, dweight, dbias, dout,
                                inp, pre, weight, N, C, OC,
-                               workspace(cuda::matmul_backward_workspace(
-                                   precision_, lt_ != nullptr, DType::fp32, inp.type, N, C, OC)),
+                               workspace(cuda::gelu_matmul_backward_workspace(
+                                   precision_, lt_ != nullptr, dpre.type, inp.type, N, C, OC)),
                                stream_.get());
   }
   // The tensor-core kernels read q, k and v rounded to bf16 (the fp32 ones read fp32 rows).
@@ -260,10 +261,10 @@ class CudaBackend final : public Backend {
                                T, C, NH, workspace(cuda::attention_backward_workspace(B, T, NH)),
                                stream_.get());
   }
-  void gelu_forward(TensorOut out, const float* inp, std::size_t n) override {
+  void gelu_forward(TensorOut out, TensorIn inp, std::size_t n) override {
     cuda::gelu_forward(out, inp, n, stream_.get());
   }
-  void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) override {
+  void gelu_backward(TensorOut dinp, TensorIn inp, const float* dout, std::size_t n) override {
     cuda::gelu_backward(dinp, inp, dout, n, stream_.get());
   }
   void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {

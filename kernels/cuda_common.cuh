@@ -76,6 +76,13 @@ __device__ inline void store(float* p, float v) {
 __device__ inline void store(__nv_bfloat16* p, float v) {
   *p = __float2bfloat16_rn(v);
 }
+// Loads an element as fp32 (a bf16 one widened, exact).
+__device__ inline float load(const float* p) {
+  return *p;
+}
+__device__ inline float load(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
 
 // A kernel that takes more than the default 48 KiB of dynamic shared memory per block must opt
 // in to it, per kernel (up to the device's limit, cudaDevAttrMaxSharedMemoryPerBlockOptin).

@@ -45,11 +45,11 @@ struct Workspace {
 // then the partials are added in chunk order: fixed order, no atomics (reduce.cu).
 constexpr int kRowChunk = 256;
 
-// ---- reduce.cu: dst[c] += sum over rows of x[r, c] (x is (N, C)), deterministic; with
-// `rounded`, the same pass also writes x rounded to bf16 there (N x C).
+// ---- reduce.cu: dst[c] += sum over rows of x[r, c] (x is (N, C), fp32 or bf16), deterministic;
+// with `rounded` (an fp32 x only), the same pass also writes x rounded to bf16 there (N x C).
 std::size_t column_sums_workspace(int N, int C);
-void column_sums_accumulate(float* dst, const float* x, int N, int C, Workspace ws,
-                            cudaStream_t stream, __nv_bfloat16* rounded = nullptr);
+void column_sums_accumulate(float* dst, TensorIn x, int N, int C, Workspace ws, cudaStream_t stream,
+                            __nv_bfloat16* rounded = nullptr);
 // dst[c] += sum over k = 0..chunks-1 of partials[k, c], in that order.
 void accumulate_partials(float* dst, const float* partials, int chunks, int C, cudaStream_t stream);
 
@@ -101,7 +101,7 @@ void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precisi
                     Workspace ws, cudaStream_t stream);
 // The same workspace as matmul_forward.
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                         TensorOut out, float* pre, TensorIn inp, const float* weight,
+                         TensorOut out, TensorOut pre, TensorIn inp, const float* weight,
                          const float* bias, int N, int C, int OC, Workspace ws,
                          cudaStream_t stream);
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
@@ -109,10 +109,12 @@ std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType 
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
                      float* dbias, TensorIn dout, TensorIn inp, const float* weight, int N, int C,
                      int OC, Workspace ws, cudaStream_t stream);
-// The workspace of matmul_backward with an fp32 dout.
+std::size_t gelu_matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dpre,
+                                           DType inp, int N, int C, int OC);
+// dpre and pre of one type: fp32, or (bf16 products) bf16.
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                          float* dpre, float* dweight, float* dbias, const float* dout,
-                          TensorIn inp, const float* pre, const float* weight, int N, int C, int OC,
+                          TensorOut dpre, float* dweight, float* dbias, const float* dout,
+                          TensorIn inp, TensorIn pre, const float* weight, int N, int C, int OC,
                           Workspace ws, cudaStream_t stream);
 
 // ---- attention.cu (fused causal attention; head size up to kMaxHeadSize)
@@ -138,8 +140,8 @@ void attention_backward_tc(float* dqkv, const float* dout, TensorIn qkv, const f
                            cudaStream_t stream);
 
 // ---- gelu.cu
-void gelu_forward(TensorOut out, const float* inp, std::size_t n, cudaStream_t stream);
-void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n,
+void gelu_forward(TensorOut out, TensorIn inp, std::size_t n, cudaStream_t stream);
+void gelu_backward(TensorOut dinp, TensorIn inp, const float* dout, std::size_t n,
                    cudaStream_t stream);
 
 // ---- residual.cu

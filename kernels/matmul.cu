@@ -160,7 +160,8 @@ const char* epilogue_name(cublasLtEpilogue_t kind) {
 struct Epilogue {
   cublasLtEpilogue_t kind = CUBLASLT_EPILOGUE_DEFAULT;
   const void* bias = nullptr;  // BIAS variants: (m), of D's type
-  float* aux = nullptr;        // GELU_AUX*: written (the GELU's input); DGELU: read; (m, n)
+  void* aux = nullptr;         // GELU_AUX*: written (the GELU's input); DGELU: read; (m, n), of
+                               // D's type
   std::int64_t aux_ld = 0;     // cuBLASLt requires a multiple of 8
 };
 
@@ -356,12 +357,17 @@ void forward_product(cublasHandle_t handle, LtMatmul* lt, Output out, Operand w,
   gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, beta, out, OC);
 }
 
-// The gradient dout (N,OC) as the backward products' operand, and dbias += its column sums
-// (fp32: the caller has checked). In bf16 precision one pass does both: the column sums' kernel
-// writes the rounded copy as it reads dout (bit-identical to rounding it on its own).
+// The gradient dout (N,OC) as the backward products' operand, and dbias += its column sums (of
+// dout as stored: fp32, or bf16 widened). With an fp32 dout in bf16 precision one pass does both:
+// the column sums' kernel writes the rounded copy as it reads dout (bit-identical to rounding it on
+// its own).
 Operand gradient_operand(MatmulPrecision precision, float* dbias, TensorIn dout, int N, int OC,
                          Workspace& ws, cudaStream_t stream) {
   if (!dbias) return operand(precision, dout, std::size_t(N) * OC, ws, stream);
+  if (dout.type == DType::bf16) {  // the bias gradient sums the stored bf16 values
+    column_sums_accumulate(dbias, dout, N, OC, ws, stream);
+    return operand(precision, dout, std::size_t(N) * OC, ws, stream);
+  }
   const auto* g = static_cast<const float*>(dout.data);
   if (precision == MatmulPrecision::fp32) {
     column_sums_accumulate(dbias, g, N, OC, ws, stream);
@@ -409,21 +415,26 @@ void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precisi
 }
 
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                         TensorOut out, float* pre, TensorIn inp, const float* weight,
+                         TensorOut out, TensorOut pre, TensorIn inp, const float* weight,
                          const float* bias, int N, int C, int OC, Workspace ws,
                          cudaStream_t stream) {
   check_dims("matmul_gelu_forward", N, C, OC);
+  CUDA_REQUIRE(
+      pre.type == DType::fp32 || (precision == MatmulPrecision::bf16 && out.type == DType::bf16),
+      "matmul_gelu_forward",
+      std::string("a bf16 pre needs bf16 products (cuda-bf16) and a bf16 out"));
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
-  // With a bf16 out, the GELU epilogue is not asked: its aux matrix (pre, which the backward
-  // pass needs in fp32) has D's type in cuBLASLt except in fp8 kernels (cublasLt.h,
-  // EPILOGUE_AUX_DATA_TYPE). The product then still takes its bias in the epilogue, and the GELU
-  // kernel writes the bf16 out.
-  if (lt && out.type == DType::fp32) {
+  // With a bf16 out, the GELU epilogue is not asked: its aux matrix (pre) has D's type in
+  // cuBLASLt except in fp8 kernels (cublasLt.h, EPILOGUE_AUX_DATA_TYPE), so an fp32 pre cannot be
+  // its aux, and a bf16 pre is what the GELU must read (the epilogue would take the GELU of the
+  // unrounded sum). The product then still takes its bias in the epilogue, and the GELU kernel
+  // writes the bf16 out from pre as stored.
+  if (lt && out.type == DType::fp32 && pre.type == DType::fp32) {
     // out^T (OC,N) = gelu(pre^T), pre^T = w . x^T + bias: pre is the epilogue's aux matrix.
     const Epilogue ep{bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias,
-                      pre, OC};
+                      pre.data, OC};
     if (OC % 8 != 0)
       lt->refuse("cuBLASLt's GELU epilogue needs OC divisible by 8, got OC=" + std::to_string(OC));
     else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, output(out), OC, ep, ws,
@@ -442,23 +453,32 @@ std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType 
          (lt ? kLtWorkspaceBytes : 0);
 }
 
+std::size_t gelu_matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dpre,
+                                           DType inp, int N, int C, int OC) {
+  // a bf16 dpre without the fused epilogue: the product in fp32 first
+  return matmul_backward_workspace(precision, lt, DType::fp32, inp, N, C, OC) +
+         (dpre == DType::bf16 ? Workspace::aligned(std::size_t(N) * C * sizeof(float)) : 0);
+}
+
 namespace {
 
-// The backward products of out = inp @ weight^T (+ bias): dinp (assigned; nullable), dweight and
-// dbias (+=). With `pre`, inp was gelu(pre) and dinp becomes the gradient of pre: the GELU's
-// derivative in the product's epilogue where cuBLASLt can, else the GELU kernel after it.
-void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, float* dinp,
-                       float* dweight, float* dbias, TensorIn dout, TensorIn inp, const float* pre,
-                       const float* weight, int N, int C, int OC, Workspace& ws,
+// The backward products of out = inp @ weight^T (+ bias): dinp (assigned; null data to skip),
+// dweight and dbias (+=). With `pre`, inp was gelu(pre) and dinp becomes the gradient of pre: the
+// GELU's derivative in the product's epilogue where cuBLASLt can (pre is its aux matrix, of
+// dinp's type), else the GELU kernel after the product (which a bf16 dinp takes in fp32 first,
+// so that it is rounded once either way).
+void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
+                       TensorOut dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
+                       TensorIn pre, const float* weight, int N, int C, int OC, Workspace& ws,
                        cudaStream_t stream) {
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand g = gradient_operand(precision, dbias, dout, N, OC, ws, stream);
   // dinp^T (C,N) = weight^T (C,OC) . dout^T (OC,N)   (assigned), through gelu'(pre^T)
-  if (dinp) {
+  if (dinp.data) {
     const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
     bool fused = false;
-    if (pre && lt) {  // pre is the DGELU epilogue's aux matrix
-      const Epilogue ep{CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C};
+    if (pre.data && lt) {
+      const Epilogue ep{CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<void*>(pre.data), C};
       if (C % 8 != 0)
         lt->refuse("cuBLASLt's GELU epilogue needs C divisible by 8, got C=" + std::to_string(C));
       else
@@ -466,8 +486,11 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
                         stream);
     }
     if (!fused) {
-      gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(dinp), C);
-      if (pre) gelu_backward(dinp, pre, dinp, std::size_t(N) * C, stream);
+      const std::size_t n = std::size_t(N) * C;
+      float* product =
+          dinp.type == DType::fp32 ? static_cast<float*>(dinp.data) : ws.take<float>(n);
+      gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(product), C);
+      if (pre.data) gelu_backward(dinp, pre, product, n, stream);
     }
   }
   weight_gradient(handle, precision, dweight, g, inp, N, C, OC, ws, stream);
@@ -479,19 +502,21 @@ void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* di
                      float* dbias, TensorIn dout, TensorIn inp, const float* weight, int N, int C,
                      int OC, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_backward", N, C, OC);
-  CUDA_REQUIRE(!dbias || dout.type == DType::fp32, "matmul_backward (a bias gradient)",
-               std::string("a bf16 dout"));
   backward_products(handle, nullptr, precision, dinp, dweight, dbias, dout, inp, nullptr, weight, N,
                     C, OC, ws, stream);
 }
 
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                          float* dpre, float* dweight, float* dbias, const float* dout,
-                          TensorIn inp, const float* pre, const float* weight, int N, int C, int OC,
+                          TensorOut dpre, float* dweight, float* dbias, const float* dout,
+                          TensorIn inp, TensorIn pre, const float* weight, int N, int C, int OC,
                           Workspace ws, cudaStream_t stream) {
   check_dims("gelu_matmul_backward", N, C, OC);
-  CUDA_REQUIRE(dpre != nullptr && pre != nullptr, "gelu_matmul_backward",
+  CUDA_REQUIRE(dpre.data != nullptr && pre.data != nullptr, "gelu_matmul_backward",
                std::string("a null dpre or pre"));
+  CUDA_REQUIRE(
+      dpre.type == pre.type && (dpre.type == DType::fp32 || precision == MatmulPrecision::bf16),
+      "gelu_matmul_backward",
+      std::string("dpre and pre of different types, or a bf16 dpre from fp32 products"));
   backward_products(handle, lt, precision, dpre, dweight, dbias, dout, inp, pre, weight, N, C, OC,
                     ws, stream);
 }

@@ -11,8 +11,9 @@ namespace {
 
 constexpr int kRowLanes = 8;  // threads per column in a chunk; block = (32 columns, kRowLanes)
 
-__global__ void column_partials_kernel(float* partials, __nv_bfloat16* rounded, const float* x,
-                                       int N, int C) {
+template <class In>
+__global__ void column_partials_kernel(float* partials, __nv_bfloat16* rounded, const In* x, int N,
+                                       int C) {
   __shared__ float sums[kRowLanes][kWarpSize];
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
   const int r0 = blockIdx.y * kRowChunk, r1 = min(N, r0 + kRowChunk);
@@ -20,7 +21,7 @@ __global__ void column_partials_kernel(float* partials, __nv_bfloat16* rounded, 
   if (c < C)
     for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
       const std::size_t i = std::size_t(r) * C + c;
-      const float v = x[i];
+      const float v = load(x + i);
       s += v;
       if (rounded) rounded[i] = __float2bfloat16_rn(v);
     }
@@ -56,14 +57,21 @@ void accumulate_partials(float* dst, const float* partials, int chunks, int C,
   CUDA_CHECK_LAUNCH(accumulate_partials_kernel);
 }
 
-void column_sums_accumulate(float* dst, const float* x, int N, int C, Workspace ws,
-                            cudaStream_t stream, __nv_bfloat16* rounded) {
+void column_sums_accumulate(float* dst, TensorIn x, int N, int C, Workspace ws, cudaStream_t stream,
+                            __nv_bfloat16* rounded) {
   CUDA_REQUIRE(N > 0 && C > 0, "column_sums_accumulate", dims({{"N", N}, {"C", C}}));
+  CUDA_REQUIRE(!rounded || x.type == DType::fp32, "column_sums_accumulate",
+               std::string("a rounded copy of a bf16 x"));
   const int chunks = CEIL_DIV(N, kRowChunk);
   CUDA_REQUIRE(chunks <= 65535, "column_sums_accumulate (grid.y)", dims({{"N", N}}));
   float* partials = ws.take<float>(std::size_t(chunks) * C);
   const dim3 grid(CEIL_DIV(C, kWarpSize), chunks), block(kWarpSize, kRowLanes);
-  column_partials_kernel<<<grid, block, 0, stream>>>(partials, rounded, x, N, C);
+  if (x.type == DType::bf16)
+    column_partials_kernel<<<grid, block, 0, stream>>>(
+        partials, rounded, static_cast<const __nv_bfloat16*>(x.data), N, C);
+  else
+    column_partials_kernel<<<grid, block, 0, stream>>>(partials, rounded,
+                                                       static_cast<const float*>(x.data), N, C);
   CUDA_CHECK_LAUNCH(column_partials_kernel);
   accumulate_partials(dst, partials, chunks, C, stream);
 }

@@ -155,8 +155,9 @@ check_torch gpt2-wide-bf16-tc-lt cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --l
 unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS
 check_torch gpt2-wide-bf16-all cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
-# And the opt-in not yet run on a GPU: the qkv product writes bf16 itself, its bias rounded to
-# bf16 first (the dump's biases are random: the rounding shows, far inside the tolerances).
+# And the opt-in not yet run on a GPU: the products write the qkv, the MLP's pre-activation and
+# its gradient in bf16 themselves, biases rounded to bf16 first (the dump's biases are random:
+# the rounding shows, far inside the tolerances).
 export MIXSIM_BF16_OUTPUTS=1
 check_torch gpt2-wide-bf16-outputs cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2

@@ -17,7 +17,8 @@
 // mixsim-bf16tc, else mixsim-bf16mm), MIXSIM_CUBLASLT (bias and GELU in cuBLASLt epilogues, label
 // suffix +lt, with the count of fused and fallen-back products) and MIXSIM_BF16_ACTIVATIONS
 // (cuda-bf16 stores the tensors only products read in bf16, label suffix +act); and the opt-in
-// MIXSIM_BF16_OUTPUTS=1 (the qkv product writes bf16 itself, label suffix +out).
+// MIXSIM_BF16_OUTPUTS=1 (products write bf16 themselves where the model stores bf16, label suffix
+// +out).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -149,7 +150,7 @@ int main(int argc, char** argv) {
     const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
     // MIXSIM_BF16_ACTIVATIONS: product-only tensors stored in bf16 ("+act")
     const bool bf16_act = gpu->activation_storage() == mixsim::DType::bf16;
-    // MIXSIM_BF16_OUTPUTS=1 (opt-in): the qkv product writes bf16 itself ("+out")
+    // MIXSIM_BF16_OUTPUTS=1 (opt-in): products write bf16 themselves ("+out")
     const bool bf16_out = gpu->bf16_product_outputs();
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
                                           : tc_attention         ? "mixsim-bf16tc"

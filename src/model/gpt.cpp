@@ -81,7 +81,7 @@ struct Gpt::Activations {
   TensorOut ln2;       // (L, R, C)
   float* ln2_mean;     // (L, R)
   float* ln2_rstd;     // (L, R)
-  float* fch;          // (L, R, 4C)
+  TensorOut fch;       // (L, R, 4C): bf16 where the products write it so (pre_storage)
   TensorOut fch_gelu;  // (L, R, 4C)
   float* residual3;    // (L, R, C)
   float* proj;         // (R, C) output of a projection before the residual add (not kept)
@@ -111,7 +111,7 @@ struct Gpt::LayerActs {
   TensorOut ln2;       // (B,T,C)
   float* ln2_mean;     // (B,T) nullable
   float* ln2_rstd;     // (B,T) nullable
-  float* fch;          // (B,T,4C)
+  TensorOut fch;       // (B,T,4C)
   TensorOut fch_gelu;  // (B,T,4C)
   float* residual3;    // (B,T,C)
   float* qkv_product;  // (B,T,3C) fp32, rounded into a bf16 qkv; null when qkv is fp32
@@ -165,6 +165,10 @@ DType Gpt::qkv_storage() const {
 // themselves (then the bias is rounded first: Backend::matmul_forward).
 bool Gpt::qkv_rounded_by_store() const {
   return qkv_storage() == DType::bf16 && !backend_.bf16_product_outputs();
+}
+
+DType Gpt::pre_storage() const {
+  return storage_ == DType::bf16 && backend_.bf16_product_outputs() ? DType::bf16 : DType::fp32;
 }
 
 float* Gpt::grads() {
@@ -272,7 +276,8 @@ void Gpt::ensure_training() {
     a.ln2 = next_t(L * R * C);
     a.ln2_mean = next_f(L * R);
     a.ln2_rstd = next_f(L * R);
-    a.fch = next_f(L * R * 4 * C);
+    const DType pst = pre_storage();
+    a.fch = TensorOut{next(L * R * 4 * C, pst), pst};
     a.fch_gelu = next_t(L * R * 4 * C);
     a.residual3 = next_f(L * R * C);
     a.proj = next_f(R * C);
@@ -287,7 +292,7 @@ void Gpt::ensure_training() {
     a.dbuf4 = next_f(R * 4 * C);
     return at;
   };
-  static_assert(sizeof(Activations) == 19 * sizeof(float*) + 6 * sizeof(TensorOut),
+  static_assert(sizeof(Activations) == 18 * sizeof(float*) + 7 * sizeof(TensorOut),
                 "carve() assigns each of the 25");
   acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
   carve(acts_memory_.get());
@@ -311,7 +316,7 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
           from(a.ln2, L * R * C),
           a.ln2_mean + L * R,
           a.ln2_rstd + L * R,
-          a.fch + L * R * 4 * C,
+          from(a.fch, L * R * 4 * C),
           from(a.fch_gelu, L * R * 4 * C),
           a.residual3 + L * R * C,
           a.qkv_product};
@@ -391,10 +396,11 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
   Activations& s = *acts_;
   const float* residual = l == 0 ? s.encoded : train_layer(l - 1).residual3;
   // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on).
-  // dbuf4 = the gradient of fch, through the GELU.
-  be.gelu_matmul_backward(s.dbuf4, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, a.fch, p.fcprojw,
-                          N, 4 * C, C);
-  be.matmul_backward(s.dbuf, g.fcw, g.fcb, s.dbuf4, a.ln2, p.fcw, N, C, 4 * C);
+  // dbuf4 = the gradient of fch, through the GELU (stored as fch is).
+  const TensorOut dpre{s.dbuf4, a.fch.type};
+  be.gelu_matmul_backward(dpre, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, a.fch, p.fcprojw, N,
+                          4 * C, C);
+  be.matmul_backward(s.dbuf, g.fcw, g.fcb, dpre, a.ln2, p.fcw, N, C, 4 * C);
   be.layernorm_backward(s.dresidual, g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w, a.ln2_mean,
                         a.ln2_rstd, N, C);
   // Attention; dbuf4 now holds dqkv (B,T,3C).
@@ -472,8 +478,9 @@ Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
   // which the block writes only later.
   const TensorOut qkv_t{qkv, qkv_storage()};
   float* qkv_product = qkv_rounded_by_store() ? fch : nullptr;
+  const TensorOut fch_t{fch, pre_storage()};
   return {ln_t, nullptr, nullptr, qkv_t, atty,       nullptr, proj,       res,
-          ln_t, nullptr, nullptr, fch,   fch_gelu_t, res,     qkv_product};
+          ln_t, nullptr, nullptr, fch_t, fch_gelu_t, res,     qkv_product};
 }
 
 EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {

@@ -1230,6 +1230,24 @@ TEST_F(CudaOps, Bf16QkvStorageChangesNothing) {
 
 // ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS=1, opt-in; written without a GPU at hand)
 
+namespace {
+
+// Of two bf16 tensors, the number of elements one step apart and the number further apart (same
+// sign: neighbouring values have neighbouring bit patterns).
+std::pair<std::size_t, std::size_t> bf16_steps(const std::vector<std::uint16_t>& got,
+                                               const std::vector<std::uint16_t>& want,
+                                               int near = 1) {
+  std::size_t off = 0, worse = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const int step = std::abs(int(got[i]) - int(want[i]));
+    off += step >= 1 && step <= near;
+    worse += step > near;
+  }
+  return {off, worse};
+}
+
+}  // namespace
+
 // A product's bf16 out on cuda-bf16, through cuBLASLt's bias epilogue and through plain cuBLAS
 // (the bf16 bias broadcast, beta = 1), against cpu-bf16's: the fp32 result with the bias rounded
 // to bf16 first, rounded. The sums' order differs (~1e-7 relative), which tips an element to the
@@ -1252,12 +1270,7 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
   for (const char* lt : {"0", "1"}) {
     auto gpu = cuda_bf16_with("", lt, "");
     const std::vector<std::uint16_t> got = product(*gpu);
-    std::size_t off_by_one = 0, worse = 0;
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      const int step = std::abs(int(got[i]) - int(want[i]));  // same sign: adjacent bit patterns
-      off_by_one += step == 1;
-      worse += step > 1;
-    }
+    const auto [off_by_one, worse] = bf16_steps(got, want);
     std::printf("bf16 product out (cuBLASLt %s): %zu of %zu elements one bf16 step from cpu-bf16\n",
                 lt, off_by_one, got.size());
     EXPECT_EQ(worse, 0u) << "cuBLASLt " << lt;
@@ -1272,6 +1285,67 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
     EXPECT_THROW(
         gpu_->matmul_forward({out.get(), DType::bf16}, dx.get(), dw.get(), nullptr, N, C, OC),
         Error);  // fp32 products do not write bf16
+  }
+}
+
+// The MLP with bf16 pre and dpre (MIXSIM_BF16_OUTPUTS=1) on cuda-bf16, through cuBLASLt (bias
+// and DGELU epilogues) and through plain cuBLAS and the GELU kernels, against cpu-bf16's
+// (MlpWithBf16PreAndItsGradient on the CPU): pre and out (the GELU of pre as stored) at most one
+// bf16 step from the CPU's, in at most 1% of the elements (the order of fp32 sums, as in
+// Bf16ProductOutputs); dpre at most two steps (a pre one step off moves gelu'(pre) too), in at
+// most 5% (cuBLASLt's GELU derivative is its own fp32 arithmetic, ~1e-4 relative: with bf16's
+// half step of 2e-3 that tips ~2.5%); the projection's weight and bias gradients as below.
+TEST_F(CudaOps, Bf16MlpProductOutputs) {
+  auto ref = make_cpu_backend(MatmulPrecision::bf16);
+  const int H = 4 * C;
+  const auto x = random_floats(std::size_t(N) * C, 151),
+             w = random_floats(std::size_t(H) * C, 152, 1 / std::sqrt(double(C))),
+             bias = random_floats(H, 153), wp = random_floats(std::size_t(C) * H, 154),
+             dout = random_floats(std::size_t(N) * C, 155);
+  struct Mlp {
+    std::vector<std::uint16_t> pre, out, dpre;
+    std::vector<float> dw, db;
+  };
+  auto mlp = [&](Backend& be) {
+    auto dx = put(be, x), dw = put(be, w), db = put(be, bias), dwp = put(be, wp),
+         dd = put(be, dout);
+    auto pre = put(be, std::vector<std::uint16_t>(std::size_t(N) * H, 0xffff));
+    auto out = put(be, std::vector<std::uint16_t>(pre.size(), 0xffff));
+    auto dpre = put(be, std::vector<std::uint16_t>(pre.size(), 0xffff));
+    auto gw = put(be, std::vector<float>(wp.size(), 0.5f));
+    auto gb = put(be, std::vector<float>(C, 0.25f));
+    const TensorOut pre_t{pre.get(), DType::bf16}, out_t{out.get(), DType::bf16};
+    be.matmul_gelu_forward(out_t, pre_t, dx.get(), dw.get(), db.get(), N, C, H);
+    be.gelu_matmul_backward({dpre.get(), DType::bf16}, gw.get(), gb.get(), dd.get(), out_t, pre_t,
+                            dwp.get(), N, H, C);
+    return Mlp{fetch(be, pre.get(), pre.size()), fetch(be, out.get(), out.size()),
+               fetch(be, dpre.get(), dpre.size()), fetch(be, gw.get(), gw.size()),
+               fetch(be, gb.get(), gb.size())};
+  };
+  const Mlp want = mlp(*ref);
+  for (const char* lt : {"0", "1"}) {
+    auto gpu = cuda_bf16_with("", lt, "");
+    const Mlp got = mlp(*gpu);
+    for (const auto& [name, g, r, near, share] :
+         {std::tuple{"pre", &got.pre, &want.pre, 1, 100},
+          std::tuple{"out", &got.out, &want.out, 1, 100},
+          std::tuple{"dpre", &got.dpre, &want.dpre, 2, 20}}) {
+      const auto [off, worse] = bf16_steps(*g, *r, near);
+      std::printf(
+          "bf16 MLP (cuBLASLt %s) %s: %zu of %zu elements up to %d bf16 steps from cpu-bf16\n", lt,
+          name, off, g->size(), near);
+      EXPECT_EQ(worse, 0u) << name << " cuBLASLt " << lt;
+      EXPECT_LE(off, g->size() / share) << name << " cuBLASLt " << lt;
+    }
+    // dweight sums N products of out (bf16, a few elements a step apart) and dout: bound 1e-3
+    // (relative L2; a wrong layout is off by ~1); dbias sums the same fp32 dout on both sides
+    EXPECT_LT(rel_l2(Pair{want.dw, got.dw}), 1e-3) << "cuBLASLt " << lt;
+    expect_close(Pair{want.db, got.db}, 1e-5, 1e-5, "bf16 MLP dbias");
+    if (std::string(lt) == "1") {  // the fc bias and the DGELU product fused
+      const CublasLtUse use = cublaslt_use(*gpu);
+      EXPECT_EQ(use.fused, 2u);
+      EXPECT_EQ(use.fallbacks, 0u) << use.last_fallback;
+    }
   }
 }
 

@@ -1,12 +1,15 @@
 // The op set the model is written over: every tensor operation of GPT-2 training, evaluation and
-// model averaging, as calls on an abstract Backend (fp32 CPU now, CUDA later, same signatures).
+// model averaging, as calls on an abstract Backend (the CPU and CUDA backends implement it).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <utility>
+
+#include "mixsim/core/error_types.hpp"
 
 namespace mixsim {
 
@@ -94,9 +97,10 @@ class Backend {
   // bf16; attention_forward and attention_backward accept a bf16 qkv only where this is true.
   virtual bool attention_rounds_qkv(int /*C*/, int /*NH*/) const { return false; }
   // Whether the model should have products write bf16 outputs where it stores bf16 anyway (the
-  // qkv that attention rounds itself), instead of an fp32 product rounded by store(): cpu-bf16
-  // and cuda-bf16 when the environment sets MIXSIM_BF16_OUTPUTS=1 at construction (opt-in: the
-  // bias is then rounded to bf16 before it is added, see matmul_forward).
+  // qkv that attention rounds itself, instead of an fp32 product rounded by store(); the MLP's
+  // pre-activation and its gradient): cpu-bf16 and cuda-bf16 when the environment sets
+  // MIXSIM_BF16_OUTPUTS=1 at construction (opt-in: biases are then rounded to bf16 before they
+  // are added, see matmul_forward).
   virtual bool bf16_product_outputs() const { return false; }
   // dst = src, stored as dst's type says (bf16: rounded to nearest even). dst and src must not
   // overlap.
@@ -131,7 +135,7 @@ class Backend {
                               const float* weight, const float* bias,  // (OC,C), (OC)
                               int N, int C, int OC) = 0;
   // dinp = dout @ weight (assigned; nullable to skip); dweight, dbias += (dbias nullable; the
-  // bias gradient sums an fp32 dout: with a bf16 dout, dbias must be null).
+  // bias gradient sums dout as it is stored, in fp32 sums).
   virtual void matmul_backward(float* dinp,                        // (N,C)
                                float* dweight, float* dbias,       // (OC,C), (OC)
                                TensorIn dout,                      // (N,OC)
@@ -149,14 +153,18 @@ class Backend {
                                   const float* lse,                 // (B,NH,T)
                                   int B, int T, int C, int NH) = 0;
 
-  // ---- GELU (tanh approximation, as GPT-2); backward may run in place (dinp == dout)
-  virtual void gelu_forward(TensorOut out, const float* inp, std::size_t n) = 0;
-  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) = 0;
+  // ---- GELU (tanh approximation, as GPT-2), of an fp32 or bf16 input (a bf16 one widened,
+  // exact); backward: dinp = gelu'(inp) dout, rounded when dinp is bf16, and may run in place
+  // (dinp == dout, both fp32)
+  virtual void gelu_forward(TensorOut out, TensorIn inp, std::size_t n) = 0;
+  virtual void gelu_backward(TensorOut dinp, TensorIn inp, const float* dout, std::size_t n) = 0;
 
   // ---- the MLP's two matmul + GELU pairs as one op each, which a backend may fuse (the CUDA
   // backend can, in cuBLASLt epilogues); the defaults run the ops above, one after the other.
-  // The fc layer: pre = inp @ weight^T + bias (bias nullable), out = gelu(pre).
-  virtual void matmul_gelu_forward(TensorOut out, float* pre,               // (N,OC), (N,OC)
+  // The fc layer: pre = inp @ weight^T + bias (bias nullable), out = gelu(pre). A bf16 pre
+  // (bf16 products only, with a bf16 out) is matmul_forward's bf16 out, and the GELU reads it as
+  // stored: out = gelu(pre) from the rounded pre, which backward reads too.
+  virtual void matmul_gelu_forward(TensorOut out, TensorOut pre,            // (N,OC), (N,OC)
                                    TensorIn inp,                            // (N,C)
                                    const float* weight, const float* bias,  // (OC,C), (OC)
                                    int N, int C, int OC) {
@@ -165,15 +173,20 @@ class Backend {
   }
   // The backward of the projection that follows it, matmul(gelu(pre)): matmul_backward with
   // inp = gelu(pre), then the gradient is taken through the GELU, so that dpre (assigned, not
-  // nullable) is the gradient of pre.
-  virtual void gelu_matmul_backward(float* dpre,                     // (N,C)
-                                    float* dweight, float* dbias,    // (OC,C), (OC) +=
-                                    const float* dout,               // (N,OC)
-                                    TensorIn inp, const float* pre,  // (N,C): gelu(pre), pre
-                                    const float* weight,             // (OC,C)
+  // nullable) is the gradient of pre. A bf16 dpre (with a bf16 pre) is gelu'(pre) times the fp32
+  // product, rounded once; the default runs only the fp32 case, a backend that writes bf16 dpre
+  // overrides it.
+  virtual void gelu_matmul_backward(TensorOut dpre,                // (N,C)
+                                    float* dweight, float* dbias,  // (OC,C), (OC) +=
+                                    const float* dout,             // (N,OC)
+                                    TensorIn inp, TensorIn pre,    // (N,C): gelu(pre), pre
+                                    const float* weight,           // (OC,C)
                                     int N, int C, int OC) {
-    matmul_backward(dpre, dweight, dbias, dout, inp, weight, N, C, OC);
-    gelu_backward(dpre, pre, dpre, std::size_t(N) * C);
+    if (dpre.type != DType::fp32)
+      throw Error(std::string(name()) + ": gelu_matmul_backward writes no bf16 dpre");
+    auto* d = static_cast<float*>(dpre.data);
+    matmul_backward(d, dweight, dbias, dout, inp, weight, N, C, OC);
+    gelu_backward(dpre, pre, d, std::size_t(N) * C);
   }
 
   // ---- out = a + b (out may alias a or b)

@@ -117,17 +117,18 @@ class CpuBackend final : public Backend {
   void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
                        const float* weight, int N, int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_backward: N={} C={} OC={}", N, C, OC);
-    MIXSIM_CHECK(!dbias || dout.type == DType::fp32,
-                 "matmul_backward: a bias gradient needs an fp32 dout, got bf16");
     // As cuda-bf16: the products take bf16 operands (rounded here, or stored so; in fp32
-    // precision fp32 ones as given), the bias gradient sums the fp32 dout.
+    // precision fp32 ones as given), the bias gradient sums dout as stored (an fp32 one
+    // unrounded, a bf16 one widened).
     const float* w = dinp && precision_ == MatmulPrecision::bf16
                          ? rounded(scratch_[1], weight, std::size_t(OC) * C)
                          : weight;
-    cpu::matmul_backward(dinp, dweight, static_cast<float*>(nullptr),
-                         operand(scratch_[0], dout, std::size_t(N) * OC),
+    const float* g = operand(scratch_[0], dout, std::size_t(N) * OC);
+    cpu::matmul_backward(dinp, dweight, static_cast<float*>(nullptr), g,
                          operand(scratch_[2], inp, std::size_t(N) * C), w, N, C, OC);
-    if (dbias) cpu::bias_backward(dbias, static_cast<const float*>(dout.data), N, OC);
+    if (dbias)
+      cpu::bias_backward(dbias, dout.type == DType::fp32 ? static_cast<const float*>(dout.data) : g,
+                         N, OC);
   }
   bool attention_rounds_qkv(int C, int NH) const override {
     return tc_attention_ && cpu::attention_bf16_supported(C, NH);
@@ -160,13 +161,36 @@ class CpuBackend final : public Backend {
     else
       cpu::attention_backward(dqkv, dout, x, out, lse, B, T, C, NH);
   }
-  void gelu_forward(TensorOut out, const float* inp, std::size_t n) override {
+  void gelu_forward(TensorOut out, TensorIn inp, std::size_t n) override {
+    const float* x = wide(scratch_[0], inp, n);
     float* o = staging(out, n);
-    cpu::gelu_forward(o, inp, n);
+    cpu::gelu_forward(o, x, n);
     narrow(out, o, n);
   }
-  void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) override {
-    cpu::gelu_backward(dinp, inp, dout, n);
+  void gelu_backward(TensorOut dinp, TensorIn inp, const float* dout, std::size_t n) override {
+    MIXSIM_CHECK(dinp.type == DType::fp32 || !bytes_overlap(dinp.data, n * 2, dout, n * 4),
+                 "gelu_backward: a bf16 dinp overlaps dout");
+    const float* x = wide(scratch_[0], inp, n);
+    float* d = staging(dinp, n);
+    cpu::gelu_backward(d, x, dout, n);
+    narrow(dinp, d, n);
+  }
+  // A bf16 dpre (bf16 products, with a bf16 pre): the product into an fp32 buffer of its own,
+  // then gelu'(pre) times it, rounded once.
+  void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,
+                            TensorIn inp, TensorIn pre, const float* weight, int N, int C,
+                            int OC) override {
+    if (dpre.type == DType::fp32) {
+      Backend::gelu_matmul_backward(dpre, dweight, dbias, dout, inp, pre, weight, N, C, OC);
+      return;
+    }
+    MIXSIM_CHECK(precision_ == MatmulPrecision::bf16 && pre.type == DType::bf16,
+                 "gelu_matmul_backward: a bf16 dpre needs bf16 products and a bf16 pre ({})",
+                 name());
+    const std::size_t n = std::size_t(N) * C;
+    if (product_scratch_.size() < n) product_scratch_.resize(n);
+    matmul_backward(product_scratch_.data(), dweight, dbias, dout, inp, weight, N, C, OC);
+    gelu_backward(dpre, pre, product_scratch_.data(), n);
   }
   void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {
     cpu::residual_forward(out, a, b, n);
@@ -230,6 +254,11 @@ class CpuBackend final : public Backend {
     return out;
   }
 
+  // The fp32 values of a tensor that is not a product's operand: as given, or a bf16 one widened
+  // into `scratch`.
+  static const float* wide(std::vector<float>& scratch, TensorIn t, std::size_t n) {
+    return t.type == DType::fp32 ? static_cast<const float*>(t.data) : widened(scratch, t.data, n);
+  }
   // The fp32 values of a product's operand: in bf16 precision rounded into `scratch`; a bf16
   // tensor is widened into it (exact: its values are bf16 already, in either precision).
   const float* operand(std::vector<float>& scratch, TensorIn t, std::size_t n) {
@@ -268,14 +297,15 @@ class CpuBackend final : public Backend {
   // its reference: MIXSIM_TC_ATTENTION, cuda-bf16 runs attention on tensor cores
   // (kernels/attention_tc.cu) and cpu-bf16 rounds as those kernels do (attention_bf16.cpp);
   // MIXSIM_BF16_ACTIVATIONS, the model stores its product-only tensors in bf16
-  // (activation_storage); MIXSIM_BF16_OUTPUTS (opt-in, off unless set to 1), products write the
-  // bf16 qkv themselves (bf16_product_outputs).
+  // (activation_storage); MIXSIM_BF16_OUTPUTS (opt-in, off unless set to 1), products write bf16
+  // themselves where the model stores bf16 (bf16_product_outputs).
   bool tc_attention_;
   bool bf16_activations_;
   bool bf16_outputs_;
-  std::vector<float> scratch_[3];   // product operands rounded (cpu-bf16) or widened (bf16)
-  std::vector<float> out_scratch_;  // outputs computed in fp32 before they are rounded to bf16
-  std::vector<float> qkv_scratch_;  // a bf16 qkv widened for attention
+  std::vector<float> scratch_[3];       // product operands rounded (cpu-bf16) or widened (bf16)
+  std::vector<float> out_scratch_;      // outputs computed in fp32 before they are rounded to bf16
+  std::vector<float> qkv_scratch_;      // a bf16 qkv widened for attention
+  std::vector<float> product_scratch_;  // gelu_matmul_backward's fp32 product before a bf16 dpre
 
   static void check_attention(const char* op, int B, int T, int C, int NH) {
     MIXSIM_CHECK(B > 0 && T > 0 && NH > 0 && C % NH == 0, "{}: B={} T={} C={} NH={}", op, B, T, C,
