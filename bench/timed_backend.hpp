@@ -91,7 +91,7 @@ class TimedBackend final : public Backend {
     time("residual_layernorm_forward",
          [&] { in_.residual_layernorm_forward(res, o, m, r, a, b, w, bias, N, C); });
   }
-  void classifier(float* l, float* ls, const int* t, float d, TensorOut w, int N, int V,
+  void classifier(TensorOut l, float* ls, const int* t, float d, TensorOut w, int N, int V,
                   int Vp) override {
     time("classifier", [&] { in_.classifier(l, ls, t, d, w, N, V, Vp); });
   }

@@ -1,9 +1,10 @@
 // The fused softmax + cross-entropy: one block per row computes the row's max and the sum of
 // exponentials in one pass over the row (an online softmax: each thread keeps a running max and a
 // sum rescaled whenever the max grows; the threads' pairs are merged in a fixed order), the loss,
-// and for training, in a second pass, overwrites the
-// logits in place with dloss * (softmax - onehot), or writes them as bf16 into a buffer of their
-// own (the logits then stay); the probabilities are never stored. Every element is read and
+// and for training, in a second pass, overwrites the logits in place with
+// dloss * (softmax - onehot) (fp32 logits, or bf16 ones, read as stored), or writes the gradient
+// of fp32 logits as bf16 into a buffer of their own (the logits then stay); the probabilities
+// are never stored. Every element is read and
 // written by the same thread, and the target's logit is read by all threads before the first
 // barrier, so the in-place writes race with nothing.
 
@@ -45,13 +46,14 @@ __device__ MaxSum block_merge(MaxSum v, MaxSum* scratch) {
   return r;
 }
 
-// dlogits: null (no gradient), the logits themselves (fp32, in place), or a bf16 buffer.
-template <class Grad>
+// dlogits: null (no gradient), the logits themselves (in place, of their type), or, of fp32
+// logits, a bf16 buffer.
+template <class In, class Grad>
 __global__ void __launch_bounds__(kThreads)
-    classifier_kernel(const float* logits, Grad* dlogits, float* losses, const int* targets,
+    classifier_kernel(const In* logits, Grad* dlogits, float* losses, const int* targets,
                       float dloss, int V, int Vp) {
   __shared__ MaxSum scratch[kWarps];
-  const float* row = logits + std::size_t(blockIdx.x) * Vp;
+  const In* row = logits + std::size_t(blockIdx.x) * Vp;
   Grad* grad = dlogits ? dlogits + std::size_t(blockIdx.x) * Vp : nullptr;
   const bool write = grad != nullptr;
   const int target = targets[blockIdx.x];
@@ -61,12 +63,12 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = threadIdx.x; j < Vp; j += kThreads) store(grad + j, 0.f);
     return;
   }
-  const float target_logit = row[target];
+  const float target_logit = load(row + target);
   // One read of the row for both (the logits of a GPT-2 batch, 1.6 GB at B 8, do not stay in
   // L2 between passes): a larger logit rescales the sum so far.
   MaxSum part{-INFINITY, 0.f};
   for (int j = threadIdx.x; j < V; j += kThreads) {
-    const float x = row[j];
+    const float x = load(row + j);
     if (x > part.m) {
       part.s = part.s * expf(part.m - x) + 1.f;
       part.m = x;
@@ -80,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
   if (!write) return;
   const float k = dloss / sum;
   for (int j = threadIdx.x; j < V; j += kThreads) {
-    float g = __fmul_rn(expf(row[j] - mx), k);
+    float g = __fmul_rn(expf(load(row + j) - mx), k);
     if (j == target) g -= dloss;
     store(grad + j, g);
   }
@@ -89,9 +91,21 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
-                int N, int V, int Vp, cudaStream_t stream) {
+void classifier(TensorOut logits_t, float* losses, const int* targets, float dloss,
+                TensorOut dlogits, int N, int V, int Vp, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && V > 0 && V <= Vp, "classifier", dims({{"N", N}, {"V", V}, {"Vp", Vp}}));
+  if (logits_t.type == DType::bf16) {  // read as stored; the gradient in place, or none
+    CUDA_REQUIRE(!dlogits.data || (dlogits.type == DType::bf16 && dlogits.data == logits_t.data),
+                 "classifier (the dlogits of bf16 logits are written in place)",
+                 std::string("dlogits apart from the logits"));
+    auto* logits = static_cast<__nv_bfloat16*>(logits_t.data);
+    classifier_kernel<<<N, kThreads, 0, stream>>>(
+        logits, dlogits.data ? logits : static_cast<__nv_bfloat16*>(nullptr), losses, targets,
+        dloss, V, Vp);
+    CUDA_CHECK_LAUNCH(classifier_kernel);
+    return;
+  }
+  const float* logits = static_cast<const float*>(logits_t.data);
   CUDA_REQUIRE(dlogits.type == DType::bf16 || !dlogits.data || dlogits.data == logits,
                "classifier (fp32 dlogits are written in place)",
                std::string("dlogits apart from the logits"));

@@ -83,8 +83,8 @@ int select_device(int device) {
 // the CPU's arithmetic); MIXSIM_BF16_ACTIVATIONS, cuda-bf16 asks the model to store the tensors
 // only products read in bf16 (activation_storage). And one opt-in, off unless set to 1, written
 // without a GPU at hand and not yet run on one: MIXSIM_BF16_OUTPUTS, products write the bf16 qkv
-// and the MLP's pre-activation and its gradient themselves (bf16_product_outputs; the bias
-// rounded to bf16 first).
+// the MLP's pre-activation and its gradient, and the logits themselves (bf16_product_outputs;
+// the bias rounded to bf16 first).
 
 class CudaBackend final : public Backend {
  public:
@@ -276,8 +276,8 @@ class CudaBackend final : public Backend {
     cuda::residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias, N, C,
                                      stream_.get());
   }
-  void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
-                  int N, int V, int Vp) override {
+  void classifier(TensorOut logits, float* losses, const int* targets, float dloss,
+                  TensorOut dlogits, int N, int V, int Vp) override {
     cuda::classifier(logits, losses, targets, dloss, dlogits, N, V, Vp, stream_.get());
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,

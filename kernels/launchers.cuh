@@ -149,7 +149,7 @@ void residual_forward(float* out, const float* a, const float* b, std::size_t n,
                       cudaStream_t stream);
 
 // ---- classifier.cu
-void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
+void classifier(TensorOut logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
                 int N, int V, int Vp, cudaStream_t stream);
 
 // ---- optimizer.cu

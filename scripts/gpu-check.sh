@@ -156,8 +156,8 @@ unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS
 check_torch gpt2-wide-bf16-all cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
 # And the opt-in not yet run on a GPU: the products write the qkv, the MLP's pre-activation and
-# its gradient in bf16 themselves, biases rounded to bf16 first (the dump's biases are random:
-# the rounding shows, far inside the tolerances).
+# its gradient, and the logits in bf16 themselves, biases rounded to bf16 first (the dump's biases
+# are random: the rounding shows, far inside the tolerances).
 export MIXSIM_BF16_OUTPUTS=1
 check_torch gpt2-wide-bf16-outputs cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2

@@ -81,14 +81,14 @@ struct Gpt::Activations {
   TensorOut ln2;       // (L, R, C)
   float* ln2_mean;     // (L, R)
   float* ln2_rstd;     // (L, R)
-  TensorOut fch;       // (L, R, 4C): bf16 where the products write it so (pre_storage)
+  TensorOut fch;       // (L, R, 4C): bf16 where the products write it so (output_storage)
   TensorOut fch_gelu;  // (L, R, 4C)
   float* residual3;    // (L, R, C)
   float* proj;         // (R, C) output of a projection before the residual add (not kept)
   TensorOut lnf;       // (R, C)
   float* lnf_mean;     // (R)
   float* lnf_rstd;     // (R)
-  float* logits;       // (R, Vp)
+  TensorOut logits;    // (R, Vp): bf16 where the products write it so (output_storage)
   TensorOut dlogits;   // (R, Vp): the logits themselves in fp32 storage (written in place), else
                        // a bf16 buffer of their own
   float* losses;       // (R)
@@ -167,7 +167,7 @@ bool Gpt::qkv_rounded_by_store() const {
   return qkv_storage() == DType::bf16 && !backend_.bf16_product_outputs();
 }
 
-DType Gpt::pre_storage() const {
+DType Gpt::output_storage() const {
   return storage_ == DType::bf16 && backend_.bf16_product_outputs() ? DType::bf16 : DType::fp32;
 }
 
@@ -267,7 +267,7 @@ void Gpt::ensure_training() {
     a.ln1 = next_t(L * R * C);
     a.ln1_mean = next_f(L * R);
     a.ln1_rstd = next_f(L * R);
-    const DType qst = qkv_storage();
+    const DType qst = qkv_storage(), ost = output_storage();
     a.qkv = TensorOut{next(L * R * 3 * C, qst), qst};
     a.qkv_product = qkv_rounded_by_store() ? next_f(R * 3 * C) : nullptr;
     a.atty = next_f(L * R * C);
@@ -276,23 +276,23 @@ void Gpt::ensure_training() {
     a.ln2 = next_t(L * R * C);
     a.ln2_mean = next_f(L * R);
     a.ln2_rstd = next_f(L * R);
-    const DType pst = pre_storage();
-    a.fch = TensorOut{next(L * R * 4 * C, pst), pst};
+    a.fch = TensorOut{next(L * R * 4 * C, ost), ost};
     a.fch_gelu = next_t(L * R * 4 * C);
     a.residual3 = next_f(L * R * C);
     a.proj = next_f(R * C);
     a.lnf = next_t(R * C);
     a.lnf_mean = next_f(R);
     a.lnf_rstd = next_f(R);
-    a.logits = next_f(R * d.Vp);
-    a.dlogits = st == DType::bf16 ? next_t(R * d.Vp) : TensorOut(a.logits);
+    a.logits = TensorOut{next(R * d.Vp, ost), ost};
+    // in place over fp32 logits, or over bf16 ones (products' bf16 outputs); else bf16 apart
+    a.dlogits = st == DType::bf16 && ost == DType::fp32 ? next_t(R * d.Vp) : a.logits;
     a.losses = next_f(R);
     a.dresidual = next_f(R * C);
     a.dbuf = next_f(R * C);
     a.dbuf4 = next_f(R * 4 * C);
     return at;
   };
-  static_assert(sizeof(Activations) == 18 * sizeof(float*) + 7 * sizeof(TensorOut),
+  static_assert(sizeof(Activations) == 17 * sizeof(float*) + 8 * sizeof(TensorOut),
                 "carve() assigns each of the 25");
   acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
   carve(acts_memory_.get());
@@ -478,7 +478,7 @@ Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
   // which the block writes only later.
   const TensorOut qkv_t{qkv, qkv_storage()};
   float* qkv_product = qkv_rounded_by_store() ? fch : nullptr;
-  const TensorOut fch_t{fch, pre_storage()};
+  const TensorOut fch_t{fch, output_storage()};
   return {ln_t, nullptr, nullptr, qkv_t, atty,       nullptr, proj,       res,
           ln_t, nullptr, nullptr, fch_t, fch_gelu_t, res,     qkv_product};
 }
@@ -491,8 +491,9 @@ EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
   const ModelDims& d = dims();
   const ParamTensors<float> p = layout_.carve(params_.get());
   const LayerActs a = eval_layer(eval_rows_);
-  float* logits = static_cast<float*>(a.fch_gelu.data) + eval_rows_ * 4 * d.C;  // (kEvalChunk, Vp)
-  float* losses = logits + std::size_t(kEvalChunk) * d.Vp;
+  float* logits_at = static_cast<float*>(a.fch_gelu.data) + eval_rows_ * 4 * d.C;
+  const TensorOut logits{logits_at, output_storage()};  // (kEvalChunk, Vp)
+  float* losses = logits_at + std::size_t(kEvalChunk) * d.Vp;
   be.upload(eval_tokens_.get(), tokens, N * sizeof(int));
   be.upload(eval_targets_.get(), targets, N * sizeof(int));
 

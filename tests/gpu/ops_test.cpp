@@ -1288,6 +1288,43 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
   }
 }
 
+// bf16 logits (MIXSIM_BF16_OUTPUTS=1: the classifier's product writes them in bf16): the classifier
+// reads them as stored and writes their gradient in place. Against cpu-bf16 on the same bits: the
+// losses within 1e-5 (ClassifierLossesAndDlogitsInPlace's bound), the gradient at most one bf16
+// step off in any element and in at most 1% of them (expf and the sums' order differ by ~1e-7
+// relative); null dlogits leave the logits as they are, and dlogits apart from them are refused.
+TEST_F(CudaOps, Bf16LogitsClassifier) {
+  auto ref = make_cpu_backend(MatmulPrecision::bf16);
+  auto gpu = cuda_bf16_with("", "", "");
+  const std::vector<std::uint16_t> l16 = bits_of(random_floats(std::size_t(N) * Vp, 161, 3.0));
+  std::vector<int> targets(N);
+  for (int i = 0; i < N; ++i) targets[i] = i % 9 == 0 ? -1 : (i * 17) % V;
+  std::vector<float> losses_of[2];
+  std::vector<std::uint16_t> grads_of[2];
+  for (Backend* be : {ref.get(), gpu.get()}) {
+    auto dl = put(*be, l16);
+    auto dt = put(*be, targets);
+    DeviceBuffer<float> losses(*be, N);
+    const TensorOut lt{dl.get(), DType::bf16};
+    be->classifier(lt, losses.get(), dt.get(), 0.5f, nullptr, N, V, Vp);
+    EXPECT_EQ(fetch(*be, dl.get(), dl.size()), l16) << be->name() << ": the logits stay";
+    be->classifier(lt, losses.get(), dt.get(), 0.5f, lt, N, V, Vp);
+    losses_of[be == gpu.get()] = fetch(*be, losses.get(), N);
+    grads_of[be == gpu.get()] = fetch(*be, dl.get(), dl.size());
+    DeviceBuffer<std::uint16_t> apart(*be, l16.size());
+    EXPECT_THROW(
+        be->classifier(lt, losses.get(), dt.get(), 0.5f, {apart.get(), DType::bf16}, N, V, Vp),
+        Error)
+        << be->name();
+  }
+  expect_close(Pair{losses_of[0], losses_of[1]}, 1e-5, 1e-5, "classifier losses of bf16 logits");
+  const auto [off, worse] = bf16_steps(grads_of[1], grads_of[0]);
+  std::printf("bf16 logits: %zu of %zu gradient elements one bf16 step from cpu-bf16\n", off,
+              grads_of[0].size());
+  EXPECT_EQ(worse, 0u);
+  EXPECT_LE(off, grads_of[0].size() / 100);
+}
+
 // The MLP with bf16 pre and dpre (MIXSIM_BF16_OUTPUTS=1) on cuda-bf16, through cuBLASLt (bias
 // and DGELU epilogues) and through plain cuBLAS and the GELU kernels, against cpu-bf16's
 // (MlpWithBf16PreAndItsGradient on the CPU): pre and out (the GELU of pre as stored) at most one

@@ -453,6 +453,23 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
     EXPECT_THROW(be->classifier(logits.data(), losses.data(), targets.data(), 0.5f,
                                 logits.data() + 1, n, v, vp),
                  Error);
+    // bf16 logits (a product's bf16 out) are read as stored: the losses and, in place, the
+    // gradient of their widened values (rounded); null dlogits leave them as they are
+    std::vector<std::uint16_t> l16 = bits_of(logits0);
+    const std::vector<std::uint16_t> l16_0 = l16;
+    std::vector<float> lwide(l16.size()), wl(n), wl16(n);
+    for (std::size_t i = 0; i < l16.size(); ++i) lwide[i] = bf16_value(l16[i]);
+    be->classifier({l16.data(), DType::bf16}, wl16.data(), targets.data(), 0.5f, nullptr, n, v, vp);
+    EXPECT_EQ(l16, l16_0);
+    be->classifier(lwide.data(), wl.data(), targets.data(), 0.5f, lwide.data(), n, v, vp);
+    EXPECT_EQ(wl16, wl);
+    be->classifier({l16.data(), DType::bf16}, wl16.data(), targets.data(), 0.5f,
+                   {l16.data(), DType::bf16}, n, v, vp);
+    EXPECT_EQ(wl16, wl);
+    EXPECT_EQ(l16, bits_of(lwide));
+    EXPECT_THROW(be->classifier({l16.data(), DType::bf16}, wl16.data(), targets.data(), 0.5f,
+                                {d16.data(), DType::bf16}, n, v, vp),
+                 Error);  // not in place
 
     // products from a bf16 tensor = products from its widened values
     std::vector<float> wide(ln16.size());
@@ -577,9 +594,9 @@ TEST(CpuBf16, Bf16ProductOutputsModel) {
   };
   auto plain = with_outputs("0"), direct = with_outputs("1");
   EXPECT_EQ(Gpt(cfg, *direct, b).qkv_storage(), DType::bf16);
-  EXPECT_EQ(Gpt(cfg, *direct, b).pre_storage(), DType::bf16);
-  EXPECT_EQ(Gpt(cfg, *plain, b).pre_storage(), DType::fp32);
-  EXPECT_EQ(Gpt(cfg, *direct, b, DType::fp32).pre_storage(), DType::fp32);
+  EXPECT_EQ(Gpt(cfg, *direct, b).output_storage(), DType::bf16);
+  EXPECT_EQ(Gpt(cfg, *plain, b).output_storage(), DType::fp32);
+  EXPECT_EQ(Gpt(cfg, *direct, b, DType::fp32).output_storage(), DType::fp32);
   const TokenBatch batch = random_batch(b, t, cfg.vocab_size, 211);
   const Step sp = one_step(*plain, cfg, batch, b, t, 212),
              sd = one_step(*direct, cfg, batch, b, t, 212);

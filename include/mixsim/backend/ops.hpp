@@ -98,7 +98,7 @@ class Backend {
   virtual bool attention_rounds_qkv(int /*C*/, int /*NH*/) const { return false; }
   // Whether the model should have products write bf16 outputs where it stores bf16 anyway (the
   // qkv that attention rounds itself, instead of an fp32 product rounded by store(); the MLP's
-  // pre-activation and its gradient): cpu-bf16 and cuda-bf16 when the environment sets
+  // pre-activation and its gradient; the logits): cpu-bf16 and cuda-bf16 when the environment sets
   // MIXSIM_BF16_OUTPUTS=1 at construction (opt-in: biases are then rounded to bf16 before they
   // are added, see matmul_forward).
   virtual bool bf16_product_outputs() const { return false; }
@@ -206,11 +206,12 @@ class Backend {
   // ---- fused softmax + cross-entropy over the first V of Vp logits of each row.
   // losses[i] = -log softmax(logits[i,:V])[targets[i]], or 0 where targets[i] < 0 (skipped).
   // Unless dlogits is null, dlogits = dloss * (softmax - onehot) on the first V entries and 0 on
-  // the padding and on skipped rows (probabilities are never stored): fp32 dlogits must be the
-  // logits themselves (overwritten in place); bf16 dlogits are a buffer of their own (that does
-  // not overlap the logits), and the logits are left as they were.
-  virtual void classifier(float* logits, float* losses,  // (N,Vp), (N)
-                          const int* targets,            // (N)
+  // the padding and on skipped rows (probabilities are never stored). Of fp32 logits: fp32
+  // dlogits must be the logits themselves (overwritten in place); bf16 dlogits are a buffer of
+  // their own (that does not overlap the logits), and the logits are left as they were. bf16
+  // logits (a product's bf16 out) are read as stored, and their dlogits are bf16, in place.
+  virtual void classifier(TensorOut logits, float* losses,  // (N,Vp), (N)
+                          const int* targets,               // (N)
                           float dloss, TensorOut dlogits, int N, int V, int Vp) = 0;
 
   // ---- optimizer and buffer arithmetic over n floats

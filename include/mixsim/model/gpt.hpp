@@ -43,10 +43,11 @@ class Gpt {
   // qkv's storage: bf16 where the activation storage is bf16 and the backend's attention rounds
   // q, k and v to bf16 itself (Backend::attention_rounds_qkv), else fp32.
   DType qkv_storage() const;
-  // The MLP's pre-activation (the fc product, which the GELU reads) and its gradient: bf16 where
-  // the activation storage is bf16 and the backend's products write bf16 outputs
-  // (Backend::bf16_product_outputs), else fp32.
-  DType pre_storage() const;
+  // The product outputs the model keeps past their first reader: the MLP's pre-activation (the
+  // fc product, which the GELU and backward read) and its gradient, and the logits (with their
+  // gradient in place): bf16 where the activation storage is bf16 and the backend's products
+  // write bf16 outputs (Backend::bf16_product_outputs), else fp32.
+  DType output_storage() const;
 
   float* params() const { return params_.get(); }  // (layout().total()) backend memory
   float* grads();                                  // same layout; allocated on first use

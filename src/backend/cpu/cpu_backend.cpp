@@ -195,9 +195,30 @@ class CpuBackend final : public Backend {
   void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {
     cpu::residual_forward(out, a, b, n);
   }
-  void classifier(float* logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
-                  int N, int V, int Vp) override {
+  void classifier(TensorOut logits_t, float* losses, const int* targets, float dloss,
+                  TensorOut dlogits, int N, int V, int Vp) override {
     MIXSIM_CHECK(N > 0 && V > 0 && V <= Vp, "classifier: N={} V={} Vp={}", N, V, Vp);
+    constexpr int kRows = 64;  // rows widened or copied at a time
+    const std::size_t chunk = std::size_t(kRows) * Vp;
+    if (logits_t.type == DType::bf16) {
+      MIXSIM_CHECK(!dlogits.data || (dlogits.type == DType::bf16 && dlogits.data == logits_t.data),
+                   "classifier: the dlogits of bf16 logits are written in place: pass the logits");
+      // a chunk of rows widened, the fp32 classifier in place on it, rounded back
+      auto* bits = static_cast<std::uint16_t*>(logits_t.data);
+      if (out_scratch_.size() < chunk) out_scratch_.resize(chunk);
+      for (int r0 = 0; r0 < N; r0 += kRows) {
+        const int rows = std::min(kRows, N - r0);
+        const std::size_t at = std::size_t(r0) * Vp, n = std::size_t(rows) * Vp;
+        float* wide = out_scratch_.data();
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
+        for (std::size_t i = 0; i < n; ++i) wide[i] = bf16_value(bits[at + i]);
+        cpu::classifier(wide, losses + r0, targets + r0, dloss, dlogits.data != nullptr, rows, V,
+                        Vp);
+        if (dlogits.data) narrow({bits + at, DType::bf16}, wide, n);
+      }
+      return;
+    }
+    float* logits = static_cast<float*>(logits_t.data);
     MIXSIM_CHECK(dlogits.type == DType::bf16 || !dlogits.data || dlogits.data == logits,
                  "classifier: fp32 dlogits are written in place: pass the logits");
     if (dlogits.type == DType::fp32 || !dlogits.data) {
@@ -209,8 +230,6 @@ class CpuBackend final : public Backend {
                  "classifier: bf16 dlogits must not overlap the logits");
     // bf16 dlogits: in place on a copy of a chunk of rows, then rounded into the buffer; the
     // logits stay.
-    constexpr int kRows = 64;
-    const std::size_t chunk = std::size_t(kRows) * Vp;
     if (out_scratch_.size() < chunk) out_scratch_.resize(chunk);
     for (int r0 = 0; r0 < N; r0 += kRows) {
       const int rows = std::min(kRows, N - r0);
@@ -226,13 +245,17 @@ class CpuBackend final : public Backend {
                  "adamw: bias corrections must be positive (step count starts at 1)");
     cpu::adamw(params, m, v, grads, n, args);
   }
-  double sum_squares(const float* x, std::size_t n) override { return cpu::sum_squares(x, n); }
+  double sum_squares(const float* x, std::size_t n) override {
+    return cpu::sum_squares(x, n);
+  }
   void weighted_sum(float* out, const float* const* inputs, const float* weights, int k,
                     std::size_t n) override {
     MIXSIM_CHECK(k > 0, "weighted_sum of {} buffers", k);
     cpu::weighted_sum(out, inputs, weights, k, n);
   }
-  void scale(float* x, float alpha, std::size_t n) override { cpu::scale(x, alpha, n); }
+  void scale(float* x, float alpha, std::size_t n) override {
+    cpu::scale(x, alpha, n);
+  }
 
  private:
   // x rounded to bf16 (to nearest even) into `scratch`, which grows as needed.
