@@ -8,6 +8,8 @@
 
 #include <cstddef>
 #include <initializer_list>
+#include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -85,12 +87,21 @@ __device__ inline float load(const __nv_bfloat16* p) {
 }
 
 // A kernel that takes more than the default 48 KiB of dynamic shared memory per block must opt
-// in to it, per kernel (up to the device's limit, cudaDevAttrMaxSharedMemoryPerBlockOptin).
+// in to it, per kernel (up to the device's limit, cudaDevAttrMaxSharedMemoryPerBlockOptin). The
+// attribute is a maximum that stays set, so it is raised once per kernel and device to the largest
+// size asked so far, not set at every launch (the attention kernels launch three times a layer).
 template <class Kernel>
 void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
-  if (bytes > 48 * 1024)
-    CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  if (bytes <= 48 * 1024) return;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, std::size_t> allowed;  // per Kernel type
+  const std::lock_guard<std::mutex> lock(mutex);
+  std::size_t& now = allowed[{reinterpret_cast<const void*>(kernel), device}];
+  if (bytes <= now) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  now = bytes;
 }
 
 // Blocks for an elementwise grid-stride loop over n elements: enough to fill any GPU, capped so

@@ -185,9 +185,11 @@ step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS
 # the opt-in not yet run on a GPU (the GPT-2 shape only)
 step bench-train-bf16-outputs 90 env MIXSIM_BF16_OUTPUTS=1 "$BUILD/bench/bench_gpu_train" \
   --configs gpt2 --backend cuda-bf16
-# where a default bf16 step's time goes now (per op, synchronised)
+# where a default bf16 step's time goes now (per op, synchronised), and with the opt-in
 step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile \
   --backend cuda-bf16
+step bench-profile-outputs 60 env MIXSIM_BF16_OUTPUTS=1 "$BUILD/bench/bench_gpu_train" \
+  --configs gpt2 --steps 2 --profile --backend cuda-bf16
 step bench-averaging 60 "$BUILD/bench/bench_gpu_averaging"
 step torch-fp32 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype fp32 --steps 5
 ((QUICK)) || step torch-bf16-compile 240 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 10

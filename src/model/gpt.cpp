@@ -89,7 +89,8 @@ struct Gpt::Activations {
   float* lnf_mean;     // (R)
   float* lnf_rstd;     // (R)
   TensorOut logits;    // (R, Vp): bf16 where the products write it so (output_storage)
-  TensorOut dlogits;   // (R, Vp): the logits themselves in fp32 storage (written in place), else
+  TensorOut dlogits;   // (R, Vp): the logits themselves (written in place) in fp32 storage or
+                       // where the logits are bf16 (output_storage), else
                        // a bf16 buffer of their own
   float* losses;       // (R)
   float* dresidual;    // (R, C) gradient of the residual stream, shared by all layers

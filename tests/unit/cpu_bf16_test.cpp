@@ -570,6 +570,13 @@ TEST(CpuBf16, MlpWithBf16PreAndItsGradient) {
       fp32->gelu_matmul_backward({dpre16.data(), DType::bf16}, dw1.data(), db1.data(), dout.data(),
                                  act, {pre16.data(), DType::bf16}, wp.data(), n, h, c),
       Error);
+  // what the CUDA backend refuses too: a bf16 pre with an fp32 out, and dpre and pre of two types
+  EXPECT_THROW(be->matmul_gelu_forward(g.data(), {pre16.data(), DType::bf16}, x.data(), w.data(),
+                                       bias.data(), n, c, h),
+               Error);
+  EXPECT_THROW(be->gelu_matmul_backward(dpre.data(), dw1.data(), db1.data(), dout.data(), act,
+                                        {pre16.data(), DType::bf16}, wp.data(), n, h, c),
+               Error);
 }
 
 // MIXSIM_BF16_OUTPUTS=1 (opt-in): cpu-bf16's products write the bf16 qkv, the MLP's pre-activation

@@ -168,6 +168,8 @@ class Backend {
                                    TensorIn inp,                            // (N,C)
                                    const float* weight, const float* bias,  // (OC,C), (OC)
                                    int N, int C, int OC) {
+    if (pre.type == DType::bf16 && out.type != DType::bf16)
+      throw Error(std::string(name()) + ": matmul_gelu_forward: a bf16 pre needs a bf16 out");
     matmul_forward(pre, inp, weight, bias, N, C, OC);
     gelu_forward(out, pre, std::size_t(N) * OC);
   }
@@ -182,8 +184,9 @@ class Backend {
                                     TensorIn inp, TensorIn pre,    // (N,C): gelu(pre), pre
                                     const float* weight,           // (OC,C)
                                     int N, int C, int OC) {
-    if (dpre.type != DType::fp32)
-      throw Error(std::string(name()) + ": gelu_matmul_backward writes no bf16 dpre");
+    if (dpre.type != DType::fp32 || pre.type != DType::fp32)
+      throw Error(std::string(name()) +
+                  ": gelu_matmul_backward: dpre and pre of one type, and no bf16 dpre here");
     auto* d = static_cast<float*>(dpre.data);
     matmul_backward(d, dweight, dbias, dout, inp, weight, N, C, OC);
     gelu_backward(dpre, pre, d, std::size_t(N) * C);
