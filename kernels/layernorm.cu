@@ -1,7 +1,9 @@
 // LayerNorm over C channels: one warp per row, two passes (mean, then variance of x - mean) as
 // the CPU backend does; optionally with the residual add that forms its input fused in. The weight
-// and bias gradients are sums over rows, formed per chunk of rows and then added in chunk order
-// (deterministic, no atomics).
+// and bias gradients are sums over rows, formed per block of rows and then added in block order
+// (deterministic, no atomics): for C up to 1024 in the same pass as the input gradient (one read
+// of dout and inp; each lane keeps its channels' sums in registers), else by a second kernel that
+// reads dout and inp again in chunks of kRowChunk rows.
 #include "launchers.cuh"
 
 namespace mixsim::cuda {
@@ -11,6 +13,12 @@ namespace {
 constexpr float kLayerNormEps = 1e-5f;
 constexpr int kRowsPerBlock = 8;  // one warp per row
 constexpr int kRowLanes = 8;      // param-gradient partials: block = (32 channels, kRowLanes)
+// The fused backward: a block of kFusedWarps warps takes kFusedRows rows, kFusedRowsPerWarp a
+// warp, and each lane up to kFusedMaxPerLane channels (c = lane + 32 k).
+constexpr int kFusedWarps = 8;
+constexpr int kFusedRowsPerWarp = 4;
+constexpr int kFusedRows = kFusedWarps * kFusedRowsPerWarp;
+constexpr int kFusedMaxPerLane = 32;  // C up to 1024
 
 // With `add`, the row is first formed as inp + add (the residual add) and written to `sum`, which
 // may alias inp: one pass over both inputs instead of a separate add whose result is read back.
@@ -109,6 +117,91 @@ __global__ void layernorm_param_partials_kernel(float* partial_w, float* partial
   }
 }
 
+// dinp += the input gradient of kFusedRows rows (the arithmetic of layernorm_backward_dinp_kernel),
+// and the block's partial sums of dweight (dout * norm) and dbias (dout) over them, from one read
+// of each row held in registers; the warps' partials are then added in warp order through shared
+// memory (kFusedWarps x C floats), dweight's first, then dbias's.
+template <int kPerLane>
+__global__ void __launch_bounds__(kFusedWarps* kWarpSize)
+    layernorm_backward_fused_kernel(float* dinp, float* partial_w, float* partial_b,
+                                    const float* dout, const float* inp, const float* weight,
+                                    const float* mean, const float* rstd, int N, int C) {
+  extern __shared__ float part[];  // (kFusedWarps, C)
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  float pw[kPerLane], pb[kPerLane];
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) pw[k] = pb[k] = 0.f;
+  const int r0 = blockIdx.x * kFusedRows + warp * kFusedRowsPerWarp;
+  for (int rr = 0; rr < kFusedRowsPerWarp; ++rr) {
+    const int row = r0 + rr;
+    if (row >= N) break;  // the whole warp
+    const std::size_t off = std::size_t(row) * C;
+    const float m = mean[row], s = rstd[row];
+    float xs[kPerLane], ds[kPerLane];
+    float sum_dnorm = 0.f, sum_dnorm_norm = 0.f;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + k * kWarpSize;
+      xs[k] = ds[k] = 0.f;
+      if (c < C) {
+        xs[k] = inp[off + c];
+        ds[k] = dout[off + c];
+        const float dnorm = weight[c] * ds[k];
+        sum_dnorm += dnorm;
+        sum_dnorm_norm += dnorm * (xs[k] - m) * s;
+      }
+    }
+    const float mean_dnorm = warp_sum(sum_dnorm) / float(C);
+    const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / float(C);
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + k * kWarpSize;
+      if (c < C) {
+        const float norm = (xs[k] - m) * s;
+        dinp[off + c] += s * (weight[c] * ds[k] - mean_dnorm - norm * mean_dnorm_norm);
+        pw[k] += ds[k] * norm;
+        pb[k] += ds[k];
+      }
+    }
+  }
+  for (int round = 0; round < 2; ++round) {
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + k * kWarpSize;
+      if (c < C) part[warp * C + c] = round == 0 ? pw[k] : pb[k];
+    }
+    __syncthreads();
+    float* dst = (round == 0 ? partial_w : partial_b) + std::size_t(blockIdx.x) * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float total = 0.f;
+      for (int w = 0; w < kFusedWarps; ++w) total += part[w * C + c];
+      dst[c] = total;
+    }
+    __syncthreads();  // `part` is rewritten by the next round
+  }
+}
+
+// Calls fn(std::integral_constant<int, P>) for the smallest P of the kernel's instances that
+// covers C channels (P * 32 >= C; C <= 32 * kFusedMaxPerLane).
+template <class Fn>
+void with_channels_per_lane(int C, Fn&& fn) {
+  const int need = CEIL_DIV(C, kWarpSize);
+  if (need <= 2)
+    fn(std::integral_constant<int, 2>{});
+  else if (need <= 4)
+    fn(std::integral_constant<int, 4>{});
+  else if (need <= 8)
+    fn(std::integral_constant<int, 8>{});
+  else if (need <= 12)
+    fn(std::integral_constant<int, 12>{});
+  else if (need <= 16)
+    fn(std::integral_constant<int, 16>{});
+  else if (need <= 24)
+    fn(std::integral_constant<int, 24>{});
+  else
+    fn(std::integral_constant<int, kFusedMaxPerLane>{});
+}
+
 }  // namespace
 
 namespace {
@@ -146,7 +239,9 @@ void residual_layernorm_forward(float* residual, TensorOut out, float* mean, flo
 }
 
 std::size_t layernorm_backward_workspace(int N, int C) {
-  return 2 * Workspace::aligned(std::size_t(CEIL_DIV(N, kRowChunk)) * C * sizeof(float));
+  const int blocks =
+      C <= kWarpSize * kFusedMaxPerLane ? CEIL_DIV(N, kFusedRows) : CEIL_DIV(N, kRowChunk);
+  return 2 * Workspace::aligned(std::size_t(blocks) * C * sizeof(float));
 }
 
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -155,6 +250,21 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_backward", dims({{"N", N}, {"C", C}}));
   CUDA_REQUIRE(mean != nullptr && rstd != nullptr, "layernorm_backward",
                std::string("no mean/rstd saved by the forward pass"));
+  if (C <= kWarpSize * kFusedMaxPerLane) {  // one pass: dinp and the blocks' partial sums
+    const int blocks = CEIL_DIV(N, kFusedRows);
+    float* partial_w = ws.take<float>(std::size_t(blocks) * C);
+    float* partial_b = ws.take<float>(std::size_t(blocks) * C);
+    const std::size_t shared = std::size_t(kFusedWarps) * C * sizeof(float);  // <= 32 KiB
+    with_channels_per_lane(C, [&](auto per_lane) {
+      layernorm_backward_fused_kernel<decltype(per_lane)::value>
+          <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(dinp, partial_w, partial_b, dout,
+                                                                inp, weight, mean, rstd, N, C);
+    });
+    CUDA_CHECK_LAUNCH(layernorm_backward_fused_kernel);
+    accumulate_partials(dweight, partial_w, blocks, C, stream);
+    accumulate_partials(dbias, partial_b, blocks, C, stream);
+    return;
+  }
   const int chunks = CEIL_DIV(N, kRowChunk);
   CUDA_REQUIRE(chunks <= 65535, "layernorm_backward (grid.y)", dims({{"N", N}}));
   layernorm_backward_dinp_kernel<<<CEIL_DIV(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0,

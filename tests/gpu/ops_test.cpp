@@ -214,6 +214,38 @@ TEST_F(CudaOps, LayerNormForwardAndBackward) {
   expect_close(both(db), 2e-4, 1e-4, "layernorm dbias");
 }
 
+// The backward's two paths on wider rows, under LayerNormForwardAndBackward's bounds: C = 768
+// (GPT-2; the fused kernel, 24 channels a lane) and C = 1100 (above the fused kernel's 1024: the
+// separate parameter-gradient kernel), over 70 rows (three blocks of 32, the last partial).
+TEST_F(CudaOps, LayerNormBackwardWideRows) {
+  const int rows = 70;
+  for (const int c : {768, 1100}) {
+    const std::size_t n = std::size_t(rows) * c;
+    auto inp = floats(random_floats(n, 181, 2.0, 0.5));
+    auto w = floats(random_floats(c, 182, 1.0, 1.0));
+    auto b = floats(random_floats(c, 183));
+    auto out = floats(std::vector<float>(n));
+    auto mean = floats(std::vector<float>(rows)), rstd = floats(std::vector<float>(rows));
+    for (Backend* be : {cpu_.get(), gpu_.get()}) {
+      const bool g = be == gpu_.get();
+      be->layernorm_forward((g ? out.gpu : out.cpu).get(), (g ? mean.gpu : mean.cpu).get(),
+                            (g ? rstd.gpu : rstd.cpu).get(), (g ? inp.gpu : inp.cpu).get(),
+                            (g ? w.gpu : w.cpu).get(), (g ? b.gpu : b.cpu).get(), rows, c);
+    }
+    auto dout = floats(random_floats(n, 184));
+    auto dinp = floats(random_floats(n, 185));
+    auto dw = floats(random_floats(c, 186)), db = floats(random_floats(c, 187));
+    cpu_->layernorm_backward(dinp.cpu.get(), dw.cpu.get(), db.cpu.get(), dout.cpu.get(),
+                             inp.cpu.get(), w.cpu.get(), mean.cpu.get(), rstd.cpu.get(), rows, c);
+    gpu_->layernorm_backward(dinp.gpu.get(), dw.gpu.get(), db.gpu.get(), dout.gpu.get(),
+                             inp.gpu.get(), w.gpu.get(), mean.gpu.get(), rstd.gpu.get(), rows, c);
+    const std::string at = " C=" + std::to_string(c);
+    expect_close(both(dinp), 2e-5, 1e-4, "layernorm dinp" + at);
+    expect_close(both(dw), 2e-4, 1e-4, "layernorm dweight" + at);
+    expect_close(both(db), 2e-4, 1e-4, "layernorm dbias" + at);
+  }
+}
+
 // The residual add fused into the LayerNorm that reads it: on the GPU bit-identical to the two
 // ops in turn (the same fp32 additions, then the same LayerNorm code), also with the sum written
 // over its first input (the eval pass updates the residual stream in place) and into bf16; and
