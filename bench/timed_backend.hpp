@@ -63,7 +63,7 @@ class TimedBackend final : public Backend {
   void attention_forward(float* o, float* l, TensorIn q, int B, int T, int C, int NH) override {
     time("attention_forward", [&] { in_.attention_forward(o, l, q, B, T, C, NH); });
   }
-  void attention_backward(float* dq, const float* d, TensorIn q, const float* o, const float* l,
+  void attention_backward(TensorOut dq, const float* d, TensorIn q, const float* o, const float* l,
                           int B, int T, int C, int NH) override {
     time("attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); });
   }

@@ -243,21 +243,25 @@ __device__ inline void zero(float (&acc)[HS / 8][4]) {
 }
 
 // dst[(first + r) * stride + d] = factor[h] * acc[r, d] for the warp's rows r below T, h = 0 for
-// the lane's row g and 1 for g + 8 (two floats a lane: each quad writes 32 contiguous bytes of a
-// row).
-template <int HS>
-__device__ inline void store_rows(float* dst, std::size_t stride, int first, int T,
+// the lane's row g and 1 for g + 8 (two values a lane: each quad writes 32 contiguous bytes of an
+// fp32 row, 16 of a bf16 one, rounded to nearest even).
+template <int HS, class Out>
+__device__ inline void store_rows(Out* dst, std::size_t stride, int first, int T,
                                   const float (&acc)[HS / 8][4], const float (&factor)[2],
                                   int lane) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = first + lane / 4 + 8 * half;
     if (row >= T) continue;
-    float* at = dst + std::size_t(row) * stride + lane % 4 * 2;
+    Out* at = dst + std::size_t(row) * stride + lane % 4 * 2;
 #pragma unroll
-    for (int n = 0; n < HS / 8; ++n)
-      *reinterpret_cast<float2*>(at + n * 8) =
-          make_float2(factor[half] * acc[n][2 * half], factor[half] * acc[n][2 * half + 1]);
+    for (int n = 0; n < HS / 8; ++n) {
+      const float lo = factor[half] * acc[n][2 * half], hi = factor[half] * acc[n][2 * half + 1];
+      if constexpr (std::is_same_v<Out, float>)
+        *reinterpret_cast<float2*>(at + n * 8) = make_float2(lo, hi);
+      else
+        *reinterpret_cast<__nv_bfloat162*>(at + n * 8) = __floats2bfloat162_rn(lo, hi);
+    }
   }
 }
 
@@ -402,9 +406,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Query-major: dq of the block's rows (dS K), and D_i = dout_i . out_i for the key-major kernel.
-template <int HS>
+// dqkv is fp32 or bf16 (rounded as it is stored).
+template <int HS, class Out>
 __global__ void __launch_bounds__(kThreads)
-    backward_dq_kernel(float* dqkv, float* dvec, const float* dout, const bf16* dout16,
+    backward_dq_kernel(Out* dqkv, float* dvec, const float* dout, const bf16* dout16,
                        const bf16* qkv, const float* out, const float* lse, int T, int C, int NH,
                        float scale) {
   constexpr int LD = tile_ld<HS>();
@@ -475,9 +480,9 @@ __global__ void __launch_bounds__(kThreads)
 // after them. Compiled for three blocks per SM at head sizes up to 64 (168 registers a thread,
 // no spills; an H100's or H200's shared memory holds three there too, an A100's two), else for
 // what its registers allow.
-template <int HS>
+template <int HS, class Out>
 __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
-    backward_dkdv_kernel(float* dqkv, const bf16* dout16, const bf16* qkv, const float* lse,
+    backward_dkdv_kernel(Out* dqkv, const bf16* dout16, const bf16* qkv, const float* lse,
                          const float* dvec, int T, int C, int NH, float scale) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
@@ -546,7 +551,7 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
     accumulate<HS>(dk, dst, qs, lane);
   }
   if (live) {
-    float* out_rows = dqkv + head.qkv_offset;
+    Out* out_rows = dqkv + head.qkv_offset;
     store_rows<HS>(out_rows + C, head.qkv_stride, jw, T, dk, {scale, scale}, lane);
     store_rows<HS>(out_rows + 2 * C, head.qkv_stride, jw, T, dv, {1.f, 1.f}, lane);
   }
@@ -668,33 +673,40 @@ void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, in
   });
 }
 
-void attention_backward_tc(float* dqkv, const float* dout, TensorIn qkv, const float* out,
+void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, const float* out,
                            const float* lse, int B, int T, int C, int NH, Workspace ws,
                            cudaStream_t stream) {
   const char* op = "attention_backward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
   CUDA_REQUIRE(lse != nullptr, op, std::string("no log-sum-exp saved by attention_forward"));
-  CUDA_REQUIRE(aligned16(dqkv), op, std::string("dqkv not 16-byte aligned"));
+  CUDA_REQUIRE(aligned16(dqkv.data), op, std::string("dqkv not 16-byte aligned"));
   const std::size_t rows = std::size_t(B) * T;
   const bf16* qkv16 = bf16_qkv(qkv, rows * 3 * C, ws, stream);
   CUDA_REQUIRE(aligned16(qkv16), op, std::string("a bf16 qkv not 16-byte aligned"));
   float* dvec = ws.take<float>(std::size_t(B) * NH * T);  // (B, NH, T)
   bf16* dout16 = ws.take<bf16>(rows * C);
   to_bf16(dout16, dout, rows * C, stream);
-  with_head_size(plan.HS, [&](auto hs) {
-    constexpr int HS = decltype(hs)::value;
-    constexpr std::size_t shared = mma_sync::backward_shared<HS>();
-    auto* dq_kernel = mma_sync::backward_dq_kernel<HS>;
-    allow_dynamic_shared(dq_kernel, shared);
-    dq_kernel<<<plan.grid, kThreads, shared, stream>>>(dqkv, dvec, dout, dout16, qkv16, out, lse, T,
-                                                       C, NH, plan.scale);
-    CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);
-    auto* dkdv_kernel = mma_sync::backward_dkdv_kernel<HS>;
-    allow_dynamic_shared(dkdv_kernel, shared);
-    dkdv_kernel<<<plan.grid, kThreads, shared, stream>>>(dqkv, dout16, qkv16, lse, dvec, T, C, NH,
-                                                         plan.scale);
-    CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
-  });
+  const auto launch = [&](auto* d) {  // d: the fp32 or bf16 dqkv
+    using Out = std::remove_pointer_t<decltype(d)>;
+    with_head_size(plan.HS, [&](auto hs) {
+      constexpr int HS = decltype(hs)::value;
+      constexpr std::size_t shared = mma_sync::backward_shared<HS>();
+      auto* dq_kernel = mma_sync::backward_dq_kernel<HS, Out>;
+      allow_dynamic_shared(dq_kernel, shared);
+      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(d, dvec, dout, dout16, qkv16, out, lse, T,
+                                                         C, NH, plan.scale);
+      CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);
+      auto* dkdv_kernel = mma_sync::backward_dkdv_kernel<HS, Out>;
+      allow_dynamic_shared(dkdv_kernel, shared);
+      dkdv_kernel<<<plan.grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, T, C, NH,
+                                                           plan.scale);
+      CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
+    });
+  };
+  if (dqkv.type == DType::bf16)
+    launch(static_cast<bf16*>(dqkv.data));
+  else
+    launch(static_cast<float*>(dqkv.data));
 }
 
 }  // namespace mixsim::cuda

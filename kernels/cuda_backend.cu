@@ -82,9 +82,9 @@ int select_device(int device) {
 // (matmul.cu; off by default for cuda, whose fp32 products stay plain cuBLAS and its GELU exactly
 // the CPU's arithmetic); MIXSIM_BF16_ACTIVATIONS, cuda-bf16 asks the model to store the tensors
 // only products read in bf16 (activation_storage). And one opt-in, off unless set to 1, written
-// without a GPU at hand and not yet run on one: MIXSIM_BF16_OUTPUTS, products write the bf16 qkv
-// the MLP's pre-activation and its gradient, and the logits themselves (bf16_product_outputs;
-// the bias rounded to bf16 first).
+// without a GPU at hand and not yet run on one: MIXSIM_BF16_OUTPUTS, products write the bf16 qkv,
+// the MLP's pre-activation and its gradient, and the logits themselves, and the tensor-core
+// attention backward the bf16 dqkv (bf16_product_outputs; the bias rounded to bf16 first).
 
 class CudaBackend final : public Backend {
  public:
@@ -248,7 +248,7 @@ class CudaBackend final : public Backend {
       cuda::attention_forward(out, lse, fp32_qkv("attention_forward", qkv, C, NH), B, T, C, NH,
                               stream_.get());
   }
-  void attention_backward(float* dqkv, const float* dout, TensorIn qkv, const float* out,
+  void attention_backward(TensorOut dqkv, const float* dout, TensorIn qkv, const float* out,
                           const float* lse, int B, int T, int C, int NH) override {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
@@ -257,9 +257,9 @@ class CudaBackend final : public Backend {
           dqkv, dout, qkv, out, lse, B, T, C, NH,
           workspace(cuda::attention_tc_workspace(true, qkv.type, B, T, C, NH)), stream_.get());
     else
-      cuda::attention_backward(dqkv, dout, fp32_qkv("attention_backward", qkv, C, NH), out, lse, B,
-                               T, C, NH, workspace(cuda::attention_backward_workspace(B, T, NH)),
-                               stream_.get());
+      cuda::attention_backward(
+          fp32_dqkv(dqkv, C, NH), dout, fp32_qkv("attention_backward", qkv, C, NH), out, lse, B, T,
+          C, NH, workspace(cuda::attention_backward_workspace(B, T, NH)), stream_.get());
   }
   void gelu_forward(TensorOut out, TensorIn inp, std::size_t n) override {
     cuda::gelu_forward(out, inp, n, stream_.get());
@@ -311,6 +311,14 @@ class CudaBackend final : public Backend {
     return {static_cast<char*>(workspace_), workspace_bytes_};
   }
 
+  // The fp32 kernels' dqkv: refuses a bf16 one, which only the tensor-core kernels write.
+  static float* fp32_dqkv(TensorOut dqkv, int C, int NH) {
+    CUDA_REQUIRE(dqkv.type == DType::fp32, "attention_backward",
+                 "a bf16 dqkv, which only the tensor-core kernels write (cuda-bf16 with "
+                 "MIXSIM_TC_ATTENTION on and head size a multiple of 16 up to 128): " +
+                     cuda::dims({{"C", C}, {"NH", NH}}));
+    return static_cast<float*>(dqkv.data);
+  }
   // The fp32 kernels' qkv: refuses a bf16 one (attention_rounds_qkv says where that is allowed).
   static const float* fp32_qkv(const char* op, TensorIn qkv, int C, int NH) {
     CUDA_REQUIRE(qkv.type == DType::fp32, op,

@@ -135,7 +135,7 @@ bool attention_tc_supported(int C, int NH, std::size_t max_shared);
 std::size_t attention_tc_workspace(bool backward, DType qkv, int B, int T, int C, int NH);
 void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
                           Workspace ws, cudaStream_t stream);
-void attention_backward_tc(float* dqkv, const float* dout, TensorIn qkv, const float* out,
+void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, const float* out,
                            const float* lse, int B, int T, int C, int NH, Workspace ws,
                            cudaStream_t stream);
 

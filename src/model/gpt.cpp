@@ -406,8 +406,11 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
                         a.ln2_rstd, N, C);
   // Attention; dbuf4 now holds dqkv (B,T,3C).
   be.matmul_backward(s.dbuf, g.attprojw, g.attprojb, s.dresidual, a.atty, p.attprojw, N, C, C);
-  be.attention_backward(s.dbuf4, s.dbuf, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
-  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, s.dbuf4, a.ln1, p.qkvw, N, C, 3 * C);
+  // dqkv in bf16 where the qkv and the products' outputs are (attention then rounds it as it
+  // stores it; the qkv bias gradient sums the stored values)
+  const TensorOut dqkv{s.dbuf4, a.qkv.type == DType::bf16 ? output_storage() : DType::fp32};
+  be.attention_backward(dqkv, s.dbuf, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
+  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, dqkv, a.ln1, p.qkvw, N, C, 3 * C);
   be.layernorm_backward(s.dresidual, g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean,
                         a.ln1_rstd, N, C);
 }

@@ -1245,6 +1245,24 @@ TEST_F(CudaOps, Bf16QkvStorageChangesNothing) {
   EXPECT_THROW(gpu_->attention_forward(out.get(), lse.get(), TensorIn(q16.get(), DType::bf16), B2,
                                        T2, C2, NH2),
                Error);
+  // a bf16 dqkv (MIXSIM_BF16_OUTPUTS=1): the tensor-core kernels' fp32 result rounded as stored;
+  // the fp32 kernels refuse it
+  {
+    DeviceBuffer<float> o(*tc, rows * C2), l(*tc, std::size_t(B2) * NH2 * T2);
+    const TensorIn q(q16.get(), DType::bf16);
+    tc->attention_forward(o.get(), l.get(), q, B2, T2, C2, NH2);
+    expect_bf16_is_rounded_fp32(
+        *tc, n,
+        [&](Backend& e, TensorOut d) {
+          e.attention_backward(d, dout.get(), q, o.get(), l.get(), B2, T2, C2, NH2);
+        },
+        "attention_backward dqkv");
+    DeviceBuffer<std::uint16_t> dq16(*gpu_, n);
+    gpu_->attention_forward(out.get(), lse.get(), q32.get(), B2, T2, C2, NH2);
+    EXPECT_THROW(gpu_->attention_backward({dq16.get(), DType::bf16}, dout.get(), q32.get(),
+                                          out.get(), lse.get(), B2, T2, C2, NH2),
+                 Error);
+  }
 
   const ModelConfig cfg{2, NH2, C2, T2, 257};
   const Batch batch = random_batch(B2, T2, cfg.vocab_size, 133);

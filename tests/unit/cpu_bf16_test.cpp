@@ -657,10 +657,22 @@ TEST(CpuBf16, Bf16QkvStorageChangesNothing) {
     tc->attention_backward(dqkv.data(), dout.data(), qkv, out.data(), lse.data(), B, T, C, NH);
     return std::tuple{out, lse, dqkv};
   };
-  EXPECT_EQ(run(q32.data()), run(TensorIn(q16.data(), DType::bf16)));
+  const TensorIn q16t(q16.data(), DType::bf16);
+  const auto r16 = run(q16t);
+  EXPECT_EQ(run(q32.data()), r16);
   std::vector<float> out(rows * C), lse(std::size_t(B) * NH * T);
   EXPECT_THROW(plain->attention_forward(out.data(), lse.data(), TensorIn(q16.data(), DType::bf16),
                                         B, T, C, NH),
+               Error);
+  // a bf16 dqkv (MIXSIM_BF16_OUTPUTS=1) is the fp32 one rounded; only where attention rounds qkv
+  std::vector<std::uint16_t> d16(n, 0xffff);
+  tc->attention_backward({d16.data(), DType::bf16}, dout.data(), q16t, std::get<0>(r16).data(),
+                         std::get<1>(r16).data(), B, T, C, NH);
+  EXPECT_EQ(d16, bits_of(std::get<2>(r16)));
+  std::vector<float> o32(rows * C), l32(std::size_t(B) * NH * T);
+  plain->attention_forward(o32.data(), l32.data(), q32.data(), B, T, C, NH);
+  EXPECT_THROW(plain->attention_backward({d16.data(), DType::bf16}, dout.data(), q32.data(),
+                                         o32.data(), l32.data(), B, T, C, NH),
                Error);
 
   const ModelConfig cfg{2, NH, C, T, 257};

@@ -97,8 +97,9 @@ class Backend {
   // bf16; attention_forward and attention_backward accept a bf16 qkv only where this is true.
   virtual bool attention_rounds_qkv(int /*C*/, int /*NH*/) const { return false; }
   // Whether the model should have products write bf16 outputs where it stores bf16 anyway (the
-  // qkv that attention rounds itself, instead of an fp32 product rounded by store(); the MLP's
-  // pre-activation and its gradient; the logits): cpu-bf16 and cuda-bf16 when the environment sets
+  // qkv that attention rounds itself, instead of an fp32 product rounded by store(), and its
+  // gradient, which attention_backward then writes in bf16; the MLP's pre-activation and its
+  // gradient; the logits): cpu-bf16 and cuda-bf16 when the environment sets
   // MIXSIM_BF16_OUTPUTS=1 at construction (opt-in: biases are then rounded to bf16 before they
   // are added, see matmul_forward).
   virtual bool bf16_product_outputs() const { return false; }
@@ -147,10 +148,11 @@ class Backend {
   virtual void attention_forward(float* out, float* lse,            // (B,T,C), (B,NH,T)
                                  TensorIn qkv,                      // (B,T,3C)
                                  int B, int T, int C, int NH) = 0;  // lse nullable
-  virtual void attention_backward(float* dqkv,                      // (B,T,3C) assigned
-                                  const float* dout,                // (B,T,C)
-                                  TensorIn qkv, const float* out,   // (B,T,3C), (B,T,C)
-                                  const float* lse,                 // (B,NH,T)
+  // A bf16 dqkv (only where attention_rounds_qkv) is the fp32 gradient rounded.
+  virtual void attention_backward(TensorOut dqkv,                  // (B,T,3C) assigned
+                                  const float* dout,               // (B,T,C)
+                                  TensorIn qkv, const float* out,  // (B,T,3C), (B,T,C)
+                                  const float* lse,                // (B,NH,T)
                                   int B, int T, int C, int NH) = 0;
 
   // ---- GELU (tanh approximation, as GPT-2), of an fp32 or bf16 input (a bf16 one widened,

@@ -151,15 +151,24 @@ class CpuBackend final : public Backend {
     else
       cpu::attention_forward(out, lse, x, B, T, C, NH);
   }
-  void attention_backward(float* dqkv, const float* dout, TensorIn qkv, const float* out,
+  void attention_backward(TensorOut dqkv_t, const float* dout, TensorIn qkv, const float* out,
                           const float* lse, int B, int T, int C, int NH) override {
     check_attention("attention_backward", B, T, C, NH);
     MIXSIM_CHECK(lse, "attention_backward needs the log-sum-exp saved by attention_forward");
+    MIXSIM_CHECK(
+        dqkv_t.type == DType::fp32 || attention_rounds_qkv(C, NH),
+        "attention_backward: a bf16 dqkv needs an attention that rounds q, k and v to bf16 "
+        "itself (cpu-bf16 with MIXSIM_TC_ATTENTION on, head size a multiple of 16 up to "
+        "128); got C={} NH={} on {}",
+        C, NH, name());
     const float* x = attention_input("attention_backward", qkv, B, T, C, NH);
+    const std::size_t n = std::size_t(B) * T * 3 * C;
+    float* dqkv = staging(dqkv_t, n);
     if (attention_rounds_qkv(C, NH))
       cpu::attention_bf16_backward(dqkv, dout, x, out, lse, B, T, C, NH);
     else
       cpu::attention_backward(dqkv, dout, x, out, lse, B, T, C, NH);
+    narrow(dqkv_t, dqkv, n);
   }
   void gelu_forward(TensorOut out, TensorIn inp, std::size_t n) override {
     const float* x = wide(scratch_[0], inp, n);
