@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize)
       if (c < C) {
         const float norm = (xs[k] - m) * s;
         dinp[off + c] += s * (weight[c] * ds[k] - mean_dnorm - norm * mean_dnorm_norm);
-        pw[k] += ds[k] * norm;
+        pw[k] += ds[k] * (xs[k] - m) * s;  // the CPU's order of the product
         pb[k] += ds[k];
       }
     }
