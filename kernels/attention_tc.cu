@@ -185,6 +185,35 @@ __device__ inline void load_rows(float* dst, const float* src, int first, int T)
   }
 }
 
+// Stage t % kStages of a double-buffered region whose stages are `per_stage` elements apart.
+template <class T>
+__device__ inline T* stage_of(T* base, int t, int per_stage) {
+  return base + (t % kStages) * per_stage;
+}
+
+// Starts key tile t (of the head whose q rows start at q) and its values into their stage of kv:
+// per stage, (64, LD) keys and then (64, LD) values. The forward and dq kernels' next tile.
+template <int HS>
+__device__ inline void load_kv_stage(bf16* kv, const bf16* q, const Head& head, int C, int t,
+                                     int T) {
+  constexpr int LD = tile_ld<HS>();
+  bf16* ks = stage_of(kv, t, 2 * kRows * LD);
+  load_tile<HS>(ks, q + C, head.qkv_stride, t * kRows, T);
+  load_tile<HS>(ks + kRows * LD, q + 2 * C, head.qkv_stride, t * kRows, T);
+}
+
+// The top of iteration t of a kernel's loop over `tiles` tiles, whose tile 0 (and the block's
+// own tiles) were started and committed before the loop: tile t's copies have landed and are
+// visible to the whole block, every warp is done with tile t - 1, and so load(t + 1) starts the
+// next tile into that stage, behind the work on tile t. One barrier per tile.
+template <class Load>
+__device__ inline void advance(int t, int tiles, Load&& load) {
+  wait_copies();
+  __syncthreads();
+  if (t + 1 < tiles) load(t + 1);
+  commit_copies();
+}
+
 // s = a . b^T for a warp: a the 16 rows of the warp (16 x HS), b the 64 rows of a tile (64 x HS);
 // s[n] is the accumulator tile of b's rows 8n..8n+7.
 template <int HS>
@@ -329,11 +358,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool live = iw < T;                                // uniform over the warp
   const float sl = scale * kLog2e;  // exp(scale s - x) = exp2(sl s - x log2 e)
   const bf16* qw = qs + warp * 16 * LD;
-  const auto load_stage = [&](int t) {  // key tile t and its values into stage t % 2
-    bf16* ks = kv + (t % kStages) * 2 * kRows * LD;
-    load_tile<HS>(ks, q + C, head.qkv_stride, t * kRows, T);
-    load_tile<HS>(ks + kRows * LD, q + 2 * C, head.qkv_stride, t * kRows, T);
-  };
+  const auto load_stage = [&](int t) { load_kv_stage<HS>(kv, q, head, C, t, T); };
   load_tile<HS>(qs, q, head.qkv_stride, i0, T);
   load_stage(0);
   commit_copies();
@@ -347,12 +372,9 @@ __global__ void __launch_bounds__(kThreads)
   float acc[HS / 8][4];
   zero<HS>(acc);
   for (int t = 0; t < tiles; ++t) {
-    wait_copies();
-    __syncthreads();  // tile t is in place; every warp is done with tile t - 1, whose stage...
-    if (t + 1 < tiles) load_stage(t + 1);  // ...the next tile now fills, behind the work on t
-    commit_copies();
+    advance(t, tiles, load_stage);
     if (!live) continue;
-    const bf16* ks = kv + (t % kStages) * 2 * kRows * LD;
+    const bf16* ks = stage_of(kv, t, 2 * kRows * LD);
     const int j0 = t * kRows;
     float s[8][4];
     scores<HS>(s, qw, ks, lane);
@@ -426,11 +448,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tiles = (min(T, i0 + kRows) - 1) / kRows + 1;
   const bool live = iw < T;
   const float sl = scale * kLog2e;
-  const auto load_stage = [&](int t) {  // key tile t and its values into stage t % 2
-    bf16* ks = kv + (t % kStages) * 2 * kRows * LD;
-    load_tile<HS>(ks, q + C, head.qkv_stride, t * kRows, T);
-    load_tile<HS>(ks + kRows * LD, q + 2 * C, head.qkv_stride, t * kRows, T);
-  };
+  const auto load_stage = [&](int t) { load_kv_stage<HS>(kv, q, head, C, t, T); };
   load_tile<HS>(qs, q, head.qkv_stride, i0, T);
   load_tile<HS>(gs, dout16 + head.row_offset, C, i0, T);
   load_stage(0);
@@ -449,12 +467,9 @@ __global__ void __launch_bounds__(kThreads)
   const bf16* qw = qs + warp * 16 * LD;
   const bf16* gw = gs + warp * 16 * LD;
   for (int t = 0; t < tiles; ++t) {
-    wait_copies();
-    __syncthreads();  // tile t (and the block's rows) in place; tile t - 1's stage is free
-    if (t + 1 < tiles) load_stage(t + 1);
-    commit_copies();
+    advance(t, tiles, load_stage);
     if (!live) continue;
-    const bf16* ks = kv + (t % kStages) * 2 * kRows * LD;
+    const bf16* ks = stage_of(kv, t, 2 * kRows * LD);
     const bf16* vs = ks + kRows * LD;
     const int j0 = t * kRows;
     float s[8][4], dp[8][4];
@@ -500,8 +515,8 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
   const float sl = scale * kLog2e;
   const auto load_stage = [&](int t) {  // query tile t (from j0), its dout, lse and D
     const int t0 = j0 + t * kRows;
-    bf16* qt = qg + (t % kStages) * 2 * kRows * LD;
-    float* rt = rows + (t % kStages) * 2 * kRows;
+    bf16* qt = stage_of(qg, t, 2 * kRows * LD);
+    float* rt = stage_of(rows, t, 2 * kRows);
     load_tile<HS>(qt, q, head.qkv_stride, t0, T);
     load_tile<HS>(qt + kRows * LD, dout16 + head.row_offset, C, t0, T);
     load_rows(rt, lse + head.lse_offset, t0, T);
@@ -518,15 +533,12 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
   const bf16* kw = ks + warp * 16 * LD;
   const bf16* vw = vs + warp * 16 * LD;
   for (int t = 0; t < tiles; ++t) {
-    wait_copies();
-    __syncthreads();  // tile t (and the block's keys) in place; tile t - 1's stage is free
-    if (t + 1 < tiles) load_stage(t + 1);
-    commit_copies();
+    advance(t, tiles, load_stage);
     if (!live) continue;
     const int t0 = j0 + t * kRows;
-    const bf16* qs = qg + (t % kStages) * 2 * kRows * LD;
+    const bf16* qs = stage_of(qg, t, 2 * kRows * LD);
     const bf16* gs = qs + kRows * LD;
-    const float* tile_lse = rows + (t % kStages) * 2 * kRows;  // natural log
+    const float* tile_lse = stage_of(rows, t, 2 * kRows);  // natural log
     const float* tile_d = tile_lse + kRows;
     float s[8][4], dp[8][4];
     scores<HS>(s, kw, qs, lane);   // S^T: the warp's keys x the tile's queries

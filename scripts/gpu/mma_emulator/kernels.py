@@ -221,6 +221,29 @@ def load_rows(ctx, dst, src_name, src, first, T):
     ctx.smem.copy_f(dst + tid[w], v, ctx.warp)
 
 
+def stage_of(base, t, per_stage):
+    """Stage t % kStages of a double-buffered region whose stages are per_stage elements apart."""
+    return base + (t % kStages) * per_stage
+
+
+def load_kv_stage(ctx, HS, kv, head, C, t, T):
+    """Key tile t and its values into their stage of kv (forward and dq kernels)."""
+    LD = tile_ld(HS)
+    ks = stage_of(kv, t, 2 * kRows * LD)
+    load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, t * kRows, T)
+    load_tile(ctx, HS, ks + kRows * LD, "qkv16", head.q + 2 * C, head.qkv_stride, t * kRows, T)
+
+
+def advance(ctx, t, tiles, load):
+    """The top of iteration t of a pipelined loop (use with `yield from`): wait_copies,
+    __syncthreads, the next tile's copies, commit."""
+    wait_copies(ctx)
+    yield  # __syncthreads
+    if t + 1 < tiles:
+        load(t + 1)
+    commit_copies(ctx)
+
+
 def scores(ctx, HS, a, b):
     LD = tile_ld(HS)
     lane = ctx.lane
@@ -303,10 +326,8 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
     sl = np.float32(scale) * kLog2e
     qw = qs + warp * 16 * LD
 
-    def load_stage(t):  # key tile t and its values into stage t % 2
-        ks = kv + (t % kStages) * 2 * kRows * LD
-        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, t * kRows, T)
-        load_tile(ctx, HS, ks + kRows * LD, "qkv16", head.q + 2 * C, head.qkv_stride, t * kRows, T)
+    def load_stage(t):
+        load_kv_stage(ctx, HS, kv, head, C, t, T)
 
     load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, i0, T)
     load_stage(0)
@@ -316,14 +337,10 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
     l = [np.zeros(32, np.float32), np.zeros(32, np.float32)]
     acc = zero(HS)
     for t in range(tiles):
-        wait_copies(ctx)
-        yield  # __syncthreads
-        if t + 1 < tiles:
-            load_stage(t + 1)
-        commit_copies(ctx)
+        yield from advance(ctx, t, tiles, load_stage)
         if not live:
             continue
-        ks = kv + (t % kStages) * 2 * kRows * LD
+        ks = stage_of(kv, t, 2 * kRows * LD)
         j0 = t * kRows
         s = scores(ctx, HS, qw, ks)
         tile_max = [np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)]
@@ -385,10 +402,8 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale):
     live = iw < T
     sl = np.float32(scale) * kLog2e
 
-    def load_stage(t):  # key tile t and its values into stage t % 2
-        ks = kv + (t % kStages) * 2 * kRows * LD
-        load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, t * kRows, T)
-        load_tile(ctx, HS, ks + kRows * LD, "qkv16", head.q + 2 * C, head.qkv_stride, t * kRows, T)
+    def load_stage(t):
+        load_kv_stage(ctx, HS, kv, head, C, t, T)
 
     load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, i0, T)
     load_tile(ctx, HS, gs, "dout16", head.row_offset, C, i0, T)
@@ -427,14 +442,10 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale):
     qw = qs + warp * 16 * LD
     gw = gs + warp * 16 * LD
     for t in range(tiles):
-        wait_copies(ctx)
-        yield  # __syncthreads
-        if t + 1 < tiles:
-            load_stage(t + 1)
-        commit_copies(ctx)
+        yield from advance(ctx, t, tiles, load_stage)
         if not live:
             continue
-        ks = kv + (t % kStages) * 2 * kRows * LD
+        ks = stage_of(kv, t, 2 * kRows * LD)
         vs = ks + kRows * LD
         j0 = t * kRows
         s = scores(ctx, HS, qw, ks)
@@ -469,8 +480,8 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
 
     def load_stage(t):  # query tile t (from j0), its dout, lse and D
         t0 = j0 + t * kRows
-        qt = qg + (t % kStages) * 2 * kRows * LD
-        rt = rows + (t % kStages) * 2 * kRows
+        qt = stage_of(qg, t, 2 * kRows * LD)
+        rt = stage_of(rows, t, 2 * kRows)
         load_tile(ctx, HS, qt, "qkv16", head.q, head.qkv_stride, t0, T)
         load_tile(ctx, HS, qt + kRows * LD, "dout16", head.row_offset, C, t0, T)
         load_rows(ctx, rt, "lse", head.lse_offset, t0, T)
@@ -486,17 +497,13 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
     kw = ks + warp * 16 * LD
     vw = vs + warp * 16 * LD
     for t in range(tiles):
-        wait_copies(ctx)
-        yield  # __syncthreads
-        if t + 1 < tiles:
-            load_stage(t + 1)
-        commit_copies(ctx)
+        yield from advance(ctx, t, tiles, load_stage)
         if not live:
             continue
         t0 = j0 + t * kRows
-        qs = qg + (t % kStages) * 2 * kRows * LD
+        qs = stage_of(qg, t, 2 * kRows * LD)
         gs = qs + kRows * LD
-        tile_lse = rows + (t % kStages) * 2 * kRows  # natural log
+        tile_lse = stage_of(rows, t, 2 * kRows)  # natural log
         tile_d = tile_lse + kRows
         s = scores(ctx, HS, kw, qs)
         dp = scores(ctx, HS, vw, gs)

@@ -8,24 +8,25 @@ import re
 import run
 
 src = open("kernels.py").read()
-ISSUE = ("        wait_copies(ctx)\n        yield  # __syncthreads\n"
-         "        if t + 1 < tiles:\n            load_stage(t + 1)\n")
-ISSUE_EARLY = ("        wait_copies(ctx)\n        if t + 1 < tiles:\n            load_stage(t + 1)\n"
-               "        yield  # __syncthreads\n")
+ISSUE = ("    wait_copies(ctx)\n    yield  # __syncthreads\n"
+         "    if t + 1 < tiles:\n        load(t + 1)\n")
+ISSUE_EARLY = ("    wait_copies(ctx)\n    if t + 1 < tiles:\n        load(t + 1)\n"
+               "    yield  # __syncthreads\n")
 muts = {
     # tile t + 1 issued into stage t % 2, the one being read in this barrier interval (tile 0
-    # into stage 0 in the prologue, and each tile read from where it was put): the forward's
-    # load_stage and its read, the first two of the four (the dq kernel's are the same)
-    "forward: load_stage(t+1) into stage t%2": (
-        [("ks = kv + (t % kStages)", "ks = kv + ((t - (t > 0)) % kStages)")], 2),
-    "all kernels: load_stage(t+1) issued before the __syncthreads": ([(ISSUE, ISSUE_EARLY)], 3),
+    # into stage 0 in the prologue, and each tile read from where it was put): stage_of, which
+    # every kernel's stages go through
+    "all kernels: tile t+1 into stage t%2": (
+        [("return base + (t % kStages) * per_stage",
+          "return base + ((t - (t > 0)) % kStages) * per_stage")], 1),
+    "all kernels: tile t+1 issued before the __syncthreads": ([(ISSUE, ISSUE_EARLY)], 1),
     "one stage (kStages = 1), one barrier a tile": (
         [("kStages = 2  #", "kStages = 1  #")], 1),
     "dkdv: lse and D rows in one buffer for both stages": (
-        [("rt = rows + (t % kStages) * 2 * kRows", "rt = rows"),
-         ("tile_lse = rows + (t % kStages) * 2 * kRows", "tile_lse = rows")], 1),
+        [("rt = stage_of(rows, t, 2 * kRows)", "rt = rows"),
+         ("tile_lse = stage_of(rows, t, 2 * kRows)", "tile_lse = rows")], 1),
     "all kernels: no wait_copies before the barrier": (
-        [("        wait_copies(ctx)\n        yield", "        yield")], 3),
+        [("    wait_copies(ctx)\n    yield", "    yield")], 1),
     "forward: no commit_copies after the prologue": (
         [("    load_stage(0)\n    commit_copies(ctx)\n\n    m = ", "    load_stage(0)\n\n    m = ")],
         1),

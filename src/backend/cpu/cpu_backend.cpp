@@ -207,45 +207,39 @@ class CpuBackend final : public Backend {
   void classifier(TensorOut logits_t, float* losses, const int* targets, float dloss,
                   TensorOut dlogits, int N, int V, int Vp) override {
     MIXSIM_CHECK(N > 0 && V > 0 && V <= Vp, "classifier: N={} V={} Vp={}", N, V, Vp);
-    constexpr int kRows = 64;  // rows widened or copied at a time
-    const std::size_t chunk = std::size_t(kRows) * Vp;
+    const bool write = dlogits.data != nullptr;
+    const auto* logits = static_cast<const float*>(logits_t.data);  // when fp32
     if (logits_t.type == DType::bf16) {
-      MIXSIM_CHECK(!dlogits.data || (dlogits.type == DType::bf16 && dlogits.data == logits_t.data),
+      MIXSIM_CHECK(!write || (dlogits.type == DType::bf16 && dlogits.data == logits_t.data),
                    "classifier: the dlogits of bf16 logits are written in place: pass the logits");
-      // a chunk of rows widened, the fp32 classifier in place on it, rounded back
-      auto* bits = static_cast<std::uint16_t*>(logits_t.data);
-      if (out_scratch_.size() < chunk) out_scratch_.resize(chunk);
-      for (int r0 = 0; r0 < N; r0 += kRows) {
-        const int rows = std::min(kRows, N - r0);
-        const std::size_t at = std::size_t(r0) * Vp, n = std::size_t(rows) * Vp;
-        float* wide = out_scratch_.data();
-#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
-        for (std::size_t i = 0; i < n; ++i) wide[i] = bf16_value(bits[at + i]);
-        cpu::classifier(wide, losses + r0, targets + r0, dloss, dlogits.data != nullptr, rows, V,
+    } else {
+      MIXSIM_CHECK(dlogits.type == DType::bf16 || !write || dlogits.data == logits_t.data,
+                   "classifier: fp32 dlogits are written in place: pass the logits");
+      if (dlogits.type == DType::fp32 || !write) {
+        cpu::classifier(static_cast<float*>(logits_t.data), losses, targets, dloss, write, N, V,
                         Vp);
-        if (dlogits.data) narrow({bits + at, DType::bf16}, wide, n);
+        return;
       }
-      return;
+      MIXSIM_CHECK(!bytes_overlap(dlogits.data, std::size_t(N) * Vp * 2, logits,
+                                  std::size_t(N) * Vp * sizeof(float)),
+                   "classifier: bf16 dlogits must not overlap the logits");
     }
-    float* logits = static_cast<float*>(logits_t.data);
-    MIXSIM_CHECK(dlogits.type == DType::bf16 || !dlogits.data || dlogits.data == logits,
-                 "classifier: fp32 dlogits are written in place: pass the logits");
-    if (dlogits.type == DType::fp32 || !dlogits.data) {
-      cpu::classifier(logits, losses, targets, dloss, dlogits.data != nullptr, N, V, Vp);
-      return;
-    }
-    MIXSIM_CHECK(!bytes_overlap(dlogits.data, std::size_t(N) * Vp * 2, logits,
-                                std::size_t(N) * Vp * sizeof(float)),
-                 "classifier: bf16 dlogits must not overlap the logits");
-    // bf16 dlogits: in place on a copy of a chunk of rows, then rounded into the buffer; the
-    // logits stay.
-    if (out_scratch_.size() < chunk) out_scratch_.resize(chunk);
+    // bf16 logits, or bf16 dlogits of fp32 logits (which stay as they were): a chunk of rows at a
+    // time in fp32 (widened, or copied), the classifier in place on it, the gradient rounded into
+    // the bf16 dlogits (the logits themselves, or a buffer of their own).
+    constexpr int kRows = 64;
+    if (out_scratch_.size() < std::size_t(kRows) * Vp) out_scratch_.resize(std::size_t(kRows) * Vp);
     for (int r0 = 0; r0 < N; r0 += kRows) {
       const int rows = std::min(kRows, N - r0);
       const std::size_t at = std::size_t(r0) * Vp, n = std::size_t(rows) * Vp;
-      copy(out_scratch_.data(), logits + at, n * sizeof(float));
-      cpu::classifier(out_scratch_.data(), losses + r0, targets + r0, dloss, true, rows, V, Vp);
-      narrow({static_cast<std::uint16_t*>(dlogits.data) + at, DType::bf16}, out_scratch_.data(), n);
+      if (logits_t.type == DType::bf16)
+        widened(out_scratch_, static_cast<const std::uint16_t*>(logits_t.data) + at, n);
+      else
+        copy(out_scratch_.data(), logits + at, n * sizeof(float));
+      cpu::classifier(out_scratch_.data(), losses + r0, targets + r0, dloss, write, rows, V, Vp);
+      if (write)
+        narrow({static_cast<std::uint16_t*>(dlogits.data) + at, DType::bf16}, out_scratch_.data(),
+               n);
     }
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
@@ -254,17 +248,13 @@ class CpuBackend final : public Backend {
                  "adamw: bias corrections must be positive (step count starts at 1)");
     cpu::adamw(params, m, v, grads, n, args);
   }
-  double sum_squares(const float* x, std::size_t n) override {
-    return cpu::sum_squares(x, n);
-  }
+  double sum_squares(const float* x, std::size_t n) override { return cpu::sum_squares(x, n); }
   void weighted_sum(float* out, const float* const* inputs, const float* weights, int k,
                     std::size_t n) override {
     MIXSIM_CHECK(k > 0, "weighted_sum of {} buffers", k);
     cpu::weighted_sum(out, inputs, weights, k, n);
   }
-  void scale(float* x, float alpha, std::size_t n) override {
-    cpu::scale(x, alpha, n);
-  }
+  void scale(float* x, float alpha, std::size_t n) override { cpu::scale(x, alpha, n); }
 
  private:
   // x rounded to bf16 (to nearest even) into `scratch`, which grows as needed.
