@@ -2,9 +2,12 @@
 // FLOP count of a training token. Depends only on the compute layers (mixsim_compute).
 #pragma once
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/core/config.hpp"
@@ -54,18 +57,25 @@ class TimedBackend final : public Backend {
   }
   void matmul_forward(TensorOut o, TensorIn i, const float* w, const float* b, int N, int C,
                       int OC) override {
-    time("matmul_forward", [&] { in_.matmul_forward(o, i, w, b, N, C, OC); });
+    time(
+        "matmul_forward", [&] { in_.matmul_forward(o, i, w, b, N, C, OC); }, product(N, C, OC, 1));
   }
   void matmul_backward(float* di, float* dw, float* db, TensorIn d, TensorIn i, const float* w,
                        int N, int C, int OC) override {
-    time("matmul_backward", [&] { in_.matmul_backward(di, dw, db, d, i, w, N, C, OC); });
+    time(
+        "matmul_backward", [&] { in_.matmul_backward(di, dw, db, d, i, w, N, C, OC); },
+        product(N, C, OC, di ? 2 : 1));
   }
   void attention_forward(float* o, float* l, TensorIn q, int B, int T, int C, int NH) override {
-    time("attention_forward", [&] { in_.attention_forward(o, l, q, B, T, C, NH); });
+    time(
+        "attention_forward", [&] { in_.attention_forward(o, l, q, B, T, C, NH); },
+        attention(B, T, C, NH, 1));
   }
   void attention_backward(TensorOut dq, const float* d, TensorIn q, const float* o, const float* l,
                           int B, int T, int C, int NH) override {
-    time("attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); });
+    time(
+        "attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); },
+        attention(B, T, C, NH, 2));
   }
   void gelu_forward(TensorOut o, TensorIn i, std::size_t n) override {
     time("gelu_forward", [&] { in_.gelu_forward(o, i, n); });
@@ -75,12 +85,15 @@ class TimedBackend final : public Backend {
   }
   void matmul_gelu_forward(TensorOut o, TensorOut p, TensorIn i, const float* w, const float* b,
                            int N, int C, int OC) override {
-    time("matmul_gelu_forward", [&] { in_.matmul_gelu_forward(o, p, i, w, b, N, C, OC); });
+    time(
+        "matmul_gelu_forward", [&] { in_.matmul_gelu_forward(o, p, i, w, b, N, C, OC); },
+        product(N, C, OC, 1));
   }
   void gelu_matmul_backward(TensorOut dp, float* dw, float* db, const float* d, TensorIn i,
                             TensorIn p, const float* w, int N, int C, int OC) override {
-    time("gelu_matmul_backward",
-         [&] { in_.gelu_matmul_backward(dp, dw, db, d, i, p, w, N, C, OC); });
+    time(
+        "gelu_matmul_backward", [&] { in_.gelu_matmul_backward(dp, dw, db, d, i, p, w, N, C, OC); },
+        product(N, C, OC, 2));
   }
   void residual_forward(float* o, const float* a, const float* b, std::size_t n) override {
     time("residual_forward", [&] { in_.residual_forward(o, a, b, n); });
@@ -110,23 +123,63 @@ class TimedBackend final : public Backend {
   }
   void scale(float* x, float a, std::size_t n) override { in_.scale(x, a, n); }
 
-  void reset() { totals_.clear(); }
+  void reset() {
+    totals_.clear();
+    shapes_.clear();
+  }
+  // Each op's time per step, then the products' and attention's by shape, slowest first, with
+  // the rate of their useful flops.
   void print(int steps) const {
     for (const auto& [op, s] : totals_)
-      std::printf("         %-20s %8.3f ms/step\n", op.c_str(), 1e3 * s / steps);
+      std::printf("         %-26s %8.3f ms/step\n", op.c_str(), 1e3 * s / steps);
+    std::vector<std::pair<std::string, Shaped>> by_time(shapes_.begin(), shapes_.end());
+    std::sort(by_time.begin(), by_time.end(),
+              [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+    for (const auto& [what, t] : by_time)
+      std::printf("           %-52s %8.3f ms/step %8.3f TFLOP/s\n", what.c_str(),
+                  1e3 * t.seconds / steps, t.flops / t.seconds / 1e12);
   }
 
  private:
+  // What one call is, beyond its op's name, and its useful flops.
+  struct Shape {
+    std::string what;
+    double flops = 0;
+  };
+  // A matrix product (N,C) x (C,OC) in `passes` passes (forward 1; backward 2 with the input
+  // gradient, else 1).
+  static Shape product(int N, int C, int OC, int passes) {
+    return {"N " + std::to_string(N) + ", C " + std::to_string(C) + " -> " + std::to_string(OC),
+            2.0 * passes * N * double(C) * OC};
+  }
+  // Causal attention: q.k and p.v over half the keys on average, the backward twice the forward
+  // (as bench::flops_per_token counts it).
+  static Shape attention(int B, int T, int C, int NH, int passes) {
+    return {"B " + std::to_string(B) + ", T " + std::to_string(T) + ", C " + std::to_string(C) +
+                ", heads " + std::to_string(NH),
+            2.0 * passes * B * double(T) * T * C};
+  }
+  struct Shaped {
+    double seconds = 0, flops = 0;
+  };
+
   template <class Fn>
-  void time(const char* op, Fn&& fn) {
+  void time(const char* op, Fn&& fn, const Shape& shape = {}) {
     Stopwatch w;
     fn();
     if (sync_) in_.synchronize();
-    totals_[op] += w.seconds();
+    const double s = w.seconds();
+    totals_[op] += s;
+    if (!shape.what.empty()) {
+      Shaped& t = shapes_[std::string(op) + " " + shape.what];
+      t.seconds += s;
+      t.flops += shape.flops;
+    }
   }
   Backend& in_;
   bool sync_;
   std::map<std::string, double> totals_;
+  std::map<std::string, Shaped> shapes_;
 };
 
 // FLOPs of one training token: 6 per weight that enters a matrix product (2 forward, 4

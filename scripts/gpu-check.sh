@@ -8,8 +8,9 @@
 #      (-DMIXSIM_COMPUTE_ONLY=ON: no MPI, HDF5 or Boost needed);
 #   3. runs the gpu tests (every CUDA op against the CPU backend, a training step, 20 steps);
 #   4. checks one forward/backward against PyTorch on the same weights (scripts/gpu/torch_check.py);
-#   5. benchmarks training (bench_gpu_train) and averaging (bench_gpu_averaging), and PyTorch's
-#      training of the same model on the same card (scripts/gpu/torch_train.py);
+#   5. benchmarks training (bench_gpu_train), the step's matrix products as cuBLAS runs them alone
+#      (bench_gpu_gemm), averaging (bench_gpu_averaging), and PyTorch's training of the same model
+#      on the same card (scripts/gpu/torch_train.py);
 #   6. runs the op tests under compute-sanitizer memcheck (where it is installed);
 #   7. prints a short table of all of it.
 # Each step has its own time limit and the script goes on after a failed step, so one run tells
@@ -190,6 +191,11 @@ step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --
   --backend cuda-bf16
 step bench-profile-outputs 60 env MIXSIM_BF16_OUTPUTS=1 "$BUILD/bench/bench_gpu_train" \
   --configs gpt2 --steps 2 --profile --backend cuda-bf16
+# the products alone, as cuBLAS runs them with nothing around them: the ceiling of the products'
+# share of the profiled step above (bench/gpu/gemm.cpp)
+GEMM_CONFIGS=gpt2,1.1b
+((QUICK)) && GEMM_CONFIGS=gpt2
+step bench-gemm 60 "$BUILD/bench/bench_gpu_gemm" --configs "$GEMM_CONFIGS"
 step bench-averaging 60 "$BUILD/bench/bench_gpu_averaging"
 step torch-fp32 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype fp32 --steps 5
 ((QUICK)) || step torch-bf16-compile 240 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 10
@@ -212,7 +218,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-train-bf16-all bench-train-bf16-outputs bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
+for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-train-bf16-all bench-train-bf16-outputs bench-gemm bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)
