@@ -641,10 +641,6 @@ std::size_t max_shared_per_block(int device) {
 
 namespace {
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
-}
-
 // The bf16 qkv that the kernels read: a bf16 one as it is, an fp32 one rounded into the workspace.
 const bf16* bf16_qkv(TensorIn qkv, std::size_t n, Workspace& ws, cudaStream_t stream) {
   if (qkv.type == DType::bf16) return static_cast<const bf16*>(qkv.data);

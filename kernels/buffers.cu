@@ -73,10 +73,6 @@ __global__ void weighted_sum4_kernel(float4* out, Inputs in, bool first, std::si
   }
 }
 
-bool aligned16(const void* p) {
-  return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
-}
-
 __global__ void scale_kernel(float* x, float alpha, std::size_t n) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
   for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)

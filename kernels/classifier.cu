@@ -4,9 +4,19 @@
 // and for training, in a second pass, overwrites the logits in place with
 // dloss * (softmax - onehot) (fp32 logits, or bf16 ones, read as stored), or writes the gradient
 // of fp32 logits as bf16 into a buffer of their own (the logits then stay); the probabilities
-// are never stored. Every element is read and
-// written by the same thread, and the target's logit is read by all threads before the first
-// barrier, so the in-place writes race with nothing.
+// are never stored.
+//
+// Where the row fits in shared memory (GPT-2's 50,257 logits: 201 KB in fp32, 101 KB in bf16;
+// an H100 gives a block 227 KB) classifier_cached_kernel copies it there with 16-byte loads and
+// both passes read it from there: the logits are read from memory once. (The two passes of
+// classifier_kernel, for longer rows, read them twice: a GPT-2 batch's logits, 1.6 GB at B 8 in
+// fp32, do not stay in L2 between the passes.) In both kernels the in-place writes race with
+// nothing: in classifier_kernel every element is read and written by the same thread, and the
+// target's logit is read by all threads before the first barrier; classifier_cached_kernel writes
+// only after its last read of the row in memory and a barrier.
+
+#include <cstdint>
+#include <type_traits>
 
 #include "launchers.cuh"
 
@@ -32,8 +42,10 @@ __device__ inline MaxSum merge(MaxSum a, MaxSum b) {
   return {m, __fadd_rn(__fmul_rn(a.s, expf(a.m - m)), __fmul_rn(b.s, expf(b.m - m)))};
 }
 
-// Merges the threads' pairs over the block; every thread gets the same result (the warps'
-// partials merged in warp order). Ends with a barrier, so `scratch` can be reused at once.
+// Merges the threads' pairs over a block of kBlockWarps warps; every thread gets the same result
+// (the warps' partials merged in warp order). Ends with a barrier, so `scratch` can be reused at
+// once.
+template <int kBlockWarps>
 __device__ MaxSum block_merge(MaxSum v, MaxSum* scratch) {
   for (int offset = 16; offset > 0; offset >>= 1)
     v = merge(v,
@@ -41,9 +53,26 @@ __device__ MaxSum block_merge(MaxSum v, MaxSum* scratch) {
   if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
   __syncthreads();
   MaxSum r = scratch[0];
-  for (int w = 1; w < kWarps; ++w) r = merge(r, scratch[w]);
+  for (int w = 1; w < kBlockWarps; ++w) r = merge(r, scratch[w]);
   __syncthreads();
   return r;
+}
+
+// Adds logit x to a thread's running pair: a larger logit rescales the sum so far.
+__device__ inline void add(MaxSum& part, float x) {
+  if (x > part.m) {
+    part.s = part.s * expf(part.m - x) + 1.f;
+    part.m = x;
+  } else if (x != -INFINITY) {  // (a NaN still makes the sum NaN)
+    part.s += expf(x - part.m);
+  }
+}
+
+// The gradient of logit j: dloss * softmax, less dloss at the target; k = dloss / sum.
+__device__ inline float gradient(float x, int j, int target, float mx, float k, float dloss) {
+  float g = __fmul_rn(expf(x - mx), k);
+  if (j == target) g -= dloss;
+  return g;
 }
 
 // dlogits: null (no gradient), the logits themselves (in place, of their type), or, of fp32
@@ -67,26 +96,138 @@ __global__ void __launch_bounds__(kThreads)
   // One read of the row for both (the logits of a GPT-2 batch, 1.6 GB at B 8, do not stay in
   // L2 between passes): a larger logit rescales the sum so far.
   MaxSum part{-INFINITY, 0.f};
-  for (int j = threadIdx.x; j < V; j += kThreads) {
-    const float x = load(row + j);
-    if (x > part.m) {
-      part.s = part.s * expf(part.m - x) + 1.f;
-      part.m = x;
-    } else if (x != -INFINITY) {  // (a NaN still makes the sum NaN)
-      part.s += expf(x - part.m);
-    }
-  }
-  const MaxSum total = block_merge(part, scratch);
+  for (int j = threadIdx.x; j < V; j += kThreads) add(part, load(row + j));
+  const MaxSum total = block_merge<kWarps>(part, scratch);
   const float mx = total.m, sum = total.s;
   if (threadIdx.x == 0) losses[blockIdx.x] = logf(sum) + mx - target_logit;
   if (!write) return;
   const float k = dloss / sum;
-  for (int j = threadIdx.x; j < V; j += kThreads) {
-    float g = __fmul_rn(expf(load(row + j) - mx), k);
-    if (j == target) g -= dloss;
-    store(grad + j, g);
-  }
+  for (int j = threadIdx.x; j < V; j += kThreads)
+    store(grad + j, gradient(load(row + j), j, target, mx, k, dloss));
   for (int j = V + threadIdx.x; j < Vp; j += kThreads) store(grad + j, 0.f);
+}
+
+constexpr int kCachedThreads = 1024;
+constexpr int kCachedWarps = kCachedThreads / kWarpSize;
+constexpr int kCopyUnroll = 4;  // 16-byte loads in flight per thread while the row is copied
+
+// An element's value as fp32 (a bf16 one widened, exact), and an fp32 value as T (rounded to the
+// nearest bf16): by value, so that the packs below stay in registers.
+__device__ inline float widen(float x) {
+  return x;
+}
+__device__ inline float widen(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <class T>
+__device__ inline T narrow(float x) {
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else
+    return __float2bfloat16_rn(x);
+}
+
+// N elements of T moved as one access of N * sizeof(T) bytes (16 for the logits' loads).
+template <class T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T e[N];
+};
+
+// One row per block, cached in dynamic shared memory as kVec-element vectors (16 bytes): the
+// first ceil(V / kVec) vectors of the row (the last one may hold padding, never used). The
+// launcher checks that the row and dlogits' rows are so aligned (Vp a multiple of kVec).
+template <class In, class Grad>
+__global__ void __launch_bounds__(kCachedThreads, 1)
+    classifier_cached_kernel(const In* logits, Grad* dlogits, float* losses, const int* targets,
+                             float dloss, int V, int Vp) {
+  constexpr int kVec = 16 / sizeof(In);
+  using InPack = Pack<In, kVec>;
+  using GradPack = Pack<Grad, kVec>;
+  extern __shared__ __align__(16) unsigned char cache_bytes[];  // (one type for every instance)
+  auto* cache = reinterpret_cast<InPack*>(cache_bytes);
+  __shared__ MaxSum scratch[kCachedWarps];
+  const int target = targets[blockIdx.x];
+  Grad* grad = dlogits ? dlogits + std::size_t(blockIdx.x) * Vp : nullptr;
+  const bool write = grad != nullptr;
+  if (target < 0) {  // a skipped position: no loss, no gradient (the whole block)
+    if (threadIdx.x == 0) losses[blockIdx.x] = 0.f;
+    if (write)
+      for (int j = threadIdx.x; j < Vp; j += kCachedThreads) store(grad + j, 0.f);
+    return;
+  }
+  const auto* row = reinterpret_cast<const InPack*>(logits + std::size_t(blockIdx.x) * Vp);
+  const int vectors = CEIL_DIV(V, kVec);
+  // the copy: kCopyUnroll loads issued before their stores, so that many are in flight
+  for (int q0 = threadIdx.x; q0 < vectors; q0 += kCopyUnroll * kCachedThreads) {
+    InPack v[kCopyUnroll];
+#pragma unroll
+    for (int u = 0; u < kCopyUnroll; ++u)
+      if (const int q = q0 + u * kCachedThreads; q < vectors) v[u] = row[q];
+#pragma unroll
+    for (int u = 0; u < kCopyUnroll; ++u)
+      if (const int q = q0 + u * kCachedThreads; q < vectors) cache[q] = v[u];
+  }
+  __syncthreads();
+  // each thread's vectors in order, their elements in order (16-byte shared-memory reads)
+  MaxSum part{-INFINITY, 0.f};
+  for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
+    const InPack v = cache[q];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i)
+      if (q * kVec + i < V) add(part, widen(v.e[i]));
+  }
+  const MaxSum total = block_merge<kCachedWarps>(part, scratch);
+  const float mx = total.m, sum = total.s;
+  const In* cached = reinterpret_cast<const In*>(cache);
+  if (threadIdx.x == 0) losses[blockIdx.x] = logf(sum) + mx - load(cached + target);
+  if (!write) return;
+  const float k = dloss / sum;
+  auto* out = reinterpret_cast<GradPack*>(grad);
+  for (int q = threadIdx.x; q < Vp / kVec; q += kCachedThreads) {
+    GradPack g;
+    if (q < vectors) {
+      const InPack v = cache[q];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const int j = q * kVec + i;
+        g.e[i] = narrow<Grad>(j < V ? gradient(widen(v.e[i]), j, target, mx, k, dloss) : 0.f);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) g.e[i] = narrow<Grad>(0.f);
+    }
+    out[q] = g;
+  }
+}
+
+// Runs the cached kernel where the row fits in a block's shared memory and the rows are aligned
+// for its vectors; returns false (nothing launched) otherwise.
+template <class In, class Grad>
+bool launch_cached(const In* logits, Grad* dlogits, float* losses, const int* targets, float dloss,
+                   int N, int V, int Vp, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(In);
+  const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+  if (Vp % kVec != 0 || !aligned16(logits) ||
+      (dlogits && address(dlogits) % (sizeof(Grad) * kVec) != 0))
+    return false;
+  const std::size_t shared = std::size_t(CEIL_DIV(V, kVec)) * 16;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  if (shared + kCachedWarps * sizeof(MaxSum) > max_shared_per_block(device)) return false;
+  const auto kernel = classifier_cached_kernel<In, Grad>;
+  allow_dynamic_shared(kernel, shared);
+  kernel<<<N, kCachedThreads, shared, stream>>>(logits, dlogits, losses, targets, dloss, V, Vp);
+  CUDA_CHECK_LAUNCH(classifier_cached_kernel);
+  return true;
+}
+
+// The cached kernel where it can run, else classifier_kernel.
+template <class In, class Grad>
+void launch(const In* logits, Grad* dlogits, float* losses, const int* targets, float dloss, int N,
+            int V, int Vp, cudaStream_t stream) {
+  if (launch_cached(logits, dlogits, losses, targets, dloss, N, V, Vp, stream)) return;
+  classifier_kernel<<<N, kThreads, 0, stream>>>(logits, dlogits, losses, targets, dloss, V, Vp);
+  CUDA_CHECK_LAUNCH(classifier_kernel);
 }
 
 }  // namespace
@@ -99,10 +240,8 @@ void classifier(TensorOut logits_t, float* losses, const int* targets, float dlo
                  "classifier (the dlogits of bf16 logits are written in place)",
                  std::string("dlogits apart from the logits"));
     auto* logits = static_cast<__nv_bfloat16*>(logits_t.data);
-    classifier_kernel<<<N, kThreads, 0, stream>>>(
-        logits, dlogits.data ? logits : static_cast<__nv_bfloat16*>(nullptr), losses, targets,
-        dloss, V, Vp);
-    CUDA_CHECK_LAUNCH(classifier_kernel);
+    launch(logits, dlogits.data ? logits : static_cast<__nv_bfloat16*>(nullptr), losses, targets,
+           dloss, N, V, Vp, stream);
     return;
   }
   const float* logits = static_cast<const float*>(logits_t.data);
@@ -116,12 +255,10 @@ void classifier(TensorOut logits_t, float* losses, const int* targets, float dlo
       "classifier (bf16 dlogits in a buffer of their own)",
       std::string("bf16 dlogits overlapping the logits"));
   if (dlogits.type == DType::bf16)
-    classifier_kernel<<<N, kThreads, 0, stream>>>(logits, static_cast<__nv_bfloat16*>(dlogits.data),
-                                                  losses, targets, dloss, V, Vp);
+    launch(logits, static_cast<__nv_bfloat16*>(dlogits.data), losses, targets, dloss, N, V, Vp,
+           stream);
   else
-    classifier_kernel<<<N, kThreads, 0, stream>>>(logits, static_cast<float*>(dlogits.data), losses,
-                                                  targets, dloss, V, Vp);
-  CUDA_CHECK_LAUNCH(classifier_kernel);
+    launch(logits, static_cast<float*>(dlogits.data), losses, targets, dloss, N, V, Vp, stream);
 }
 
 }  // namespace mixsim::cuda

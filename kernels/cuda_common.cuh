@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <map>
 #include <mutex>
@@ -102,6 +103,11 @@ void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
   if (bytes <= now) return;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   now = bytes;
+}
+
+// Whether p can be read and written as float4 / uint4 (16-byte vectors).
+__host__ __device__ inline bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
 // Blocks for an elementwise grid-stride loop over n elements: enough to fill any GPU, capped so

@@ -1,5 +1,6 @@
 // LayerNorm over C channels: one warp per row, two passes (mean, then variance of x - mean) as
-// the CPU backend does; optionally with the residual add that forms its input fused in. The weight
+// the CPU backend does, over the row held in registers for C up to 2048; optionally with the
+// residual add that forms its input fused in. The weight
 // and bias gradients are sums over rows, formed per block of rows and then added in block order
 // (deterministic, no atomics): for C up to 1024 in the same pass as the input gradient (one read
 // of dout and inp; each lane keeps its channels' sums in registers), else by a second kernel that
@@ -18,7 +19,8 @@ constexpr int kRowLanes = 8;      // param-gradient partials: block = (32 channe
 constexpr int kFusedWarps = 8;
 constexpr int kFusedRowsPerWarp = 4;
 constexpr int kFusedRows = kFusedWarps * kFusedRowsPerWarp;
-constexpr int kFusedMaxPerLane = 32;  // C up to 1024
+constexpr int kFusedMaxPerLane = 32;    // C up to 1024
+constexpr int kForwardMaxPerLane = 64;  // the forward's row in registers: C up to 2048
 
 // With `add`, the row is first formed as inp + add (the residual add) and written to `sum`, which
 // may alias inp: one pass over both inputs instead of a separate add whose result is read back.
@@ -53,6 +55,51 @@ __global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, con
   const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
   Out* o = out + off;
   for (int c = lane; c < C; c += kWarpSize) store(o + c, (x[c] - m) * s * weight[c] + bias[c]);
+  if (lane == 0) {
+    if (mean) mean[row] = m;
+    if (rstd) rstd[row] = s;
+  }
+}
+
+// The same for C up to 32 * kForwardMaxPerLane (GPT-2's 768, the 1.1B model's 2048): each lane
+// keeps its channels of the row (c = lane + 32 k) in registers, so the row (and the addend) is
+// read once and the sum written once, where the kernel above reads the row three times. The same
+// operations in the same order.
+template <int kPerLane, class Out>
+__global__ void layernorm_forward_rows_kernel(Out* out, float* mean, float* rstd, const float* inp,
+                                              const float* weight, const float* bias, int N, int C,
+                                              const float* add, float* sum_out) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= N) return;  // the whole warp
+  const std::size_t off = std::size_t(row) * C;
+  float xs[kPerLane];
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int c = lane + k * kWarpSize;
+    xs[k] = 0.f;
+    if (c < C) {
+      xs[k] = add ? inp[off + c] + add[off + c] : inp[off + c];
+      if (add) sum_out[off + c] = xs[k];
+      sum += xs[k];
+    }
+  }
+  const float m = warp_sum(sum) / float(C);
+  float var = 0.f;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k)
+    if (lane + k * kWarpSize < C) {
+      const float d = xs[k] - m;
+      var += d * d;
+    }
+  const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
+  Out* o = out + off;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int c = lane + k * kWarpSize;
+    if (c < C) store(o + c, (xs[k] - m) * s * weight[c] + bias[c]);
+  }
   if (lane == 0) {
     if (mean) mean[row] = m;
     if (rstd) rstd[row] = s;
@@ -181,10 +228,11 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize)
   }
 }
 
-// Calls fn(std::integral_constant<int, P>) for the smallest P of the kernel's instances that
-// covers C channels (P * 32 >= C; C <= 32 * kFusedMaxPerLane).
-template <class Fn>
+// Calls fn(std::integral_constant<int, P>) for the smallest P of the kernels' instances that
+// covers C channels (P * 32 >= C; C <= 32 * kMax, kMax one of the instances).
+template <int kMax, class Fn>
 void with_channels_per_lane(int C, Fn&& fn) {
+  static_assert(kMax == 32 || kMax == 64);
   const int need = CEIL_DIV(C, kWarpSize);
   if (need <= 2)
     fn(std::integral_constant<int, 2>{});
@@ -198,8 +246,14 @@ void with_channels_per_lane(int C, Fn&& fn) {
     fn(std::integral_constant<int, 16>{});
   else if (need <= 24)
     fn(std::integral_constant<int, 24>{});
-  else
-    fn(std::integral_constant<int, kFusedMaxPerLane>{});
+  else if (need <= 32 || kMax == 32)
+    fn(std::integral_constant<int, 32>{});
+  else if constexpr (kMax == 64) {
+    if (need <= 48)
+      fn(std::integral_constant<int, 48>{});
+    else
+      fn(std::integral_constant<int, 64>{});
+  }
 }
 
 }  // namespace
@@ -210,6 +264,20 @@ void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const flo
                               const float* weight, const float* bias, int N, int C,
                               const float* add, float* sum_out, cudaStream_t stream) {
   const dim3 grid(CEIL_DIV(N, kRowsPerBlock)), block(kRowsPerBlock * kWarpSize);
+  if (C <= kWarpSize * kForwardMaxPerLane) {  // the row in registers
+    with_channels_per_lane<kForwardMaxPerLane>(C, [&](auto per_lane) {
+      constexpr int P = decltype(per_lane)::value;
+      if (out.type == DType::bf16)
+        layernorm_forward_rows_kernel<P>
+            <<<grid, block, 0, stream>>>(static_cast<__nv_bfloat16*>(out.data), mean, rstd, inp,
+                                         weight, bias, N, C, add, sum_out);
+      else
+        layernorm_forward_rows_kernel<P><<<grid, block, 0, stream>>>(
+            static_cast<float*>(out.data), mean, rstd, inp, weight, bias, N, C, add, sum_out);
+    });
+    CUDA_CHECK_LAUNCH(layernorm_forward_rows_kernel);
+    return;
+  }
   if (out.type == DType::bf16) {
     layernorm_forward_kernel<<<grid, block, 0, stream>>>(
         static_cast<__nv_bfloat16*>(out.data), mean, rstd, inp, weight, bias, N, C, add, sum_out);
@@ -255,7 +323,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     float* partial_w = ws.take<float>(std::size_t(blocks) * C);
     float* partial_b = ws.take<float>(std::size_t(blocks) * C);
     const std::size_t shared = std::size_t(kFusedWarps) * C * sizeof(float);  // <= 32 KiB
-    with_channels_per_lane(C, [&](auto per_lane) {
+    with_channels_per_lane<kFusedMaxPerLane>(C, [&](auto per_lane) {
       layernorm_backward_fused_kernel<decltype(per_lane)::value>
           <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(dinp, partial_w, partial_b, dout,
                                                                 inp, weight, mean, rstd, N, C);

@@ -214,12 +214,15 @@ TEST_F(CudaOps, LayerNormForwardAndBackward) {
   expect_close(both(db), 2e-4, 1e-4, "layernorm dbias");
 }
 
-// The backward's two paths on wider rows, under LayerNormForwardAndBackward's bounds: C = 768
-// (GPT-2; the fused kernel, 24 channels a lane) and C = 1100 (above the fused kernel's 1024: the
-// separate parameter-gradient kernel), over 70 rows (three blocks of 32, the last partial).
-TEST_F(CudaOps, LayerNormBackwardWideRows) {
+// Both passes' paths on wider rows, under LayerNormForwardAndBackward's bounds (the sums have
+// more terms, each rounding the same size; the forward's bounds keep 10x margin at C = 72), over
+// 70 rows (three backward blocks of 32, the last partial; nine forward blocks of 8). Forward:
+// C = 768 (GPT-2, 24 channels a lane in registers), 1100 (48 a lane), 2100 (above the registers'
+// 2048: the kernel that reads the row three times). Backward: 768 (the fused kernel), 1100 and 2100
+// (above its 1024: the separate parameter-gradient kernel).
+TEST_F(CudaOps, LayerNormWideRows) {
   const int rows = 70;
-  for (const int c : {768, 1100}) {
+  for (const int c : {768, 1100, 2100}) {
     const std::size_t n = std::size_t(rows) * c;
     auto inp = floats(random_floats(n, 181, 2.0, 0.5));
     auto w = floats(random_floats(c, 182, 1.0, 1.0));
@@ -232,6 +235,10 @@ TEST_F(CudaOps, LayerNormBackwardWideRows) {
                             (g ? rstd.gpu : rstd.cpu).get(), (g ? inp.gpu : inp.cpu).get(),
                             (g ? w.gpu : w.cpu).get(), (g ? b.gpu : b.cpu).get(), rows, c);
     }
+    const std::string at = " C=" + std::to_string(c);
+    expect_close(both(out), 1e-5, 1e-5, "layernorm out" + at);
+    expect_close(both(mean), 1e-6, 1e-5, "layernorm mean" + at);
+    expect_close(both(rstd), 1e-6, 1e-5, "layernorm rstd" + at);
     auto dout = floats(random_floats(n, 184));
     auto dinp = floats(random_floats(n, 185));
     auto dw = floats(random_floats(c, 186)), db = floats(random_floats(c, 187));
@@ -239,7 +246,6 @@ TEST_F(CudaOps, LayerNormBackwardWideRows) {
                              inp.cpu.get(), w.cpu.get(), mean.cpu.get(), rstd.cpu.get(), rows, c);
     gpu_->layernorm_backward(dinp.gpu.get(), dw.gpu.get(), db.gpu.get(), dout.gpu.get(),
                              inp.gpu.get(), w.gpu.get(), mean.gpu.get(), rstd.gpu.get(), rows, c);
-    const std::string at = " C=" + std::to_string(c);
     expect_close(both(dinp), 2e-5, 1e-4, "layernorm dinp" + at);
     expect_close(both(dw), 2e-4, 1e-4, "layernorm dweight" + at);
     expect_close(both(db), 2e-4, 1e-4, "layernorm dbias" + at);
@@ -414,73 +420,101 @@ TEST_F(CudaOps, GeluAndResidual) {
   expect_identical(both(a), "residual_forward");
 }
 
-// The loss is log(sum exp) over 257 logits: ulp-level differences of expf and the summation
-// order give ~1e-6. dlogits are dloss * p with p in [0, 1]: relative 1e-5, absolute
+// Row lengths the classifier tests run: the fixture's (V 257 in Vp 320), GPT-2's vocabulary (its
+// fp32 row, 201 KB, fits the shared memory of an H100/H200 block: the cached kernel) and a longer
+// one (fp32 280 KB: the kernel that reads the row twice; bf16 140 KB: cached), over few rows.
+struct ClassifierShape {
+  int rows, V, Vp;
+};
+const ClassifierShape kClassifierShapes[] = {{N, V, Vp}, {6, 50257, 50304}, {6, 70001, 70016}};
+
+// The loss is log(sum exp) over up to 70,001 logits: ulp-level differences of expf and the
+// summation order give ~1e-6. dlogits are dloss * p with p in [0, 1]: relative 1e-5, absolute
 // 1e-6 * dloss where p - 1 cancels (the target). Skipped rows and padding are exactly zero.
 TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
-  std::vector<float> host = random_floats(std::size_t(N) * Vp, 27, 3.0);
-  for (int n = 0; n < N; ++n)  // padding logits are huge: they must never matter
-    for (int j = V; j < Vp; ++j) host[std::size_t(n) * Vp + j] = 1e4f;
-  std::vector<int> targets = random_ints(N, V, 28);
-  for (int n = 0; n < N; n += 7) targets[n] = -1;  // skipped positions
-  auto tgt = ints(targets);
-  const float dloss = 1.0f / float(N);
+  for (const auto [rows, v, vp] : kClassifierShapes) {
+    SCOPED_TRACE("V=" + std::to_string(v));
+    std::vector<float> host = random_floats(std::size_t(rows) * vp, 27, 3.0);
+    for (int n = 0; n < rows; ++n)  // padding logits are huge: they must never matter
+      for (int j = v; j < vp; ++j) host[std::size_t(n) * vp + j] = 1e4f;
+    std::vector<int> targets = random_ints(rows, v, 28);
+    for (int n = 0; n < rows; n += 7) targets[n] = -1;  // skipped positions
+    auto tgt = ints(targets);
+    const float dloss = 1.0f / float(rows);
 
-  auto logits = floats(host);
-  auto losses = floats(std::vector<float>(N, 5.f));
-  cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, nullptr, N, V, Vp);
-  gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, nullptr, N, V, Vp);
-  expect_close(both(losses), 1e-5, 1e-5, "classifier losses (eval)");
-  EXPECT_EQ(fetch(*gpu_, logits.gpu.get(), logits.gpu.size()), host);  // untouched
+    auto logits = floats(host);
+    auto losses = floats(std::vector<float>(rows, 5.f));
+    cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, nullptr, rows, v,
+                     vp);
+    gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, nullptr, rows, v,
+                     vp);
+    expect_close(both(losses), 1e-5, 1e-5, "classifier losses (eval)");
+    EXPECT_EQ(fetch(*gpu_, logits.gpu.get(), logits.gpu.size()), host);  // untouched
 
-  cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, logits.cpu.get(), N, V,
-                   Vp);
-  gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, logits.gpu.get(), N, V,
-                   Vp);
-  expect_close(both(losses), 1e-5, 1e-5, "classifier losses (train)");
-  const Pair dl = both(logits);
-  expect_close(dl, 1e-6 * dloss, 1e-5, "classifier dlogits");
-  for (int n = 0; n < N; ++n)
-    for (int j = 0; j < Vp; ++j)
-      if (targets[n] < 0 || j >= V) {
-        ASSERT_EQ(dl.gpu[std::size_t(n) * Vp + j], 0.f) << n << " " << j;
-      }
+    cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, logits.cpu.get(),
+                     rows, v, vp);
+    gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, logits.gpu.get(),
+                     rows, v, vp);
+    expect_close(both(losses), 1e-5, 1e-5, "classifier losses (train)");
+    const Pair dl = both(logits);
+    expect_close(dl, 1e-6 * dloss, 1e-5, "classifier dlogits");
+    for (int n = 0; n < rows; ++n)
+      for (int j = 0; j < vp; ++j)
+        if (targets[n] < 0 || j >= v) {
+          ASSERT_EQ(dl.gpu[std::size_t(n) * vp + j], 0.f) << n << " " << j;
+        }
+  }
 }
 
 // Every AdamW operation is spelled with round-to-nearest intrinsics in the CPU's order: exact.
+// The GPU runs equally aligned arrays as 16-byte vectors, with the elements before the first
+// aligned one and after the last whole vector one at a time, and others one at a time: offsets
+// (in floats) of 3 (a head of 1, vectors, a tail of 2 at n = 10007), 0 (no head) and one array
+// at another alignment (no vectors) run every path, and each must be exact.
 TEST_F(CudaOps, AdamWBitIdenticalToCpu) {
-  const std::size_t n = 10007, off = 3;  // an offset into the buffer, as the per-tensor calls do
-  auto p = floats(random_floats(n + off, 29));
-  auto m = floats(std::vector<float>(n + off));
-  auto v = floats(std::vector<float>(n + off));
-  for (int step = 1; step <= 5; ++step) {
-    auto g = floats(random_floats(n + off, 30 + step, 0.1));
-    AdamWArgs a;
-    a.lr = 1e-3f;
-    a.weight_decay = step % 2 ? 0.1f : 0.f;
-    a.bias_correction1 = float(1.0 - std::pow(0.9, step));
-    a.bias_correction2 = float(1.0 - std::pow(0.95, step));
-    a.grad_scale = step == 3 ? 0.7f : 1.f;
-    cpu_->adamw(p.cpu.get() + off, m.cpu.get() + off, v.cpu.get() + off, g.cpu.get() + off, n, a);
-    gpu_->adamw(p.gpu.get() + off, m.gpu.get() + off, v.gpu.get() + off, g.gpu.get() + off, n, a);
+  const std::size_t n = 10007;
+  struct Offsets {
+    std::size_t p, m, v, g;
+  };
+  for (const Offsets off : {Offsets{3, 3, 3, 3}, Offsets{0, 0, 0, 0}, Offsets{4, 4, 1, 4}}) {
+    auto p = floats(random_floats(n + off.p, 29));
+    auto m = floats(std::vector<float>(n + off.m));
+    auto v = floats(std::vector<float>(n + off.v));
+    for (int step = 1; step <= 5; ++step) {
+      auto g = floats(random_floats(n + off.g, 30 + step, 0.1));
+      AdamWArgs a;
+      a.lr = 1e-3f;
+      a.weight_decay = step % 2 ? 0.1f : 0.f;
+      a.bias_correction1 = float(1.0 - std::pow(0.9, step));
+      a.bias_correction2 = float(1.0 - std::pow(0.95, step));
+      a.grad_scale = step == 3 ? 0.7f : 1.f;
+      cpu_->adamw(p.cpu.get() + off.p, m.cpu.get() + off.m, v.cpu.get() + off.v,
+                  g.cpu.get() + off.g, n, a);
+      gpu_->adamw(p.gpu.get() + off.p, m.gpu.get() + off.m, v.gpu.get() + off.v,
+                  g.gpu.get() + off.g, n, a);
+    }
+    SCOPED_TRACE("offsets " + std::to_string(off.p) + " " + std::to_string(off.v));
+    expect_identical(both(p), "adamw params");
+    expect_identical(both(m), "adamw m");
+    expect_identical(both(v), "adamw v");
   }
-  expect_identical(both(p), "adamw params");
-  expect_identical(both(m), "adamw m");
-  expect_identical(both(v), "adamw v");
 }
 
 // Both sides add float squares in double, in different orders: for n = 1e6 the relative
-// difference is ~1e-14, far below 1e-11. The GPU's order is fixed: two runs are identical.
+// difference is ~1e-14, far below 1e-11. The GPU's order is fixed: two runs are identical. At
+// offset 0 the GPU reads 16-byte vectors (the n % 4 last elements apart), at offset 1 one float at
+// a time.
 TEST_F(CudaOps, SumSquaresDeterministicAndMatchesCpu) {
-  for (const std::size_t n : {std::size_t(1), std::size_t(255), std::size_t(257),
-                              std::size_t(100003), std::size_t(1000003)}) {
-    auto x = floats(random_floats(n, 40));
-    const double c = cpu_->sum_squares(x.cpu.get(), n);
-    const double g1 = gpu_->sum_squares(x.gpu.get(), n);
-    const double g2 = gpu_->sum_squares(x.gpu.get(), n);
-    EXPECT_EQ(std::memcmp(&g1, &g2, sizeof(double)), 0) << n;
-    EXPECT_NEAR(g1, c, 1e-11 * c) << n;
-  }
+  for (const std::size_t off : {std::size_t(0), std::size_t(1)})
+    for (const std::size_t n : {std::size_t(1), std::size_t(255), std::size_t(257),
+                                std::size_t(100003), std::size_t(1000003)}) {
+      auto x = floats(random_floats(n + off, 40));
+      const double c = cpu_->sum_squares(x.cpu.get() + off, n);
+      const double g1 = gpu_->sum_squares(x.gpu.get() + off, n);
+      const double g2 = gpu_->sum_squares(x.gpu.get() + off, n);
+      EXPECT_EQ(std::memcmp(&g1, &g2, sizeof(double)), 0) << n << " at offset " << off;
+      EXPECT_NEAR(g1, c, 1e-11 * c) << n << " at offset " << off;
+    }
   EXPECT_EQ(gpu_->sum_squares(nullptr, 0), 0.0);
 }
 
@@ -1345,40 +1379,44 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
 }
 
 // bf16 logits (MIXSIM_BF16_OUTPUTS=1: the classifier's product writes them in bf16): the classifier
-// reads them as stored and writes their gradient in place. Against cpu-bf16 on the same bits: the
-// losses within 1e-5 (ClassifierLossesAndDlogitsInPlace's bound), the gradient at most one bf16
+// reads them as stored and writes their gradient in place, at each of kClassifierShapes' row
+// lengths (the two longer ones both through the cached kernel). Against cpu-bf16 on the same bits:
+// the losses within 1e-5 (ClassifierLossesAndDlogitsInPlace's bound), the gradient at most one bf16
 // step off in any element and in at most 1% of them (expf and the sums' order differ by ~1e-7
 // relative); null dlogits leave the logits as they are, and dlogits apart from them are refused.
 TEST_F(CudaOps, Bf16LogitsClassifier) {
   auto ref = make_cpu_backend(MatmulPrecision::bf16);
   auto gpu = cuda_bf16_with("", "", "");
-  const std::vector<std::uint16_t> l16 = bits_of(random_floats(std::size_t(N) * Vp, 161, 3.0));
-  std::vector<int> targets(N);
-  for (int i = 0; i < N; ++i) targets[i] = i % 9 == 0 ? -1 : (i * 17) % V;
-  std::vector<float> losses_of[2];
-  std::vector<std::uint16_t> grads_of[2];
-  for (Backend* be : {ref.get(), gpu.get()}) {
-    auto dl = put(*be, l16);
-    auto dt = put(*be, targets);
-    DeviceBuffer<float> losses(*be, N);
-    const TensorOut lt{dl.get(), DType::bf16};
-    be->classifier(lt, losses.get(), dt.get(), 0.5f, nullptr, N, V, Vp);
-    EXPECT_EQ(fetch(*be, dl.get(), dl.size()), l16) << be->name() << ": the logits stay";
-    be->classifier(lt, losses.get(), dt.get(), 0.5f, lt, N, V, Vp);
-    losses_of[be == gpu.get()] = fetch(*be, losses.get(), N);
-    grads_of[be == gpu.get()] = fetch(*be, dl.get(), dl.size());
-    DeviceBuffer<std::uint16_t> apart(*be, l16.size());
-    EXPECT_THROW(
-        be->classifier(lt, losses.get(), dt.get(), 0.5f, {apart.get(), DType::bf16}, N, V, Vp),
-        Error)
-        << be->name();
+  for (const auto [rows, v, vp] : kClassifierShapes) {
+    SCOPED_TRACE("V=" + std::to_string(v));
+    const std::vector<std::uint16_t> l16 = bits_of(random_floats(std::size_t(rows) * vp, 161, 3.0));
+    std::vector<int> targets(rows);
+    for (int i = 0; i < rows; ++i) targets[i] = i % 9 == 0 ? -1 : (i * 17) % v;
+    std::vector<float> losses_of[2];
+    std::vector<std::uint16_t> grads_of[2];
+    for (Backend* be : {ref.get(), gpu.get()}) {
+      auto dl = put(*be, l16);
+      auto dt = put(*be, targets);
+      DeviceBuffer<float> losses(*be, rows);
+      const TensorOut lt{dl.get(), DType::bf16};
+      be->classifier(lt, losses.get(), dt.get(), 0.5f, nullptr, rows, v, vp);
+      EXPECT_EQ(fetch(*be, dl.get(), dl.size()), l16) << be->name() << ": the logits stay";
+      be->classifier(lt, losses.get(), dt.get(), 0.5f, lt, rows, v, vp);
+      losses_of[be == gpu.get()] = fetch(*be, losses.get(), rows);
+      grads_of[be == gpu.get()] = fetch(*be, dl.get(), dl.size());
+      DeviceBuffer<std::uint16_t> apart(*be, l16.size());
+      EXPECT_THROW(
+          be->classifier(lt, losses.get(), dt.get(), 0.5f, {apart.get(), DType::bf16}, rows, v, vp),
+          Error)
+          << be->name();
+    }
+    expect_close(Pair{losses_of[0], losses_of[1]}, 1e-5, 1e-5, "classifier losses of bf16 logits");
+    const auto [off, worse] = bf16_steps(grads_of[1], grads_of[0]);
+    std::printf("bf16 logits, V %d: %zu of %zu gradient elements one bf16 step from cpu-bf16\n", v,
+                off, grads_of[0].size());
+    EXPECT_EQ(worse, 0u);
+    EXPECT_LE(off, grads_of[0].size() / 100);
   }
-  expect_close(Pair{losses_of[0], losses_of[1]}, 1e-5, 1e-5, "classifier losses of bf16 logits");
-  const auto [off, worse] = bf16_steps(grads_of[1], grads_of[0]);
-  std::printf("bf16 logits: %zu of %zu gradient elements one bf16 step from cpu-bf16\n", off,
-              grads_of[0].size());
-  EXPECT_EQ(worse, 0u);
-  EXPECT_LE(off, grads_of[0].size() / 100);
 }
 
 // The MLP with bf16 pre and dpre (MIXSIM_BF16_OUTPUTS=1) on cuda-bf16, through cuBLASLt (bias
