@@ -34,7 +34,10 @@ def tile_ld(HS):
 
 class Gmem:
     """Global float arrays; element-indexed; alignment checked for vector accesses assuming the
-    allocation itself is 16-byte aligned (cudaMalloc).  Write counts tracked per element."""
+    allocation itself is 16-byte aligned (cudaMalloc).  Write counts tracked per element.
+    An array named in esize with 2 bytes is bf16 memory: it holds float32 values that bf16
+    represents exactly, and a store into it must say it stores 2-byte elements (a float2 store
+    into a bf16 dqkv is a type confusion, not a rounding) and store values already rounded."""
 
     def __init__(self, esize=None, **arrays):
         self.a = {k: np.asarray(v, dtype=np.float32).ravel().copy() for k, v in arrays.items()}
@@ -61,12 +64,21 @@ class Gmem:
         if idx.size and (idx.min() < 0 or idx.max() + width > self.a[name].size):
             raise IndexError(f"global address out of range in {name}")
 
-    def store(self, name, idx, vals, width=1):
+    def store(self, name, idx, vals, width=1, esize=4):
         idx = np.asarray(idx, dtype=np.int64)
         if idx.size == 0:
             return
+        if esize != self.esize.get(name, 4):
+            raise TypeError(f"{esize}-byte elements stored into {name}, whose elements have "
+                            f"{self.esize.get(name, 4)} bytes")
+        if esize == 2:
+            v = np.asarray(vals, dtype=np.float32)
+            if not np.array_equal(bf16(v), v, equal_nan=True):
+                raise TypeError(f"a value that bf16 does not hold stored into {name}")
+        # element index % width: the width * esize bytes are naturally aligned when the
+        # allocation is 16-byte aligned (a float2 at an even float, a bf16x2 at an even bf16)
         if width > 1 and np.any(idx % width):
-            self.misaligned.append(f"{name}: {width * 4}-byte store at element {idx[idx % width != 0][:4]}")
+            self.misaligned.append(f"{name}: {width * esize}-byte store at element {idx[idx % width != 0][:4]}")
         arr = self.a[name]
         if idx.min() < 0 or idx.max() + width > arr.size:
             raise IndexError(f"global write out of range in {name}")
@@ -284,18 +296,31 @@ def zero(HS):
     return np.zeros((HS // 8, 4, 32), dtype=np.float32)
 
 
-def store_rows(ctx, HS, dst_name, dst, stride, first, T, acc, factor):
-    """factor: (factor[0], factor[1]) for the lane's rows g and g + 8, each a scalar or per lane."""
+def store_rows(ctx, HS, dst_name, dst, stride, first, T, acc, factor, Out="float"):
+    """factor: (factor[0], factor[1]) for the lane's rows g and g + 8, each a scalar or per lane.
+    Out: the template's element type of dst, "float" or "bf16".  The two branches share the
+    element index arithmetic (at, n * 8) and the fp32 products lo, hi; only the store differs:
+      float: *reinterpret_cast<float2*>(at + n * 8) = make_float2(lo, hi);
+      bf16:  *reinterpret_cast<__nv_bfloat162*>(at + n * 8) = __floats2bfloat162_rn(lo, hi);
+    so a bf16 element is the fp32 one rounded once to nearest even, after the factor (never
+    the accumulator rounded and then scaled), and the pair is one 4-byte store whose .x (lo, the
+    smaller column) is at the lower address."""
     lane = ctx.lane
-    assert len(factor) == 2
+    assert len(factor) == 2 and Out in ("float", "bf16")
     for half in range(2):
         f = np.broadcast_to(np.asarray(factor[half], dtype=np.float32), (32,))
         row = first + lane // 4 + 8 * half
         ok = row < T  # if (row >= T) continue;
         at = dst + row * stride + lane % 4 * 2
         for n in range(HS // 8):
-            vals = np.stack([f * acc[n][2 * half], f * acc[n][2 * half + 1]], axis=-1)
-            ctx.g.store(dst_name, (at + n * 8)[ok], vals[ok], width=2)
+            lo = (f * acc[n][2 * half]).astype(np.float32)
+            hi = (f * acc[n][2 * half + 1]).astype(np.float32)
+            if Out == "float":
+                vals = np.stack([lo, hi], axis=-1)
+                ctx.g.store(dst_name, (at + n * 8)[ok], vals[ok], width=2)
+            else:
+                pair = pack(lo, hi).T  # (lane, half): half 0 = .x = lo, at at + n * 8
+                ctx.g.store(dst_name, (at + n * 8)[ok], pair[ok], width=2, esize=2)
 
 
 def row_of(lane, v):
@@ -387,7 +412,7 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
         store_rows(ctx, HS, "out", head.row_offset, C, iw, T, acc, inv)
 
 
-def backward_dq_kernel(ctx, HS, T, C, NH, scale):
+def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float"):
     LD = tile_ld(HS)
     qs = 0
     gs = qs + kRows * LD
@@ -461,10 +486,11 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale):
         ds = to_fragments(s)
         accumulate(ctx, HS, dq, ds, ks)
     if live:
-        store_rows(ctx, HS, "dqkv", head.dqkv_offset, head.qkv_stride, iw, T, dq, (scale, scale))
+        store_rows(ctx, HS, "dqkv", head.dqkv_offset, head.qkv_stride, iw, T, dq, (scale, scale),
+                   Out)
 
 
-def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
+def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float"):
     LD = tile_ld(HS)
     ks = 0
     vs = ks + kRows * LD
@@ -526,8 +552,8 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale):
         accumulate(ctx, HS, dk, dst, qs)
     if live:
         out_rows = head.dqkv_offset
-        store_rows(ctx, HS, "dqkv", out_rows + C, head.qkv_stride, jw, T, dk, (scale, scale))
-        store_rows(ctx, HS, "dqkv", out_rows + 2 * C, head.qkv_stride, jw, T, dv, (1.0, 1.0))
+        store_rows(ctx, HS, "dqkv", out_rows + C, head.qkv_stride, jw, T, dk, (scale, scale), Out)
+        store_rows(ctx, HS, "dqkv", out_rows + 2 * C, head.qkv_stride, jw, T, dv, (1.0, 1.0), Out)
 
 # ------------------------------------------------------------------------------------------
 def launch(kernel, grid, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
@@ -579,15 +605,22 @@ def attention_forward(qkv, B, T, C, NH):
     return g, races
 
 
-def attention_backward(dout, qkv, out, lse, B, T, C, NH):
+def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float"):
+    """Out: dqkv's type, "float" or "bf16" (the launcher's TensorOut dqkv: both kernels are
+    instantiated for its type; the workspace, dvec included, stays fp32 either way)."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     grid = ((T + kRows - 1) // kRows, NH, B)
     # the launcher's to_bf16 copies of qkv and dout (D still reads the fp32 dout)
+    esize = {"qkv16": 2, "dout16": 2}
+    if Out == "bf16":
+        esize["dqkv"] = 2  # bf16 memory: 2-byte elements, NaN until written
     g = Gmem(qkv16=bf16(np.asarray(qkv, dtype=np.float32)),
              dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout, out=out, lse=lse,
              dqkv=np.full(B * T * 3 * C, np.nan), dvec=np.full(B * NH * T, np.nan),
-             esize={"qkv16": 2, "dout16": 2})
-    races = launch(backward_dq_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale)
-    races += launch(backward_dkdv_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale)
+             esize=esize)
+    races = launch(backward_dq_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale,
+                   Out=Out)
+    races += launch(backward_dkdv_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale,
+                    Out=Out)
     return g, races
