@@ -15,16 +15,29 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::size_t n) {
+// out = in as Out (bf16 rounded to nearest even, or bf16 widened), groups4 groups of four first
+// (groups4() in cuda_common.cuh).
+template <class Out, class In>
+__global__ void convert_kernel(Out* out, const In* in, std::size_t n4, std::size_t n) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    out[i] = __float2bfloat16_rn(in[i]);
+  const std::size_t first = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (std::size_t i = first; i < n4; i += stride) {
+    const Pack<In, 4> x = reinterpret_cast<const Pack<In, 4>*>(in)[i];
+    Pack<Out, 4> y;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) y.e[k] = narrow<Out>(widen(x.e[k]));
+    reinterpret_cast<Pack<Out, 4>*>(out)[i] = y;
+  }
+  for (std::size_t i = 4 * n4 + first; i < n; i += stride) out[i] = narrow<Out>(widen(in[i]));
 }
 
-__global__ void from_bf16_kernel(float* out, const __nv_bfloat16* in, std::size_t n) {
-  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    out[i] = __bfloat162float(in[i]);
+template <class Out, class In>
+void convert(Out* out, const In* in, std::size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  const std::size_t n4 = groups4(n, out, in);
+  convert_kernel<<<elementwise_blocks(n4 > 0 ? n4 : n, kThreads), kThreads, 0, stream>>>(out, in,
+                                                                                         n4, n);
+  CUDA_CHECK_LAUNCH(convert_kernel);
 }
 constexpr int kInputsPerLaunch = 16;  // passed by value as kernel parameters
 
@@ -121,15 +134,11 @@ void scale(float* x, float alpha, std::size_t n, cudaStream_t stream) {
 }
 
 void to_bf16(__nv_bfloat16* out, const float* in, std::size_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  to_bf16_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, in, n);
-  CUDA_CHECK_LAUNCH(to_bf16_kernel);
+  convert(out, in, n, stream);
 }
 
 void from_bf16(float* out, const __nv_bfloat16* in, std::size_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  from_bf16_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, in, n);
-  CUDA_CHECK_LAUNCH(from_bf16_kernel);
+  convert(out, in, n, stream);
 }
 
 }  // namespace mixsim::cuda

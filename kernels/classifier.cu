@@ -16,7 +16,6 @@
 // only after its last read of the row in memory and a barrier.
 
 #include <cstdint>
-#include <type_traits>
 
 #include "launchers.cuh"
 
@@ -110,28 +109,6 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kCachedThreads = 1024;
 constexpr int kCachedWarps = kCachedThreads / kWarpSize;
 constexpr int kCopyUnroll = 4;  // 16-byte loads in flight per thread while the row is copied
-
-// An element's value as fp32 (a bf16 one widened, exact), and an fp32 value as T (rounded to the
-// nearest bf16): by value, so that the packs below stay in registers.
-__device__ inline float widen(float x) {
-  return x;
-}
-__device__ inline float widen(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <class T>
-__device__ inline T narrow(float x) {
-  if constexpr (std::is_same_v<T, float>)
-    return x;
-  else
-    return __float2bfloat16_rn(x);
-}
-
-// N elements of T moved as one access of N * sizeof(T) bytes (16 for the logits' loads).
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T e[N];
-};
 
 // One row per block, cached in dynamic shared memory as kVec-element vectors (16 bytes): the
 // first ceil(V / kVec) vectors of the row (the last one may hold padding, never used). The

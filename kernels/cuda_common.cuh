@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "mixsim/core/error_types.hpp"
@@ -85,6 +86,39 @@ __device__ inline float load(const float* p) {
 }
 __device__ inline float load(const __nv_bfloat16* p) {
   return __bfloat162float(*p);
+}
+
+// An element's value as fp32 (a bf16 one widened, exact), and an fp32 value as T (as is, or
+// rounded to the nearest bf16, ties to even): by value, for elements held in registers (Pack).
+__device__ inline float widen(float x) {
+  return x;
+}
+__device__ inline float widen(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <class T>
+__device__ inline T narrow(float x) {
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else
+    return __float2bfloat16_rn(x);
+}
+
+// N elements of T moved as one access of N * sizeof(T) bytes (a 16-byte load of four floats or
+// eight bf16, an 8-byte one of four bf16).
+template <class T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T e[N];
+};
+
+// Elementwise kernels take four elements at a time (Pack<T, 4>: fewer, wider accesses, which a
+// memory-bound loop needs to keep the memory busy) where every array is aligned to four of its
+// elements, and the rest one at a time: groups4() is the number of groups of four (0 where some
+// array is not so aligned); the kernel runs elements [4 groups, n) one by one.
+template <class... T>
+std::size_t groups4(std::size_t n, const T*... arrays) {
+  const bool aligned = ((reinterpret_cast<std::uintptr_t>(arrays) % (4 * sizeof(T)) == 0) && ...);
+  return aligned ? n / 4 : 0;
 }
 
 // A kernel that takes more than the default 48 KiB of dynamic shared memory per block must opt

@@ -11,27 +11,52 @@ constexpr int kThreads = 256;
 constexpr float kGeluScale = 0.7978845608028654f;
 constexpr float kGeluCube = 0.044715f;
 
+__device__ inline float gelu(float x) {
+  const float u = kGeluScale * (x + kGeluCube * x * x * x);
+  return 0.5f * x * (1.f + tanhf(u));
+}
+
+// The GELU's derivative at x times d.
+__device__ inline float gelu_grad(float x, float d) {
+  const float u = kGeluScale * (x + kGeluCube * x * x * x);
+  const float th = tanhf(u);
+  const float du = kGeluScale * (1.f + 3.f * kGeluCube * x * x);
+  const float grad = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * du;
+  return grad * d;
+}
+
+// Both kernels take n4 groups of four first (groups4() in cuda_common.cuh), then the rest one
+// element at a time; each element is read before it is written, by one thread.
 template <class Out, class In>
-__global__ void gelu_forward_kernel(Out* out, const In* inp, std::size_t n) {
+__global__ void gelu_forward_kernel(Out* out, const In* inp, std::size_t n4, std::size_t n) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float x = load(inp + i);
-    const float u = kGeluScale * (x + kGeluCube * x * x * x);
-    store(out + i, 0.5f * x * (1.f + tanhf(u)));
+  const std::size_t first = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (std::size_t i = first; i < n4; i += stride) {
+    const Pack<In, 4> x = reinterpret_cast<const Pack<In, 4>*>(inp)[i];
+    Pack<Out, 4> y;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) y.e[k] = narrow<Out>(gelu(widen(x.e[k])));
+    reinterpret_cast<Pack<Out, 4>*>(out)[i] = y;
   }
+  for (std::size_t i = 4 * n4 + first; i < n; i += stride) store(out + i, gelu(load(inp + i)));
 }
 
 template <class Out, class In>
-__global__ void gelu_backward_kernel(Out* dinp, const In* inp, const float* dout, std::size_t n) {
+__global__ void gelu_backward_kernel(Out* dinp, const In* inp, const float* dout, std::size_t n4,
+                                     std::size_t n) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float x = load(inp + i);
-    const float u = kGeluScale * (x + kGeluCube * x * x * x);
-    const float th = tanhf(u);
-    const float du = kGeluScale * (1.f + 3.f * kGeluCube * x * x);
-    const float grad = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * du;
-    store(dinp + i, grad * dout[i]);
+  const std::size_t first = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (std::size_t i = first; i < n4; i += stride) {
+    const Pack<In, 4> x = reinterpret_cast<const Pack<In, 4>*>(inp)[i];
+    const float4 d = reinterpret_cast<const float4*>(dout)[i];
+    const float ds[4] = {d.x, d.y, d.z, d.w};
+    Pack<Out, 4> g;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) g.e[k] = narrow<Out>(gelu_grad(widen(x.e[k]), ds[k]));
+    reinterpret_cast<Pack<Out, 4>*>(dinp)[i] = g;
   }
+  for (std::size_t i = 4 * n4 + first; i < n; i += stride)
+    store(dinp + i, gelu_grad(load(inp + i), dout[i]));
 }
 
 // Calls fn(out, in) with the two tensors as typed pointers (fp32 or bf16 each).
@@ -53,9 +78,10 @@ void typed(TensorOut out, In in, Fn&& fn) {
 
 void gelu_forward(TensorOut out, TensorIn inp, std::size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  const unsigned blocks = elementwise_blocks(n, kThreads);
   typed(out, inp, [&](auto* o, const auto* x) {
-    gelu_forward_kernel<<<blocks, kThreads, 0, stream>>>(o, x, n);
+    const std::size_t n4 = groups4(n, o, x);
+    gelu_forward_kernel<<<elementwise_blocks(n4 > 0 ? n4 : n, kThreads), kThreads, 0, stream>>>(
+        o, x, n4, n);
   });
   CUDA_CHECK_LAUNCH(gelu_forward_kernel);
 }
@@ -66,9 +92,10 @@ void gelu_backward(TensorOut dinp, TensorIn inp, const float* dout, std::size_t 
   CUDA_REQUIRE(dinp.type == DType::fp32 ||
                    !bytes_overlap(dinp.data, n * element_bytes(dinp.type), dout, n * sizeof(float)),
                "gelu_backward", std::string("a bf16 dinp that overlaps dout"));
-  const unsigned blocks = elementwise_blocks(n, kThreads);
   typed(dinp, inp, [&](auto* d, const auto* x) {
-    gelu_backward_kernel<<<blocks, kThreads, 0, stream>>>(d, x, dout, n);
+    const std::size_t n4 = groups4(n, d, x, dout);
+    gelu_backward_kernel<<<elementwise_blocks(n4 > 0 ? n4 : n, kThreads), kThreads, 0, stream>>>(
+        d, x, dout, n4, n);
   });
   CUDA_CHECK_LAUNCH(gelu_backward_kernel);
 }

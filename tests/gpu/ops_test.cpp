@@ -418,6 +418,17 @@ TEST_F(CudaOps, GeluAndResidual) {
   cpu_->residual_forward(a.cpu.get(), a.cpu.get(), b.cpu.get(), n);  // out aliases a
   gpu_->residual_forward(a.gpu.get(), a.gpu.get(), b.gpu.get(), n);
   expect_identical(both(a), "residual_forward");
+
+  // The GPU takes four elements at a time where every array is aligned to four (above, with a
+  // tail of 3 at n = 100003) and one at a time otherwise: an offset of one element takes the
+  // latter, with the same results.
+  auto y1 = floats(std::vector<float>(n));
+  cpu_->gelu_forward(y1.cpu.get() + 1, x.cpu.get() + 1, n - 1);
+  gpu_->gelu_forward(y1.gpu.get() + 1, x.gpu.get() + 1, n - 1);
+  expect_close(both(y1), 2e-6, 1e-5, "gelu_forward, unaligned");
+  cpu_->residual_forward(b.cpu.get() + 1, a.cpu.get() + 1, b.cpu.get() + 1, n - 1);
+  gpu_->residual_forward(b.gpu.get() + 1, a.gpu.get() + 1, b.gpu.get() + 1, n - 1);
+  expect_identical(both(b), "residual_forward, unaligned");
 }
 
 // Row lengths the classifier tests run: the fixture's (V 257 in Vp 320), GPT-2's vocabulary (its
