@@ -1,36 +1,54 @@
 // Column sums of a row-major (N, C) matrix for parameter gradients (biases), deterministic: each
-// block sums a fixed chunk of rows for 32 columns in a fixed order, then one thread per column
+// block sums a fixed chunk of rows for its columns in a fixed order, then one thread per column
 // adds the chunk sums in chunk order. No atomics, so the result is the same on every run.
 // Optionally the same pass writes x rounded to bf16 (the bf16 operand of a gradient's products),
-// which saves the rounding pass its own read of x.
+// which saves the rounding pass its own read of x. Where C is a multiple of 4 and x (and the
+// rounded copy) aligned to four elements, each thread takes four adjacent columns with one load
+// (16 bytes of fp32, 8 of bf16): the same sums, in the same order, from a quarter of the loads.
+#include <type_traits>
+
 #include "launchers.cuh"
 
 namespace mixsim::cuda {
 
 namespace {
 
-constexpr int kRowLanes = 8;  // threads per column in a chunk; block = (32 columns, kRowLanes)
+constexpr int kRowLanes = 8;      // threads per column in a chunk; block = (32, kRowLanes)
+constexpr int kColumnChunk = 64;  // rows a block sums (N / 64 blocks down: enough to fill a GPU)
 
-template <class In>
+// Partial sums of chunk blockIdx.y's rows for 32 * kCols columns from blockIdx.x * 32 * kCols,
+// kCols (1 or 4) adjacent ones a thread.
+template <int kCols, class In>
 __global__ void column_partials_kernel(float* partials, __nv_bfloat16* rounded, const In* x, int N,
                                        int C) {
-  __shared__ float sums[kRowLanes][kWarpSize];
-  const int c = blockIdx.x * kWarpSize + threadIdx.x;
-  const int r0 = blockIdx.y * kRowChunk, r1 = min(N, r0 + kRowChunk);
-  float s = 0.f;
+  __shared__ float sums[kRowLanes][kWarpSize * kCols];
+  const int c = (blockIdx.x * kWarpSize + threadIdx.x) * kCols;
+  const int r0 = blockIdx.y * kColumnChunk, r1 = min(N, r0 + kColumnChunk);
+  float s[kCols] = {};
   if (c < C)
     for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
       const std::size_t i = std::size_t(r) * C + c;
-      const float v = load(x + i);
-      s += v;
-      if (rounded) rounded[i] = __float2bfloat16_rn(v);
+      const Pack<In, kCols> v = *reinterpret_cast<const Pack<In, kCols>*>(x + i);
+      Pack<__nv_bfloat16, kCols> b;
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) {
+        const float f = widen(v.e[k]);
+        s[k] += f;
+        b.e[k] = __float2bfloat16_rn(f);
+      }
+      if (rounded) *reinterpret_cast<Pack<__nv_bfloat16, kCols>*>(rounded + i) = b;
     }
-  sums[threadIdx.y][threadIdx.x] = s;
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) sums[threadIdx.y][threadIdx.x * kCols + k] = s[k];
   __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
+  // one thread per column adds the kRowLanes partials in order
+  const int t = threadIdx.y * kWarpSize + threadIdx.x;
+  for (int j = t; j < kWarpSize * kCols; j += kWarpSize * kRowLanes) {
+    const int col = blockIdx.x * kWarpSize * kCols + j;
+    if (col >= C) continue;
     float total = 0.f;
-    for (int k = 0; k < kRowLanes; ++k) total += sums[k][threadIdx.x];
-    partials[std::size_t(blockIdx.y) * C + c] = total;
+    for (int k = 0; k < kRowLanes; ++k) total += sums[k][j];
+    partials[std::size_t(blockIdx.y) * C + col] = total;
   }
 }
 
@@ -45,7 +63,7 @@ __global__ void accumulate_partials_kernel(float* dst, const float* partials, in
 }  // namespace
 
 std::size_t column_sums_workspace(int N, int C) {
-  return Workspace::aligned(std::size_t(CEIL_DIV(N, kRowChunk)) * C * sizeof(float));
+  return Workspace::aligned(std::size_t(CEIL_DIV(N, kColumnChunk)) * C * sizeof(float));
 }
 
 void accumulate_partials(float* dst, const float* partials, int chunks, int C,
@@ -62,16 +80,25 @@ void column_sums_accumulate(float* dst, TensorIn x, int N, int C, Workspace ws, 
   CUDA_REQUIRE(N > 0 && C > 0, "column_sums_accumulate", dims({{"N", N}, {"C", C}}));
   CUDA_REQUIRE(!rounded || x.type == DType::fp32, "column_sums_accumulate",
                std::string("a rounded copy of a bf16 x"));
-  const int chunks = CEIL_DIV(N, kRowChunk);
+  const int chunks = CEIL_DIV(N, kColumnChunk);
   CUDA_REQUIRE(chunks <= 65535, "column_sums_accumulate (grid.y)", dims({{"N", N}}));
   float* partials = ws.take<float>(std::size_t(chunks) * C);
-  const dim3 grid(CEIL_DIV(C, kWarpSize), chunks), block(kWarpSize, kRowLanes);
+  const auto launch = [&](auto cols, const auto* xs) {
+    constexpr int kCols = decltype(cols)::value;
+    const dim3 grid(CEIL_DIV(C, kWarpSize * kCols), chunks), block(kWarpSize, kRowLanes);
+    column_partials_kernel<kCols><<<grid, block, 0, stream>>>(partials, rounded, xs, N, C);
+  };
+  const auto typed = [&](const auto* xs) {
+    // four columns a thread where every row starts aligned to four elements
+    if (C % 4 == 0 && groups4(4, xs) == 1 && (!rounded || groups4(4, rounded) == 1))
+      launch(std::integral_constant<int, 4>{}, xs);
+    else
+      launch(std::integral_constant<int, 1>{}, xs);
+  };
   if (x.type == DType::bf16)
-    column_partials_kernel<<<grid, block, 0, stream>>>(
-        partials, rounded, static_cast<const __nv_bfloat16*>(x.data), N, C);
+    typed(static_cast<const __nv_bfloat16*>(x.data));
   else
-    column_partials_kernel<<<grid, block, 0, stream>>>(partials, rounded,
-                                                       static_cast<const float*>(x.data), N, C);
+    typed(static_cast<const float*>(x.data));
   CUDA_CHECK_LAUNCH(column_partials_kernel);
   accumulate_partials(dst, partials, chunks, C, stream);
 }

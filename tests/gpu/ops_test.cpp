@@ -304,9 +304,11 @@ TEST_F(CudaOps, ResidualLayerNormFusedIsTheOpsInTurn) {
 
 // cuBLAS and OpenBLAS sum the K products in different orders; each output is a sum of up to
 // K = 296 O(1) terms (magnitude ~sqrt(K) = 17), so float rounding differs by ~1e-5; 2e-4 + 1e-4
-// relative is a margin over that, while a wrong operand or transpose is off by O(1).
+// relative is a margin over that, while a wrong operand or transpose is off by O(1). The bias
+// gradient's column sums take four columns a thread where OC is a multiple of 4 (216), else one
+// (217); the tied head (Vp) has no bias.
 TEST_F(CudaOps, MatmulForwardAndBackward) {
-  for (const int OC : {3 * C, Vp}) {
+  for (const int OC : {3 * C, 3 * C + 1, Vp}) {
     const bool with_bias = OC != Vp;  // the tied output head has no bias
     auto inp = floats(random_floats(std::size_t(N) * C, 15));
     auto w = floats(random_floats(std::size_t(OC) * C, 16));
