@@ -12,7 +12,9 @@
 #      (bench_gpu_gemm), averaging (bench_gpu_averaging), and PyTorch's training of the same model
 #      on the same card (scripts/gpu/torch_train.py);
 #   6. runs the op tests under compute-sanitizer memcheck (where it is installed);
-#   7. prints a short table of all of it.
+#   7. profiles every kernel of one bf16 GPT-2 step with Nsight Compute (time and DRAM bytes per
+#      kernel, scripts/gpu/ncu_summary.py; where ncu is installed);
+#   8. prints a short table of all of it.
 # Each step has its own time limit and the script goes on after a failed step, so one run tells
 # as much as it can. Logs go to build-gpu/logs, and with $OUT set (the device tool's output
 # folder) into $OUT/gpu-check-logs.tgz beside $OUT/summary.txt.
@@ -211,6 +213,21 @@ if command -v compute-sanitizer > /dev/null && ((!QUICK)); then
     "$BUILD/tests/gpu_ops_test" --gtest_filter='-*Twenty*:*GptLoss*:*TrainingFollows*:*OutOfMemory*:*Nccl*'
   SAN=$(grep -E 'ERROR SUMMARY' "$LOG/sanitizer.log" | tail -1)
   row "compute-sanitizer memcheck (ops)" "${SAN:-no summary (see sanitizer.log)}"
+fi
+# Every kernel of one default bf16 GPT-2 step under Nsight Compute (each alone, normal clocks, no
+# cache flushes): its time and DRAM bytes, summed per kernel and ranked (scripts/gpu/ncu_summary.py)
+if command -v ncu > /dev/null && ((!QUICK)); then
+  step ncu-step 120 env LC_ALL=C ncu --csv --print-units base --profile-from-start off \
+    --clock-control none --cache-control none --print-kernel-base function \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+    "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1 --backend cuda-bf16 --profiler-range \
+    > /dev/null
+  if python3 scripts/gpu/ncu_summary.py "$LOG/ncu-step.log" --steps 1 > "$LOG/ncu-summary.txt" 2>&1; then
+    cat "$LOG/ncu-summary.txt"
+    row "ncu, kernels of a bf16 GPT-2 step" "$(head -1 "$LOG/ncu-summary.txt")"
+  else
+    row "ncu, kernels of a bf16 GPT-2 step" "FAILED: $(tail -1 "$LOG/ncu-summary.txt")"
+  fi
 fi
 # GPU_CHECK_NCU=1: Nsight Compute's view of the attention kernels (one GPT-2 step's launches)
 if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then

@@ -3,12 +3,15 @@
 // only the compute layers, so scripts/gpu-check.sh builds it on a GPU machine without MPI or HDF5.
 // Usage:
 //   build/bench/bench_gpu_train [--configs gpt2,1.1b] [--backend cuda|cuda-bf16] [--batch B]
-//                               [--steps N] [--profile] [--peak-tflops P]
+//                               [--steps N] [--profile] [--profiler-range] [--peak-tflops P]
 // Configs: small (6/6/384, T 256, vocab 256, B 16), gpt2 (the GPT-2 124M shape: 12 layers,
 // 12 heads, 768 channels, T 1024, vocab 50257 padded to 50304, B 8), 1.1b (the paper's shape:
 // 24 layers, 16 heads, 2048 channels, T 2048, vocab 50257, B 2). A step is zero_grad, forward,
 // backward, the global gradient norm and AdamW, as in training. --profile times each op (with a
 // device synchronisation after each, which slows the step; the totals are reported separately).
+// --profiler-range brackets the timed steps with cudaProfilerStart/Stop, so that a profiler
+// started with its collection off (ncu --profile-from-start off) sees those steps only, not the
+// warm-up (scripts/gpu-check.sh, scripts/gpu/ncu_summary.py).
 // MFU counts bench::flops_per_token (causal attention at half, as the 6N + attention)
 // against --peak-tflops: 989 by default (H100 SXM dense bf16, the yardstick); the fp32
 // peak of the same card (67 TFLOP/s without tensor cores) is printed beside it.
@@ -23,8 +26,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef MIXSIM_HAVE_CUDA
+#include <cuda_profiler_api.h>
+#include <cuda_runtime_api.h>
+#endif
 
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
@@ -53,8 +62,20 @@ const GpuConfig kConfigs[] = {
 
 constexpr double kFp32PeakTflops = 67.0;  // H100 SXM, fp32 without tensor cores
 
+// cudaProfilerStart/Stop (--profiler-range); nothing without the CUDA backend.
+void profiler_range(bool start) {
+#ifdef MIXSIM_HAVE_CUDA
+  const cudaError_t rc = start ? cudaProfilerStart() : cudaProfilerStop();
+  if (rc != cudaSuccess)
+    throw std::runtime_error(std::string("cudaProfiler") + (start ? "Start" : "Stop") + ": " +
+                             cudaGetErrorString(rc));
+#else
+  (void)start;
+#endif
+}
+
 void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, int batch, int steps,
-         double peak_tflops, bool profile) {
+         double peak_tflops, bool profile, bool range) {
   mixsim::bench::TimedBackend timed(gpu, /*sync=*/true);
   mixsim::Backend& backend = profile ? static_cast<mixsim::Backend&>(timed) : gpu;
   const int B = batch > 0 ? batch : cfg.batch, T = cfg.model.context;
@@ -84,9 +105,11 @@ void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, i
   step();
   fwd = bwd = upd = 0;
   timed.reset();
+  if (range) profiler_range(true);
   mixsim::Stopwatch watch;
   for (int i = 0; i < steps; ++i) step();
   const double seconds = watch.seconds();
+  if (range) profiler_range(false);
   const double tokens_per_s = double(B) * T * steps / seconds;
   const double tflops = tokens_per_s * mixsim::bench::flops_per_token(cfg.model) / 1e12;
   std::printf("%-6s L=%d NH=%d C=%d T=%d V=%d B=%d params=%.1fM, %d steps, loss %.3f -> %.3f\n",
@@ -112,7 +135,7 @@ int main(int argc, char** argv) {
   std::string configs = "gpt2", backend_name = "cuda";
   int steps = 0, batch = 0;
   double peak = 989.0;
-  bool profile = false;
+  bool profile = false, range = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--configs") && i + 1 < argc) {
       configs = argv[++i];
@@ -126,10 +149,12 @@ int main(int argc, char** argv) {
       peak = std::atof(argv[++i]);
     } else if (!std::strcmp(argv[i], "--profile")) {
       profile = true;
+    } else if (!std::strcmp(argv[i], "--profiler-range")) {
+      range = true;
     } else {
       std::fprintf(stderr,
                    "usage: %s [--configs small,gpt2,1.1b] [--backend cuda|cuda-bf16] [--batch B] "
-                   "[--steps N] [--profile] [--peak-tflops P]\n",
+                   "[--steps N] [--profile] [--profiler-range] [--peak-tflops P]\n",
                    argv[0]);
       return 2;
     }
@@ -160,7 +185,7 @@ int main(int argc, char** argv) {
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;
-      run(*gpu, label, cfg, batch, steps > 0 ? steps : cfg.steps, peak, profile);
+      run(*gpu, label, cfg, batch, steps > 0 ? steps : cfg.steps, peak, profile, range);
       if (cublaslt) {
         const mixsim::CublasLtUse use = mixsim::cublaslt_use(*gpu);
         std::printf("       cuBLASLt: %zu fused products, %zu fallbacks%s%s\n", use.fused,
