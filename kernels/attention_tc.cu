@@ -711,10 +711,7 @@ void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, cons
       CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
     });
   };
-  if (dqkv.type == DType::bf16)
-    launch(static_cast<bf16*>(dqkv.data));
-  else
-    launch(static_cast<float*>(dqkv.data));
+  typed(dqkv, launch);
 }
 
 }  // namespace mixsim::cuda

@@ -231,11 +231,8 @@ void classifier(TensorOut logits_t, float* losses, const int* targets, float dlo
           !bytes_overlap(dlogits.data, n * element_bytes(DType::bf16), logits, n * sizeof(float)),
       "classifier (bf16 dlogits in a buffer of their own)",
       std::string("bf16 dlogits overlapping the logits"));
-  if (dlogits.type == DType::bf16)
-    launch(logits, static_cast<__nv_bfloat16*>(dlogits.data), losses, targets, dloss, N, V, Vp,
-           stream);
-  else
-    launch(logits, static_cast<float*>(dlogits.data), losses, targets, dloss, N, V, Vp, stream);
+  typed(dlogits,
+        [&](auto* grad) { launch(logits, grad, losses, targets, dloss, N, V, Vp, stream); });
 }
 
 }  // namespace mixsim::cuda

@@ -59,29 +59,16 @@ __global__ void gelu_backward_kernel(Out* dinp, const In* inp, const float* dout
     store(dinp + i, gelu_grad(load(inp + i), dout[i]));
 }
 
-// Calls fn(out, in) with the two tensors as typed pointers (fp32 or bf16 each).
-template <class In, class Fn>
-void typed(TensorOut out, In in, Fn&& fn) {
-  const auto with_out = [&](auto* o) {
-    if (in.type == DType::bf16)
-      fn(o, static_cast<const __nv_bfloat16*>(in.data));
-    else
-      fn(o, static_cast<const float*>(in.data));
-  };
-  if (out.type == DType::bf16)
-    with_out(static_cast<__nv_bfloat16*>(out.data));
-  else
-    with_out(static_cast<float*>(out.data));
-}
-
 }  // namespace
 
 void gelu_forward(TensorOut out, TensorIn inp, std::size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  typed(out, inp, [&](auto* o, const auto* x) {
-    const std::size_t n4 = groups4(n, o, x);
-    gelu_forward_kernel<<<elementwise_blocks(n4 > 0 ? n4 : n, kThreads), kThreads, 0, stream>>>(
-        o, x, n4, n);
+  typed(out, [&](auto* o) {
+    typed(inp, [&](const auto* x) {
+      const std::size_t n4 = groups4(n, o, x);
+      gelu_forward_kernel<<<elementwise_blocks(n4 > 0 ? n4 : n, kThreads), kThreads, 0, stream>>>(
+          o, x, n4, n);
+    });
   });
   CUDA_CHECK_LAUNCH(gelu_forward_kernel);
 }
@@ -92,10 +79,12 @@ void gelu_backward(TensorOut dinp, TensorIn inp, const float* dout, std::size_t 
   CUDA_REQUIRE(dinp.type == DType::fp32 ||
                    !bytes_overlap(dinp.data, n * element_bytes(dinp.type), dout, n * sizeof(float)),
                "gelu_backward", std::string("a bf16 dinp that overlaps dout"));
-  typed(dinp, inp, [&](auto* d, const auto* x) {
-    const std::size_t n4 = groups4(n, d, x, dout);
-    gelu_backward_kernel<<<elementwise_blocks(n4 > 0 ? n4 : n, kThreads), kThreads, 0, stream>>>(
-        d, x, dout, n4, n);
+  typed(dinp, [&](auto* d) {
+    typed(inp, [&](const auto* x) {
+      const std::size_t n4 = groups4(n, d, x, dout);
+      gelu_backward_kernel<<<elementwise_blocks(n4 > 0 ? n4 : n, kThreads), kThreads, 0, stream>>>(
+          d, x, dout, n4, n);
+    });
   });
   CUDA_CHECK_LAUNCH(gelu_backward_kernel);
 }

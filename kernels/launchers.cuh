@@ -41,6 +41,24 @@ struct Workspace {
   }
 };
 
+// Calls fn with the tensor's data as the pointer type its storage type names: float* or
+// __nv_bfloat16* (to const for a TensorIn). The one place where a launcher turns a stored type
+// into a kernel's template argument.
+template <class Fn>
+void typed(TensorOut t, Fn&& fn) {
+  if (t.type == DType::bf16)
+    fn(static_cast<__nv_bfloat16*>(t.data));
+  else
+    fn(static_cast<float*>(t.data));
+}
+template <class Fn>
+void typed(TensorIn t, Fn&& fn) {
+  if (t.type == DType::bf16)
+    fn(static_cast<const __nv_bfloat16*>(t.data));
+  else
+    fn(static_cast<const float*>(t.data));
+}
+
 // Parameter gradients summed over rows are formed as partial sums over chunks of this many rows,
 // then the partials are added in chunk order: fixed order, no atomics (reduce.cu).
 constexpr int kRowChunk = 256;

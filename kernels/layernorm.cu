@@ -75,16 +75,21 @@ __global__ void layernorm_forward_rows_kernel(Out* out, float* mean, float* rstd
   const std::size_t off = std::size_t(row) * C;
   float xs[kPerLane];
   float sum = 0.f;
+  // every load first: sum_out may alias inp or add, so a store between them would keep the
+  // compiler from issuing the next loads before it (each lane writes only what it has read)
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) {
     const int c = lane + k * kWarpSize;
     xs[k] = 0.f;
     if (c < C) {
       xs[k] = add ? inp[off + c] + add[off + c] : inp[off + c];
-      if (add) sum_out[off + c] = xs[k];
       sum += xs[k];
     }
   }
+  if (add)
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k)
+      if (const int c = lane + k * kWarpSize; c < C) sum_out[off + c] = xs[k];
   const float m = warp_sum(sum) / float(C);
   float var = 0.f;
 #pragma unroll
@@ -266,25 +271,18 @@ void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const flo
   const dim3 grid(CEIL_DIV(N, kRowsPerBlock)), block(kRowsPerBlock * kWarpSize);
   if (C <= kWarpSize * kForwardMaxPerLane) {  // the row in registers
     with_channels_per_lane<kForwardMaxPerLane>(C, [&](auto per_lane) {
-      constexpr int P = decltype(per_lane)::value;
-      if (out.type == DType::bf16)
-        layernorm_forward_rows_kernel<P>
-            <<<grid, block, 0, stream>>>(static_cast<__nv_bfloat16*>(out.data), mean, rstd, inp,
-                                         weight, bias, N, C, add, sum_out);
-      else
-        layernorm_forward_rows_kernel<P><<<grid, block, 0, stream>>>(
-            static_cast<float*>(out.data), mean, rstd, inp, weight, bias, N, C, add, sum_out);
+      typed(out, [&](auto* o) {
+        layernorm_forward_rows_kernel<decltype(per_lane)::value>
+            <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add, sum_out);
+      });
     });
     CUDA_CHECK_LAUNCH(layernorm_forward_rows_kernel);
     return;
   }
-  if (out.type == DType::bf16) {
-    layernorm_forward_kernel<<<grid, block, 0, stream>>>(
-        static_cast<__nv_bfloat16*>(out.data), mean, rstd, inp, weight, bias, N, C, add, sum_out);
-  } else {
-    layernorm_forward_kernel<<<grid, block, 0, stream>>>(static_cast<float*>(out.data), mean, rstd,
-                                                         inp, weight, bias, N, C, add, sum_out);
-  }
+  typed(out, [&](auto* o) {
+    layernorm_forward_kernel<<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C,
+                                                         add, sum_out);
+  });
   CUDA_CHECK_LAUNCH(layernorm_forward_kernel);
 }
 

@@ -88,17 +88,13 @@ void column_sums_accumulate(float* dst, TensorIn x, int N, int C, Workspace ws, 
     const dim3 grid(CEIL_DIV(C, kWarpSize * kCols), chunks), block(kWarpSize, kRowLanes);
     column_partials_kernel<kCols><<<grid, block, 0, stream>>>(partials, rounded, xs, N, C);
   };
-  const auto typed = [&](const auto* xs) {
+  typed(x, [&](const auto* xs) {
     // four columns a thread where every row starts aligned to four elements
     if (C % 4 == 0 && groups4(4, xs) == 1 && (!rounded || groups4(4, rounded) == 1))
       launch(std::integral_constant<int, 4>{}, xs);
     else
       launch(std::integral_constant<int, 1>{}, xs);
-  };
-  if (x.type == DType::bf16)
-    typed(static_cast<const __nv_bfloat16*>(x.data));
-  else
-    typed(static_cast<const float*>(x.data));
+  });
   CUDA_CHECK_LAUNCH(column_partials_kernel);
   accumulate_partials(dst, partials, chunks, C, stream);
 }

@@ -7,10 +7,15 @@
 //   gemmex    cublasGemmEx with CUBLAS_GEMM_DEFAULT and an fp32 result: what kernels/matmul.cu
 //             runs for a product without an epilogue;
 //   lt        cuBLASLt's first heuristic answer with a 32 MiB workspace, fp32 result: what
-//             kernels/matmul.cu runs for a product with an epilogue (MIXSIM_CUBLASLT);
+//             kernels/matmul.cu runs for a product with an epilogue (MIXSIM_CUBLASLT), here
+//             without the epilogue (with one the heuristic may choose another algorithm); for the
+//             weight gradient, which mixsim always runs through cublasGemmEx, what cuBLASLt
+//             would make of it;
 //   lt-best   the fastest of cuBLASLt's first --top answers, each timed here: what choosing the
 //             algorithm by measurement (not by heuristic) would gain;
 //   lt-bf16   as lt with a bf16 result (forward and input gradient: MIXSIM_BF16_OUTPUTS).
+// The forward and input-gradient passes run with beta 0 (mixsim's plain-cuBLAS forward with a
+// bias adds onto the broadcast bias, beta 1: the same product, one more read of the output).
 // Each is the mean of --reps calls after two warm-up calls, timed with CUDA events. Operands are a
 // random block of bf16 values in [-1, 1) repeated over each matrix (the values do not change the
 // work; random ones keep the tensor cores' power draw realistic, unlike zeros). Usage:
