@@ -36,6 +36,7 @@ class TimedBackend final : public Backend {
     return in_.attention_rounds_qkv(C, NH);
   }
   bool bf16_product_outputs() const override { return in_.bf16_product_outputs(); }
+  bool bf16_weight_copies() const override { return in_.bf16_weight_copies(); }
   void store(TensorOut d, const float* s, std::size_t n) override {
     time("store", [&] { in_.store(d, s, n); });
   }
@@ -55,13 +56,13 @@ class TimedBackend final : public Backend {
                           const float* w, const float* m, const float* r, int N, int C) override {
     time("layernorm_backward", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
   }
-  void matmul_forward(TensorOut o, TensorIn i, const float* w, const float* b, int N, int C,
+  void matmul_forward(TensorOut o, TensorIn i, TensorIn w, const float* b, int N, int C,
                       int OC) override {
     time(
         "matmul_forward", [&] { in_.matmul_forward(o, i, w, b, N, C, OC); }, product(N, C, OC, 1));
   }
-  void matmul_backward(float* di, float* dw, float* db, TensorIn d, TensorIn i, const float* w,
-                       int N, int C, int OC) override {
+  void matmul_backward(float* di, float* dw, float* db, TensorIn d, TensorIn i, TensorIn w, int N,
+                       int C, int OC) override {
     time(
         "matmul_backward", [&] { in_.matmul_backward(di, dw, db, d, i, w, N, C, OC); },
         product(N, C, OC, di ? 2 : 1));
@@ -83,14 +84,14 @@ class TimedBackend final : public Backend {
   void gelu_backward(TensorOut di, TensorIn i, const float* d, std::size_t n) override {
     time("gelu_backward", [&] { in_.gelu_backward(di, i, d, n); });
   }
-  void matmul_gelu_forward(TensorOut o, TensorOut p, TensorIn i, const float* w, const float* b,
-                           int N, int C, int OC) override {
+  void matmul_gelu_forward(TensorOut o, TensorOut p, TensorIn i, TensorIn w, const float* b, int N,
+                           int C, int OC) override {
     time(
         "matmul_gelu_forward", [&] { in_.matmul_gelu_forward(o, p, i, w, b, N, C, OC); },
         product(N, C, OC, 1));
   }
   void gelu_matmul_backward(TensorOut dp, float* dw, float* db, const float* d, TensorIn i,
-                            TensorIn p, const float* w, int N, int C, int OC) override {
+                            TensorIn p, TensorIn w, int N, int C, int OC) override {
     time(
         "gelu_matmul_backward", [&] { in_.gelu_matmul_backward(dp, dw, db, d, i, p, w, N, C, OC); },
         product(N, C, OC, 2));

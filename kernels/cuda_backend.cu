@@ -85,6 +85,9 @@ int select_device(int device) {
 // without a GPU at hand and not yet run on one: MIXSIM_BF16_OUTPUTS, products write the bf16 qkv,
 // the MLP's pre-activation and its gradient, and the logits themselves, and the tensor-core
 // attention backward the bf16 dqkv (bf16_product_outputs; the bias rounded to bf16 first).
+// MIXSIM_BF16_WEIGHTS (on by default for cuda-bf16): the model hands the products bf16 copies of
+// its weights, rounded once per forward pass (bf16_weight_copies; the same bf16 values the
+// products would round at each use, so no result changes).
 
 class CudaBackend final : public Backend {
  public:
@@ -96,6 +99,8 @@ class CudaBackend final : public Backend {
         bf16_activations_(env_switch("MIXSIM_BF16_ACTIVATIONS", true) &&
                           precision == MatmulPrecision::bf16),
         bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", false) &&
+                      precision == MatmulPrecision::bf16),
+        bf16_weights_(env_switch("MIXSIM_BF16_WEIGHTS", true) &&
                       precision == MatmulPrecision::bf16),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
@@ -185,50 +190,53 @@ class CudaBackend final : public Backend {
     cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
                              workspace(cuda::layernorm_backward_workspace(N, C)), stream_.get());
   }
-  void matmul_forward(TensorOut out, TensorIn inp, const float* weight, const float* bias, int N,
-                      int C, int OC) override {
+  void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight, const float* bias, int N, int C,
+                      int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::matmul_forward(
-        cublas_.get(), lt_.get(), precision_, out, inp, weight, bias, N, C, OC,
-        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, N, C, OC)),
-        stream_.get());
+    cuda::matmul_forward(cublas_.get(), lt_.get(), precision_, out, inp, weight, bias, N, C, OC,
+                         workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr,
+                                                                  inp.type, weight.type, N, C, OC)),
+                         stream_.get());
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
-                       const float* weight, int N, int C, int OC) override {
+                       TensorIn weight, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_backward(cublas_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C,
                           OC,
-                          workspace(cuda::matmul_backward_workspace(precision_, false, dout.type,
-                                                                    inp.type, N, C, OC)),
+                          workspace(cuda::matmul_backward_workspace(
+                              precision_, false, dout.type, inp.type, weight.type, N, C, OC)),
                           stream_.get());
   }
-  void matmul_gelu_forward(TensorOut out, TensorOut pre, TensorIn inp, const float* weight,
+  void matmul_gelu_forward(TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
                            const float* bias, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_gelu_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::matmul_gelu_forward(
-        cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N, C, OC,
-        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, N, C, OC)),
-        stream_.get());
+    cuda::matmul_gelu_forward(cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N,
+                              C, OC,
+                              workspace(cuda::matmul_forward_workspace(
+                                  precision_, lt_ != nullptr, inp.type, weight.type, N, C, OC)),
+                              stream_.get());
   }
   void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,
-                            TensorIn inp, TensorIn pre, const float* weight, int N, int C,
+                            TensorIn inp, TensorIn pre, TensorIn weight, int N, int C,
                             int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "gelu_matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::gelu_matmul_backward(cublas_.get(), lt_.get(), precision_, dpre, dweight, dbias, dout,
-                               inp, pre, weight, N, C, OC,
-                               workspace(cuda::gelu_matmul_backward_workspace(
-                                   precision_, lt_ != nullptr, dpre.type, inp.type, N, C, OC)),
-                               stream_.get());
+    cuda::gelu_matmul_backward(
+        cublas_.get(), lt_.get(), precision_, dpre, dweight, dbias, dout, inp, pre, weight, N, C,
+        OC,
+        workspace(cuda::gelu_matmul_backward_workspace(precision_, lt_ != nullptr, dpre.type,
+                                                       inp.type, weight.type, N, C, OC)),
+        stream_.get());
   }
   // The tensor-core kernels read q, k and v rounded to bf16 (the fp32 ones read fp32 rows).
   bool attention_rounds_qkv(int C, int NH) const override {
     return tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_);
   }
   bool bf16_product_outputs() const override { return bf16_outputs_; }
+  bool bf16_weight_copies() const override { return bf16_weights_; }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     const std::size_t bytes = n * element_bytes(dst.type);
     CUDA_REQUIRE(!bytes_overlap(dst.data, bytes, src, n * sizeof(float)), "store",
@@ -333,6 +341,7 @@ class CudaBackend final : public Backend {
   bool tc_attention_;  // attention on bf16 tensor cores (attention_tc.cu), where the shape allows
   bool bf16_activations_;   // activation_storage() is bf16
   bool bf16_outputs_;       // bf16_product_outputs()
+  bool bf16_weights_;       // bf16_weight_copies()
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

@@ -111,28 +111,28 @@ const CublasLtUse& lt_use(const LtMatmul& lt);
 void set_fp32_math(cublasHandle_t handle);
 // The workspace functions take whether the op gets an LtMatmul (its products may take cuBLASLt
 // workspace) and how the typed inputs are stored (an operand stored otherwise than the products
-// take it is converted into the workspace).
-std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, int N, int C,
-                                     int OC);
+// take it is converted into the workspace), the weight's included.
+std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, DType weight,
+                                     int N, int C, int OC);
 void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut out,
-                    TensorIn inp, const float* weight, const float* bias, int N, int C, int OC,
+                    TensorIn inp, TensorIn weight, const float* bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream);
 // The same workspace as matmul_forward.
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                         TensorOut out, TensorOut pre, TensorIn inp, const float* weight,
+                         TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
                          const float* bias, int N, int C, int OC, Workspace ws,
                          cudaStream_t stream);
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
-                                      int N, int C, int OC);
+                                      DType weight, int N, int C, int OC);
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
-                     float* dbias, TensorIn dout, TensorIn inp, const float* weight, int N, int C,
+                     float* dbias, TensorIn dout, TensorIn inp, TensorIn weight, int N, int C,
                      int OC, Workspace ws, cudaStream_t stream);
 std::size_t gelu_matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dpre,
-                                           DType inp, int N, int C, int OC);
+                                           DType inp, DType weight, int N, int C, int OC);
 // dpre and pre of one type: fp32, or (bf16 products) bf16.
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                           TensorOut dpre, float* dweight, float* dbias, const float* dout,
-                          TensorIn inp, TensorIn pre, const float* weight, int N, int C, int OC,
+                          TensorIn inp, TensorIn pre, TensorIn weight, int N, int C, int OC,
                           Workspace ws, cudaStream_t stream);
 
 // ---- attention.cu (fused causal attention; head size up to kMaxHeadSize)

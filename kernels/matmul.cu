@@ -394,16 +394,16 @@ void set_fp32_math(cublasHandle_t handle) {
   CUBLAS_CHECK(cublasSetAtomicsMode(handle, CUBLAS_ATOMICS_NOT_ALLOWED));
 }
 
-std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, int N, int C,
-                                     int OC) {
-  return operand_bytes(precision, DType::fp32, std::size_t(OC) * C) +
+std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, DType weight,
+                                     int N, int C, int OC) {
+  return operand_bytes(precision, weight, std::size_t(OC) * C) +
          operand_bytes(precision, inp, std::size_t(N) * C) +
          (precision == MatmulPrecision::bf16 ? Workspace::aligned(OC * sizeof(__nv_bfloat16)) : 0) +
          (lt ? kLtWorkspaceBytes : 0);
 }
 
 void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut out,
-                    TensorIn inp, const float* weight, const float* bias, int N, int C, int OC,
+                    TensorIn inp, TensorIn weight, const float* bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream) {
   check_dims("matmul_forward", N, C, OC);
   CUDA_REQUIRE(out.type == DType::fp32 || precision == MatmulPrecision::bf16, "matmul_forward",
@@ -415,7 +415,7 @@ void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precisi
 }
 
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                         TensorOut out, TensorOut pre, TensorIn inp, const float* weight,
+                         TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
                          const float* bias, int N, int C, int OC, Workspace ws,
                          cudaStream_t stream) {
   check_dims("matmul_gelu_forward", N, C, OC);
@@ -446,17 +446,17 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
 }
 
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
-                                      int N, int C, int OC) {
-  return operand_bytes(precision, DType::fp32, std::size_t(OC) * C) +
+                                      DType weight, int N, int C, int OC) {
+  return operand_bytes(precision, weight, std::size_t(OC) * C) +
          operand_bytes(precision, dout, std::size_t(N) * OC) +
          operand_bytes(precision, inp, std::size_t(N) * C) + column_sums_workspace(N, OC) +
          (lt ? kLtWorkspaceBytes : 0);
 }
 
 std::size_t gelu_matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dpre,
-                                           DType inp, int N, int C, int OC) {
+                                           DType inp, DType weight, int N, int C, int OC) {
   // a bf16 dpre without the fused epilogue: the product in fp32 first
-  return matmul_backward_workspace(precision, lt, DType::fp32, inp, N, C, OC) +
+  return matmul_backward_workspace(precision, lt, DType::fp32, inp, weight, N, C, OC) +
          (dpre == DType::bf16 ? Workspace::aligned(std::size_t(N) * C * sizeof(float)) : 0);
 }
 
@@ -469,7 +469,7 @@ namespace {
 // so that it is rounded once either way).
 void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                        TensorOut dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
-                       TensorIn pre, const float* weight, int N, int C, int OC, Workspace& ws,
+                       TensorIn pre, TensorIn weight, int N, int C, int OC, Workspace& ws,
                        cudaStream_t stream) {
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand g = gradient_operand(precision, dbias, dout, N, OC, ws, stream);
@@ -499,7 +499,7 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
 }  // namespace
 
 void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
-                     float* dbias, TensorIn dout, TensorIn inp, const float* weight, int N, int C,
+                     float* dbias, TensorIn dout, TensorIn inp, TensorIn weight, int N, int C,
                      int OC, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_backward", N, C, OC);
   backward_products(handle, nullptr, precision, dinp, dweight, dbias, dout, inp, nullptr, weight, N,
@@ -508,7 +508,7 @@ void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* di
 
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                           TensorOut dpre, float* dweight, float* dbias, const float* dout,
-                          TensorIn inp, TensorIn pre, const float* weight, int N, int C, int OC,
+                          TensorIn inp, TensorIn pre, TensorIn weight, int N, int C, int OC,
                           Workspace ws, cudaStream_t stream) {
   check_dims("gelu_matmul_backward", N, C, OC);
   CUDA_REQUIRE(dpre.data != nullptr && pre.data != nullptr, "gelu_matmul_backward",

@@ -40,7 +40,8 @@ QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
 # cuda-bf16's switches (include/mixsim/core/env.hpp) are set per step below; none leaks in from
 # the caller's environment, so that the tests and the table mean the defaults they say.
-unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS MIXSIM_BF16_OUTPUTS
+unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS MIXSIM_BF16_OUTPUTS \
+  MIXSIM_BF16_WEIGHTS
 
 START=$(date +%s)
 STATUS=0  # 1 when a test or a check failed (the benchmarks only report)
@@ -139,8 +140,8 @@ check_torch gpt2-wide cuda "" --layers 2 --heads 12 --channels 768 --context 256
 # gradient tensor can be off by several times that: 5e-2. A wrong product is off by ~1.
 # cuda-bf16 runs with three switches, all on by default (core/env.hpp); the rows below add them
 # one at a time, each set explicitly, so that every layer of the bf16 path is checked on its own.
-# Products only:
-export MIXSIM_TC_ATTENTION=0 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0
+# Products only (each rounding its weights at its use):
+export MIXSIM_TC_ATTENTION=0 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 MIXSIM_BF16_WEIGHTS=0
 check_torch gpt2-wide-bf16 cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 --heads 12 \
   --channels 768 --context 256 --vocab 50257 --batch 2
 # With attention on bf16 tensor cores (kernels/attention_tc.cu): its own error is of the products'
@@ -153,9 +154,10 @@ check_torch gpt2-wide-bf16-tc cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --laye
 export MIXSIM_CUBLASLT=1
 check_torch gpt2-wide-bf16-tc-lt cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
-# And with the product-only tensors stored in bf16 (on the CPU the results are bit-identical to
-# fp32 storage, tests/unit/cpu_bf16_test.cpp): cuda-bf16 as it runs by default, nothing set.
-unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS
+# And with the product-only tensors stored in bf16 and the weights rounded once per forward pass
+# (on the CPU both are bit-identical to the fp32 storage and the rounding at each use,
+# tests/unit/cpu_bf16_test.cpp): cuda-bf16 as it runs by default, nothing set.
+unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS MIXSIM_BF16_WEIGHTS
 check_torch gpt2-wide-bf16-all cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
 # And the opt-in not yet run on a GPU: the products write the qkv, the MLP's pre-activation and
@@ -178,12 +180,16 @@ step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS"
 # cuda-bf16 with its switches added one at a time (products only; + tensor-core attention;
 # + cuBLASLt), then as it runs by default (all three)
 step bench-train-bf16 120 env MIXSIM_TC_ATTENTION=0 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 \
-  "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
+  MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
 step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 \
-  "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
+  MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
 # (the GPT-2 shape only: the -all row below has every shape; the script must stay within 8 min)
 step bench-train-bf16-tc-lt 90 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
-  MIXSIM_BF16_ACTIVATIONS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
+  MIXSIM_BF16_ACTIVATIONS=0 MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 \
+  --backend cuda-bf16
+# run 6's default (all three switches, weights rounded at each use), to hold the next row against
+step bench-train-bf16-noweights 90 env MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" \
+  --configs gpt2 --backend cuda-bf16
 step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
 # the opt-in not yet run on a GPU (the GPT-2 shape only)
 step bench-train-bf16-outputs 90 env MIXSIM_BF16_OUTPUTS=1 "$BUILD/bench/bench_gpu_train" \
@@ -235,7 +241,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-train-bf16-all bench-train-bf16-outputs bench-gemm bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
+for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-train-bf16-noweights bench-train-bf16-all bench-train-bf16-outputs bench-gemm bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)

@@ -331,20 +331,31 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, const 
   const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
   // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
   if (a.qkv_product) {  // a bf16 qkv: the product in fp32, then rounded (what attention reads)
-    be.matmul_forward(a.qkv_product, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+    be.matmul_forward(a.qkv_product, a.ln1, product_weight(p.qkvw), p.qkvb, N, C, 3 * C);
     be.store(a.qkv, a.qkv_product, std::size_t(N) * 3 * C);
   } else {  // fp32, or bf16 written by the product itself (bf16_product_outputs)
-    be.matmul_forward(a.qkv, a.ln1, p.qkvw, p.qkvb, N, C, 3 * C);
+    be.matmul_forward(a.qkv, a.ln1, product_weight(p.qkvw), p.qkvb, N, C, 3 * C);
   }
   be.attention_forward(a.atty, a.att_lse, a.qkv, B, T, C, d.NH);
-  be.matmul_forward(a.proj, a.atty, p.attprojw, p.attprojb, N, C, C);
+  be.matmul_forward(a.proj, a.atty, product_weight(p.attprojw), p.attprojb, N, C, C);
   be.residual_layernorm_forward(a.residual2, a.ln2, a.ln2_mean, a.ln2_rstd, residual, a.proj,
                                 p.ln2w, p.ln2b, N, C);
   // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))), and the next LayerNorm
-  be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, p.fcw, p.fcb, N, C, 4 * C);
-  be.matmul_forward(a.proj, a.fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C);
+  be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, product_weight(p.fcw), p.fcb, N, C, 4 * C);
+  be.matmul_forward(a.proj, a.fch_gelu, product_weight(p.fcprojw), p.fcprojb, N, 4 * C, C);
   be.residual_layernorm_forward(a.residual3, next.out, next.mean, next.rstd, a.residual2, a.proj,
                                 next.weight, next.bias, N, C);
+}
+
+void Gpt::round_weights() {
+  if (!backend_.bf16_weight_copies()) return;
+  if (weights16_.size() == 0) weights16_ = DeviceBuffer<std::uint16_t>(backend_, layout_.total());
+  backend_.store({weights16_.get(), DType::bf16}, params_.get(), layout_.total());
+}
+
+TensorIn Gpt::product_weight(const float* w) const {
+  if (weights16_.size() == 0) return w;
+  return {weights16_.get() + (w - params_.get()), DType::bf16};
 }
 
 float Gpt::forward(const int* tokens, const int* targets, int B, int T, float grad_scale) {
@@ -359,6 +370,7 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
   Activations& a = *acts_;
   be.upload(train_tokens_.get(), tokens, N * sizeof(int));
   be.upload(train_targets_.get(), targets, N * sizeof(int));
+  round_weights();
 
   be.encoder_forward(a.encoded, train_tokens_.get(), p.wte, p.wpe, B, T, d.C);
   const float* residual = a.encoded;
@@ -375,7 +387,7 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
     forward_block(l, residual, this_layer, next, B, T);
     residual = this_layer.residual3;
   }
-  be.matmul_forward(a.logits, a.lnf, p.wte, nullptr, int(N), d.C, d.Vp);
+  be.matmul_forward(a.logits, a.lnf, product_weight(p.wte), nullptr, int(N), d.C, d.Vp);
   const float dloss = grad_scale / float(valid);
   be.classifier(a.logits, a.losses, train_targets_.get(), dloss, a.dlogits, int(N), d.V, d.Vp);
 
@@ -399,18 +411,19 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
   // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on).
   // dbuf4 = the gradient of fch, through the GELU (stored as fch is).
   const TensorOut dpre{s.dbuf4, a.fch.type};
-  be.gelu_matmul_backward(dpre, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, a.fch, p.fcprojw, N,
-                          4 * C, C);
-  be.matmul_backward(s.dbuf, g.fcw, g.fcb, dpre, a.ln2, p.fcw, N, C, 4 * C);
+  be.gelu_matmul_backward(dpre, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, a.fch,
+                          product_weight(p.fcprojw), N, 4 * C, C);
+  be.matmul_backward(s.dbuf, g.fcw, g.fcb, dpre, a.ln2, product_weight(p.fcw), N, C, 4 * C);
   be.layernorm_backward(s.dresidual, g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w, a.ln2_mean,
                         a.ln2_rstd, N, C);
   // Attention; dbuf4 now holds dqkv (B,T,3C).
-  be.matmul_backward(s.dbuf, g.attprojw, g.attprojb, s.dresidual, a.atty, p.attprojw, N, C, C);
+  be.matmul_backward(s.dbuf, g.attprojw, g.attprojb, s.dresidual, a.atty,
+                     product_weight(p.attprojw), N, C, C);
   // dqkv in bf16 where the qkv and the products' outputs are (attention then rounds it as it
   // stores it; the qkv bias gradient sums the stored values)
   const TensorOut dqkv{s.dbuf4, a.qkv.type == DType::bf16 ? output_storage() : DType::fp32};
   be.attention_backward(dqkv, s.dbuf, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
-  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, dqkv, a.ln1, p.qkvw, N, C, 3 * C);
+  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, dqkv, a.ln1, product_weight(p.qkvw), N, C, 3 * C);
   be.layernorm_backward(s.dresidual, g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean,
                         a.ln1_rstd, N, C);
 }
@@ -424,7 +437,7 @@ void Gpt::backward(const GradsReady& grads_ready) {
   const ParamTensors<float> g = layout_.carve(grads_.get());
   Activations& a = *acts_;
   // The classifier left dlogits in a.dlogits; the head is tied to wte.
-  be.matmul_backward(a.dbuf, g.wte, nullptr, a.dlogits, a.lnf, p.wte, N, C, d.Vp);
+  be.matmul_backward(a.dbuf, g.wte, nullptr, a.dlogits, a.lnf, product_weight(p.wte), N, C, d.Vp);
   be.zero(a.dresidual, std::size_t(N) * C * sizeof(float));
   const float* last_residual = train_layer(d.L - 1).residual3;
   be.layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.dbuf, last_residual, p.lnfw, a.lnf_mean,
@@ -500,6 +513,7 @@ EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
   float* losses = logits_at + std::size_t(kEvalChunk) * d.Vp;
   be.upload(eval_tokens_.get(), tokens, N * sizeof(int));
   be.upload(eval_targets_.get(), targets, N * sizeof(int));
+  round_weights();
 
   be.encoder_forward(a.residual3, eval_tokens_.get(), p.wte, p.wpe, B, T, d.C);
   be.layernorm_forward(a.ln1, nullptr, nullptr, a.residual3, p.ln1w, p.ln1b, int(N), d.C);
@@ -510,7 +524,8 @@ EvalSums Gpt::evaluate(const int* tokens, const int* targets, int B, int T) {
   }
   for (std::size_t r0 = 0; r0 < N; r0 += kEvalChunk) {
     const int rows = int(std::min<std::size_t>(kEvalChunk, N - r0));
-    be.matmul_forward(logits, from(a.ln1, r0 * d.C), p.wte, nullptr, rows, d.C, d.Vp);
+    be.matmul_forward(logits, from(a.ln1, r0 * d.C), product_weight(p.wte), nullptr, rows, d.C,
+                      d.Vp);
     be.classifier(logits, losses + r0, eval_targets_.get() + r0, 0.0f, nullptr, rows, d.V, d.Vp);
   }
   std::vector<float> host(N);

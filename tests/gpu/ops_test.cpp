@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -1334,6 +1335,60 @@ TEST_F(CudaOps, Bf16QkvStorageChangesNothing) {
   EXPECT_NEAR(loss16, loss32, 1e-5 * loss32);
   EXPECT_LT(rel_l2(Pair{g32, g16}), 1e-2);
   EXPECT_NEAR(e16, e32, 1e-5 * e32);
+}
+
+// MIXSIM_BF16_WEIGHTS (on by default for cuda-bf16; written without a GPU at hand): the model
+// rounds its parameters to bf16 once per forward pass and the products read that copy, where they
+// would round each weight into the workspace at each use. The same bf16 values, so on the CPU the
+// two are bit-identical (tests/unit/cpu_bf16_test.cpp); here the products read them at other
+// addresses, and cuBLAS may choose its kernel by the pointers' alignment (another order of sums),
+// so one step is compared as Bf16QkvStorageChangesNothing compares it. backward() reads the copy
+// its forward() made: fc weights overwritten with NaN in between reach no gradient with copies,
+// and do reach them with the switch off (so the products do read the copies).
+TEST_F(CudaOps, Bf16WeightCopiesChangeNothing) {
+  auto with = [](const char* setting) {
+    mixsim::testing::ScopedEnv w("MIXSIM_BF16_WEIGHTS", setting);
+    return cuda_bf16_with("", "", "");
+  };
+  auto copies = with(""), at_use = with("0");
+  EXPECT_TRUE(copies->bf16_weight_copies());
+  EXPECT_TRUE(with("1")->bf16_weight_copies());
+  EXPECT_FALSE(at_use->bf16_weight_copies());
+  EXPECT_FALSE(gpu_->bf16_weight_copies());
+  {
+    mixsim::testing::ScopedEnv w("MIXSIM_BF16_WEIGHTS", "1");
+    EXPECT_FALSE(make_cuda_backend(0)->bf16_weight_copies());  // fp32 products: never
+  }
+  EXPECT_THROW(with("yes"), UsageError);
+
+  const int b = 2, t = 70;
+  const ModelConfig cfg{2, 2, 64, t, 257};
+  const Batch batch = random_batch(b, t, cfg.vocab_size, 141);
+  const StepResult rc = one_step(*copies, cfg, batch, b, t, copies->activation_storage(), 142),
+                   ru = one_step(*at_use, cfg, batch, b, t, at_use->activation_storage(), 142);
+  std::printf(
+      "bf16 weight copies on cuda-bf16: loss %.9g vs %.9g, gradients %s (relative L2 %.3e)\n",
+      double(rc.loss), double(ru.loss), rc.grads == ru.grads ? "bit-identical" : "differ",
+      rel_l2(Pair{ru.grads, rc.grads}));
+  EXPECT_NEAR(rc.loss, ru.loss, 1e-5 * ru.loss);
+  EXPECT_LT(rel_l2(Pair{ru.grads, rc.grads}), 1e-2);
+  EXPECT_NEAR(rc.eval_loss_sum, ru.eval_loss_sum, 1e-5 * ru.eval_loss_sum);
+
+  auto nan_gradients = [&](Backend& be) {
+    Gpt m(cfg, be, b);
+    m.init(143);
+    m.zero_grad();
+    m.forward(batch.tokens.data(), batch.targets.data(), b, t);
+    const TensorInfo& fc = m.layout()[Param::fcw];
+    const std::vector<float> nan(fc.numel, std::numeric_limits<float>::quiet_NaN());
+    be.upload(m.params() + fc.offset, nan.data(), nan.size() * sizeof(float));
+    m.backward();
+    std::size_t count = 0;
+    for (const float x : grads_of(m)) count += std::isnan(x);
+    return count;
+  };
+  EXPECT_EQ(nan_gradients(*copies), 0u);
+  EXPECT_GT(nan_gradients(*at_use), 0u);
 }
 
 // ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS=1, opt-in; written without a GPU at hand)

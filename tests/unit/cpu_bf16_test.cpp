@@ -720,6 +720,82 @@ TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
   }
 }
 
+// MIXSIM_BF16_WEIGHTS (on by default for cpu-bf16 and cuda-bf16): the model rounds its parameters
+// to bf16 once per forward pass and hands the products that copy, where the products would round
+// each weight at each use. The same bf16 values either way: over 4 steps of training (AdamW
+// between them, so that a copy older than the parameters would show) the losses, the last step's
+// gradients, the parameters and the evaluation sums are bit-identical to the products rounding
+// the weights themselves. cpu (fp32 products) never takes copies.
+TEST(CpuBf16, Bf16WeightCopiesChangeNothing) {
+  for (const char* setting : {"", "0", "1"}) {
+    mixsim::testing::ScopedEnv env("MIXSIM_BF16_WEIGHTS", setting);
+    EXPECT_EQ(make_cpu_backend(MatmulPrecision::bf16)->bf16_weight_copies(),
+              std::string(setting) != "0")
+        << setting;
+    EXPECT_FALSE(make_cpu_backend()->bf16_weight_copies()) << setting;
+  }
+  const ModelConfig cfg{2, 2, 64, 70, 257};
+  const int b = 2, t = 70, steps = 4;
+  const TokenBatch batch = random_batch(b, t, cfg.vocab_size, 221);
+  struct Run {
+    std::vector<float> losses, grads, params;
+    EvalSums eval;
+  };
+  auto run = [&](const char* setting) {
+    mixsim::testing::ScopedEnv env("MIXSIM_BF16_WEIGHTS", setting);
+    auto be = make_cpu_backend(MatmulPrecision::bf16);
+    Gpt m(cfg, *be, b);
+    m.init(222);
+    AdamW opt(m.layout(), *be);
+    OptimConfig oc;
+    oc.schedule = "constant";
+    Run r;
+    for (int s = 0; s < steps; ++s) {
+      m.zero_grad();
+      r.losses.push_back(m.forward(batch.tokens.data(), batch.targets.data(), b, t));
+      m.backward();
+      if (s + 1 == steps) {
+        r.grads.resize(m.layout().total());
+        be->download(r.grads.data(), m.grads(), r.grads.size() * sizeof(float));
+      }
+      opt.step(m.params(), m.grads(), lr_at(s, steps, oc), oc);
+    }
+    r.params.resize(m.layout().total());
+    be->download(r.params.data(), m.params(), r.params.size() * sizeof(float));
+    r.eval = m.evaluate(batch.tokens.data(), batch.targets.data(), b, t);
+    return r;
+  };
+  const Run copies = run(""), rounded_at_use = run("0");
+  EXPECT_EQ(copies.losses, rounded_at_use.losses);
+  EXPECT_EQ(copies.grads, rounded_at_use.grads);
+  EXPECT_EQ(copies.params, rounded_at_use.params);
+  EXPECT_EQ(copies.eval.loss_sum, rounded_at_use.eval.loss_sum);
+  EXPECT_LT(copies.losses.back(), copies.losses.front());  // the parameters did move
+
+  // backward() reads the copy its forward() made: the fc weights overwritten with NaN in between
+  // reach no gradient with copies, and reach them when each product rounds the weight at its use
+  // (so the copies are what the products read).
+  auto nan_gradients = [&](const char* setting) {
+    mixsim::testing::ScopedEnv env("MIXSIM_BF16_WEIGHTS", setting);
+    auto be = make_cpu_backend(MatmulPrecision::bf16);
+    Gpt m(cfg, *be, b);
+    m.init(223);
+    m.zero_grad();
+    m.forward(batch.tokens.data(), batch.targets.data(), b, t);
+    const TensorInfo& fc = m.layout()[Param::fcw];
+    const std::vector<float> nan(fc.numel, std::numeric_limits<float>::quiet_NaN());
+    be->upload(m.params() + fc.offset, nan.data(), nan.size() * sizeof(float));
+    m.backward();
+    std::vector<float> g(m.layout().total());
+    be->download(g.data(), m.grads(), g.size() * sizeof(float));
+    std::size_t count = 0;
+    for (const float x : g) count += std::isnan(x);
+    return count;
+  };
+  EXPECT_EQ(nan_gradients(""), 0u);
+  EXPECT_GT(nan_gradients("0"), 0u);
+}
+
 // The switches' defaults and their refusals: unset, cpu-bf16 rounds attention as the tensor-core
 // kernels do and stores product-only tensors in bf16, as cuda-bf16 runs; "0" turns each off; any
 // value other than 1 or 0 is a UsageError that names the variable and the value, even for cpu,
@@ -732,7 +808,8 @@ TEST(CpuBf16, SwitchesDefaultOnAndRefuseOtherValues) {
         << tc;
     EXPECT_FALSE(make_cpu_backend()->attention_rounds_qkv(64, 2)) << tc;
   }
-  for (const char* name : {"MIXSIM_TC_ATTENTION", "MIXSIM_BF16_ACTIVATIONS"}) {
+  for (const char* name :
+       {"MIXSIM_TC_ATTENTION", "MIXSIM_BF16_ACTIVATIONS", "MIXSIM_BF16_WEIGHTS"}) {
     for (const char* bad : {"true", "on", "2", " 1"}) {
       mixsim::testing::ScopedEnv env(name, bad);
       for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {

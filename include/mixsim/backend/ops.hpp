@@ -103,6 +103,12 @@ class Backend {
   // MIXSIM_BF16_OUTPUTS=1 at construction (opt-in: biases are then rounded to bf16 before they
   // are added, see matmul_forward).
   virtual bool bf16_product_outputs() const { return false; }
+  // Whether the model hands the matrix products bf16 weights, rounded from its fp32 parameters
+  // once per forward pass (store()), where the products would round each weight at each use:
+  // only backends whose products round their weight operands to bf16 anyway, so that no result
+  // changes (cpu-bf16 and cuda-bf16, unless the environment sets MIXSIM_BF16_WEIGHTS=0 at
+  // construction).
+  virtual bool bf16_weight_copies() const { return false; }
   // dst = src, stored as dst's type says (bf16: rounded to nearest even). dst and src must not
   // overlap.
   virtual void store(TensorOut dst, const float* src, std::size_t n) = 0;
@@ -130,17 +136,19 @@ class Backend {
 
   // ---- out = inp @ weight^T + bias (bias nullable). A bf16 out (bf16 precision only) is the
   // fp32 result with the bias rounded to bf16 before it is added (as cuBLASLt's bias epilogue
-  // takes it with a bf16 output, and as autocast does), then rounded to nearest even.
-  virtual void matmul_forward(TensorOut out,                           // (N,OC)
-                              TensorIn inp,                            // (N,C)
-                              const float* weight, const float* bias,  // (OC,C), (OC)
+  // takes it with a bf16 output, and as autocast does), then rounded to nearest even. The products'
+  // weights, like their inputs, may be bf16 (bf16_weight_copies): used as they are by bf16
+  // products, widened (exact) by fp32 ones.
+  virtual void matmul_forward(TensorOut out,                       // (N,OC)
+                              TensorIn inp,                        // (N,C)
+                              TensorIn weight, const float* bias,  // (OC,C), (OC)
                               int N, int C, int OC) = 0;
   // dinp = dout @ weight (assigned; nullable to skip); dweight, dbias += (dbias nullable; the
   // bias gradient sums dout as it is stored, in fp32 sums).
-  virtual void matmul_backward(float* dinp,                        // (N,C)
-                               float* dweight, float* dbias,       // (OC,C), (OC)
-                               TensorIn dout,                      // (N,OC)
-                               TensorIn inp, const float* weight,  // (N,C), (OC,C)
+  virtual void matmul_backward(float* dinp,                    // (N,C)
+                               float* dweight, float* dbias,   // (OC,C), (OC)
+                               TensorIn dout,                  // (N,OC)
+                               TensorIn inp, TensorIn weight,  // (N,C), (OC,C)
                                int N, int C, int OC) = 0;
 
   // ---- causal self-attention; qkv rows hold q, k, v of all heads: [q(C) k(C) v(C)].
@@ -166,9 +174,9 @@ class Backend {
   // The fc layer: pre = inp @ weight^T + bias (bias nullable), out = gelu(pre). A bf16 pre
   // (bf16 products only, with a bf16 out) is matmul_forward's bf16 out, and the GELU reads it as
   // stored: out = gelu(pre) from the rounded pre, which backward reads too.
-  virtual void matmul_gelu_forward(TensorOut out, TensorOut pre,            // (N,OC), (N,OC)
-                                   TensorIn inp,                            // (N,C)
-                                   const float* weight, const float* bias,  // (OC,C), (OC)
+  virtual void matmul_gelu_forward(TensorOut out, TensorOut pre,        // (N,OC), (N,OC)
+                                   TensorIn inp,                        // (N,C)
+                                   TensorIn weight, const float* bias,  // (OC,C), (OC)
                                    int N, int C, int OC) {
     if (pre.type == DType::bf16 && out.type != DType::bf16)
       throw Error(std::string(name()) + ": matmul_gelu_forward: a bf16 pre needs a bf16 out");
@@ -184,7 +192,7 @@ class Backend {
                                     float* dweight, float* dbias,  // (OC,C), (OC) +=
                                     const float* dout,             // (N,OC)
                                     TensorIn inp, TensorIn pre,    // (N,C): gelu(pre), pre
-                                    const float* weight,           // (OC,C)
+                                    TensorIn weight,               // (OC,C)
                                     int N, int C, int OC) {
     if (dpre.type != DType::fp32 || pre.type != DType::fp32)
       throw Error(std::string(name()) +

@@ -91,6 +91,12 @@ class Gpt {
   // residual3 that follows it, fused with the last residual add.
   void forward_block(int l, const float* residual, const LayerActs& a, const NextNorm& next, int B,
                      int T);
+  // Where the backend takes bf16 weights (Backend::bf16_weight_copies): rounds all parameters
+  // into weights16_, at the start of each forward pass (forward(), evaluate()), so that a copy is
+  // never older than the parameters it was made from; backward() uses the forward's copy.
+  void round_weights();
+  // The weight a product takes: its bf16 copy where round_weights() makes them, else w itself.
+  TensorIn product_weight(const float* w) const;
   void backward_block(int l, const LayerActs& a, int B, int T);
 
   ParamLayout layout_;
@@ -99,9 +105,10 @@ class Gpt {
   DType storage_;
   DeviceBuffer<float> params_;
   DeviceBuffer<float> grads_;
-  DeviceBuffer<char> acts_memory_;   // training activations, one allocation
-  DeviceBuffer<float> eval_memory_;  // evaluation activations, grown as needed
-  DeviceBuffer<int> train_tokens_;   // (max_batch, context): kept for backward()
+  DeviceBuffer<std::uint16_t> weights16_;  // bf16 copy of params_ (round_weights); else empty
+  DeviceBuffer<char> acts_memory_;         // training activations, one allocation
+  DeviceBuffer<float> eval_memory_;        // evaluation activations, grown as needed
+  DeviceBuffer<int> train_tokens_;         // (max_batch, context): kept for backward()
   DeviceBuffer<int> train_targets_;
   DeviceBuffer<int> eval_tokens_;  // (eval_rows_)
   DeviceBuffer<int> eval_targets_;

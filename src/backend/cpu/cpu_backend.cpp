@@ -41,6 +41,8 @@ class CpuBackend final : public Backend {
         bf16_activations_(env_switch("MIXSIM_BF16_ACTIVATIONS", true) &&
                           precision == MatmulPrecision::bf16),
         bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", false) &&
+                      precision == MatmulPrecision::bf16),
+        bf16_weights_(env_switch("MIXSIM_BF16_WEIGHTS", true) &&
                       precision == MatmulPrecision::bf16) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
@@ -99,14 +101,13 @@ class CpuBackend final : public Backend {
     MIXSIM_CHECK(N > 0 && C > 0 && mean && rstd, "layernorm_backward: N={} C={}", N, C);
     cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
   }
-  void matmul_forward(TensorOut out, TensorIn inp, const float* weight, const float* bias, int N,
+  void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight_t, const float* bias, int N,
                       int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_forward: N={} C={} OC={}", N, C, OC);
     MIXSIM_CHECK(out.type == DType::fp32 || precision_ == MatmulPrecision::bf16,
                  "matmul_forward: a bf16 out needs bf16 products (cpu-bf16), not {}", name());
     const float* x = operand(scratch_[0], inp, std::size_t(N) * C);
-    if (precision_ == MatmulPrecision::bf16)
-      weight = rounded(scratch_[1], weight, std::size_t(OC) * C);
+    const float* weight = operand(scratch_[1], weight_t, std::size_t(OC) * C);
     // a bf16 out: the bias rounded to bf16 first, as cuBLASLt's bias epilogue takes it
     if (bias && out.type == DType::bf16) bias = rounded(scratch_[2], bias, OC);
     const std::size_t n = std::size_t(N) * OC;
@@ -115,14 +116,12 @@ class CpuBackend final : public Backend {
     narrow(out, y, n);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
-                       const float* weight, int N, int C, int OC) override {
+                       TensorIn weight, int N, int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_backward: N={} C={} OC={}", N, C, OC);
     // As cuda-bf16: the products take bf16 operands (rounded here, or stored so; in fp32
     // precision fp32 ones as given), the bias gradient sums dout as stored (an fp32 one
-    // unrounded, a bf16 one widened).
-    const float* w = dinp && precision_ == MatmulPrecision::bf16
-                         ? rounded(scratch_[1], weight, std::size_t(OC) * C)
-                         : weight;
+    // unrounded, a bf16 one widened). The weight is read only for dinp.
+    const float* w = dinp ? operand(scratch_[1], weight, std::size_t(OC) * C) : nullptr;
     const float* g = operand(scratch_[0], dout, std::size_t(N) * OC);
     cpu::matmul_backward(dinp, dweight, static_cast<float*>(nullptr), g,
                          operand(scratch_[2], inp, std::size_t(N) * C), w, N, C, OC);
@@ -134,6 +133,7 @@ class CpuBackend final : public Backend {
     return tc_attention_ && cpu::attention_bf16_supported(C, NH);
   }
   bool bf16_product_outputs() const override { return bf16_outputs_; }
+  bool bf16_weight_copies() const override { return bf16_weights_; }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     MIXSIM_CHECK(!bytes_overlap(dst.data, n * element_bytes(dst.type), src, n * sizeof(float)),
                  "store: the destination overlaps the source");
@@ -187,7 +187,7 @@ class CpuBackend final : public Backend {
   // A bf16 dpre (bf16 products, with a bf16 pre): the product into an fp32 buffer of its own,
   // then gelu'(pre) times it, rounded once.
   void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,
-                            TensorIn inp, TensorIn pre, const float* weight, int N, int C,
+                            TensorIn inp, TensorIn pre, TensorIn weight, int N, int C,
                             int OC) override {
     if (dpre.type == DType::fp32) {
       Backend::gelu_matmul_backward(dpre, dweight, dbias, dout, inp, pre, weight, N, C, OC);
@@ -320,10 +320,12 @@ class CpuBackend final : public Backend {
   // (kernels/attention_tc.cu) and cpu-bf16 rounds as those kernels do (attention_bf16.cpp);
   // MIXSIM_BF16_ACTIVATIONS, the model stores its product-only tensors in bf16
   // (activation_storage); MIXSIM_BF16_OUTPUTS (opt-in, off unless set to 1), products write bf16
-  // themselves where the model stores bf16 (bf16_product_outputs).
+  // themselves where the model stores bf16 (bf16_product_outputs); MIXSIM_BF16_WEIGHTS, the model
+  // hands the products bf16 copies of its weights (bf16_weight_copies).
   bool tc_attention_;
   bool bf16_activations_;
   bool bf16_outputs_;
+  bool bf16_weights_;
   std::vector<float> scratch_[3];       // product operands rounded (cpu-bf16) or widened (bf16)
   std::vector<float> out_scratch_;      // outputs computed in fp32 before they are rounded to bf16
   std::vector<float> qkv_scratch_;      // a bf16 qkv widened for attention
