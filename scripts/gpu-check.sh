@@ -246,6 +246,21 @@ for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)
 row "cuBLASLt epilogues (last bench)" "${LT:-no report}"
+# The issue's two speed targets for GPT-2 in bf16, from the rows above: at least 40% MFU, and
+# faster than PyTorch's torch.compile on the same card in the same run (mixsim's default, and
+# the opt-in MIXSIM_BF16_OUTPUTS)
+value() {  # value LOG LABEL-PREFIX KEY: KEY's value on the gpt2 RESULT line of LABEL in LOG
+  grep "^RESULT $2[^ ]* gpt2 " "$LOG/$1.log" 2> /dev/null | tail -1 | grep -o "$3=[0-9.]*" | cut -d= -f2
+}
+TORCH=$(value torch-bf16-compile torch-bf16-compile tokens_per_s)
+for log in bench-train-bf16-all bench-train-bf16-outputs; do
+  TPS=$(value "$log" mixsim-bf16 tokens_per_s)
+  MFU=$(value "$log" mixsim-bf16 mfu)
+  [[ -z "$TPS" ]] && continue
+  VERDICT="MFU ${MFU}% (target 40%: $(awk -v m="$MFU" 'BEGIN { print (m >= 40 ? "met" : "not met") }'))"
+  [[ -n "$TORCH" ]] && VERDICT+=", $(awk -v a="$TPS" -v b="$TORCH" 'BEGIN { printf "%.2fx torch.compile (%s)", a / b, (a > b ? "faster: met" : "not met") }')"
+  row "targets, GPT-2 bf16 ($log)" "$VERDICT"
+done
 
 echo
 echo "=== gpu-check summary ($GPU; $(elapsed) in all; logs in $LOG)"
