@@ -355,6 +355,8 @@ void Gpt::round_weights() {
 
 TensorIn Gpt::product_weight(const float* w) const {
   if (weights16_.size() == 0) return w;
+  if (w < params_.get() || w >= params_.get() + layout_.total())
+    fail("Gpt::product_weight: a weight outside the model's parameters (an internal error)");
   return {weights16_.get() + (w - params_.get()), DType::bf16};
 }
 

@@ -104,14 +104,14 @@ void expect_identical(const Pair& p, const std::string& what) {
 }
 
 // cuda-bf16 made with its switches (include/mixsim/core/env.hpp) set as given: "1" on, "0" off, ""
-// unset (the default: the first three on, MIXSIM_BF16_OUTPUTS off). Tests of one layer of the
-// bf16 path say which they need, whatever the caller's environment holds.
+// unset (the default: MIXSIM_BF16_OUTPUTS off, the others on). Tests of one layer of the bf16
+// path say which they need, whatever the caller's environment holds.
 std::unique_ptr<Backend> cuda_bf16_with(const char* tc_attention, const char* cublaslt,
-                                        const char* bf16_activations,
-                                        const char* bf16_outputs = "") {
+                                        const char* bf16_activations, const char* bf16_outputs = "",
+                                        const char* bf16_weights = "") {
   mixsim::testing::ScopedEnv tc("MIXSIM_TC_ATTENTION", tc_attention),
       lt("MIXSIM_CUBLASLT", cublaslt), act("MIXSIM_BF16_ACTIVATIONS", bf16_activations),
-      out("MIXSIM_BF16_OUTPUTS", bf16_outputs);
+      out("MIXSIM_BF16_OUTPUTS", bf16_outputs), w("MIXSIM_BF16_WEIGHTS", bf16_weights);
   return make_cuda_backend(0, MatmulPrecision::bf16);
 }
 
@@ -1346,10 +1346,7 @@ TEST_F(CudaOps, Bf16QkvStorageChangesNothing) {
 // its forward() made: fc weights overwritten with NaN in between reach no gradient with copies,
 // and do reach them with the switch off (so the products do read the copies).
 TEST_F(CudaOps, Bf16WeightCopiesChangeNothing) {
-  auto with = [](const char* setting) {
-    mixsim::testing::ScopedEnv w("MIXSIM_BF16_WEIGHTS", setting);
-    return cuda_bf16_with("", "", "");
-  };
+  auto with = [](const char* setting) { return cuda_bf16_with("", "", "", "", setting); };
   auto copies = with(""), at_use = with("0");
   EXPECT_TRUE(copies->bf16_weight_copies());
   EXPECT_TRUE(with("1")->bf16_weight_copies());

@@ -25,7 +25,9 @@ class Gpt {
  public:
   // Parameters are allocated now; gradients and training activations (for batches of up to
   // max_batch sequences of up to config.context tokens) on the first forward(), so that a model
-  // used only for evaluation never holds them. `backend` must outlive the model. The tensors
+  // used only for evaluation never holds them. Where the backend takes bf16 weight copies
+  // (Backend::bf16_weight_copies), the first forward() or evaluate() also allocates the copy, 2
+  // bytes a parameter (250 MB at GPT-2's size). `backend` must outlive the model. The tensors
   // that only matrix products read are stored as `activation_storage` says, by default as the
   // backend prefers (Backend::activation_storage). bf16 storage on a backend with fp32 products
   // is allowed, and changes the results by bf16's rounding (tests use it to see it happen).
@@ -93,7 +95,9 @@ class Gpt {
                      int T);
   // Where the backend takes bf16 weights (Backend::bf16_weight_copies): rounds all parameters
   // into weights16_, at the start of each forward pass (forward(), evaluate()), so that a copy is
-  // never older than the parameters it was made from; backward() uses the forward's copy.
+  // never older than the parameters it was made from; backward() uses the copy of the last
+  // forward() or evaluate() (the parameters do not change between a forward() and its
+  // backward(): the activations backward() reads are from that forward).
   void round_weights();
   // The weight a product takes: its bf16 copy where round_weights() makes them, else w itself.
   TensorIn product_weight(const float* w) const;
