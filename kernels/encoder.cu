@@ -28,21 +28,43 @@ __global__ void iota_kernel(int* values, int n) {
   if (i < n) values[i] = i;
 }
 
+constexpr int kRowsInFlight = 8;  // dout rows loaded before they are added (in order)
+
 // Block x = one entry of the sorted (token, position) list; only the first entry of each token
 // works: it adds the rows of all positions of that token, in position order, to the token's row.
-// Block y = a slice of kThreads channels.
-__global__ void encoder_backward_wte_kernel(float* dwte, const float* dout,
-                                            const int* sorted_tokens, const int* sorted_positions,
-                                            int N, int C) {
+// Block y = a slice of kThreads channels. A frequent token has a long run (a byte-level model's
+// space: ~1,400 of 8,192 positions), so the block first finds the run's end, kThreads entries
+// at a time, and then loads kRowsInFlight rows before adding them: the loads overlap, where a
+// loop that tested each entry's token before its load waited on one load at a time. The adds
+// stay one per row, in position order.
+__global__ void __launch_bounds__(kThreads)
+    encoder_backward_wte_kernel(float* dwte, const float* dout, const int* sorted_tokens,
+                                const int* sorted_positions, int N, int C) {
   const int s = blockIdx.x;
   const int token = sorted_tokens[s];
-  if (s > 0 && sorted_tokens[s - 1] == token) return;
+  if (s > 0 && sorted_tokens[s - 1] == token) return;  // the whole block
+  // The run is [s, end): the entries of a stride equal to the token are a prefix of it (sorted).
+  int end = s + 1;
+  for (int base = s + 1;; base += kThreads) {
+    const int e = base + int(threadIdx.x);
+    const int same = __syncthreads_count(e < N && sorted_tokens[e] == token);
+    end = base + same;
+    if (same < kThreads) break;
+  }
   const int c = blockIdx.y * kThreads + threadIdx.x;
   if (c >= C) return;
   float* row = dwte + std::size_t(token) * C;
   float acc = row[c];
-  for (int e = s; e < N && sorted_tokens[e] == token; ++e)
-    acc += dout[std::size_t(sorted_positions[e]) * C + c];
+  int e = s;
+  for (; e + kRowsInFlight <= end; e += kRowsInFlight) {
+    float v[kRowsInFlight];
+#pragma unroll
+    for (int k = 0; k < kRowsInFlight; ++k)
+      v[k] = dout[std::size_t(sorted_positions[e + k]) * C + c];
+#pragma unroll
+    for (int k = 0; k < kRowsInFlight; ++k) acc += v[k];
+  }
+  for (; e < end; ++e) acc += dout[std::size_t(sorted_positions[e]) * C + c];
   row[c] = acc;
 }
 

@@ -162,7 +162,8 @@ TEST_F(CudaOps, OutOfMemoryIsAClearError) {
 }
 
 // Embedding rows are copied and added once: exact. The backward adds each token's rows in
-// position order (sorted, stable) and dwpe's over the batch in order, as the CPU does: exact.
+// position order (sorted, stable) and dwpe's over the batch in order, as the CPU does: exact,
+// also for a run of one token longer than the kernel's stride.
 TEST_F(CudaOps, EncoderExactAndGradientsAccumulateInCpuOrder) {
   auto tokens = ints(random_ints(N, 20, 2));  // 20 of 257 tokens used: many repeats
   auto wte = floats(random_floats(std::size_t(Vp) * C, 3));
@@ -179,6 +180,27 @@ TEST_F(CudaOps, EncoderExactAndGradientsAccumulateInCpuOrder) {
   gpu_->encoder_backward(dwte.gpu.get(), dwpe.gpu.get(), dout.gpu.get(), tokens.gpu.get(), B, T, C);
   expect_identical(both(dwte), "encoder_backward dwte");
   expect_identical(both(dwpe), "encoder_backward dwpe");
+
+  // A frequent token's run longer than a block's stride of 256 entries (a byte-level model's
+  // space): token 5 at 70% of 8 x 200 positions (~1,120 entries), the rest spread; the rows still
+  // add in position order: exact.
+  const int b8 = 8, t200 = 200, n = b8 * t200;
+  std::vector<int> skewed = random_ints(n, 40, 8);
+  Rng pick(9);
+  for (int& x : skewed)
+    if (pick.uniform() < 0.7) x = 5;
+  auto tk = ints(skewed);
+  auto dout2 = floats(random_floats(std::size_t(n) * C, 10));
+  auto dwte2 = floats(random_floats(std::size_t(Vp) * C, 11));
+  auto dwpe2 = floats(random_floats(std::size_t(t200) * C, 12));
+  for (Backend* be : {cpu_.get(), gpu_.get()}) {
+    const bool g = be == gpu_.get();
+    be->encoder_backward((g ? dwte2.gpu : dwte2.cpu).get(), (g ? dwpe2.gpu : dwpe2.cpu).get(),
+                         (g ? dout2.gpu : dout2.cpu).get(), (g ? tk.gpu : tk.cpu).get(), b8, t200,
+                         C);
+  }
+  expect_identical(both(dwte2), "encoder_backward dwte, a long run");
+  expect_identical(both(dwpe2), "encoder_backward dwpe, a long run");
 }
 
 // Sums over C = 72 channels in another order (warp tree vs. SIMD lanes): a few float roundings
