@@ -6,11 +6,12 @@
 // of fp32 logits as bf16 into a buffer of their own (the logits then stay); the probabilities
 // are never stored.
 //
-// Where the row fits in shared memory (GPT-2's 50,257 logits: 201 KB in fp32, 101 KB in bf16;
-// an H100 gives a block 227 KB) classifier_cached_kernel copies it there with 16-byte loads and
-// both passes read it from there: the logits are read from memory once. (The two passes of
-// classifier_kernel, for longer rows, read them twice: a GPT-2 batch's logits, 1.6 GB at B 8 in
-// fp32, do not stay in L2 between the passes.) In both kernels the in-place writes race with
+// Where the row is long (from 8,192 logits, kCachedMinV) and fits in shared memory (GPT-2's
+// 50,257 logits: 201 KB in fp32, 101 KB in bf16; an H100 gives a block 227 KB)
+// classifier_cached_kernel copies it there with 16-byte loads and both passes read it from there:
+// the logits are read from memory once. (The two passes of classifier_kernel, for other rows,
+// read them twice: a GPT-2 batch's logits, 1.6 GB at B 8 in fp32, do not stay in L2 between the
+// passes; short rows do.) In both kernels the in-place writes race with
 // nothing: in classifier_kernel every element is read and written by the same thread, and the
 // target's logit is read by all threads before the first barrier; classifier_cached_kernel writes
 // only after its last read of the row in memory and a barrier.
@@ -106,6 +107,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int j = V + threadIdx.x; j < Vp; j += kThreads) store(grad + j, 0.f);
 }
 
+// The cached kernel pays off where the two reads of classifier_kernel would both come from memory:
+// its 4 blocks an SM (528 rows at once on an H100) keep rows of up to ~10k fp32 logits in the
+// 50 MB L2 between the passes, and a short row leaves most of a 1024-thread block idle (a
+// byte-level model's 257 logits: 65 of 1024 threads), one block an SM. So rows from 8,192 logits.
+constexpr int kCachedMinV = 8192;
 constexpr int kCachedThreads = 1024;
 constexpr int kCachedWarps = kCachedThreads / kWarpSize;
 constexpr int kCopyUnroll = 4;  // 16-byte loads in flight per thread while the row is copied
@@ -184,7 +190,7 @@ bool launch_cached(const In* logits, Grad* dlogits, float* losses, const int* ta
                    int N, int V, int Vp, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(In);
   const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
-  if (Vp % kVec != 0 || !aligned16(logits) ||
+  if (V < kCachedMinV || Vp % kVec != 0 || !aligned16(logits) ||
       (dlogits && address(dlogits) % (sizeof(Grad) * kVec) != 0))
     return false;
   const std::size_t shared = std::size_t(CEIL_DIV(V, kVec)) * 16;

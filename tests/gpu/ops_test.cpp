@@ -456,22 +456,25 @@ TEST_F(CudaOps, GeluAndResidual) {
   expect_identical(both(b), "residual_forward, unaligned");
 }
 
-// Row lengths the classifier tests run: the fixture's (V 257 in Vp 320; cached in shared memory),
-// the same in Vp 261 (not a multiple of the cached kernel's vectors: the kernel that reads the
-// row twice, fp32 and bf16), GPT-2's vocabulary (its fp32 row, 201 KB, fits the shared memory of
-// an H100/H200 block: cached) and a longer one (fp32 280 KB: read twice; bf16 140 KB: cached).
+// Row lengths the classifier tests run, and the kernel each takes on an H100/H200: the fixture's
+// (V 257 in Vp 320: short, the kernel that reads the row twice); GPT-2's vocabulary in Vp 50305
+// (not a multiple of the cached kernel's vectors: read twice, fp32 and bf16) and in Vp 50304
+// (cached in shared memory: its fp32 row, 201 KB, fits a 227 KB block); and a longer one (fp32
+// 280 KB: read twice; bf16 140 KB: cached).
 struct ClassifierShape {
   int rows, V, Vp;
 };
 const ClassifierShape kClassifierShapes[] = {
-    {N, V, Vp}, {7, V, 261}, {6, 50257, 50304}, {6, 70001, 70016}};
+    {N, V, Vp}, {3, 50257, 50305}, {6, 50257, 50304}, {6, 70001, 70016}};
 
 // The loss is log(sum exp) over up to 70,001 logits: ulp-level differences of expf and the
 // summation order give ~1e-6 absolute. dlogits are dloss * p / sum with p in [0, 1]: the sum's
 // relative error carries into each of them, and the CPU's fp32 sum over 8 SIMD lanes of ~6,000
 // terms each is off by up to ~8e-6 relative at V 50,257-70,001 (the GPU's by ~1e-7; emulated on
 // these inputs and on random ones): relative 3e-5, absolute 1e-6 * dloss where p - 1 cancels
-// (the target). Skipped rows and padding are exactly zero.
+// (the target). Skipped rows and padding are exactly zero. dlogits of the fp32 logits into a bf16
+// buffer of their own (cuda-bf16's default) are the in-place fp32 ones rounded, exactly (the same
+// kernel's arithmetic), and leave the logits as they were.
 TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
   for (const auto [rows, v, vp] : kClassifierShapes) {
     SCOPED_TRACE("V=" + std::to_string(v));
@@ -482,6 +485,15 @@ TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
     for (int n = 0; n < rows; n += 7) targets[n] = -1;  // skipped positions
     auto tgt = ints(targets);
     const float dloss = 1.0f / float(rows);
+
+    // bf16 dlogits of fp32 logits first, on a copy of the logits: the in-place run below
+    // overwrites them
+    auto kept = floats(host);
+    DeviceBuffer<float> kept_losses(*gpu_, rows);
+    DeviceBuffer<std::uint16_t> dl16(*gpu_, host.size());
+    gpu_->classifier(kept.gpu.get(), kept_losses.get(), tgt.gpu.get(), dloss,
+                     {dl16.get(), DType::bf16}, rows, v, vp);
+    EXPECT_EQ(fetch(*gpu_, kept.gpu.get(), host.size()), host) << "the logits stay";
 
     auto logits = floats(host);
     auto losses = floats(std::vector<float>(rows, 5.f));
@@ -504,6 +516,11 @@ TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
         if (targets[n] < 0 || j >= v) {
           ASSERT_EQ(dl.gpu[std::size_t(n) * vp + j], 0.f) << n << " " << j;
         }
+    EXPECT_EQ(fetch(*gpu_, kept_losses.get(), rows), both(losses).gpu);
+    const std::vector<std::uint16_t> got = fetch(*gpu_, dl16.get(), dl16.size());
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) differ += got[i] != bf16_bits(dl.gpu[i]);
+    EXPECT_EQ(differ, 0u) << "bf16 dlogits that are not the fp32 ones rounded";
   }
 }
 
@@ -1472,12 +1489,12 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
 
 // bf16 logits (MIXSIM_BF16_OUTPUTS=1: the classifier's product writes them in bf16): the classifier
 // reads them as stored and writes their gradient in place, at each of kClassifierShapes' row
-// lengths (on an H100/H200 all cached but Vp 261). Against cpu-bf16 on the same bits: the losses
-// within 1e-5 (ClassifierLossesAndDlogitsInPlace's bound), the gradient at most one bf16 step off
-// in any element and in at most 1% of them (expf and the sums' order differ by up to ~8e-6
-// relative at the long rows, ClassifierLossesAndDlogitsInPlace; a bf16 step is 4e-3, so few
-// elements sit that close to a rounding boundary); null dlogits leave the logits as they are, and
-// dlogits apart from them are refused.
+// lengths (on an H100/H200 the two with Vp 50304 and 70016 cached). Against cpu-bf16 on the same
+// bits: the losses within 1e-5 (ClassifierLossesAndDlogitsInPlace's bound), the gradient at most
+// one bf16 step off in any element and in at most 1% of them (expf and the sums' order differ by up
+// to ~8e-6 relative at the long rows, ClassifierLossesAndDlogitsInPlace; a bf16 step is 4e-3, so
+// few elements sit that close to a rounding boundary); null dlogits leave the logits as they are,
+// and dlogits apart from them are refused.
 TEST_F(CudaOps, Bf16LogitsClassifier) {
   auto ref = make_cpu_backend(MatmulPrecision::bf16);
   auto gpu = cuda_bf16_with("", "", "");
