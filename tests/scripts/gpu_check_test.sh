@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# scripts/gpu-check.sh runs on a lent GPU machine, a few minutes a session at best: a mistake in
+# its bash (an unset variable under `set -u`, a step that stops the ones after it, a table or
+# verdict that reads the wrong log) costs that run. This runs the script here, on a copy of it,
+# with every outside program it calls (nvidia-smi, nvcc, cmake, ctest, the benchmarks, PyTorch,
+# ncu, compute-sanitizer) replaced by a stub that prints what the real one prints, and checks
+# - a run where everything passes exits 0, has a row for every step, and ends with the targets'
+#   verdicts computed from the RESULT lines (the stubs' numbers: 0.81x torch.compile);
+# - a failed gpu test makes it exit 1 and names the test, and the steps after it still run;
+# - the deadline skips the steps it leaves no time for, and the table is still printed.
+# Needs MIXSIM_SOURCE_DIR (set by ctest) and python3 (the ncu summary runs for real).
+set -euo pipefail
+SRC=${MIXSIM_SOURCE_DIR:?set by ctest}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+
+REPO=$WORK/repo
+mkdir -p "$REPO/scripts/gpu" "$REPO/.gpudeps" "$WORK/stub"
+cp "$SRC/scripts/gpu-check.sh" "$REPO/scripts/"
+cp "$SRC/scripts/gpu/ncu_summary.py" "$REPO/scripts/gpu/"
+touch "$REPO/.gpudeps/fake.deb"
+S=$WORK/stub
+stub() {  # stub NAME BODY: an executable NAME in the stub directory
+  printf '#!/usr/bin/env bash\n%s\n' "$2" > "$S/$1"
+  chmod +x "$S/$1"
+}
+stub nvidia-smi 'echo "NVIDIA H100 80GB HBM3, 81559 MiB, 580.00"'
+stub nvcc 'echo "Cuda compilation tools, release 13.0"'
+stub dpkg 'exit 0'
+# configure and build: the build tree's binaries are all this one stub
+stub cmake "[[ \"\$1\" == --version ]] && { echo 'cmake version 3.28'; exit 0; }
+mkdir -p '$REPO/build-gpu/bench' '$REPO/build-gpu/tests'
+for b in bench_gpu_gpt_dump bench_gpu_train bench_gpu_gemm bench_gpu_averaging; do
+  cp '$S/fakebin' '$REPO/build-gpu/bench/'\$b
+done
+cp '$S/fakebin' '$REPO/build-gpu/tests/gpu_ops_test'"
+# ctest -L gpu: all pass, or (FAIL_TEST set) one failure in ctest's own summary format
+stub ctest 'if [[ -n "${FAIL_TEST:-}" ]]; then
+  echo "97% tests passed, 1 tests failed out of 37"; echo "The following tests FAILED:"
+  echo "	  7 - gpu.CudaOps.$FAIL_TEST (Failed)"; exit 8
+fi
+echo "100% tests passed, 0 tests failed out of 37"'
+stub fakebin 'name=$(basename "$0")
+case $name in
+  bench_gpu_train)
+    [[ -n "${SLOW_BENCH:-}" ]] && sleep "$SLOW_BENCH"
+    label=mixsim-fp32
+    if [[ "$*" == *cuda-bf16* ]]; then
+      label=mixsim-bf16tc+lt+act
+      [[ "${MIXSIM_BF16_WEIGHTS:-}" != 0 ]] && label+=+w
+      [[ "${MIXSIM_BF16_OUTPUTS:-}" == 1 ]] && label+=+out
+    fi
+    if [[ "$*" == *--profiler-range* ]]; then
+      echo "\"ID\",\"Kernel Name\",\"Metric Name\",\"Metric Unit\",\"Metric Value\""
+      echo "\"0\",\"adamw4_kernel\",\"gpu__time_duration.sum\",\"nsecond\",\"1,000,000\""
+      echo "\"0\",\"adamw4_kernel\",\"dram__bytes_read.sum\",\"byte\",\"2,000,000,000\""
+      echo "\"0\",\"adamw4_kernel\",\"dram__bytes_write.sum\",\"byte\",\"1,000,000,000\""
+    fi
+    configs=$(sed -n "s/.*--configs \([^ ]*\).*/\1/p" <<< "$*")
+    for c in ${configs//,/ }; do
+      echo "RESULT $label $c tokens_per_s=300000 tflops=240.00 mfu=24.30"
+    done;;
+  bench_gpu_gemm) echo "RESULT gemm-ceiling gpt2 gemmex_ms=12.00 lt_ms=11.50 best_ms=11.00 best_bf16_ms=10.00 best_tflops=550";;
+  bench_gpu_averaging) echo "RESULT averaging k=2 gbs=4200.0 copy_gbs=4000.0 pct=105.0";;
+  bench_gpu_gpt_dump) ;;
+esac'
+stub python3 'case "$*" in
+  *"import torch"*) echo "torch 2.11.0 NVIDIA H100 80GB HBM3";;
+  *torch_check.py*) echo "torch_check: loss rel 1e-6, gradients rel 1e-5: ok";;
+  *torch_train.py*)
+    label=torch-$(sed -n "s/.*--dtype \([a-z0-9]*\).*/\1/p" <<< "$*")
+    [[ "$*" == *--compile* ]] && label+=-compile
+    echo "RESULT $label gpt2 tokens_per_s=370000 tflops=296.00 mfu=29.90";;
+  *) exec '"$(command -v python3)"' "$@";;
+esac'
+stub ncu 'while [[ $# -gt 0 && "$1" != /* ]]; do shift; done; exec "$@"'
+stub compute-sanitizer 'echo "========= ERROR SUMMARY: 0 errors"'
+
+run() {  # run NAME [ENV=VALUE...]: the script with the stubs first on PATH; rc in $WORK/NAME.rc
+  local name=$1
+  shift
+  rm -rf "$REPO/build-gpu"
+  local rc=0
+  (cd "$REPO" && env PATH="$S:$PATH" "$@" bash scripts/gpu-check.sh) > "$WORK/$name.log" 2>&1 ||
+    rc=$?
+  echo "$rc" > "$WORK/$name.rc"
+  sed -n '/=== gpu-check summary/,$p' "$WORK/$name.log" > "$WORK/$name.table"
+}
+has() {  # has NAME PATTERN: the run's table has a line matching PATTERN
+  grep -qE -- "$2" "$WORK/$1.table" || fail "$1: no line matching '$2' in the table:
+$(cat "$WORK/$1.table")
+--- the run's output, last lines:
+$(tail -20 "$WORK/$1.log")"
+}
+
+# 1. everything passes
+run pass
+[[ $(cat "$WORK/pass.rc") == 0 ]] || fail "a passing run exited $(cat "$WORK/pass.rc"): $(tail -20 "$WORK/pass.log")"
+! grep -qE "unbound variable|command not found|syntax error" "$WORK/pass.log" ||
+  fail "bash errors: $(grep -E "unbound variable|command not found|syntax error" "$WORK/pass.log")"
+has pass '^build \(compute-only, sm_90\) +ok'
+has pass '^gpu tests \(ctest -L gpu\) +100% tests passed.*\(skipped: 0\)'
+for check in awkward gpt2-wide gpt2-wide-bf16 gpt2-wide-bf16-tc gpt2-wide-bf16-tc-lt \
+  gpt2-wide-bf16-act gpt2-wide-bf16-all gpt2-wide-bf16-outputs; do
+  has pass "^PyTorch check, $check +loss rel"
+done
+# the bench rows: each switch's row carries its label (run 6's default without +w beside +w)
+has pass '^mixsim-bf16tc\+lt\+act gpt2 +tokens_per_s=300000'
+has pass '^mixsim-bf16tc\+lt\+act\+w 1\.1b +tokens_per_s'
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out gpt2 '
+has pass '^gemm-ceiling gpt2 +gemmex_ms=12\.00'
+has pass '^averaging k=2 '
+has pass '^ncu, kernels of a bf16 GPT-2 step +1 kernel launches in 1 step\(s\): 1\.00 ms'
+has pass '^compute-sanitizer memcheck \(ops\) +=+ ERROR SUMMARY: 0 errors'
+has pass '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU 24\.30% \(target 40%: not met\), 0\.81x torch\.compile \(not met\)'
+has pass '^targets, GPT-2 bf16 \(bench-train-bf16-outputs\) +MFU 24\.30%'
+grep -q "adamw4_kernel" "$WORK/pass.log" || fail "the ncu summary's kernel table is not printed"
+echo "ok: a passing run exits 0 with every row and the targets' verdicts"
+
+# 2. a failed gpu test: exit 1, the test named, and the later steps still run
+run failing FAIL_TEST=Bf16WeightCopiesChangeNothing
+[[ $(cat "$WORK/failing.rc") == 1 ]] || fail "a failed gpu test gave exit $(cat "$WORK/failing.rc")"
+has failing '^  failed +gpu\.CudaOps\.Bf16WeightCopiesChangeNothing'
+has failing '^targets, GPT-2 bf16 \(bench-train-bf16-all\)'
+echo "ok: a failed gpu test exits 1, is named, and the later steps still run"
+
+# 3. the deadline: with 2 s a benchmark and a 14 s deadline (a step needs 10 s left to start),
+# the later steps are skipped and the table is still printed
+run deadline SLOW_BENCH=2 GPU_CHECK_DEADLINE_S=14
+grep -q "skipped: the script's deadline is reached" "$WORK/deadline.log" ||
+  fail "no step was skipped under a 14 s deadline: $(tail -20 "$WORK/deadline.log")"
+has deadline '^build \(compute-only, sm_90\) +ok'
+has deadline '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +(no GPT-2 result|MFU)'
+echo "ok: the deadline skips steps and the table is still printed"
