@@ -23,8 +23,11 @@
 #
 # Here (a machine with apt and network), once:   scripts/gpu-check.sh --fetch
 #   downloads the .deb files into .gpudeps/ (about 13 MB; ignored by git, carried to the GPU).
-# There:                                          scripts/gpu-check.sh [--quick]
+# There:                                          scripts/gpu-check.sh [--quick | --tests FILTER]
 #   --quick skips the 1.1B shape and PyTorch's compiled run (the slowest steps);
+#   --tests FILTER builds (incrementally, on a machine still warm) and runs only the gpu tests that
+#     the GoogleTest filter names, once plainly and once under memcheck: the second call of a
+#     session, after a fix, when the first run named failed tests;
 #   GPU_CHECK_NCU=1 adds Nsight Compute's report on the attention kernels.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +41,16 @@ if [[ "${1:-}" == "--fetch" ]]; then
   apt-get download "${DEBS[@]}" || { echo "gpu-check: apt-get download failed" >&2; exit 1; }
   du -sh . && exit 0
 fi
-QUICK=0
-[[ "${1:-}" == "--quick" ]] && QUICK=1
+QUICK=0 FILTER=
+case "${1:-}" in
+  --quick) QUICK=1 ;;
+  --tests)
+    FILTER=${2:-}
+    [[ -n "$FILTER" ]] || { echo "gpu-check: --tests needs a GoogleTest filter, e.g. 'CudaOps.Classifier*'" >&2; exit 2; }
+    ;;
+  "") ;;
+  *) echo "gpu-check: unknown option '$1' (expected --fetch, --quick or --tests FILTER)" >&2; exit 2 ;;
+esac
 # cuda-bf16's switches (include/mixsim/core/env.hpp) are set per step below; none leaks in from
 # the caller's environment, so that the tests and the table mean the defaults they say.
 unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS MIXSIM_BF16_OUTPUTS \
@@ -108,6 +119,37 @@ else
   printf '%s\n' "${TABLE[@]}"
   [[ -n "${OUT:-}" ]] && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
   exit 1
+fi
+
+finish() {  # prints the table, packs the logs into $OUT, exits with the status
+  echo
+  echo "=== gpu-check summary ($GPU; $(elapsed) in all; logs in $LOG)"
+  printf '%s\n' "${TABLE[@]}" | tee "$LOG/summary.txt"
+  if [[ -n "${OUT:-}" ]]; then
+    cp "$LOG/summary.txt" "$OUT/" && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
+  fi
+  exit "$STATUS"
+}
+
+# --tests FILTER: only those tests, plainly and under memcheck
+if [[ -n "$FILTER" ]]; then
+  step gpu-tests-filtered 240 "$BUILD/tests/gpu_ops_test" --gtest_filter="$FILTER" || STATUS=1
+  # GoogleTest's closing counts, e.g. "[  PASSED  ] 3 tests." and "[  FAILED  ] 1 test, listed below:"
+  COUNTS=$(grep -E '^\[  (PASSED|FAILED|SKIPPED)  \] [0-9]+ test' "$LOG/gpu-tests-filtered.log" |
+    sed 's/^\[  \([A-Z]*\)  \] \([0-9]*\) .*/\2 \1/' | tr '\n' ' ')
+  row "gpu tests ($FILTER)" "${COUNTS:-no GoogleTest summary (see gpu-tests-filtered.log)}"
+  [[ -z "$COUNTS" || "$COUNTS" == *FAILED* || "$COUNTS" == *SKIPPED* ]] && STATUS=1
+  [[ "$COUNTS" == "0 PASSED "* ]] && { row "  no test matches" "$FILTER"; STATUS=1; }
+  FAILED=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$LOG/gpu-tests-filtered.log" | awk '{print $4}' |
+    sort -u | tr '\n' ' ')
+  [[ -n "$FAILED" ]] && row "  failed" "$FAILED"
+  if command -v compute-sanitizer > /dev/null; then
+    step sanitizer-filtered 240 compute-sanitizer --tool memcheck --error-exitcode 1 \
+      "$BUILD/tests/gpu_ops_test" --gtest_filter="$FILTER" || STATUS=1
+    SAN=$(grep -E 'ERROR SUMMARY' "$LOG/sanitizer-filtered.log" | tail -1)
+    row "compute-sanitizer memcheck ($FILTER)" "${SAN:-no summary (see sanitizer-filtered.log)}"
+  fi
+  finish
 fi
 
 # 3. gpu tests
@@ -277,10 +319,4 @@ for log in bench-train-bf16-all bench-train-bf16-outputs; do
   row "targets, GPT-2 bf16 ($log)" "$VERDICT"
 done
 
-echo
-echo "=== gpu-check summary ($GPU; $(elapsed) in all; logs in $LOG)"
-printf '%s\n' "${TABLE[@]}" | tee "$LOG/summary.txt"
-if [[ -n "${OUT:-}" ]]; then
-  cp "$LOG/summary.txt" "$OUT/" && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
-fi
-exit "$STATUS"
+finish

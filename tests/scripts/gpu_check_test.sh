@@ -67,6 +67,14 @@ case $name in
   bench_gpu_gemm) echo "RESULT gemm-ceiling gpt2 gemmex_ms=12.00 lt_ms=11.50 best_ms=11.00 best_bf16_ms=10.00 best_tflops=550";;
   bench_gpu_averaging) echo "RESULT averaging k=2 gbs=4200.0 copy_gbs=4000.0 pct=105.0";;
   bench_gpu_gpt_dump) ;;
+  gpu_ops_test)  # GoogleTest output for --tests FILTER (FAIL_TEST fails, a filter "None*" matches none)
+    filter=${1#--gtest_filter=}
+    if [[ "$filter" == None* ]]; then echo "[  PASSED  ] 0 tests."; exit 0; fi
+    if [[ -n "${FAIL_TEST:-}" ]]; then
+      echo "[  FAILED  ] CudaOps.$FAIL_TEST (5 ms)"; echo "[  PASSED  ] 2 tests."
+      echo "[  FAILED  ] 1 test, listed below:"; echo "[  FAILED  ] CudaOps.$FAIL_TEST"; exit 1
+    fi
+    echo "[  PASSED  ] 3 tests.";;
 esac'
 stub python3 'case "$*" in
   *"import torch"*) echo "torch 2.11.0 NVIDIA H100 80GB HBM3";;
@@ -80,13 +88,19 @@ esac'
 stub ncu 'while [[ $# -gt 0 && "$1" != /* ]]; do shift; done; exec "$@"'
 stub compute-sanitizer 'echo "========= ERROR SUMMARY: 0 errors"'
 
-run() {  # run NAME [ENV=VALUE...]: the script with the stubs first on PATH; rc in $WORK/NAME.rc
+run() {  # run NAME [ENV=VALUE...] [-- SCRIPT-ARGS...]: the script with the stubs first on PATH
   local name=$1
   shift
+  local envs=()
+  while [[ $# -gt 0 && "$1" != -- ]]; do
+    envs+=("$1")
+    shift
+  done
+  [[ $# -gt 0 ]] && shift
   rm -rf "$REPO/build-gpu"
   local rc=0
-  (cd "$REPO" && env PATH="$S:$PATH" "$@" bash scripts/gpu-check.sh) > "$WORK/$name.log" 2>&1 ||
-    rc=$?
+  (cd "$REPO" && env PATH="$S:$PATH" "${envs[@]}" bash scripts/gpu-check.sh "$@") \
+    > "$WORK/$name.log" 2>&1 || rc=$?
   echo "$rc" > "$WORK/$name.rc"
   sed -n '/=== gpu-check summary/,$p' "$WORK/$name.log" > "$WORK/$name.table"
 }
@@ -136,3 +150,21 @@ grep -q "skipped: the script's deadline is reached" "$WORK/deadline.log" ||
 has deadline '^build \(compute-only, sm_90\) +ok'
 has deadline '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +(no GPT-2 result|MFU)'
 echo "ok: the deadline skips steps and the table is still printed"
+
+# 4. --tests FILTER: only those tests, plainly and under memcheck, then the table
+run only -- --tests 'CudaOps.Classifier*'
+[[ $(cat "$WORK/only.rc") == 0 ]] || fail "--tests gave exit $(cat "$WORK/only.rc"): $(tail -20 "$WORK/only.log")"
+has only '^gpu tests \(CudaOps\.Classifier\*\) +3 PASSED'
+has only '^compute-sanitizer memcheck \(CudaOps\.Classifier\*\) +=+ ERROR SUMMARY: 0 errors'
+! grep -q "^mixsim-" "$WORK/only.table" || fail "--tests ran the benchmarks"
+run only-failing FAIL_TEST=ClassifierLossesAndDlogitsInPlace -- --tests 'CudaOps.Classifier*'
+[[ $(cat "$WORK/only-failing.rc") == 1 ]] || fail "a failed filtered test gave exit $(cat "$WORK/only-failing.rc")"
+has only-failing '^  failed +CudaOps\.ClassifierLossesAndDlogitsInPlace *$'
+run only-none -- --tests 'None*'
+[[ $(cat "$WORK/only-none.rc") == 1 ]] || fail "a filter that matches no test gave exit $(cat "$WORK/only-none.rc")"
+has only-none '^  no test matches +None\*'
+for bad in "--tests" "--fast"; do
+  run bad -- $bad
+  [[ $(cat "$WORK/bad.rc") == 2 ]] || fail "'$bad' gave exit $(cat "$WORK/bad.rc"), not the usage error 2"
+done
+echo "ok: --tests runs only the named tests and reports failures, an empty match and bad options"
