@@ -15,20 +15,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// out = in as Out (bf16 rounded to nearest even, or bf16 widened), groups4 groups of four first
-// (groups4() in cuda_common.cuh).
+// out = in as Out (bf16 rounded to nearest even, or bf16 widened), n4 groups of four first
+// (map_elements in cuda_common.cuh).
 template <class Out, class In>
 __global__ void convert_kernel(Out* out, const In* in, std::size_t n4, std::size_t n) {
-  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  const std::size_t first = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (std::size_t i = first; i < n4; i += stride) {
-    const Pack<In, 4> x = reinterpret_cast<const Pack<In, 4>*>(in)[i];
-    Pack<Out, 4> y;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) y.e[k] = narrow<Out>(widen(x.e[k]));
-    reinterpret_cast<Pack<Out, 4>*>(out)[i] = y;
-  }
-  for (std::size_t i = 4 * n4 + first; i < n; i += stride) out[i] = narrow<Out>(widen(in[i]));
+  map_elements(
+      out, n4, n, [](float x) { return x; }, in);
 }
 
 template <class Out, class In>

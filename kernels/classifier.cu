@@ -16,8 +16,6 @@
 // target's logit is read by all threads before the first barrier; classifier_cached_kernel writes
 // only after its last read of the row in memory and a barrier.
 
-#include <cstdint>
-
 #include "launchers.cuh"
 
 namespace mixsim::cuda {
@@ -189,9 +187,8 @@ template <class In, class Grad>
 bool launch_cached(const In* logits, Grad* dlogits, float* losses, const int* targets, float dloss,
                    int N, int V, int Vp, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(In);
-  const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
-  if (V < kCachedMinV || Vp % kVec != 0 || !aligned16(logits) ||
-      (dlogits && address(dlogits) % (sizeof(Grad) * kVec) != 0))
+  if (V < kCachedMinV || Vp % kVec != 0 || !aligned_to<kVec>(logits) ||
+      (dlogits && !aligned_to<kVec>(dlogits)))
     return false;
   const std::size_t shared = std::size_t(CEIL_DIV(V, kVec)) * 16;
   int device = 0;

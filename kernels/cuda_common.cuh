@@ -111,14 +111,55 @@ struct alignas(sizeof(T) * N) Pack {
   T e[N];
 };
 
+// Whether every array is aligned to K of its elements, so that Pack<T, K> accesses at multiples
+// of K elements from it are aligned.
+template <int K, class... T>
+__host__ __device__ bool aligned_to(const T*... arrays) {
+  return ((reinterpret_cast<std::uintptr_t>(arrays) % (K * sizeof(T)) == 0) && ...);
+}
+
 // Elementwise kernels take four elements at a time (Pack<T, 4>: fewer, wider accesses, which a
 // memory-bound loop needs to keep the memory busy) where every array is aligned to four of its
 // elements, and the rest one at a time: groups4() is the number of groups of four (0 where some
 // array is not so aligned); the kernel runs elements [4 groups, n) one by one.
 template <class... T>
 std::size_t groups4(std::size_t n, const T*... arrays) {
-  const bool aligned = ((reinterpret_cast<std::uintptr_t>(arrays) % (4 * sizeof(T)) == 0) && ...);
-  return aligned ? n / 4 : 0;
+  return aligned_to<4>(arrays...) ? n / 4 : 0;
+}
+
+// The grid-stride loop of such a kernel: group(i) for each group of four i < n4 (elements 4 i to
+// 4 i + 3), then one(i) for each element i of [4 n4, n).
+template <class Group, class One>
+__device__ void for_groups4(std::size_t n4, std::size_t n, Group&& group, One&& one) {
+  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
+  const std::size_t first = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (std::size_t i = first; i < n4; i += stride) group(i);
+  for (std::size_t i = 4 * n4 + first; i < n; i += stride) one(i);
+}
+
+// Group i of four elements of an array (aligned_to<4>).
+template <class T>
+__device__ Pack<T, 4> load4(const T* p, std::size_t i) {
+  return reinterpret_cast<const Pack<T, 4>*>(p)[i];
+}
+
+// out[i] = f(in[i]...) for i < n, each input widened to fp32 and the result stored as Out, by
+// groups of four first (n4 of them, groups4() of out and every input): the same f, element by
+// element, either way. Each element is read before it is written, by one thread, so out may
+// alias an input of its type.
+template <class Out, class F, class... In>
+__device__ void map_elements(Out* out, std::size_t n4, std::size_t n, F&& f, const In*... in) {
+  for_groups4(
+      n4, n,
+      [&](std::size_t i) {
+        Pack<Out, 4> y;
+        [&](const auto&... x) {
+#pragma unroll
+          for (int k = 0; k < 4; ++k) y.e[k] = narrow<Out>(f(widen(x.e[k])...));
+        }(load4(in, i)...);
+        reinterpret_cast<Pack<Out, 4>*>(out)[i] = y;
+      },
+      [&](std::size_t i) { out[i] = narrow<Out>(f(widen(in[i])...)); });
 }
 
 // A kernel that takes more than the default 48 KiB of dynamic shared memory per block must opt

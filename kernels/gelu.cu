@@ -25,38 +25,19 @@ __device__ inline float gelu_grad(float x, float d) {
   return grad * d;
 }
 
-// Both kernels take n4 groups of four first (groups4() in cuda_common.cuh), then the rest one
-// element at a time; each element is read before it is written, by one thread.
+// Both kernels take n4 groups of four first, then the rest one element at a time (map_elements in
+// cuda_common.cuh: each element read before it is written, by one thread).
 template <class Out, class In>
 __global__ void gelu_forward_kernel(Out* out, const In* inp, std::size_t n4, std::size_t n) {
-  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  const std::size_t first = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (std::size_t i = first; i < n4; i += stride) {
-    const Pack<In, 4> x = reinterpret_cast<const Pack<In, 4>*>(inp)[i];
-    Pack<Out, 4> y;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) y.e[k] = narrow<Out>(gelu(widen(x.e[k])));
-    reinterpret_cast<Pack<Out, 4>*>(out)[i] = y;
-  }
-  for (std::size_t i = 4 * n4 + first; i < n; i += stride) store(out + i, gelu(load(inp + i)));
+  map_elements(
+      out, n4, n, [](float x) { return gelu(x); }, inp);
 }
 
 template <class Out, class In>
 __global__ void gelu_backward_kernel(Out* dinp, const In* inp, const float* dout, std::size_t n4,
                                      std::size_t n) {
-  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  const std::size_t first = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (std::size_t i = first; i < n4; i += stride) {
-    const Pack<In, 4> x = reinterpret_cast<const Pack<In, 4>*>(inp)[i];
-    const float4 d = reinterpret_cast<const float4*>(dout)[i];
-    const float ds[4] = {d.x, d.y, d.z, d.w};
-    Pack<Out, 4> g;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) g.e[k] = narrow<Out>(gelu_grad(widen(x.e[k]), ds[k]));
-    reinterpret_cast<Pack<Out, 4>*>(dinp)[i] = g;
-  }
-  for (std::size_t i = 4 * n4 + first; i < n; i += stride)
-    store(dinp + i, gelu_grad(load(inp + i), dout[i]));
+  map_elements(
+      dinp, n4, n, [](float x, float d) { return gelu_grad(x, d); }, inp, dout);
 }
 
 }  // namespace

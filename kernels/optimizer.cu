@@ -69,35 +69,20 @@ __device__ double block_tree_sum(double* s) {
 }
 
 __global__ void __launch_bounds__(kSumThreads)
-    sum_squares_partials_kernel(double* partials, const float* x, std::size_t n) {
+    sum_squares_partials_kernel(double* partials, const float* x, std::size_t n4, std::size_t n) {
   __shared__ double s[kSumThreads];
-  const std::size_t stride = std::size_t(gridDim.x) * kSumThreads;
-  const std::size_t first = std::size_t(blockIdx.x) * kSumThreads + threadIdx.x;
   double acc = 0.0;
-  if (aligned16(x)) {
-    // 16-byte loads (four elements a load: more bytes in flight per thread); the n % 4 last
-    // elements go to the first thread, before its vectors
-    const std::size_t n4 = n / 4;
-    if (first == 0)
-      for (std::size_t i = 4 * n4; i < n; ++i) {
-        const double xi = x[i];
-        acc += xi * xi;
-      }
-    const auto* x4 = reinterpret_cast<const float4*>(x);
-    for (std::size_t i = first; i < n4; i += stride) {
-      const float4 q = x4[i];
-      const double a = q.x, b = q.y, c = q.z, d = q.w;
-      acc += a * a;
-      acc += b * b;
-      acc += c * c;
-      acc += d * d;
-    }
-  } else {
-    for (std::size_t i = first; i < n; i += stride) {
-      const double xi = x[i];
-      acc += xi * xi;
-    }
-  }
+  const auto add = [&](double xi) { acc += xi * xi; };
+  // 16-byte loads (four elements a load: more bytes in flight per thread), n4 groups of them
+  // where x is so aligned, then the rest one by one (for_groups4 in cuda_common.cuh)
+  for_groups4(
+      n4, n,
+      [&](std::size_t i) {
+        const Pack<float, 4> q = load4(x, i);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) add(q.e[k]);
+      },
+      [&](std::size_t i) { add(x[i]); });
   s[threadIdx.x] = acc;
   __syncthreads();
   const double total = block_tree_sum(s);
@@ -171,7 +156,7 @@ double sum_squares(const float* x, std::size_t n, Workspace ws, cudaStream_t str
   double* result = ws.take<double>(1);
   const std::size_t wanted = CEIL_DIV(n, std::size_t(kSumThreads));
   const int blocks = int(wanted < std::size_t(kSumBlocks) ? wanted : std::size_t(kSumBlocks));
-  sum_squares_partials_kernel<<<blocks, kSumThreads, 0, stream>>>(partials, x, n);
+  sum_squares_partials_kernel<<<blocks, kSumThreads, 0, stream>>>(partials, x, groups4(n, x), n);
   CUDA_CHECK_LAUNCH(sum_squares_partials_kernel);
   sum_squares_final_kernel<<<1, kSumThreads, 0, stream>>>(result, partials, blocks);
   CUDA_CHECK_LAUNCH(sum_squares_final_kernel);

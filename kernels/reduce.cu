@@ -90,7 +90,7 @@ void column_sums_accumulate(float* dst, TensorIn x, int N, int C, Workspace ws, 
   };
   typed(x, [&](const auto* xs) {
     // four columns a thread where every row starts aligned to four elements
-    if (C % 4 == 0 && groups4(4, xs) == 1 && (!rounded || groups4(4, rounded) == 1))
+    if (C % 4 == 0 && aligned_to<4>(xs) && (!rounded || aligned_to<4>(rounded)))
       launch(std::integral_constant<int, 4>{}, xs);
     else
       launch(std::integral_constant<int, 1>{}, xs);

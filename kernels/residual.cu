@@ -7,18 +7,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// groups4 groups of four first (float4), then one element at a time (groups4() in
-// cuda_common.cuh); each element read before it is written, by one thread.
+// n4 groups of four first, then one element at a time (map_elements in cuda_common.cuh: each
+// element read before it is written, by one thread).
 __global__ void residual_forward_kernel(float* out, const float* a, const float* b, std::size_t n4,
                                         std::size_t n) {
-  const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  const std::size_t first = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (std::size_t i = first; i < n4; i += stride) {
-    const float4 x = reinterpret_cast<const float4*>(a)[i],
-                 y = reinterpret_cast<const float4*>(b)[i];
-    reinterpret_cast<float4*>(out)[i] = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
-  }
-  for (std::size_t i = 4 * n4 + first; i < n; i += stride) out[i] = a[i] + b[i];
+  map_elements(
+      out, n4, n, [](float x, float y) { return x + y; }, a, b);
 }
 
 }  // namespace
