@@ -2,12 +2,19 @@
 # The GPU check of the CUDA backend, as ONE prepared script for a machine with one NVIDIA H100 or
 # H200 that has nvcc (CUDA 13), CMake, a C++ compiler and PyTorch, but no Open MPI, HDF5, Boost or
 # GoogleTest and no network. It
-#   1. unpacks the Debian packages the compute-only build needs (fmt, GoogleTest, OpenBLAS and its
-#      Fortran runtime) from .gpudeps/ into a private root: no system directory is touched;
-#   2. builds mixsim's compute layers, the CUDA backend, the gpu tests and the gpu benchmarks
-#      (-DMIXSIM_COMPUTE_ONLY=ON: no MPI, HDF5 or Boost needed);
+#   1. unpacks Debian packages from .gpudeps/ into two private roots (no system directory is
+#      touched): what the compute layers need (fmt, GoogleTest, OpenBLAS and its Fortran runtime),
+#      and what the pipeline binary needs on top (Open MPI, serial HDF5, Boost.Program_options,
+#      nlohmann-json, zlib and their libraries), kept apart so that only mixsim's own processes
+#      see the second root's libraries, never PyTorch or CMake;
+#   2. builds mixsim with the CUDA backend, the gpu tests and the gpu benchmarks, and the mixsim
+#      binary with the pipeline's gpu tests (tests/gpu/pipeline); where the pipeline's packages
+#      are missing or its configure fails, the compute layers only (-DMIXSIM_COMPUTE_ONLY=ON);
 #   3. runs the gpu tests (every CUDA op against the CPU backend, a training step, 20 steps);
-#   4. checks one forward/backward against PyTorch on the same weights (scripts/gpu/torch_check.py);
+#   4. checks one forward/backward against PyTorch on the same weights (scripts/gpu/torch_check.py),
+#      then runs the pipeline on the GPU (train, pool and merge-eval with backend cuda and
+#      cuda-bf16 against the CPU's, two ranks on the GPU under the private Open MPI's mpirun, a
+#      killed run resumed);
 #   5. benchmarks training (bench_gpu_train), the step's matrix products as cuBLAS runs them alone
 #      (bench_gpu_gemm), averaging (bench_gpu_averaging), and PyTorch's training of the same model
 #      on the same card (scripts/gpu/torch_train.py);
@@ -22,7 +29,7 @@
 # folder) into $OUT/gpu-check-logs.tgz beside $OUT/summary.txt.
 #
 # Here (a machine with apt and network), once:   scripts/gpu-check.sh --fetch
-#   downloads the .deb files into .gpudeps/ (about 13 MB; ignored by git, carried to the GPU).
+#   downloads the .deb files into .gpudeps/ (about 41 MB; ignored by git, carried to the GPU).
 # There:                                          scripts/gpu-check.sh [--quick | --tests FILTER]
 #   --quick skips the 1.1B shape and PyTorch's compiled run (the slowest steps);
 #   --tests FILTER builds (incrementally, on a machine still warm) and runs only the gpu tests that
@@ -34,11 +41,27 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEBS=(libfmt-dev libfmt9 libgtest-dev libgmock-dev libopenblas0-openmp libopenblas-openmp-dev
       libgfortran5 libquadmath0)
+# The pipeline's packages: the -dev packages for headers and link names, and the runtime closure
+# of libmpi, orterun/orted and the components a one-node run loads, libhdf5_serial (which needs
+# libcurl4 and libcrypto) and Boost.Program_options, less glibc, libstdc++, libgcc and libgomp,
+# which every compiler's machine has (Debian 12 versions, checked with readelf on 2026-11-27:
+# every NEEDED name of those files is in this list or in that base). Open MPI's network components
+# (UCX, libfabric, InfiniBand) are left out: a one-node run uses shared memory, and a component
+# whose library is missing is skipped.
+PIPELINE_DEBS=(openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libpmix2 libhwloc15
+  libevent-core-2.1-7 libevent-pthreads-2.1-7 libmunge2 libnuma1 libnl-3-200 libnl-route-3-200
+  libudev1 libhdf5-dev libhdf5-103-1 libsz2 libaec0 libcurl4 libssl3 libbrotli1 libgssapi-krb5-2
+  libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1 libcom-err2 libidn2-0 libunistring2
+  libldap-2.5-0 libsasl2-2 libsasl2-modules-db libdb5.3 libnghttp2-14 libpsl5 librtmp1 libgnutls30
+  libnettle8 libhogweed6 libgmp10 libp11-kit0 libffi8 libtasn1-6 libssh2-1 libzstd1 zlib1g
+  zlib1g-dev libboost-program-options1.74.0 libboost-program-options1.74-dev libboost1.74-dev
+  nlohmann-json3-dev)
 
 if [[ "${1:-}" == "--fetch" ]]; then
   mkdir -p .gpudeps && cd .gpudeps || exit 1
   rm -f ./*.deb
-  apt-get download "${DEBS[@]}" || { echo "gpu-check: apt-get download failed" >&2; exit 1; }
+  apt-get download "${DEBS[@]}" "${PIPELINE_DEBS[@]}" ||
+    { echo "gpu-check: apt-get download failed" >&2; exit 1; }
   du -sh . && exit 0
 fi
 QUICK=0 FILTER=
@@ -91,34 +114,97 @@ c++ --version | head -1
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))' 2>&1
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
-# 1. the build's dependencies, in a private root
-DEPS=/tmp/mixsim-deps
-rm -rf "$DEPS" && mkdir -p "$DEPS"
+# 1. the build's dependencies, in two private roots: the compute layers' ($DEPS, on the library
+# path of every step) and the pipeline's ($PDEPS, only for mixsim's own processes: see pipeline_env)
+DEPS=/tmp/mixsim-deps PDEPS=/tmp/mixsim-pipeline-deps
+rm -rf "$DEPS" "$PDEPS" && mkdir -p "$DEPS" "$PDEPS"
 ls .gpudeps/*.deb > /dev/null 2>&1 ||
   { echo "gpu-check: no .gpudeps/*.deb: run scripts/gpu-check.sh --fetch where apt works" >&2; exit 1; }
 for deb in .gpudeps/*.deb; do
+  package=$(basename "$deb")
+  package=${package%%_*}
+  root=$DEPS
+  [[ " ${PIPELINE_DEBS[*]} " == *" $package "* ]] && root=$PDEPS
   if command -v dpkg > /dev/null; then
-    dpkg -x "$deb" "$DEPS"
+    dpkg -x "$deb" "$root"
   else  # a .deb is an ar archive holding data.tar.xz (Debian 12)
-    ar p "$deb" data.tar.xz | tar -x -J -C "$DEPS"
+    ar p "$deb" data.tar.xz | tar -x -J -C "$root"
   fi
 done
 MULTI=$DEPS/usr/lib/x86_64-linux-gnu
 export LD_LIBRARY_PATH=$MULTI:$MULTI/openblas-openmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The pipeline's environment, for the configure's MPI wrappers and for mixsim's processes: the
+# libraries (Debian 12 keeps some under /lib), Open MPI and PMIx moved to $PDEPS (OPAL_PREFIX,
+# PMIX_INSTALL_PREFIX), mpirun on PATH, and a one-node Open MPI that needs no ssh (plm isolated),
+# moves data through shared memory (pml ob1 with the self and vader transports, no single-copy
+# mechanism: the GPU machine runs in gVisor), binds no process, and is quiet about the components
+# whose network libraries were left out.
+PMULTI=$PDEPS/usr/lib/x86_64-linux-gnu
+mkdir -p "$PDEPS/bin"
+ln -sf ../usr/bin/orterun "$PDEPS/bin/mpirun"
+PIPELINE_ENV=(
+  "LD_LIBRARY_PATH=$PMULTI:$PDEPS/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH" "PATH=$PDEPS/bin:$PATH"
+  "OPAL_PREFIX=$PDEPS/usr" "PMIX_INSTALL_PREFIX=$PMULTI/pmix2" OMPI_MCA_plm=isolated
+  OMPI_MCA_pml=ob1 "OMPI_MCA_btl=self,vader" OMPI_MCA_osc=^ucx OMPI_MCA_btl_vader_single_copy_mechanism=none
+  OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mca_base_component_show_load_errors=0
+  PMIX_MCA_mca_base_component_show_load_errors=0 OMPI_ALLOW_RUN_AS_ROOT=1
+  OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
+printf -v QUOTED_ENV '%q ' "${PIPELINE_ENV[@]}"
+for wrapper in mpicc mpicxx; do  # the MPI compiler wrappers, run by CMake's FindMPI
+  printf '#!/usr/bin/env bash\nexec env %s %q "$@"\n' "$QUOTED_ENV" "$PDEPS/usr/bin/$wrapper.openmpi" \
+    > "$PDEPS/bin/$wrapper"
+  chmod +x "$PDEPS/bin/$wrapper"
+done
 
-# 2. build: sm_90 only (H100/H200), warnings not fatal (another compiler version may add some)
+# 2. build: sm_90 only (H100/H200), warnings not fatal (another compiler version may add some).
+# The full build when the pipeline's packages are there; the compute layers alone otherwise.
 GEN=()
 command -v ninja > /dev/null && GEN=(-G Ninja)
 BUILD=$ROOT/build-gpu
-if step configure 120 cmake -S . -B "$BUILD" "${GEN[@]}" -DMIXSIM_COMPUTE_ONLY=ON \
-    -DMIXSIM_DEPS_ROOT="$DEPS" -DMIXSIM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DMIXSIM_WERROR=OFF && step build 300 cmake --build "$BUILD" -j "$(nproc)"; then
-  row "build (compute-only, sm_90)" "ok, $(elapsed)"
+COMMON=(-DMIXSIM_DEPS_ROOT="$DEPS" -DMIXSIM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DMIXSIM_WERROR=OFF)
+PIPELINE=0
+if [[ -x "$PDEPS/usr/bin/mpicc.openmpi" ]]; then
+  # The linker resolves libhdf5's and libmpi's own libraries (libcurl, libopen-pal, ...) in $PDEPS,
+  # and the binaries find them there at run time through an old-style RPATH, which (unlike
+  # RUNPATH) also serves the libraries' own dependencies: mixsim and its tests load without
+  # LD_LIBRARY_PATH, also when ctest lists the pipeline's tests.
+  LINK_PATHS="$PMULTI:$PDEPS/lib/x86_64-linux-gnu:$PMULTI/openmpi/lib"
+  if step configure 120 cmake -S . -B "$BUILD" "${GEN[@]}" "${COMMON[@]}" \
+      -DMPI_C_COMPILER="$PDEPS/bin/mpicc" -DMPI_CXX_COMPILER="$PDEPS/bin/mpicxx" \
+      -DHDF5_ROOT="$PMULTI/hdf5/serial" -DCMAKE_PREFIX_PATH="$PDEPS/usr;$PMULTI/cmake" \
+      -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$LINK_PATHS -Wl,--disable-new-dtags,-rpath,$LINK_PATHS"; then
+    PIPELINE=1
+  else
+    row "configure with the pipeline" "FAILED (see $LOG/configure.log): compute layers only"
+    STATUS=1
+  fi
 else
-  row "build (compute-only, sm_90)" "FAILED (see $LOG/configure.log, build.log)"
+  row "pipeline packages" "not in .gpudeps (scripts/gpu-check.sh --fetch): compute layers only"
+fi
+if ((PIPELINE)); then
+  SCOPE="full, sm_90"
+else
+  SCOPE="compute-only, sm_90"
+  rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"  # a failed configure's cache (logs stay)
+  step configure-compute 120 cmake -S . -B "$BUILD" "${GEN[@]}" "${COMMON[@]}" \
+    -DMIXSIM_COMPUTE_ONLY=ON || { row "build ($SCOPE)" "FAILED (see $LOG/configure-compute.log)"; }
+fi
+if step build 300 cmake --build "$BUILD" -j "$(nproc)" --target mixsim_gpu_checks; then
+  row "build ($SCOPE)" "ok, $(elapsed)"
+else
+  row "build ($SCOPE)" "FAILED (see $LOG/configure.log, build.log)"
   printf '%s\n' "${TABLE[@]}"
   [[ -n "${OUT:-}" ]] && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
   exit 1
+fi
+# the binary and the pipeline's gpu tests: a failure here costs only the pipeline's row
+if ((PIPELINE)); then
+  if step build-pipeline 180 cmake --build "$BUILD" -j "$(nproc)" --target mixsim_gpu_pipeline; then
+    row "build (mixsim binary)" "ok, $(elapsed)"
+  else
+    row "build (mixsim binary)" "FAILED (see $LOG/build-pipeline.log)"
+    STATUS=1 PIPELINE=0
+  fi
 fi
 
 finish() {  # prints the table, packs the logs into $OUT, exits with the status
@@ -131,18 +217,26 @@ finish() {  # prints the table, packs the logs into $OUT, exits with the status
   exit "$STATUS"
 }
 
+# gtest_row STEP LABEL: a row of GoogleTest's closing counts in STEP's log (e.g. "[  PASSED  ] 3
+# tests." and "[  FAILED  ] 1 test, listed below:" give "3 PASSED 1 FAILED", and "[  SKIPPED ] 2
+# tests, listed below:" adds "2 SKIPPED"; also left in COUNTS)
+# and a row naming the failed tests; a failure, a skip or no summary at all sets STATUS=1
+gtest_row() {
+  COUNTS=$(grep -E '^\[ +(PASSED|FAILED|SKIPPED) +\] [0-9]+ test' "$LOG/$1.log" |
+    sed -E 's/^\[ +([A-Z]+) +\] ([0-9]+) .*/\2 \1/' | tr '\n' ' ')
+  row "$2" "${COUNTS:-no GoogleTest summary (see $1.log)}"
+  [[ -z "$COUNTS" || "$COUNTS" == *FAILED* || "$COUNTS" == *SKIPPED* ]] && STATUS=1
+  local failed
+  failed=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$LOG/$1.log" | awk '{print $4}' | sort -u |
+    tr '\n' ' ')
+  if [[ -n "$failed" ]]; then row "  failed" "$failed"; fi
+}
+
 # --tests FILTER: only those tests, plainly and under memcheck
 if [[ -n "$FILTER" ]]; then
   step gpu-tests-filtered 240 "$BUILD/tests/gpu_ops_test" --gtest_filter="$FILTER" || STATUS=1
-  # GoogleTest's closing counts, e.g. "[  PASSED  ] 3 tests." and "[  FAILED  ] 1 test, listed below:"
-  COUNTS=$(grep -E '^\[  (PASSED|FAILED|SKIPPED)  \] [0-9]+ test' "$LOG/gpu-tests-filtered.log" |
-    sed 's/^\[  \([A-Z]*\)  \] \([0-9]*\) .*/\2 \1/' | tr '\n' ' ')
-  row "gpu tests ($FILTER)" "${COUNTS:-no GoogleTest summary (see gpu-tests-filtered.log)}"
-  [[ -z "$COUNTS" || "$COUNTS" == *FAILED* || "$COUNTS" == *SKIPPED* ]] && STATUS=1
+  gtest_row gpu-tests-filtered "gpu tests ($FILTER)"
   [[ "$COUNTS" == "0 PASSED "* ]] && { row "  no test matches" "$FILTER"; STATUS=1; }
-  FAILED=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$LOG/gpu-tests-filtered.log" | awk '{print $4}' |
-    sort -u | tr '\n' ' ')
-  [[ -n "$FAILED" ]] && row "  failed" "$FAILED"
   if command -v compute-sanitizer > /dev/null; then
     step sanitizer-filtered 240 compute-sanitizer --tool memcheck --error-exitcode 1 \
       "$BUILD/tests/gpu_ops_test" --gtest_filter="$FILTER" || STATUS=1
@@ -153,7 +247,9 @@ if [[ -n "$FILTER" ]]; then
 fi
 
 # 3. gpu tests
-step gpu-tests 240 ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 200
+# (the pipeline's gpu tests run on their own after the PyTorch checks, below)
+step gpu-tests 240 ctest --test-dir "$BUILD" -L gpu -E '^gpu\.GpuPipeline\.' --output-on-failure \
+  --timeout 200
 SUMMARY=$(grep -E 'tests passed|tests failed' "$LOG/gpu-tests.log" | tail -1)
 SKIPPED=$(grep -cE '^\s+[0-9]+ - gpu\..*\(Skipped\)' "$LOG/gpu-tests.log")
 row "gpu tests (ctest -L gpu)" "${SUMMARY:-no summary} (skipped: $SKIPPED)"
@@ -215,6 +311,15 @@ export MIXSIM_BF16_OUTPUTS=1
 check_torch gpt2-wide-bf16-outputs cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --layers 2 \
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
 unset MIXSIM_BF16_OUTPUTS
+
+# The pipeline binary on the GPU (tests/gpu/pipeline): train, pool and merge-eval with backend cuda
+# (two ranks sharing the GPU) and cuda-bf16 against the CPU's, and a killed GPU run resumed. The
+# test binary runs directly (not through ctest) so that only it and its mpirun and mixsim children
+# see the pipeline's libraries.
+if ((PIPELINE)); then
+  step pipeline 180 env "${PIPELINE_ENV[@]}" "$BUILD/tests/gpu_pipeline_test" || STATUS=1
+  gtest_row pipeline "pipeline on the GPU (mixsim binary)"
+fi
 
 # 5. speed: mixsim fp32, averaging, PyTorch
 result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|values" rows

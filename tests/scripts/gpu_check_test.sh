@@ -7,6 +7,9 @@
 # - a run where everything passes exits 0, has a row for every step, and ends with the targets'
 #   verdicts computed from the RESULT lines (the stubs' numbers: 0.81x torch.compile);
 # - a failed gpu test makes it exit 1 and names the test, and the steps after it still run;
+# - the pipeline's packages give the full build and the pipeline step, which runs with Open MPI
+#   moved to the private root and mpirun on PATH; without them, or when their configure fails,
+#   the compute layers still build and every other step runs;
 # - the deadline skips the steps it leaves no time for, and the table is still printed.
 # Needs MIXSIM_SOURCE_DIR (set by ctest) and python3 (the ncu summary runs for real).
 set -euo pipefail
@@ -22,7 +25,7 @@ REPO=$WORK/repo
 mkdir -p "$REPO/scripts/gpu" "$REPO/.gpudeps" "$WORK/stub"
 cp "$SRC/scripts/gpu-check.sh" "$REPO/scripts/"
 cp "$SRC/scripts/gpu/ncu_summary.py" "$REPO/scripts/gpu/"
-touch "$REPO/.gpudeps/fake.deb"
+touch "$REPO/.gpudeps/fake.deb" "$REPO/.gpudeps/openmpi-bin_4.1.4_amd64.deb"
 S=$WORK/stub
 stub() {  # stub NAME BODY: an executable NAME in the stub directory
   printf '#!/usr/bin/env bash\n%s\n' "$2" > "$S/$1"
@@ -30,14 +33,23 @@ stub() {  # stub NAME BODY: an executable NAME in the stub directory
 }
 stub nvidia-smi 'echo "NVIDIA H100 80GB HBM3, 81559 MiB, 580.00"'
 stub nvcc 'echo "Cuda compilation tools, release 13.0"'
-stub dpkg 'exit 0'
-# configure and build: the build tree's binaries are all this one stub
+# dpkg -x DEB ROOT: openmpi-bin's package puts its compiler wrapper and orterun into ROOT
+stub dpkg 'if [[ "$1" == -x && $(basename "$2") == openmpi-bin_* ]]; then
+  mkdir -p "$3/usr/bin"
+  printf "#!/usr/bin/env bash\necho -I/x\n" > "$3/usr/bin/mpicc.openmpi"
+  printf "#!/usr/bin/env bash\nexec \"\$@\"\n" > "$3/usr/bin/orterun"
+  chmod +x "$3/usr/bin/mpicc.openmpi" "$3/usr/bin/orterun"
+fi'
+# configure and build: the build tree's binaries are all this one stub; FAIL_MPI_CONFIGURE fails
+# the configure that names the MPI wrappers
 stub cmake "[[ \"\$1\" == --version ]] && { echo 'cmake version 3.28'; exit 0; }
+[[ -n \"\${FAIL_MPI_CONFIGURE:-}\" && \"\$*\" == *MPI_C_COMPILER* ]] && { echo 'Could NOT find MPI'; exit 1; }
 mkdir -p '$REPO/build-gpu/bench' '$REPO/build-gpu/tests'
 for b in bench_gpu_gpt_dump bench_gpu_train bench_gpu_gemm bench_gpu_averaging; do
   cp '$S/fakebin' '$REPO/build-gpu/bench/'\$b
 done
-cp '$S/fakebin' '$REPO/build-gpu/tests/gpu_ops_test'"
+cp '$S/fakebin' '$REPO/build-gpu/tests/gpu_ops_test'
+cp '$S/fakebin' '$REPO/build-gpu/tests/gpu_pipeline_test'"
 # ctest -L gpu: all pass, or (FAIL_TEST set) one failure in ctest's own summary format
 stub ctest 'if [[ -n "${FAIL_TEST:-}" ]]; then
   echo "97% tests passed, 1 tests failed out of 37"; echo "The following tests FAILED:"
@@ -73,6 +85,16 @@ case $name in
     if [[ -n "${FAIL_TEST:-}" ]]; then
       echo "[  FAILED  ] CudaOps.$FAIL_TEST (5 ms)"; echo "[  PASSED  ] 2 tests."
       echo "[  FAILED  ] 1 test, listed below:"; echo "[  FAILED  ] CudaOps.$FAIL_TEST"; exit 1
+    fi
+    echo "[  PASSED  ] 3 tests.";;
+  gpu_pipeline_test)  # passes only with the private Open MPI in its environment
+    if [[ -n "${SKIP_PIPELINE:-}" ]]; then  # GoogleTest has one space after SKIPPED
+      echo "[  PASSED  ] 0 tests."; echo "[  SKIPPED ] 3 tests, listed below:"; exit 0
+    fi
+    if [[ -z "${OPAL_PREFIX:-}" || ! -x "$OPAL_PREFIX/bin/orterun" ]] || ! command -v mpirun > /dev/null ||
+      [[ "${OMPI_MCA_plm:-}" != isolated ]]; then
+      echo "[  FAILED  ] GpuPipeline.CudaBf16FollowsCpuBf16 (5 ms)"; echo "[  PASSED  ] 2 tests."
+      echo "[  FAILED  ] 1 test, listed below:"; echo "[  FAILED  ] GpuPipeline.CudaBf16FollowsCpuBf16"; exit 1
     fi
     echo "[  PASSED  ] 3 tests.";;
 esac'
@@ -116,7 +138,9 @@ run pass
 [[ $(cat "$WORK/pass.rc") == 0 ]] || fail "a passing run exited $(cat "$WORK/pass.rc"): $(tail -20 "$WORK/pass.log")"
 ! grep -qE "unbound variable|command not found|syntax error" "$WORK/pass.log" ||
   fail "bash errors: $(grep -E "unbound variable|command not found|syntax error" "$WORK/pass.log")"
-has pass '^build \(compute-only, sm_90\) +ok'
+has pass '^build \(full, sm_90\) +ok'
+has pass '^build \(mixsim binary\) +ok'
+has pass '^pipeline on the GPU \(mixsim binary\) +3 PASSED'
 has pass '^gpu tests \(ctest -L gpu\) +100% tests passed.*\(skipped: 0\)'
 for check in awkward gpt2-wide gpt2-wide-bf16 gpt2-wide-bf16-tc gpt2-wide-bf16-tc-lt \
   gpt2-wide-bf16-act gpt2-wide-bf16-all gpt2-wide-bf16-outputs; do
@@ -142,16 +166,37 @@ has failing '^  failed +gpu\.CudaOps\.Bf16WeightCopiesChangeNothing'
 has failing '^targets, GPT-2 bf16 \(bench-train-bf16-all\)'
 echo "ok: a failed gpu test exits 1, is named, and the later steps still run"
 
-# 3. the deadline: with 2 s a benchmark and a 14 s deadline (a step needs 10 s left to start),
+# 3. the pipeline: without its packages, and with a configure that fails, the compute layers still
+# build and the rest runs (the exit is 0 without the packages: nothing failed)
+mv "$REPO/.gpudeps/openmpi-bin_4.1.4_amd64.deb" "$WORK/"
+run nopipeline
+[[ $(cat "$WORK/nopipeline.rc") == 0 ]] || fail "a run without the pipeline's packages exited $(cat "$WORK/nopipeline.rc")"
+has nopipeline '^pipeline packages +not in \.gpudeps'
+has nopipeline '^build \(compute-only, sm_90\) +ok'
+has nopipeline '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU'
+! grep -q "^pipeline on the GPU" "$WORK/nopipeline.table" || fail "the pipeline ran without its build"
+mv "$WORK/openmpi-bin_4.1.4_amd64.deb" "$REPO/.gpudeps/"
+run badmpi FAIL_MPI_CONFIGURE=1
+[[ $(cat "$WORK/badmpi.rc") == 1 ]] || fail "a failed configure with MPI exited $(cat "$WORK/badmpi.rc")"
+has badmpi '^configure with the pipeline +FAILED .*compute layers only'
+has badmpi '^build \(compute-only, sm_90\) +ok'
+has badmpi '^gpu tests \(ctest -L gpu\) +100% tests passed'
+run skipped SKIP_PIPELINE=1
+[[ $(cat "$WORK/skipped.rc") == 1 ]] || fail "skipped pipeline tests gave exit $(cat "$WORK/skipped.rc")"
+has skipped '^pipeline on the GPU \(mixsim binary\) +0 PASSED 3 SKIPPED'
+echo "ok: without the pipeline's packages or its configure, the compute layers build and run;"
+echo "    skipped pipeline tests fail the run"
+
+# 4. the deadline: with 2 s a benchmark and a 14 s deadline (a step needs 10 s left to start),
 # the later steps are skipped and the table is still printed
 run deadline SLOW_BENCH=2 GPU_CHECK_DEADLINE_S=14
 grep -q "skipped: the script's deadline is reached" "$WORK/deadline.log" ||
   fail "no step was skipped under a 14 s deadline: $(tail -20 "$WORK/deadline.log")"
-has deadline '^build \(compute-only, sm_90\) +ok'
+has deadline '^build \(full, sm_90\) +ok'
 has deadline '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +(no GPT-2 result|MFU)'
 echo "ok: the deadline skips steps and the table is still printed"
 
-# 4. --tests FILTER: only those tests, plainly and under memcheck, then the table
+# 5. --tests FILTER: only those tests, plainly and under memcheck, then the table
 run only -- --tests 'CudaOps.Classifier*'
 [[ $(cat "$WORK/only.rc") == 0 ]] || fail "--tests gave exit $(cat "$WORK/only.rc"): $(tail -20 "$WORK/only.log")"
 has only '^gpu tests \(CudaOps\.Classifier\*\) +3 PASSED'
