@@ -134,8 +134,9 @@ done
 MULTI=$DEPS/usr/lib/x86_64-linux-gnu
 export LD_LIBRARY_PATH=$MULTI:$MULTI/openblas-openmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # The pipeline's environment, for the configure's MPI wrappers and for mixsim's processes: the
-# libraries (Debian 12 keeps some under /lib), Open MPI and PMIx moved to $PDEPS (OPAL_PREFIX,
-# PMIX_INSTALL_PREFIX), mpirun on PATH, and a one-node Open MPI that needs no ssh (plm isolated),
+# libraries (Debian 12 keeps some under /lib), Open MPI moved to $PDEPS (OPAL_PREFIX; PMIx has
+# no such variable, so its component path is set: without it PMIx asks for a help file of its
+# build path, seen in a Debian 12 chroot), mpirun on PATH, and a one-node Open MPI that needs no ssh (plm isolated),
 # moves data through shared memory (pml ob1 with the self and vader transports, no single-copy
 # mechanism: the GPU machine runs in gVisor), binds no process, and is quiet about the components
 # whose network libraries were left out.
@@ -144,7 +145,7 @@ mkdir -p "$PDEPS/bin"
 ln -sf ../usr/bin/orterun "$PDEPS/bin/mpirun"
 PIPELINE_ENV=(
   "LD_LIBRARY_PATH=$PMULTI:$PDEPS/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH" "PATH=$PDEPS/bin:$PATH"
-  "OPAL_PREFIX=$PDEPS/usr" "PMIX_INSTALL_PREFIX=$PMULTI/pmix2" OMPI_MCA_plm=isolated
+  "OPAL_PREFIX=$PDEPS/usr" "PMIX_MCA_mca_base_component_path=$PMULTI/pmix2/lib/pmix" OMPI_MCA_plm=isolated
   OMPI_MCA_pml=ob1 "OMPI_MCA_btl=self,vader" OMPI_MCA_osc=^ucx OMPI_MCA_btl_vader_single_copy_mechanism=none
   OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mca_base_component_show_load_errors=0
   PMIX_MCA_mca_base_component_show_load_errors=0 OMPI_ALLOW_RUN_AS_ROOT=1
@@ -314,11 +315,18 @@ unset MIXSIM_BF16_OUTPUTS
 
 # The pipeline binary on the GPU (tests/gpu/pipeline): train, pool and merge-eval with backend cuda
 # (two ranks sharing the GPU) and cuda-bf16 against the CPU's, and a killed GPU run resumed. The
-# test binary runs directly (not through ctest) so that only it and its mpirun and mixsim children
-# see the pipeline's libraries.
+# tests start mpirun, which needs the pipeline's environment; so the test binary runs directly, not
+# through ctest. First the relocated Open MPI alone (MPI_Init and MPI_Finalize on two ranks), so
+# that a launcher that fails or hangs costs 30 s and says so, not the pipeline step's limit.
 if ((PIPELINE)); then
-  step pipeline 180 env "${PIPELINE_ENV[@]}" "$BUILD/tests/gpu_pipeline_test" || STATUS=1
-  gtest_row pipeline "pipeline on the GPU (mixsim binary)"
+  if step mpirun 30 env "${PIPELINE_ENV[@]}" mpirun -np 2 "$BUILD/mixsim" --version; then
+    row "mpirun -np 2 (private Open MPI)" "ok"
+    step pipeline 150 env "${PIPELINE_ENV[@]}" "$BUILD/tests/gpu_pipeline_test" || STATUS=1
+    gtest_row pipeline "pipeline on the GPU (mixsim binary)"
+  else
+    row "mpirun -np 2 (private Open MPI)" "FAILED: $(tail -1 "$LOG/mpirun.log"): pipeline not run"
+    STATUS=1
+  fi
 fi
 
 # 5. speed: mixsim fp32, averaging, PyTorch

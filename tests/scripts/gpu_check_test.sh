@@ -37,7 +37,10 @@ stub nvcc 'echo "Cuda compilation tools, release 13.0"'
 stub dpkg 'if [[ "$1" == -x && $(basename "$2") == openmpi-bin_* ]]; then
   mkdir -p "$3/usr/bin"
   printf "#!/usr/bin/env bash\necho -I/x\n" > "$3/usr/bin/mpicc.openmpi"
-  printf "#!/usr/bin/env bash\nexec \"\$@\"\n" > "$3/usr/bin/orterun"
+  {  # orterun runs the program (an absolute path) once
+    echo "#!/usr/bin/env bash"
+    echo "while [[ \$# -gt 0 && \"\$1\" != /* ]]; do shift; done; exec \"\$@\""
+  } > "$3/usr/bin/orterun"
   chmod +x "$3/usr/bin/mpicc.openmpi" "$3/usr/bin/orterun"
 fi'
 # configure and build: the build tree's binaries are all this one stub; FAIL_MPI_CONFIGURE fails
@@ -49,7 +52,8 @@ for b in bench_gpu_gpt_dump bench_gpu_train bench_gpu_gemm bench_gpu_averaging; 
   cp '$S/fakebin' '$REPO/build-gpu/bench/'\$b
 done
 cp '$S/fakebin' '$REPO/build-gpu/tests/gpu_ops_test'
-cp '$S/fakebin' '$REPO/build-gpu/tests/gpu_pipeline_test'"
+cp '$S/fakebin' '$REPO/build-gpu/tests/gpu_pipeline_test'
+cp '$S/fakebin' '$REPO/build-gpu/mixsim'"
 # ctest -L gpu: all pass, or (FAIL_TEST set) one failure in ctest's own summary format
 stub ctest 'if [[ -n "${FAIL_TEST:-}" ]]; then
   echo "97% tests passed, 1 tests failed out of 37"; echo "The following tests FAILED:"
@@ -87,6 +91,9 @@ case $name in
       echo "[  FAILED  ] 1 test, listed below:"; echo "[  FAILED  ] CudaOps.$FAIL_TEST"; exit 1
     fi
     echo "[  PASSED  ] 3 tests.";;
+  mixsim)  # MPI_Init fails with FAIL_MPIRUN set
+    [[ -n "${FAIL_MPIRUN:-}" ]] && { echo "ORTE_ERROR_LOG: Not found in file ess_hnp_module.c"; exit 1; }
+    echo "mixsim 0.1.0 (git stub)";;
   gpu_pipeline_test)  # passes only with the private Open MPI in its environment
     if [[ -n "${SKIP_PIPELINE:-}" ]]; then  # GoogleTest has one space after SKIPPED
       echo "[  PASSED  ] 0 tests."; echo "[  SKIPPED ] 3 tests, listed below:"; exit 0
@@ -140,6 +147,7 @@ run pass
   fail "bash errors: $(grep -E "unbound variable|command not found|syntax error" "$WORK/pass.log")"
 has pass '^build \(full, sm_90\) +ok'
 has pass '^build \(mixsim binary\) +ok'
+has pass '^mpirun -np 2 \(private Open MPI\) +ok'
 has pass '^pipeline on the GPU \(mixsim binary\) +3 PASSED'
 has pass '^gpu tests \(ctest -L gpu\) +100% tests passed.*\(skipped: 0\)'
 for check in awkward gpt2-wide gpt2-wide-bf16 gpt2-wide-bf16-tc gpt2-wide-bf16-tc-lt \
@@ -184,8 +192,13 @@ has badmpi '^gpu tests \(ctest -L gpu\) +100% tests passed'
 run skipped SKIP_PIPELINE=1
 [[ $(cat "$WORK/skipped.rc") == 1 ]] || fail "skipped pipeline tests gave exit $(cat "$WORK/skipped.rc")"
 has skipped '^pipeline on the GPU \(mixsim binary\) +0 PASSED 3 SKIPPED'
+run nompirun FAIL_MPIRUN=1
+[[ $(cat "$WORK/nompirun.rc") == 1 ]] || fail "a failed mpirun gave exit $(cat "$WORK/nompirun.rc")"
+has nompirun '^mpirun -np 2 \(private Open MPI\) +FAILED: ORTE_ERROR_LOG.*pipeline not run'
+! grep -q "^pipeline on the GPU" "$WORK/nompirun.table" || fail "the pipeline ran without mpirun"
+has nompirun '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU'
 echo "ok: without the pipeline's packages or its configure, the compute layers build and run;"
-echo "    skipped pipeline tests fail the run"
+echo "    skipped pipeline tests fail the run, and a failed mpirun skips them"
 
 # 4. the deadline: with 2 s a benchmark and a 14 s deadline (a step needs 10 s left to start),
 # the later steps are skipped and the table is still printed
