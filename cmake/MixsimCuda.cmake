@@ -23,6 +23,14 @@ if(NOT _cuda_mode STREQUAL "OFF")
     set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
     list(APPEND CMAKE_CUDA_COMPILE_FEATURES cuda_std_20)
     set(CMAKE_CUDA_STANDARD 20)
+    # CUDA 13 has no nvToolsExt library, and Debian 12's FindCUDAToolkit (CMake 3.25.1) then sets a
+    # property on the CUDA::nvToolsExt target it did not create, which stops configure ("could
+    # not find TARGET CUDA::nvToolsExt"; seen in a stock Debian 12 chroot). An empty target of
+    # that name, which mixsim never links, lets it through. Newer CMake checks first, and is left
+    # alone.
+    if(CMAKE_VERSION VERSION_LESS 3.26 AND NOT TARGET CUDA::nvToolsExt)
+      add_library(CUDA::nvToolsExt INTERFACE IMPORTED)
+    endif()
     find_package(CUDAToolkit REQUIRED)
     find_library(MIXSIM_NCCL_LIBRARY NAMES nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
     find_path(MIXSIM_NCCL_INCLUDE_DIR NAMES nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
