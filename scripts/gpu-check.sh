@@ -44,8 +44,8 @@ DEBS=(libfmt-dev libfmt9 libgtest-dev libgmock-dev libopenblas0-openmp libopenbl
 # The pipeline's packages: the -dev packages for headers and link names, and the runtime closure
 # of libmpi, orterun/orted and the components a one-node run loads, libhdf5_serial (which needs
 # libcurl4 and libcrypto) and Boost.Program_options, less glibc, libstdc++, libgcc and libgomp,
-# which every compiler's machine has (Debian 12 versions, checked with readelf on 2026-11-27:
-# every NEEDED name of those files is in this list or in that base). Open MPI's network components
+# which every compiler's machine has (--fetch checks that with scripts/gpu/deb_closure.py, which
+# follows the NEEDED entries of those files through the packages). Open MPI's network components
 # (UCX, libfabric, InfiniBand) are left out: a one-node run uses shared memory, and a component
 # whose library is missing is skipped.
 PIPELINE_DEBS=(openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libpmix2 libhwloc15
@@ -62,7 +62,14 @@ if [[ "${1:-}" == "--fetch" ]]; then
   rm -f ./*.deb
   apt-get download "${DEBS[@]}" "${PIPELINE_DEBS[@]}" ||
     { echo "gpu-check: apt-get download failed" >&2; exit 1; }
-  du -sh . && exit 0
+  du -sh .
+  # every library that the pipeline's packages need is among them (or in every machine's base)
+  CHECK=$(mktemp -d)
+  for package in "${PIPELINE_DEBS[@]}"; do dpkg -x "$(ls "${package}"_*.deb)" "$CHECK"; done
+  python3 ../scripts/gpu/deb_closure.py "$CHECK"
+  rc=$?
+  rm -rf "$CHECK"
+  exit "$rc"
 fi
 QUICK=0 FILTER=
 case "${1:-}" in
