@@ -344,14 +344,15 @@ result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|v
 }
 CONFIGS=small,gpt2,1.1b
 ((QUICK)) && CONFIGS=small,gpt2
-step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS"
+# (fp32 and the switches' rows below without the 1.1B shape, which runs 4k tokens/s in fp32: the
+# issue asks for 1.1B in bf16, which the -all row has, and the script must stay within 8 min)
+step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs small,gpt2
 # cuda-bf16 with its switches added one at a time (products only; + tensor-core attention;
 # + cuBLASLt; + bf16 activations, run 6's default), then as it runs by default (all four)
 step bench-train-bf16 120 env MIXSIM_TC_ATTENTION=0 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 \
-  MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
+  MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 \
-  MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
-# (the GPT-2 shape only: the -all row below has every shape; the script must stay within 8 min)
+  MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 step bench-train-bf16-tc-lt 90 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
   MIXSIM_BF16_ACTIVATIONS=0 MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 \
   --backend cuda-bf16
