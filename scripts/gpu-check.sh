@@ -118,6 +118,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 nvcc --version | tail -2
 cmake --version | head -1
 c++ --version | head -1
+ldd --version | head -1  # the carried Debian 12 libraries need glibc 2.36 (libevent: arc4random)
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))' 2>&1
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
@@ -141,11 +142,12 @@ done
 MULTI=$DEPS/usr/lib/x86_64-linux-gnu
 export LD_LIBRARY_PATH=$MULTI:$MULTI/openblas-openmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # The pipeline's environment, for the configure's MPI wrappers and for mixsim's processes: the
-# libraries (Debian 12 keeps some under /lib), Open MPI moved to $PDEPS (OPAL_PREFIX; PMIx has
-# no such variable, so its component path is set: without it PMIx asks for a help file of its
-# build path, seen in a Debian 12 chroot), mpirun on PATH, and a one-node Open MPI that needs no ssh (plm isolated),
+# libraries (Debian 12 keeps some under /lib), Open MPI moved to $PDEPS (OPAL_PREFIX; PMIx's own
+# PMIX_INSTALL_PREFIX and PMIX_PREFIX did not move it in a Debian 12 chroot, where it then asked
+# for a help file of its build path, so its component path is set), mpirun on PATH, and a one-node Open MPI that needs no ssh (plm isolated),
 # moves data through shared memory (pml ob1 with the self and vader transports, no single-copy
-# mechanism: the GPU machine runs in gVisor), binds no process, and is quiet about the components
+# mechanism: the GPU machine runs in gVisor), binds no process, lets ranks outnumber the cores
+# that hwloc sees there, and is quiet about the components
 # whose network libraries were left out.
 PMULTI=$PDEPS/usr/lib/x86_64-linux-gnu
 mkdir -p "$PDEPS/bin"
@@ -154,7 +156,8 @@ PIPELINE_ENV=(
   "LD_LIBRARY_PATH=$PMULTI:$PDEPS/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH" "PATH=$PDEPS/bin:$PATH"
   "OPAL_PREFIX=$PDEPS/usr" "PMIX_MCA_mca_base_component_path=$PMULTI/pmix2/lib/pmix" OMPI_MCA_plm=isolated
   OMPI_MCA_pml=ob1 "OMPI_MCA_btl=self,vader" OMPI_MCA_osc=^ucx OMPI_MCA_btl_vader_single_copy_mechanism=none
-  OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mca_base_component_show_load_errors=0
+  OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_rmaps_base_oversubscribe=1
+  OMPI_MCA_mca_base_component_show_load_errors=0
   PMIX_MCA_mca_base_component_show_load_errors=0 OMPI_ALLOW_RUN_AS_ROOT=1
   OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
 printf -v QUOTED_ENV '%q ' "${PIPELINE_ENV[@]}"
@@ -174,12 +177,17 @@ PIPELINE=0
 if [[ -x "$PDEPS/usr/bin/mpicc.openmpi" ]]; then
   # The linker resolves libhdf5's and libmpi's own libraries (libcurl, libopen-pal, ...) in $PDEPS,
   # and the binaries find them there at run time through an old-style RPATH, which (unlike
-  # RUNPATH) also serves the libraries' own dependencies: mixsim and its tests load without
-  # LD_LIBRARY_PATH, also when ctest lists the pipeline's tests.
+  # RUNPATH) also serves the dependencies of libraries without a RUNPATH of their own (libhdf5):
+  # ctest lists the pipeline's tests, which do not link libmpi, without the pipeline's
+  # environment. libmpi's RUNPATH (Debian's path) hides that RPATH from libmpi's own libraries,
+  # so whatever links libmpi (mixsim) runs under PIPELINE_ENV: mpirun and the tests see to that.
+  # COMPUTE_ONLY=OFF: a fallback's cached ON must not survive into this configure on a warm
+  # machine. zlib1g-dev's libz.so is an absolute link into / (not there): name the library.
   LINK_PATHS="$PMULTI:$PDEPS/lib/x86_64-linux-gnu:$PMULTI/openmpi/lib"
   if step configure 120 cmake -S . -B "$BUILD" "${GEN[@]}" "${COMMON[@]}" \
       -DMPI_C_COMPILER="$PDEPS/bin/mpicc" -DMPI_CXX_COMPILER="$PDEPS/bin/mpicxx" \
       -DHDF5_ROOT="$PMULTI/hdf5/serial" -DCMAKE_PREFIX_PATH="$PDEPS/usr;$PMULTI/cmake" \
+      -DMIXSIM_COMPUTE_ONLY=OFF -DZLIB_LIBRARY="$PDEPS/lib/x86_64-linux-gnu/libz.so.1" \
       -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$LINK_PATHS -Wl,--disable-new-dtags,-rpath,$LINK_PATHS"; then
     PIPELINE=1
   else
@@ -195,17 +203,21 @@ else
   SCOPE="compute-only, sm_90"
   rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"  # a failed configure's cache (logs stay)
   step configure-compute 120 cmake -S . -B "$BUILD" "${GEN[@]}" "${COMMON[@]}" \
-    -DMIXSIM_COMPUTE_ONLY=ON || { row "build ($SCOPE)" "FAILED (see $LOG/configure-compute.log)"; }
+    -DMIXSIM_COMPUTE_ONLY=ON
 fi
+CONFIGURE_LOG=configure.log
+((PIPELINE)) || CONFIGURE_LOG=configure-compute.log
 if step build 300 cmake --build "$BUILD" -j "$(nproc)" --target mixsim_gpu_checks; then
   row "build ($SCOPE)" "ok, $(elapsed)"
 else
-  row "build ($SCOPE)" "FAILED (see $LOG/configure.log, build.log)"
+  row "build ($SCOPE)" "FAILED (see $LOG/$CONFIGURE_LOG, build.log)"
   printf '%s\n' "${TABLE[@]}"
   [[ -n "${OUT:-}" ]] && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
   exit 1
 fi
-# the binary and the pipeline's gpu tests: a failure here costs only the pipeline's row
+# the binary and the pipeline's gpu tests: a failure here costs only the pipeline's row (not
+# with --tests, which reruns op tests only)
+[[ -n "$FILTER" ]] && PIPELINE=0
 if ((PIPELINE)); then
   if step build-pipeline 180 cmake --build "$BUILD" -j "$(nproc)" --target mixsim_gpu_pipeline; then
     row "build (mixsim binary)" "ok, $(elapsed)"
@@ -326,14 +338,19 @@ unset MIXSIM_BF16_OUTPUTS
 # through ctest. First the relocated Open MPI alone (MPI_Init and MPI_Finalize on two ranks), so
 # that a launcher that fails or hangs costs 30 s and says so, not the pipeline step's limit.
 if ((PIPELINE)); then
-  if step mpirun 30 env "${PIPELINE_ENV[@]}" mpirun -np 2 "$BUILD/mixsim" --version; then
-    row "mpirun -np 2 (private Open MPI)" "ok"
-    step pipeline 150 env "${PIPELINE_ENV[@]}" "$BUILD/tests/gpu_pipeline_test" || STATUS=1
-    gtest_row pipeline "pipeline on the GPU (mixsim binary)"
-  else
-    row "mpirun -np 2 (private Open MPI)" "FAILED: $(tail -1 "$LOG/mpirun.log"): pipeline not run"
-    STATUS=1
-  fi
+  step mpirun 30 env "${PIPELINE_ENV[@]}" mpirun -np 2 "$BUILD/mixsim" --version
+  case $? in
+    0)
+      row "mpirun -np 2 (private Open MPI)" "ok"
+      step pipeline 120 env "${PIPELINE_ENV[@]}" "$BUILD/tests/gpu_pipeline_test" || STATUS=1
+      gtest_row pipeline "pipeline on the GPU (mixsim binary)"
+      ;;
+    125) row "mpirun -np 2 (private Open MPI)" "skipped: the script's deadline is reached" ;;
+    *)
+      row "mpirun -np 2 (private Open MPI)" "FAILED: $(tail -1 "$LOG/mpirun.log"): pipeline not run"
+      STATUS=1
+      ;;
+  esac
 fi
 
 # 5. speed: mixsim fp32, averaging, PyTorch
@@ -344,15 +361,12 @@ result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|v
 }
 CONFIGS=small,gpt2,1.1b
 ((QUICK)) && CONFIGS=small,gpt2
-# (fp32 and the switches' rows below without the 1.1B shape, which runs 4k tokens/s in fp32: the
-# issue asks for 1.1B in bf16, which the -all row has, and the script must stay within 8 min)
+# fp32 without the 1.1B shape (4k tokens/s: the issue asks for 1.1B in bf16, which the -all row
+# has; the script must stay within 8 min)
 step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs small,gpt2
-# cuda-bf16 with its switches added one at a time (products only; + tensor-core attention;
-# + cuBLASLt; + bf16 activations, run 6's default), then as it runs by default (all four)
-step bench-train-bf16 120 env MIXSIM_TC_ATTENTION=0 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 \
-  MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
-step bench-train-bf16-tc 120 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=0 MIXSIM_BF16_ACTIVATIONS=0 \
-  MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
+# cuda-bf16 with its switches added (+ cuBLASLt over tensor-core attention; + bf16 activations, run
+# 6's default), then as it runs by default (all four). The products-only and tensor-core-only rows
+# of runs 5 and 6 are left out for time.
 step bench-train-bf16-tc-lt 90 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
   MIXSIM_BF16_ACTIVATIONS=0 MIXSIM_BF16_WEIGHTS=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 \
   --backend cuda-bf16
@@ -411,7 +425,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16 bench-train-bf16-tc bench-train-bf16-tc-lt bench-train-bf16-noweights bench-train-bf16-all bench-train-bf16-outputs bench-gemm bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
+for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-noweights bench-train-bf16-all bench-train-bf16-outputs bench-gemm bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)

@@ -215,6 +215,8 @@ run only -- --tests 'CudaOps.Classifier*'
 has only '^gpu tests \(CudaOps\.Classifier\*\) +3 PASSED'
 has only '^compute-sanitizer memcheck \(CudaOps\.Classifier\*\) +=+ ERROR SUMMARY: 0 errors'
 ! grep -q "^mixsim-" "$WORK/only.table" || fail "--tests ran the benchmarks"
+! grep -qE "^(build \(mixsim binary\)|pipeline on the GPU)" "$WORK/only.table" ||
+  fail "--tests built or ran the pipeline"
 run only-failing FAIL_TEST=ClassifierLossesAndDlogitsInPlace -- --tests 'CudaOps.Classifier*'
 [[ $(cat "$WORK/only-failing.rc") == 1 ]] || fail "a failed filtered test gave exit $(cat "$WORK/only-failing.rc")"
 has only-failing '^  failed +CudaOps\.ClassifierLossesAndDlogitsInPlace *$'

@@ -55,8 +55,8 @@ class GpuPipeline : public ::testing::Test {
   // seed, pool and merge-eval (every unit alone and every pair) on `backend` with `np` ranks;
   // returns the results and the logs.
   Results pipeline(const std::string& backend, const std::string& run, int np, std::string* log) {
-    const std::vector<std::string> opts = {"--train.backend", backend,         "--merge.backend",
-                                           backend,           "--merge.sizes", "1-2"};
+    std::vector<std::string> opts = {"--train.backend", backend, "--merge.backend", backend};
+    opts.insert(opts.end(), {"--merge.sizes", "1-2"});
     for (const char* stage : {"train", "pool", "merge-eval"}) {
       const auto r = run_command(mpi(np, cmd({stage}, run, opts)));
       EXPECT_EQ(r.exit_code, 0) << backend << " " << stage << ":\n" << r.out << r.err;
@@ -164,8 +164,8 @@ TEST_F(GpuPipeline, CudaBf16FollowsCpuBf16) {
 // killed, bit for bit: the CUDA kernels sum in a fixed order, and the checkpoint holds the
 // optimizer's state and the data position.
 TEST_F(GpuPipeline, KilledGpuTrainingResumesToTheUninterruptedWeights) {
-  const std::vector<std::string> opts = {"--train.backend",          "cuda", "--seed.steps", "1000",
-                                         "--train.checkpoint_every", "50"};
+  std::vector<std::string> opts = {"--train.backend", "cuda", "--seed.steps", "1000"};
+  opts.insert(opts.end(), {"--train.checkpoint_every", "50"});
   const fs::path run = dir_ / "run-kill";
   auto reference = cmd({"train"}, "run-kill", opts);
   reference.insert(reference.end(), {"--seed.output", (run / "reference.h5").string()});
