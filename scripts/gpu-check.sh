@@ -367,6 +367,32 @@ step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --
   --backend cuda-bf16
 step bench-profile-outputs 60 env MIXSIM_BF16_OUTPUTS=1 "$BUILD/bench/bench_gpu_train" \
   --configs gpt2 --steps 2 --profile --backend cuda-bf16
+# PyTorch's own kernels for the same ops (flash attention, LayerNorm, cross-entropy, fused AdamW)
+# on the same tensors: each of the profile's ops beside its yardstick (scripts/gpu/torch_ops.py)
+if step torch-ops 60 python3 scripts/gpu/torch_ops.py --config gpt2; then
+  # profile_ms OP...: the default profile's ms per step of these ops, summed ("" when none)
+  profile_ms() {
+    awk -v ops=" $* " 'index(ops, " " $1 " ") && $3 == "ms/step" { t += $2; n++ }
+      END { if (n) printf "%.3f", t }' "$LOG/bench-profile.log" 2> /dev/null
+  }
+  row "ops: mixsim's profile, PyTorch" "ms per GPT-2 bf16 step (mixsim's profile waits for each op: +~10 us a call)"
+  for op in attention_forward attention_backward layernorm_forward layernorm_backward classifier \
+    adamw; do
+    torch_ms=$(grep '^RESULT torch-ops' "$LOG/torch-ops.log" | grep -o "${op}_ms=[0-9.]*" | cut -d= -f2)
+    ours=$op
+    [[ $op == layernorm_forward ]] && ours="layernorm_forward residual_layernorm_forward"
+    # shellcheck disable=SC2086 # two op names
+    mixsim_ms=$(profile_ms $ours)
+    if [[ -n "$mixsim_ms" && -n "$torch_ms" ]]; then
+      row "  $op" "$(awk -v a="$mixsim_ms" -v b="$torch_ms" \
+        'BEGIN { printf "mixsim %.3f, PyTorch %.3f: %.2fx", a, b, (b > 0 ? a / b : 0) }')"
+    else
+      row "  $op" "mixsim ${mixsim_ms:-none}, PyTorch ${torch_ms:-none}"
+    fi
+  done
+else
+  row "PyTorch's kernels per op (torch-ops)" "FAILED: $(tail -1 "$LOG/torch-ops.log")"
+fi
 # the products alone, as cuBLAS runs them with nothing around them: the ceiling of the products'
 # share of the profiled step above (bench/gpu/gemm.cpp)
 GEMM_CONFIGS=gpt2,1.1b

@@ -76,6 +76,11 @@ case $name in
       echo "\"0\",\"adamw4_kernel\",\"dram__bytes_read.sum\",\"byte\",\"2,000,000,000\""
       echo "\"0\",\"adamw4_kernel\",\"dram__bytes_write.sum\",\"byte\",\"1,000,000,000\""
     fi
+    if [[ "$*" == *--profile* ]]; then  # per-op lines as bench/timed_backend.hpp prints them
+      printf "         %-26s %8.3f ms/step\n" attention_backward 4.600 attention_forward 2.000 \
+        layernorm_forward 0.300 residual_layernorm_forward 0.700 adamw 1.200
+      printf "           %-52s %8.3f ms/step %8.3f TFLOP/s\n" "B 8, T 1024, C 768, heads 12" 4.6 99.0
+    fi
     configs=$(sed -n "s/.*--configs \([^ ]*\).*/\1/p" <<< "$*")
     for c in ${configs//,/ }; do
       echo "RESULT $label $c tokens_per_s=300000 tflops=240.00 mfu=24.30"
@@ -108,6 +113,8 @@ esac'
 stub python3 'case "$*" in
   *"import torch"*) echo "torch 2.11.0 NVIDIA H100 80GB HBM3";;
   *torch_check.py*) echo "torch_check: loss rel 1e-6, gradients rel 1e-5: ok";;
+  *torch_ops.py*)
+    echo "RESULT torch-ops gpt2 attention_forward_ms=0.500 attention_backward_ms=1.500 layernorm_forward_ms=0.400 layernorm_backward_ms=0.800 classifier_ms=1.000 adamw_ms=0.600";;
   *torch_train.py*)
     label=torch-$(sed -n "s/.*--dtype \([a-z0-9]*\).*/\1/p" <<< "$*")
     [[ "$*" == *--compile* ]] && label+=-compile
@@ -158,6 +165,11 @@ has pass '^mixsim-bf16tc\+lt\+act gpt2 +tokens_per_s=300000'
 has pass '^mixsim-bf16tc\+lt\+act\+w 1\.1b +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out gpt2 '
 has pass '^gemm-ceiling gpt2 +gemmex_ms=12\.00'
+# each op of the profile beside PyTorch's: the LayerNorm forward sums both of mixsim's kinds
+has pass '^  attention_backward +mixsim 4\.600, PyTorch 1\.500: 3\.07x'
+has pass '^  layernorm_forward +mixsim 1\.000, PyTorch 0\.400: 2\.50x'
+has pass '^  adamw +mixsim 1\.200, PyTorch 0\.600: 2\.00x'
+has pass '^  classifier +mixsim none, PyTorch 1\.000'
 has pass '^averaging k=2 '
 has pass '^ncu, kernels of a bf16 GPT-2 step +1 kernel launches in 1 step\(s\): 1\.00 ms'
 has pass '^compute-sanitizer memcheck \(ops\) +=+ ERROR SUMMARY: 0 errors'
