@@ -22,8 +22,8 @@
 #      kernel, scripts/gpu/ncu_summary.py; where ncu is installed);
 #   7. runs the op tests under compute-sanitizer memcheck (where it is installed);
 #   8. prints a short table of all of it, ending with the issue's speed targets, met or not.
-# The steps come in the order of what a short run must not miss: PyTorch's fp32 training (the
-# yardstick of the fp32 rows, measured in every run so far) and memcheck come last.
+# The steps come in the order of what a short run must not miss: memcheck and then PyTorch's fp32
+# training (the yardstick of the fp32 rows, measured in every run so far) come last.
 # Each step has its own time limit and the script goes on after a failed step, so one run tells
 # as much as it can. Logs go to build-gpu/logs, and with $OUT set (the device tool's output
 # folder) into $OUT/gpu-check-logs.tgz beside $OUT/summary.txt.
@@ -416,8 +416,6 @@ if command -v ncu > /dev/null && ((!QUICK)); then
     row "ncu, kernels of a bf16 GPT-2 step" "FAILED: $(tail -1 "$LOG/ncu-summary.txt")"
   fi
 fi
-# PyTorch in fp32 (the fp32 rows' yardstick; runs 1-6 measured it, so it comes late)
-step torch-fp32 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype fp32 --steps 5
 # memory errors in the kernels (out of bounds, misaligned, uninitialised reads) on the op tests
 if command -v compute-sanitizer > /dev/null && ((!QUICK)); then
   # Whole-model tests are left out (slow under memcheck, and made of the same kernels); the
@@ -430,6 +428,8 @@ if command -v compute-sanitizer > /dev/null && ((!QUICK)); then
   SAN=$(grep -E 'ERROR SUMMARY' "$LOG/sanitizer.log" | tail -1)
   row "compute-sanitizer memcheck (ops)" "${SAN:-no summary (see sanitizer.log)}"
 fi
+# PyTorch in fp32 (the fp32 rows' yardstick; runs 1-6 measured it, so it comes last)
+step torch-fp32 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype fp32 --steps 5
 # GPU_CHECK_NCU=1: Nsight Compute's view of the attention kernels (one GPT-2 step's launches)
 if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
   step ncu-attention 90 ncu --kernel-name regex:attention --launch-skip 46 --launch-count 4 \
