@@ -34,7 +34,8 @@
 #   --quick skips the 1.1B shape and PyTorch's compiled run (the slowest steps);
 #   --tests FILTER builds (incrementally, on a machine still warm) and runs only the gpu tests that
 #     the GoogleTest filter names, once plainly and once under memcheck: the second call of a
-#     session, after a fix, when the first run named failed tests;
+#     session, after a fix, when the first run named failed tests ('GpuPipeline.*' reruns the
+#     pipeline's tests instead, after the mpirun step, and rebuilds the binary);
 #   GPU_CHECK_NCU=1 adds Nsight Compute's report on the attention kernels.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -215,9 +216,9 @@ else
   [[ -n "${OUT:-}" ]] && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
   exit 1
 fi
-# the binary and the pipeline's gpu tests: a failure here costs only the pipeline's row (not
-# with --tests, which reruns op tests only)
-[[ -n "$FILTER" ]] && PIPELINE=0
+# the binary and the pipeline's gpu tests: a failure here costs only the pipeline's row (with
+# --tests, only for a filter of the pipeline's tests)
+[[ -n "$FILTER" && "$FILTER" != GpuPipeline* ]] && PIPELINE=0
 if ((PIPELINE)); then
   if step build-pipeline 180 cmake --build "$BUILD" -j "$(nproc)" --target mixsim_gpu_pipeline; then
     row "build (mixsim binary)" "ok, $(elapsed)"
@@ -252,7 +253,34 @@ gtest_row() {
   if [[ -n "$failed" ]]; then row "  failed" "$failed"; fi
 }
 
-# --tests FILTER: only those tests, plainly and under memcheck
+# pipeline_tests [FILTER]: the pipeline binary on the GPU (tests/gpu/pipeline): train, pool and
+# merge-eval with backend cuda (two ranks sharing the GPU) and cuda-bf16 against the CPU's, and a
+# killed GPU run resumed. The tests start mpirun, which needs the pipeline's environment; so the test binary runs directly, not
+# through ctest. First the relocated Open MPI alone (MPI_Init and MPI_Finalize on two ranks), so
+# that a launcher that fails or hangs costs 30 s and says so, not the pipeline step's limit.
+pipeline_tests() {
+  step mpirun 30 env "${PIPELINE_ENV[@]}" mpirun -np 2 "$BUILD/mixsim" --version
+  case $? in
+    0)
+      row "mpirun -np 2 (private Open MPI)" "ok"
+      step pipeline 120 env "${PIPELINE_ENV[@]}" "$BUILD/tests/gpu_pipeline_test" \
+        --gtest_filter="${1:-*}" || STATUS=1
+      gtest_row pipeline "pipeline on the GPU (mixsim binary)"
+      ;;
+    125) row "mpirun -np 2 (private Open MPI)" "skipped: the script's deadline is reached" ;;
+    *)
+      row "mpirun -np 2 (private Open MPI)" "FAILED: $(tail -1 "$LOG/mpirun.log"): pipeline not run"
+      STATUS=1
+      ;;
+  esac
+}
+
+# --tests FILTER: only those tests, plainly and under memcheck; a filter of the pipeline's tests
+# (GpuPipeline.*) runs those after the mpirun step, without memcheck (they are mpirun and mixsim)
+if [[ "$FILTER" == GpuPipeline* ]]; then
+  if ((PIPELINE)); then pipeline_tests "$FILTER"; else row "pipeline" "not built: see the rows above"; STATUS=1; fi
+  finish
+fi
 if [[ -n "$FILTER" ]]; then
   step gpu-tests-filtered 240 "$BUILD/tests/gpu_ops_test" --gtest_filter="$FILTER" || STATUS=1
   gtest_row gpu-tests-filtered "gpu tests ($FILTER)"
@@ -317,26 +345,8 @@ check_torch gpt2-wide-bf16-outputs cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" -
   --heads 12 --channels 768 --context 256 --vocab 50257 --batch 2
 unset MIXSIM_BF16_OUTPUTS
 
-# The pipeline binary on the GPU (tests/gpu/pipeline): train, pool and merge-eval with backend cuda
-# (two ranks sharing the GPU) and cuda-bf16 against the CPU's, and a killed GPU run resumed. The
-# tests start mpirun, which needs the pipeline's environment; so the test binary runs directly, not
-# through ctest. First the relocated Open MPI alone (MPI_Init and MPI_Finalize on two ranks), so
-# that a launcher that fails or hangs costs 30 s and says so, not the pipeline step's limit.
-if ((PIPELINE)); then
-  step mpirun 30 env "${PIPELINE_ENV[@]}" mpirun -np 2 "$BUILD/mixsim" --version
-  case $? in
-    0)
-      row "mpirun -np 2 (private Open MPI)" "ok"
-      step pipeline 120 env "${PIPELINE_ENV[@]}" "$BUILD/tests/gpu_pipeline_test" || STATUS=1
-      gtest_row pipeline "pipeline on the GPU (mixsim binary)"
-      ;;
-    125) row "mpirun -np 2 (private Open MPI)" "skipped: the script's deadline is reached" ;;
-    *)
-      row "mpirun -np 2 (private Open MPI)" "FAILED: $(tail -1 "$LOG/mpirun.log"): pipeline not run"
-      STATUS=1
-      ;;
-  esac
-fi
+# The pipeline binary on the GPU (pipeline_tests above)
+((PIPELINE)) && pipeline_tests
 
 # 5. speed: mixsim fp32, averaging, PyTorch
 result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|values" rows

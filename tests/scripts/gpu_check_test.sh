@@ -100,6 +100,7 @@ case $name in
     [[ -n "${FAIL_MPIRUN:-}" ]] && { echo "ORTE_ERROR_LOG: Not found in file ess_hnp_module.c"; exit 1; }
     echo "mixsim 0.1.0 (git stub)";;
   gpu_pipeline_test)  # passes only with the private Open MPI in its environment
+    echo "gpu_pipeline_test $*"  # (its filter, for the --tests check)
     if [[ -n "${SKIP_PIPELINE:-}" ]]; then  # GoogleTest has one space after SKIPPED
       echo "[  PASSED  ] 0 tests."; echo "[  SKIPPED ] 3 tests, listed below:"; exit 0
     fi
@@ -234,8 +235,18 @@ has only-failing '^  failed +CudaOps\.ClassifierLossesAndDlogitsInPlace *$'
 run only-none -- --tests 'None*'
 [[ $(cat "$WORK/only-none.rc") == 1 ]] || fail "a filter that matches no test gave exit $(cat "$WORK/only-none.rc")"
 has only-none '^  no test matches +None\*'
+run only-pipeline -- --tests 'GpuPipeline.CudaBf16*'
+[[ $(cat "$WORK/only-pipeline.rc") == 0 ]] || fail "--tests GpuPipeline.* gave exit $(cat "$WORK/only-pipeline.rc")"
+has only-pipeline '^build \(mixsim binary\) +ok'
+has only-pipeline '^mpirun -np 2 \(private Open MPI\) +ok'
+has only-pipeline '^pipeline on the GPU \(mixsim binary\) +3 PASSED'
+grep -q -- "--gtest_filter=GpuPipeline.CudaBf16\*" "$WORK/only-pipeline.log" ||
+  fail "the pipeline's tests ran without the filter"
+! grep -qE "^(gpu tests|compute-sanitizer)" "$WORK/only-pipeline.table" ||
+  fail "--tests GpuPipeline.* ran the op tests or memcheck"
 for bad in "--tests" "--fast"; do
   run bad -- $bad
   [[ $(cat "$WORK/bad.rc") == 2 ]] || fail "'$bad' gave exit $(cat "$WORK/bad.rc"), not the usage error 2"
 done
-echo "ok: --tests runs only the named tests and reports failures, an empty match and bad options"
+echo "ok: --tests runs only the named tests (op tests, or the pipeline's) and reports failures,"
+echo "    an empty match and bad options"
