@@ -115,7 +115,10 @@ step() {
 }
 
 echo "=== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
+# (compute mode: two ranks share the GPU in the pipeline's tests, which needs Default, not
+# Exclusive_Process)
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv,noheader 2>&1 |
+  head -2
 nvcc --version | tail -2
 cmake --version | head -1
 c++ --version | head -1
