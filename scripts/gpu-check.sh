@@ -108,11 +108,15 @@ step() {
   fi
   ((limit > left)) && limit=$left
   echo "=== $name (limit ${limit} s, at $(elapsed))"
+  local begun
+  begun=$(date +%s)
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$LOG/$name.log"
   local rc=${PIPESTATUS[0]}
+  STEP_TIMES+=("$(($(date +%s) - begun)) $name")
   [[ $rc == 124 || $rc == 137 ]] && echo "gpu-check: $name ran past ${limit} s"
   return "$rc"
 }
+declare -a STEP_TIMES  # "SECONDS NAME" of each step run, for the table's last row
 
 echo "=== machine"
 # (compute mode: two ranks share the GPU in the pipeline's tests, which needs Default, not
@@ -232,6 +236,9 @@ if ((PIPELINE)); then
 fi
 
 finish() {  # prints the table, packs the logs into $OUT, exits with the status
+  # the slowest steps, for fitting the next run into its 8 minutes
+  row "slowest steps (s)" "$(printf '%s\n' "${STEP_TIMES[@]}" | sort -rn | head -8 |
+    awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')"
   echo
   echo "=== gpu-check summary ($GPU; $(elapsed) in all; logs in $LOG)"
   printf '%s\n' "${TABLE[@]}" | tee "$LOG/summary.txt"

@@ -219,6 +219,8 @@ grep -q "skipped: the script's deadline is reached" "$WORK/deadline.log" ||
   fail "no step was skipped under a 14 s deadline: $(tail -20 "$WORK/deadline.log")"
 has deadline '^build \(full, sm_90\) +ok'
 has deadline '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +(no GPT-2 result|MFU)'
+# the last row names the slowest steps, the 2 s benchmark first
+has deadline '^slowest steps \(s\) +bench-train[a-z0-9-]* 2, '
 echo "ok: the deadline skips steps and the table is still printed"
 
 # 5. --tests FILTER: only those tests, plainly and under memcheck, then the table
