@@ -132,7 +132,8 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
 # 1. the build's dependencies, in two private roots: the compute layers' ($DEPS, on the library
 # path of every step) and the pipeline's ($PDEPS, only for mixsim's own processes: see pipeline_env)
-DEPS=/tmp/mixsim-deps PDEPS=/tmp/mixsim-pipeline-deps
+# (GPU_CHECK_TMP moves both from /tmp: tests/scripts/gpu_check_test.sh runs copies side by side)
+DEPS=${GPU_CHECK_TMP:-/tmp}/mixsim-deps PDEPS=${GPU_CHECK_TMP:-/tmp}/mixsim-pipeline-deps
 rm -rf "$DEPS" "$PDEPS" && mkdir -p "$DEPS" "$PDEPS"
 ls .gpudeps/*.deb > /dev/null 2>&1 ||
   { echo "gpu-check: no .gpudeps/*.deb: run scripts/gpu-check.sh --fetch where apt works" >&2; exit 1; }
