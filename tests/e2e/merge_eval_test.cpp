@@ -4,13 +4,10 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
-#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <fstream>
-#include <functional>
 #include <regex>
-#include <thread>
 
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/data/loader.hpp"
@@ -52,11 +49,6 @@ class MergeEval : public ::testing::Test {
     c.insert(c.end(), extra.begin(), extra.end());
     return c;
   }
-  std::vector<std::string> mpi(int np, std::vector<std::string> args) const {
-    args.insert(args.begin(), {"mpirun", "-np", std::to_string(np), "--oversubscribe", "-x",
-                               "OMP_NUM_THREADS=1"});
-    return args;
-  }
   fs::path run() const { return dir_ / "run"; }
   TempDir dir_;
   fs::path job_;
@@ -80,17 +72,6 @@ void expect_same_results(const Results& a, const Results& b) {
   EXPECT_TRUE(same_values(a.pool_loss, b.pool_loss));
   EXPECT_TRUE(same_values(a.truth_loss, b.truth_loss));
   EXPECT_EQ(a.seed_loss, b.seed_loss);
-}
-
-bool wait_for(BackgroundCommand& c, const std::function<bool()>& ready, double timeout_s = 60) {
-  const auto start = std::chrono::steady_clock::now();
-  while (!ready()) {
-    if (!c.running()) return false;
-    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s)
-      return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return true;
 }
 
 // Mean loss of `params` on every window of `tokens`, one window per forward pass: an evaluation
@@ -204,7 +185,8 @@ TEST_F(MergeEval, SigkillThenRerunGivesTheUninterruptedResults) {
   {
     TempDir logs;
     BackgroundCommand job(merge(space), logs.path());
-    ASSERT_TRUE(wait_for(job, [&] { return fs::exists(run() / "results.h5"); })) << job.wait().err;
+    ASSERT_TRUE(wait_until(job, [&] { return fs::exists(run() / "results.h5"); }))
+        << job.wait().err;
     job.signal(SIGKILL);
     EXPECT_EQ(job.wait().exit_code, 128 + SIGKILL);
   }
@@ -227,8 +209,9 @@ TEST_F(MergeEval, SigtermToEveryRankWritesTheResultsAndExitsWithCode3) {
                                           "--merge.save_every", "0"};
   {
     TempDir logs;
-    BackgroundCommand job(mpi(2, merge(space)), logs.path());
-    ASSERT_TRUE(wait_for(job, [&] { return fs::exists(run() / "results.h5"); })) << job.wait().err;
+    BackgroundCommand job(under_mpirun(2, merge(space)), logs.path());
+    ASSERT_TRUE(wait_until(job, [&] { return fs::exists(run() / "results.h5"); }))
+        << job.wait().err;
     ASSERT_EQ(job.signal_children(SIGTERM), 2);
     const auto r = job.wait();
     EXPECT_EQ(r.exit_code, 3) << r.out << r.err;

@@ -29,10 +29,7 @@ class Training : public ::testing::Test {
     return args;
   }
   std::vector<std::string> mpi(int np, std::vector<std::string> args) const {
-    auto c = cmd(std::move(args));
-    c.insert(c.begin(), {"mpirun", "-np", std::to_string(np), "--oversubscribe", "-x",
-                         "OMP_NUM_THREADS=1"});
-    return c;
+    return under_mpirun(np, cmd(std::move(args)));
   }
   fs::path run() const { return dir_ / "run"; }
   TempDir dir_;
@@ -40,15 +37,8 @@ class Training : public ::testing::Test {
 };
 
 // Waits until `path` exists (a checkpoint was written) or the command ended.
-bool wait_for_file(BackgroundCommand& c, const fs::path& path, double timeout_s = 60) {
-  const auto start = std::chrono::steady_clock::now();
-  while (!fs::exists(path)) {
-    if (!c.running()) return false;
-    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s)
-      return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
+bool wait_for_file(BackgroundCommand& c, const fs::path& path) {
+  return wait_until(c, [&] { return fs::exists(path); });
 }
 
 int count(const std::string& text, const std::string& needle) {

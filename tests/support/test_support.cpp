@@ -5,12 +5,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 extern char** environ;
 
@@ -134,6 +136,23 @@ CommandResult BackgroundCommand::wait() {
     reaped_ = true;
   }
   return {exit_code_of(status_), read_file(out_), read_file(err_)};
+}
+
+bool wait_until(BackgroundCommand& command, const std::function<bool()>& ready, double timeout_s) {
+  const auto start = std::chrono::steady_clock::now();
+  while (!ready()) {
+    if (!command.running()) return false;
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+std::vector<std::string> under_mpirun(int np, std::vector<std::string> command) {
+  command.insert(command.begin(), {"mpirun", "-np", std::to_string(np), "--oversubscribe", "-x",
+                                   "OMP_NUM_THREADS=1"});
+  return command;
 }
 
 std::string mixsim_binary() {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,14 @@ class BackgroundCommand {
   int status_ = 0;
   std::filesystem::path out_, err_;
 };
+
+// Polls `ready` every 2 ms: true once it holds, false when the command has ended first or
+// `timeout_s` has passed.
+bool wait_until(BackgroundCommand& command, const std::function<bool()>& ready,
+                double timeout_s = 60);
+
+// `command` under `mpirun -np NP --oversubscribe`, one OpenMP thread a rank.
+std::vector<std::string> under_mpirun(int np, std::vector<std::string> command);
 
 // The built mixsim binary and the source tree (set by ctest through the environment).
 std::string mixsim_binary();

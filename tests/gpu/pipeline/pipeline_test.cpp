@@ -10,10 +10,8 @@
 // from Debian packages into a private prefix.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cmath>
 #include <csignal>
-#include <thread>
 
 #include "mixsim/backend/device.hpp"
 #include "mixsim/io/checkpoint.hpp"
@@ -47,18 +45,13 @@ class GpuPipeline : public ::testing::Test {
     c.insert(c.end(), extra.begin(), extra.end());
     return c;
   }
-  static std::vector<std::string> mpi(int np, std::vector<std::string> c) {
-    c.insert(c.begin(),
-             {"mpirun", "-np", std::to_string(np), "--oversubscribe", "-x", "OMP_NUM_THREADS=1"});
-    return c;
-  }
   // seed, pool and merge-eval (every unit alone and every pair) on `backend` with `np` ranks;
   // returns the results and the logs.
   Results pipeline(const std::string& backend, const std::string& run, int np, std::string* log) {
     std::vector<std::string> opts = {"--train.backend", backend, "--merge.backend", backend};
     opts.insert(opts.end(), {"--merge.sizes", "1-2"});
     for (const char* stage : {"train", "pool", "merge-eval"}) {
-      const auto r = run_command(mpi(np, cmd({stage}, run, opts)));
+      const auto r = run_command(under_mpirun(np, cmd({stage}, run, opts)));
       EXPECT_EQ(r.exit_code, 0) << backend << " " << stage << ":\n" << r.out << r.err;
       if (r.exit_code != 0) return {};
       if (log) *log += r.out + r.err;
@@ -176,11 +169,9 @@ TEST_F(GpuPipeline, KilledGpuTrainingResumesToTheUninterruptedWeights) {
   {
     TempDir logs;
     BackgroundCommand job(args, logs.path());
-    const auto start = std::chrono::steady_clock::now();
-    while (!fs::exists(run / "seed.partial.h5") && job.running() &&
-           std::chrono::steady_clock::now() - start < std::chrono::seconds(60))
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    ASSERT_TRUE(job.running()) << "the run ended before it could be killed:\n" << job.wait().out;
+    ASSERT_TRUE(wait_until(job, [&] { return fs::exists(run / "seed.partial.h5"); }))
+        << "no checkpoint before the run ended or 60 s passed:\n"
+        << job.wait().out;
     job.signal(SIGKILL);
     EXPECT_EQ(job.wait().exit_code, 128 + SIGKILL);
   }
