@@ -131,7 +131,7 @@ python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_devic
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
 # 1. the build's dependencies, in two private roots: the compute layers' ($DEPS, on the library
-# path of every step) and the pipeline's ($PDEPS, only for mixsim's own processes: see pipeline_env)
+# path of every step) and the pipeline's ($PDEPS, only for mixsim's own processes: PIPELINE_ENV)
 # (GPU_CHECK_TMP moves both from /tmp: tests/scripts/gpu_check_test.sh runs copies side by side)
 DEPS=${GPU_CHECK_TMP:-/tmp}/mixsim-deps PDEPS=${GPU_CHECK_TMP:-/tmp}/mixsim-pipeline-deps
 rm -rf "$DEPS" "$PDEPS" && mkdir -p "$DEPS" "$PDEPS"
@@ -151,30 +151,43 @@ done
 MULTI=$DEPS/usr/lib/x86_64-linux-gnu
 export LD_LIBRARY_PATH=$MULTI:$MULTI/openblas-openmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # The pipeline's environment, for the configure's MPI wrappers and for mixsim's processes: the
-# libraries (Debian 12 keeps some under /lib), Open MPI moved to $PDEPS (OPAL_PREFIX; PMIx's own
+# libraries (Debian 12 keeps some under /lib); Open MPI moved to $PDEPS (OPAL_PREFIX; PMIx's own
 # PMIX_INSTALL_PREFIX and PMIX_PREFIX did not move it in a Debian 12 chroot, where it then asked
-# for a help file of its build path, so its component path is set), mpirun on PATH, and a one-node Open MPI that needs no ssh (plm isolated),
-# moves data through shared memory (pml ob1 with the self and vader transports, no single-copy
-# mechanism: the GPU machine runs in gVisor), binds no process, lets ranks outnumber the cores
-# that hwloc sees there, and is quiet about the components
-# whose network libraries were left out.
+# for a help file of its build path, so its component path is set); mpirun on PATH; and a
+# one-node Open MPI that needs no ssh (plm isolated), moves data through shared memory (pml ob1
+# with the self and vader transports, no single-copy mechanism: the GPU machine runs in gVisor),
+# binds no process, lets ranks outnumber the cores that hwloc sees there, and is quiet about the
+# components whose network libraries were left out.
 PMULTI=$PDEPS/usr/lib/x86_64-linux-gnu
 mkdir -p "$PDEPS/bin"
 ln -sf ../usr/bin/orterun "$PDEPS/bin/mpirun"
 PIPELINE_ENV=(
   "LD_LIBRARY_PATH=$PMULTI:$PDEPS/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH" "PATH=$PDEPS/bin:$PATH"
-  "OPAL_PREFIX=$PDEPS/usr" "PMIX_MCA_mca_base_component_path=$PMULTI/pmix2/lib/pmix" OMPI_MCA_plm=isolated
-  OMPI_MCA_pml=ob1 "OMPI_MCA_btl=self,vader" OMPI_MCA_osc=^ucx OMPI_MCA_btl_vader_single_copy_mechanism=none
-  OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_rmaps_base_oversubscribe=1
-  OMPI_MCA_mca_base_component_show_load_errors=0
+  "OPAL_PREFIX=$PDEPS/usr" "PMIX_MCA_mca_base_component_path=$PMULTI/pmix2/lib/pmix"
+  OMPI_MCA_plm=isolated OMPI_MCA_pml=ob1 "OMPI_MCA_btl=self,vader" OMPI_MCA_osc=^ucx
+  OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none
+  OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_mca_base_component_show_load_errors=0
   PMIX_MCA_mca_base_component_show_load_errors=0 OMPI_ALLOW_RUN_AS_ROOT=1
   OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
 printf -v QUOTED_ENV '%q ' "${PIPELINE_ENV[@]}"
 for wrapper in mpicc mpicxx; do  # the MPI compiler wrappers, run by CMake's FindMPI
-  printf '#!/usr/bin/env bash\nexec env %s %q "$@"\n' "$QUOTED_ENV" "$PDEPS/usr/bin/$wrapper.openmpi" \
-    > "$PDEPS/bin/$wrapper"
+  printf '#!/usr/bin/env bash\nexec env %s %q "$@"\n' "$QUOTED_ENV" \
+    "$PDEPS/usr/bin/$wrapper.openmpi" > "$PDEPS/bin/$wrapper"
   chmod +x "$PDEPS/bin/$wrapper"
 done
+
+finish() {  # prints the table, packs the logs into $OUT, exits with the status
+  # the slowest steps, for fitting the next run into its 8 minutes
+  row "slowest steps (s)" "$(printf '%s\n' "${STEP_TIMES[@]}" | sort -rn | head -8 |
+    awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')"
+  echo
+  echo "=== gpu-check summary ($GPU; $(elapsed) in all; logs in $LOG)"
+  printf '%s\n' "${TABLE[@]}" | tee "$LOG/summary.txt"
+  if [[ -n "${OUT:-}" ]]; then
+    cp "$LOG/summary.txt" "$OUT/" && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
+  fi
+  exit "$STATUS"
+}
 
 # 2. build: sm_90 only (H100/H200), warnings not fatal (another compiler version may add some).
 # The full build when the pipeline's packages are there; the compute layers alone otherwise.
@@ -193,11 +206,12 @@ if [[ -x "$PDEPS/usr/bin/mpicc.openmpi" ]]; then
   # COMPUTE_ONLY=OFF: a fallback's cached ON must not survive into this configure on a warm
   # machine. zlib1g-dev's libz.so is an absolute link into / (not there): name the library.
   LINK_PATHS="$PMULTI:$PDEPS/lib/x86_64-linux-gnu:$PMULTI/openmpi/lib"
+  LINK_FLAGS="-Wl,-rpath-link,$LINK_PATHS -Wl,--disable-new-dtags,-rpath,$LINK_PATHS"
   if step configure 120 cmake -S . -B "$BUILD" "${GEN[@]}" "${COMMON[@]}" \
       -DMPI_C_COMPILER="$PDEPS/bin/mpicc" -DMPI_CXX_COMPILER="$PDEPS/bin/mpicxx" \
       -DHDF5_ROOT="$PMULTI/hdf5/serial" -DCMAKE_PREFIX_PATH="$PDEPS/usr;$PMULTI/cmake" \
       -DMIXSIM_COMPUTE_ONLY=OFF -DZLIB_LIBRARY="$PDEPS/lib/x86_64-linux-gnu/libz.so.1" \
-      -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$LINK_PATHS -Wl,--disable-new-dtags,-rpath,$LINK_PATHS"; then
+      -DCMAKE_EXE_LINKER_FLAGS="$LINK_FLAGS"; then
     PIPELINE=1
   else
     row "configure with the pipeline" "FAILED (see $LOG/configure.log): compute layers only"
@@ -207,22 +221,19 @@ else
   row "pipeline packages" "not in .gpudeps (scripts/gpu-check.sh --fetch): compute layers only"
 fi
 if ((PIPELINE)); then
-  SCOPE="full, sm_90"
+  SCOPE="full, sm_90" CONFIGURE_LOG=configure.log
 else
-  SCOPE="compute-only, sm_90"
+  SCOPE="compute-only, sm_90" CONFIGURE_LOG=configure-compute.log
   rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"  # a failed configure's cache (logs stay)
   step configure-compute 120 cmake -S . -B "$BUILD" "${GEN[@]}" "${COMMON[@]}" \
     -DMIXSIM_COMPUTE_ONLY=ON
 fi
-CONFIGURE_LOG=configure.log
-((PIPELINE)) || CONFIGURE_LOG=configure-compute.log
 if step build 300 cmake --build "$BUILD" -j "$(nproc)" --target mixsim_gpu_checks; then
   row "build ($SCOPE)" "ok, $(elapsed)"
 else
   row "build ($SCOPE)" "FAILED (see $LOG/$CONFIGURE_LOG, build.log)"
-  printf '%s\n' "${TABLE[@]}"
-  [[ -n "${OUT:-}" ]] && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
-  exit 1
+  STATUS=1
+  finish
 fi
 # the binary and the pipeline's gpu tests: a failure here costs only the pipeline's row (with
 # --tests, only for a filter of the pipeline's tests)
@@ -235,19 +246,6 @@ if ((PIPELINE)); then
     STATUS=1 PIPELINE=0
   fi
 fi
-
-finish() {  # prints the table, packs the logs into $OUT, exits with the status
-  # the slowest steps, for fitting the next run into its 8 minutes
-  row "slowest steps (s)" "$(printf '%s\n' "${STEP_TIMES[@]}" | sort -rn | head -8 |
-    awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')"
-  echo
-  echo "=== gpu-check summary ($GPU; $(elapsed) in all; logs in $LOG)"
-  printf '%s\n' "${TABLE[@]}" | tee "$LOG/summary.txt"
-  if [[ -n "${OUT:-}" ]]; then
-    cp "$LOG/summary.txt" "$OUT/" && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
-  fi
-  exit "$STATUS"
-}
 
 # gtest_row STEP LABEL: a row of GoogleTest's closing counts in STEP's log (e.g. "[  PASSED  ] 3
 # tests." and "[  FAILED  ] 1 test, listed below:" give "3 PASSED 1 FAILED", and "[  SKIPPED ] 2
@@ -266,9 +264,10 @@ gtest_row() {
 
 # pipeline_tests [FILTER]: the pipeline binary on the GPU (tests/gpu/pipeline): train, pool and
 # merge-eval with backend cuda (two ranks sharing the GPU) and cuda-bf16 against the CPU's, and a
-# killed GPU run resumed. The tests start mpirun, which needs the pipeline's environment; so the test binary runs directly, not
-# through ctest. First the relocated Open MPI alone (MPI_Init and MPI_Finalize on two ranks), so
-# that a launcher that fails or hangs costs 30 s and says so, not the pipeline step's limit.
+# killed GPU run resumed. The tests start mpirun, which needs the pipeline's environment; so the
+# test binary runs directly, not through ctest. First the relocated Open MPI alone (MPI_Init and
+# MPI_Finalize on two ranks), so that a launcher that fails or hangs costs 30 s and says so, not
+# the pipeline step's limit.
 pipeline_tests() {
   step mpirun 30 env "${PIPELINE_ENV[@]}" mpirun -np 2 "$BUILD/mixsim" --version
   case $? in
@@ -289,7 +288,12 @@ pipeline_tests() {
 # --tests FILTER: only those tests, plainly and under memcheck; a filter of the pipeline's tests
 # (GpuPipeline.*) runs those after the mpirun step, without memcheck (they are mpirun and mixsim)
 if [[ "$FILTER" == GpuPipeline* ]]; then
-  if ((PIPELINE)); then pipeline_tests "$FILTER"; else row "pipeline" "not built: see the rows above"; STATUS=1; fi
+  if ((PIPELINE)); then
+    pipeline_tests "$FILTER"
+  else
+    row "pipeline" "not built: see the rows above"
+    STATUS=1
+  fi
   finish
 fi
 if [[ -n "$FILTER" ]]; then
@@ -365,6 +369,9 @@ result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|v
     echo "$what $cfg|$rest"
   done
 }
+value() {  # value LOG LABEL-PREFIX KEY: KEY's value on the gpt2 RESULT line of LABEL in LOG
+  grep "^RESULT $2[^ ]* gpt2 " "$LOG/$1.log" 2> /dev/null | tail -1 | grep -o "$3=[0-9.]*" | cut -d= -f2
+}
 CONFIGS=small,gpt2,1.1b
 ((QUICK)) && CONFIGS=small,gpt2
 # fp32 without the 1.1B shape (4k tokens/s: the issue asks for 1.1B in bf16, which the -all row
@@ -396,10 +403,11 @@ if step torch-ops 60 python3 scripts/gpu/torch_ops.py --config gpt2; then
     awk -v ops=" $* " 'index(ops, " " $1 " ") && $3 == "ms/step" { t += $2; n++ }
       END { if (n) printf "%.3f", t }' "$LOG/bench-profile.log" 2> /dev/null
   }
-  row "ops: mixsim's profile, PyTorch" "ms per GPT-2 bf16 step (mixsim's profile waits for each op: +~10 us a call)"
+  row "ops: mixsim's profile, PyTorch" \
+    "ms per GPT-2 bf16 step (mixsim's profile waits for each op: +~10 us a call)"
   for op in attention_forward attention_backward layernorm_forward layernorm_backward classifier \
     adamw; do
-    torch_ms=$(grep '^RESULT torch-ops' "$LOG/torch-ops.log" | grep -o "${op}_ms=[0-9.]*" | cut -d= -f2)
+    torch_ms=$(value torch-ops torch-ops "${op}_ms")
     ours=$op
     [[ $op == layernorm_forward ]] && ours="layernorm_forward residual_layernorm_forward"
     # shellcheck disable=SC2086 # two op names
@@ -465,9 +473,6 @@ row "cuBLASLt epilogues (last bench)" "${LT:-no report}"
 # The issue's two speed targets for GPT-2 in bf16, from the rows above: at least 40% MFU, and
 # faster than PyTorch's torch.compile on the same card in the same run (mixsim's default, and
 # the opt-in MIXSIM_BF16_OUTPUTS)
-value() {  # value LOG LABEL-PREFIX KEY: KEY's value on the gpt2 RESULT line of LABEL in LOG
-  grep "^RESULT $2[^ ]* gpt2 " "$LOG/$1.log" 2> /dev/null | tail -1 | grep -o "$3=[0-9.]*" | cut -d= -f2
-}
 TORCH=$(value torch-bf16-compile torch-bf16-compile tokens_per_s)
 # (single runs: torch.compile's own tokens/s varied by 14% between runs 5 and 6)
 for log in bench-train-bf16-all bench-train-bf16-outputs; do

@@ -75,6 +75,16 @@ wait_idle() {
   return 1
 }
 
+# start_daemon NAME ARGS...: each daemon forks, and its parent exits non-zero when the daemon
+# cannot initialise (seen: slurmd in a chroot without /sys/fs/cgroup mounted); say which, with its
+# log, and stop what this `up` started, instead of a bare exit under set -e.
+start_daemon() {
+  "$@" </dev/null >/dev/null 2>&1 && return 0
+  tail -5 "$DIR/log/$1.log" >&2 || true
+  down >/dev/null 2>&1 || true
+  die "$1 did not start (its log above, all of it in $DIR/log/$1.log)"
+}
+
 up() {
   require_packages
   if alive "$DIR/run/slurmctld.pid" && alive "$DIR/run/slurmd.pid"; then
@@ -92,18 +102,8 @@ up() {
     cp /run/munge/munged.pid "$DIR/run/munged.pid"
     munge -n </dev/null | unmunge >/dev/null || die "munged did not start"
   fi
-  # Each daemon forks and its parent exits non-zero when the daemon cannot initialise (seen: slurmd
-  # in a chroot without /sys/fs/cgroup mounted); say which, with its log, instead of a bare exit.
-  local daemon
-  for daemon in slurmctld slurmd; do
-    local args=(-c -f "$CONF")
-    [[ $daemon == slurmd ]] && args=(-N localhost -f "$CONF")
-    if ! "$daemon" "${args[@]}" </dev/null >/dev/null 2>&1; then
-      tail -5 "$DIR/log/$daemon.log" >&2 || true
-      down >/dev/null 2>&1 || true  # what this call started
-      die "$daemon did not start (its log above, all of it in $DIR/log/$daemon.log)"
-    fi
-  done
+  start_daemon slurmctld -c -f "$CONF"
+  start_daemon slurmd -N localhost -f "$CONF"
   if ! wait_idle; then
     tail -5 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
     die "the cluster did not become idle within 20 s (logs in $DIR/log)"

@@ -79,22 +79,26 @@ def main():
     def randn(*shape, dtype=torch.float32, grad=False):
         return torch.randn(*shape, generator=gen, device=dev, dtype=dtype).requires_grad_(grad)
 
+    def per_step(calls, forward, forward_backward):
+        """ms per step of `calls` forward passes and of their backward passes."""
+        fwd, both = run(forward), run(forward_backward)
+        return calls * fwd, calls * max(both - fwd, 0.0)
+
     ms = {}
     # attention: bf16 on the GPU (mixsim's tensor-core kernels), fp32 for the CPU check
     adt = torch.bfloat16 if dev == "cuda" else torch.float32
     q, k, v = (randn(B, NH, T, HS, dtype=adt, grad=True) for _ in range(3))
     dout = randn(B, NH, T, HS, dtype=adt)
-    fwd = run(lambda: attention(q, k, v))
-    both = run(lambda: torch.autograd.grad(attention(q, k, v), (q, k, v), dout))
-    ms["attention_forward"], ms["attention_backward"] = L * fwd, L * max(both - fwd, 0.0)
+    ms["attention_forward"], ms["attention_backward"] = per_step(
+        L, lambda: attention(q, k, v),
+        lambda: torch.autograd.grad(attention(q, k, v), (q, k, v), dout))
     del q, k, v, dout
     # LayerNorm over the fp32 residual stream
     x, w, b = randn(N, C, grad=True), randn(C, grad=True), randn(C, grad=True)
     dy = randn(N, C)
-    fwd = run(lambda: F.layer_norm(x, (C,), w, b))
-    both = run(lambda: torch.autograd.grad(F.layer_norm(x, (C,), w, b), (x, w, b), dy))
-    ms["layernorm_forward"], ms["layernorm_backward"] = (2 * L + 1) * fwd, (2 * L + 1) * max(
-        both - fwd, 0.0)
+    ms["layernorm_forward"], ms["layernorm_backward"] = per_step(
+        2 * L + 1, lambda: F.layer_norm(x, (C,), w, b),
+        lambda: torch.autograd.grad(F.layer_norm(x, (C,), w, b), (x, w, b), dy))
     del x, w, b, dy
     # softmax + cross-entropy and its logits' gradient over fp32 logits, one call a step
     logits = randn(N, Vp, grad=True)
