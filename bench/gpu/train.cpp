@@ -15,13 +15,13 @@
 // MFU counts bench::flops_per_token (causal attention at half, as the 6N + attention)
 // against --peak-tflops: 989 by default (H100 SXM dense bf16, the yardstick); the fp32
 // peak of the same card (67 TFLOP/s without tensor cores) is printed beside it.
-// Environment (core/env.hpp: 1 on, 0 off; all four on by default for cuda-bf16, MIXSIM_CUBLASLT
+// Environment (core/env.hpp: 1 on, 0 off; all five on by default for cuda-bf16, MIXSIM_CUBLASLT
 // off by default for cuda): MIXSIM_TC_ATTENTION (cuda-bf16's attention on tensor cores, label
 // mixsim-bf16tc, else mixsim-bf16mm), MIXSIM_CUBLASLT (bias and GELU in cuBLASLt epilogues, label
 // suffix +lt, with the count of fused and fallen-back products), MIXSIM_BF16_ACTIVATIONS
-// (cuda-bf16 stores the tensors only products read in bf16, +act) and MIXSIM_BF16_WEIGHTS (the
-// products read bf16 weights rounded once per forward pass, +w); and the opt-in
-// MIXSIM_BF16_OUTPUTS=1 (products write bf16 themselves where the model stores bf16, +out).
+// (cuda-bf16 stores the tensors only products read in bf16, +act), MIXSIM_BF16_WEIGHTS (the
+// products read bf16 weights rounded once per forward pass, +w) and MIXSIM_BF16_OUTPUTS (products
+// write bf16 themselves where the model stores bf16, +out).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -175,7 +175,7 @@ int main(int argc, char** argv) {
     const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
     // MIXSIM_BF16_ACTIVATIONS: product-only tensors stored in bf16 ("+act")
     const bool bf16_act = gpu->activation_storage() == mixsim::DType::bf16;
-    // MIXSIM_BF16_OUTPUTS=1 (opt-in): products write bf16 themselves ("+out")
+    // MIXSIM_BF16_OUTPUTS: products write bf16 themselves ("+out")
     const bool bf16_out = gpu->bf16_product_outputs();
     // MIXSIM_BF16_WEIGHTS: the products read bf16 weights rounded once per forward ("+w")
     const bool bf16_weights = gpu->bf16_weight_copies();

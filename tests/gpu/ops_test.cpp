@@ -104,7 +104,7 @@ void expect_identical(const Pair& p, const std::string& what) {
 }
 
 // cuda-bf16 made with its switches (include/mixsim/core/env.hpp) set as given: "1" on, "0" off, ""
-// unset (the default: MIXSIM_BF16_OUTPUTS off, the others on). Tests of one layer of the bf16
+// unset (the default: all on). Tests of one layer of the bf16
 // path say which they need, whatever the caller's environment holds.
 std::unique_ptr<Backend> cuda_bf16_with(const char* tc_attention, const char* cublaslt,
                                         const char* bf16_activations, const char* bf16_outputs = "",
@@ -1093,8 +1093,8 @@ TEST_F(CudaOps, Bf16SwitchesDefaultOn) {
   EXPECT_TRUE(cublaslt_use(*defaults).enabled);
   EXPECT_TRUE(defaults->attention_rounds_qkv(c, nh));
   EXPECT_EQ(defaults->activation_storage(), DType::bf16);
-  EXPECT_FALSE(defaults->bf16_product_outputs());  // opt-in
-  EXPECT_TRUE(cuda_bf16_with("", "", "", "1")->bf16_product_outputs());
+  EXPECT_TRUE(defaults->bf16_product_outputs());
+  EXPECT_FALSE(cuda_bf16_with("", "", "", "0")->bf16_product_outputs());
   EXPECT_FALSE(gpu_->bf16_product_outputs());
   auto off = cuda_bf16_with("0", "0", "0");
   EXPECT_FALSE(cublaslt_use(*off).enabled);
@@ -1261,9 +1261,11 @@ TEST_F(CudaOps, Bf16StorageOpsMatchCpuBf16) {
 // to ~1e-6, the gradients within the bf16 cascade measured on the CPU, 1.7e-3, bound 1e-2; on
 // the CPU the two are bit-identical, tests/unit/cpu_bf16_test.cpp), and 20 training steps under
 // Bf16TrainingFollowsCpu's bounds, also with cuBLASLt (its bias epilogues and DGELU fused, none
-// falling back; the bf16 GELU output is the GELU kernel's).
+// falling back; the bf16 GELU output is the GELU kernel's). The one step has the products write
+// fp32 (MIXSIM_BF16_OUTPUTS=0): with bf16 storage they would otherwise write bf16 themselves,
+// which rounds the biases first and does change results (Bf16ProductOutputsStepMatchesCpuBf16).
 TEST_F(CudaOps, Bf16StorageModelMatchesFp32Storage) {
-  auto gpu = make_cuda_backend(0, MatmulPrecision::bf16);
+  auto gpu = cuda_bf16_with("", "", "", "0");
   const ModelConfig cfg = model_config();
   const int b = 4, t = 37;
   const Batch batch = random_batch(b, t, cfg.vocab_size, 117);
@@ -1303,11 +1305,10 @@ TEST_F(CudaOps, Bf16StorageModelMatchesFp32Storage) {
 // bf16 itself): the attention ops give bit for bit what they give from the fp32 qkv, store()
 // rounds as the other bf16 writes do, the kernels that read fp32 rows refuse a bf16 qkv, and a
 // whole model step with qkv in bf16 follows one with fp32 storage (both with tensor-core
-// attention; on the CPU the two are bit-identical, tests/unit/cpu_bf16_test.cpp).
+// attention, the products writing fp32 as in Bf16StorageModelMatchesFp32Storage; on the CPU the
+// two are bit-identical, tests/unit/cpu_bf16_test.cpp).
 TEST_F(CudaOps, Bf16QkvStorageChangesNothing) {
-  std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_TC_ATTENTION", "1");
-  auto tc = make_cuda_backend(0, MatmulPrecision::bf16);
-  env.reset();
+  auto tc = cuda_bf16_with("1", "", "", "0");
   const int B2 = 2, T2 = 70, C2 = 64, NH2 = 2;  // HS 32, two 64-row blocks
   ASSERT_TRUE(tc->attention_rounds_qkv(C2, NH2));
   EXPECT_FALSE(tc->attention_rounds_qkv(72, 3));  // HS 24: the fp32 kernels
@@ -1427,23 +1428,34 @@ TEST_F(CudaOps, Bf16WeightCopiesChangeNothing) {
   EXPECT_GT(nan_gradients(*at_use), 0u);
 }
 
-// ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS=1, opt-in; written without a GPU at hand)
+// ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS, on by default for cuda-bf16 and cpu-bf16)
 
 namespace {
 
 // Of two bf16 tensors, the number of elements one step apart and the number further apart (same
-// sign: neighbouring values have neighbouring bit patterns).
+// sign: neighbouring values have neighbouring bit patterns). An element whose two values lie
+// within `slack` of each other counts as one step apart whatever its steps: a sum that cancels
+// (a product plus its bias) is tiny, and the order of fp32 sums, ~1e-7 of the terms, moves it by
+// many of its own bf16 steps.
 std::pair<std::size_t, std::size_t> bf16_steps(const std::vector<std::uint16_t>& got,
                                                const std::vector<std::uint16_t>& want,
-                                               int near = 1) {
+                                               int near = 1, float slack = 0.f) {
   std::size_t off = 0, worse = 0;
   for (std::size_t i = 0; i < got.size(); ++i) {
     const int step = std::abs(int(got[i]) - int(want[i]));
-    off += step >= 1 && step <= near;
-    worse += step > near;
+    if (step == 0) continue;
+    const bool close =
+        step <= near || std::fabs(bf16_value(got[i]) - bf16_value(want[i])) <= slack;
+    (close ? off : worse) += 1;
   }
   return {off, worse};
 }
+
+// bf16_steps' slack for the products with a bias below: their terms are O(1) to O(10) (normal
+// inputs, K = 72), so the order of their fp32 sums moves a result by ~1e-6 at most; 1e-5 is
+// below one bf16 step of any result above 2.5e-3, and a product rounded before its bias is
+// added is off by up to 2^-9 of the product (~1e-2).
+constexpr float kBiasSumSlack = 1e-5f;
 
 }  // namespace
 
@@ -1451,8 +1463,11 @@ std::pair<std::size_t, std::size_t> bf16_steps(const std::vector<std::uint16_t>&
 // (the bf16 bias broadcast, beta = 1), against cpu-bf16's: the fp32 result with the bias rounded
 // to bf16 first, rounded. The sums' order differs (~1e-7 relative), which tips an element to the
 // neighbouring bf16 value with probability ~2e-7 / 2^-8 ~ 5e-5: so no element may be more than
-// one bf16 step off, and at most 1% one step (a missing or unrounded bias, or a wrong layout, is
-// off by many steps in most elements). The fp32 backend refuses a bf16 out.
+// one bf16 step off (or kBiasSumSlack, where the bias cancels the product: the likely cause of the
+// one element of 85248 that Bf16MlpProductOutputs found two or more steps off on an H200), and at most 1% one step (a missing or unrounded bias, or a
+// wrong layout, is off by many steps in most elements; cuBLAS's own bf16 C with beta = 1 left
+// 25% one step and 1.5% further, forward_product in kernels/matmul.cu). The fp32 backend refuses
+// a bf16 out.
 TEST_F(CudaOps, Bf16ProductOutputs) {
   auto ref = make_cpu_backend(MatmulPrecision::bf16);
   const int OC = 3 * C;
@@ -1469,7 +1484,7 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
   for (const char* lt : {"0", "1"}) {
     auto gpu = cuda_bf16_with("", lt, "");
     const std::vector<std::uint16_t> got = product(*gpu);
-    const auto [off_by_one, worse] = bf16_steps(got, want);
+    const auto [off_by_one, worse] = bf16_steps(got, want, 1, kBiasSumSlack);
     std::printf("bf16 product out (cuBLASLt %s): %zu of %zu elements one bf16 step from cpu-bf16\n",
                 lt, off_by_one, got.size());
     EXPECT_EQ(worse, 0u) << "cuBLASLt " << lt;
@@ -1532,13 +1547,19 @@ TEST_F(CudaOps, Bf16LogitsClassifier) {
 
 // The MLP with bf16 pre and dpre (MIXSIM_BF16_OUTPUTS=1) on cuda-bf16, through cuBLASLt (bias
 // and DGELU epilogues) and through plain cuBLAS and the GELU kernels, against cpu-bf16
-// (MlpWithBf16PreAndItsGradient on the CPU). pre against the CPU's pre: at most one bf16 step off,
-// in at most 1% of the elements (the order of fp32 sums, as in Bf16ProductOutputs). out and dpre
+// (MlpWithBf16PreAndItsGradient on the CPU). pre against the CPU's pre: at most one bf16 step off
+// (or kBiasSumSlack), in at most 1% of the elements (the order of fp32 sums, as in
+// Bf16ProductOutputs). out and dpre
 // are compared with what the CPU makes of the GPU's own pre, since a pre one step off can move
 // gelu(pre) by several steps (below -1.4) and gelu'(pre) by many (near -0.75, where it is 0):
-// out at most one step off in at most 1% (tanhf against the CPU's tanh); dpre within 1e-3
-// relative L2 (the product's sum order, and cuBLASLt's own GELU derivative, ~1e-4 relative, which
-// tips a few % of the elements to a neighbouring value; a wrong layout is off by ~1). The fc
+// out at most one step off in at most 1% (expf against the CPU's polynomial exp, ~1e-7 relative,
+// in the same formula: since the formula has no cancellation, that holds for the tiny GELUs of
+// pre below -4 too, which the former 1 + tanh form got wrong by many steps on both sides). dpre
+// within 1e-3 relative L2 through the GELU kernel (the product's sum order: 1.6e-6 measured on an
+// H100, 2026-11-27), and within 5e-3 through cuBLASLt's DGELU epilogue, whose bf16 form is coarser
+// than its fp32 one (2.8e-3 measured on the H100, against 3.4e-6 for the fp32 epilogue in
+// CublasLtEpiloguesMatchCpu; bf16's own rounding is ~1.1e-3 RMS): a wrong layout or a missing
+// derivative is off by ~1. The fc
 // layer's backward then reads the bf16 dpre: dinp, dweight and its bias gradient (the sums of the
 // stored dpre) against cpu-bf16's from the same dpre bits, within 1e-5 as Bf16MatmulMatchesCpuBf16.
 TEST_F(CudaOps, Bf16MlpProductOutputs) {
@@ -1604,7 +1625,7 @@ TEST_F(CudaOps, Bf16MlpProductOutputs) {
     const std::vector<std::uint16_t> want_out = fetch(*ref, gelu_of_pre.get(), n);
     for (const auto& [name, got, want] :
          {std::tuple{"pre", &pre, &cpu_pre}, std::tuple{"out", &out, &want_out}}) {
-      const auto [off, worse] = bf16_steps(*got, *want);
+      const auto [off, worse] = bf16_steps(*got, *want, 1, got == &pre ? kBiasSumSlack : 0.f);
       std::printf("bf16 MLP (cuBLASLt %s) %s: %zu of %zu elements one bf16 step from cpu-bf16\n",
                   lt, name, off, n);
       EXPECT_EQ(worse, 0u) << name << " cuBLASLt " << lt;
@@ -1615,7 +1636,7 @@ TEST_F(CudaOps, Bf16MlpProductOutputs) {
     const auto [want_dpre, want_pw, want_pb] = backward(*ref, pre, out);
     const double e = rel_l2(Pair{widened(want_dpre), widened(dpre)});
     std::printf("bf16 MLP (cuBLASLt %s) dpre: relative L2 to cpu-bf16 %.3e\n", lt, e);
-    EXPECT_LT(e, 1e-3) << "cuBLASLt " << lt;
+    EXPECT_LT(e, std::string(lt) == "1" ? 5e-3 : 1e-3) << "cuBLASLt " << lt;
     EXPECT_LT(rel_l2(Pair{want_pw, pw}), 1e-5) << "cuBLASLt " << lt;
     EXPECT_LT(rel_l2(Pair{want_pb, pb}), 1e-5) << "cuBLASLt " << lt;
     // the fc layer's backward from the GPU's dpre on both sides

@@ -36,9 +36,9 @@ std::vector<float> random_floats(std::size_t n, std::uint64_t seed) {
 
 // cpu-bf16 made with the environment's MIXSIM_TC_ATTENTION set to `tc`: "1" rounds attention as
 // the tensor-core kernels do (the default), "0" leaves it fp32; each test says which it needs,
-// whatever the caller's environment holds.
-std::unique_ptr<Backend> cpu_bf16_with_tc(const char* tc) {
-  mixsim::testing::ScopedEnv env("MIXSIM_TC_ATTENTION", tc);
+// whatever the caller's environment holds. MIXSIM_BF16_OUTPUTS likewise ("" its default, on).
+std::unique_ptr<Backend> cpu_bf16_with_tc(const char* tc, const char* outputs = "") {
+  mixsim::testing::ScopedEnv env("MIXSIM_TC_ATTENTION", tc), out("MIXSIM_BF16_OUTPUTS", outputs);
   return make_cpu_backend(MatmulPrecision::bf16);
 }
 
@@ -579,11 +579,11 @@ TEST(CpuBf16, MlpWithBf16PreAndItsGradient) {
                Error);
 }
 
-// MIXSIM_BF16_OUTPUTS=1 (opt-in): cpu-bf16's products write the bf16 qkv, the MLP's pre-activation
+// MIXSIM_BF16_OUTPUTS (on unless set to 0): cpu-bf16's products write the bf16 qkv, the MLP's pre-activation
 // and its gradient themselves, the biases rounded to bf16 first. From init (zero biases) the qkv
-// is what the default writes, but the GELU reads the rounded pre: one step's loss moves by bf16's
+// is what MIXSIM_BF16_OUTPUTS=0 writes, but the GELU reads the rounded pre: one step's loss moves by bf16's
 // error (bound 1e-2 relative) and its gradients by less than the 1e-2 that 1-ulp noise may cause
-// (TinyDifferencesCascadeThroughBf16Rounding), and they do move. 20 steps follow the default
+// (TinyDifferencesCascadeThroughBf16Rounding), and they do move. 20 steps follow =0's
 // within TrainingFollowsFp32's 5e-2. cpu never writes bf16 products.
 TEST(CpuBf16, Bf16ProductOutputsModel) {
   const ModelConfig cfg{2, 2, 64, 70, 257};  // heads of 32: qkv stored in bf16
@@ -591,7 +591,7 @@ TEST(CpuBf16, Bf16ProductOutputsModel) {
   for (const char* setting : {"", "0", "1"}) {
     mixsim::testing::ScopedEnv env("MIXSIM_BF16_OUTPUTS", setting);
     EXPECT_EQ(make_cpu_backend(MatmulPrecision::bf16)->bf16_product_outputs(),
-              std::string(setting) == "1")
+              std::string(setting) != "0")
         << setting;
     EXPECT_FALSE(make_cpu_backend()->bf16_product_outputs()) << setting;
   }
@@ -629,10 +629,12 @@ TEST(CpuBf16, Bf16ProductOutputsModel) {
 // qkv in bf16 where attention rounds q, k and v itself (cpu-bf16 with MIXSIM_TC_ATTENTION=1, head
 // sizes multiple of 16): the ops give bit for bit what they give from the fp32 qkv, store()
 // rounds to nearest even, a backend whose attention reads fp32 rows refuses a bf16 qkv, and a
-// model's loss, every gradient and the eval sums are bit-identical to fp32 storage.
+// model's loss, every gradient and the eval sums are bit-identical to fp32 storage. Products
+// write fp32 here (MIXSIM_BF16_OUTPUTS=0): with bf16 storage they would write their outputs in
+// bf16 themselves (rounding the bias first), which does change results (Bf16ProductOutputsModel).
 TEST(CpuBf16, Bf16QkvStorageChangesNothing) {
-  auto tc = cpu_bf16_with_tc("1");
-  auto plain = cpu_bf16_with_tc("0");       // its attention reads fp32 rows
+  auto tc = cpu_bf16_with_tc("1", "0");
+  auto plain = cpu_bf16_with_tc("0", "0");  // its attention reads fp32 rows
   const int B = 2, T = 37, C = 64, NH = 2;  // HS 32
   EXPECT_TRUE(tc->attention_rounds_qkv(C, NH));
   EXPECT_FALSE(tc->attention_rounds_qkv(72, 3));  // HS 24
@@ -696,7 +698,7 @@ TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
   auto run = [&](Backend& be, DType storage) {
     return one_step(be, cfg, batch, b, t, 208, storage);
   };
-  auto bf16 = make_cpu_backend(MatmulPrecision::bf16);
+  auto bf16 = cpu_bf16_with_tc("1", "0");  // products writing fp32, as Bf16QkvStorageChangesNothing
   const Step a = run(*bf16, DType::fp32), s = run(*bf16, DType::bf16);
   EXPECT_EQ(a.loss, s.loss);
   EXPECT_EQ(a.grads, s.grads);

@@ -99,9 +99,9 @@ class Backend {
   // Whether the model should have products write bf16 outputs where it stores bf16 anyway (the
   // qkv that attention rounds itself, instead of an fp32 product rounded by store(), and its
   // gradient, which attention_backward then writes in bf16; the MLP's pre-activation and its
-  // gradient; the logits): cpu-bf16 and cuda-bf16 when the environment sets
-  // MIXSIM_BF16_OUTPUTS=1 at construction (opt-in: biases are then rounded to bf16 before they
-  // are added, see matmul_forward).
+  // gradient; the logits): cpu-bf16 and cuda-bf16 unless the environment sets
+  // MIXSIM_BF16_OUTPUTS=0 at construction (biases are then rounded to bf16 before they are added,
+  // see matmul_forward).
   virtual bool bf16_product_outputs() const { return false; }
   // Whether the model hands the matrix products bf16 weights, rounded from its fp32 parameters
   // once per forward pass (store()), where the products would round each weight at each use:

@@ -1,7 +1,7 @@
 // The switches read from the environment when a backend is made: MIXSIM_TC_ATTENTION,
 // MIXSIM_CUBLASLT, MIXSIM_BF16_ACTIVATIONS, MIXSIM_BF16_WEIGHTS and MIXSIM_BF16_OUTPUTS. Each is
-// "1" (on) or "0" (off); unset, the backend takes its default (on for the bf16 backends, but
-// MIXSIM_BF16_OUTPUTS off everywhere; docs/architecture.md). Header-only, so that the
+// "1" (on) or "0" (off); unset, the backend takes its default (on for the bf16 backends, off
+// for cpu and cuda; docs/architecture.md). Header-only, so that the
 // CUDA library, which links none of mixsim's host libraries, reads them the same way.
 #pragma once
 

@@ -40,7 +40,7 @@ class CpuBackend final : public Backend {
                       precision == MatmulPrecision::bf16),
         bf16_activations_(env_switch("MIXSIM_BF16_ACTIVATIONS", true) &&
                           precision == MatmulPrecision::bf16),
-        bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", false) &&
+        bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", true) &&
                       precision == MatmulPrecision::bf16),
         bf16_weights_(env_switch("MIXSIM_BF16_WEIGHTS", true) &&
                       precision == MatmulPrecision::bf16) {}
@@ -319,7 +319,7 @@ class CpuBackend final : public Backend {
   // its reference: MIXSIM_TC_ATTENTION, cuda-bf16 runs attention on tensor cores
   // (kernels/attention_tc.cu) and cpu-bf16 rounds as those kernels do (attention_bf16.cpp);
   // MIXSIM_BF16_ACTIVATIONS, the model stores its product-only tensors in bf16
-  // (activation_storage); MIXSIM_BF16_OUTPUTS (opt-in, off unless set to 1), products write bf16
+  // (activation_storage); MIXSIM_BF16_OUTPUTS, products write bf16
   // themselves where the model stores bf16 (bf16_product_outputs); MIXSIM_BF16_WEIGHTS, the model
   // hands the products bf16 copies of its weights (bf16_weight_copies).
   bool tc_attention_;
