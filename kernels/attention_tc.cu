@@ -16,7 +16,8 @@
 //
 // A block takes kRows = 64 rows of one (batch, head), 16 per warp, and walks the other side in
 // tiles of 64 rows, in two shared-memory stages: while the warps work on one tile, cp.async
-// copies the next into the other stage (one barrier per tile).
+// copies the next into the other stage (one barrier per tile). (The forward can take 128 rows, two
+// groups of 16 a warp: forward_kernel<HS, 2>, MIXSIM_TC_WIDE_FORWARD=1.)
 // - forward: one pass over the key tiles (flash attention): a running max m and sum l per row,
 //   P = exp(scale s - m) rounded to bf16 and accumulated as P V, the sums rescaled by
 //   exp(m_old - m_new) when the max grows, and out = (P V) / l at the end. Nothing of size T x T
@@ -88,9 +89,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 // other side come in two stages (kStages): the next tile is copied (cp.async) while the warps
 // work on this one.
 constexpr int kStages = 2;
-template <int HS>
-constexpr std::size_t forward_shared() {  // the queries; keys and values per stage
-  return (1 + 2 * kStages) * tile_bytes<HS>();
+template <int HS, int G = 1>
+constexpr std::size_t forward_shared() {  // the queries (G tiles); keys and values per stage
+  return (G + 2 * kStages) * tile_bytes<HS>();
 }
 template <int HS>
 constexpr std::size_t
@@ -214,25 +215,42 @@ __device__ inline void advance(int t, int tiles, Load&& load) {
   commit_copies();
 }
 
-// s = a . b^T for a warp: a the 16 rows of the warp (16 x HS), b the 64 rows of a tile (64 x HS);
-// s[n] is the accumulator tile of b's rows 8n..8n+7.
-template <int HS>
-__device__ inline void scores(float (&s)[8][4], const bf16* a, const bf16* b, int lane) {
+// s[g] = a_g . b^T for a warp's G groups of 16 rows that are on: a_g the 16 rows from a + g kRows
+// rows (16 x HS), b the 64 rows of a tile (64 x HS); s[g][n] is the accumulator tile of b's rows
+// 8n..8n+7. Each b fragment is loaded once for all the groups.
+template <int HS, int G>
+__device__ inline void scores(float (&s)[G][8][4], const bf16* a, const bool (&on)[G],
+                              const bf16* b, int lane) {
   constexpr int LD = tile_ld<HS>();
 #pragma unroll
-  for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) s[g][n][0] = s[g][n][1] = s[g][n][2] = s[g][n][3] = 0.f;
 #pragma unroll
   for (int k = 0; k < HS; k += 16) {
-    std::uint32_t fa[4];  // rows 0-7 | 8-15 at column k, then the same at k + 8
-    ldmatrix_x4(fa, a + (lane % 16) * LD + k + lane / 16 * 8);
+    std::uint32_t fa[G][4];  // rows 0-7 | 8-15 at column k, then the same at k + 8
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+      if (on[g]) ldmatrix_x4(fa[g], a + (g * kRows + lane % 16) * LD + k + lane / 16 * 8);
 #pragma unroll
     for (int n = 0; n < 8; n += 2) {
       std::uint32_t fb[4];  // b's rows 8n.. at k, at k + 8, rows 8n + 8.. at k, at k + 8
       ldmatrix_x4(fb, b + (n * 8 + lane / 16 * 8 + lane % 8) * LD + k + lane / 8 % 2 * 8);
-      mma(s[n], fa, fb[0], fb[1]);
-      mma(s[n + 1], fa, fb[2], fb[3]);
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+        if (on[g]) {
+          mma(s[g][n], fa[g], fb[0], fb[1]);
+          mma(s[g][n + 1], fa[g], fb[2], fb[3]);
+        }
     }
   }
+}
+
+// s = a . b^T for one group: a the 16 rows of the warp.
+template <int HS>
+__device__ inline void scores(float (&s)[8][4], const bf16* a, const bf16* b, int lane) {
+  const bool on[1] = {true};
+  scores<HS, 1>(reinterpret_cast<float(&)[1][8][4]>(s), a, on, b, lane);
 }
 
 // The 16 x 64 values of s rounded to bf16 as the A fragments of four 16-column slices.
@@ -246,11 +264,12 @@ __device__ inline void to_fragments(std::uint32_t (&a)[4][4], const float (&s)[8
   }
 }
 
-// acc (16 x HS) += a (16 x 64, fragments) . m (the 64 x HS rows of a tile); acc[n] holds
-// columns 8n..8n+7.
-template <int HS>
-__device__ inline void accumulate(float (&acc)[HS / 8][4], const std::uint32_t (&a)[4][4],
-                                  const bf16* m, int lane) {
+// acc[g] (16 x HS) += a[g] (16 x 64, fragments) . m (the 64 x HS rows of a tile) for a warp's
+// G groups that are on; acc[g][n] holds columns 8n..8n+7. Each m fragment is loaded once for all
+// the groups.
+template <int HS, int G>
+__device__ inline void accumulate(float (&acc)[G][HS / 8][4], const std::uint32_t (&a)[G][4][4],
+                                  const bool (&on)[G], const bf16* m, int lane) {
   constexpr int LD = tile_ld<HS>();
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
@@ -259,10 +278,23 @@ __device__ inline void accumulate(float (&acc)[HS / 8][4], const std::uint32_t (
       std::uint32_t fb[4];  // rows 16k.. | 16k + 8.. at column 8n, then the same at 8n + 8
       ldmatrix_x4_trans(fb,
                         m + (k * 16 + lane / 8 % 2 * 8 + lane % 8) * LD + n * 8 + lane / 16 * 8);
-      mma(acc[n], a[k], fb[0], fb[1]);
-      mma(acc[n + 1], a[k], fb[2], fb[3]);
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+        if (on[g]) {
+          mma(acc[g][n], a[g][k], fb[0], fb[1]);
+          mma(acc[g][n + 1], a[g][k], fb[2], fb[3]);
+        }
     }
   }
+}
+
+// acc += a . m for one group.
+template <int HS>
+__device__ inline void accumulate(float (&acc)[HS / 8][4], const std::uint32_t (&a)[4][4],
+                                  const bf16* m, int lane) {
+  const bool on[1] = {true};
+  accumulate<HS, 1>(reinterpret_cast<float(&)[1][HS / 8][4]>(acc),
+                    reinterpret_cast<const std::uint32_t(&)[1][4][4]>(a), on, m, lane);
 }
 
 template <int HS>
@@ -342,81 +374,54 @@ __device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, cons
   }
 }
 
+// One key tile (keys from j0) of the forward pass for a warp's 16 rows from iw, whose scores are
+// in s: masks and scales them (base 2), updates the running max m and sum l of the lane's two
+// rows, rescales acc, and leaves P = exp(scale s - m) (unrounded) in s. `full`: every element is
+// valid (keys before the rows' 64-row group, rows before T).
 template <int HS>
-__global__ void __launch_bounds__(kThreads)
-    forward_kernel(float* out, float* lse, const bf16* qkv, int T, int C, int NH, float scale) {
-  constexpr int LD = tile_ld<HS>();
-  extern __shared__ __align__(128) unsigned char smem[];
-  bf16* qs = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's queries
-  bf16* kv = qs + kRows * LD;  // per stage: (64, LD) a key tile, then (64, LD) its values
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const Head head = head_of<HS>(T, C, NH);
-  const bf16* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
-  // The blocks with the most key tiles first: the last ones then fill the tail.
-  const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kRows, iw = i0 + warp * 16;
-  const int tiles = (min(T, i0 + kRows) - 1) / kRows + 1;  // key tiles up to the last row
-  const bool live = iw < T;                                // uniform over the warp
-  const float sl = scale * kLog2e;  // exp(scale s - x) = exp2(sl s - x log2 e)
-  const bf16* qw = qs + warp * 16 * LD;
-  const auto load_stage = [&](int t) { load_kv_stage<HS>(kv, q, head, C, t, T); };
-  load_tile<HS>(qs, q, head.qkv_stride, i0, T);
-  load_stage(0);
-  commit_copies();
-
-  // One pass over the key tiles (flash attention): the running max m and sum l of each of the
-  // lane's two rows (base 2), and out = sum over tiles of P V with P = exp(scale s - m) rounded
-  // to bf16, rescaled by exp(m_old - m_new) when the max grows; out / l at the end. Every row
-  // below T sees key 0 in the first tile, so its max is finite from there on; a row past T keeps
-  // m = -inf and its P zero.
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  float acc[HS / 8][4];
-  zero<HS>(acc);
-  for (int t = 0; t < tiles; ++t) {
-    advance(t, tiles, load_stage);
-    if (!live) continue;
-    const bf16* ks = stage_of(kv, t, 2 * kRows * LD);
-    const int j0 = t * kRows;
-    float s[8][4];
-    scores<HS>(s, qw, ks, lane);
-    float tile_max[2] = {-INFINITY, -INFINITY};
-    const bool full = j0 < i0 && iw + 16 <= T;  // keys before the block's rows, rows before T
-    const auto valid = [&](int n, int v) {
-      const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
-      return i < T && j <= i;
-    };
-    for_each_element(full, valid, [&](int n, int v, bool ok) {
-      s[n][v] = ok ? sl * s[n][v] : -INFINITY;
-      tile_max[v / 2] = fmaxf(tile_max[v / 2], s[n][v]);
-    });
+__device__ inline void online_softmax_tile(float (&s)[8][4], float (&m)[2], float (&l)[2],
+                                           float (&acc)[HS / 8][4], bool full, int iw, int j0,
+                                           int T, float sl, int lane) {
+  float tile_max[2] = {-INFINITY, -INFINITY};
+  const auto valid = [&](int n, int v) {
+    const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
+    return i < T && j <= i;
+  };
+  for_each_element(full, valid, [&](int n, int v, bool ok) {
+    s[n][v] = ok ? sl * s[n][v] : -INFINITY;
+    tile_max[v / 2] = fmaxf(tile_max[v / 2], s[n][v]);
+  });
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {  // the four lanes of a row: lanes 4g..4g+3
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 1));
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 2));
-      const float m_new = fmaxf(m[h], tile_max[h]);
-      const float base = m_new == -INFINITY ? 0.f : m_new;  // -inf only on rows past T
-      const float rescale = exp2f(m[h] - base);             // 0 on the first tile
-      float sum = 0.f;
+  for (int h = 0; h < 2; ++h) {  // the four lanes of a row: lanes 4g..4g+3
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 1));
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(kFullMask, tile_max[h], 2));
+    const float m_new = fmaxf(m[h], tile_max[h]);
+    const float base = m_new == -INFINITY ? 0.f : m_new;  // -inf only on rows past T
+    const float rescale = exp2f(m[h] - base);             // 0 on the first tile
+    float sum = 0.f;
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        s[n][2 * h] = exp2f(s[n][2 * h] - base);
-        s[n][2 * h + 1] = exp2f(s[n][2 * h + 1] - base);
-        sum += s[n][2 * h] + s[n][2 * h + 1];
-      }
-      sum += __shfl_xor_sync(kFullMask, sum, 1);
-      sum += __shfl_xor_sync(kFullMask, sum, 2);
-      l[h] = l[h] * rescale + sum;
-      m[h] = m_new;
-#pragma unroll
-      for (int n = 0; n < HS / 8; ++n) {
-        acc[n][2 * h] *= rescale;
-        acc[n][2 * h + 1] *= rescale;
-      }
+    for (int n = 0; n < 8; ++n) {
+      s[n][2 * h] = exp2f(s[n][2 * h] - base);
+      s[n][2 * h + 1] = exp2f(s[n][2 * h + 1] - base);
+      sum += s[n][2 * h] + s[n][2 * h + 1];
     }
-    std::uint32_t p[4][4];
-    to_fragments(p, s);
-    accumulate<HS>(acc, p, ks + kRows * LD, lane);
+    sum += __shfl_xor_sync(kFullMask, sum, 1);
+    sum += __shfl_xor_sync(kFullMask, sum, 2);
+    l[h] = l[h] * rescale + sum;
+    m[h] = m_new;
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n) {
+      acc[n][2 * h] *= rescale;
+      acc[n][2 * h + 1] *= rescale;
+    }
   }
-  if (!live) return;
+}
+
+// The end of the forward pass for a warp's 16 rows from iw (below T): lse, and out = acc / l.
+template <int HS>
+__device__ inline void finish_rows(float* out, float* lse, const Head& head, int iw, int T, int C,
+                                   const float (&m)[2], const float (&l)[2],
+                                   const float (&acc)[HS / 8][4], int lane) {
   float inv[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -425,6 +430,93 @@ __global__ void __launch_bounds__(kThreads)
     if (lse && lane % 4 == 0 && i < T) lse[head.lse_offset + i] = (m[h] + log2f(l[h])) * kLn2;
   }
   store_rows<HS>(out + head.row_offset, C, iw, T, acc, inv, lane);
+}
+
+// The forward pass: a block takes G * 64 rows of one (batch, head), each warp G groups of 16,
+// rows 16 w.. of each 64 (G = 1: forward_kernel as it has run since 2026-11-27). Every b fragment a
+// warp loads from shared memory feeds the products of all its groups (scores and accumulate), so
+// G = 2 (MIXSIM_TC_WIDE_FORWARD=1, head sizes up to 64; written without a GPU at hand) halves the
+// ldmatrix reads per product and gives each warp two independent chains of products, at about
+// 220 registers a thread instead of 128 (ptxas, sm_90, HS 64). A group skips the key tiles after
+// its rows (with G = 2 the last tile, for the first group: uniform over the warp), which a block
+// of G = 1 holding those rows never loads: each row gets the same tiles and arithmetic in the same
+// order whatever G, so out and lse are bit-identical (WideForwardIsBitIdentical).
+//
+// One pass over the key tiles (flash attention): the running max m and sum l of each of the lane's
+// rows (base 2), and out = sum over tiles of P V with P = exp(scale s - m) rounded to bf16,
+// rescaled by exp(m_old - m_new) when the max grows; out / l at the end. Every row below T sees
+// key 0 in the first tile, so its max is finite from there on.
+// Blocks an SM asked of ptxas, as many as the registers of forward_kernel before it took G allowed
+// (left to ptxas, the template spilled a little at HS 48 and took more registers above 64): one
+// group four up to HS 80 and three above (where shared memory allows three at most), two groups
+// two.
+template <int HS, int G>
+__global__ void __launch_bounds__(kThreads, G == 2 ? 2 : (HS <= 80 ? 4 : 3))
+    forward_kernel(float* out, float* lse, const bf16* qkv, int T, int C, int NH, float scale) {
+  static_assert(G == 1 || HS <= 64, "two groups of accumulators fit the registers up to HS 64");
+  constexpr int LD = tile_ld<HS>();
+  constexpr int kBlockRows = G * kRows;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* qs = reinterpret_cast<bf16*>(smem);  // (G * 64, LD) the block's queries
+  bf16* kv = qs + kBlockRows * LD;  // per stage: (64, LD) a key tile, then (64, LD) its values
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const Head head = head_of<HS>(T, C, NH);
+  const bf16* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
+  // The blocks with the most key tiles first: the last ones then fill the tail.
+  const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kBlockRows;
+  const int tiles = (min(T, i0 + kBlockRows) - 1) / kRows + 1;  // key tiles up to the last row
+  int iw[G];    // the first row of each of the warp's groups
+  bool live[G];  // uniform over the warp
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    iw[g] = i0 + g * kRows + warp * 16;
+    live[g] = iw[g] < T;
+  }
+  const float sl = scale * kLog2e;  // exp(scale s - x) = exp2(sl s - x log2 e)
+  const bf16* qw = qs + warp * 16 * LD;  // group g's rows from qw + g * 64 rows
+  const auto load_stage = [&](int t) { load_kv_stage<HS>(kv, q, head, C, t, T); };
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+    load_tile<HS>(qs + g * kRows * LD, q, head.qkv_stride, i0 + g * kRows, T);
+  load_stage(0);
+  commit_copies();
+
+  float m[G][2], l[G][2];
+  float acc[G][HS / 8][4];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g][0] = m[g][1] = -INFINITY;
+    l[g][0] = l[g][1] = 0.f;
+    zero<HS>(acc[g]);
+  }
+  for (int t = 0; t < tiles; ++t) {
+    advance(t, tiles, load_stage);
+    const int j0 = t * kRows;
+    bool on[G];  // the group has rows below T that see keys of this tile
+    bool any = false;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      on[g] = live[g] && j0 <= iw[g] + 15;
+      any = any || on[g];
+    }
+    if (!any) continue;
+    const bf16* ks = stage_of(kv, t, 2 * kRows * LD);
+    float s[G][8][4];
+    scores<HS, G>(s, qw, on, ks, lane);
+    std::uint32_t p[G][4][4];
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+      if (on[g]) {
+        // full: keys before the group's 64 rows, rows before T
+        online_softmax_tile<HS>(s[g], m[g], l[g], acc[g], j0 < i0 + g * kRows && iw[g] + 16 <= T,
+                                iw[g], j0, T, sl, lane);
+        to_fragments(p[g], s[g]);
+      }
+    accumulate<HS, G>(acc, p, on, ks + kRows * LD, lane);
+  }
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+    if (live[g]) finish_rows<HS>(out, lse, head, iw[g], T, C, m[g], l[g], acc[g], lane);
 }
 
 // Query-major: dq of the block's rows (dS K), and D_i = dout_i . out_i for the key-major kernel.
@@ -628,7 +720,8 @@ bool attention_tc_supported(int C, int NH, std::size_t max_shared) {
   std::size_t needed = 0;
   with_head_size(HS, [&](auto hs) {
     constexpr int H = decltype(hs)::value;
-    needed = std::max(mma_sync::forward_shared<H>(), mma_sync::backward_shared<H>());
+    needed = std::max({mma_sync::forward_shared<H>(), mma_sync::forward_shared<H, 2>(),
+                       mma_sync::backward_shared<H>()});
   });
   return needed <= max_shared;
 }
@@ -662,7 +755,7 @@ std::size_t attention_tc_workspace(bool backward, DType qkv, int B, int T, int C
 }
 
 void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
-                          Workspace ws, cudaStream_t stream) {
+                          bool wide, Workspace ws, cudaStream_t stream) {
   const char* op = "attention_forward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
   // float2 stores (the model's tensors start at multiples of 64 bytes, cudaMalloc's of 256)
@@ -673,11 +766,18 @@ void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, in
   CUDA_REQUIRE(aligned16(qkv16), op, std::string("a bf16 qkv not 16-byte aligned"));
   with_head_size(plan.HS, [&](auto hs) {
     constexpr int HS = decltype(hs)::value;
-    auto* kernel = mma_sync::forward_kernel<HS>;
-    constexpr std::size_t shared = mma_sync::forward_shared<HS>();
-    allow_dynamic_shared(kernel, shared);
-    kernel<<<plan.grid, kThreads, shared, stream>>>(out, lse, qkv16, T, C, NH, plan.scale);
-    CUDA_CHECK_LAUNCH(mma_sync::forward_kernel);
+    const auto run = [&](auto groups) {
+      constexpr int G = decltype(groups)::value;
+      auto* kernel = mma_sync::forward_kernel<HS, G>;
+      constexpr std::size_t shared = mma_sync::forward_shared<HS, G>();
+      allow_dynamic_shared(kernel, shared);
+      const dim3 grid(CEIL_DIV(T, G * kRows), plan.grid.y, plan.grid.z);
+      kernel<<<grid, kThreads, shared, stream>>>(out, lse, qkv16, T, C, NH, plan.scale);
+      CUDA_CHECK_LAUNCH(mma_sync::forward_kernel);
+    };
+    if constexpr (HS <= 64)
+      if (wide) return run(std::integral_constant<int, 2>{});
+    run(std::integral_constant<int, 1>{});
   });
 }
 

@@ -87,7 +87,9 @@ int select_device(int device) {
 // default since the H100 run of 2026-11-27: 21% more tokens/s on GPT-2); MIXSIM_BF16_WEIGHTS: the
 // model hands the products bf16 copies of its weights, rounded once per forward pass
 // (bf16_weight_copies; the same bf16 values the products would round at each use, so no result
-// changes).
+// changes). And one opt-in, off unless set to 1, written without a GPU at hand:
+// MIXSIM_TC_WIDE_FORWARD, the tensor-core attention forward in blocks of 128 rows, two groups of
+// 16 a warp, for head sizes up to 64 (attention_tc.cu, forward_kernel<HS, 2>; bit-identical).
 
 class CudaBackend final : public Backend {
  public:
@@ -101,6 +103,8 @@ class CudaBackend final : public Backend {
         bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", true) &&
                       precision == MatmulPrecision::bf16),
         bf16_weights_(env_switch("MIXSIM_BF16_WEIGHTS", true) &&
+                      precision == MatmulPrecision::bf16),
+        wide_forward_(env_switch("MIXSIM_TC_WIDE_FORWARD", false) &&
                       precision == MatmulPrecision::bf16),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
@@ -252,7 +256,7 @@ class CudaBackend final : public Backend {
                          int NH) override {
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
       cuda::attention_forward_tc(
-          out, lse, qkv, B, T, C, NH,
+          out, lse, qkv, B, T, C, NH, wide_forward_,
           workspace(cuda::attention_tc_workspace(false, qkv.type, B, T, C, NH)), stream_.get());
     else
       cuda::attention_forward(out, lse, fp32_qkv("attention_forward", qkv, C, NH), B, T, C, NH,
@@ -344,6 +348,7 @@ class CudaBackend final : public Backend {
   bool bf16_activations_;   // activation_storage() is bf16
   bool bf16_outputs_;       // bf16_product_outputs()
   bool bf16_weights_;       // bf16_weight_copies()
+  bool wide_forward_;       // attention's forward in blocks of 128 rows (MIXSIM_TC_WIDE_FORWARD)
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

@@ -1428,6 +1428,48 @@ TEST_F(CudaOps, Bf16WeightCopiesChangeNothing) {
   EXPECT_GT(nan_gradients(*at_use), 0u);
 }
 
+// MIXSIM_TC_WIDE_FORWARD=1 (opt-in; written without a GPU at hand): the tensor-core forward in
+// blocks of 128 rows, two groups of 16 rows a warp (forward_kernel<HS, 2>), gives out and lse bit
+// for bit as forward_kernel does at head sizes 16..64: each row gets the same arithmetic in the
+// same order (scripts/gpu/mma_emulator/run.py checks the same of its transliteration). Head sizes
+// above 64 keep forward_kernel. Shapes: one and several 128-row blocks, a second group with one
+// row (T 65) or none, one position, GPT-2's heads.
+TEST_F(CudaOps, WideForwardIsBitIdentical) {
+  auto narrow = cuda_bf16_with("1", "", "");
+  std::unique_ptr<Backend> wide;
+  {
+    mixsim::testing::ScopedEnv w("MIXSIM_TC_WIDE_FORWARD", "1");
+    wide = cuda_bf16_with("1", "", "");
+  }
+  const AttentionShape shapes[] = {
+      {2, 150, 192, 3}, {3, 1, 32, 2},     {2, 65, 96, 2},    {1, 300, 64, 1},
+      {2, 200, 128, 4}, {1, 256, 768, 12}, {1, 100, 128, 1},  // HS 128: forward_kernel
+  };
+  auto bits = [](const std::vector<float>& v) {
+    std::vector<std::uint32_t> b(v.size());
+    std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+    return b;
+  };
+  for (const AttentionShape& s : shapes) {
+    const std::string what = "wide forward " + shape_name(s);
+    const std::size_t rows = std::size_t(s.B) * s.T;
+    const std::vector<float> qkv = random_floats(rows * 3 * s.C, 181);
+    auto run = [&](Backend& be) {
+      auto dq = put(be, qkv);
+      auto out = put(be, std::vector<float>(rows * s.C, 7.f));
+      auto lse = put(be, std::vector<float>(std::size_t(s.B) * s.NH * s.T, 7.f));
+      be.attention_forward(out.get(), lse.get(), dq.get(), s.B, s.T, s.C, s.NH);
+      return std::pair{fetch(be, out.get(), out.size()), fetch(be, lse.get(), lse.size())};
+    };
+    ASSERT_TRUE(wide->attention_rounds_qkv(s.C, s.NH)) << what;
+    const auto [o1, l1] = run(*narrow);
+    const auto [o2, l2] = run(*wide);
+    EXPECT_EQ(bits(o2), bits(o1)) << what << ": out";
+    EXPECT_EQ(bits(l2), bits(l1)) << what << ": lse";
+    EXPECT_EQ(std::count(o2.begin(), o2.end(), 7.f), 0) << what << ": out left unwritten";
+  }
+}
+
 // ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS, on by default for cuda-bf16 and cpu-bf16)
 
 namespace {

@@ -256,18 +256,28 @@ def advance(ctx, t, tiles, load):
     commit_copies(ctx)
 
 
-def scores(ctx, HS, a, b):
+def scores_groups(ctx, HS, a, on, b):
+    """scores<HS, G>: s[g] for the groups that are on (a_g from a + g kRows rows); each b
+    fragment loaded once for all groups."""
     LD = tile_ld(HS)
     lane = ctx.lane
-    s = np.zeros((8, 4, 32), dtype=np.float32)
+    G = len(on)
+    s = np.zeros((G, 8, 4, 32), dtype=np.float32)
     for k in range(0, HS, 16):
-        fa = ldmatrix_x4(ctx.smem, a + (lane % 16) * LD + k + lane // 16 * 8, ctx.warp)
+        fa = [ldmatrix_x4(ctx.smem, a + (g * kRows + lane % 16) * LD + k + lane // 16 * 8, ctx.warp)
+              if on[g] else None for g in range(G)]
         for n in range(0, 8, 2):
             fb = ldmatrix_x4(ctx.smem, b + (n * 8 + lane // 16 * 8 + lane % 8) * LD + k + lane // 8 % 2 * 8,
                              ctx.warp)
-            mma(s[n], fa, fb[0], fb[1])
-            mma(s[n + 1], fa, fb[2], fb[3])
+            for g in range(G):
+                if on[g]:
+                    mma(s[g][n], fa[g], fb[0], fb[1])
+                    mma(s[g][n + 1], fa[g], fb[2], fb[3])
     return s
+
+
+def scores(ctx, HS, a, b):
+    return scores_groups(ctx, HS, a, [True], b)[0]
 
 
 def to_fragments(s):
@@ -280,7 +290,9 @@ def to_fragments(s):
     return a
 
 
-def accumulate(ctx, HS, acc, a, m):
+def accumulate_groups(ctx, HS, acc, a, on, m):
+    """accumulate<HS, G>: acc[g] += a[g] . m for the groups that are on; each m fragment loaded
+    once for all groups."""
     LD = tile_ld(HS)
     lane = ctx.lane
     for k in range(4):
@@ -288,8 +300,14 @@ def accumulate(ctx, HS, acc, a, m):
             fb = ldmatrix_x4_trans(ctx.smem,
                                    m + (k * 16 + lane // 8 % 2 * 8 + lane % 8) * LD + n * 8 + lane // 16 * 8,
                                    ctx.warp)
-            mma(acc[n], a[k], fb[0], fb[1])
-            mma(acc[n + 1], a[k], fb[2], fb[3])
+            for g in range(len(on)):
+                if on[g]:
+                    mma(acc[g][n], a[g][k], fb[0], fb[1])
+                    mma(acc[g][n + 1], a[g][k], fb[2], fb[3])
+
+
+def accumulate(ctx, HS, acc, a, m):
+    accumulate_groups(ctx, HS, [acc], [a], [True], m)
 
 
 def zero(HS):
@@ -338,66 +356,39 @@ def warp_sum(v):
 
 
 # ------------------------------------------------------------------------------------------
-def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
-    LD = tile_ld(HS)
-    qs = 0
-    kv = qs + kRows * LD  # per stage: (64, LD) a key tile, then (64, LD) its values
-    warp, lane = ctx.warp, ctx.lane
-    head = head_of(ctx, HS, T, C, NH)
-    i0 = (ctx.gridDim[0] - 1 - ctx.blockIdx[0]) * kRows
-    iw = i0 + warp * 16
-    tiles = (min(T, i0 + kRows) - 1) // kRows + 1  # key tiles up to the last row
-    live = iw < T
-    sl = np.float32(scale) * kLog2e
-    qw = qs + warp * 16 * LD
-
-    def load_stage(t):
-        load_kv_stage(ctx, HS, kv, head, C, t, T)
-
-    load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, i0, T)
-    load_stage(0)
-    commit_copies(ctx)
-
-    m = [np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)]
-    l = [np.zeros(32, np.float32), np.zeros(32, np.float32)]
-    acc = zero(HS)
-    for t in range(tiles):
-        yield from advance(ctx, t, tiles, load_stage)
-        if not live:
-            continue
-        ks = stage_of(kv, t, 2 * kRows * LD)
-        j0 = t * kRows
-        s = scores(ctx, HS, qw, ks)
-        tile_max = [np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)]
-        full = j0 < i0 and iw + 16 <= T
+def online_softmax_tile(s, m, l, acc, full, iw, j0, T, sl, lane, HS):
+    """online_softmax_tile<HS>: masks and scales s (base 2), updates m, l (lists of two per-lane
+    arrays) and acc in place, and leaves P = exp(scale s - m) in s."""
+    tile_max = [np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)]
+    for n in range(8):
+        for v in range(4):
+            i = iw + row_of(lane, v)
+            j = j0 + column_of(lane, n, v)
+            s[n][v] = np.where(mask(full, (i < T) & (j <= i)), sl * s[n][v], -INF)
+            tile_max[v // 2] = np.fmax(tile_max[v // 2], s[n][v])
+    for h in range(2):
+        tile_max[h] = np.fmax(tile_max[h], shfl_xor(tile_max[h], 1))
+        tile_max[h] = np.fmax(tile_max[h], shfl_xor(tile_max[h], 2))
+        m_new = np.fmax(m[h], tile_max[h])
+        base = np.where(m_new == -INF, np.float32(0), m_new).astype(np.float32)
+        rescale = exp2f(m[h] - base)  # 0 on the first tile
+        sm = np.zeros(32, np.float32)
         for n in range(8):
-            for v in range(4):
-                i = iw + row_of(lane, v)
-                j = j0 + column_of(lane, n, v)
-                s[n][v] = np.where(mask(full, (i < T) & (j <= i)), sl * s[n][v], -INF)
-                tile_max[v // 2] = np.fmax(tile_max[v // 2], s[n][v])
-        for h in range(2):
-            tile_max[h] = np.fmax(tile_max[h], shfl_xor(tile_max[h], 1))
-            tile_max[h] = np.fmax(tile_max[h], shfl_xor(tile_max[h], 2))
-            m_new = np.fmax(m[h], tile_max[h])
-            base = np.where(m_new == -INF, np.float32(0), m_new).astype(np.float32)
-            rescale = exp2f(m[h] - base)  # 0 on the first tile
-            sm = np.zeros(32, np.float32)
-            for n in range(8):
-                s[n][2 * h] = exp2f(s[n][2 * h] - base)
-                s[n][2 * h + 1] = exp2f(s[n][2 * h + 1] - base)
-                sm = sm + (s[n][2 * h] + s[n][2 * h + 1])
-            sm = sm + shfl_xor(sm, 1)
-            sm = sm + shfl_xor(sm, 2)
-            l[h] = fmaf(l[h], rescale, sm)  # l * rescale + sum (contracted by nvcc)
-            m[h] = m_new
-            for n in range(HS // 8):
-                acc[n][2 * h] *= rescale
-                acc[n][2 * h + 1] *= rescale
-        p = to_fragments(s)
-        accumulate(ctx, HS, acc, p, ks + kRows * LD)
-    if not live:
-        return
+            s[n][2 * h] = exp2f(s[n][2 * h] - base)
+            s[n][2 * h + 1] = exp2f(s[n][2 * h + 1] - base)
+            sm = sm + (s[n][2 * h] + s[n][2 * h + 1])
+        sm = sm + shfl_xor(sm, 1)
+        sm = sm + shfl_xor(sm, 2)
+        l[h] = fmaf(l[h], rescale, sm)  # l * rescale + sum (contracted by nvcc)
+        m[h] = m_new
+        for n in range(HS // 8):
+            acc[n][2 * h] *= rescale
+            acc[n][2 * h + 1] *= rescale
+
+
+def finish_rows(ctx, HS, head, iw, T, C, m, l, acc, has_lse):
+    """finish_rows<HS>: lse, and out = acc / l, for a warp's 16 rows from iw (below T)."""
+    lane = ctx.lane
     inv = [None, None]
     for h in range(2):
         with np.errstate(divide="ignore"):
@@ -410,6 +401,55 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True):
             ctx.g.store("lse", (head.lse_offset + i)[w], lse_h[w])
     with np.errstate(invalid="ignore"):  # rows past T: acc 0 times 1/0, never stored
         store_rows(ctx, HS, "out", head.row_offset, C, iw, T, acc, inv)
+
+
+def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1):
+    """forward_kernel<HS, G>: blocks of G * 64 rows, each warp G groups of 16 (G = 2: the wide
+    forward, MIXSIM_TC_WIDE_FORWARD, head sizes up to 64)."""
+    assert G == 1 or HS <= 64
+    LD = tile_ld(HS)
+    kBlockRows = G * kRows
+    qs = 0
+    kv = qs + kBlockRows * LD  # per stage: (64, LD) a key tile, then (64, LD) its values
+    warp, lane = ctx.warp, ctx.lane
+    head = head_of(ctx, HS, T, C, NH)
+    i0 = (ctx.gridDim[0] - 1 - ctx.blockIdx[0]) * kBlockRows
+    tiles = (min(T, i0 + kBlockRows) - 1) // kRows + 1  # key tiles up to the last row
+    iw = [i0 + g * kRows + warp * 16 for g in range(G)]
+    live = [iw[g] < T for g in range(G)]
+    sl = np.float32(scale) * kLog2e
+    qw = qs + warp * 16 * LD
+
+    def load_stage(t):
+        load_kv_stage(ctx, HS, kv, head, C, t, T)
+
+    for g in range(G):
+        load_tile(ctx, HS, qs + g * kRows * LD, "qkv16", head.q, head.qkv_stride, i0 + g * kRows, T)
+    load_stage(0)
+    commit_copies(ctx)
+
+    m = [[np.full(32, -INF, np.float32), np.full(32, -INF, np.float32)] for _ in range(G)]
+    l = [[np.zeros(32, np.float32), np.zeros(32, np.float32)] for _ in range(G)]
+    acc = [zero(HS) for _ in range(G)]
+    for t in range(tiles):
+        yield from advance(ctx, t, tiles, load_stage)
+        j0 = t * kRows
+        on = [live[g] and j0 <= iw[g] + 15 for g in range(G)]
+        if not any(on):
+            continue
+        ks = stage_of(kv, t, 2 * kRows * LD)
+        s = scores_groups(ctx, HS, qw, on, ks)
+        p = [None] * G
+        for g in range(G):
+            if on[g]:
+                online_softmax_tile(s[g], m[g], l[g], acc[g],
+                                    j0 < i0 + g * kRows and iw[g] + 16 <= T, iw[g], j0, T, sl,
+                                    lane, HS)
+                p[g] = to_fragments(s[g])
+        accumulate_groups(ctx, HS, acc, p, on, ks + kRows * LD)
+    for g in range(G):
+        if live[g]:
+            finish_rows(ctx, HS, head, iw[g], T, C, m[g], l[g], acc[g], has_lse)
 
 
 def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float"):
@@ -588,20 +628,23 @@ def launch(kernel, grid, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
 def smem_layout(kind, HS):
     """forward_shared / backward_shared: bf16 tiles, then (backward) the float rows."""
     LD = tile_ld(HS)
-    tiles = {"fwd": 1 + 2 * kStages, "bwd": 2 + 2 * kStages}[kind]
+    tiles = {"fwd": 1 + 2 * kStages, "fwdwide": 2 + 2 * kStages, "bwd": 2 + 2 * kStages}[kind]
     n_bf16 = tiles * kRows * LD
     n_f32 = 0 if kind == "fwd" else 2 * kStages * kRows
     return n_bf16, n_f32, 2 * n_bf16
 
 
-def attention_forward(qkv, B, T, C, NH):
+def attention_forward(qkv, B, T, C, NH, wide=False):
+    """wide: forward_kernel<HS, 2> (attention_forward_tc with wide, head sizes up to 64)."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
-    grid = ((T + kRows - 1) // kRows, NH, B)
+    rows = 2 * kRows if wide else kRows
+    grid = ((T + rows - 1) // rows, NH, B)
     # the launcher's to_bf16 copy of qkv (round to nearest even), which the kernel reads
     g = Gmem(qkv16=bf16(np.asarray(qkv, dtype=np.float32)), out=np.full(B * T * C, np.nan),
              lse=np.full(B * NH * T, np.nan), esize={"qkv16": 2})
-    races = launch(forward_kernel, grid, *smem_layout("fwd", HS), g, HS, T, C, NH, scale)
+    races = launch(forward_kernel, grid, *smem_layout("fwdwide" if wide else "fwd", HS), g, HS, T,
+                   C, NH, scale, G=2 if wide else 1)
     return g, races
 
 

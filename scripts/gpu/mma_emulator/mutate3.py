@@ -37,8 +37,8 @@ muts = {
           "                         np.concatenate([v[ok, e] for e in range(8)]), ctx.warp)")], 1),
     # the forward's semantics (the numbers only)
     "forward: acc not rescaled when the max grows": (
-        [("                acc[n][2 * h] *= rescale\n                acc[n][2 * h + 1] *= rescale\n",
-          "                pass\n")], 1),
+        [("            acc[n][2 * h] *= rescale\n            acc[n][2 * h + 1] *= rescale\n",
+          "            pass\n")], 1),
     "forward: l summed from the bf16-rounded p": (
         [("sm = sm + (s[n][2 * h] + s[n][2 * h + 1])",
           "sm = sm + (bf16(s[n][2 * h]) + bf16(s[n][2 * h + 1]))")], 1),

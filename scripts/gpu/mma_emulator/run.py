@@ -104,6 +104,20 @@ def main(shapes):
         dqkv = g2.a["dqkv"]
         assert (g2.wcount["dqkv"] == 1).all() and (g2.wcount["dvec"] == 1).all(), "bwd write count"
         mis = g.misaligned + g2.misaligned
+        if C // NH <= 64:  # the wide forward (MIXSIM_TC_WIDE_FORWARD): bit for bit the same
+            gw, racesw = kernels.attention_forward(qkv, B, T, C, NH, wide=True)
+            same = all(np.array_equal(np.asarray(gw.a[k], np.float32).view(np.uint32),
+                                      np.asarray(g.a[k], np.float32).view(np.uint32))
+                       for k in ("out", "lse"))
+            once = (gw.wcount["out"] == 1).all() and (gw.wcount["lse"] == 1).all()
+            good = same and once and not racesw and not gw.misaligned
+            ok &= good
+            print(f"   wide forward: {'bit-identical' if same else 'DIFFERS'}, "
+                  f"{'every element once' if once else 'write counts wrong'}, "
+                  f"races={len(racesw)} misaligned={len(gw.misaligned)}"
+                  f"{'' if good else '   <-- BAD'}")
+            for r in racesw:
+                print("   ", r)
         o64, l64, d64 = ref.f64_forward_backward(qkv, dout, B, T, C, NH)
         ob, lb = ref.bf16_cpu_forward(qkv, B, T, C, NH)
         db = ref.bf16_cpu_backward(dout, qkv, ob, lb, B, T, C, NH)
