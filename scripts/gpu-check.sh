@@ -454,6 +454,23 @@ if command -v compute-sanitizer > /dev/null && ((!QUICK)); then
   SAN=$(grep -E 'ERROR SUMMARY' "$LOG/sanitizer.log" | tail -1)
   row "compute-sanitizer memcheck (ops)" "${SAN:-no summary (see sanitizer.log)}"
 fi
+# What bounds each kernel of the same step: Nsight Compute's SM and memory throughput as shares of
+# their peaks, achieved occupancy and issue-slot use (ncu_summary.py's DETAIL), per kernel. On its
+# own (more counters, more passes a kernel), so that the table above survives an unknown counter.
+if command -v ncu > /dev/null && ((!QUICK)); then
+  step ncu-detail 120 env LC_ALL=C ncu --csv --print-units base --profile-from-start off \
+    --clock-control none --cache-control none --print-kernel-base function \
+    --metrics gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active \
+    "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1 --backend cuda-bf16 --profiler-range \
+    > /dev/null
+  if python3 scripts/gpu/ncu_summary.py "$LOG/ncu-detail.log" --steps 1 --top 24 \
+    > "$LOG/ncu-detail.txt" 2>&1; then
+    cat "$LOG/ncu-detail.txt"
+    row "ncu, what bounds each kernel" "SM%, mem%, occ%, issue% per kernel in ncu-detail.txt"
+  else
+    row "ncu, what bounds each kernel" "FAILED: $(tail -1 "$LOG/ncu-detail.txt")"
+  fi
+fi
 # PyTorch in fp32 (the fp32 rows' yardstick; runs 1-6 measured it, so it comes last)
 step torch-fp32 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype fp32 --steps 5
 # GPU_CHECK_NCU=1: Nsight Compute's view of the attention kernels (one GPT-2 step's launches)

@@ -25,6 +25,18 @@ from collections import defaultdict
 TIME = "gpu__time_duration.sum"
 READ = "dram__bytes_read.sum"
 WRITE = "dram__bytes_write.sum"
+# Optional percentages (gpu-check's ncu-detail step), each averaged over a kernel's launches
+# weighted by their time, in columns of their own: the SM's and the memory system's throughput
+# as a share of their peaks (Nsight Compute's "speed of light"), the warps resident on an SM as a
+# share of its maximum (achieved occupancy), and the cycles in which a scheduler issued an
+# instruction. A kernel low on all four waits on latency (too little in flight); one high on SM%
+# and issue% is bound by its instructions.
+DETAIL = {
+    "sm__throughput.avg.pct_of_peak_sustained_elapsed": "SM%",
+    "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed": "mem%",
+    "sm__warps_active.avg.pct_of_peak_sustained_active": "occ%",
+    "smsp__issue_active.avg.pct_of_peak_sustained_active": "issue%",
+}
 
 # Units ncu may print (--print-units base asks for the first of each, but be lenient).
 SCALE = {
@@ -32,6 +44,7 @@ SCALE = {
     "second": 1.0, "s": 1.0,
     "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "Tbyte": 1e12,
     "KB": 1e3, "MB": 1e6, "GB": 1e9,
+    "%": 1.0,
 }
 
 
@@ -48,7 +61,7 @@ def parse(text):
     launches = defaultdict(dict)
     for row in csv.DictReader(io.StringIO("\n".join(body))):
         name, metric = row.get("Kernel Name"), row.get("Metric Name")
-        if metric not in (TIME, READ, WRITE):
+        if metric not in (TIME, READ, WRITE) and metric not in DETAIL:
             continue
         unit = row.get("Metric Unit", "")
         if unit not in SCALE:
@@ -60,22 +73,35 @@ def parse(text):
 
 def summarize(launches, steps, top):
     per = defaultdict(lambda: [0, 0.0, 0.0])  # name -> calls, seconds, bytes
+    weighted = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))  # name -> metric -> sum, time
     for (_, name), m in launches.items():
         p = per[name]
         p[0] += 1
         p[1] += m.get(TIME, 0.0)
         p[2] += m.get(READ, 0.0) + m.get(WRITE, 0.0)
+        for metric in DETAIL:
+            if metric in m:
+                w = weighted[name][metric]
+                w[0] += m[metric] * m.get(TIME, 0.0)
+                w[1] += m.get(TIME, 0.0)
+    shown = [metric for metric in DETAIL if any(metric in w for w in weighted.values())]
     total_s = sum(p[1] for p in per.values())
     total_b = sum(p[2] for p in per.values())
     out = [f"{len(launches)} kernel launches in {steps} step(s): {1e3 * total_s / steps:.2f} ms of "
            f"kernels a step (each alone), {total_b / steps / 1e9:.2f} GB of DRAM traffic a step",
-           f"{'kernel':58} {'calls':>6} {'ms/step':>8} {'share':>6} {'GB/step':>8} {'GB/s':>7}"]
+           f"{'kernel':58} {'calls':>6} {'ms/step':>8} {'share':>6} {'GB/step':>8} {'GB/s':>7}" +
+           "".join(f" {DETAIL[metric]:>6}" for metric in shown)]
     ranked = sorted(per.items(), key=lambda kv: -kv[1][1])
     for name, (calls, seconds, nbytes) in ranked[:top]:
         short = name if len(name) <= 58 else name[:55] + "..."
         rate = nbytes / seconds / 1e9 if seconds > 0 else 0.0
+        cells = ""
+        for metric in shown:
+            total, time = weighted[name][metric] if metric in weighted[name] else (0.0, 0.0)
+            cells += f" {total / time:6.1f}" if time > 0 else f" {'-':>6}"
         out.append(f"{short:58} {calls // steps:6d} {1e3 * seconds / steps:8.3f} "
-                   f"{100 * seconds / total_s:5.1f}% {nbytes / steps / 1e9:8.3f} {rate:7.0f}")
+                   f"{100 * seconds / total_s:5.1f}% {nbytes / steps / 1e9:8.3f} {rate:7.0f}" +
+                   cells)
     if len(ranked) > top:
         rest = ranked[top:]
         seconds = sum(p[1] for _, p in rest)
@@ -112,6 +138,18 @@ def self_test():
     assert lines[2].split()[:4] == ["adamw4_kernel", "1", "1.000", "99.6%"], lines[2]
     assert lines[2].split()[-1] == "3485", lines[2]  # 3.485 GB in 1 ms
     assert lines[3].startswith("(1 more kernels)"), lines[3]
+    # the percentages, averaged over a kernel's launches by their time (1 us at 50%, 3 us at 10%)
+    head = SAMPLE.splitlines()[3]
+    row = ('"{id}","7","b","h","{k}","1","7","(256, 1, 1)","(1, 1, 1)","0","9.0","s","{m}","{u}","{v}"')
+    rows = [row.format(id=i, k="k", m=metric, u=unit, v=value)
+            for i, t, pct in (("0", "1", "50"), ("1", "3", "10"))
+            for metric, unit, value in ((TIME, "usecond", t),
+                                        ("sm__warps_active.avg.pct_of_peak_sustained_active", "%",
+                                         pct))]
+    detail = summarize(parse("\n".join([head] + rows)), steps=1, top=5).splitlines()
+    assert detail[1].split()[-1] == "occ%", detail[1]
+    assert detail[2].split()[0] == "k" and detail[2].split()[-1] == "20.0", detail[2]
+    assert "occ%" not in lines[1], lines[1]  # no percentages, no column
     for bad in ("no header here\n", SAMPLE.replace('"nsecond"', '"fortnight"')):
         try:
             parse(bad)

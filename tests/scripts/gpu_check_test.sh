@@ -21,6 +21,9 @@ fail() {
   exit 1
 }
 
+# the ncu summary's own parser check (its percentages' columns included)
+python3 "$SRC/scripts/gpu/ncu_summary.py" --self-test > /dev/null || fail "ncu_summary.py --self-test"
+
 REPO=$WORK/repo
 mkdir -p "$REPO/scripts/gpu" "$REPO/.gpudeps" "$WORK/stub"
 cp "$SRC/scripts/gpu-check.sh" "$REPO/scripts/"
@@ -176,6 +179,7 @@ has pass '^  adamw +mixsim 1\.200, PyTorch 0\.600: 2\.00x'
 has pass '^  classifier +mixsim none, PyTorch 1\.000'
 has pass '^averaging k=2 '
 has pass '^ncu, kernels of a bf16 GPT-2 step +1 kernel launches in 1 step\(s\): 1\.00 ms'
+has pass '^ncu, what bounds each kernel +SM%, mem%, occ%, issue% per kernel in ncu-detail\.txt'
 has pass '^compute-sanitizer memcheck \(ops\) +=+ ERROR SUMMARY: 0 errors'
 has pass '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU 24\.30% \(target 40%: not met\), 0\.81x torch\.compile \(not met\)'
 has pass '^targets, GPT-2 bf16 \(bench-train-bf16-nooutputs\) +MFU 24\.30%'
