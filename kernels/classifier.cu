@@ -15,6 +15,15 @@
 // nothing: in classifier_kernel every element is read and written by the same thread, and the
 // target's logit is read by all threads before the first barrier; classifier_cached_kernel writes
 // only after its last read of the row in memory and a barrier.
+//
+// An opt-in (MIXSIM_CLASSIFIER_EXP2=1; written without a GPU at hand, not yet run on one) changes
+// how classifier_cached_kernel computes from the cached row: the max first (fmaxf alone), then the
+// sum of exp2(x log2 e - max log2 e) (one fused multiply-add and the hardware exp2 an element),
+// then the gradients the same way, where the default runs the online pair (a compare, a branch
+// and a full-precision expf an element) and expf again for the gradient. Run 8 measured the
+// cached kernel at 1.2 TB/s on an H200 whose copies reach 4.0, with about 30 instructions an
+// element against 2 bytes read and 2 written. The results differ from the default by the
+// rounding of the exponentials (~1e-7 relative), within the tests' bounds against the CPU.
 
 #include "launchers.cuh"
 
@@ -117,7 +126,37 @@ constexpr int kCopyUnroll = 4;  // 16-byte loads in flight per thread while the 
 // One row per block, cached in dynamic shared memory as kVec-element vectors (16 bytes): the
 // first ceil(V / kVec) vectors of the row (the last one may hold padding, never used). The
 // launcher checks that the row and dlogits' rows are so aligned (Vp a multiple of kVec).
-template <class In, class Grad>
+// Over a block of kCachedWarps warps: the max of the threads' values (fmaxf: any order gives the
+// same), or their sum (the warps' sums added in warp order: the same on every run). Every thread
+// gets the result; ends with a barrier, so `scratch` can be reused at once.
+__device__ float block_max(float v, float* scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
+  __syncthreads();
+  float r = scratch[0];
+  for (int w = 1; w < kCachedWarps; ++w) r = fmaxf(r, scratch[w]);
+  __syncthreads();
+  return r;
+}
+__device__ float block_sum(float v, float* scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
+  __syncthreads();
+  float r = scratch[0];
+  for (int w = 1; w < kCachedWarps; ++w) r += scratch[w];
+  __syncthreads();
+  return r;
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// exp(x - max) as exp2(x log2 e - max log2 e): one fma and the hardware exp2 (0 for x = -inf)
+__device__ inline float exp_shifted(float x, float max_log2e) {
+  return exp2f(fmaf(x, kLog2e, -max_log2e));
+}
+
+template <class In, class Grad, bool kExp2>
 __global__ void __launch_bounds__(kCachedThreads, 1)
     classifier_cached_kernel(const In* logits, Grad* dlogits, float* losses, const int* targets,
                              float dloss, int V, int Vp) {
@@ -149,16 +188,40 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
       if (const int q = q0 + u * kCachedThreads; q < vectors) cache[q] = v[u];
   }
   __syncthreads();
-  // each thread's vectors in order, their elements in order (16-byte shared-memory reads)
-  MaxSum part{-INFINITY, 0.f};
-  for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
-    const InPack v = cache[q];
+  // The row's max and the sum of exp(x - max): the opt-in's two passes (the max, then the sum of
+  // exp_shifted), or the online pair (each thread's vectors in order, their elements in order,
+  // 16-byte shared-memory reads).
+  float mx, sum;
+  if constexpr (kExp2) {
+    __shared__ float partials[kCachedWarps];
+    float part_max = -INFINITY;
+    for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
+      const InPack v = cache[q];
 #pragma unroll
-    for (int i = 0; i < kVec; ++i)
-      if (q * kVec + i < V) add(part, widen(v.e[i]));
+      for (int i = 0; i < kVec; ++i)
+        if (q * kVec + i < V) part_max = fmaxf(part_max, widen(v.e[i]));
+    }
+    mx = block_max(part_max, partials);
+    float part_sum = 0.f;
+    for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
+      const InPack v = cache[q];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i)
+        if (q * kVec + i < V) part_sum += exp_shifted(widen(v.e[i]), mx * kLog2e);
+    }
+    sum = block_sum(part_sum, partials);
+  } else {
+    MaxSum part{-INFINITY, 0.f};
+    for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
+      const InPack v = cache[q];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i)
+        if (q * kVec + i < V) add(part, widen(v.e[i]));
+    }
+    const MaxSum total = block_merge<kCachedWarps>(part, scratch);
+    mx = total.m;
+    sum = total.s;
   }
-  const MaxSum total = block_merge<kCachedWarps>(part, scratch);
-  const float mx = total.m, sum = total.s;
   const In* cached = reinterpret_cast<const In*>(cache);
   if (threadIdx.x == 0) losses[blockIdx.x] = logf(sum) + mx - load(cached + target);
   if (!write) return;
@@ -171,7 +234,14 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
         const int j = q * kVec + i;
-        g.e[i] = narrow<Grad>(j < V ? gradient(widen(v.e[i]), j, target, mx, k, dloss) : 0.f);
+        float d = 0.f;
+        if (j < V) {
+          if constexpr (kExp2)
+            d = __fmul_rn(exp_shifted(widen(v.e[i]), mx * kLog2e), k) - (j == target ? dloss : 0.f);
+          else
+            d = gradient(widen(v.e[i]), j, target, mx, k, dloss);
+        }
+        g.e[i] = narrow<Grad>(d);
       }
     } else {
 #pragma unroll
@@ -185,7 +255,7 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
 // for its vectors; returns false (nothing launched) otherwise.
 template <class In, class Grad>
 bool launch_cached(const In* logits, Grad* dlogits, float* losses, const int* targets, float dloss,
-                   int N, int V, int Vp, cudaStream_t stream) {
+                   int N, int V, int Vp, bool exp2, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(In);
   if (V < kCachedMinV || Vp % kVec != 0 || !aligned_to<kVec>(logits) ||
       (dlogits && !aligned_to<kVec>(dlogits)))
@@ -193,8 +263,11 @@ bool launch_cached(const In* logits, Grad* dlogits, float* losses, const int* ta
   const std::size_t shared = std::size_t(CEIL_DIV(V, kVec)) * 16;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  if (shared + kCachedWarps * sizeof(MaxSum) > max_shared_per_block(device)) return false;
-  const auto kernel = classifier_cached_kernel<In, Grad>;
+  // (the static arrays: the default's pairs, the opt-in's floats)
+  if (shared + kCachedWarps * (sizeof(MaxSum) + sizeof(float)) > max_shared_per_block(device))
+    return false;
+  const auto kernel =
+      exp2 ? classifier_cached_kernel<In, Grad, true> : classifier_cached_kernel<In, Grad, false>;
   allow_dynamic_shared(kernel, shared);
   kernel<<<N, kCachedThreads, shared, stream>>>(logits, dlogits, losses, targets, dloss, V, Vp);
   CUDA_CHECK_LAUNCH(classifier_cached_kernel);
@@ -204,8 +277,8 @@ bool launch_cached(const In* logits, Grad* dlogits, float* losses, const int* ta
 // The cached kernel where it can run, else classifier_kernel.
 template <class In, class Grad>
 void launch(const In* logits, Grad* dlogits, float* losses, const int* targets, float dloss, int N,
-            int V, int Vp, cudaStream_t stream) {
-  if (launch_cached(logits, dlogits, losses, targets, dloss, N, V, Vp, stream)) return;
+            int V, int Vp, bool exp2, cudaStream_t stream) {
+  if (launch_cached(logits, dlogits, losses, targets, dloss, N, V, Vp, exp2, stream)) return;
   classifier_kernel<<<N, kThreads, 0, stream>>>(logits, dlogits, losses, targets, dloss, V, Vp);
   CUDA_CHECK_LAUNCH(classifier_kernel);
 }
@@ -213,7 +286,7 @@ void launch(const In* logits, Grad* dlogits, float* losses, const int* targets, 
 }  // namespace
 
 void classifier(TensorOut logits_t, float* losses, const int* targets, float dloss,
-                TensorOut dlogits, int N, int V, int Vp, cudaStream_t stream) {
+                TensorOut dlogits, int N, int V, int Vp, bool exp2, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && V > 0 && V <= Vp, "classifier", dims({{"N", N}, {"V", V}, {"Vp", Vp}}));
   if (logits_t.type == DType::bf16) {  // read as stored; the gradient in place, or none
     CUDA_REQUIRE(!dlogits.data || (dlogits.type == DType::bf16 && dlogits.data == logits_t.data),
@@ -221,7 +294,7 @@ void classifier(TensorOut logits_t, float* losses, const int* targets, float dlo
                  std::string("dlogits apart from the logits"));
     auto* logits = static_cast<__nv_bfloat16*>(logits_t.data);
     launch(logits, dlogits.data ? logits : static_cast<__nv_bfloat16*>(nullptr), losses, targets,
-           dloss, N, V, Vp, stream);
+           dloss, N, V, Vp, exp2, stream);
     return;
   }
   const float* logits = static_cast<const float*>(logits_t.data);
@@ -235,7 +308,7 @@ void classifier(TensorOut logits_t, float* losses, const int* targets, float dlo
       "classifier (bf16 dlogits in a buffer of their own)",
       std::string("bf16 dlogits overlapping the logits"));
   typed(dlogits,
-        [&](auto* grad) { launch(logits, grad, losses, targets, dloss, N, V, Vp, stream); });
+        [&](auto* grad) { launch(logits, grad, losses, targets, dloss, N, V, Vp, exp2, stream); });
 }
 
 }  // namespace mixsim::cuda

@@ -87,9 +87,11 @@ int select_device(int device) {
 // default since the H100 run of 2026-11-27: 21% more tokens/s on GPT-2); MIXSIM_BF16_WEIGHTS: the
 // model hands the products bf16 copies of its weights, rounded once per forward pass
 // (bf16_weight_copies; the same bf16 values the products would round at each use, so no result
-// changes). And one opt-in, off unless set to 1, written without a GPU at hand:
+// changes). And two opt-ins, off unless set to 1, written without a GPU at hand:
 // MIXSIM_TC_WIDE_FORWARD, the tensor-core attention forward in blocks of 128 rows, two groups of
-// 16 a warp, for head sizes up to 64 (attention_tc.cu, forward_kernel<HS, 2>; bit-identical).
+// 16 a warp, for head sizes up to 64 (attention_tc.cu, forward_kernel<HS, 2>; bit-identical);
+// MIXSIM_CLASSIFIER_EXP2 (cuda and cuda-bf16), the cached classifier's max, sum and gradients
+// through exp2 (classifier.cu; within rounding of the default).
 
 class CudaBackend final : public Backend {
  public:
@@ -106,6 +108,7 @@ class CudaBackend final : public Backend {
                       precision == MatmulPrecision::bf16),
         wide_forward_(env_switch("MIXSIM_TC_WIDE_FORWARD", false) &&
                       precision == MatmulPrecision::bf16),
+        classifier_exp2_(env_switch("MIXSIM_CLASSIFIER_EXP2", false)),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -292,7 +295,8 @@ class CudaBackend final : public Backend {
   }
   void classifier(TensorOut logits, float* losses, const int* targets, float dloss,
                   TensorOut dlogits, int N, int V, int Vp) override {
-    cuda::classifier(logits, losses, targets, dloss, dlogits, N, V, Vp, stream_.get());
+    cuda::classifier(logits, losses, targets, dloss, dlogits, N, V, Vp, classifier_exp2_,
+                     stream_.get());
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
              const AdamWArgs& args) override {
@@ -349,6 +353,7 @@ class CudaBackend final : public Backend {
   bool bf16_outputs_;       // bf16_product_outputs()
   bool bf16_weights_;       // bf16_weight_copies()
   bool wide_forward_;       // attention's forward in blocks of 128 rows (MIXSIM_TC_WIDE_FORWARD)
+  bool classifier_exp2_;    // the cached classifier's exp2 arithmetic (MIXSIM_CLASSIFIER_EXP2)
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

@@ -170,8 +170,9 @@ void residual_forward(float* out, const float* a, const float* b, std::size_t n,
                       cudaStream_t stream);
 
 // ---- classifier.cu
+// exp2: the cached kernel's opt-in arithmetic (MIXSIM_CLASSIFIER_EXP2; classifier.cu).
 void classifier(TensorOut logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
-                int N, int V, int Vp, cudaStream_t stream);
+                int N, int V, int Vp, bool exp2, cudaStream_t stream);
 
 // ---- optimizer.cu
 void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,

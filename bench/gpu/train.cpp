@@ -21,8 +21,9 @@
 // suffix +lt, with the count of fused and fallen-back products), MIXSIM_BF16_ACTIVATIONS
 // (cuda-bf16 stores the tensors only products read in bf16, +act), MIXSIM_BF16_WEIGHTS (the
 // products read bf16 weights rounded once per forward pass, +w) and MIXSIM_BF16_OUTPUTS (products
-// write bf16 themselves where the model stores bf16, +out); and the opt-in MIXSIM_TC_WIDE_FORWARD=1
-// (the tensor-core attention forward in blocks of 128 rows, +wide).
+// write bf16 themselves where the model stores bf16, +out); and the opt-ins MIXSIM_TC_WIDE_FORWARD=1
+// (the tensor-core attention forward in blocks of 128 rows, +wide) and MIXSIM_CLASSIFIER_EXP2=1
+// (the cached classifier through exp2, +exp2).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -184,12 +185,14 @@ int main(int argc, char** argv) {
     // the backend read the same switch)
     const bool wide = backend_name == "cuda-bf16" && tc_attention &&
                       mixsim::env_switch("MIXSIM_TC_WIDE_FORWARD", false);
+    // MIXSIM_CLASSIFIER_EXP2=1 (opt-in): the cached classifier through exp2 ("+exp2")
+    const bool exp2 = backend_name != "cpu" && mixsim::env_switch("MIXSIM_CLASSIFIER_EXP2", false);
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
                                           : tc_attention         ? "mixsim-bf16tc"
                                                                  : "mixsim-bf16mm") +
                               (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "") +
                               (bf16_weights ? "+w" : "") + (bf16_out ? "+out" : "") +
-                              (wide ? "+wide" : "");
+                              (wide ? "+wide" : "") + (exp2 ? "+exp2" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

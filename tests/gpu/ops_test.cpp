@@ -474,53 +474,64 @@ const ClassifierShape kClassifierShapes[] = {
 // these inputs and on random ones): relative 3e-5, absolute 1e-6 * dloss where p - 1 cancels
 // (the target). Skipped rows and padding are exactly zero. dlogits of the fp32 logits into a bf16
 // buffer of their own (cuda-bf16's default) are the in-place fp32 ones rounded, exactly (the same
-// kernel's arithmetic), and leave the logits as they were.
+// kernel's arithmetic), and leave the logits as they were. The same bounds hold for the opt-in
+// MIXSIM_CLASSIFIER_EXP2 (the cached rows: exp2 of an fma-rounded argument, ~1.3e-6 relative per
+// exponential at these |x log2 e| < 64, and the max's rounding, ~7e-7 absolute in the loss).
 TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
-  for (const auto [rows, v, vp] : kClassifierShapes) {
-    SCOPED_TRACE("V=" + std::to_string(v));
-    std::vector<float> host = random_floats(std::size_t(rows) * vp, 27, 3.0);
-    for (int n = 0; n < rows; ++n)  // padding logits are huge: they must never matter
-      for (int j = v; j < vp; ++j) host[std::size_t(n) * vp + j] = 1e4f;
-    std::vector<int> targets = random_ints(rows, v, 28);
-    for (int n = 0; n < rows; n += 7) targets[n] = -1;  // skipped positions
-    auto tgt = ints(targets);
-    const float dloss = 1.0f / float(rows);
+  std::unique_ptr<Backend> exp2;
+  {
+    mixsim::testing::ScopedEnv e("MIXSIM_CLASSIFIER_EXP2", "1");
+    exp2 = make_cuda_backend(0);
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    // the opt-in in the fixture's place, so that the twins' GPU buffers are its own
+    if (pass == 1) std::swap(gpu_, exp2);
+    for (const auto [rows, v, vp] : kClassifierShapes) {
+      SCOPED_TRACE("V=" + std::to_string(v) + (pass == 1 ? ", MIXSIM_CLASSIFIER_EXP2=1" : ""));
+      std::vector<float> host = random_floats(std::size_t(rows) * vp, 27, 3.0);
+      for (int n = 0; n < rows; ++n)  // padding logits are huge: they must never matter
+        for (int j = v; j < vp; ++j) host[std::size_t(n) * vp + j] = 1e4f;
+      std::vector<int> targets = random_ints(rows, v, 28);
+      for (int n = 0; n < rows; n += 7) targets[n] = -1;  // skipped positions
+      auto tgt = ints(targets);
+      const float dloss = 1.0f / float(rows);
 
-    // bf16 dlogits of fp32 logits first, on a copy of the logits: the in-place run below
-    // overwrites them
-    auto kept = floats(host);
-    DeviceBuffer<float> kept_losses(*gpu_, rows);
-    DeviceBuffer<std::uint16_t> dl16(*gpu_, host.size());
-    gpu_->classifier(kept.gpu.get(), kept_losses.get(), tgt.gpu.get(), dloss,
-                     {dl16.get(), DType::bf16}, rows, v, vp);
-    EXPECT_EQ(fetch(*gpu_, kept.gpu.get(), host.size()), host) << "the logits stay";
+      // bf16 dlogits of fp32 logits first, on a copy of the logits: the in-place run below
+      // overwrites them
+      auto kept = floats(host);
+      DeviceBuffer<float> kept_losses(*gpu_, rows);
+      DeviceBuffer<std::uint16_t> dl16(*gpu_, host.size());
+      gpu_->classifier(kept.gpu.get(), kept_losses.get(), tgt.gpu.get(), dloss,
+                       {dl16.get(), DType::bf16}, rows, v, vp);
+      EXPECT_EQ(fetch(*gpu_, kept.gpu.get(), host.size()), host) << "the logits stay";
 
-    auto logits = floats(host);
-    auto losses = floats(std::vector<float>(rows, 5.f));
-    cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, nullptr, rows, v,
-                     vp);
-    gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, nullptr, rows, v,
-                     vp);
-    expect_close(both(losses), 1e-5, 1e-5, "classifier losses (eval)");
-    EXPECT_EQ(fetch(*gpu_, logits.gpu.get(), logits.gpu.size()), host);  // untouched
+      auto logits = floats(host);
+      auto losses = floats(std::vector<float>(rows, 5.f));
+      cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, nullptr, rows, v,
+                       vp);
+      gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, nullptr, rows, v,
+                       vp);
+      expect_close(both(losses), 1e-5, 1e-5, "classifier losses (eval)");
+      EXPECT_EQ(fetch(*gpu_, logits.gpu.get(), logits.gpu.size()), host);  // untouched
 
-    cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, logits.cpu.get(),
-                     rows, v, vp);
-    gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, logits.gpu.get(),
-                     rows, v, vp);
-    expect_close(both(losses), 1e-5, 1e-5, "classifier losses (train)");
-    const Pair dl = both(logits);
-    expect_close(dl, 1e-6 * dloss, 3e-5, "classifier dlogits");
-    for (int n = 0; n < rows; ++n)
-      for (int j = 0; j < vp; ++j)
-        if (targets[n] < 0 || j >= v) {
-          ASSERT_EQ(dl.gpu[std::size_t(n) * vp + j], 0.f) << n << " " << j;
-        }
-    EXPECT_EQ(fetch(*gpu_, kept_losses.get(), rows), both(losses).gpu);
-    const std::vector<std::uint16_t> got = fetch(*gpu_, dl16.get(), dl16.size());
-    std::size_t differ = 0;
-    for (std::size_t i = 0; i < got.size(); ++i) differ += got[i] != bf16_bits(dl.gpu[i]);
-    EXPECT_EQ(differ, 0u) << "bf16 dlogits that are not the fp32 ones rounded";
+      cpu_->classifier(logits.cpu.get(), losses.cpu.get(), tgt.cpu.get(), dloss, logits.cpu.get(),
+                       rows, v, vp);
+      gpu_->classifier(logits.gpu.get(), losses.gpu.get(), tgt.gpu.get(), dloss, logits.gpu.get(),
+                       rows, v, vp);
+      expect_close(both(losses), 1e-5, 1e-5, "classifier losses (train)");
+      const Pair dl = both(logits);
+      expect_close(dl, 1e-6 * dloss, 3e-5, "classifier dlogits");
+      for (int n = 0; n < rows; ++n)
+        for (int j = 0; j < vp; ++j)
+          if (targets[n] < 0 || j >= v) {
+            ASSERT_EQ(dl.gpu[std::size_t(n) * vp + j], 0.f) << n << " " << j;
+          }
+      EXPECT_EQ(fetch(*gpu_, kept_losses.get(), rows), both(losses).gpu);
+      const std::vector<std::uint16_t> got = fetch(*gpu_, dl16.get(), dl16.size());
+      std::size_t differ = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) differ += got[i] != bf16_bits(dl.gpu[i]);
+      EXPECT_EQ(differ, 0u) << "bf16 dlogits that are not the fp32 ones rounded";
+    }
   }
 }
 
@@ -1551,40 +1562,46 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
 // one bf16 step off in any element and in at most 1% of them (expf and the sums' order differ by up
 // to ~8e-6 relative at the long rows, ClassifierLossesAndDlogitsInPlace; a bf16 step is 4e-3, so
 // few elements sit that close to a rounding boundary); null dlogits leave the logits as they are,
-// and dlogits apart from them are refused.
+// and dlogits apart from them are refused. The same with the opt-in MIXSIM_CLASSIFIER_EXP2 (its
+// exponentials ~1.3e-6 relative from expf's: ClassifierLossesAndDlogitsInPlace).
 TEST_F(CudaOps, Bf16LogitsClassifier) {
   auto ref = make_cpu_backend(MatmulPrecision::bf16);
-  auto gpu = cuda_bf16_with("", "", "");
-  for (const auto [rows, v, vp] : kClassifierShapes) {
-    SCOPED_TRACE("V=" + std::to_string(v));
-    const std::vector<std::uint16_t> l16 = bits_of(random_floats(std::size_t(rows) * vp, 161, 3.0));
-    std::vector<int> targets(rows);
-    for (int i = 0; i < rows; ++i) targets[i] = i % 9 == 0 ? -1 : (i * 17) % v;
-    std::vector<float> losses_of[2];
-    std::vector<std::uint16_t> grads_of[2];
-    for (Backend* be : {ref.get(), gpu.get()}) {
-      auto dl = put(*be, l16);
-      auto dt = put(*be, targets);
-      DeviceBuffer<float> losses(*be, rows);
-      const TensorOut lt{dl.get(), DType::bf16};
-      be->classifier(lt, losses.get(), dt.get(), 0.5f, nullptr, rows, v, vp);
-      EXPECT_EQ(fetch(*be, dl.get(), dl.size()), l16) << be->name() << ": the logits stay";
-      be->classifier(lt, losses.get(), dt.get(), 0.5f, lt, rows, v, vp);
-      losses_of[be == gpu.get()] = fetch(*be, losses.get(), rows);
-      grads_of[be == gpu.get()] = fetch(*be, dl.get(), dl.size());
-      DeviceBuffer<std::uint16_t> apart(*be, l16.size());
-      EXPECT_THROW(
-          be->classifier(lt, losses.get(), dt.get(), 0.5f, {apart.get(), DType::bf16}, rows, v, vp),
-          Error)
-          << be->name();
+  for (const char* exp2 : {"", "1"})
+    for (const auto [rows, v, vp] : kClassifierShapes) {
+      std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_CLASSIFIER_EXP2", exp2);
+      auto gpu = cuda_bf16_with("", "", "");
+      env.reset();
+      SCOPED_TRACE("V=" + std::to_string(v) + (*exp2 ? ", MIXSIM_CLASSIFIER_EXP2=1" : ""));
+      const std::vector<std::uint16_t> l16 =
+          bits_of(random_floats(std::size_t(rows) * vp, 161, 3.0));
+      std::vector<int> targets(rows);
+      for (int i = 0; i < rows; ++i) targets[i] = i % 9 == 0 ? -1 : (i * 17) % v;
+      std::vector<float> losses_of[2];
+      std::vector<std::uint16_t> grads_of[2];
+      for (Backend* be : {ref.get(), gpu.get()}) {
+        auto dl = put(*be, l16);
+        auto dt = put(*be, targets);
+        DeviceBuffer<float> losses(*be, rows);
+        const TensorOut lt{dl.get(), DType::bf16};
+        be->classifier(lt, losses.get(), dt.get(), 0.5f, nullptr, rows, v, vp);
+        EXPECT_EQ(fetch(*be, dl.get(), dl.size()), l16) << be->name() << ": the logits stay";
+        be->classifier(lt, losses.get(), dt.get(), 0.5f, lt, rows, v, vp);
+        losses_of[be == gpu.get()] = fetch(*be, losses.get(), rows);
+        grads_of[be == gpu.get()] = fetch(*be, dl.get(), dl.size());
+        DeviceBuffer<std::uint16_t> apart(*be, l16.size());
+        EXPECT_THROW(be->classifier(lt, losses.get(), dt.get(), 0.5f, {apart.get(), DType::bf16},
+                                    rows, v, vp),
+                     Error)
+            << be->name();
+      }
+      expect_close(Pair{losses_of[0], losses_of[1]}, 1e-5, 1e-5,
+                   "classifier losses of bf16 logits");
+      const auto [off, worse] = bf16_steps(grads_of[1], grads_of[0]);
+      std::printf("bf16 logits%s, V %d: %zu of %zu gradient elements one bf16 step from cpu-bf16\n",
+                  *exp2 ? " (exp2)" : "", v, off, grads_of[0].size());
+      EXPECT_EQ(worse, 0u);
+      EXPECT_LE(off, grads_of[0].size() / 100);
     }
-    expect_close(Pair{losses_of[0], losses_of[1]}, 1e-5, 1e-5, "classifier losses of bf16 logits");
-    const auto [off, worse] = bf16_steps(grads_of[1], grads_of[0]);
-    std::printf("bf16 logits, V %d: %zu of %zu gradient elements one bf16 step from cpu-bf16\n", v,
-                off, grads_of[0].size());
-    EXPECT_EQ(worse, 0u);
-    EXPECT_LE(off, grads_of[0].size() / 100);
-  }
 }
 
 // The MLP with bf16 pre and dpre (MIXSIM_BF16_OUTPUTS=1) on cuda-bf16, through cuBLASLt (bias
