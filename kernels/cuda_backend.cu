@@ -87,11 +87,13 @@ int select_device(int device) {
 // default since the H100 run of 2026-11-27: 21% more tokens/s on GPT-2); MIXSIM_BF16_WEIGHTS: the
 // model hands the products bf16 copies of its weights, rounded once per forward pass
 // (bf16_weight_copies; the same bf16 values the products would round at each use, so no result
-// changes). And two opt-ins, off unless set to 1, written without a GPU at hand:
-// MIXSIM_TC_WIDE_FORWARD, the tensor-core attention forward in blocks of 128 rows, two groups of
-// 16 a warp, for head sizes up to 64 (attention_tc.cu, forward_kernel<HS, 2>; bit-identical);
-// MIXSIM_CLASSIFIER_EXP2 (cuda and cuda-bf16), the cached classifier's max, sum and gradients
-// through exp2 (classifier.cu; within rounding of the default).
+// changes). MIXSIM_CLASSIFIER_EXP2 (cuda and cuda-bf16; on by default since the H200 run of
+// 2026-11-27: the classifier 1.37 -> 0.85 ms a GPT-2 step), the cached classifier's max, sum and
+// gradients through exp2 (classifier.cu; within rounding of expf's). And one opt-in, off unless
+// set to 1: MIXSIM_TC_WIDE_FORWARD, the tensor-core attention forward in blocks of 128 rows, two
+// groups of 16 a warp, for head sizes up to 64 (attention_tc.cu, forward_kernel<HS, 2>;
+// bit-identical; measured slower on that run, 1.54 against 1.24 ms a step, at half the resident
+// warps).
 
 class CudaBackend final : public Backend {
  public:
@@ -108,7 +110,7 @@ class CudaBackend final : public Backend {
                       precision == MatmulPrecision::bf16),
         wide_forward_(env_switch("MIXSIM_TC_WIDE_FORWARD", false) &&
                       precision == MatmulPrecision::bf16),
-        classifier_exp2_(env_switch("MIXSIM_CLASSIFIER_EXP2", false)),
+        classifier_exp2_(env_switch("MIXSIM_CLASSIFIER_EXP2", true)),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -353,7 +355,7 @@ class CudaBackend final : public Backend {
   bool bf16_outputs_;       // bf16_product_outputs()
   bool bf16_weights_;       // bf16_weight_copies()
   bool wide_forward_;       // attention's forward in blocks of 128 rows (MIXSIM_TC_WIDE_FORWARD)
-  bool classifier_exp2_;    // the cached classifier's exp2 arithmetic (MIXSIM_CLASSIFIER_EXP2)
+  bool classifier_exp2_;    // the cached classifier through exp2 (MIXSIM_CLASSIFIER_EXP2)
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

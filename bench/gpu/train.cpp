@@ -22,8 +22,8 @@
 // (cuda-bf16 stores the tensors only products read in bf16, +act), MIXSIM_BF16_WEIGHTS (the
 // products read bf16 weights rounded once per forward pass, +w) and MIXSIM_BF16_OUTPUTS (products
 // write bf16 themselves where the model stores bf16, +out); and the opt-ins MIXSIM_TC_WIDE_FORWARD=1
-// (the tensor-core attention forward in blocks of 128 rows, +wide) and MIXSIM_CLASSIFIER_EXP2=1
-// (the cached classifier through exp2, +exp2).
+// (the tensor-core attention forward in blocks of 128 rows, +wide); MIXSIM_CLASSIFIER_EXP2 (on by
+// default: the cached classifier through exp2, +exp2 on cuda-bf16).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -185,8 +185,9 @@ int main(int argc, char** argv) {
     // the backend read the same switch)
     const bool wide = backend_name == "cuda-bf16" && tc_attention &&
                       mixsim::env_switch("MIXSIM_TC_WIDE_FORWARD", false);
-    // MIXSIM_CLASSIFIER_EXP2=1 (opt-in): the cached classifier through exp2 ("+exp2")
-    const bool exp2 = backend_name != "cpu" && mixsim::env_switch("MIXSIM_CLASSIFIER_EXP2", false);
+    // MIXSIM_CLASSIFIER_EXP2: the cached classifier through exp2 ("+exp2", on cuda-bf16)
+    const bool exp2 =
+        backend_name == "cuda-bf16" && mixsim::env_switch("MIXSIM_CLASSIFIER_EXP2", true);
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
                                           : tc_attention         ? "mixsim-bf16tc"
                                                                  : "mixsim-bf16mm") +

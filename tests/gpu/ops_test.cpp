@@ -474,20 +474,21 @@ const ClassifierShape kClassifierShapes[] = {
 // these inputs and on random ones): relative 3e-5, absolute 1e-6 * dloss where p - 1 cancels
 // (the target). Skipped rows and padding are exactly zero. dlogits of the fp32 logits into a bf16
 // buffer of their own (cuda-bf16's default) are the in-place fp32 ones rounded, exactly (the same
-// kernel's arithmetic), and leave the logits as they were. The same bounds hold for the opt-in
-// MIXSIM_CLASSIFIER_EXP2 (the cached rows: exp2 of an fma-rounded argument, ~1.3e-6 relative per
-// exponential at these |x log2 e| < 64, and the max's rounding, ~7e-7 absolute in the loss).
+// kernel's arithmetic), and leave the logits as they were. The same bounds hold for both forms
+// of the cached rows: the default's exp2 of an fma-rounded argument (MIXSIM_CLASSIFIER_EXP2:
+// ~1.3e-6 relative per exponential at these |x log2 e| < 64, and the max's rounding, ~7e-7
+// absolute in the loss) and, with MIXSIM_CLASSIFIER_EXP2=0, the online pair with expf.
 TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
-  std::unique_ptr<Backend> exp2;
+  std::unique_ptr<Backend> expf_form;
   {
-    mixsim::testing::ScopedEnv e("MIXSIM_CLASSIFIER_EXP2", "1");
-    exp2 = make_cuda_backend(0);
+    mixsim::testing::ScopedEnv e("MIXSIM_CLASSIFIER_EXP2", "0");
+    expf_form = make_cuda_backend(0);
   }
   for (int pass = 0; pass < 2; ++pass) {
-    // the opt-in in the fixture's place, so that the twins' GPU buffers are its own
-    if (pass == 1) std::swap(gpu_, exp2);
+    // the other form in the fixture's place, so that the twins' GPU buffers are its own
+    if (pass == 1) std::swap(gpu_, expf_form);
     for (const auto [rows, v, vp] : kClassifierShapes) {
-      SCOPED_TRACE("V=" + std::to_string(v) + (pass == 1 ? ", MIXSIM_CLASSIFIER_EXP2=1" : ""));
+      SCOPED_TRACE("V=" + std::to_string(v) + (pass == 1 ? ", MIXSIM_CLASSIFIER_EXP2=0" : ""));
       std::vector<float> host = random_floats(std::size_t(rows) * vp, 27, 3.0);
       for (int n = 0; n < rows; ++n)  // padding logits are huge: they must never matter
         for (int j = v; j < vp; ++j) host[std::size_t(n) * vp + j] = 1e4f;
@@ -1562,16 +1563,16 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
 // one bf16 step off in any element and in at most 1% of them (expf and the sums' order differ by up
 // to ~8e-6 relative at the long rows, ClassifierLossesAndDlogitsInPlace; a bf16 step is 4e-3, so
 // few elements sit that close to a rounding boundary); null dlogits leave the logits as they are,
-// and dlogits apart from them are refused. The same with the opt-in MIXSIM_CLASSIFIER_EXP2 (its
-// exponentials ~1.3e-6 relative from expf's: ClassifierLossesAndDlogitsInPlace).
+// and dlogits apart from them are refused. The same with MIXSIM_CLASSIFIER_EXP2=0 (expf's
+// exponentials, ~1.3e-6 relative from the default's exp2: ClassifierLossesAndDlogitsInPlace).
 TEST_F(CudaOps, Bf16LogitsClassifier) {
   auto ref = make_cpu_backend(MatmulPrecision::bf16);
-  for (const char* exp2 : {"", "1"})
+  for (const char* exp2 : {"", "0"})
     for (const auto [rows, v, vp] : kClassifierShapes) {
       std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_CLASSIFIER_EXP2", exp2);
       auto gpu = cuda_bf16_with("", "", "");
       env.reset();
-      SCOPED_TRACE("V=" + std::to_string(v) + (*exp2 ? ", MIXSIM_CLASSIFIER_EXP2=1" : ""));
+      SCOPED_TRACE("V=" + std::to_string(v) + (*exp2 ? ", MIXSIM_CLASSIFIER_EXP2=0" : ""));
       const std::vector<std::uint16_t> l16 =
           bits_of(random_floats(std::size_t(rows) * vp, 161, 3.0));
       std::vector<int> targets(rows);
@@ -1598,7 +1599,7 @@ TEST_F(CudaOps, Bf16LogitsClassifier) {
                    "classifier losses of bf16 logits");
       const auto [off, worse] = bf16_steps(grads_of[1], grads_of[0]);
       std::printf("bf16 logits%s, V %d: %zu of %zu gradient elements one bf16 step from cpu-bf16\n",
-                  *exp2 ? " (exp2)" : "", v, off, grads_of[0].size());
+                  *exp2 ? " (expf)" : "", v, off, grads_of[0].size());
       EXPECT_EQ(worse, 0u);
       EXPECT_LE(off, grads_of[0].size() / 100);
     }
