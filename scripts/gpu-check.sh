@@ -425,7 +425,14 @@ GEMM_CONFIGS=gpt2,1.1b
 ((QUICK)) && GEMM_CONFIGS=gpt2
 step bench-gemm 60 "$BUILD/bench/bench_gpu_gemm" --configs "$GEMM_CONFIGS"
 step bench-averaging 60 "$BUILD/bench/bench_gpu_averaging"
-((QUICK)) || step torch-bf16-compile 240 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 10
+# torch.compile twice: one session's two runs gave 421k and 350k tokens/s (H200, run 9), a wider
+# spread than the gap the target asks about; the verdict below holds mixsim against the faster
+if ((!QUICK)); then
+  for run in 1 2; do
+    step "torch-bf16-compile-$run" 240 python3 scripts/gpu/torch_train.py --config gpt2 \
+      --dtype bf16 --compile --steps 10
+  done
+fi
 step torch-bf16 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --steps 10
 # Every kernel of one default bf16 GPT-2 step under Nsight Compute (each alone, normal clocks, no
 # cache flushes): its time and DRAM bytes, summed per kernel and ranked (scripts/gpu/ncu_summary.py)
@@ -479,16 +486,16 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-wide bench-gemm bench-averaging torch-fp32 torch-bf16-compile torch-bf16; do
+for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-wide bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)
 row "cuBLASLt epilogues (last bench)" "${LT:-no report}"
 # The issue's two speed targets for GPT-2 in bf16, from the rows above: at least 40% MFU, and
-# faster than PyTorch's torch.compile on the same card in the same run (mixsim's default, and
-# without the bf16 product outputs, run 7's default)
-TORCH=$(value torch-bf16-compile torch-bf16-compile tokens_per_s)
-# (single runs: torch.compile's own tokens/s varied by 14% between runs 5 and 6)
+# faster than PyTorch's torch.compile on the same card in the same run, the faster of its two
+# runs (mixsim's default, and without the bf16 product outputs, run 7's default)
+TORCH=$(for run in 1 2; do value "torch-bf16-compile-$run" torch-bf16-compile tokens_per_s; done |
+  sort -g | tail -1)
 for log in bench-train-bf16-all bench-train-bf16-nooutputs; do
   TPS=$(value "$log" mixsim-bf16 tokens_per_s)
   MFU=$(value "$log" mixsim-bf16 mfu)
@@ -498,7 +505,7 @@ for log in bench-train-bf16-all bench-train-bf16-nooutputs; do
   fi
   VERDICT="MFU ${MFU}% (target 40%: $(awk -v m="$MFU" 'BEGIN { print (m >= 40 ? "met" : "not met") }'))"
   if [[ -n "$TORCH" ]]; then
-    VERDICT+=", $(awk -v a="$TPS" -v b="$TORCH" 'BEGIN { printf "%.2fx torch.compile (%s)", a / b, (a > b ? "faster: met" : "not met") }')"
+    VERDICT+=", $(awk -v a="$TPS" -v b="$TORCH" 'BEGIN { printf "%.2fx torch.compile (%s)", a / b, (a > b ? "faster: met" : "not met") }') (its faster run)"
   else
     VERDICT+=", torch.compile: no result (--quick, or its step failed)"
   fi

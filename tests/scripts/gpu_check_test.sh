@@ -121,10 +121,16 @@ stub python3 'case "$*" in
   *torch_check.py*) echo "torch_check: loss rel 1e-6, gradients rel 1e-5: ok";;
   *torch_ops.py*)
     echo "RESULT torch-ops gpt2 attention_forward_ms=0.500 attention_backward_ms=1.500 layernorm_forward_ms=0.400 layernorm_backward_ms=0.800 classifier_ms=1.000 adamw_ms=0.600";;
-  *torch_train.py*)
+  *torch_train.py*)  # torch.compile alternates 350k and 370k tokens/s: the verdict takes the faster
     label=torch-$(sed -n "s/.*--dtype \([a-z0-9]*\).*/\1/p" <<< "$*")
-    [[ "$*" == *--compile* ]] && label+=-compile
-    echo "RESULT $label gpt2 tokens_per_s=370000 tflops=296.00 mfu=29.90";;
+    tps=370000
+    if [[ "$*" == *--compile* ]]; then
+      label+=-compile
+      n=$(cat '"$WORK"'/compile.count 2> /dev/null || echo 0)
+      echo $((n + 1)) > '"$WORK"'/compile.count
+      ((n % 2 == 0)) && tps=350000
+    fi
+    echo "RESULT $label gpt2 tokens_per_s=$tps tflops=296.00 mfu=29.90";;
   *) exec '"$(command -v python3)"' "$@";;
 esac'
 stub ncu 'while [[ $# -gt 0 && "$1" != /* ]]; do shift; done; exec "$@"'
@@ -182,7 +188,8 @@ has pass '^averaging k=2 '
 has pass '^ncu, kernels of a bf16 GPT-2 step +1 kernel launches in 1 step\(s\): 1\.00 ms'
 has pass '^ncu, what bounds each kernel +SM%, mem%, occ%, issue% per kernel in ncu-detail\.txt'
 has pass '^compute-sanitizer memcheck \(ops\) +=+ ERROR SUMMARY: 0 errors'
-has pass '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU 24\.30% \(target 40%: not met\), 0\.81x torch\.compile \(not met\)'
+has pass '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU 24\.30% \(target 40%: not met\), 0\.81x torch\.compile \(not met\) \(its faster run\)'
+has pass '^torch-bf16-compile gpt2 +tokens_per_s=350000'
 has pass '^targets, GPT-2 bf16 \(bench-train-bf16-nooutputs\) +MFU 24\.30%'
 grep -q "adamw4_kernel" "$WORK/pass.log" || fail "the ncu summary's kernel table is not printed"
 echo "ok: a passing run exits 0 with every row and the targets' verdicts"
