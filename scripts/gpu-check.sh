@@ -30,15 +30,18 @@
 #
 # Here (a machine with apt and network), once:   scripts/gpu-check.sh --fetch
 #   downloads the .deb files into .gpudeps/ (about 41 MB; ignored by git, carried to the GPU).
-# There:                                          scripts/gpu-check.sh [--quick | --tests FILTER]
+# There:                              scripts/gpu-check.sh [--quick | --tests FILTER | --compare S...]
 #   --quick skips the 1.1B shape and PyTorch's compiled run (the slowest steps);
 #   --tests FILTER builds (incrementally, on a machine still warm) and runs only the gpu tests that
 #     the GoogleTest filter names, once plainly and once under memcheck: the second call of a
 #     session, after a fix, when the first run named failed tests ('GpuPipeline.*' reruns the
 #     pipeline's tests instead, after the mpirun step, and rebuilds the binary);
+#   --compare 'VAR=VALUE ...' ... builds and times GPT-2 bf16 training with the default switches
+#     and with each setting given (environment assignments), in two rounds, then torch.compile
+#     twice: whether a switch pays, on one card in one call (run 9 did this by hand);
 #   GPU_CHECK_NCU=1 adds Nsight Compute's report on the attention kernels.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 DEBS=(libfmt-dev libfmt9 libgtest-dev libgmock-dev libopenblas0-openmp libopenblas-openmp-dev
       libgfortran5 libquadmath0)
@@ -73,14 +76,26 @@ if [[ "${1:-}" == "--fetch" ]]; then
   exit "$rc"
 fi
 QUICK=0 FILTER=
+declare -a COMPARE=()  # --compare's settings, each a list of VAR=VALUE
 case "${1:-}" in
   --quick) QUICK=1 ;;
+  --compare)
+    shift
+    COMPARE=("$@")
+    ((${#COMPARE[@]})) || { echo "gpu-check: --compare needs settings, e.g. 'MIXSIM_TC_WIDE_FORWARD=1'" >&2; exit 2; }
+    for setting in "${COMPARE[@]}"; do
+      for word in $setting; do
+        [[ "$word" =~ ^MIXSIM_[A-Z0-9_]+=[01]$ ]] ||
+          { echo "gpu-check: --compare takes MIXSIM_NAME=0 or =1 settings, not '$word'" >&2; exit 2; }
+      done
+    done
+    ;;
   --tests)
     FILTER=${2:-}
     [[ -n "$FILTER" ]] || { echo "gpu-check: --tests needs a GoogleTest filter, e.g. 'CudaOps.Classifier*'" >&2; exit 2; }
     ;;
   "") ;;
-  *) echo "gpu-check: unknown option '$1' (expected --fetch, --quick or --tests FILTER)" >&2; exit 2 ;;
+  *) echo "gpu-check: unknown option '$1' (expected --fetch, --quick, --tests FILTER or --compare SETTINGS)" >&2; exit 2 ;;
 esac
 # cuda-bf16's switches (include/mixsim/core/env.hpp) are set per step below; none leaks in from
 # the caller's environment, so that the tests and the table mean the defaults they say.
@@ -117,6 +132,14 @@ step() {
   return "$rc"
 }
 declare -a STEP_TIMES  # "SECONDS NAME" of each step run, for the table's last row
+result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|values" rows
+  grep '^RESULT' "$LOG/$1.log" 2> /dev/null | while read -r _ what cfg rest; do
+    echo "$what $cfg|$rest"
+  done
+}
+value() {  # value LOG LABEL-PREFIX KEY: KEY's value on the gpt2 RESULT line of LABEL in LOG
+  grep "^RESULT $2[^ ]* gpt2 " "$LOG/$1.log" 2> /dev/null | tail -1 | grep -o "$3=[0-9.]*" | cut -d= -f2
+}
 
 echo "=== machine"
 # (compute mode: two ranks share the GPU in the pipeline's tests, which needs Default, not
@@ -238,6 +261,7 @@ fi
 # the binary and the pipeline's gpu tests: a failure here costs only the pipeline's row (with
 # --tests, only for a filter of the pipeline's tests)
 [[ -n "$FILTER" && "$FILTER" != GpuPipeline* ]] && PIPELINE=0
+((${#COMPARE[@]})) && PIPELINE=0
 if ((PIPELINE)); then
   if step build-pipeline 180 cmake --build "$BUILD" -j "$(nproc)" --target mixsim_gpu_pipeline; then
     row "build (mixsim binary)" "ok, $(elapsed)"
@@ -309,6 +333,42 @@ if [[ -n "$FILTER" ]]; then
   finish
 fi
 
+# --compare SETTINGS: GPT-2 bf16 training with the default switches and with each setting, in two
+# rounds (each round every setting once, so that a drift of the card's clocks touches all), then
+# torch.compile twice
+if ((${#COMPARE[@]})); then
+  SETTINGS=("MIXSIM_BF16_OUTPUTS=1" "${COMPARE[@]}")  # the first: the defaults (a no-op setting)
+  for round in 1 2; do
+    for i in "${!SETTINGS[@]}"; do
+      # shellcheck disable=SC2086 # a setting is a list of assignments
+      step "compare-$i-$round" 90 env ${SETTINGS[$i]} "$BUILD/bench/bench_gpu_train" \
+        --configs gpt2 --backend cuda-bf16
+    done
+  done
+  for run in 1 2; do
+    step "torch-bf16-compile-$run" 240 python3 scripts/gpu/torch_train.py --config gpt2 \
+      --dtype bf16 --compile --steps 10
+  done
+  BASE=
+  for i in "${!SETTINGS[@]}"; do
+    runs=$(for round in 1 2; do value "compare-$i-$round" mixsim-bf16 tokens_per_s; done | xargs)
+    mean=$(awk '{ s = 0; for (k = 1; k <= NF; ++k) s += $k; if (NF) printf "%.0f", s / NF }' <<< "$runs")
+    ((i == 0)) && BASE=$mean
+    what=${SETTINGS[$i]}
+    ((i == 0)) && what="defaults"
+    if [[ -n "$mean" && -n "$BASE" ]]; then
+      row "compare: $what" "$(awk -v r="$runs" -v m="$mean" -v b="$BASE" \
+        'BEGIN { printf "tokens/s %s, mean %s: %.3fx the defaults", r, m, m / b }')"
+    else
+      row "compare: $what" "no result (see compare-$i-*.log)"
+    fi
+  done
+  torch=$(for run in 1 2; do value "torch-bf16-compile-$run" torch-bf16-compile tokens_per_s; done |
+    xargs)
+  row "compare: torch.compile" "tokens/s ${torch:-no result}"
+  finish
+fi
+
 # 3. gpu tests
 # (the pipeline's gpu tests run on their own after the PyTorch checks, below)
 step gpu-tests 240 ctest --test-dir "$BUILD" -L gpu -E '^gpu\.GpuPipeline\.' --output-on-failure \
@@ -363,14 +423,6 @@ check_torch gpt2-wide-bf16-all cuda-bf16 "--tol-loss 1e-2 --tol-grad 5e-2" --lay
 ((PIPELINE)) && pipeline_tests
 
 # 5. speed: mixsim fp32, averaging, PyTorch
-result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|values" rows
-  grep '^RESULT' "$LOG/$1.log" 2> /dev/null | while read -r _ what cfg rest; do
-    echo "$what $cfg|$rest"
-  done
-}
-value() {  # value LOG LABEL-PREFIX KEY: KEY's value on the gpt2 RESULT line of LABEL in LOG
-  grep "^RESULT $2[^ ]* gpt2 " "$LOG/$1.log" 2> /dev/null | tail -1 | grep -o "$3=[0-9.]*" | cut -d= -f2
-}
 CONFIGS=small,gpt2,1.1b
 ((QUICK)) && CONFIGS=small,gpt2
 # fp32 without the 1.1B shape (4k tokens/s: the issue asks for 1.1B in bf16, which the -all row

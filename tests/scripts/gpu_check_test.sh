@@ -10,7 +10,8 @@
 # - the pipeline's packages give the full build and the pipeline step, which runs with Open MPI
 #   moved to the private root and mpirun on PATH; without them, or when their configure fails,
 #   the compute layers still build and every other step runs;
-# - the deadline skips the steps it leaves no time for, and the table is still printed.
+# - the deadline skips the steps it leaves no time for, and the table is still printed;
+# - --tests and --compare run only their part, and refuse bad arguments.
 # Needs MIXSIM_SOURCE_DIR (set by ctest) and python3 (the ncu summary runs for real).
 set -euo pipefail
 SRC=${MIXSIM_SOURCE_DIR:?set by ctest}
@@ -87,8 +88,10 @@ case $name in
       printf "           %-52s %8.3f ms/step %8.3f TFLOP/s\n" "B 8, T 1024, C 768, heads 12" 4.6 99.0
     fi
     configs=$(sed -n "s/.*--configs \([^ ]*\).*/\1/p" <<< "$*")
+    tps=300000  # the wide forward 10% faster, for --compare
+    [[ "${MIXSIM_TC_WIDE_FORWARD:-}" == 1 ]] && tps=330000
     for c in ${configs//,/ }; do
-      echo "RESULT $label $c tokens_per_s=300000 tflops=240.00 mfu=24.30"
+      echo "RESULT $label $c tokens_per_s=$tps tflops=240.00 mfu=24.30"
     done;;
   bench_gpu_gemm) echo "RESULT gemm-ceiling gpt2 gemmex_ms=12.00 lt_ms=11.50 best_ms=11.00 best_bf16_ms=10.00 best_tflops=550";;
   bench_gpu_averaging) echo "RESULT averaging k=2 gbs=4200.0 copy_gbs=4000.0 pct=105.0";;
@@ -275,3 +278,21 @@ for bad in "--tests" "--fast"; do
 done
 echo "ok: --tests runs only the named tests (op tests, or the pipeline's) and reports failures,"
 echo "    an empty match and bad options"
+
+# 6. --compare SETTINGS: the defaults and each setting, two rounds, torch.compile twice
+run compare -- --compare 'MIXSIM_TC_WIDE_FORWARD=1' 'MIXSIM_CLASSIFIER_EXP2=0 MIXSIM_BF16_OUTPUTS=0'
+[[ $(cat "$WORK/compare.rc") == 0 ]] || fail "--compare gave exit $(cat "$WORK/compare.rc"): $(tail -20 "$WORK/compare.log")"
+has compare '^compare: defaults +tokens/s 300000 300000, mean 300000: 1\.000x the defaults'
+has compare '^compare: MIXSIM_TC_WIDE_FORWARD=1 +tokens/s 330000 330000, mean 330000: 1\.100x the defaults'
+has compare '^compare: MIXSIM_CLASSIFIER_EXP2=0 MIXSIM_BF16_OUTPUTS=0 +tokens/s 300000 300000'
+has compare '^compare: torch\.compile +tokens/s 3[57]0000 3[57]0000'
+grep -q "MIXSIM_BF16_OUTPUTS=0" "$WORK/compare.log" || fail "--compare's second setting was not passed on"
+! grep -qE "^(gpu tests|PyTorch check|build \(mixsim binary\))" "$WORK/compare.table" ||
+  fail "--compare ran the tests or built the pipeline"
+for bad in "--compare" "--compare MIXSIM_X=2" "--compare rm=1"; do
+  # shellcheck disable=SC2086 # an option and its argument
+  run bad -- $bad
+  [[ $(cat "$WORK/bad.rc") == 2 ]] || fail "'$bad' gave exit $(cat "$WORK/bad.rc"), not the usage error 2"
+done
+echo "ok: --compare times the defaults and each setting in two rounds, beside torch.compile"
+echo "    twice, and refuses settings that are not MIXSIM_NAME=0 or 1"
