@@ -93,7 +93,9 @@ int select_device(int device) {
 // set to 1: MIXSIM_TC_WIDE_FORWARD, the tensor-core attention forward in blocks of 128 rows, two
 // groups of 16 a warp, for head sizes up to 64 (attention_tc.cu, forward_kernel<HS, 2>;
 // bit-identical; measured slower on that run, 1.54 against 1.24 ms a step, at half the resident
-// warps).
+// warps). And one written after that run, without a GPU at hand: MIXSIM_LAYERNORM_PIPELINED (both
+// CUDA backends), LayerNorm's forward with a warp loading its next row before it stores this one
+// (layernorm.cu; bit-identical).
 
 class CudaBackend final : public Backend {
  public:
@@ -111,6 +113,7 @@ class CudaBackend final : public Backend {
         wide_forward_(env_switch("MIXSIM_TC_WIDE_FORWARD", false) &&
                       precision == MatmulPrecision::bf16),
         classifier_exp2_(env_switch("MIXSIM_CLASSIFIER_EXP2", true)),
+        layernorm_pipelined_(env_switch("MIXSIM_LAYERNORM_PIPELINED", false)),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -190,7 +193,8 @@ class CudaBackend final : public Backend {
   }
   void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                          const float* weight, const float* bias, int N, int C) override {
-    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, stream_.get());
+    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, layernorm_pipelined_,
+                            stream_.get());
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
@@ -293,7 +297,7 @@ class CudaBackend final : public Backend {
                                   const float* a, const float* b, const float* weight,
                                   const float* bias, int N, int C) override {
     cuda::residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias, N, C,
-                                     stream_.get());
+                                     layernorm_pipelined_, stream_.get());
   }
   void classifier(TensorOut logits, float* losses, const int* targets, float dloss,
                   TensorOut dlogits, int N, int V, int Vp) override {
@@ -356,6 +360,7 @@ class CudaBackend final : public Backend {
   bool bf16_weights_;       // bf16_weight_copies()
   bool wide_forward_;       // attention's forward in blocks of 128 rows (MIXSIM_TC_WIDE_FORWARD)
   bool classifier_exp2_;    // the cached classifier through exp2 (MIXSIM_CLASSIFIER_EXP2)
+  bool layernorm_pipelined_;  // LayerNorm's forward loads ahead (MIXSIM_LAYERNORM_PIPELINED)
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

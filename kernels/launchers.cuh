@@ -78,13 +78,16 @@ std::size_t encoder_backward_workspace(int B, int T);
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* tokens, int B, int T,
                       int C, Workspace ws, cudaStream_t stream);
 
-// ---- layernorm.cu
+// ---- layernorm.cu (pipelined: the forward's rows kernel loads a warp's next row before it stores
+// this one, MIXSIM_LAYERNORM_PIPELINED; the same results bit for bit)
 void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C, cudaStream_t stream);
+                       const float* weight, const float* bias, int N, int C, bool pipelined,
+                       cudaStream_t stream);
 // residual = a + b (may alias a or b), then layernorm_forward of it, in one pass
 void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
                                 const float* a, const float* b, const float* weight,
-                                const float* bias, int N, int C, cudaStream_t stream);
+                                const float* bias, int N, int C, bool pipelined,
+                                cudaStream_t stream);
 std::size_t layernorm_backward_workspace(int N, int C);
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,

@@ -1482,6 +1482,63 @@ TEST_F(CudaOps, WideForwardIsBitIdentical) {
   }
 }
 
+// MIXSIM_LAYERNORM_PIPELINED=1 (opt-in; written without a GPU at hand): LayerNorm's forward with
+// as many warps as the SMs keep resident, each loading its next row before it stores this one,
+// gives every output bit for bit as the default's one row a warp (the same arithmetic per row):
+// out (fp32 and bf16), mean, rstd, and with the residual add the sum, also in place (the sum over
+// its input a). Rows: more than the resident warps (several rows a warp, the last warps fewer);
+// channels: 72 (a partial last group of lanes), GPT-2's 768 and the 1.1B model's 2048.
+TEST_F(CudaOps, PipelinedLayerNormIsBitIdentical) {
+  std::unique_ptr<Backend> piped;
+  {
+    mixsim::testing::ScopedEnv p("MIXSIM_LAYERNORM_PIPELINED", "1");
+    piped = make_cuda_backend(0);
+  }
+  auto bits = [](const std::vector<float>& v) {
+    std::vector<std::uint32_t> b(v.size());
+    std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+    return b;
+  };
+  for (const auto& [rows, c] :
+       {std::pair{40001, 72}, std::pair{20011, 768}, std::pair{5003, 2048}}) {
+    const std::string what = "LayerNorm N=" + std::to_string(rows) + " C=" + std::to_string(c);
+    const std::size_t n = std::size_t(rows) * c;
+    const std::vector<float> a = random_floats(n, 191), b = random_floats(n, 192),
+                             w = random_floats(c, 193), bias = random_floats(c, 194);
+    struct Outputs {
+      std::vector<float> out, mean, rstd, sum, inplace;
+      std::vector<std::uint16_t> out16;
+    };
+    auto run = [&](Backend& be) {
+      auto da = put(be, a), db = put(be, b), dw = put(be, w), dbias = put(be, bias);
+      DeviceBuffer<float> out(be, n), mean(be, rows), rstd(be, rows), sum(be, n);
+      DeviceBuffer<std::uint16_t> out16(be, n);
+      be.layernorm_forward(out.get(), mean.get(), rstd.get(), da.get(), dw.get(), dbias.get(), rows,
+                           c);
+      Outputs r;
+      r.out = fetch(be, out.get(), n);
+      r.mean = fetch(be, mean.get(), rows);
+      r.rstd = fetch(be, rstd.get(), rows);
+      be.residual_layernorm_forward(sum.get(), {out16.get(), DType::bf16}, nullptr, nullptr,
+                                    da.get(), db.get(), dw.get(), dbias.get(), rows, c);
+      r.sum = fetch(be, sum.get(), n);
+      r.out16 = fetch(be, out16.get(), n);
+      be.residual_layernorm_forward(da.get(), out.get(), nullptr, nullptr, da.get(), db.get(),
+                                    dw.get(), dbias.get(), rows, c);  // in place over a
+      r.inplace = fetch(be, da.get(), n);
+      return r;
+    };
+    const Outputs d = run(*gpu_), p = run(*piped);
+    EXPECT_EQ(bits(p.out), bits(d.out)) << what << ": out";
+    EXPECT_EQ(bits(p.mean), bits(d.mean)) << what << ": mean";
+    EXPECT_EQ(bits(p.rstd), bits(d.rstd)) << what << ": rstd";
+    EXPECT_EQ(bits(p.sum), bits(d.sum)) << what << ": the residual sum";
+    EXPECT_EQ(p.out16, d.out16) << what << ": bf16 out";
+    EXPECT_EQ(bits(p.inplace), bits(d.inplace)) << what << ": the sum in place";
+    EXPECT_EQ(bits(d.inplace), bits(d.sum)) << what << ": in place as apart";
+  }
+}
+
 // ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS, on by default for cuda-bf16 and cpu-bf16)
 
 namespace {
