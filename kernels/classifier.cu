@@ -48,20 +48,31 @@ __device__ inline MaxSum merge(MaxSum a, MaxSum b) {
   return {m, __fadd_rn(__fmul_rn(a.s, expf(a.m - m)), __fmul_rn(b.s, expf(b.m - m)))};
 }
 
-// Merges the threads' pairs over a block of kBlockWarps warps; every thread gets the same result
-// (the warps' partials merged in warp order). Ends with a barrier, so `scratch` can be reused at
-// once.
-template <int kBlockWarps>
-__device__ MaxSum block_merge(MaxSum v, MaxSum* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v = merge(v,
-              {__shfl_xor_sync(kFullMask, v.m, offset), __shfl_xor_sync(kFullMask, v.s, offset)});
+// Combines the threads' values over a block of kBlockWarps warps: each warp's by `warp_op`
+// (which leaves every lane with the same value), then the warps' values by `op` in warp order.
+// Every thread gets the same result. Ends with a barrier, so `scratch` can be reused at once.
+template <int kBlockWarps, class T, class WarpOp, class Op>
+__device__ T block_reduce(T v, T* scratch, WarpOp warp_op, Op op) {
+  v = warp_op(v);
   if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
   __syncthreads();
-  MaxSum r = scratch[0];
-  for (int w = 1; w < kBlockWarps; ++w) r = merge(r, scratch[w]);
+  T r = scratch[0];
+  for (int w = 1; w < kBlockWarps; ++w) r = op(r, scratch[w]);
   __syncthreads();
   return r;
+}
+
+// The threads' pairs merged over a block (a butterfly of merges within each warp).
+template <int kBlockWarps>
+__device__ MaxSum block_merge(MaxSum v, MaxSum* scratch) {
+  const auto warp_merge = [](MaxSum x) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+      x = merge(x, {__shfl_xor_sync(kFullMask, x.m, offset),
+                    __shfl_xor_sync(kFullMask, x.s, offset)});
+    return x;
+  };
+  return block_reduce<kBlockWarps>(v, scratch, warp_merge,
+                                   [](MaxSum a, MaxSum b) { return merge(a, b); });
 }
 
 // Adds logit x to a thread's running pair: a larger logit rescales the sum so far.
@@ -74,9 +85,10 @@ __device__ inline void add(MaxSum& part, float x) {
   }
 }
 
-// The gradient of logit j: dloss * softmax, less dloss at the target; k = dloss / sum.
-__device__ inline float gradient(float x, int j, int target, float mx, float k, float dloss) {
-  float g = __fmul_rn(expf(x - mx), k);
+// The gradient of logit j from its exp(x - max) e: dloss * softmax, less dloss at the target;
+// k = dloss / sum.
+__device__ inline float gradient(float e, int j, int target, float k, float dloss) {
+  float g = __fmul_rn(e, k);
   if (j == target) g -= dloss;
   return g;
 }
@@ -109,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
   if (!write) return;
   const float k = dloss / sum;
   for (int j = threadIdx.x; j < V; j += kThreads)
-    store(grad + j, gradient(load(row + j), j, target, mx, k, dloss));
+    store(grad + j, gradient(expf(load(row + j) - mx), j, target, k, dloss));
   for (int j = V + threadIdx.x; j < Vp; j += kThreads) store(grad + j, 0.f);
 }
 
@@ -125,29 +137,6 @@ constexpr int kCopyUnroll = 4;  // 16-byte loads in flight per thread while the 
 // One row per block, cached in dynamic shared memory as kVec-element vectors (16 bytes): the
 // first ceil(V / kVec) vectors of the row (the last one may hold padding, never used). The
 // launcher checks that the row and dlogits' rows are so aligned (Vp a multiple of kVec).
-// Over a block of kCachedWarps warps: the max of the threads' values (fmaxf: any order gives the
-// same), or their sum (the warps' sums added in warp order: the same on every run). Every thread
-// gets the result; ends with a barrier, so `scratch` can be reused at once.
-__device__ float block_max(float v, float* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
-  if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
-  __syncthreads();
-  float r = scratch[0];
-  for (int w = 1; w < kCachedWarps; ++w) r = fmaxf(r, scratch[w]);
-  __syncthreads();
-  return r;
-}
-__device__ float block_sum(float v, float* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
-  if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
-  __syncthreads();
-  float r = scratch[0];
-  for (int w = 1; w < kCachedWarps; ++w) r += scratch[w];
-  __syncthreads();
-  return r;
-}
-
 constexpr float kLog2e = 1.4426950408889634f;
 
 // exp(x - max) as exp2(x log2 e - max log2 e): one fma and the hardware exp2 (0 for x = -inf)
@@ -200,7 +189,8 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
       for (int i = 0; i < kVec; ++i)
         if (q * kVec + i < V) part_max = fmaxf(part_max, widen(v.e[i]));
     }
-    mx = block_max(part_max, partials);
+    mx = block_reduce<kCachedWarps>(part_max, partials, [](float x) { return warp_max(x); },
+                                    [](float a, float b) { return fmaxf(a, b); });
     float part_sum = 0.f;
     for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
       const InPack v = cache[q];
@@ -208,7 +198,8 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
       for (int i = 0; i < kVec; ++i)
         if (q * kVec + i < V) part_sum += exp_shifted(widen(v.e[i]), mx * kLog2e);
     }
-    sum = block_sum(part_sum, partials);
+    sum = block_reduce<kCachedWarps>(part_sum, partials, [](float x) { return warp_sum(x); },
+                                     [](float a, float b) { return a + b; });
   } else {
     MaxSum part{-INFINITY, 0.f};
     for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
@@ -225,6 +216,13 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
   if (threadIdx.x == 0) losses[blockIdx.x] = logf(sum) + mx - load(cached + target);
   if (!write) return;
   const float k = dloss / sum;
+  // exp(x - max) in the form the sum took
+  const auto shifted_exp = [&](float x) {
+    if constexpr (kExp2)
+      return exp_shifted(x, mx * kLog2e);
+    else
+      return expf(x - mx);
+  };
   auto* out = reinterpret_cast<GradPack*>(grad);
   for (int q = threadIdx.x; q < Vp / kVec; q += kCachedThreads) {
     GradPack g;
@@ -233,14 +231,8 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
         const int j = q * kVec + i;
-        float d = 0.f;
-        if (j < V) {
-          if constexpr (kExp2)
-            d = __fmul_rn(exp_shifted(widen(v.e[i]), mx * kLog2e), k) - (j == target ? dloss : 0.f);
-          else
-            d = gradient(widen(v.e[i]), j, target, mx, k, dloss);
-        }
-        g.e[i] = narrow<Grad>(d);
+        g.e[i] = narrow<Grad>(j < V ? gradient(shifted_exp(widen(v.e[i])), j, target, k, dloss)
+                                    : 0.f);
       }
     } else {
 #pragma unroll

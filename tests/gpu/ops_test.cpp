@@ -1457,11 +1457,6 @@ TEST_F(CudaOps, WideForwardIsBitIdentical) {
       {2, 150, 192, 3}, {3, 1, 32, 2},     {2, 65, 96, 2},    {1, 300, 64, 1},
       {2, 200, 128, 4}, {1, 256, 768, 12}, {1, 100, 128, 1},  // HS 128: forward_kernel
   };
-  auto bits = [](const std::vector<float>& v) {
-    std::vector<std::uint32_t> b(v.size());
-    std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
-    return b;
-  };
   for (const AttentionShape& s : shapes) {
     const std::string what = "wide forward " + shape_name(s);
     const std::size_t rows = std::size_t(s.B) * s.T;
@@ -1476,8 +1471,8 @@ TEST_F(CudaOps, WideForwardIsBitIdentical) {
     ASSERT_TRUE(wide->attention_rounds_qkv(s.C, s.NH)) << what;
     const auto [o1, l1] = run(*narrow);
     const auto [o2, l2] = run(*wide);
-    EXPECT_EQ(bits(o2), bits(o1)) << what << ": out";
-    EXPECT_EQ(bits(l2), bits(l1)) << what << ": lse";
+    expect_identical(Pair{o1, o2}, what + ": out");
+    expect_identical(Pair{l1, l2}, what + ": lse");
     EXPECT_EQ(std::count(o2.begin(), o2.end(), 7.f), 0) << what << ": out left unwritten";
   }
 }
@@ -1494,11 +1489,6 @@ TEST_F(CudaOps, PipelinedLayerNormIsBitIdentical) {
     mixsim::testing::ScopedEnv p("MIXSIM_LAYERNORM_PIPELINED", "1");
     piped = make_cuda_backend(0);
   }
-  auto bits = [](const std::vector<float>& v) {
-    std::vector<std::uint32_t> b(v.size());
-    std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
-    return b;
-  };
   for (const auto& [rows, c] :
        {std::pair{40001, 72}, std::pair{20011, 768}, std::pair{5003, 2048}}) {
     const std::string what = "LayerNorm N=" + std::to_string(rows) + " C=" + std::to_string(c);
@@ -1529,13 +1519,13 @@ TEST_F(CudaOps, PipelinedLayerNormIsBitIdentical) {
       return r;
     };
     const Outputs d = run(*gpu_), p = run(*piped);
-    EXPECT_EQ(bits(p.out), bits(d.out)) << what << ": out";
-    EXPECT_EQ(bits(p.mean), bits(d.mean)) << what << ": mean";
-    EXPECT_EQ(bits(p.rstd), bits(d.rstd)) << what << ": rstd";
-    EXPECT_EQ(bits(p.sum), bits(d.sum)) << what << ": the residual sum";
+    expect_identical(Pair{d.out, p.out}, what + ": out");
+    expect_identical(Pair{d.mean, p.mean}, what + ": mean");
+    expect_identical(Pair{d.rstd, p.rstd}, what + ": rstd");
+    expect_identical(Pair{d.sum, p.sum}, what + ": the residual sum");
     EXPECT_EQ(p.out16, d.out16) << what << ": bf16 out";
-    EXPECT_EQ(bits(p.inplace), bits(d.inplace)) << what << ": the sum in place";
-    EXPECT_EQ(bits(d.inplace), bits(d.sum)) << what << ": in place as apart";
+    expect_identical(Pair{d.inplace, p.inplace}, what + ": the sum in place");
+    expect_identical(Pair{d.sum, d.inplace}, what + ": in place as apart");
   }
 }
 
