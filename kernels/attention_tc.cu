@@ -165,16 +165,36 @@ __device__ inline void wait_copies() {
 // The sources are bf16 copies of qkv and dout that the launchers round once per call (a tile is
 // read by many blocks: half the bytes of fp32, and no conversion in the kernels); eight values
 // (16 bytes) a copy: the copies start 256-byte aligned and every row offset is a multiple of 8
-// elements.
+// elements. Where a row is a power of two of those pieces (head sizes 16, 32, 64, 128), each
+// thread copies the same piece of every kThreads / kOcts-th row, a count of copies known when
+// compiling, so that the loop unrolls and each copy's row and column (and its place in shared
+// memory) are worked out once, outside the kernels' loops over tiles: the loop over idx below,
+// with signed division, cost ~25 instructions a copy, a third of the forward's instructions per
+// tile (PTX of forward_kernel<64, 1>, 2026-11-27). At the other head sizes the unrolled form
+// kept more per-copy values than the registers hold (ptxas: spills at 80 and 112), so they keep
+// the loop.
 template <int HS>
 __device__ inline void load_tile(bf16* tile, const bf16* src, std::size_t stride, int first,
                                  int T) {
-  constexpr int kOcts = HS / 8;
-  for (int idx = threadIdx.x; idx < kRows * kOcts; idx += kThreads) {
-    const int r = idx / kOcts, d = idx % kOcts * 8, row = first + r;
-    const bool valid = row < T;
-    copy_async16(tile + r * tile_ld<HS>() + d, src + (valid ? std::size_t(row) * stride + d : 0),
-                 valid);
+  constexpr int kOcts = HS / 8;  // 16-byte pieces of a row
+  if constexpr ((kOcts & (kOcts - 1)) == 0) {
+    constexpr unsigned kRowStep = kThreads / kOcts;
+    const unsigned r0 = threadIdx.x / kOcts, d = threadIdx.x % kOcts * 8;
+#pragma unroll
+    for (unsigned c = 0; c < kRows / kRowStep; ++c) {
+      const unsigned r = r0 + c * kRowStep;
+      const int row = first + int(r);
+      const bool valid = row < T;
+      copy_async16(tile + r * tile_ld<HS>() + d, src + (valid ? std::size_t(row) * stride + d : 0),
+                   valid);
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < kRows * kOcts; idx += kThreads) {
+      const int r = idx / kOcts, d = idx % kOcts * 8, row = first + r;
+      const bool valid = row < T;
+      copy_async16(tile + r * tile_ld<HS>() + d, src + (valid ? std::size_t(row) * stride + d : 0),
+                   valid);
+    }
   }
 }
 // Starts dst[r] = src[first + r] for the kRows rows from `first`; zero past T.
@@ -465,14 +485,14 @@ __global__ void __launch_bounds__(kThreads, G == 2 ? 2 : (HS <= 80 ? 4 : 3))
   // The blocks with the most key tiles first: the last ones then fill the tail.
   const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kBlockRows;
   const int tiles = (min(T, i0 + kBlockRows) - 1) / kRows + 1;  // key tiles up to the last row
-  int iw[G];    // the first row of each of the warp's groups
+  int iw[G];     // the first row of each of the warp's groups
   bool live[G];  // uniform over the warp
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     iw[g] = i0 + g * kRows + warp * 16;
     live[g] = iw[g] < T;
   }
-  const float sl = scale * kLog2e;  // exp(scale s - x) = exp2(sl s - x log2 e)
+  const float sl = scale * kLog2e;       // exp(scale s - x) = exp2(sl s - x log2 e)
   const bf16* qw = qs + warp * 16 * LD;  // group g's rows from qw + g * 64 rows
   const auto load_stage = [&](int t) { load_kv_stage<HS>(kv, q, head, C, t, T); };
 #pragma unroll

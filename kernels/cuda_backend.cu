@@ -93,9 +93,8 @@ int select_device(int device) {
 // set to 1: MIXSIM_TC_WIDE_FORWARD, the tensor-core attention forward in blocks of 128 rows, two
 // groups of 16 a warp, for head sizes up to 64 (attention_tc.cu, forward_kernel<HS, 2>;
 // bit-identical; measured slower on that run, 1.54 against 1.24 ms a step, at half the resident
-// warps). And one written after that run, without a GPU at hand: MIXSIM_LAYERNORM_PIPELINED (both
-// CUDA backends), LayerNorm's forward with a warp loading its next row before it stores this one
-// (layernorm.cu; bit-identical).
+// warps). MIXSIM_GELU_EXP2 (on by default for cuda-bf16 since the H200 run of 2026-11-27, off for
+// cuda): the GELU kernel on the hardware's ex2 and reciprocal (gelu.cu; +0.7% GPT-2 tokens/s).
 
 class CudaBackend final : public Backend {
  public:
@@ -113,7 +112,7 @@ class CudaBackend final : public Backend {
         wide_forward_(env_switch("MIXSIM_TC_WIDE_FORWARD", false) &&
                       precision == MatmulPrecision::bf16),
         classifier_exp2_(env_switch("MIXSIM_CLASSIFIER_EXP2", true)),
-        layernorm_pipelined_(env_switch("MIXSIM_LAYERNORM_PIPELINED", false)),
+        gelu_exp2_(env_switch("MIXSIM_GELU_EXP2", precision == MatmulPrecision::bf16)),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -193,8 +192,7 @@ class CudaBackend final : public Backend {
   }
   void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                          const float* weight, const float* bias, int N, int C) override {
-    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, layernorm_pipelined_,
-                            stream_.get());
+    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, stream_.get());
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
@@ -207,11 +205,11 @@ class CudaBackend final : public Backend {
                       int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::matmul_forward(cublas_.get(), lt_.get(), precision_, out, inp, weight, bias, N, C, OC,
-                         workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr,
-                                                                  inp.type, weight.type, N, C, OC,
-                                                                  out.type, bias != nullptr)),
-                         stream_.get());
+    cuda::matmul_forward(
+        cublas_.get(), lt_.get(), precision_, out, inp, weight, bias, N, C, OC,
+        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, weight.type,
+                                                 N, C, OC, out.type, bias != nullptr)),
+        stream_.get());
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
                        TensorIn weight, int N, int C, int OC) override {
@@ -227,12 +225,11 @@ class CudaBackend final : public Backend {
                            const float* bias, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_gelu_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::matmul_gelu_forward(cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N,
-                              C, OC,
-                              workspace(cuda::matmul_forward_workspace(
-                                  precision_, lt_ != nullptr, inp.type, weight.type, N, C, OC,
-                                  pre.type, bias != nullptr)),
-                              stream_.get());
+    cuda::matmul_gelu_forward(
+        cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N, C, OC, gelu_exp2_,
+        workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, weight.type,
+                                                 N, C, OC, pre.type, bias != nullptr)),
+        stream_.get());
   }
   void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,
                             TensorIn inp, TensorIn pre, TensorIn weight, int N, int C,
@@ -285,7 +282,7 @@ class CudaBackend final : public Backend {
           C, NH, workspace(cuda::attention_backward_workspace(B, T, NH)), stream_.get());
   }
   void gelu_forward(TensorOut out, TensorIn inp, std::size_t n) override {
-    cuda::gelu_forward(out, inp, n, stream_.get());
+    cuda::gelu_forward(out, inp, n, gelu_exp2_, stream_.get());
   }
   void gelu_backward(TensorOut dinp, TensorIn inp, const float* dout, std::size_t n) override {
     cuda::gelu_backward(dinp, inp, dout, n, stream_.get());
@@ -297,7 +294,7 @@ class CudaBackend final : public Backend {
                                   const float* a, const float* b, const float* weight,
                                   const float* bias, int N, int C) override {
     cuda::residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias, N, C,
-                                     layernorm_pipelined_, stream_.get());
+                                     stream_.get());
   }
   void classifier(TensorOut logits, float* losses, const int* targets, float dloss,
                   TensorOut dlogits, int N, int V, int Vp) override {
@@ -360,7 +357,7 @@ class CudaBackend final : public Backend {
   bool bf16_weights_;       // bf16_weight_copies()
   bool wide_forward_;       // attention's forward in blocks of 128 rows (MIXSIM_TC_WIDE_FORWARD)
   bool classifier_exp2_;    // the cached classifier through exp2 (MIXSIM_CLASSIFIER_EXP2)
-  bool layernorm_pipelined_;  // LayerNorm's forward loads ahead (MIXSIM_LAYERNORM_PIPELINED)
+  bool gelu_exp2_;          // the GELU kernel on the hardware's ex2 (MIXSIM_GELU_EXP2)
   std::size_t max_shared_;  // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

@@ -73,6 +73,15 @@ __device__ inline float warp_max(float v) {
   return v;
 }
 
+// 2^x on the hardware's ex2 (MUFU.EX2, ~2 ulp): one instruction, results below 2^-126 flushed to
+// zero. exp2f keeps those subnormal results, which on sm_90 costs a range test and two
+// multiplies around the same ex2.
+__device__ inline float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Stores an fp32 value as the output's element type: as is, or rounded to bf16 (nearest even).
 __device__ inline void store(float* p, float v) {
   *p = v;

@@ -78,16 +78,13 @@ std::size_t encoder_backward_workspace(int B, int T);
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* tokens, int B, int T,
                       int C, Workspace ws, cudaStream_t stream);
 
-// ---- layernorm.cu (pipelined: the forward's rows kernel loads a warp's next row before it stores
-// this one, MIXSIM_LAYERNORM_PIPELINED; the same results bit for bit)
+// ---- layernorm.cu
 void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C, bool pipelined,
-                       cudaStream_t stream);
+                       const float* weight, const float* bias, int N, int C, cudaStream_t stream);
 // residual = a + b (may alias a or b), then layernorm_forward of it, in one pass
 void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
                                 const float* a, const float* b, const float* weight,
-                                const float* bias, int N, int C, bool pipelined,
-                                cudaStream_t stream);
+                                const float* bias, int N, int C, cudaStream_t stream);
 std::size_t layernorm_backward_workspace(int N, int C);
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
@@ -121,10 +118,11 @@ std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType i
 void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut out,
                     TensorIn inp, TensorIn weight, const float* bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream);
-// The same workspace as matmul_forward.
+// The same workspace as matmul_forward. gelu_exp2: the GELU kernel's form (gelu_forward), where
+// it runs rather than cuBLASLt's epilogue.
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                          TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
-                         const float* bias, int N, int C, int OC, Workspace ws,
+                         const float* bias, int N, int C, int OC, bool gelu_exp2, Workspace ws,
                          cudaStream_t stream);
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
                                       DType weight, int N, int C, int OC);
@@ -164,7 +162,9 @@ void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, cons
                            cudaStream_t stream);
 
 // ---- gelu.cu
-void gelu_forward(TensorOut out, TensorIn inp, std::size_t n, cudaStream_t stream);
+// exp2: on the hardware's ex2 and reciprocal (MIXSIM_GELU_EXP2; within a few ulps of the CPU's
+// form)
+void gelu_forward(TensorOut out, TensorIn inp, std::size_t n, bool exp2, cudaStream_t stream);
 void gelu_backward(TensorOut dinp, TensorIn inp, const float* dout, std::size_t n,
                    cudaStream_t stream);
 

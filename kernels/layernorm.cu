@@ -61,80 +61,53 @@ __global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, con
   }
 }
 
-// The row of a lane's channels c = lane + 32 k (k < kPerLane; 0 past C): inp, or inp + add.
-template <int kPerLane>
-__device__ inline void load_row(float (&xs)[kPerLane], const float* inp, const float* add,
-                                std::size_t off, int C, int lane) {
-#pragma unroll
-  for (int k = 0; k < kPerLane; ++k) {
-    const int c = lane + k * kWarpSize;
-    xs[k] = 0.f;
-    if (c < C) xs[k] = add ? inp[off + c] + add[off + c] : inp[off + c];
-  }
-}
-
 // The same for C up to 32 * kForwardMaxPerLane (GPT-2's 768, the 1.1B model's 2048): each lane
 // keeps its channels of the row (c = lane + 32 k) in registers, so the row (and the addend) is
 // read once and the sum written once, where the kernel above reads the row three times. The same
-// operations in the same order. Every load of a row comes first: sum_out may alias inp or add, so
-// a store between them would keep the compiler from issuing the next loads before it (each lane
-// writes only what it has read). A warp takes rows row, row + stride, ... (stride: the grid's
-// warps); with kPipelined (MIXSIM_LAYERNORM_PIPELINED=1, opt-in; written without a GPU at hand)
-// the grid holds only the warps an SM keeps resident, and a warp loads its next row before it
-// computes and stores this one, so that reads and writes overlap (the default's one row a warp,
-// all loads, then all stores, reached 2.4 TB/s of an H200's 4.0, run 8). Either way each row gets
-// the same arithmetic, so the results are bit-identical.
-template <int kPerLane, bool kPipelined, class Out>
+// operations in the same order.
+template <int kPerLane, class Out>
 __global__ void layernorm_forward_rows_kernel(Out* out, float* mean, float* rstd, const float* inp,
                                               const float* weight, const float* bias, int N, int C,
                                               const float* add, float* sum_out) {
   const int lane = threadIdx.x % kWarpSize;
-  const int stride = int(gridDim.x) * kRowsPerBlock;
-  int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;  // the whole warp
+  const std::size_t off = std::size_t(row) * C;
   float xs[kPerLane];
-  load_row(xs, inp, add, std::size_t(row) * C, C, lane);
-  for (;;) {
-    const std::size_t off = std::size_t(row) * C;
-    const int next = row + stride;
-    float nx[kPerLane];  // (kPipelined) the next row, loaded before this one's stores
-    if constexpr (kPipelined)
-      if (next < N) load_row(nx, inp, add, std::size_t(next) * C, C, lane);
-    float sum = 0.f;
+  float sum = 0.f;
+  // every load first: sum_out may alias inp or add, so a store between them would keep the
+  // compiler from issuing the next loads before it (each lane writes only what it has read)
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int c = lane + k * kWarpSize;
+    xs[k] = 0.f;
+    if (c < C) {
+      xs[k] = add ? inp[off + c] + add[off + c] : inp[off + c];
+      sum += xs[k];
+    }
+  }
+  if (add)
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k)
-      if (lane + k * kWarpSize < C) sum += xs[k];
-    if (add)
+      if (const int c = lane + k * kWarpSize; c < C) sum_out[off + c] = xs[k];
+  const float m = warp_sum(sum) / float(C);
+  float var = 0.f;
 #pragma unroll
-      for (int k = 0; k < kPerLane; ++k)
-        if (const int c = lane + k * kWarpSize; c < C) sum_out[off + c] = xs[k];
-    const float m = warp_sum(sum) / float(C);
-    float var = 0.f;
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k)
-      if (lane + k * kWarpSize < C) {
-        const float d = xs[k] - m;
-        var += d * d;
-      }
-    const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
-    Out* o = out + off;
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int c = lane + k * kWarpSize;
-      if (c < C) store(o + c, (xs[k] - m) * s * weight[c] + bias[c]);
+  for (int k = 0; k < kPerLane; ++k)
+    if (lane + k * kWarpSize < C) {
+      const float d = xs[k] - m;
+      var += d * d;
     }
-    if (lane == 0) {
-      if (mean) mean[row] = m;
-      if (rstd) rstd[row] = s;
-    }
-    if (next >= N) return;
-    if constexpr (kPipelined) {
+  const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
+  Out* o = out + off;
 #pragma unroll
-      for (int k = 0; k < kPerLane; ++k) xs[k] = nx[k];
-    } else {
-      load_row(xs, inp, add, std::size_t(next) * C, C, lane);
-    }
-    row = next;
+  for (int k = 0; k < kPerLane; ++k) {
+    const int c = lane + k * kWarpSize;
+    if (c < C) store(o + c, (xs[k] - m) * s * weight[c] + bias[c]);
+  }
+  if (lane == 0) {
+    if (mean) mean[row] = m;
+    if (rstd) rstd[row] = s;
   }
 }
 
@@ -292,35 +265,15 @@ void with_channels_per_lane(int C, Fn&& fn) {
 
 namespace {
 
-// The blocks of `kernel` (of `threads` threads) that all SMs keep resident at once.
-template <class Kernel>
-int resident_blocks(Kernel kernel, int threads) {
-  int device = 0, sms = 0, per_sm = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-  return std::max(1, sms * per_sm);
-}
-
 void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                               const float* weight, const float* bias, int N, int C,
-                              const float* add, float* sum_out, bool pipelined,
-                              cudaStream_t stream) {
+                              const float* add, float* sum_out, cudaStream_t stream) {
   const dim3 grid(CEIL_DIV(N, kRowsPerBlock)), block(kRowsPerBlock * kWarpSize);
   if (C <= kWarpSize * kForwardMaxPerLane) {  // the row in registers
     with_channels_per_lane<kForwardMaxPerLane>(C, [&](auto per_lane) {
       typed(out, [&](auto* o) {
-        constexpr int kPerLane = decltype(per_lane)::value;
-        using Out = std::remove_pointer_t<decltype(o)>;
-        if (pipelined) {
-          auto* kernel = layernorm_forward_rows_kernel<kPerLane, true, Out>;
-          const dim3 resident(std::min<int>(grid.x, resident_blocks(kernel, block.x)));
-          kernel<<<resident, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add,
-                                                 sum_out);
-        } else {
-          layernorm_forward_rows_kernel<kPerLane, false, Out>
-              <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add, sum_out);
-        }
+        layernorm_forward_rows_kernel<decltype(per_lane)::value>
+            <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add, sum_out);
       });
     });
     CUDA_CHECK_LAUNCH(layernorm_forward_rows_kernel);
@@ -336,22 +289,19 @@ void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const flo
 }  // namespace
 
 void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C, bool pipelined,
-                       cudaStream_t stream) {
+                       const float* weight, const float* bias, int N, int C, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_forward", dims({{"N", N}, {"C", C}}));
-  launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, nullptr, nullptr, pipelined,
-                           stream);
+  launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, nullptr, nullptr, stream);
 }
 
 void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
                                 const float* a, const float* b, const float* weight,
-                                const float* bias, int N, int C, bool pipelined,
-                                cudaStream_t stream) {
+                                const float* bias, int N, int C, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "residual_layernorm_forward", dims({{"N", N}, {"C", C}}));
   CUDA_REQUIRE(residual != nullptr && a != nullptr && b != nullptr, "residual_layernorm_forward",
                std::string("a null residual or input"));
   // The kernel reads `a` as the row and `b` as the addend; `residual` may alias either.
-  launch_layernorm_forward(out, mean, rstd, a, weight, bias, N, C, b, residual, pipelined, stream);
+  launch_layernorm_forward(out, mean, rstd, a, weight, bias, N, C, b, residual, stream);
 }
 
 std::size_t layernorm_backward_workspace(int N, int C) {

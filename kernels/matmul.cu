@@ -444,7 +444,7 @@ void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precisi
 
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                          TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
-                         const float* bias, int N, int C, int OC, Workspace ws,
+                         const float* bias, int N, int C, int OC, bool gelu_exp2, Workspace ws,
                          cudaStream_t stream) {
   check_dims("matmul_gelu_forward", N, C, OC);
   CUDA_REQUIRE(
@@ -470,7 +470,7 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
       return;
   }
   forward_product(handle, lt, output(pre), w, x, bias, N, C, OC, ws, stream);
-  gelu_forward(out, pre, std::size_t(N) * OC, stream);
+  gelu_forward(out, pre, std::size_t(N) * OC, gelu_exp2, stream);
 }
 
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,

@@ -21,9 +21,11 @@
 // suffix +lt, with the count of fused and fallen-back products), MIXSIM_BF16_ACTIVATIONS
 // (cuda-bf16 stores the tensors only products read in bf16, +act), MIXSIM_BF16_WEIGHTS (the
 // products read bf16 weights rounded once per forward pass, +w) and MIXSIM_BF16_OUTPUTS (products
-// write bf16 themselves where the model stores bf16, +out); and the opt-ins MIXSIM_TC_WIDE_FORWARD=1
-// (the tensor-core attention forward in blocks of 128 rows, +wide); MIXSIM_CLASSIFIER_EXP2 (on by
-// default: the cached classifier through exp2, +exp2 on cuda-bf16).
+// write bf16 themselves where the model stores bf16, +out); and the opt-ins
+// MIXSIM_TC_WIDE_FORWARD=1 (the tensor-core attention forward in blocks of 128 rows, +wide);
+// MIXSIM_GELU_EXP2 (on by default for cuda-bf16: the GELU kernel on the hardware's ex2 and
+// reciprocal, +gexp2) and MIXSIM_CLASSIFIER_EXP2 (on by default: the cached classifier through
+// exp2, +exp2 on cuda-bf16).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -58,7 +60,7 @@ struct GpuConfig {
 
 const GpuConfig kConfigs[] = {
     {"small", {6, 6, 384, 256, 256}, 16, 20},
-    {"gpt2", {12, 12, 768, 1024, 50257}, 8, 10},
+    {"gpt2", {12, 12, 768, 1024, 50257}, 8, 30},
     {"1.1b", {24, 16, 2048, 2048, 50257}, 2, 4},
 };
 
@@ -185,6 +187,9 @@ int main(int argc, char** argv) {
     // the backend read the same switch)
     const bool wide = backend_name == "cuda-bf16" && tc_attention &&
                       mixsim::env_switch("MIXSIM_TC_WIDE_FORWARD", false);
+    // MIXSIM_GELU_EXP2: the GELU kernel on the hardware's ex2 and reciprocal ("+gexp2", on
+    // cuda-bf16 by default)
+    const bool gelu_exp2 = mixsim::env_switch("MIXSIM_GELU_EXP2", backend_name == "cuda-bf16");
     // MIXSIM_CLASSIFIER_EXP2: the cached classifier through exp2 ("+exp2", on cuda-bf16)
     const bool exp2 =
         backend_name == "cuda-bf16" && mixsim::env_switch("MIXSIM_CLASSIFIER_EXP2", true);
@@ -193,7 +198,8 @@ int main(int argc, char** argv) {
                                                                  : "mixsim-bf16mm") +
                               (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "") +
                               (bf16_weights ? "+w" : "") + (bf16_out ? "+out" : "") +
-                              (wide ? "+wide" : "") + (exp2 ? "+exp2" : "");
+                              (wide ? "+wide" : "") + (gelu_exp2 ? "+gexp2" : "") +
+                              (exp2 ? "+exp2" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

@@ -10,7 +10,7 @@ random tokens. Precision: bf16 (autocast, fp32 master weights; the issue's yards
 FLOPs per token are counted as in bench/timed_backend.hpp (6 per matrix weight, causal
 attention at half), MFU against --peak-tflops (989: H100 dense bf16).
 
-  python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 10
+  python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 30
 """
 import argparse
 import math
@@ -85,7 +85,7 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--batch", type=int, default=0, help="sequences per step (0: the config's)")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps (after 5 warm-up steps)")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--device", default="cuda", help="cuda, or cpu to check the script itself")
     args = ap.parse_args()
@@ -118,7 +118,7 @@ def main():
         return loss
 
     t0 = time.time()
-    for _ in range(3):
+    for _ in range(5):
         loss = step()
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     sync()
