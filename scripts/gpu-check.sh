@@ -38,7 +38,8 @@
 #     pipeline's tests instead, after the mpirun step, and rebuilds the binary);
 #   --compare 'VAR=VALUE ...' ... builds and times GPT-2 bf16 training with the default switches
 #     and with each setting given (environment assignments), in two rounds, then torch.compile
-#     twice: whether a switch pays, on one card in one call (run 9 did this by hand);
+#     twice: whether a switch pays, on one card in one call (run 9 did this by hand); then each
+#     setting's per-op profile, and a row of the ops it moves by 2% or more against the defaults;
 #   GPU_CHECK_NCU=1 adds Nsight Compute's report on the attention kernels.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -349,7 +350,23 @@ fi
 
 # --compare SETTINGS: GPT-2 bf16 training with the default switches and with each setting, in two
 # rounds (each round every setting once, so that a drift of the card's clocks touches all), then
-# torch.compile twice
+# torch.compile twice, then each one's per-op profile (two steps, each op synchronised): which ops
+# a setting moves, beside the tokens/s (session 11 ran these by hand)
+# profile_ops LOG: the ops of a --profile log from 0.5 ms a step, slowest first
+profile_ops() {
+  awk 'NF == 3 && $3 == "ms/step" && $2 >= 0.5 { print $2, $1 }' "$1" 2> /dev/null | sort -rn |
+    awk '{ printf "%s%s %.3f", (NR > 1 ? ", " : ""), $2, $1 } END { if (!NR) printf "none" }'
+}
+# moved_ops BASE_LOG LOG: the ops whose ms a step moved by 2% (and 0.01 ms) or more from BASE_LOG's
+moved_ops() {
+  awk 'NR == FNR { if (NF == 3 && $3 == "ms/step") base[$1] = $2; next }
+    NF == 3 && $3 == "ms/step" && base[$1] > 0 {
+      d = $2 - base[$1]; r = $2 / base[$1]
+      if ((r >= 1.02 || r <= 0.98) && (d >= 0.01 || d <= -0.01))
+        out = out sprintf("%s%s %.3f -> %.3f", (out ? ", " : ""), $1, base[$1], $2)
+    }
+    END { print (out ? out : "no op moved by 2% or more") }' "$1" "$2" 2> /dev/null
+}
 if ((${#COMPARE[@]})); then
   SETTINGS=("MIXSIM_BF16_OUTPUTS=1" "${COMPARE[@]}")  # the first: the defaults (a no-op setting)
   for round in 1 2; do
@@ -376,6 +393,17 @@ if ((${#COMPARE[@]})); then
   done
   torch=$(torch_compile_tps | xargs)
   row "compare: torch.compile" "tokens/s ${torch:-no result}"
+  for i in "${!SETTINGS[@]}"; do
+    # shellcheck disable=SC2086 # a setting is a list of assignments
+    step "compare-profile-$i" 60 env ${SETTINGS[$i]} "$BUILD/bench/bench_gpu_train" \
+      --configs gpt2 --steps 2 --profile --backend cuda-bf16
+    if ((i == 0)); then
+      row "compare ops (ms a step): defaults" "$(profile_ops "$LOG/compare-profile-0.log")"
+    else
+      row "compare ops: ${SETTINGS[$i]}" \
+        "$(moved_ops "$LOG/compare-profile-0.log" "$LOG/compare-profile-$i.log")"
+    fi
+  done
   finish
 fi
 
