@@ -37,6 +37,7 @@ class TimedBackend final : public Backend {
   }
   bool bf16_product_outputs() const override { return in_.bf16_product_outputs(); }
   bool bf16_weight_copies() const override { return in_.bf16_weight_copies(); }
+  DType attention_out_storage() const override { return in_.attention_out_storage(); }
   void store(TensorOut d, const float* s, std::size_t n) override {
     time("store", [&] { in_.store(d, s, n); });
   }
@@ -67,12 +68,12 @@ class TimedBackend final : public Backend {
         "matmul_backward", [&] { in_.matmul_backward(di, dw, db, d, i, w, N, C, OC); },
         product(N, C, OC, di ? 2 : 1));
   }
-  void attention_forward(float* o, float* l, TensorIn q, int B, int T, int C, int NH) override {
+  void attention_forward(TensorOut o, float* l, TensorIn q, int B, int T, int C, int NH) override {
     time(
         "attention_forward", [&] { in_.attention_forward(o, l, q, B, T, C, NH); },
         attention(B, T, C, NH, 1));
   }
-  void attention_backward(TensorOut dq, const float* d, TensorIn q, const float* o, const float* l,
+  void attention_backward(TensorOut dq, const float* d, TensorIn q, TensorIn o, const float* l,
                           int B, int T, int C, int NH) override {
     time(
         "attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); },

@@ -372,19 +372,22 @@ __device__ inline void for_each_element(bool full, Valid valid, F f) {
   }
 }
 
-// Of the warp's 16 rows from iw: D = dout . out in fp32 (summed as attention.cu does) into
-// row_d[0..15] and dvec, and lse in base 2 into row_lse[0..15] (0 past T).
+// Of the warp's 16 rows from iw: D = dout . out in fp32 (summed as attention.cu does; out fp32 or
+// bf16 as stored, out_bf16 uniform) into row_d[0..15] and dvec, and lse in base 2 into
+// row_lse[0..15] (0 past T).
 template <int HS>
 __device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, const float* dout,
-                                 const float* out, const float* lse, const Head& head, int iw,
-                                 int T, int C) {
+                                 const void* out, bool out_bf16, const float* lse, const Head& head,
+                                 int iw, int T, int C) {
   const int lane = threadIdx.x % kWarpSize;
   for (int rr = 0; rr < 16; ++rr) {
     const int row = iw + rr;
     const std::size_t at = head.row_offset + std::size_t(row) * C;
     float part = 0.f;
     if (row < T)
-      for (int d = lane; d < HS; d += kWarpSize) part += dout[at + d] * out[at + d];
+      for (int d = lane; d < HS; d += kWarpSize)
+        part += dout[at + d] * (out_bf16 ? load(static_cast<const bf16*>(out) + at + d)
+                                         : load(static_cast<const float*>(out) + at + d));
     part = warp_sum(part);
     if (lane == 0) {
       row_d[rr] = part;
@@ -439,8 +442,8 @@ __device__ inline void online_softmax_tile(float (&s)[8][4], float (&m)[2], floa
 
 // The end of the forward pass for a warp's 16 rows from iw (below T): lse, and out = acc / l.
 template <int HS>
-__device__ inline void finish_rows(float* out, float* lse, const Head& head, int iw, int T, int C,
-                                   const float (&m)[2], const float (&l)[2],
+__device__ inline void finish_rows(void* out, bool out_bf16, float* lse, const Head& head, int iw,
+                                   int T, int C, const float (&m)[2], const float (&l)[2],
                                    const float (&acc)[HS / 8][4], int lane) {
   float inv[2];
 #pragma unroll
@@ -449,7 +452,10 @@ __device__ inline void finish_rows(float* out, float* lse, const Head& head, int
     const int i = iw + lane / 4 + 8 * h;
     if (lse && lane % 4 == 0 && i < T) lse[head.lse_offset + i] = (m[h] + log2f(l[h])) * kLn2;
   }
-  store_rows<HS>(out + head.row_offset, C, iw, T, acc, inv, lane);
+  if (out_bf16)
+    store_rows<HS>(static_cast<bf16*>(out) + head.row_offset, C, iw, T, acc, inv, lane);
+  else
+    store_rows<HS>(static_cast<float*>(out) + head.row_offset, C, iw, T, acc, inv, lane);
 }
 
 // The forward pass: a block takes G * 64 rows of one (batch, head), each warp G groups of 16,
@@ -472,7 +478,8 @@ __device__ inline void finish_rows(float* out, float* lse, const Head& head, int
 // two.
 template <int HS, int G>
 __global__ void __launch_bounds__(kThreads, G == 2 ? 2 : (HS <= 80 ? 4 : 3))
-    forward_kernel(float* out, float* lse, const bf16* qkv, int T, int C, int NH, float scale) {
+    forward_kernel(void* out, bool out_bf16, float* lse, const bf16* qkv, int T, int C, int NH,
+                   float scale) {
   static_assert(G == 1 || HS <= 64, "two groups of accumulators fit the registers up to HS 64");
   constexpr int LD = tile_ld<HS>();
   constexpr int kBlockRows = G * kRows;
@@ -536,7 +543,7 @@ __global__ void __launch_bounds__(kThreads, G == 2 ? 2 : (HS <= 80 ? 4 : 3))
   }
 #pragma unroll
   for (int g = 0; g < G; ++g)
-    if (live[g]) finish_rows<HS>(out, lse, head, iw[g], T, C, m[g], l[g], acc[g], lane);
+    if (live[g]) finish_rows<HS>(out, out_bf16, lse, head, iw[g], T, C, m[g], l[g], acc[g], lane);
 }
 
 // Query-major: dq of the block's rows (dS K), and D_i = dout_i . out_i for the key-major kernel.
@@ -544,8 +551,8 @@ __global__ void __launch_bounds__(kThreads, G == 2 ? 2 : (HS <= 80 ? 4 : 3))
 template <int HS, class Out>
 __global__ void __launch_bounds__(kThreads)
     backward_dq_kernel(Out* dqkv, float* dvec, const float* dout, const bf16* dout16,
-                       const bf16* qkv, const float* out, const float* lse, int T, int C, int NH,
-                       float scale) {
+                       const bf16* qkv, const void* out, bool out_bf16, const float* lse, int T,
+                       int C, int NH, float scale) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's queries
@@ -565,7 +572,8 @@ __global__ void __launch_bounds__(kThreads)
   load_tile<HS>(gs, dout16 + head.row_offset, C, i0, T);
   load_stage(0);
   commit_copies();
-  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, lse, head, iw, T, C);
+  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, out_bf16, lse, head, iw, T,
+                C);
   __syncwarp();
   float li[2], di[2];  // of the lane's rows g and g + 8
 #pragma unroll
@@ -774,12 +782,13 @@ std::size_t attention_tc_workspace(bool backward, DType qkv, int B, int T, int C
   return bytes;
 }
 
-void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
+void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
                           bool wide, Workspace ws, cudaStream_t stream) {
   const char* op = "attention_forward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
-  // float2 stores (the model's tensors start at multiples of 64 bytes, cudaMalloc's of 256)
-  CUDA_REQUIRE(aligned16(out), op, std::string("out not 16-byte aligned"));
+  // float2 or bf16-pair stores (the model's tensors start at multiples of 64 bytes, cudaMalloc's
+  // of 256)
+  CUDA_REQUIRE(aligned16(out.data), op, std::string("out not 16-byte aligned"));
   const bf16* qkv16 = bf16_qkv(qkv, std::size_t(B) * T * 3 * C, ws, stream);
   // cp.async copies 16 bytes: a bf16 qkv given as it is must start 16-byte aligned (the rounded
   // copy in the workspace does)
@@ -792,7 +801,8 @@ void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, in
       constexpr std::size_t shared = mma_sync::forward_shared<HS, G>();
       allow_dynamic_shared(kernel, shared);
       const dim3 grid(CEIL_DIV(T, G * kRows), plan.grid.y, plan.grid.z);
-      kernel<<<grid, kThreads, shared, stream>>>(out, lse, qkv16, T, C, NH, plan.scale);
+      kernel<<<grid, kThreads, shared, stream>>>(out.data, out.type == DType::bf16, lse, qkv16, T,
+                                                 C, NH, plan.scale);
       CUDA_CHECK_LAUNCH(mma_sync::forward_kernel);
     };
     if constexpr (HS <= 64)
@@ -801,7 +811,7 @@ void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, in
   });
 }
 
-void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, const float* out,
+void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, TensorIn out,
                            const float* lse, int B, int T, int C, int NH, Workspace ws,
                            cudaStream_t stream) {
   const char* op = "attention_backward (tensor cores)";
@@ -821,8 +831,9 @@ void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, cons
       constexpr std::size_t shared = mma_sync::backward_shared<HS>();
       auto* dq_kernel = mma_sync::backward_dq_kernel<HS, Out>;
       allow_dynamic_shared(dq_kernel, shared);
-      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(d, dvec, dout, dout16, qkv16, out, lse, T,
-                                                         C, NH, plan.scale);
+      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(d, dvec, dout, dout16, qkv16, out.data,
+                                                         out.type == DType::bf16, lse, T, C, NH,
+                                                         plan.scale);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);
       auto* dkdv_kernel = mma_sync::backward_dkdv_kernel<HS, Out>;
       allow_dynamic_shared(dkdv_kernel, shared);

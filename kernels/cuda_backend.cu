@@ -95,6 +95,10 @@ int select_device(int device) {
 // bit-identical; measured slower on that run, 1.54 against 1.24 ms a step, at half the resident
 // warps). MIXSIM_GELU_EXP2 (on by default for cuda-bf16 since the H200 run of 2026-11-27, off for
 // cuda): the GELU kernel on the hardware's ex2 and reciprocal (gelu.cu; +0.7% GPT-2 tokens/s).
+// And one opt-in written after that run, without a GPU at hand: MIXSIM_BF16_ATTENTION_OUT (with
+// bf16 activations; cpu-bf16 reads it too), the model stores attention's output in bf16
+// (attention_out_storage): the projection's products read it without a conversion (24 a GPT-2
+// step, ~0.25 ms on an H200), and attention's backward takes D = dout . out of the rounded out.
 
 class CudaBackend final : public Backend {
  public:
@@ -113,6 +117,7 @@ class CudaBackend final : public Backend {
                       precision == MatmulPrecision::bf16),
         classifier_exp2_(env_switch("MIXSIM_CLASSIFIER_EXP2", true)),
         gelu_exp2_(env_switch("MIXSIM_GELU_EXP2", precision == MatmulPrecision::bf16)),
+        bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -249,6 +254,9 @@ class CudaBackend final : public Backend {
   }
   bool bf16_product_outputs() const override { return bf16_outputs_; }
   bool bf16_weight_copies() const override { return bf16_weights_; }
+  DType attention_out_storage() const override {
+    return bf16_attention_out_ ? DType::bf16 : DType::fp32;
+  }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     const std::size_t bytes = n * element_bytes(dst.type);
     CUDA_REQUIRE(!bytes_overlap(dst.data, bytes, src, n * sizeof(float)), "store",
@@ -258,28 +266,49 @@ class CudaBackend final : public Backend {
     else if (n > 0)
       cuda::to_bf16(static_cast<__nv_bfloat16*>(dst.data), src, n, stream_.get());
   }
-  void attention_forward(float* out, float* lse, TensorIn qkv, int B, int T, int C,
+  void attention_forward(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C,
                          int NH) override {
-    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
+    CUDA_REQUIRE(B > 0 && T > 0 && C > 0, "attention_forward",
+                 cuda::dims({{"B", B}, {"T", T}, {"C", C}}));
+    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
       cuda::attention_forward_tc(
           out, lse, qkv, B, T, C, NH, wide_forward_,
           workspace(cuda::attention_tc_workspace(false, qkv.type, B, T, C, NH)), stream_.get());
-    else
-      cuda::attention_forward(out, lse, fp32_qkv("attention_forward", qkv, C, NH), B, T, C, NH,
-                              stream_.get());
+      return;
+    }
+    // The fp32 kernels write fp32: a bf16 out goes through the workspace, rounded once.
+    const std::size_t n = std::size_t(B) * T * C;
+    cuda::Workspace ws = workspace(out.type == DType::bf16 ? cuda::Workspace::aligned(n * 4) : 0);
+    float* o = out.type == DType::bf16 ? ws.take<float>(n) : static_cast<float*>(out.data);
+    cuda::attention_forward(o, lse, fp32_qkv("attention_forward", qkv, C, NH), B, T, C, NH,
+                            stream_.get());
+    if (out.type == DType::bf16)
+      cuda::to_bf16(static_cast<__nv_bfloat16*>(out.data), o, n, stream_.get());
   }
-  void attention_backward(TensorOut dqkv, const float* dout, TensorIn qkv, const float* out,
+  void attention_backward(TensorOut dqkv, const float* dout, TensorIn qkv, TensorIn out,
                           const float* lse, int B, int T, int C, int NH) override {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
-    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_))
+    if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
       cuda::attention_backward_tc(
           dqkv, dout, qkv, out, lse, B, T, C, NH,
           workspace(cuda::attention_tc_workspace(true, qkv.type, B, T, C, NH)), stream_.get());
-    else
-      cuda::attention_backward(
-          fp32_dqkv(dqkv, C, NH), dout, fp32_qkv("attention_backward", qkv, C, NH), out, lse, B, T,
-          C, NH, workspace(cuda::attention_backward_workspace(B, T, NH)), stream_.get());
+      return;
+    }
+    // The fp32 kernels read an fp32 out: a bf16 one widened (exact) into the workspace first.
+    const std::size_t n = std::size_t(B) * T * C;
+    cuda::Workspace ws =
+        workspace(cuda::attention_backward_workspace(B, T, NH) +
+                  (out.type == DType::bf16 ? cuda::Workspace::aligned(n * sizeof(float)) : 0));
+    const float* o = static_cast<const float*>(out.data);
+    if (out.type == DType::bf16) {
+      float* wide = ws.take<float>(n);
+      cuda::from_bf16(wide, static_cast<const __nv_bfloat16*>(out.data), n, stream_.get());
+      o = wide;
+    }
+    cuda::attention_backward(fp32_dqkv(dqkv, C, NH), dout,
+                             fp32_qkv("attention_backward", qkv, C, NH), o, lse, B, T, C, NH, ws,
+                             stream_.get());
   }
   void gelu_forward(TensorOut out, TensorIn inp, std::size_t n) override {
     cuda::gelu_forward(out, inp, n, gelu_exp2_, stream_.get());
@@ -352,13 +381,14 @@ class CudaBackend final : public Backend {
   int device_;
   MatmulPrecision precision_;
   bool tc_attention_;  // attention on bf16 tensor cores (attention_tc.cu), where the shape allows
-  bool bf16_activations_;   // activation_storage() is bf16
-  bool bf16_outputs_;       // bf16_product_outputs()
-  bool bf16_weights_;       // bf16_weight_copies()
-  bool wide_forward_;       // attention's forward in blocks of 128 rows (MIXSIM_TC_WIDE_FORWARD)
-  bool classifier_exp2_;    // the cached classifier through exp2 (MIXSIM_CLASSIFIER_EXP2)
-  bool gelu_exp2_;          // the GELU kernel on the hardware's ex2 (MIXSIM_GELU_EXP2)
-  std::size_t max_shared_;  // the device's shared memory per block (opt-in)
+  bool bf16_activations_;    // activation_storage() is bf16
+  bool bf16_outputs_;        // bf16_product_outputs()
+  bool bf16_weights_;        // bf16_weight_copies()
+  bool wide_forward_;        // attention's forward in blocks of 128 rows (MIXSIM_TC_WIDE_FORWARD)
+  bool classifier_exp2_;     // the cached classifier through exp2 (MIXSIM_CLASSIFIER_EXP2)
+  bool gelu_exp2_;           // the GELU kernel on the hardware's ex2 (MIXSIM_GELU_EXP2)
+  bool bf16_attention_out_;  // attention_out_storage() is bf16 (MIXSIM_BF16_ATTENTION_OUT)
+  std::size_t max_shared_;   // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;
   cuda::LtMatmulPtr lt_;  // null when MIXSIM_CUBLASLT is off

@@ -155,9 +155,10 @@ bool attention_tc_supported(int C, int NH, std::size_t max_shared);
 std::size_t attention_tc_workspace(bool backward, DType qkv, int B, int T, int C, int NH);
 // wide: forward_kernel<HS, 2> where the head size is up to 64 (MIXSIM_TC_WIDE_FORWARD; the same
 // results bit for bit).
-void attention_forward_tc(float* out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
+// out: fp32, or bf16 (rounded as the kernel stores it; backward reads it as stored).
+void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
                           bool wide, Workspace ws, cudaStream_t stream);
-void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, const float* out,
+void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, TensorIn out,
                            const float* lse, int B, int T, int C, int NH, Workspace ws,
                            cudaStream_t stream);
 

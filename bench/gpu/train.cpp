@@ -22,7 +22,8 @@
 // (cuda-bf16 stores the tensors only products read in bf16, +act), MIXSIM_BF16_WEIGHTS (the
 // products read bf16 weights rounded once per forward pass, +w) and MIXSIM_BF16_OUTPUTS (products
 // write bf16 themselves where the model stores bf16, +out); and the opt-ins
-// MIXSIM_TC_WIDE_FORWARD=1 (the tensor-core attention forward in blocks of 128 rows, +wide);
+// MIXSIM_TC_WIDE_FORWARD=1 (the tensor-core attention forward in blocks of 128 rows, +wide) and
+// MIXSIM_BF16_ATTENTION_OUT=1 (attention's output stored in bf16, +ao);
 // MIXSIM_GELU_EXP2 (on by default for cuda-bf16: the GELU kernel on the hardware's ex2 and
 // reciprocal, +gexp2) and MIXSIM_CLASSIFIER_EXP2 (on by default: the cached classifier through
 // exp2, +exp2 on cuda-bf16).
@@ -187,6 +188,8 @@ int main(int argc, char** argv) {
     // the backend read the same switch)
     const bool wide = backend_name == "cuda-bf16" && tc_attention &&
                       mixsim::env_switch("MIXSIM_TC_WIDE_FORWARD", false);
+    // MIXSIM_BF16_ATTENTION_OUT=1 (opt-in): attention's output stored in bf16 ("+ao")
+    const bool bf16_att_out = gpu->attention_out_storage() == mixsim::DType::bf16;
     // MIXSIM_GELU_EXP2: the GELU kernel on the hardware's ex2 and reciprocal ("+gexp2", on
     // cuda-bf16 by default)
     const bool gelu_exp2 = mixsim::env_switch("MIXSIM_GELU_EXP2", backend_name == "cuda-bf16");
@@ -198,8 +201,8 @@ int main(int argc, char** argv) {
                                                                  : "mixsim-bf16mm") +
                               (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "") +
                               (bf16_weights ? "+w" : "") + (bf16_out ? "+out" : "") +
-                              (wide ? "+wide" : "") + (gelu_exp2 ? "+gexp2" : "") +
-                              (exp2 ? "+exp2" : "");
+                              (wide ? "+wide" : "") + (bf16_att_out ? "+ao" : "") +
+                              (gelu_exp2 ? "+gexp2" : "") + (exp2 ? "+exp2" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

@@ -75,7 +75,7 @@ struct Gpt::Activations {
   float* ln1_rstd;     // (L, R)
   TensorOut qkv;       // (L, R, 3C): bf16 only where attention rounds it (qkv_storage)
   float* qkv_product;  // (R, 3C) the product before it is rounded into a bf16 qkv, else null
-  float* atty;         // (L, R, C)
+  TensorOut atty;      // (L, R, C): bf16 where attention_out_storage says
   float* att_lse;      // (L, R*NH): (B, NH, T) per layer
   float* residual2;    // (L, R, C)
   TensorOut ln2;       // (L, R, C)
@@ -105,7 +105,7 @@ struct Gpt::LayerActs {
   float* ln1_mean;     // (B,T) nullable
   float* ln1_rstd;     // (B,T) nullable
   TensorOut qkv;       // (B,T,3C)
-  float* atty;         // (B,T,C)
+  TensorOut atty;      // (B,T,C)
   float* att_lse;      // (B,NH,T) nullable
   float* proj;         // (B,T,C)
   float* residual2;    // (B,T,C)
@@ -170,6 +170,11 @@ bool Gpt::qkv_rounded_by_store() const {
 
 DType Gpt::output_storage() const {
   return storage_ == DType::bf16 && backend_.bf16_product_outputs() ? DType::bf16 : DType::fp32;
+}
+
+DType Gpt::attention_out_storage() const {
+  return storage_ == DType::bf16 && backend_.attention_out_storage() == DType::bf16 ? DType::bf16
+                                                                                    : DType::fp32;
 }
 
 float* Gpt::grads() {
@@ -271,7 +276,8 @@ void Gpt::ensure_training() {
     const DType qst = qkv_storage(), ost = output_storage();
     a.qkv = TensorOut{next(L * R * 3 * C, qst), qst};
     a.qkv_product = qkv_rounded_by_store() ? next_f(R * 3 * C) : nullptr;
-    a.atty = next_f(L * R * C);
+    const DType ast = attention_out_storage();
+    a.atty = TensorOut{next(L * R * C, ast), ast};
     a.att_lse = next_f(L * R * d.NH);
     a.residual2 = next_f(L * R * C);
     a.ln2 = next_t(L * R * C);
@@ -293,7 +299,7 @@ void Gpt::ensure_training() {
     a.dbuf4 = next_f(R * 4 * C);
     return at;
   };
-  static_assert(sizeof(Activations) == 17 * sizeof(float*) + 8 * sizeof(TensorOut),
+  static_assert(sizeof(Activations) == 16 * sizeof(float*) + 9 * sizeof(TensorOut),
                 "carve() assigns each of the 25");
   acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
   carve(acts_memory_.get());
@@ -310,7 +316,7 @@ Gpt::LayerActs Gpt::train_layer(int l) const {
           a.ln1_mean + L * R,
           a.ln1_rstd + L * R,
           from(a.qkv, L * R * 3 * C),
-          a.atty + L * R * C,
+          from(a.atty, L * R * C),
           a.att_lse + L * R * d.NH,
           a.proj,
           a.residual2 + L * R * C,
@@ -498,7 +504,8 @@ Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
   const TensorOut qkv_t{qkv, qkv_storage()};
   float* qkv_product = qkv_rounded_by_store() ? fch : nullptr;
   const TensorOut fch_t{fch, output_storage()};
-  return {ln_t, nullptr, nullptr, qkv_t, atty,       nullptr, proj,       res,
+  const TensorOut atty_t{atty, attention_out_storage()};
+  return {ln_t, nullptr, nullptr, qkv_t, atty_t,     nullptr, proj,       res,
           ln_t, nullptr, nullptr, fch_t, fch_gelu_t, res,     qkv_product};
 }
 

@@ -1771,6 +1771,64 @@ TEST_F(CudaOps, Bf16ProductOutputsTrainingFollowsCpu) {
   expect_tensor_core_model_follows(*cpu_, *direct, 144);
 }
 
+// MIXSIM_BF16_ATTENTION_OUT=1 (an opt-in, written without a GPU at hand): cuda-bf16 stores
+// attention's output in bf16. The ops on one backend: the bf16 out is the fp32 out rounded, bit
+// for bit, lse unchanged, and backward from the bf16 out is backward from its widened values, bit
+// for bit (D = dout . out of the same fp32 values, summed in the same order): through the
+// tensor-core kernels (head size 64; the forward stores bf16 pairs, the dq kernel reads them) and
+// through the fp32 kernels (head size 24; via the workspace). The model (heads of 32: tensor
+// cores): one step against the same backend without the switch, the loss within 1e-5 (the
+// projection reads the same bf16 values; cuBLAS may pick another algorithm for another address,
+// as Bf16StorageModelMatchesFp32Storage says), the gradients within 1e-2 (cpu-bf16 measured
+// 2.1e-4: CpuBf16.Bf16AttentionOutput).
+TEST_F(CudaOps, Bf16AttentionOutput) {
+  std::unique_ptr<Backend> b16;
+  {
+    mixsim::testing::ScopedEnv e("MIXSIM_BF16_ATTENTION_OUT", "1");
+    b16 = cuda_bf16_with("", "", "");
+  }
+  ASSERT_EQ(b16->attention_out_storage(), DType::bf16);
+  for (const AttentionShape& s : {AttentionShape{2, 150, 192, 3}, AttentionShape{2, 37, 72, 3}}) {
+    const std::string what = "bf16 attention out " + shape_name(s);
+    const std::size_t rows = std::size_t(s.B) * s.T, n = rows * s.C;
+    const std::size_t nl = std::size_t(s.B) * s.NH * s.T;
+    auto qkv = put(*b16, random_floats(rows * 3 * s.C, 231));
+    auto dout = put(*b16, random_floats(n, 232));
+    auto out32 = put(*b16, std::vector<float>(n, 7.f));
+    auto lse32 = put(*b16, std::vector<float>(nl, 7.f)), lse16 = put(*b16, std::vector<float>(nl));
+    DeviceBuffer<std::uint16_t> out16(*b16, n);
+    b16->attention_forward(out32.get(), lse32.get(), qkv.get(), s.B, s.T, s.C, s.NH);
+    b16->attention_forward({out16.get(), DType::bf16}, lse16.get(), qkv.get(), s.B, s.T, s.C, s.NH);
+    const std::vector<std::uint16_t> bits = fetch(*b16, out16.get(), n);
+    EXPECT_EQ(bits, bits_of(fetch(*b16, out32.get(), n))) << what;
+    expect_identical(Pair{fetch(*b16, lse32.get(), nl), fetch(*b16, lse16.get(), nl)},
+                     what + ": lse");
+    std::vector<float> widened(n);
+    for (std::size_t i = 0; i < n; ++i) widened[i] = bf16_value(bits[i]);
+    auto wide = put(*b16, widened);
+    auto d16 = put(*b16, std::vector<float>(rows * 3 * s.C, 55.f));
+    auto d32 = put(*b16, std::vector<float>(rows * 3 * s.C, 55.f));
+    b16->attention_backward(d16.get(), dout.get(), qkv.get(), TensorIn(out16.get(), DType::bf16),
+                            lse32.get(), s.B, s.T, s.C, s.NH);
+    b16->attention_backward(d32.get(), dout.get(), qkv.get(), wide.get(), lse32.get(), s.B, s.T,
+                            s.C, s.NH);
+    expect_identical(Pair{fetch(*b16, d32.get(), d32.size()), fetch(*b16, d16.get(), d16.size())},
+                     what + ": dqkv");
+  }
+  auto plain = cuda_bf16_with("", "", "");
+  const ModelConfig cfg{2, 2, 64, 70, 257};
+  const int b = 2, t = 70;
+  const Batch batch = random_batch(b, t, cfg.vocab_size, 233);
+  EXPECT_EQ(Gpt(cfg, *b16, b).attention_out_storage(), DType::bf16);
+  const StepResult r = one_step(*plain, cfg, batch, b, t, DType::bf16, 234),
+                   r16 = one_step(*b16, cfg, batch, b, t, DType::bf16, 234);
+  std::printf("bf16 attention output on cuda-bf16: loss %.9g vs %.9g, gradients relative L2 %.3e\n",
+              double(r16.loss), double(r.loss), rel_l2(Pair{r.grads, r16.grads}));
+  EXPECT_NEAR(r16.loss, r.loss, 1e-5 * r.loss);
+  EXPECT_NEAR(r16.eval_loss_sum, r.eval_loss_sum, 1e-5 * r.eval_loss_sum);
+  EXPECT_LT(rel_l2(Pair{r.grads, r16.grads}), 1e-2);
+}
+
 // ---- NCCL (the multi-rank sums are tests/mpi/group_allreduce_test.cpp, on one GPU per rank)
 
 // A communicator of one rank: the init path on the backend's device and its own stream, sums in

@@ -620,6 +620,70 @@ TEST(CpuBf16, Bf16ProductOutputsModel) {
   EXPECT_LT(ld.back(), ld.front() - 0.5);
 }
 
+// MIXSIM_BF16_ATTENTION_OUT=1 (an opt-in of cpu-bf16 and cuda-bf16, with bf16 activation
+// storage): the model stores attention's output in bf16. The ops: a bf16 out is the fp32 out
+// rounded to nearest even, bit for bit, and backward from it is backward from its widened values,
+// bit for bit (head size 32, the tensor-core roundings, and 24, the fp32 kernels). The model: the
+// projection rounds attention's output to bf16 anyway, so the loss and the evaluation sums are
+// bit-identical to fp32 storage; only D = dout . out in attention's backward changes, taken of the
+// rounded out as flash attention takes it, so the gradients move, by much less than bf16's own
+// error: 2.1e-4 relative L2 measured, bound 2e-3 (Bf16ProductOutputsModel's 1e-2 is for a change
+// that reaches the loss); 20 steps follow within 5e-2. Off unless set to 1, and never with fp32
+// activation storage or on cpu.
+TEST(CpuBf16, Bf16AttentionOutput) {
+  auto with = [](const char* setting, const char* activations = "") {
+    mixsim::testing::ScopedEnv env("MIXSIM_BF16_ATTENTION_OUT", setting),
+        act("MIXSIM_BF16_ACTIVATIONS", activations);
+    return make_cpu_backend(MatmulPrecision::bf16);
+  };
+  EXPECT_EQ(with("")->attention_out_storage(), DType::fp32);
+  EXPECT_EQ(with("0")->attention_out_storage(), DType::fp32);
+  EXPECT_EQ(with("1")->attention_out_storage(), DType::bf16);
+  EXPECT_EQ(with("1", "0")->attention_out_storage(), DType::fp32);
+  {
+    mixsim::testing::ScopedEnv env("MIXSIM_BF16_ATTENTION_OUT", "1");
+    EXPECT_EQ(make_cpu_backend()->attention_out_storage(), DType::fp32);
+  }
+  auto plain = with("0"), b16 = with("1");
+  for (const Shape& s : {Shape{2, 70, 64, 2}, Shape{2, 37, 72, 3}}) {
+    const std::string what = "C=" + std::to_string(s.C) + " NH=" + std::to_string(s.NH);
+    const std::size_t rows = std::size_t(s.B) * s.T, n = rows * s.C;
+    const auto qkv = random_floats(rows * 3 * s.C, 131), dout = random_floats(n, 132);
+    std::vector<float> out(n), lse(std::size_t(s.B) * s.NH * s.T), lse16(lse.size());
+    std::vector<std::uint16_t> out16(n);
+    plain->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    b16->attention_forward({out16.data(), DType::bf16}, lse16.data(), qkv.data(), s.B, s.T, s.C,
+                           s.NH);
+    EXPECT_EQ(out16, bits_of(out)) << what;
+    EXPECT_EQ(lse16, lse) << what;
+    std::vector<float> widened(n), d16(rows * 3 * s.C), d32(rows * 3 * s.C);
+    for (std::size_t i = 0; i < n; ++i) widened[i] = bf16_value(out16[i]);
+    b16->attention_backward(d16.data(), dout.data(), qkv.data(),
+                            TensorIn(out16.data(), DType::bf16), lse.data(), s.B, s.T, s.C, s.NH);
+    plain->attention_backward(d32.data(), dout.data(), qkv.data(), widened.data(), lse.data(), s.B,
+                              s.T, s.C, s.NH);
+    EXPECT_EQ(d16, d32) << what;
+  }
+  const ModelConfig cfg{2, 2, 64, 70, 257};
+  const int b = 2, t = 70, steps = 20;
+  EXPECT_EQ(Gpt(cfg, *b16, b).attention_out_storage(), DType::bf16);
+  EXPECT_EQ(Gpt(cfg, *b16, b, DType::fp32).attention_out_storage(), DType::fp32);
+  EXPECT_EQ(Gpt(cfg, *plain, b).attention_out_storage(), DType::fp32);
+  const TokenBatch batch = random_batch(b, t, cfg.vocab_size, 221);
+  const Step sp = one_step(*plain, cfg, batch, b, t, 222),
+             s16 = one_step(*b16, cfg, batch, b, t, 222);
+  std::printf("bf16 attention output, one step: loss %.7g vs %.7g, gradients relative L2 %.2e\n",
+              double(s16.loss), double(sp.loss), rel_l2(s16.grads, sp.grads));
+  EXPECT_EQ(s16.loss, sp.loss);
+  EXPECT_EQ(s16.eval.loss_sum, sp.eval.loss_sum);
+  EXPECT_NE(s16.grads, sp.grads);
+  EXPECT_LT(rel_l2(s16.grads, sp.grads), 2e-3);
+  const auto lp = train_losses(*plain, cfg, b, t, steps, 223),
+             l16 = train_losses(*b16, cfg, b, t, steps, 223);
+  for (int i = 0; i < steps; ++i) EXPECT_NEAR(l16[i], lp[i], 5e-2) << "step " << i;
+  EXPECT_LT(l16.back(), l16.front() - 0.5);
+}
+
 // The point of the storage: in cpu-bf16 (and so in cuda-bf16, up to its order of sums), storing
 // the product-only tensors in bf16 changes nothing, because the products round them to bf16
 // anyway: the loss, every gradient and the evaluation sums are bit-identical. In fp32 precision

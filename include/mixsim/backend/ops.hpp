@@ -109,6 +109,12 @@ class Backend {
   // changes (cpu-bf16 and cuda-bf16, unless the environment sets MIXSIM_BF16_WEIGHTS=0 at
   // construction).
   virtual bool bf16_weight_copies() const { return false; }
+  // How the model should store attention's output, which the projection's products read and
+  // attention_backward reads for D = dout . out: bf16 in cpu-bf16 and cuda-bf16 with bf16
+  // activation storage where the environment sets MIXSIM_BF16_ATTENTION_OUT=1 at construction
+  // (an opt-in: the products round it anyway, so only D changes, now taken of the rounded out as
+  // flash attention takes it), fp32 otherwise.
+  virtual DType attention_out_storage() const { return DType::fp32; }
   // dst = src, stored as dst's type says (bf16: rounded to nearest even). dst and src must not
   // overlap.
   virtual void store(TensorOut dst, const float* src, std::size_t n) = 0;
@@ -153,14 +159,15 @@ class Backend {
 
   // ---- causal self-attention; qkv rows hold q, k, v of all heads: [q(C) k(C) v(C)].
   // Only the log-sum-exp of each row is saved (O(T) memory); backward recomputes the scores.
-  virtual void attention_forward(float* out, float* lse,            // (B,T,C), (B,NH,T)
+  // A bf16 out is the fp32 one rounded (to nearest even); backward reads out as it is stored.
+  virtual void attention_forward(TensorOut out, float* lse,         // (B,T,C), (B,NH,T)
                                  TensorIn qkv,                      // (B,T,3C)
                                  int B, int T, int C, int NH) = 0;  // lse nullable
   // A bf16 dqkv (only where attention_rounds_qkv) is the fp32 gradient rounded.
-  virtual void attention_backward(TensorOut dqkv,                  // (B,T,3C) assigned
-                                  const float* dout,               // (B,T,C)
-                                  TensorIn qkv, const float* out,  // (B,T,3C), (B,T,C)
-                                  const float* lse,                // (B,NH,T)
+  virtual void attention_backward(TensorOut dqkv,              // (B,T,3C) assigned
+                                  const float* dout,           // (B,T,C)
+                                  TensorIn qkv, TensorIn out,  // (B,T,3C), (B,T,C)
+                                  const float* lse,            // (B,NH,T)
                                   int B, int T, int C, int NH) = 0;
 
   // ---- GELU (tanh approximation, as GPT-2), of an fp32 or bf16 input (a bf16 one widened,

@@ -43,7 +43,8 @@ class CpuBackend final : public Backend {
         bf16_outputs_(env_switch("MIXSIM_BF16_OUTPUTS", true) &&
                       precision == MatmulPrecision::bf16),
         bf16_weights_(env_switch("MIXSIM_BF16_WEIGHTS", true) &&
-                      precision == MatmulPrecision::bf16) {}
+                      precision == MatmulPrecision::bf16),
+        bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
   }
@@ -134,6 +135,9 @@ class CpuBackend final : public Backend {
   }
   bool bf16_product_outputs() const override { return bf16_outputs_; }
   bool bf16_weight_copies() const override { return bf16_weights_; }
+  DType attention_out_storage() const override {
+    return bf16_attention_out_ ? DType::bf16 : DType::fp32;
+  }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     MIXSIM_CHECK(!bytes_overlap(dst.data, n * element_bytes(dst.type), src, n * sizeof(float)),
                  "store: the destination overlaps the source");
@@ -142,16 +146,19 @@ class CpuBackend final : public Backend {
     else
       narrow(dst, src, n);
   }
-  void attention_forward(float* out, float* lse, TensorIn qkv, int B, int T, int C,
+  void attention_forward(TensorOut out_t, float* lse, TensorIn qkv, int B, int T, int C,
                          int NH) override {
     check_attention("attention_forward", B, T, C, NH);
     const float* x = attention_input("attention_forward", qkv, B, T, C, NH);
+    const std::size_t n = std::size_t(B) * T * C;
+    float* out = staging(out_t, n);
     if (attention_rounds_qkv(C, NH))
       cpu::attention_bf16_forward(out, lse, x, B, T, C, NH);
     else
       cpu::attention_forward(out, lse, x, B, T, C, NH);
+    narrow(out_t, out, n);
   }
-  void attention_backward(TensorOut dqkv_t, const float* dout, TensorIn qkv, const float* out,
+  void attention_backward(TensorOut dqkv_t, const float* dout, TensorIn qkv, TensorIn out_t,
                           const float* lse, int B, int T, int C, int NH) override {
     check_attention("attention_backward", B, T, C, NH);
     MIXSIM_CHECK(lse, "attention_backward needs the log-sum-exp saved by attention_forward");
@@ -162,6 +169,8 @@ class CpuBackend final : public Backend {
         "128); got C={} NH={} on {}",
         C, NH, name());
     const float* x = attention_input("attention_backward", qkv, B, T, C, NH);
+    // a bf16 out (attention_out_storage) widened, exact: D = dout . out of the rounded values
+    const float* out = wide(scratch_[0], out_t, std::size_t(B) * T * C);
     const std::size_t n = std::size_t(B) * T * 3 * C;
     float* dqkv = staging(dqkv_t, n);
     if (attention_rounds_qkv(C, NH))
@@ -326,6 +335,9 @@ class CpuBackend final : public Backend {
   bool bf16_activations_;
   bool bf16_outputs_;
   bool bf16_weights_;
+  // MIXSIM_BF16_ATTENTION_OUT (an opt-in, off unless set to 1; with bf16 activation storage): the
+  // model stores attention's output in bf16 (attention_out_storage)
+  bool bf16_attention_out_;
   std::vector<float> scratch_[3];       // product operands rounded (cpu-bf16) or widened (bf16)
   std::vector<float> out_scratch_;      // outputs computed in fp32 before they are rounded to bf16
   std::vector<float> qkv_scratch_;      // a bf16 qkv widened for attention
