@@ -62,19 +62,19 @@ class TimedBackend final : public Backend {
     time(
         "matmul_forward", [&] { in_.matmul_forward(o, i, w, b, N, C, OC); }, product(N, C, OC, 1));
   }
-  void matmul_backward(float* di, float* dw, float* db, TensorIn d, TensorIn i, TensorIn w, int N,
-                       int C, int OC) override {
+  void matmul_backward(TensorOut di, float* dw, float* db, TensorIn d, TensorIn i, TensorIn w,
+                       int N, int C, int OC) override {
     time(
         "matmul_backward", [&] { in_.matmul_backward(di, dw, db, d, i, w, N, C, OC); },
-        product(N, C, OC, di ? 2 : 1));
+        product(N, C, OC, di.data ? 2 : 1));
   }
   void attention_forward(TensorOut o, float* l, TensorIn q, int B, int T, int C, int NH) override {
     time(
         "attention_forward", [&] { in_.attention_forward(o, l, q, B, T, C, NH); },
         attention(B, T, C, NH, 1));
   }
-  void attention_backward(TensorOut dq, const float* d, TensorIn q, TensorIn o, const float* l,
-                          int B, int T, int C, int NH) override {
+  void attention_backward(TensorOut dq, TensorIn d, TensorIn q, TensorIn o, const float* l, int B,
+                          int T, int C, int NH) override {
     time(
         "attention_backward", [&] { in_.attention_backward(dq, d, q, o, l, B, T, C, NH); },
         attention(B, T, C, NH, 2));

@@ -373,12 +373,12 @@ __device__ inline void for_each_element(bool full, Valid valid, F f) {
 }
 
 // Of the warp's 16 rows from iw: D = dout . out in fp32 (summed as attention.cu does; out fp32 or
-// bf16 as stored, out_bf16 uniform) into row_d[0..15] and dvec, and lse in base 2 into
-// row_lse[0..15] (0 past T).
+// bf16 as stored, out_bf16 uniform; dout fp32, or where it is stored in bf16 null and read from
+// dout16) into row_d[0..15] and dvec, and lse in base 2 into row_lse[0..15] (0 past T).
 template <int HS>
 __device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, const float* dout,
-                                 const void* out, bool out_bf16, const float* lse, const Head& head,
-                                 int iw, int T, int C) {
+                                 const bf16* dout16, const void* out, bool out_bf16,
+                                 const float* lse, const Head& head, int iw, int T, int C) {
   const int lane = threadIdx.x % kWarpSize;
   for (int rr = 0; rr < 16; ++rr) {
     const int row = iw + rr;
@@ -386,8 +386,9 @@ __device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, cons
     float part = 0.f;
     if (row < T)
       for (int d = lane; d < HS; d += kWarpSize)
-        part += dout[at + d] * (out_bf16 ? load(static_cast<const bf16*>(out) + at + d)
-                                         : load(static_cast<const float*>(out) + at + d));
+        part += (dout ? dout[at + d] : load(dout16 + at + d)) *
+                (out_bf16 ? load(static_cast<const bf16*>(out) + at + d)
+                          : load(static_cast<const float*>(out) + at + d));
     part = warp_sum(part);
     if (lane == 0) {
       row_d[rr] = part;
@@ -547,7 +548,7 @@ __global__ void __launch_bounds__(kThreads, G == 2 ? 2 : (HS <= 80 ? 4 : 3))
 }
 
 // Query-major: dq of the block's rows (dS K), and D_i = dout_i . out_i for the key-major kernel.
-// dqkv is fp32 or bf16 (rounded as it is stored).
+// dqkv is fp32 or bf16 (rounded as it is stored); dout null where only the bf16 dout16 is stored.
 template <int HS, class Out>
 __global__ void __launch_bounds__(kThreads)
     backward_dq_kernel(Out* dqkv, float* dvec, const float* dout, const bf16* dout16,
@@ -572,8 +573,8 @@ __global__ void __launch_bounds__(kThreads)
   load_tile<HS>(gs, dout16 + head.row_offset, C, i0, T);
   load_stage(0);
   commit_copies();
-  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, out, out_bf16, lse, head, iw, T,
-                C);
+  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, dout16, out, out_bf16, lse,
+                head, iw, T, C);
   __syncwarp();
   float li[2], di[2];  // of the lane's rows g and g + 8
 #pragma unroll
@@ -811,7 +812,7 @@ void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T,
   });
 }
 
-void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, TensorIn out,
+void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
                            const float* lse, int B, int T, int C, int NH, Workspace ws,
                            cudaStream_t stream) {
   const char* op = "attention_backward (tensor cores)";
@@ -822,8 +823,16 @@ void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, Tens
   const bf16* qkv16 = bf16_qkv(qkv, rows * 3 * C, ws, stream);
   CUDA_REQUIRE(aligned16(qkv16), op, std::string("a bf16 qkv not 16-byte aligned"));
   float* dvec = ws.take<float>(std::size_t(B) * NH * T);  // (B, NH, T)
-  bf16* dout16 = ws.take<bf16>(rows * C);
-  to_bf16(dout16, dout, rows * C, stream);
+  // a bf16 dout read as it is stored (the kernels' tiles, and D); an fp32 one rounded for the
+  // tiles, and read as it is for D
+  const float* dout32 = dout.type == DType::fp32 ? static_cast<const float*>(dout.data) : nullptr;
+  const bf16* dout16 = static_cast<const bf16*>(dout.data);
+  if (dout32) {
+    bf16* rounded = ws.take<bf16>(rows * C);
+    to_bf16(rounded, dout32, rows * C, stream);
+    dout16 = rounded;
+  }
+  CUDA_REQUIRE(aligned16(dout16), op, std::string("a bf16 dout not 16-byte aligned"));
   const auto launch = [&](auto* d) {  // d: the fp32 or bf16 dqkv
     using Out = std::remove_pointer_t<decltype(d)>;
     with_head_size(plan.HS, [&](auto hs) {
@@ -831,7 +840,7 @@ void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, Tens
       constexpr std::size_t shared = mma_sync::backward_shared<HS>();
       auto* dq_kernel = mma_sync::backward_dq_kernel<HS, Out>;
       allow_dynamic_shared(dq_kernel, shared);
-      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(d, dvec, dout, dout16, qkv16, out.data,
+      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(d, dvec, dout32, dout16, qkv16, out.data,
                                                          out.type == DType::bf16, lse, T, C, NH,
                                                          plan.scale);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);

@@ -96,9 +96,10 @@ int select_device(int device) {
 // warps). MIXSIM_GELU_EXP2 (on by default for cuda-bf16 since the H200 run of 2026-11-27, off for
 // cuda): the GELU kernel on the hardware's ex2 and reciprocal (gelu.cu; +0.7% GPT-2 tokens/s).
 // And one opt-in written after that run, without a GPU at hand: MIXSIM_BF16_ATTENTION_OUT (with
-// bf16 activations; cpu-bf16 reads it too), the model stores attention's output in bf16
-// (attention_out_storage): the projection's products read it without a conversion (24 a GPT-2
-// step, ~0.25 ms on an H200), and attention's backward takes D = dout . out of the rounded out.
+// bf16 activations; cpu-bf16 reads it too), the model stores attention's output and its gradient
+// in bf16 (attention_out_storage): no conversions between the projection and attention (36 a
+// GPT-2 step, ~0.38 ms on an H200), and attention's backward takes D = dout . out of the rounded
+// values.
 
 class CudaBackend final : public Backend {
  public:
@@ -216,7 +217,7 @@ class CudaBackend final : public Backend {
                                                  N, C, OC, out.type, bias != nullptr)),
         stream_.get());
   }
-  void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
+  void matmul_backward(TensorOut dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
                        TensorIn weight, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
@@ -285,7 +286,7 @@ class CudaBackend final : public Backend {
     if (out.type == DType::bf16)
       cuda::to_bf16(static_cast<__nv_bfloat16*>(out.data), o, n, stream_.get());
   }
-  void attention_backward(TensorOut dqkv, const float* dout, TensorIn qkv, TensorIn out,
+  void attention_backward(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
                           const float* lse, int B, int T, int C, int NH) override {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
@@ -295,20 +296,22 @@ class CudaBackend final : public Backend {
           workspace(cuda::attention_tc_workspace(true, qkv.type, B, T, C, NH)), stream_.get());
       return;
     }
-    // The fp32 kernels read an fp32 out: a bf16 one widened (exact) into the workspace first.
+    // The fp32 kernels read an fp32 out and dout: bf16 ones widened (exact) into the workspace.
     const std::size_t n = std::size_t(B) * T * C;
-    cuda::Workspace ws =
-        workspace(cuda::attention_backward_workspace(B, T, NH) +
-                  (out.type == DType::bf16 ? cuda::Workspace::aligned(n * sizeof(float)) : 0));
-    const float* o = static_cast<const float*>(out.data);
-    if (out.type == DType::bf16) {
+    const std::size_t wide_bytes = cuda::Workspace::aligned(n * sizeof(float));
+    cuda::Workspace ws = workspace(cuda::attention_backward_workspace(B, T, NH) +
+                                   (out.type == DType::bf16 ? wide_bytes : 0) +
+                                   (dout.type == DType::bf16 ? wide_bytes : 0));
+    const auto fp32_of = [&](TensorIn t) {
+      if (t.type == DType::fp32) return static_cast<const float*>(t.data);
       float* wide = ws.take<float>(n);
-      cuda::from_bf16(wide, static_cast<const __nv_bfloat16*>(out.data), n, stream_.get());
-      o = wide;
-    }
-    cuda::attention_backward(fp32_dqkv(dqkv, C, NH), dout,
-                             fp32_qkv("attention_backward", qkv, C, NH), o, lse, B, T, C, NH, ws,
-                             stream_.get());
+      cuda::from_bf16(wide, static_cast<const __nv_bfloat16*>(t.data), n, stream_.get());
+      return static_cast<const float*>(wide);
+    };
+    const float* o = fp32_of(out);
+    const float* g = fp32_of(dout);
+    cuda::attention_backward(fp32_dqkv(dqkv, C, NH), g, fp32_qkv("attention_backward", qkv, C, NH),
+                             o, lse, B, T, C, NH, ws, stream_.get());
   }
   void gelu_forward(TensorOut out, TensorIn inp, std::size_t n) override {
     cuda::gelu_forward(out, inp, n, gelu_exp2_, stream_.get());

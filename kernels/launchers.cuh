@@ -126,9 +126,10 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
                          cudaStream_t stream);
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
                                       DType weight, int N, int C, int OC);
-void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
-                     float* dbias, TensorIn dout, TensorIn inp, TensorIn weight, int N, int C,
-                     int OC, Workspace ws, cudaStream_t stream);
+// dinp: fp32, or (bf16 products) bf16, the product's fp32 sums rounded as cuBLAS stores them.
+void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, TensorOut dinp,
+                     float* dweight, float* dbias, TensorIn dout, TensorIn inp, TensorIn weight,
+                     int N, int C, int OC, Workspace ws, cudaStream_t stream);
 std::size_t gelu_matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dpre,
                                            DType inp, DType weight, int N, int C, int OC);
 // dpre and pre of one type: fp32, or (bf16 products) bf16.
@@ -158,7 +159,7 @@ std::size_t attention_tc_workspace(bool backward, DType qkv, int B, int T, int C
 // out: fp32, or bf16 (rounded as the kernel stores it; backward reads it as stored).
 void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
                           bool wide, Workspace ws, cudaStream_t stream);
-void attention_backward_tc(TensorOut dqkv, const float* dout, TensorIn qkv, TensorIn out,
+void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
                            const float* lse, int B, int T, int C, int NH, Workspace ws,
                            cudaStream_t stream);
 

@@ -513,12 +513,14 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
         fused = lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, output(dinp), C, ep, ws,
                         stream);
     }
-    if (!fused) {
+    if (!fused && !pre.data) {  // dinp as the product stores it (a bf16 one rounded once)
+      gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(dinp), C);
+    } else if (!fused) {
       const std::size_t n = std::size_t(N) * C;
       float* product =
           dinp.type == DType::fp32 ? static_cast<float*>(dinp.data) : ws.take<float>(n);
       gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(product), C);
-      if (pre.data) gelu_backward(dinp, pre, product, n, stream);
+      gelu_backward(dinp, pre, product, n, stream);
     }
   }
   weight_gradient(handle, precision, dweight, g, inp, N, C, OC, ws, stream);
@@ -526,10 +528,12 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
 
 }  // namespace
 
-void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, float* dinp, float* dweight,
-                     float* dbias, TensorIn dout, TensorIn inp, TensorIn weight, int N, int C,
-                     int OC, Workspace ws, cudaStream_t stream) {
+void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, TensorOut dinp,
+                     float* dweight, float* dbias, TensorIn dout, TensorIn inp, TensorIn weight,
+                     int N, int C, int OC, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_backward", N, C, OC);
+  CUDA_REQUIRE(dinp.type == DType::fp32 || precision == MatmulPrecision::bf16, "matmul_backward",
+               std::string("a bf16 dinp needs bf16 products (cuda-bf16)"));
   backward_products(handle, nullptr, precision, dinp, dweight, dbias, dout, inp, nullptr, weight, N,
                     C, OC, ws, stream);
 }

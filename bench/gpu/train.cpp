@@ -23,7 +23,7 @@
 // products read bf16 weights rounded once per forward pass, +w) and MIXSIM_BF16_OUTPUTS (products
 // write bf16 themselves where the model stores bf16, +out); and the opt-ins
 // MIXSIM_TC_WIDE_FORWARD=1 (the tensor-core attention forward in blocks of 128 rows, +wide) and
-// MIXSIM_BF16_ATTENTION_OUT=1 (attention's output stored in bf16, +ao);
+// MIXSIM_BF16_ATTENTION_OUT=1 (attention's output and its gradient stored in bf16, +ao);
 // MIXSIM_GELU_EXP2 (on by default for cuda-bf16: the GELU kernel on the hardware's ex2 and
 // reciprocal, +gexp2) and MIXSIM_CLASSIFIER_EXP2 (on by default: the cached classifier through
 // exp2, +exp2 on cuda-bf16).
@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
     // the backend read the same switch)
     const bool wide = backend_name == "cuda-bf16" && tc_attention &&
                       mixsim::env_switch("MIXSIM_TC_WIDE_FORWARD", false);
-    // MIXSIM_BF16_ATTENTION_OUT=1 (opt-in): attention's output stored in bf16 ("+ao")
+    // MIXSIM_BF16_ATTENTION_OUT=1 (opt-in): attention's output and its gradient in bf16 ("+ao")
     const bool bf16_att_out = gpu->attention_out_storage() == mixsim::DType::bf16;
     // MIXSIM_GELU_EXP2: the GELU kernel on the hardware's ex2 and reciprocal ("+gexp2", on
     // cuda-bf16 by default)

@@ -424,13 +424,15 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
   be.matmul_backward(s.dbuf, g.fcw, g.fcb, dpre, a.ln2, product_weight(p.fcw), N, C, 4 * C);
   be.layernorm_backward(s.dresidual, g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w, a.ln2_mean,
                         a.ln2_rstd, N, C);
-  // Attention; dbuf4 now holds dqkv (B,T,3C).
-  be.matmul_backward(s.dbuf, g.attprojw, g.attprojb, s.dresidual, a.atty,
-                     product_weight(p.attprojw), N, C, C);
+  // Attention; dbuf4 now holds dqkv (B,T,3C). The gradient of attention's output is stored as
+  // the output is (attention_out_storage), in dbuf.
+  const TensorOut datt{s.dbuf, a.atty.type};
+  be.matmul_backward(datt, g.attprojw, g.attprojb, s.dresidual, a.atty, product_weight(p.attprojw),
+                     N, C, C);
   // dqkv in bf16 where the qkv and the products' outputs are (attention then rounds it as it
   // stores it; the qkv bias gradient sums the stored values)
   const TensorOut dqkv{s.dbuf4, a.qkv.type == DType::bf16 ? output_storage() : DType::fp32};
-  be.attention_backward(dqkv, s.dbuf, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
+  be.attention_backward(dqkv, datt, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
   be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, dqkv, a.ln1, product_weight(p.qkvw), N, C, 3 * C);
   be.layernorm_backward(s.dresidual, g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean,
                         a.ln1_rstd, N, C);

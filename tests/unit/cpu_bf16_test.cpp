@@ -621,15 +621,17 @@ TEST(CpuBf16, Bf16ProductOutputsModel) {
 }
 
 // MIXSIM_BF16_ATTENTION_OUT=1 (an opt-in of cpu-bf16 and cuda-bf16, with bf16 activation
-// storage): the model stores attention's output in bf16. The ops: a bf16 out is the fp32 out
-// rounded to nearest even, bit for bit, and backward from it is backward from its widened values,
-// bit for bit (head size 32, the tensor-core roundings, and 24, the fp32 kernels). The model: the
-// projection rounds attention's output to bf16 anyway, so the loss and the evaluation sums are
-// bit-identical to fp32 storage; only D = dout . out in attention's backward changes, taken of the
-// rounded out as flash attention takes it, so the gradients move, by much less than bf16's own
-// error: 2.1e-4 relative L2 measured, bound 2e-3 (Bf16ProductOutputsModel's 1e-2 is for a change
-// that reaches the loss); 20 steps follow within 5e-2. Off unless set to 1, and never with fp32
-// activation storage or on cpu.
+// storage): the model stores attention's output and its gradient in bf16. The ops: a bf16 out is
+// the fp32 out rounded to nearest even, bit for bit, and backward from a bf16 out and dout is
+// backward from their widened values, bit for bit (head size 32, the tensor-core roundings, and
+// 24, the fp32 kernels); the projection's bf16 dinp is its fp32 dinp rounded (cpu, with fp32
+// products, refuses a bf16 dinp). The model: the projection and attention's backward round those
+// tensors to bf16 anyway, so the loss and the evaluation sums are bit-identical to the default;
+// only D = dout . out in attention's backward changes, now the sum over the rounded values, as
+// flash attention takes it, so the gradients move, by much less than bf16's own error: 2.2e-4
+// relative L2 measured, bound 2e-3 (Bf16ProductOutputsModel's 1e-2 is for a change that reaches
+// the loss); 20 steps follow within 5e-2. Off unless set to 1, and never with fp32 activation
+// storage or on cpu.
 TEST(CpuBf16, Bf16AttentionOutput) {
   auto with = [](const char* setting, const char* activations = "") {
     mixsim::testing::ScopedEnv env("MIXSIM_BF16_ATTENTION_OUT", setting),
@@ -658,11 +660,30 @@ TEST(CpuBf16, Bf16AttentionOutput) {
     EXPECT_EQ(lse16, lse) << what;
     std::vector<float> widened(n), d16(rows * 3 * s.C), d32(rows * 3 * s.C);
     for (std::size_t i = 0; i < n; ++i) widened[i] = bf16_value(out16[i]);
-    b16->attention_backward(d16.data(), dout.data(), qkv.data(),
+    // the gradient too: out and dout both bf16 against their widened values
+    const std::vector<std::uint16_t> dout16 = bits_of(dout);
+    std::vector<float> dout_widened(n);
+    for (std::size_t i = 0; i < n; ++i) dout_widened[i] = bf16_value(dout16[i]);
+    b16->attention_backward(d16.data(), TensorIn(dout16.data(), DType::bf16), qkv.data(),
                             TensorIn(out16.data(), DType::bf16), lse.data(), s.B, s.T, s.C, s.NH);
-    plain->attention_backward(d32.data(), dout.data(), qkv.data(), widened.data(), lse.data(), s.B,
-                              s.T, s.C, s.NH);
+    plain->attention_backward(d32.data(), dout_widened.data(), qkv.data(), widened.data(),
+                              lse.data(), s.B, s.T, s.C, s.NH);
     EXPECT_EQ(d16, d32) << what;
+  }
+  {  // the projection's dinp (attention's output gradient): the fp32 product rounded
+    const int n_rows = 37, c = 64, oc = 64;
+    const auto g = random_floats(std::size_t(n_rows) * oc, 133),
+               x = random_floats(std::size_t(n_rows) * c, 134),
+               w = random_floats(std::size_t(oc) * c, 135);
+    std::vector<float> d32(std::size_t(n_rows) * c), dw(std::size_t(oc) * c);
+    std::vector<std::uint16_t> d16(d32.size());
+    b16->matmul_backward(d32.data(), dw.data(), nullptr, g.data(), x.data(), w.data(), n_rows, c, oc);
+    b16->matmul_backward({d16.data(), DType::bf16}, dw.data(), nullptr, g.data(), x.data(),
+                         w.data(), n_rows, c, oc);
+    EXPECT_EQ(d16, bits_of(d32));
+    EXPECT_THROW(make_cpu_backend()->matmul_backward({d16.data(), DType::bf16}, dw.data(), nullptr,
+                                                     g.data(), x.data(), w.data(), n_rows, c, oc),
+                 Error);
   }
   const ModelConfig cfg{2, 2, 64, 70, 257};
   const int b = 2, t = 70, steps = 20;

@@ -109,11 +109,12 @@ class Backend {
   // changes (cpu-bf16 and cuda-bf16, unless the environment sets MIXSIM_BF16_WEIGHTS=0 at
   // construction).
   virtual bool bf16_weight_copies() const { return false; }
-  // How the model should store attention's output, which the projection's products read and
-  // attention_backward reads for D = dout . out: bf16 in cpu-bf16 and cuda-bf16 with bf16
-  // activation storage where the environment sets MIXSIM_BF16_ATTENTION_OUT=1 at construction
-  // (an opt-in: the products round it anyway, so only D changes, now taken of the rounded out as
-  // flash attention takes it), fp32 otherwise.
+  // How the model should store attention's output and its gradient (the projection's dinp), which
+  // the projection's products and attention_backward read: bf16 in cpu-bf16 and cuda-bf16 with
+  // bf16 activation storage where the environment sets MIXSIM_BF16_ATTENTION_OUT=1 at
+  // construction (an opt-in: the products and attention's backward round them anyway, so only
+  // D = dout . out changes, now the sum over the rounded values, as flash attention takes it),
+  // fp32 otherwise.
   virtual DType attention_out_storage() const { return DType::fp32; }
   // dst = src, stored as dst's type says (bf16: rounded to nearest even). dst and src must not
   // overlap.
@@ -149,9 +150,10 @@ class Backend {
                               TensorIn inp,                        // (N,C)
                               TensorIn weight, const float* bias,  // (OC,C), (OC)
                               int N, int C, int OC) = 0;
-  // dinp = dout @ weight (assigned; nullable to skip); dweight, dbias += (dbias nullable; the
-  // bias gradient sums dout as it is stored, in fp32 sums).
-  virtual void matmul_backward(float* dinp,                    // (N,C)
+  // dinp = dout @ weight (assigned; nullable to skip; a bf16 one, bf16 precision only, is the fp32
+  // product rounded); dweight, dbias += (dbias nullable; the bias gradient sums dout as it is
+  // stored, in fp32 sums).
+  virtual void matmul_backward(TensorOut dinp,                 // (N,C)
                                float* dweight, float* dbias,   // (OC,C), (OC)
                                TensorIn dout,                  // (N,OC)
                                TensorIn inp, TensorIn weight,  // (N,C), (OC,C)
@@ -165,7 +167,7 @@ class Backend {
                                  int B, int T, int C, int NH) = 0;  // lse nullable
   // A bf16 dqkv (only where attention_rounds_qkv) is the fp32 gradient rounded.
   virtual void attention_backward(TensorOut dqkv,              // (B,T,3C) assigned
-                                  const float* dout,           // (B,T,C)
+                                  TensorIn dout,               // (B,T,C)
                                   TensorIn qkv, TensorIn out,  // (B,T,3C), (B,T,C)
                                   const float* lse,            // (B,NH,T)
                                   int B, int T, int C, int NH) = 0;

@@ -50,8 +50,8 @@ class Gpt {
   // gradient in place): bf16 where the activation storage is bf16 and the backend's products
   // write bf16 outputs (Backend::bf16_product_outputs), else fp32.
   DType output_storage() const;
-  // Attention's output (which the projection's products and attention's backward read): bf16
-  // where the activation storage is bf16 and the backend asks for it
+  // Attention's output and its gradient (which the projection's products and attention's
+  // backward read): bf16 where the activation storage is bf16 and the backend asks for it
   // (Backend::attention_out_storage), else fp32.
   DType attention_out_storage() const;
 

@@ -116,9 +116,13 @@ class CpuBackend final : public Backend {
     cpu::matmul_forward(y, x, weight, bias, N, C, OC);
     narrow(out, y, n);
   }
-  void matmul_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
+  void matmul_backward(TensorOut dinp_t, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
                        TensorIn weight, int N, int C, int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_backward: N={} C={} OC={}", N, C, OC);
+    MIXSIM_CHECK(dinp_t.type == DType::fp32 || precision_ == MatmulPrecision::bf16,
+                 "matmul_backward: a bf16 dinp needs bf16 products (cpu-bf16), on {}", name());
+    // a bf16 dinp: the fp32 product rounded once
+    float* dinp = dinp_t.data ? staging(dinp_t, std::size_t(N) * C) : nullptr;
     // As cuda-bf16: the products take bf16 operands (rounded here, or stored so; in fp32
     // precision fp32 ones as given), the bias gradient sums dout as stored (an fp32 one
     // unrounded, a bf16 one widened). The weight is read only for dinp.
@@ -129,6 +133,7 @@ class CpuBackend final : public Backend {
     if (dbias)
       cpu::bias_backward(dbias, dout.type == DType::fp32 ? static_cast<const float*>(dout.data) : g,
                          N, OC);
+    if (dinp) narrow(dinp_t, dinp, std::size_t(N) * C);
   }
   bool attention_rounds_qkv(int C, int NH) const override {
     return tc_attention_ && cpu::attention_bf16_supported(C, NH);
@@ -158,7 +163,7 @@ class CpuBackend final : public Backend {
       cpu::attention_forward(out, lse, x, B, T, C, NH);
     narrow(out_t, out, n);
   }
-  void attention_backward(TensorOut dqkv_t, const float* dout, TensorIn qkv, TensorIn out_t,
+  void attention_backward(TensorOut dqkv_t, TensorIn dout_t, TensorIn qkv, TensorIn out_t,
                           const float* lse, int B, int T, int C, int NH) override {
     check_attention("attention_backward", B, T, C, NH);
     MIXSIM_CHECK(lse, "attention_backward needs the log-sum-exp saved by attention_forward");
@@ -169,8 +174,10 @@ class CpuBackend final : public Backend {
         "128); got C={} NH={} on {}",
         C, NH, name());
     const float* x = attention_input("attention_backward", qkv, B, T, C, NH);
-    // a bf16 out (attention_out_storage) widened, exact: D = dout . out of the rounded values
+    // a bf16 out and dout (attention_out_storage) widened, exact: D = dout . out of the rounded
+    // values
     const float* out = wide(scratch_[0], out_t, std::size_t(B) * T * C);
+    const float* dout = wide(scratch_[1], dout_t, std::size_t(B) * T * C);
     const std::size_t n = std::size_t(B) * T * 3 * C;
     float* dqkv = staging(dqkv_t, n);
     if (attention_rounds_qkv(C, NH))
@@ -336,7 +343,7 @@ class CpuBackend final : public Backend {
   bool bf16_outputs_;
   bool bf16_weights_;
   // MIXSIM_BF16_ATTENTION_OUT (an opt-in, off unless set to 1; with bf16 activation storage): the
-  // model stores attention's output in bf16 (attention_out_storage)
+  // model stores attention's output and its gradient in bf16 (attention_out_storage)
   bool bf16_attention_out_;
   std::vector<float> scratch_[3];       // product operands rounded (cpu-bf16) or widened (bf16)
   std::vector<float> out_scratch_;      // outputs computed in fp32 before they are rounded to bf16
