@@ -468,17 +468,19 @@ CONFIGS=small,gpt2,1.1b
 # has; the script must stay within 8 min)
 step bench-train 240 "$BUILD/bench/bench_gpu_train" --configs small,gpt2
 # cuda-bf16 with its switches added (+ cuBLASLt over tensor-core attention; then run 7's default,
-# all but the bf16 product outputs and the exp2 classifier), then as it runs by default (all). The products-only,
-# tensor-core-only and no-weight-copies rows of runs 5 to 7 are left out for time.
+# all but the bf16 product outputs and the exp2 classifier and GELU), then as it runs by default
+# (all). The products-only, tensor-core-only and no-weight-copies rows of runs 5 to 7 are left out
+# for time.
 step bench-train-bf16-tc-lt 90 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
   MIXSIM_BF16_ACTIVATIONS=0 MIXSIM_BF16_WEIGHTS=0 MIXSIM_BF16_OUTPUTS=0 MIXSIM_CLASSIFIER_EXP2=0 \
-  "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
+  MIXSIM_GELU_EXP2=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 step bench-train-bf16-nooutputs 90 env MIXSIM_BF16_OUTPUTS=0 MIXSIM_CLASSIFIER_EXP2=0 \
-  "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
+  MIXSIM_GELU_EXP2=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
-# the opt-in attention forward in blocks of 128 rows (bit-identical results; 1.54 against 1.24 ms
-# a step on the H200 of 2026-11-27; the GPT-2 shape only)
-step bench-train-bf16-wide 90 env MIXSIM_TC_WIDE_FORWARD=1 "$BUILD/bench/bench_gpu_train" \
+# the opt-in bf16 attention output and its gradient (written after run 11 without a GPU; the GPT-2
+# shape only). (The opt-in wide attention forward had a row here until run 10, slower each time:
+# --compare 'MIXSIM_TC_WIDE_FORWARD=1' measures it.)
+step bench-train-bf16-ao 90 env MIXSIM_BF16_ATTENTION_OUT=1 "$BUILD/bench/bench_gpu_train" \
   --configs gpt2 --backend cuda-bf16
 # where a default bf16 step's time goes now (per op, synchronised)
 step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile \
@@ -571,7 +573,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-wide bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16; do
+for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-ao bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)

@@ -74,6 +74,8 @@ case $name in
       [[ "${MIXSIM_BF16_WEIGHTS:-}" != 0 ]] && label+=+w
       [[ "${MIXSIM_BF16_OUTPUTS:-}" != 0 ]] && label+=+out
       [[ "${MIXSIM_TC_WIDE_FORWARD:-}" == 1 ]] && label+=+wide
+      [[ "${MIXSIM_BF16_ATTENTION_OUT:-}" == 1 ]] && label+=+ao
+      [[ "${MIXSIM_GELU_EXP2:-}" != 0 ]] && label+=+gexp2
       [[ "${MIXSIM_CLASSIFIER_EXP2:-}" != 0 ]] && label+=+exp2
     fi
     if [[ "$*" == *--profiler-range* ]]; then
@@ -180,9 +182,9 @@ done
 # the bench rows: each switch's row carries its label (run 7's default without +out beside +out)
 has pass '^mixsim-bf16tc\+lt\+act gpt2 +tokens_per_s=300000'
 has pass '^mixsim-bf16tc\+lt\+act\+w gpt2 +tokens_per_s'
-has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+exp2 1\.1b +tokens_per_s'
-has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+exp2 gpt2 '
-has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+wide\+exp2 gpt2 '
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 1\.1b +tokens_per_s'
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 gpt2 '
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2 gpt2 '
 has pass '^gemm-ceiling gpt2 +gemmex_ms=12\.00'
 # each op of the profile beside PyTorch's: the LayerNorm forward sums both of mixsim's kinds
 has pass '^  attention_backward +mixsim 4\.600, PyTorch 1\.500: 3\.07x'
