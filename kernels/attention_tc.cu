@@ -176,25 +176,21 @@ __device__ inline void wait_copies() {
 template <int HS>
 __device__ inline void load_tile(bf16* tile, const bf16* src, std::size_t stride, int first,
                                  int T) {
-  constexpr int kOcts = HS / 8;  // 16-byte pieces of a row
+  constexpr int kOcts = HS / 8;          // 16-byte pieces of a row
+  const auto copy = [&](int r, int d) {  // the piece at column d of the tile's row r
+    const int row = first + r;
+    const bool valid = row < T;
+    copy_async16(tile + r * tile_ld<HS>() + d, src + (valid ? std::size_t(row) * stride + d : 0),
+                 valid);
+  };
   if constexpr ((kOcts & (kOcts - 1)) == 0) {
     constexpr unsigned kRowStep = kThreads / kOcts;
     const unsigned r0 = threadIdx.x / kOcts, d = threadIdx.x % kOcts * 8;
 #pragma unroll
-    for (unsigned c = 0; c < kRows / kRowStep; ++c) {
-      const unsigned r = r0 + c * kRowStep;
-      const int row = first + int(r);
-      const bool valid = row < T;
-      copy_async16(tile + r * tile_ld<HS>() + d, src + (valid ? std::size_t(row) * stride + d : 0),
-                   valid);
-    }
+    for (unsigned c = 0; c < kRows / kRowStep; ++c) copy(int(r0 + c * kRowStep), int(d));
   } else {
-    for (int idx = threadIdx.x; idx < kRows * kOcts; idx += kThreads) {
-      const int r = idx / kOcts, d = idx % kOcts * 8, row = first + r;
-      const bool valid = row < T;
-      copy_async16(tile + r * tile_ld<HS>() + d, src + (valid ? std::size_t(row) * stride + d : 0),
-                   valid);
-    }
+    for (int idx = threadIdx.x; idx < kRows * kOcts; idx += kThreads)
+      copy(idx / kOcts, idx % kOcts * 8);
   }
 }
 // Starts dst[r] = src[first + r] for the kRows rows from `first`; zero past T.

@@ -279,7 +279,8 @@ class CudaBackend final : public Backend {
     }
     // The fp32 kernels write fp32: a bf16 out goes through the workspace, rounded once.
     const std::size_t n = std::size_t(B) * T * C;
-    cuda::Workspace ws = workspace(out.type == DType::bf16 ? cuda::Workspace::aligned(n * 4) : 0);
+    cuda::Workspace ws =
+        workspace(out.type == DType::bf16 ? cuda::Workspace::aligned(n * sizeof(float)) : 0);
     float* o = out.type == DType::bf16 ? ws.take<float>(n) : static_cast<float*>(out.data);
     cuda::attention_forward(o, lse, fp32_qkv("attention_forward", qkv, C, NH), B, T, C, NH,
                             stream_.get());

@@ -515,7 +515,7 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
     }
     if (!fused && !pre.data) {  // dinp as the product stores it (a bf16 one rounded once)
       gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(dinp), C);
-    } else if (!fused) {
+    } else if (!fused) {  // the product, then the GELU's derivative (into a bf16 dinp from fp32)
       const std::size_t n = std::size_t(N) * C;
       float* product =
           dinp.type == DType::fp32 ? static_cast<float*>(dinp.data) : ws.take<float>(n);
