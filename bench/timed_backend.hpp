@@ -57,7 +57,7 @@ class TimedBackend final : public Backend {
                           const float* w, const float* m, const float* r, int N, int C) override {
     time("layernorm_backward", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
   }
-  void matmul_forward(TensorOut o, TensorIn i, TensorIn w, const float* b, int N, int C,
+  void matmul_forward(TensorOut o, TensorIn i, TensorIn w, TensorIn b, int N, int C,
                       int OC) override {
     time(
         "matmul_forward", [&] { in_.matmul_forward(o, i, w, b, N, C, OC); }, product(N, C, OC, 1));
@@ -85,7 +85,7 @@ class TimedBackend final : public Backend {
   void gelu_backward(TensorOut di, TensorIn i, const float* d, std::size_t n) override {
     time("gelu_backward", [&] { in_.gelu_backward(di, i, d, n); });
   }
-  void matmul_gelu_forward(TensorOut o, TensorOut p, TensorIn i, TensorIn w, const float* b, int N,
+  void matmul_gelu_forward(TensorOut o, TensorOut p, TensorIn i, TensorIn w, TensorIn b, int N,
                            int C, int OC) override {
     time(
         "matmul_gelu_forward", [&] { in_.matmul_gelu_forward(o, p, i, w, b, N, C, OC); },

@@ -769,13 +769,15 @@ const bf16* bf16_qkv(TensorIn qkv, std::size_t n, Workspace& ws, cudaStream_t st
 
 }  // namespace
 
-std::size_t attention_tc_workspace(bool backward, DType qkv, int B, int T, int C, int NH) {
+std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, int T, int C,
+                                   int NH) {
   const std::size_t rows = std::size_t(B) * T;
   std::size_t bytes = 0;
   if (qkv == DType::fp32) bytes += Workspace::aligned(rows * 3 * C * sizeof(bf16));
-  if (backward)  // D per row, and the bf16 copy of dout
-    bytes += Workspace::aligned(std::size_t(B) * NH * T * sizeof(float)) +
-             Workspace::aligned(rows * C * sizeof(bf16));
+  if (backward) {  // D per row, and the bf16 copy of an fp32 dout (a bf16 one is read as stored)
+    bytes += Workspace::aligned(std::size_t(B) * NH * T * sizeof(float));
+    if (dout == DType::fp32) bytes += Workspace::aligned(rows * C * sizeof(bf16));
+  }
   return bytes;
 }
 

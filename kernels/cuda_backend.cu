@@ -142,6 +142,9 @@ class CudaBackend final : public Backend {
     use.enabled = true;
     return use;
   }
+  CudaKernelChoices kernel_choices() const {
+    return {tc_attention_, tc_attention_ && wide_forward_, gelu_exp2_, classifier_exp2_};
+  }
   int device() const { return device_; }
 
   void* allocate(std::size_t bytes) override {
@@ -207,14 +210,14 @@ class CudaBackend final : public Backend {
     cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
                              workspace(cuda::layernorm_backward_workspace(N, C)), stream_.get());
   }
-  void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight, const float* bias, int N, int C,
+  void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight, TensorIn bias, int N, int C,
                       int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_forward(
         cublas_.get(), lt_.get(), precision_, out, inp, weight, bias, N, C, OC,
         workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, weight.type,
-                                                 N, C, OC, out.type, bias != nullptr)),
+                                                 N, C, OC, out.type, bias.data != nullptr)),
         stream_.get());
   }
   void matmul_backward(TensorOut dinp, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
@@ -228,13 +231,13 @@ class CudaBackend final : public Backend {
                           stream_.get());
   }
   void matmul_gelu_forward(TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
-                           const float* bias, int N, int C, int OC) override {
+                           TensorIn bias, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_gelu_forward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_gelu_forward(
         cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N, C, OC, gelu_exp2_,
         workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, weight.type,
-                                                 N, C, OC, pre.type, bias != nullptr)),
+                                                 N, C, OC, pre.type, bias.data != nullptr)),
         stream_.get());
   }
   void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,
@@ -274,7 +277,8 @@ class CudaBackend final : public Backend {
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
       cuda::attention_forward_tc(
           out, lse, qkv, B, T, C, NH, wide_forward_,
-          workspace(cuda::attention_tc_workspace(false, qkv.type, B, T, C, NH)), stream_.get());
+          workspace(cuda::attention_tc_workspace(false, qkv.type, DType::fp32, B, T, C, NH)),
+          stream_.get());
       return;
     }
     // The fp32 kernels write fp32: a bf16 out goes through the workspace, rounded once.
@@ -294,7 +298,8 @@ class CudaBackend final : public Backend {
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
       cuda::attention_backward_tc(
           dqkv, dout, qkv, out, lse, B, T, C, NH,
-          workspace(cuda::attention_tc_workspace(true, qkv.type, B, T, C, NH)), stream_.get());
+          workspace(cuda::attention_tc_workspace(true, qkv.type, dout.type, B, T, C, NH)),
+          stream_.get());
       return;
     }
     // The fp32 kernels read an fp32 out and dout: bf16 ones widened (exact) into the workspace.
@@ -400,26 +405,32 @@ class CudaBackend final : public Backend {
   std::size_t workspace_bytes_ = 0;
 };
 
+// `backend` as the CUDA backend it must be; `who` (the function asking) is named otherwise.
+CudaBackend& cuda_backend(Backend& backend, const std::string& who) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda)
+    throw Error(who + " was given the '" + std::string(backend.name()) +
+                "' backend; it needs a backend from make_cuda_backend");
+  return *cuda;
+}
+
 }  // namespace
 
 namespace cuda {
 
 BackendPlace place_of(Backend& backend) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda)
-    throw Error("an op of the CUDA backend was given the '" + std::string(backend.name()) +
-                "' backend; it needs a backend from make_cuda_backend");
-  return {cuda->device(), cuda->stream()};
+  CudaBackend& cuda = cuda_backend(backend, "an op of the CUDA backend");
+  return {cuda.device(), cuda.stream()};
 }
 
 }  // namespace cuda
 
 CublasLtUse cublaslt_use(Backend& backend) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda)
-    throw Error("cublaslt_use() was given the '" + std::string(backend.name()) +
-                "' backend; it needs a backend from make_cuda_backend");
-  return cuda->cublaslt_use();
+  return cuda_backend(backend, "cublaslt_use()").cublaslt_use();
+}
+
+CudaKernelChoices cuda_kernel_choices(Backend& backend) {
+  return cuda_backend(backend, "cuda_kernel_choices()").kernel_choices();
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device, MatmulPrecision precision) {

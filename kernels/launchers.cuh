@@ -116,14 +116,13 @@ void set_fp32_math(cublasHandle_t handle);
 std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType inp, DType weight,
                                      int N, int C, int OC, DType out, bool bias);
 void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut out,
-                    TensorIn inp, TensorIn weight, const float* bias, int N, int C, int OC,
+                    TensorIn inp, TensorIn weight, TensorIn bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream);
 // The same workspace as matmul_forward. gelu_exp2: the GELU kernel's form (gelu_forward), where
 // it runs rather than cuBLASLt's epilogue.
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                         TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
-                         const float* bias, int N, int C, int OC, bool gelu_exp2, Workspace ws,
-                         cudaStream_t stream);
+                         TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight, TensorIn bias,
+                         int N, int C, int OC, bool gelu_exp2, Workspace ws, cudaStream_t stream);
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
                                       DType weight, int N, int C, int OC);
 // dinp: fp32, or (bf16 products) bf16, the product's fp32 sums rounded as cuBLAS stores them.
@@ -153,7 +152,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 // workspace: attention_tc_workspace.
 std::size_t max_shared_per_block(int device);
 bool attention_tc_supported(int C, int NH, std::size_t max_shared);
-std::size_t attention_tc_workspace(bool backward, DType qkv, int B, int T, int C, int NH);
+// backward: D per row, and a bf16 copy of dout where it is stored in fp32 (`dout`, backward only).
+std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, int T, int C,
+                                   int NH);
 // wide: forward_kernel<HS, 2> where the head size is up to 64 (MIXSIM_TC_WIDE_FORWARD; the same
 // results bit for bit).
 // out: fp32, or bf16 (rounded as the kernel stores it; backward reads it as stored).

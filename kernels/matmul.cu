@@ -332,23 +332,42 @@ const CublasLtUse& lt_use(const LtMatmul& lt) {
 
 namespace {
 
+// A bf16 bias is the rounding that a bf16 out takes; an fp32 out adds the fp32 bias.
+void check_bias(const char* op, TensorIn bias, DType out) {
+  CUDA_REQUIRE(!bias.data || bias.type == DType::fp32 || out == DType::bf16, op,
+               std::string("a bf16 bias needs a bf16 out (an fp32 out adds the fp32 bias)"));
+}
+
 // out = x @ w^T + bias from prepared operands: one fused cuBLASLt product where it can, else
 // the bias written first and the product added to it (beta = 1), as on the CPU. A bf16 out takes
-// the bias rounded to bf16 (into the workspace): cuBLASLt's bias has D's type. Without cuBLASLt a
+// the bias rounded to bf16 (into the workspace): cuBLASLt's bias has D's type. A bf16 bias (the
+// model's bf16 weight copy: that rounding, made once a forward pass) is taken as it is where it
+// starts 256-byte aligned, as a workspace copy does (so the cuBLASLt plan, keyed on the
+// alignments, is the one a rounded copy got), else copied into the workspace. Without cuBLASLt a
 // bf16 out with a bias goes through an fp32 result in the workspace, rounded once at the end:
 // cuBLAS's own beta = 1 into a bf16 C left a quarter of the elements one bf16 step from the fp32
 // sum rounded once, and 1.5% several steps (an H200 and an H100, 2026-11-27, Bf16ProductOutputs),
 // as if it rounded the product before adding C.
 void forward_product(cublasHandle_t handle, LtMatmul* lt, Output out, Operand w, Operand x,
-                     const float* bias, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
-  const void* b = bias;
-  __nv_bfloat16* rounded = nullptr;
-  if (bias && out.type == CUDA_R_16BF) {
-    rounded = ws.take<__nv_bfloat16>(OC);
-    to_bf16(rounded, bias, OC, stream);
+                     TensorIn bias_t, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
+  const auto* bias = bias_t.type == DType::fp32 ? static_cast<const float*>(bias_t.data) : nullptr;
+  const void* b = bias_t.data;
+  const __nv_bfloat16* rounded = nullptr;
+  if (bias_t.data && out.type == CUDA_R_16BF) {
+    if (bias_t.type == DType::bf16 && alignment(bias_t.data) == 256) {
+      rounded = static_cast<const __nv_bfloat16*>(bias_t.data);
+    } else {
+      __nv_bfloat16* copy = ws.take<__nv_bfloat16>(OC);
+      if (bias_t.type == DType::bf16)
+        CUDA_CHECK(cudaMemcpyAsync(copy, bias_t.data, OC * sizeof(__nv_bfloat16),
+                                   cudaMemcpyDeviceToDevice, stream));
+      else
+        to_bf16(copy, bias, OC, stream);
+      rounded = copy;
+    }
     b = rounded;
   }
-  if (lt && bias &&
+  if (lt && b &&
       lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC,
               {CUBLASLT_EPILOGUE_BIAS, b, nullptr, 0}, ws, stream))
     return;
@@ -431,11 +450,12 @@ std::size_t matmul_forward_workspace(MatmulPrecision precision, bool lt, DType i
 }
 
 void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut out,
-                    TensorIn inp, TensorIn weight, const float* bias, int N, int C, int OC,
+                    TensorIn inp, TensorIn weight, TensorIn bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream) {
   check_dims("matmul_forward", N, C, OC);
   CUDA_REQUIRE(out.type == DType::fp32 || precision == MatmulPrecision::bf16, "matmul_forward",
                std::string("a bf16 out, which only bf16 products write (cuda-bf16)"));
+  check_bias("matmul_forward", bias, out.type);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
@@ -443,14 +463,14 @@ void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precisi
 }
 
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                         TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
-                         const float* bias, int N, int C, int OC, bool gelu_exp2, Workspace ws,
-                         cudaStream_t stream) {
+                         TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight, TensorIn bias,
+                         int N, int C, int OC, bool gelu_exp2, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_gelu_forward", N, C, OC);
   CUDA_REQUIRE(
       pre.type == DType::fp32 || (precision == MatmulPrecision::bf16 && out.type == DType::bf16),
       "matmul_gelu_forward",
       std::string("a bf16 pre needs bf16 products (cuda-bf16) and a bf16 out"));
+  check_bias("matmul_gelu_forward", bias, pre.type);
   CUBLAS_CHECK(cublasSetStream(handle, stream));
   const Operand w = operand(precision, weight, std::size_t(OC) * C, ws, stream);
   const Operand x = operand(precision, inp, std::size_t(N) * C, ws, stream);
@@ -461,8 +481,8 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
   // writes the bf16 out from pre as stored.
   if (lt && out.type == DType::fp32 && pre.type == DType::fp32) {
     // out^T (OC,N) = gelu(pre^T), pre^T = w . x^T + bias: pre is the epilogue's aux matrix.
-    const Epilogue ep{bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias,
-                      pre.data, OC};
+    const Epilogue ep{bias.data ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX,
+                      bias.data, pre.data, OC};
     if (OC % 8 != 0)
       lt->refuse("cuBLASLt's GELU epilogue needs OC divisible by 8, got OC=" + std::to_string(OC));
     else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, output(out), OC, ep, ws,

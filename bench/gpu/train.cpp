@@ -25,8 +25,9 @@
 // MIXSIM_TC_WIDE_FORWARD=1 (the tensor-core attention forward in blocks of 128 rows, +wide) and
 // MIXSIM_BF16_ATTENTION_OUT=1 (attention's output and its gradient stored in bf16, +ao);
 // MIXSIM_GELU_EXP2 (on by default for cuda-bf16: the GELU kernel on the hardware's ex2 and
-// reciprocal, +gexp2) and MIXSIM_CLASSIFIER_EXP2 (on by default: the cached classifier through
-// exp2, +exp2 on cuda-bf16).
+// reciprocal, +gexp2) and MIXSIM_CLASSIFIER_EXP2 (on by default, both backends: the cached
+// classifier through exp2, +exp2). The label takes each from the backend (cuda_kernel_choices and
+// the Backend queries), not from the environment.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -43,7 +44,6 @@
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/backend/ops.hpp"
-#include "mixsim/core/env.hpp"
 #include "mixsim/core/rng.hpp"
 #include "mixsim/core/timer.hpp"
 #include "mixsim/model/gpt.hpp"
@@ -173,9 +173,12 @@ int main(int argc, char** argv) {
               backend_name == "cuda" ? "fp32, TF32 off" : "bf16 matrix products, fp32 otherwise");
   try {
     auto gpu = mixsim::make_backend(backend_name);
-    // cuda-bf16 runs attention on tensor cores unless MIXSIM_TC_ATTENTION=0 (the backend read
-    // the same switch; every config's head size, 64 or 128, is one the kernels take)
-    const bool tc_attention = mixsim::env_switch("MIXSIM_TC_ATTENTION", true);
+    // the kernels the backend chose (MIXSIM_TC_ATTENTION: "bf16tc", else "bf16mm";
+    // MIXSIM_TC_WIDE_FORWARD=1: "+wide"; MIXSIM_GELU_EXP2: "+gexp2"; MIXSIM_CLASSIFIER_EXP2:
+    // "+exp2"), as it reports them
+    const mixsim::CudaKernelChoices kernels = mixsim::cuda_kernel_choices(*gpu);
+    const bool tc_attention = kernels.tc_attention, wide = kernels.wide_forward,
+               gelu_exp2 = kernels.gelu_exp2, exp2 = kernels.classifier_exp2;
     // MIXSIM_CUBLASLT: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label)
     const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
     // MIXSIM_BF16_ACTIVATIONS: product-only tensors stored in bf16 ("+act")
@@ -184,18 +187,8 @@ int main(int argc, char** argv) {
     const bool bf16_out = gpu->bf16_product_outputs();
     // MIXSIM_BF16_WEIGHTS: the products read bf16 weights rounded once per forward ("+w")
     const bool bf16_weights = gpu->bf16_weight_copies();
-    // MIXSIM_TC_WIDE_FORWARD=1 (opt-in): the attention forward in blocks of 128 rows ("+wide";
-    // the backend read the same switch)
-    const bool wide = backend_name == "cuda-bf16" && tc_attention &&
-                      mixsim::env_switch("MIXSIM_TC_WIDE_FORWARD", false);
     // MIXSIM_BF16_ATTENTION_OUT=1 (opt-in): attention's output and its gradient in bf16 ("+ao")
     const bool bf16_att_out = gpu->attention_out_storage() == mixsim::DType::bf16;
-    // MIXSIM_GELU_EXP2: the GELU kernel on the hardware's ex2 and reciprocal ("+gexp2", on
-    // cuda-bf16 by default)
-    const bool gelu_exp2 = mixsim::env_switch("MIXSIM_GELU_EXP2", backend_name == "cuda-bf16");
-    // MIXSIM_CLASSIFIER_EXP2: the cached classifier through exp2 ("+exp2", on cuda-bf16)
-    const bool exp2 =
-        backend_name == "cuda-bf16" && mixsim::env_switch("MIXSIM_CLASSIFIER_EXP2", true);
     const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
                                           : tc_attention         ? "mixsim-bf16tc"
                                                                  : "mixsim-bf16mm") +

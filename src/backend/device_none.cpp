@@ -33,6 +33,12 @@ CublasLtUse cublaslt_use(Backend&) {
       "-DMIXSIM_CUDA=ON");
 }
 
+CudaKernelChoices cuda_kernel_choices(Backend&) {
+  fail(
+      "the CUDA backend is not available: mixsim was built without CUDA; rebuild with "
+      "-DMIXSIM_CUDA=ON");
+}
+
 std::string nccl_unique_id() {
   fail("NCCL is not available: mixsim was built without CUDA; rebuild with -DMIXSIM_CUDA=ON");
 }

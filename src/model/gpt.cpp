@@ -337,18 +337,23 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, const 
   const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
   // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
   if (a.qkv_product) {  // a bf16 qkv: the product in fp32, then rounded (what attention reads)
-    be.matmul_forward(a.qkv_product, a.ln1, product_weight(p.qkvw), p.qkvb, N, C, 3 * C);
+    be.matmul_forward(a.qkv_product, a.ln1, product_weight(p.qkvw),
+                      product_bias(p.qkvb, a.qkv_product), N, C, 3 * C);
     be.store(a.qkv, a.qkv_product, std::size_t(N) * 3 * C);
   } else {  // fp32, or bf16 written by the product itself (bf16_product_outputs)
-    be.matmul_forward(a.qkv, a.ln1, product_weight(p.qkvw), p.qkvb, N, C, 3 * C);
+    be.matmul_forward(a.qkv, a.ln1, product_weight(p.qkvw), product_bias(p.qkvb, a.qkv), N, C,
+                      3 * C);
   }
   be.attention_forward(a.atty, a.att_lse, a.qkv, B, T, C, d.NH);
-  be.matmul_forward(a.proj, a.atty, product_weight(p.attprojw), p.attprojb, N, C, C);
+  be.matmul_forward(a.proj, a.atty, product_weight(p.attprojw), product_bias(p.attprojb, a.proj), N,
+                    C, C);
   be.residual_layernorm_forward(a.residual2, a.ln2, a.ln2_mean, a.ln2_rstd, residual, a.proj,
                                 p.ln2w, p.ln2b, N, C);
   // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))), and the next LayerNorm
-  be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, product_weight(p.fcw), p.fcb, N, C, 4 * C);
-  be.matmul_forward(a.proj, a.fch_gelu, product_weight(p.fcprojw), p.fcprojb, N, 4 * C, C);
+  be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, product_weight(p.fcw),
+                         product_bias(p.fcb, a.fch), N, C, 4 * C);
+  be.matmul_forward(a.proj, a.fch_gelu, product_weight(p.fcprojw), product_bias(p.fcprojb, a.proj),
+                    N, 4 * C, C);
   be.residual_layernorm_forward(a.residual3, next.out, next.mean, next.rstd, a.residual2, a.proj,
                                 next.weight, next.bias, N, C);
 }
@@ -357,6 +362,11 @@ void Gpt::round_weights() {
   if (!backend_.bf16_weight_copies()) return;
   if (weights16_.size() == 0) weights16_ = DeviceBuffer<std::uint16_t>(backend_, layout_.total());
   backend_.store({weights16_.get(), DType::bf16}, params_.get(), layout_.total());
+}
+
+TensorIn Gpt::product_bias(const float* b, TensorOut out) const {
+  if (out.type != DType::bf16 || weights16_.size() == 0) return b;
+  return product_weight(b);
 }
 
 TensorIn Gpt::product_weight(const float* w) const {

@@ -1563,6 +1563,60 @@ TEST_F(CudaOps, Bf16ProductOutputs) {
   }
 }
 
+// A bf16 bias (the model's bf16 weight copy) into a bf16 out is the rounding the product makes of
+// the fp32 bias: bit-identical outs (matmul_forward, and matmul_gelu_forward's pre and out), with
+// cuBLASLt's bias epilogue and without; taken as it is where it starts 256-byte aligned (the same
+// cuBLASLt plan as the rounded workspace copy: one plan for both calls), copied into the workspace
+// where it does not (here 2 bytes past that). A bf16 bias with an fp32 out is refused.
+TEST_F(CudaOps, Bf16BiasIsTheRoundingOfTheFp32Bias) {
+  const int OC = 3 * C;
+  const auto x = random_floats(std::size_t(N) * C, 151),
+             w = random_floats(std::size_t(OC) * C, 152);
+  auto bias = random_floats(OC, 153);
+  for (auto& v : bias) v = 3.f + v / 7.f;  // |v| ~ 3: most need more than bf16's 8 bits
+  std::vector<std::uint16_t> bias16(OC);
+  for (int i = 0; i < OC; ++i) bias16[i] = bf16_bits(bias[i]);
+  std::vector<std::uint16_t> shifted(OC + 1);  // the same bits from element 1: 2 bytes past
+  for (int i = 0; i < OC; ++i) shifted[i + 1] = bf16_bits(bias[i]);
+  const std::size_t m = std::size_t(N) * OC;
+  for (const char* lt : {"0", "1"}) {
+    auto gpu = cuda_bf16_with("", lt, "");
+    auto dx = put(*gpu, x), dw = put(*gpu, w), db = put(*gpu, bias);
+    auto db16 = put(*gpu, bias16), dshift = put(*gpu, shifted);
+    auto run = [&](TensorIn b) {
+      DeviceBuffer<std::uint16_t> out = put(*gpu, std::vector<std::uint16_t>(m, 0xffff)),
+                                  pre = put(*gpu, std::vector<std::uint16_t>(m, 0xffff)),
+                                  gelu = put(*gpu, std::vector<std::uint16_t>(m, 0xffff));
+      gpu->matmul_forward({out.get(), DType::bf16}, dx.get(), dw.get(), b, N, C, OC);
+      gpu->matmul_gelu_forward({gelu.get(), DType::bf16}, {pre.get(), DType::bf16}, dx.get(),
+                               dw.get(), b, N, C, OC);
+      return std::tuple{fetch(*gpu, out.get(), m), fetch(*gpu, pre.get(), m),
+                        fetch(*gpu, gelu.get(), m)};
+    };
+    const auto [out32, pre32, gelu32] = run(db.get());
+    EXPECT_EQ(out32, pre32) << "cuBLASLt " << lt;
+    for (const TensorIn b :
+         {TensorIn{db16.get(), DType::bf16}, TensorIn{dshift.get() + 1, DType::bf16}}) {
+      const auto [out16, pre16, gelu16] = run(b);
+      EXPECT_EQ(out16, out32) << "cuBLASLt " << lt;
+      EXPECT_EQ(pre16, pre32) << "cuBLASLt " << lt;
+      EXPECT_EQ(gelu16, gelu32) << "cuBLASLt " << lt;
+    }
+    if (std::string(lt) == "1") {
+      const CublasLtUse use = cublaslt_use(*gpu);
+      EXPECT_EQ(use.fused, 6u);  // every product in the bias epilogue
+      EXPECT_EQ(use.fallbacks, 0u) << use.last_fallback;
+    }
+    DeviceBuffer<float> out(*gpu, m), pre(*gpu, m);
+    EXPECT_THROW(
+        gpu->matmul_forward(out.get(), dx.get(), dw.get(), {db16.get(), DType::bf16}, N, C, OC),
+        Error);
+    EXPECT_THROW(gpu->matmul_gelu_forward(out.get(), pre.get(), dx.get(), dw.get(),
+                                          {db16.get(), DType::bf16}, N, C, OC),
+                 Error);
+  }
+}
+
 // bf16 logits (MIXSIM_BF16_OUTPUTS=1: the classifier's product writes them in bf16): the classifier
 // reads them as stored and writes their gradient in place, at each of kClassifierShapes' row
 // lengths (on an H100/H200 the two with Vp 50304 and 70016 cached). Against cpu-bf16 on the same

@@ -883,6 +883,40 @@ TEST(CpuBf16, Bf16WeightCopiesChangeNothing) {
   EXPECT_GT(nan_gradients("0"), 0u);
 }
 
+// A bf16 bias (the model's bf16 copy) into a bf16 out is the rounding the product makes of the
+// fp32 bias: the out, and the MLP's pre and out, are bit-identical to those from the fp32 bias.
+// A bf16 bias with an fp32 out is refused (the fp32 out adds the fp32 bias), and so the model
+// hands the copy only to bf16 outs. The bias has values that bf16 does not hold, so that taking
+// it unrounded would show.
+TEST(CpuBf16, Bf16BiasIsTheRoundingOfTheFp32Bias) {
+  auto be = cpu_bf16_with_tc("1");
+  const int n = 37, c = 48, oc = 40;
+  const auto x = random_floats(std::size_t(n) * c, 231),
+             w = random_floats(std::size_t(oc) * c, 232);
+  auto bias = random_floats(oc, 233);
+  for (auto& v : bias) v = 3.f + v / 7.f;  // |v| ~ 3: most need more than bf16's 8 bits
+  EXPECT_NE(rounded(bias), bias);
+  const std::vector<std::uint16_t> bias16 = bits_of(bias);
+  const TensorIn b16{bias16.data(), DType::bf16};
+  const std::size_t m = std::size_t(n) * oc;
+  std::vector<std::uint16_t> from32(m), from16(m), pre32(m), pre16(m), gelu32(m), gelu16(m);
+  be->matmul_forward({from32.data(), DType::bf16}, x.data(), w.data(), bias.data(), n, c, oc);
+  be->matmul_forward({from16.data(), DType::bf16}, x.data(), w.data(), b16, n, c, oc);
+  EXPECT_EQ(from16, from32);
+  be->matmul_gelu_forward({gelu32.data(), DType::bf16}, {pre32.data(), DType::bf16}, x.data(),
+                          w.data(), bias.data(), n, c, oc);
+  be->matmul_gelu_forward({gelu16.data(), DType::bf16}, {pre16.data(), DType::bf16}, x.data(),
+                          w.data(), b16, n, c, oc);
+  EXPECT_EQ(pre16, pre32);
+  EXPECT_EQ(gelu16, gelu32);
+  EXPECT_EQ(pre32, from32);
+  std::vector<float> out(m);
+  EXPECT_THROW(be->matmul_forward(out.data(), x.data(), w.data(), b16, n, c, oc), Error);
+  std::vector<float> pre(m);
+  EXPECT_THROW(be->matmul_gelu_forward(out.data(), pre.data(), x.data(), w.data(), b16, n, c, oc),
+               Error);
+}
+
 // The switches' defaults and their refusals: unset, cpu-bf16 rounds attention as the tensor-core
 // kernels do and stores product-only tensors in bf16, as cuda-bf16 runs; "0" turns each off; any
 // value other than 1 or 0 is a UsageError that names the variable and the value, even for cpu,

@@ -30,6 +30,17 @@ struct CublasLtUse {
 // For a backend from make_cuda_backend (Error for any other backend).
 CublasLtUse cublaslt_use(Backend& cuda_backend);
 
+// The kernels a backend from make_cuda_backend chose from the environment when it was made
+// (kernels/cuda_backend.cu; Error for any other backend), as it runs them: so that a benchmark's
+// label says what ran without restating the switches' defaults.
+struct CudaKernelChoices {
+  bool tc_attention = false;     // MIXSIM_TC_ATTENTION: attention on tensor cores (cuda-bf16)
+  bool wide_forward = false;     // MIXSIM_TC_WIDE_FORWARD=1, with tensor-core attention
+  bool gelu_exp2 = false;        // MIXSIM_GELU_EXP2: the GELU kernel on ex2 (cuda-bf16's default)
+  bool classifier_exp2 = false;  // MIXSIM_CLASSIFIER_EXP2: the cached classifier through exp2
+};
+CudaKernelChoices cuda_kernel_choices(Backend& cuda_backend);
+
 // The GPU of this process: the node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
 // MPI_LOCALRANKID) modulo the number of devices, so that the ranks of a node spread over its
 // GPUs; 0 outside a launcher.

@@ -145,10 +145,12 @@ class Backend {
   // fp32 result with the bias rounded to bf16 before it is added (as cuBLASLt's bias epilogue
   // takes it with a bf16 output, and as autocast does), then rounded to nearest even. The products'
   // weights, like their inputs, may be bf16 (bf16_weight_copies): used as they are by bf16
-  // products, widened (exact) by fp32 ones.
-  virtual void matmul_forward(TensorOut out,                       // (N,OC)
-                              TensorIn inp,                        // (N,C)
-                              TensorIn weight, const float* bias,  // (OC,C), (OC)
+  // products, widened (exact) by fp32 ones. So may the bias, with a bf16 out only: it is then
+  // that rounding, made already (the model's bf16 copy), and the result is the same as from the
+  // fp32 bias; a bf16 bias with an fp32 out is an error (it would change the sum).
+  virtual void matmul_forward(TensorOut out,                   // (N,OC)
+                              TensorIn inp,                    // (N,C)
+                              TensorIn weight, TensorIn bias,  // (OC,C), (OC)
                               int N, int C, int OC) = 0;
   // dinp = dout @ weight (assigned; nullable to skip; a bf16 one, bf16 precision only, is the fp32
   // product rounded); dweight, dbias += (dbias nullable; the bias gradient sums dout as it is
@@ -183,9 +185,10 @@ class Backend {
   // The fc layer: pre = inp @ weight^T + bias (bias nullable), out = gelu(pre). A bf16 pre
   // (bf16 products only, with a bf16 out) is matmul_forward's bf16 out, and the GELU reads it as
   // stored: out = gelu(pre) from the rounded pre, which backward reads too.
-  virtual void matmul_gelu_forward(TensorOut out, TensorOut pre,        // (N,OC), (N,OC)
-                                   TensorIn inp,                        // (N,C)
-                                   TensorIn weight, const float* bias,  // (OC,C), (OC)
+  // The bias as matmul_forward's, with pre as its out.
+  virtual void matmul_gelu_forward(TensorOut out, TensorOut pre,    // (N,OC), (N,OC)
+                                   TensorIn inp,                    // (N,C)
+                                   TensorIn weight, TensorIn bias,  // (OC,C), (OC)
                                    int N, int C, int OC) {
     if (pre.type == DType::bf16 && out.type != DType::bf16)
       throw Error(std::string(name()) + ": matmul_gelu_forward: a bf16 pre needs a bf16 out");

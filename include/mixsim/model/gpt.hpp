@@ -105,6 +105,10 @@ class Gpt {
   void round_weights();
   // The weight a product takes: its bf16 copy where round_weights() makes them, else w itself.
   TensorIn product_weight(const float* w) const;
+  // The bias of a product into `out`: with a bf16 out, its bf16 copy where round_weights() makes
+  // them (the rounding matmul_forward would make of b: the same result, without a rounding pass
+  // a product), else b itself.
+  TensorIn product_bias(const float* b, TensorOut out) const;
   void backward_block(int l, const LayerActs& a, int B, int T);
 
   ParamLayout layout_;

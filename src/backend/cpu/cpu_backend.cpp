@@ -102,15 +102,22 @@ class CpuBackend final : public Backend {
     MIXSIM_CHECK(N > 0 && C > 0 && mean && rstd, "layernorm_backward: N={} C={}", N, C);
     cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
   }
-  void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight_t, const float* bias, int N,
-                      int C, int OC) override {
+  void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight_t, TensorIn bias_t, int N, int C,
+                      int OC) override {
     MIXSIM_CHECK(N > 0 && C > 0 && OC > 0, "matmul_forward: N={} C={} OC={}", N, C, OC);
     MIXSIM_CHECK(out.type == DType::fp32 || precision_ == MatmulPrecision::bf16,
                  "matmul_forward: a bf16 out needs bf16 products (cpu-bf16), not {}", name());
+    MIXSIM_CHECK(!bias_t.data || bias_t.type == DType::fp32 || out.type == DType::bf16,
+                 "matmul_forward: a bf16 bias needs a bf16 out (an fp32 out adds the fp32 bias)");
     const float* x = operand(scratch_[0], inp, std::size_t(N) * C);
     const float* weight = operand(scratch_[1], weight_t, std::size_t(OC) * C);
-    // a bf16 out: the bias rounded to bf16 first, as cuBLASLt's bias epilogue takes it
-    if (bias && out.type == DType::bf16) bias = rounded(scratch_[2], bias, OC);
+    // a bf16 out: the bias rounded to bf16 first, as cuBLASLt's bias epilogue takes it (a bf16
+    // bias is that rounding, made already)
+    const float* bias = static_cast<const float*>(bias_t.data);
+    if (bias_t.data && bias_t.type == DType::bf16)
+      bias = widened(scratch_[2], bias_t.data, std::size_t(OC));
+    else if (bias && out.type == DType::bf16)
+      bias = rounded(scratch_[2], bias, OC);
     const std::size_t n = std::size_t(N) * OC;
     float* y = staging(out, n);
     cpu::matmul_forward(y, x, weight, bias, N, C, OC);
