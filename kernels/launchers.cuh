@@ -68,8 +68,12 @@ constexpr int kRowChunk = 256;
 std::size_t column_sums_workspace(int N, int C);
 void column_sums_accumulate(float* dst, TensorIn x, int N, int C, Workspace ws, cudaStream_t stream,
                             __nv_bfloat16* rounded = nullptr);
-// dst[c] += sum over k = 0..chunks-1 of partials[k, c], in that order.
+// dst[c] += sum over k = 0..chunks-1 of partials[k, c], in a fixed order.
 void accumulate_partials(float* dst, const float* partials, int chunks, int C, cudaStream_t stream);
+// The same for two (dst, partials) pairs of one shape in one launch (LayerNorm's weight and bias
+// gradients), each summed exactly as accumulate_partials sums it.
+void accumulate_partials(float* dst0, const float* partials0, float* dst1, const float* partials1,
+                         int chunks, int C, cudaStream_t stream);
 
 // ---- encoder.cu
 void encoder_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B,

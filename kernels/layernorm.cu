@@ -327,8 +327,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                                                                 inp, weight, mean, rstd, N, C);
     });
     CUDA_CHECK_LAUNCH(layernorm_backward_fused_kernel);
-    accumulate_partials(dweight, partial_w, blocks, C, stream);
-    accumulate_partials(dbias, partial_b, blocks, C, stream);
+    accumulate_partials(dweight, partial_w, dbias, partial_b, blocks, C, stream);
     return;
   }
   const int chunks = CEIL_DIV(N, kRowChunk);
@@ -342,8 +341,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   layernorm_param_partials_kernel<<<grid, block, 0, stream>>>(partial_w, partial_b, dout, inp, mean,
                                                               rstd, N, C);
   CUDA_CHECK_LAUNCH(layernorm_param_partials_kernel);
-  accumulate_partials(dweight, partial_w, chunks, C, stream);
-  accumulate_partials(dbias, partial_b, chunks, C, stream);
+  accumulate_partials(dweight, partial_w, dbias, partial_b, chunks, C, stream);
 }
 
 }  // namespace mixsim::cuda

@@ -58,10 +58,21 @@ __global__ void column_partials_kernel(float* partials, __nv_bfloat16* rounded, 
 // on one load after another; a block = (32 columns, 32 lanes) has 4 loads a thread there.
 constexpr int kChunkLanes = 32;
 
+// One sum of partials: dst[c] += the sum over k of partials[k][c].
+struct PartialSums {
+  float* dst;
+  const float* partials;
+};
+
 // dst[c] += the sum of partials[k][c] over k < chunks, for the block's 32 columns: lane y adds
-// chunks y, y + kChunkLanes, ... in order, then lane 0 adds the lanes' sums in lane order.
-__global__ void accumulate_partials_kernel(float* dst, const float* partials, int chunks, int C) {
+// chunks y, y + kChunkLanes, ... in order, then lane 0 adds the lanes' sums in lane order. Of the
+// pair (first, second) that blockIdx.y names (one launch for LayerNorm's two parameter gradients:
+// 25 launches fewer a GPT-2 step).
+__global__ void accumulate_partials_kernel(PartialSums first, PartialSums second, int chunks,
+                                           int C) {
   __shared__ float sums[kChunkLanes][kWarpSize];
+  float* dst = blockIdx.y == 0 ? first.dst : second.dst;
+  const float* partials = blockIdx.y == 0 ? first.partials : second.partials;
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
   float s = 0.f;
   if (c < C)
@@ -80,12 +91,26 @@ std::size_t column_sums_workspace(int N, int C) {
   return Workspace::aligned(std::size_t(CEIL_DIV(N, kColumnChunk)) * C * sizeof(float));
 }
 
+namespace {
+
+void launch_accumulate(PartialSums first, PartialSums second, int sums, int chunks, int C,
+                       cudaStream_t stream) {
+  CUDA_REQUIRE(chunks > 0 && C > 0, "accumulate_partials", dims({{"chunks", chunks}, {"C", C}}));
+  accumulate_partials_kernel<<<dim3(CEIL_DIV(C, kWarpSize), sums), dim3(kWarpSize, kChunkLanes), 0,
+                               stream>>>(first, second, chunks, C);
+  CUDA_CHECK_LAUNCH(accumulate_partials_kernel);
+}
+
+}  // namespace
+
 void accumulate_partials(float* dst, const float* partials, int chunks, int C,
                          cudaStream_t stream) {
-  CUDA_REQUIRE(chunks > 0 && C > 0, "accumulate_partials", dims({{"chunks", chunks}, {"C", C}}));
-  accumulate_partials_kernel<<<CEIL_DIV(C, kWarpSize), dim3(kWarpSize, kChunkLanes), 0, stream>>>(
-      dst, partials, chunks, C);
-  CUDA_CHECK_LAUNCH(accumulate_partials_kernel);
+  launch_accumulate({dst, partials}, {dst, partials}, 1, chunks, C, stream);
+}
+
+void accumulate_partials(float* dst0, const float* partials0, float* dst1, const float* partials1,
+                         int chunks, int C, cudaStream_t stream) {
+  launch_accumulate({dst0, partials0}, {dst1, partials1}, 2, chunks, C, stream);
 }
 
 void column_sums_accumulate(float* dst, TensorIn x, int N, int C, Workspace ws, cudaStream_t stream,
