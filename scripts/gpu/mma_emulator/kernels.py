@@ -45,8 +45,13 @@ class Gmem:
         self.wcount = {k: np.zeros(v.size, dtype=np.int64) for k, v in self.a.items()}
         self.misaligned = []
 
-    def load(self, name, idx, width=1):
+    def load(self, name, idx, width=1, esize=None):
+        """esize: where given, the bytes of the element type the kernel reads name as (a load
+        through a pointer of the wrong type, e.g. a bf16 out read as float, is a TypeError)."""
         idx = np.asarray(idx, dtype=np.int64)
+        if esize is not None and esize != self.esize.get(name, 4):
+            raise TypeError(f"{name} read as {esize}-byte elements, whose elements have "
+                            f"{self.esize.get(name, 4)} bytes")
         if width > 1 and np.any(idx % width):
             self.misaligned.append(f"{name}: {width * self.esize.get(name, 4)}-byte load at element {idx[idx % width != 0][:4]}")
         arr = self.a[name]
@@ -386,8 +391,9 @@ def online_softmax_tile(s, m, l, acc, full, iw, j0, T, sl, lane, HS):
             acc[n][2 * h + 1] *= rescale
 
 
-def finish_rows(ctx, HS, head, iw, T, C, m, l, acc, has_lse):
-    """finish_rows<HS>: lse, and out = acc / l, for a warp's 16 rows from iw (below T)."""
+def finish_rows(ctx, HS, head, iw, T, C, m, l, acc, has_lse, Out="float"):
+    """finish_rows<HS>: lse, and out = acc / l, for a warp's 16 rows from iw (below T); Out:
+    "bf16" where out_bf16 (MIXSIM_BF16_ATTENTION_OUT: store_rows<HS>(bf16*, ...))."""
     lane = ctx.lane
     inv = [None, None]
     for h in range(2):
@@ -400,12 +406,13 @@ def finish_rows(ctx, HS, head, iw, T, C, m, l, acc, has_lse):
                 lse_h = ((m[h] + log2f(l[h])).astype(np.float32) * kLn2).astype(np.float32)
             ctx.g.store("lse", (head.lse_offset + i)[w], lse_h[w])
     with np.errstate(invalid="ignore"):  # rows past T: acc 0 times 1/0, never stored
-        store_rows(ctx, HS, "out", head.row_offset, C, iw, T, acc, inv)
+        store_rows(ctx, HS, "out", head.row_offset, C, iw, T, acc, inv, Out)
 
 
-def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1):
+def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1, out_bf16=False):
     """forward_kernel<HS, G>: blocks of G * 64 rows, each warp G groups of 16 (G = 2: the wide
-    forward, MIXSIM_TC_WIDE_FORWARD, head sizes up to 64)."""
+    forward, MIXSIM_TC_WIDE_FORWARD, head sizes up to 64); out_bf16: the kernel's uniform flag
+    (a bf16 out)."""
     assert G == 1 or HS <= 64
     LD = tile_ld(HS)
     kBlockRows = G * kRows
@@ -449,10 +456,14 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1):
         accumulate_groups(ctx, HS, acc, p, on, ks + kRows * LD)
     for g in range(G):
         if live[g]:
-            finish_rows(ctx, HS, head, iw[g], T, C, m[g], l[g], acc[g], has_lse)
+            finish_rows(ctx, HS, head, iw[g], T, C, m[g], l[g], acc[g], has_lse,
+                        "bf16" if out_bf16 else "float")
 
 
-def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float"):
+def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_bf16=False):
+    """dout32: the kernel's dout is the fp32 one (D reads it); False where dout is stored in bf16
+    (MIXSIM_BF16_ATTENTION_OUT: dout null, D reads dout16, the stored bf16 dout itself); out_bf16:
+    the kernel's uniform flag, out read through a bf16 pointer (widened, exact)."""
     LD = tile_ld(HS)
     qs = 0
     gs = qs + kRows * LD
@@ -485,8 +496,9 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float"):
                 act = d < HS
                 a = np.zeros(32, np.float32)
                 b = np.zeros(32, np.float32)
-                a[act] = ctx.g.load("dout", at + d[act])
-                b[act] = ctx.g.load("out", at + d[act])
+                a[act] = (ctx.g.load("dout", at + d[act], esize=4) if dout32 else
+                          ctx.g.load("dout16", at + d[act], esize=2))
+                b[act] = ctx.g.load("out", at + d[act], esize=2 if out_bf16 else 4)
                 part = np.where(act, fmaf(a, b, part), part)
                 d = d + kWarpSize
         part = warp_sum(part)
@@ -634,23 +646,28 @@ def smem_layout(kind, HS):
     return n_bf16, n_f32, 2 * n_bf16
 
 
-def attention_forward(qkv, B, T, C, NH, wide=False):
-    """wide: forward_kernel<HS, 2> (attention_forward_tc with wide, head sizes up to 64)."""
+def attention_forward(qkv, B, T, C, NH, wide=False, out_bf16=False):
+    """wide: forward_kernel<HS, 2> (attention_forward_tc with wide, head sizes up to 64);
+    out_bf16: a bf16 out (bf16 memory, NaN until written)."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     rows = 2 * kRows if wide else kRows
     grid = ((T + rows - 1) // rows, NH, B)
     # the launcher's to_bf16 copy of qkv (round to nearest even), which the kernel reads
+    esize = {"qkv16": 2, "out": 2} if out_bf16 else {"qkv16": 2}
     g = Gmem(qkv16=bf16(np.asarray(qkv, dtype=np.float32)), out=np.full(B * T * C, np.nan),
-             lse=np.full(B * NH * T, np.nan), esize={"qkv16": 2})
+             lse=np.full(B * NH * T, np.nan), esize=esize)
     races = launch(forward_kernel, grid, *smem_layout("fwdwide" if wide else "fwd", HS), g, HS, T,
-                   C, NH, scale, G=2 if wide else 1)
+                   C, NH, scale, G=2 if wide else 1, out_bf16=out_bf16)
     return g, races
 
 
-def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float"):
+def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_out=False):
     """Out: dqkv's type, "float" or "bf16" (the launcher's TensorOut dqkv: both kernels are
-    instantiated for its type; the workspace, dvec included, stays fp32 either way)."""
+    instantiated for its type; the workspace, dvec included, stays fp32 either way).
+    bf16_att_out (MIXSIM_BF16_ATTENTION_OUT): out and dout are stored in bf16 (dout and out hold
+    bf16 values): the launcher passes dout16 = dout as it is (no rounding pass, dout32 null) and
+    the dq kernel reads out as bf16."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     grid = ((T + kRows - 1) // kRows, NH, B)
@@ -658,12 +675,18 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float"):
     esize = {"qkv16": 2, "dout16": 2}
     if Out == "bf16":
         esize["dqkv"] = 2  # bf16 memory: 2-byte elements, NaN until written
-    g = Gmem(qkv16=bf16(np.asarray(qkv, dtype=np.float32)),
-             dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout, out=out, lse=lse,
-             dqkv=np.full(B * T * 3 * C, np.nan), dvec=np.full(B * NH * T, np.nan),
-             esize=esize)
+    arrays = dict(qkv16=bf16(np.asarray(qkv, dtype=np.float32)), out=out, lse=lse,
+                  dqkv=np.full(B * T * 3 * C, np.nan), dvec=np.full(B * NH * T, np.nan))
+    if bf16_att_out:
+        d = np.asarray(dout, dtype=np.float32)
+        assert np.array_equal(bf16(d), d) and np.array_equal(bf16(out), np.asarray(out, np.float32))
+        arrays["dout16"] = d  # no "dout": the kernels get a null fp32 dout
+        esize["out"] = 2
+    else:
+        arrays.update(dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout)
+    g = Gmem(esize=esize, **arrays)
     races = launch(backward_dq_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale,
-                   Out=Out)
+                   Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out)
     races += launch(backward_dkdv_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale,
                     Out=Out)
     return g, races

@@ -89,6 +89,48 @@ def bf16_dqkv(g2, races, dout, qkv, out, lse, d64, B, T, C, NH):
     return ok
 
 
+def same_bits(a, b):
+    return np.array_equal(np.asarray(a, np.float32).view(np.uint32),
+                          np.asarray(b, np.float32).view(np.uint32))
+
+
+def bf16_attention_out(g, qkv, dout, B, T, C, NH):
+    """MIXSIM_BF16_ATTENTION_OUT: the forward with a bf16 out (out_bf16) beside the fp32 run g,
+    and the backward from a bf16 out and dout (the launcher passes the bf16 dout as dout16 and a
+    null fp32 dout; the dq kernel reads out through a bf16 pointer), with an fp32 and a bf16
+    dqkv. Wants: out bit for bit g's out rounded to nearest even and lse unchanged; the backward
+    bit for bit the default path's on the same values held in fp32 (D = dout . out summed from the
+    same widened values in the same order; dout16 = the rounding of a value bf16 holds = itself),
+    dvec too; every element written once, no races, no misaligned access, no load through a
+    pointer of the wrong type. Prints its lines; returns whether all held."""
+    t = time.time()
+    ga, races = kernels.attention_forward(qkv, B, T, C, NH, out_bf16=True)
+    out16, lse = ga.a["out"], ga.a["lse"]
+    once = (ga.wcount["out"] == 1).all() and (ga.wcount["lse"] == 1).all()
+    fwd_same = same_bits(out16, ptx.bf16(g.a["out"])) and same_bits(lse, g.a["lse"])
+    ok = fwd_same and once and not races and not ga.misaligned
+    print(f"   bf16 attention out [{time.time() - t:.1f}s]: forward "
+          f"{'out = bf16(fp32 out), lse the same' if fwd_same else 'DIFFERS'}, "
+          f"{'every element once' if once else 'write counts wrong'}, races={len(races)} "
+          f"misaligned={len(ga.misaligned)}{'' if ok else '   <-- BAD'}")
+    d16 = ptx.bf16(np.asarray(dout, np.float32))
+    for Out in ("float", "bf16"):
+        gb, races_b = kernels.attention_backward(d16, qkv, out16, lse, B, T, C, NH, Out=Out,
+                                                 bf16_att_out=True)
+        gc, races_c = kernels.attention_backward(d16, qkv, out16, lse, B, T, C, NH, Out=Out)
+        same = same_bits(gb.a["dqkv"], gc.a["dqkv"]) and same_bits(gb.a["dvec"], gc.a["dvec"])
+        once = (gb.wcount["dqkv"] == 1).all() and (gb.wcount["dvec"] == 1).all()
+        good = same and once and not races_b and not gb.misaligned
+        ok &= good
+        print(f"     backward, {Out} dqkv: "
+              f"{'bit-identical to the fp32 path on the same values' if same else 'DIFFERS'}, "
+              f"{'every element once' if once else 'write counts wrong'}, races={len(races_b)} "
+              f"misaligned={len(gb.misaligned)}{'' if good else '   <-- BAD'}")
+        for r in races + races_b:
+            print("   ", r)
+    return ok
+
+
 def main(shapes):
     assert ptx._self_test()
     ok = True
@@ -144,6 +186,7 @@ def main(shapes):
             ok &= flag == ""
             print(f"   {k:4s} rel L2 vs f64 {a:.2e}   vs bf16-cpu {b:.2e}{flag}")
         ok &= bf16_dqkv(g2, races2, dout, qkv, out, lse, d64, B, T, C, NH)
+        ok &= bf16_attention_out(g, qkv, dout, B, T, C, NH)
     print("ALL OK" if ok else "MISMATCH")
 
 

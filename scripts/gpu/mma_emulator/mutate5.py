@@ -1,0 +1,38 @@
+"""Mutation check of the bf16 attention output (MIXSIM_BF16_ATTENTION_OUT: the forward storing a
+bf16 out, the dq kernel's D read from the bf16 out and the stored bf16 dout): each mutant must be
+flagged by run.py's bf16_attention_out check, which says by what: a load or store through a
+pointer of the wrong type (TypeError), a missing fp32 dout (KeyError: the launcher passes none),
+or the bit-exact comparison with the fp32 path on the same values. Shape 1 (HS 80, T 70)."""
+import run
+
+src = open("kernels.py").read()
+FINISH = "                        \"bf16\" if out_bf16 else \"float\")"
+DOUT = "                          ctx.g.load(\"dout16\", at + d[act], esize=2))"
+OUT = "                b[act] = ctx.g.load(\"out\", at + d[act], esize=2 if out_bf16 else 4)"
+muts = {
+    "forward ignores out_bf16 (float2 stores into the bf16 out)": [
+        (FINISH, "                        \"float\")")],
+    "forward rounds out before 1 / l (bf16(acc) * inv, then again)": [
+        ("            lo = (f * acc[n][2 * half]).astype(np.float32)",
+         "            lo = (f * (bf16(acc[n][2 * half]) if Out == \"bf16\" else acc[n][2 * half])).astype(np.float32)")],
+    "D reads the fp32 dout though the launcher passes none": [
+        (DOUT, "                          ctx.g.load(\"dout\", at + d[act], esize=4))")],
+    "D reads a bf16 out through a float pointer": [
+        (OUT, "                b[act] = ctx.g.load(\"out\", at + d[act], esize=4)")],
+    "D reads the bf16 dout one row on (at + C)": [
+        (DOUT, "                          ctx.g.load(\"dout16\", np.minimum(at + C, (T - 1) * C) + d[act], esize=2))")],
+    "dq kernel told dout32 though dout is bf16": [
+        ("Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out)",
+         "Out=Out, dout32=True, out_bf16=bf16_att_out)")],
+}
+for name, edits in muts.items():
+    s = src
+    for a, b in edits:
+        assert s.count(a) == 1, (name, a)
+        s = s.replace(a, b)
+    out, error = run.run_source(s, run.SHAPES[1])
+    if error:
+        res = f"caught (exception: {type(error).__name__}: {str(error)[:70]})"
+    else:
+        res = "caught" if "MISMATCH" in out else "NOT CAUGHT"
+    print(f"{name:66s} {res}")
