@@ -99,7 +99,9 @@ int select_device(int device) {
 // bf16 activations; cpu-bf16 reads it too), the model stores attention's output and its gradient
 // in bf16 (attention_out_storage): no conversions between the projection and attention (36 a
 // GPT-2 step, ~0.38 ms on an H200), and attention's backward takes D = dout . out of the rounded
-// values.
+// values. And MIXSIM_LAYERNORM_VEC4 (both backends; an opt-in written without a GPU), LayerNorm's
+// forward with 16-byte loads and stores where C is a multiple of 4 (layernorm.cu; mean and rstd
+// summed in another order, so within rounding of the default's).
 
 class CudaBackend final : public Backend {
  public:
@@ -119,6 +121,7 @@ class CudaBackend final : public Backend {
         classifier_exp2_(env_switch("MIXSIM_CLASSIFIER_EXP2", true)),
         gelu_exp2_(env_switch("MIXSIM_GELU_EXP2", precision == MatmulPrecision::bf16)),
         bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_),
+        layernorm_vec4_(env_switch("MIXSIM_LAYERNORM_VEC4", false)),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -143,7 +146,8 @@ class CudaBackend final : public Backend {
     return use;
   }
   CudaKernelChoices kernel_choices() const {
-    return {tc_attention_, tc_attention_ && wide_forward_, gelu_exp2_, classifier_exp2_};
+    return {tc_attention_, tc_attention_ && wide_forward_, gelu_exp2_, classifier_exp2_,
+            layernorm_vec4_};
   }
   int device() const { return device_; }
 
@@ -201,7 +205,8 @@ class CudaBackend final : public Backend {
   }
   void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                          const float* weight, const float* bias, int N, int C) override {
-    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, stream_.get());
+    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, layernorm_vec4_,
+                            stream_.get());
   }
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
@@ -332,7 +337,7 @@ class CudaBackend final : public Backend {
                                   const float* a, const float* b, const float* weight,
                                   const float* bias, int N, int C) override {
     cuda::residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias, N, C,
-                                     stream_.get());
+                                     layernorm_vec4_, stream_.get());
   }
   void classifier(TensorOut logits, float* losses, const int* targets, float dloss,
                   TensorOut dlogits, int N, int V, int Vp) override {
@@ -397,6 +402,7 @@ class CudaBackend final : public Backend {
   bool classifier_exp2_;     // the cached classifier through exp2 (MIXSIM_CLASSIFIER_EXP2)
   bool gelu_exp2_;           // the GELU kernel on the hardware's ex2 (MIXSIM_GELU_EXP2)
   bool bf16_attention_out_;  // attention_out_storage() is bf16 (MIXSIM_BF16_ATTENTION_OUT)
+  bool layernorm_vec4_;      // LayerNorm's forward with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

@@ -83,12 +83,14 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* to
                       int C, Workspace ws, cudaStream_t stream);
 
 // ---- layernorm.cu
+// vec4: the forward with 16-byte accesses where C and the arrays allow (MIXSIM_LAYERNORM_VEC4).
 void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C, cudaStream_t stream);
+                       const float* weight, const float* bias, int N, int C, bool vec4,
+                       cudaStream_t stream);
 // residual = a + b (may alias a or b), then layernorm_forward of it, in one pass
 void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
                                 const float* a, const float* b, const float* weight,
-                                const float* bias, int N, int C, cudaStream_t stream);
+                                const float* bias, int N, int C, bool vec4, cudaStream_t stream);
 std::size_t layernorm_backward_workspace(int N, int C);
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,

@@ -111,6 +111,73 @@ __global__ void layernorm_forward_rows_kernel(Out* out, float* mean, float* rstd
   }
 }
 
+// The same as layernorm_forward_rows_kernel with 16-byte accesses (MIXSIM_LAYERNORM_VEC4=1, an
+// opt-in written without a GPU at hand): lane l holds the kGroups groups of four channels from
+// 4 (l + 32 k), so that each load of the row, the addend, the weight and the bias is one float4
+// (the scalar kernel issues four 4-byte loads for them, and a 2-byte store per bf16 output: run
+// 10's Nsight Compute step had it at 53% of memory throughput and 20% issue use), the sum one
+// float4 store and a bf16 output one 8-byte store. Needs C % 4 == 0 and every row array aligned
+// to four floats (the launcher checks). The arithmetic of each element is the scalar kernel's;
+// the per-lane sums take other channels, so mean and rstd differ from it by rounding (and so do
+// the outputs), within the CPU tests' bounds.
+template <int kGroups, class Out>
+__global__ void layernorm_forward_vec4_kernel(Out* out, float* mean, float* rstd, const float* inp,
+                                              const float* weight, const float* bias, int N, int C,
+                                              const float* add, float* sum_out) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= N) return;                                   // the whole warp
+  const std::size_t group0 = std::size_t(row) * (C / 4);  // the row's first group of four
+  Pack<float, 4> xs[kGroups];
+  float sum = 0.f;
+  // every load first, as in the scalar kernel (sum_out may alias inp or add)
+#pragma unroll
+  for (int k = 0; k < kGroups; ++k) {
+    const int g = lane + k * kWarpSize;  // channels 4 g .. 4 g + 3
+    xs[k] = Pack<float, 4>{};
+    if (4 * g < C) {
+      xs[k] = load4(inp, group0 + g);
+      if (add) {
+        const Pack<float, 4> a = load4(add, group0 + g);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xs[k].e[e] = xs[k].e[e] + a.e[e];
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sum += xs[k].e[e];
+    }
+  }
+  if (add)
+#pragma unroll
+    for (int k = 0; k < kGroups; ++k)
+      if (const int g = lane + k * kWarpSize; 4 * g < C)
+        reinterpret_cast<Pack<float, 4>*>(sum_out)[group0 + g] = xs[k];
+  const float m = warp_sum(sum) / float(C);
+  float var = 0.f;
+#pragma unroll
+  for (int k = 0; k < kGroups; ++k)
+    if (4 * (lane + k * kWarpSize) < C)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float d = xs[k].e[e] - m;
+        var += d * d;
+      }
+  const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
+#pragma unroll
+  for (int k = 0; k < kGroups; ++k) {
+    const int g = lane + k * kWarpSize;
+    if (4 * g >= C) continue;
+    const Pack<float, 4> w = load4(weight, g), b = load4(bias, g);
+    Pack<Out, 4> y;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) y.e[e] = narrow<Out>((xs[k].e[e] - m) * s * w.e[e] + b.e[e]);
+    reinterpret_cast<Pack<Out, 4>*>(out)[group0 + g] = y;
+  }
+  if (lane == 0) {
+    if (mean) mean[row] = m;
+    if (rstd) rstd[row] = s;
+  }
+}
+
 // dinp += s * (w * dout - mean(w * dout) - norm * mean(w * dout * norm)), norm = (x - m) * s.
 __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
                                                const float* weight, const float* mean,
@@ -233,42 +300,57 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize)
   }
 }
 
+// Calls fn(std::integral_constant<int, K>) for the first K of kInstances (ascending) that is at
+// least `need`, or for the last one.
+template <int... kInstances, class Fn>
+void with_smallest_instance(int need, Fn&& fn) {
+  constexpr int kAll[] = {kInstances...};
+  const bool called =
+      ((kInstances >= need && (fn(std::integral_constant<int, kInstances>{}), true)) || ...);
+  if (!called) fn(std::integral_constant<int, kAll[sizeof...(kInstances) - 1]>{});
+}
+
 // Calls fn(std::integral_constant<int, P>) for the smallest P of the kernels' instances that
 // covers C channels (P * 32 >= C; C <= 32 * kMax, kMax one of the instances).
 template <int kMax, class Fn>
 void with_channels_per_lane(int C, Fn&& fn) {
   static_assert(kMax == 32 || kMax == 64);
   const int need = CEIL_DIV(C, kWarpSize);
-  if (need <= 2)
-    fn(std::integral_constant<int, 2>{});
-  else if (need <= 4)
-    fn(std::integral_constant<int, 4>{});
-  else if (need <= 8)
-    fn(std::integral_constant<int, 8>{});
-  else if (need <= 12)
-    fn(std::integral_constant<int, 12>{});
-  else if (need <= 16)
-    fn(std::integral_constant<int, 16>{});
-  else if (need <= 24)
-    fn(std::integral_constant<int, 24>{});
-  else if (need <= 32 || kMax == 32)
-    fn(std::integral_constant<int, 32>{});
-  else if constexpr (kMax == 64) {
-    if (need <= 48)
-      fn(std::integral_constant<int, 48>{});
-    else
-      fn(std::integral_constant<int, 64>{});
-  }
+  if constexpr (kMax == 32)
+    with_smallest_instance<2, 4, 8, 12, 16, 24, 32>(need, fn);
+  else
+    with_smallest_instance<2, 4, 8, 12, 16, 24, 32, 48, 64>(need, fn);
 }
 
 }  // namespace
 
 namespace {
 
+// Calls fn(std::integral_constant<int, G>) for the smallest G of the vec4 kernel's instances that
+// covers C channels (128 G >= C, C <= 2048): GPT-2's 768 takes 6, the 1.1B model's 2048 16.
+template <class Fn>
+void with_groups_per_lane(int C, Fn&& fn) {
+  with_smallest_instance<1, 2, 4, 6, 8, 12, 16>(CEIL_DIV(C, 4 * kWarpSize), fn);
+}
+
 void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                               const float* weight, const float* bias, int N, int C,
-                              const float* add, float* sum_out, cudaStream_t stream) {
+                              const float* add, float* sum_out, bool vec4, cudaStream_t stream) {
   const dim3 grid(CEIL_DIV(N, kRowsPerBlock)), block(kRowsPerBlock * kWarpSize);
+  // the vec4 kernel where asked and every row starts at a multiple of four floats
+  if (vec4 && C % 4 == 0 && C <= kWarpSize * kForwardMaxPerLane &&
+      aligned_to<4>(inp, weight, bias) && (!add || aligned_to<4>(add, sum_out)) &&
+      (out.type == DType::fp32 ? aligned_to<4>(static_cast<const float*>(out.data))
+                               : aligned_to<4>(static_cast<const __nv_bfloat16*>(out.data)))) {
+    with_groups_per_lane(C, [&](auto groups) {
+      typed(out, [&](auto* o) {
+        layernorm_forward_vec4_kernel<decltype(groups)::value>
+            <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add, sum_out);
+      });
+    });
+    CUDA_CHECK_LAUNCH(layernorm_forward_vec4_kernel);
+    return;
+  }
   if (C <= kWarpSize * kForwardMaxPerLane) {  // the row in registers
     with_channels_per_lane<kForwardMaxPerLane>(C, [&](auto per_lane) {
       typed(out, [&](auto* o) {
@@ -289,19 +371,21 @@ void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const flo
 }  // namespace
 
 void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C, cudaStream_t stream) {
+                       const float* weight, const float* bias, int N, int C, bool vec4,
+                       cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_forward", dims({{"N", N}, {"C", C}}));
-  launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, nullptr, nullptr, stream);
+  launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, nullptr, nullptr, vec4,
+                           stream);
 }
 
 void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
                                 const float* a, const float* b, const float* weight,
-                                const float* bias, int N, int C, cudaStream_t stream) {
+                                const float* bias, int N, int C, bool vec4, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "residual_layernorm_forward", dims({{"N", N}, {"C", C}}));
   CUDA_REQUIRE(residual != nullptr && a != nullptr && b != nullptr, "residual_layernorm_forward",
                std::string("a null residual or input"));
   // The kernel reads `a` as the row and `b` as the addend; `residual` may alias either.
-  launch_layernorm_forward(out, mean, rstd, a, weight, bias, N, C, b, residual, stream);
+  launch_layernorm_forward(out, mean, rstd, a, weight, bias, N, C, b, residual, vec4, stream);
 }
 
 std::size_t layernorm_backward_workspace(int N, int C) {

@@ -102,7 +102,7 @@ esac
 # the caller's environment, so that the tests and the table mean the defaults they say.
 unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS MIXSIM_BF16_OUTPUTS \
   MIXSIM_BF16_WEIGHTS MIXSIM_TC_WIDE_FORWARD MIXSIM_CLASSIFIER_EXP2 MIXSIM_GELU_EXP2 \
-  MIXSIM_BF16_ATTENTION_OUT
+  MIXSIM_BF16_ATTENTION_OUT MIXSIM_LAYERNORM_VEC4
 
 START=$(date +%s)
 STATUS=0  # 1 when a test or a check failed (the benchmarks only report)

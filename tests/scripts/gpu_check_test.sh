@@ -77,6 +77,7 @@ case $name in
       [[ "${MIXSIM_BF16_ATTENTION_OUT:-}" == 1 ]] && label+=+ao
       [[ "${MIXSIM_GELU_EXP2:-}" != 0 ]] && label+=+gexp2
       [[ "${MIXSIM_CLASSIFIER_EXP2:-}" != 0 ]] && label+=+exp2
+      [[ "${MIXSIM_LAYERNORM_VEC4:-}" == 1 ]] && label+=+lnv4
     fi
     if [[ "$*" == *--profiler-range* ]]; then
       echo "\"ID\",\"Kernel Name\",\"Metric Name\",\"Metric Unit\",\"Metric Value\""
