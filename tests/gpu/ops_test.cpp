@@ -346,7 +346,9 @@ TEST_F(CudaOps, LayerNormVec4) {
       expect_close({want, got}, 1e-5, 1e-5, "vec4 layernorm out" + at);
       expect_close({want_mean, fetch(*vec, m.get(), rows)}, 1e-6, 1e-5, "vec4 mean" + at);
       expect_close({want_rstd, fetch(*vec, s.get(), rows)}, 1e-6, 1e-5, "vec4 rstd" + at);
-      // the two ops in turn, the same bits
+      // the two ops in turn, the same bits, and a bf16 out (where the fused call ran the same
+      // kernel: with the input 4 bytes past, it did not, while the sum it wrote is aligned)
+      if (shift) continue;
       DeviceBuffer<float> o2(*vec, n);
       vec->layernorm_forward(o2.get(), nullptr, nullptr, r.get(), w.get(), bias.get(), rows, c);
       EXPECT_EQ(fetch(*vec, o2.get(), n), got) << at;
