@@ -100,8 +100,8 @@ int select_device(int device) {
 // in bf16 (attention_out_storage): no conversions between the projection and attention (36 a
 // GPT-2 step, ~0.38 ms on an H200), and attention's backward takes D = dout . out of the rounded
 // values. And MIXSIM_LAYERNORM_VEC4 (both backends; an opt-in written without a GPU), LayerNorm's
-// forward with 16-byte loads and stores where C is a multiple of 4 (layernorm.cu; mean and rstd
-// summed in another order, so within rounding of the default's).
+// forward and its fused backward with 16-byte loads and stores where C is a multiple of 4
+// (layernorm.cu; the row sums in another order, so within rounding of the default's).
 
 class CudaBackend final : public Backend {
  public:
@@ -213,7 +213,8 @@ class CudaBackend final : public Backend {
                           const float* rstd, int N, int C) override {
     CUDA_REQUIRE(N > 0 && C > 0, "layernorm_backward", cuda::dims({{"N", N}, {"C", C}}));
     cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
-                             workspace(cuda::layernorm_backward_workspace(N, C)), stream_.get());
+                             layernorm_vec4_, workspace(cuda::layernorm_backward_workspace(N, C)),
+                             stream_.get());
   }
   void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight, TensorIn bias, int N, int C,
                       int OC) override {
@@ -402,7 +403,7 @@ class CudaBackend final : public Backend {
   bool classifier_exp2_;     // the cached classifier through exp2 (MIXSIM_CLASSIFIER_EXP2)
   bool gelu_exp2_;           // the GELU kernel on the hardware's ex2 (MIXSIM_GELU_EXP2)
   bool bf16_attention_out_;  // attention_out_storage() is bf16 (MIXSIM_BF16_ATTENTION_OUT)
-  bool layernorm_vec4_;      // LayerNorm's forward with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
+  bool layernorm_vec4_;      // LayerNorm with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

@@ -92,9 +92,10 @@ void residual_layernorm_forward(float* residual, TensorOut out, float* mean, flo
                                 const float* a, const float* b, const float* weight,
                                 const float* bias, int N, int C, bool vec4, cudaStream_t stream);
 std::size_t layernorm_backward_workspace(int N, int C);
+// vec4: the fused backward (C up to 1024) with 16-byte accesses where C and the arrays allow.
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
-                        int N, int C, Workspace ws, cudaStream_t stream);
+                        int N, int C, bool vec4, Workspace ws, cudaStream_t stream);
 
 // ---- cuda_backend.cu: the device and stream of a backend made by make_cuda_backend (Error for
 // any other backend): what NCCL enqueues on.

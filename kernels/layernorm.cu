@@ -236,6 +236,26 @@ __global__ void layernorm_param_partials_kernel(float* partial_w, float* partial
   }
 }
 
+// The end of a fused backward block: the block's partial sums of dweight, then of dbias, each
+// added over the warps in warp order through shared memory `part` (kFusedWarps x C floats), into
+// row blockIdx.x of partial_w and partial_b. fill(round, part) writes the warp's own row of
+// `part` with its dweight (round 0) or dbias (round 1) partials.
+template <class Fill>
+__device__ void store_block_partials(float* part, float* partial_w, float* partial_b, int C,
+                                     Fill&& fill) {
+  for (int round = 0; round < 2; ++round) {
+    fill(round, part + threadIdx.x / kWarpSize * C);
+    __syncthreads();
+    float* dst = (round == 0 ? partial_w : partial_b) + std::size_t(blockIdx.x) * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float total = 0.f;
+      for (int w = 0; w < kFusedWarps; ++w) total += part[w * C + c];
+      dst[c] = total;
+    }
+    __syncthreads();  // `part` is rewritten by the next round
+  }
+}
+
 // dinp += the input gradient of kFusedRows rows (the arithmetic of layernorm_backward_dinp_kernel),
 // and the block's partial sums of dweight (dout * norm) and dbias (dout) over them, from one read
 // of each row held in registers; the warps' partials are then added in warp order through shared
@@ -283,21 +303,81 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize)
       }
     }
   }
-  for (int round = 0; round < 2; ++round) {
+  store_block_partials(part, partial_w, partial_b, C, [&](int round, float* mine) {
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int c = lane + k * kWarpSize;
-      if (c < C) part[warp * C + c] = round == 0 ? pw[k] : pb[k];
+      if (c < C) mine[c] = round == 0 ? pw[k] : pb[k];
     }
-    __syncthreads();
-    float* dst = (round == 0 ? partial_w : partial_b) + std::size_t(blockIdx.x) * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      float total = 0.f;
-      for (int w = 0; w < kFusedWarps; ++w) total += part[w * C + c];
-      dst[c] = total;
+  });
+}
+
+// layernorm_backward_fused_kernel with 16-byte accesses (MIXSIM_LAYERNORM_VEC4=1, written without
+// a GPU): lane l holds the groups of four channels from 4 (l + 32 k), as the vec4 forward does,
+// so inp, dout, weight and dinp move as float4. Each channel's parameter partials are summed over
+// the same rows in the same order, and the warps' in warp order, so dweight and dbias are bit for
+// bit the scalar kernel's; dinp's row sums (mean_dnorm, mean_dnorm_norm) take other channels per
+// lane, so dinp differs from it by rounding. Needs C % 4 == 0 and the row arrays aligned to four
+// floats (the launcher checks).
+template <int kGroups>
+__global__ void __launch_bounds__(kFusedWarps* kWarpSize)
+    layernorm_backward_fused_vec4_kernel(float* dinp, float* partial_w, float* partial_b,
+                                         const float* dout, const float* inp, const float* weight,
+                                         const float* mean, const float* rstd, int N, int C) {
+  extern __shared__ float part[];  // (kFusedWarps, C)
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  Pack<float, 4> pw[kGroups], pb[kGroups];
+#pragma unroll
+  for (int k = 0; k < kGroups; ++k) pw[k] = pb[k] = Pack<float, 4>{};
+  const int r0 = blockIdx.x * kFusedRows + warp * kFusedRowsPerWarp;
+  for (int rr = 0; rr < kFusedRowsPerWarp; ++rr) {
+    const int row = r0 + rr;
+    if (row >= N) break;  // the whole warp
+    const std::size_t group0 = std::size_t(row) * (C / 4);
+    const float m = mean[row], s = rstd[row];
+    Pack<float, 4> xs[kGroups], ds[kGroups];
+    float sum_dnorm = 0.f, sum_dnorm_norm = 0.f;
+#pragma unroll
+    for (int k = 0; k < kGroups; ++k) {
+      const int g = lane + k * kWarpSize;
+      xs[k] = ds[k] = Pack<float, 4>{};
+      if (4 * g < C) {
+        xs[k] = load4(inp, group0 + g);
+        ds[k] = load4(dout, group0 + g);
+        const Pack<float, 4> w = load4(weight, g);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float dnorm = w.e[e] * ds[k].e[e];
+          sum_dnorm += dnorm;
+          sum_dnorm_norm += dnorm * (xs[k].e[e] - m) * s;
+        }
+      }
     }
-    __syncthreads();  // `part` is rewritten by the next round
+    const float mean_dnorm = warp_sum(sum_dnorm) / float(C);
+    const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / float(C);
+#pragma unroll
+    for (int k = 0; k < kGroups; ++k) {
+      const int g = lane + k * kWarpSize;
+      if (4 * g >= C) continue;
+      const Pack<float, 4> w = load4(weight, g);
+      Pack<float, 4> dx = load4(dinp, group0 + g);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float norm = (xs[k].e[e] - m) * s;
+        dx.e[e] += s * (w.e[e] * ds[k].e[e] - mean_dnorm - norm * mean_dnorm_norm);
+        pw[k].e[e] += ds[k].e[e] * (xs[k].e[e] - m) * s;  // the CPU's order of the product
+        pb[k].e[e] += ds[k].e[e];
+      }
+      reinterpret_cast<Pack<float, 4>*>(dinp)[group0 + g] = dx;
+    }
   }
+  store_block_partials(part, partial_w, partial_b, C, [&](int round, float* mine) {
+#pragma unroll
+    for (int k = 0; k < kGroups; ++k) {
+      const int g = lane + k * kWarpSize;
+      if (4 * g < C) reinterpret_cast<Pack<float, 4>*>(mine)[g] = round == 0 ? pw[k] : pb[k];
+    }
+  });
 }
 
 // Calls fn(std::integral_constant<int, K>) for the first K of kInstances (ascending) that is at
@@ -396,7 +476,7 @@ std::size_t layernorm_backward_workspace(int N, int C) {
 
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
-                        int N, int C, Workspace ws, cudaStream_t stream) {
+                        int N, int C, bool vec4, Workspace ws, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_backward", dims({{"N", N}, {"C", C}}));
   CUDA_REQUIRE(mean != nullptr && rstd != nullptr, "layernorm_backward",
                std::string("no mean/rstd saved by the forward pass"));
@@ -405,12 +485,25 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     float* partial_w = ws.take<float>(std::size_t(blocks) * C);
     float* partial_b = ws.take<float>(std::size_t(blocks) * C);
     const std::size_t shared = std::size_t(kFusedWarps) * C * sizeof(float);  // <= 32 KiB
-    with_channels_per_lane<kFusedMaxPerLane>(C, [&](auto per_lane) {
-      layernorm_backward_fused_kernel<decltype(per_lane)::value>
-          <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(dinp, partial_w, partial_b, dout,
-                                                                inp, weight, mean, rstd, N, C);
-    });
-    CUDA_CHECK_LAUNCH(layernorm_backward_fused_kernel);
+    // the vec4 kernel where asked and every row starts at a multiple of four floats (shared
+    // memory's rows of C floats then do too)
+    if (vec4 && C % 4 == 0 && aligned_to<4>(dinp, dout, inp, weight)) {
+      with_groups_per_lane(C, [&](auto groups) {
+        constexpr int G = decltype(groups)::value;
+        if constexpr (4 * kWarpSize * G <= kWarpSize * kFusedMaxPerLane)  // C up to 1024
+          layernorm_backward_fused_vec4_kernel<G>
+              <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
+                  dinp, partial_w, partial_b, dout, inp, weight, mean, rstd, N, C);
+      });
+      CUDA_CHECK_LAUNCH(layernorm_backward_fused_vec4_kernel);
+    } else {
+      with_channels_per_lane<kFusedMaxPerLane>(C, [&](auto per_lane) {
+        layernorm_backward_fused_kernel<decltype(per_lane)::value>
+            <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(dinp, partial_w, partial_b, dout,
+                                                                  inp, weight, mean, rstd, N, C);
+      });
+      CUDA_CHECK_LAUNCH(layernorm_backward_fused_kernel);
+    }
     accumulate_partials(dweight, partial_w, dbias, partial_b, blocks, C, stream);
     return;
   }

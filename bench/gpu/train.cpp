@@ -26,7 +26,7 @@
 // MIXSIM_BF16_ATTENTION_OUT=1 (attention's output and its gradient stored in bf16, +ao);
 // MIXSIM_GELU_EXP2 (on by default for cuda-bf16: the GELU kernel on the hardware's ex2 and
 // reciprocal, +gexp2) and MIXSIM_CLASSIFIER_EXP2 (on by default, both backends: the cached
-// classifier through exp2, +exp2); the opt-in MIXSIM_LAYERNORM_VEC4=1 (LayerNorm's forward with
+// classifier through exp2, +exp2); the opt-in MIXSIM_LAYERNORM_VEC4=1 (LayerNorm with
 // 16-byte accesses, +lnv4). The label takes each from the backend (cuda_kernel_choices and
 // the Backend queries), not from the environment.
 #include <cstdio>

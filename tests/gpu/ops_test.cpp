@@ -283,14 +283,14 @@ TEST_F(CudaOps, LayerNormWideRows) {
   }
 }
 
-// MIXSIM_LAYERNORM_VEC4=1 (written without a GPU): LayerNorm's forward with 16-byte accesses,
-// lane l holding channels 4 (l + 32 k)..+3. Under LayerNormForwardAndBackward's bounds against
-// the CPU at C = 72 (one group a lane, most lanes idle), 768 (GPT-2: 6), 1100 (9 of an instance of
-// 12), 2048 (the 1.1B model: 16), and where it must not run: C = 70 (not a multiple of 4: the
-// scalar row kernel), 2100 (above 2048: the loop kernel) and an input one float past an aligned
-// start. Fused with the residual add bit for bit the two ops in turn (the same kernel), the sum
-// one fp32 addition an element as on the CPU, and a bf16 out the fp32 out rounded. The switch
-// shows in cuda_kernel_choices.
+// MIXSIM_LAYERNORM_VEC4=1 (written without a GPU): LayerNorm's forward and fused backward with
+// 16-byte accesses, lane l holding channels 4 (l + 32 k)..+3 (the backward below). Under
+// LayerNormForwardAndBackward's bounds against the CPU at C = 72 (one group a lane, most lanes
+// idle), 768 (GPT-2: 6), 1100 (9 of an instance of 12), 2048 (the 1.1B model: 16), and where it
+// must not run: C = 70 (not a multiple of 4: the scalar row kernel), 2100 (above 2048: the loop
+// kernel) and an input one float past an aligned start. Fused with the residual add bit for bit the
+// two ops in turn (the same kernel), the sum one fp32 addition an element as on the CPU, and a bf16
+// out the fp32 out rounded. The switch shows in cuda_kernel_choices.
 TEST_F(CudaOps, LayerNormVec4) {
   std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_LAYERNORM_VEC4", "1");
   auto vec = make_cuda_backend(0);
@@ -346,6 +346,39 @@ TEST_F(CudaOps, LayerNormVec4) {
       expect_close({want, got}, 1e-5, 1e-5, "vec4 layernorm out" + at);
       expect_close({want_mean, fetch(*vec, m.get(), rows)}, 1e-6, 1e-5, "vec4 mean" + at);
       expect_close({want_rstd, fetch(*vec, s.get(), rows)}, 1e-6, 1e-5, "vec4 rstd" + at);
+      // Backward from the same sum, mean and rstd on the three backends: dinp within
+      // LayerNormForwardAndBackward's bounds of the CPU; dweight and dbias bit for bit the
+      // default kernels' (each channel's partials summed over the same rows in the same order);
+      // dinp other bits than the default's where the vec4 fused kernel runs (C a multiple of 4
+      // up to 1024), the same bits where it does not.
+      if (!shift) {
+        const std::vector<float> hx = res, hmean = fetch(*vec, m.get(), rows),
+                                 hrstd = fetch(*vec, s.get(), rows), hd = random_floats(n, 195),
+                                 hdx = random_floats(n, 196), hdw = random_floats(c, 197),
+                                 hdb = random_floats(c, 198);
+        struct Grads {
+          std::vector<float> dinp, dw, db;
+        };
+        auto backward = [&](Backend& be) {
+          auto x = put(be, hx), mm = put(be, hmean), ss = put(be, hrstd), d = put(be, hd),
+               dx = put(be, hdx), dw = put(be, hdw), db = put(be, hdb), ww = put(be, hw);
+          be.layernorm_backward(dx.get(), dw.get(), db.get(), d.get(), x.get(), ww.get(), mm.get(),
+                                ss.get(), rows, c);
+          return Grads{fetch(be, dx.get(), n), fetch(be, dw.get(), std::size_t(c)),
+                       fetch(be, db.get(), std::size_t(c))};
+        };
+        const Grads ref = backward(*cpu_), def = backward(*gpu_), v4 = backward(*vec);
+        expect_close({ref.dinp, v4.dinp}, 2e-5, 1e-4, "vec4 layernorm dinp" + at);
+        expect_close({ref.dw, v4.dw}, 2e-4, 1e-4, "vec4 layernorm dweight" + at);
+        expect_close({ref.db, v4.db}, 2e-4, 1e-4, "vec4 layernorm dbias" + at);
+        EXPECT_EQ(v4.dw, def.dw) << at;
+        EXPECT_EQ(v4.db, def.db) << at;
+        const bool vec4_backward = c % 4 == 0 && c <= 1024;
+        EXPECT_EQ(v4.dinp == def.dinp, !vec4_backward)
+            << at
+            << (vec4_backward ? ": dinp has the default kernel's bits (vec4 did not run?)"
+                              : ": dinp is not the default kernel's");
+      }
       // the two ops in turn, the same bits, and a bf16 out (where the fused call ran the same
       // kernel: with the input 4 bytes past, it did not, while the sum it wrote is aligned)
       if (shift) continue;

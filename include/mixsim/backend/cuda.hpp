@@ -38,7 +38,7 @@ struct CudaKernelChoices {
   bool wide_forward = false;     // MIXSIM_TC_WIDE_FORWARD=1, with tensor-core attention
   bool gelu_exp2 = false;        // MIXSIM_GELU_EXP2: the GELU kernel on ex2 (cuda-bf16's default)
   bool classifier_exp2 = false;  // MIXSIM_CLASSIFIER_EXP2: the cached classifier through exp2
-  bool layernorm_vec4 = false;   // MIXSIM_LAYERNORM_VEC4=1: LayerNorm's forward, 16-byte accesses
+  bool layernorm_vec4 = false;   // MIXSIM_LAYERNORM_VEC4=1: LayerNorm, 16-byte accesses
 };
 CudaKernelChoices cuda_kernel_choices(Backend& cuda_backend);
 
