@@ -73,9 +73,26 @@ struct Head {
   std::size_t lse_offset;  // (b, h, t) of a (B,NH,T) tensor: lse_offset + t
 };
 
+// The (row block, head, batch element) a block takes, and the count of row blocks. By default the
+// grid is (row blocks, NH, B): blocks start in launch order, x fastest, so the blocks of one head
+// run together, and the last heads' long blocks start late and run on after the rest have
+// finished. With heavy_first (MIXSIM_ATTENTION_HEAVY_FIRST=1, uniform) the launcher makes the grid
+// (NH, B, row blocks): the row block varies slowest, so every head's longest block starts before
+// any shorter one. `block` counts row blocks in launch order; the kernels turn it into rows (the
+// forward and dq kernels take the last rows first, dkdv the first keys: the longest blocks first
+// either way). Each block computes what the same (row block, head, b) computes in the other
+// grid, so the results are bit-identical; only the order the blocks start in changes.
+struct Place {
+  int block, h, b, blocks;
+};
+__device__ inline Place place_of(bool heavy_first) {
+  if (heavy_first) return {int(blockIdx.z), int(blockIdx.x), int(blockIdx.y), int(gridDim.z)};
+  return {int(blockIdx.x), int(blockIdx.y), int(blockIdx.z), int(gridDim.x)};
+}
+
 template <int HS>
-__device__ inline Head head_of(int T, int C, int NH) {
-  const std::size_t b = blockIdx.z, h = blockIdx.y, stride = 3 * std::size_t(C);
+__device__ inline Head head_of(const Place& place, int T, int C, int NH) {
+  const std::size_t b = place.b, h = place.h, stride = 3 * std::size_t(C);
   return {stride, b * T * stride + h * HS, b * T * C + h * HS, (b * NH + h) * T};
 }
 
@@ -476,7 +493,7 @@ __device__ inline void finish_rows(void* out, bool out_bf16, float* lse, const H
 template <int HS, int G>
 __global__ void __launch_bounds__(kThreads, G == 2 ? 2 : (HS <= 80 ? 4 : 3))
     forward_kernel(void* out, bool out_bf16, float* lse, const bf16* qkv, int T, int C, int NH,
-                   float scale) {
+                   float scale, bool heavy_first) {
   static_assert(G == 1 || HS <= 64, "two groups of accumulators fit the registers up to HS 64");
   constexpr int LD = tile_ld<HS>();
   constexpr int kBlockRows = G * kRows;
@@ -484,10 +501,11 @@ __global__ void __launch_bounds__(kThreads, G == 2 ? 2 : (HS <= 80 ? 4 : 3))
   bf16* qs = reinterpret_cast<bf16*>(smem);  // (G * 64, LD) the block's queries
   bf16* kv = qs + kBlockRows * LD;  // per stage: (64, LD) a key tile, then (64, LD) its values
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const Head head = head_of<HS>(T, C, NH);
+  const Place place = place_of(heavy_first);
+  const Head head = head_of<HS>(place, T, C, NH);
   const bf16* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
   // The blocks with the most key tiles first: the last ones then fill the tail.
-  const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kBlockRows;
+  const int i0 = (place.blocks - 1 - place.block) * kBlockRows;
   const int tiles = (min(T, i0 + kBlockRows) - 1) / kRows + 1;  // key tiles up to the last row
   int iw[G];     // the first row of each of the warp's groups
   bool live[G];  // uniform over the warp
@@ -549,7 +567,7 @@ template <int HS, class Out>
 __global__ void __launch_bounds__(kThreads)
     backward_dq_kernel(Out* dqkv, float* dvec, const float* dout, const bf16* dout16,
                        const bf16* qkv, const void* out, bool out_bf16, const float* lse, int T,
-                       int C, int NH, float scale) {
+                       int C, int NH, float scale, bool heavy_first) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's queries
@@ -558,9 +576,10 @@ __global__ void __launch_bounds__(kThreads)
   float* row_lse = reinterpret_cast<float*>(kv + kStages * 2 * kRows * LD);  // (64) base 2
   float* row_d = row_lse + kRows;                                            // (64)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const Head head = head_of<HS>(T, C, NH);
+  const Place place = place_of(heavy_first);
+  const Head head = head_of<HS>(place, T, C, NH);
   const bf16* q = qkv + head.qkv_offset;
-  const int i0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kRows, iw = i0 + warp * 16;
+  const int i0 = (place.blocks - 1 - place.block) * kRows, iw = i0 + warp * 16;
   const int tiles = (min(T, i0 + kRows) - 1) / kRows + 1;
   const bool live = iw < T;
   const float sl = scale * kLog2e;
@@ -615,7 +634,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int HS, class Out>
 __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
     backward_dkdv_kernel(Out* dqkv, const bf16* dout16, const bf16* qkv, const float* lse,
-                         const float* dvec, int T, int C, int NH, float scale) {
+                         const float* dvec, int T, int C, int NH, float scale, bool heavy_first) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* ks = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's keys
@@ -624,9 +643,10 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
   float* rows = reinterpret_cast<float*>(qg + kStages * 2 * kRows * LD);  // per stage: (64) lse,
                                                                           // (64) D of the queries
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const Head head = head_of<HS>(T, C, NH);
+  const Place place = place_of(heavy_first);
+  const Head head = head_of<HS>(place, T, C, NH);
   const bf16* q = qkv + head.qkv_offset;
-  const int j0 = blockIdx.x * kRows, jw = j0 + warp * 16;  // the first blocks have the most work
+  const int j0 = place.block * kRows, jw = j0 + warp * 16;  // the first blocks have the most work
   const int tiles = CEIL_DIV(T - j0, kRows);  // queries before j0 see none of the block's keys
   const bool live = jw < T;
   const float sl = scale * kLog2e;
@@ -703,6 +723,14 @@ Plan check_and_plan(const char* op, int B, int T, int C, int NH) {
   // The same scale as the CPU backend: 1 / sqrt(HS) rounded to float.
   const int HS = C / NH;
   return {dim3(CEIL_DIV(T, kRows), NH, B), 1.0f / std::sqrt(float(HS)), HS};
+}
+
+// The grid of `row_blocks` blocks of rows per (batch, head): (row blocks, NH, B), or with
+// heavy_first (NH, B, row blocks) (place_of).
+dim3 grid_of(int row_blocks, int NH, int B, bool heavy_first) {
+  CUDA_REQUIRE(!heavy_first || row_blocks <= 65535, "attention (tensor cores)",
+               dims({{"row blocks (grid.z)", row_blocks}}));
+  return heavy_first ? dim3(NH, B, row_blocks) : dim3(row_blocks, NH, B);
 }
 
 // Calls fn(std::integral_constant<int, HS>) for a supported head size.
@@ -782,7 +810,7 @@ std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, 
 }
 
 void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
-                          bool wide, Workspace ws, cudaStream_t stream) {
+                          bool wide, bool heavy_first, Workspace ws, cudaStream_t stream) {
   const char* op = "attention_forward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
   // float2 or bf16-pair stores (the model's tensors start at multiples of 64 bytes, cudaMalloc's
@@ -799,9 +827,9 @@ void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T,
       auto* kernel = mma_sync::forward_kernel<HS, G>;
       constexpr std::size_t shared = mma_sync::forward_shared<HS, G>();
       allow_dynamic_shared(kernel, shared);
-      const dim3 grid(CEIL_DIV(T, G * kRows), plan.grid.y, plan.grid.z);
+      const dim3 grid = grid_of(CEIL_DIV(T, G * kRows), NH, B, heavy_first);
       kernel<<<grid, kThreads, shared, stream>>>(out.data, out.type == DType::bf16, lse, qkv16, T,
-                                                 C, NH, plan.scale);
+                                                 C, NH, plan.scale, heavy_first);
       CUDA_CHECK_LAUNCH(mma_sync::forward_kernel);
     };
     if constexpr (HS <= 64)
@@ -811,8 +839,8 @@ void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T,
 }
 
 void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
-                           const float* lse, int B, int T, int C, int NH, Workspace ws,
-                           cudaStream_t stream) {
+                           const float* lse, int B, int T, int C, int NH, bool heavy_first,
+                           Workspace ws, cudaStream_t stream) {
   const char* op = "attention_backward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
   CUDA_REQUIRE(lse != nullptr, op, std::string("no log-sum-exp saved by attention_forward"));
@@ -838,14 +866,15 @@ void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn
       constexpr std::size_t shared = mma_sync::backward_shared<HS>();
       auto* dq_kernel = mma_sync::backward_dq_kernel<HS, Out>;
       allow_dynamic_shared(dq_kernel, shared);
-      dq_kernel<<<plan.grid, kThreads, shared, stream>>>(d, dvec, dout32, dout16, qkv16, out.data,
-                                                         out.type == DType::bf16, lse, T, C, NH,
-                                                         plan.scale);
+      const dim3 grid = grid_of(int(plan.grid.x), NH, B, heavy_first);
+      dq_kernel<<<grid, kThreads, shared, stream>>>(d, dvec, dout32, dout16, qkv16, out.data,
+                                                    out.type == DType::bf16, lse, T, C, NH,
+                                                    plan.scale, heavy_first);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);
       auto* dkdv_kernel = mma_sync::backward_dkdv_kernel<HS, Out>;
       allow_dynamic_shared(dkdv_kernel, shared);
-      dkdv_kernel<<<plan.grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, T, C, NH,
-                                                           plan.scale);
+      dkdv_kernel<<<grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, T, C, NH,
+                                                      plan.scale, heavy_first);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
     });
   };

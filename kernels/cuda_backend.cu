@@ -101,7 +101,10 @@ int select_device(int device) {
 // GPT-2 step, ~0.38 ms on an H200), and attention's backward takes D = dout . out of the rounded
 // values. And MIXSIM_LAYERNORM_VEC4 (both backends; an opt-in written without a GPU), LayerNorm's
 // forward and its fused backward with 16-byte loads and stores where C is a multiple of 4
-// (layernorm.cu; the row sums in another order, so within rounding of the default's).
+// (layernorm.cu; the row sums in another order, so within rounding of the default's). And
+// MIXSIM_ATTENTION_HEAVY_FIRST (cuda-bf16's tensor-core attention; an opt-in written without a
+// GPU): the blocks re-read their launch order so that every head's longest blocks start first,
+// not one head after another (attention_tc.cu, place_of; bit-identical).
 
 class CudaBackend final : public Backend {
  public:
@@ -122,6 +125,7 @@ class CudaBackend final : public Backend {
         gelu_exp2_(env_switch("MIXSIM_GELU_EXP2", precision == MatmulPrecision::bf16)),
         bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_),
         layernorm_vec4_(env_switch("MIXSIM_LAYERNORM_VEC4", false)),
+        heavy_first_(env_switch("MIXSIM_ATTENTION_HEAVY_FIRST", false) && tc_attention_),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -146,8 +150,9 @@ class CudaBackend final : public Backend {
     return use;
   }
   CudaKernelChoices kernel_choices() const {
-    return {tc_attention_, tc_attention_ && wide_forward_, gelu_exp2_, classifier_exp2_,
-            layernorm_vec4_};
+    return {tc_attention_,   tc_attention_ && wide_forward_,
+            gelu_exp2_,      classifier_exp2_,
+            layernorm_vec4_, heavy_first_};
   }
   int device() const { return device_; }
 
@@ -282,7 +287,7 @@ class CudaBackend final : public Backend {
                  cuda::dims({{"B", B}, {"T", T}, {"C", C}}));
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
       cuda::attention_forward_tc(
-          out, lse, qkv, B, T, C, NH, wide_forward_,
+          out, lse, qkv, B, T, C, NH, wide_forward_, heavy_first_,
           workspace(cuda::attention_tc_workspace(false, qkv.type, DType::fp32, B, T, C, NH)),
           stream_.get());
       return;
@@ -303,7 +308,7 @@ class CudaBackend final : public Backend {
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
       cuda::attention_backward_tc(
-          dqkv, dout, qkv, out, lse, B, T, C, NH,
+          dqkv, dout, qkv, out, lse, B, T, C, NH, heavy_first_,
           workspace(cuda::attention_tc_workspace(true, qkv.type, dout.type, B, T, C, NH)),
           stream_.get());
       return;
@@ -404,6 +409,7 @@ class CudaBackend final : public Backend {
   bool gelu_exp2_;           // the GELU kernel on the hardware's ex2 (MIXSIM_GELU_EXP2)
   bool bf16_attention_out_;  // attention_out_storage() is bf16 (MIXSIM_BF16_ATTENTION_OUT)
   bool layernorm_vec4_;      // LayerNorm with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
+  bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

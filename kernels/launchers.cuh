@@ -163,13 +163,14 @@ bool attention_tc_supported(int C, int NH, std::size_t max_shared);
 std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, int T, int C,
                                    int NH);
 // wide: forward_kernel<HS, 2> where the head size is up to 64 (MIXSIM_TC_WIDE_FORWARD; the same
-// results bit for bit).
+// results bit for bit). heavy_first: every head's longest blocks start first
+// (MIXSIM_ATTENTION_HEAVY_FIRST; the same results bit for bit).
 // out: fp32, or bf16 (rounded as the kernel stores it; backward reads it as stored).
 void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
-                          bool wide, Workspace ws, cudaStream_t stream);
+                          bool wide, bool heavy_first, Workspace ws, cudaStream_t stream);
 void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
-                           const float* lse, int B, int T, int C, int NH, Workspace ws,
-                           cudaStream_t stream);
+                           const float* lse, int B, int T, int C, int NH, bool heavy_first,
+                           Workspace ws, cudaStream_t stream);
 
 // ---- gelu.cu
 // exp2: on the hardware's ex2 and reciprocal (MIXSIM_GELU_EXP2; within a few ulps of the CPU's

@@ -1603,6 +1603,65 @@ TEST_F(CudaOps, WideForwardIsBitIdentical) {
   }
 }
 
+// MIXSIM_ATTENTION_HEAVY_FIRST=1 (opt-in; written without a GPU at hand): the tensor-core kernels
+// launched on the grid (NH, B, row blocks), so that every head's longest blocks start first. Each
+// block computes what it computes on the default grid, so out, lse (also through the wide
+// forward) and dqkv (fp32 and bf16) are bit for bit the default's. Shapes: B != NH (a head and a
+// batch element swapped would not cover every pair once), rows past T, one position, HS 16 to 128,
+// GPT-2's heads (scripts/gpu/mma_emulator/run.py checks the same of its transliteration).
+TEST_F(CudaOps, HeavyFirstIsBitIdentical) {
+  for (const char* wide_forward : {"0", "1"}) {
+    std::optional<mixsim::testing::ScopedEnv> w(std::in_place, "MIXSIM_TC_WIDE_FORWARD",
+                                                wide_forward);
+    auto plain = cuda_bf16_with("1", "", "");
+    std::unique_ptr<Backend> heavy;
+    {
+      mixsim::testing::ScopedEnv hf("MIXSIM_ATTENTION_HEAVY_FIRST", "1");
+      heavy = cuda_bf16_with("1", "", "");
+    }
+    w.reset();
+    EXPECT_TRUE(cuda_kernel_choices(*heavy).heavy_first);
+    EXPECT_FALSE(cuda_kernel_choices(*plain).heavy_first);
+    const AttentionShape shapes[] = {
+        {3, 70, 128, 2},  {2, 150, 192, 3},  {3, 1, 32, 2},    {1, 300, 64, 1},
+        {2, 200, 512, 4}, {1, 256, 768, 12}, {2, 100, 256, 2},  // HS 128
+    };
+    for (const AttentionShape& s : shapes) {
+      const std::string what =
+          std::string("heavy-first ") + (*wide_forward == '1' ? "wide " : "") + shape_name(s);
+      const std::size_t rows = std::size_t(s.B) * s.T;
+      const std::vector<float> qkv = random_floats(rows * 3 * s.C, 185),
+                               dout = random_floats(rows * s.C, 186);
+      auto run = [&](Backend& be, DType dqkv_type) {
+        auto dq = put(be, qkv), dd = put(be, dout);
+        auto out = put(be, std::vector<float>(rows * s.C, 7.f));
+        auto lse = put(be, std::vector<float>(std::size_t(s.B) * s.NH * s.T, 7.f));
+        be.attention_forward(out.get(), lse.get(), dq.get(), s.B, s.T, s.C, s.NH);
+        DeviceBuffer<float> g32(be, rows * 3 * s.C);
+        DeviceBuffer<std::uint16_t> g16(be, rows * 3 * s.C);
+        const TensorOut grad =
+            dqkv_type == DType::bf16 ? TensorOut{g16.get(), DType::bf16} : TensorOut{g32.get()};
+        be.attention_backward(grad, dd.get(), dq.get(), out.get(), lse.get(), s.B, s.T, s.C, s.NH);
+        std::vector<float> g =
+            dqkv_type == DType::bf16 ? std::vector<float>() : fetch(be, g32.get(), g32.size());
+        if (dqkv_type == DType::bf16)
+          for (const std::uint16_t bits : fetch(be, g16.get(), g16.size()))
+            g.push_back(bf16_value(bits));
+        return std::tuple{fetch(be, out.get(), out.size()), fetch(be, lse.get(), lse.size()), g};
+      };
+      ASSERT_TRUE(heavy->attention_rounds_qkv(s.C, s.NH)) << what;
+      for (const DType type : {DType::fp32, DType::bf16}) {
+        const auto [o1, l1, g1] = run(*plain, type);
+        const auto [o2, l2, g2] = run(*heavy, type);
+        expect_identical(Pair{o1, o2}, what + ": out");
+        expect_identical(Pair{l1, l2}, what + ": lse");
+        expect_identical(Pair{g1, g2}, what + (type == DType::bf16 ? ": bf16 dqkv" : ": dqkv"));
+        EXPECT_EQ(std::count(o2.begin(), o2.end(), 7.f), 0) << what << ": out left unwritten";
+      }
+    }
+  }
+}
+
 // ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS, on by default for cuda-bf16 and cpu-bf16)
 
 namespace {

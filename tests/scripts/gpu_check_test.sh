@@ -78,6 +78,7 @@ case $name in
       [[ "${MIXSIM_GELU_EXP2:-}" != 0 ]] && label+=+gexp2
       [[ "${MIXSIM_CLASSIFIER_EXP2:-}" != 0 ]] && label+=+exp2
       [[ "${MIXSIM_LAYERNORM_VEC4:-}" == 1 ]] && label+=+lnv4
+      [[ "${MIXSIM_ATTENTION_HEAVY_FIRST:-}" == 1 ]] && label+=+hf
     fi
     if [[ "$*" == *--profiler-range* ]]; then
       echo "\"ID\",\"Kernel Name\",\"Metric Name\",\"Metric Unit\",\"Metric Value\""

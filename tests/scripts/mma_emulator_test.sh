@@ -5,8 +5,10 @@
 # keeps the transcription and its checks runnable and passing between those changes:
 # - run.py, every shape: errors against float64 attention and cpu-bf16's roundings within
 #   bounds, no races, every output written once, the bf16 dqkv and the bf16 attention output
-#   bit for bit as the fp32 paths on the same values ("ALL OK");
-# - mutate5.py: each injected bug in the bf16 attention output's paths is caught.
+#   bit for bit as the fp32 paths on the same values, the heavy-first grid bit for bit as the
+#   default one ("ALL OK");
+# - mutate5.py: each injected bug in the bf16 attention output's paths and the heavy-first grid
+#   is caught.
 # (mutate.py to mutate4.py take about three minutes together: run them by hand after changing the
 # kernels.)
 # Needs MIXSIM_SOURCE_DIR (set by ctest) and a python3 with numpy.

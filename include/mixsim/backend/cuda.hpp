@@ -39,6 +39,7 @@ struct CudaKernelChoices {
   bool gelu_exp2 = false;        // MIXSIM_GELU_EXP2: the GELU kernel on ex2 (cuda-bf16's default)
   bool classifier_exp2 = false;  // MIXSIM_CLASSIFIER_EXP2: the cached classifier through exp2
   bool layernorm_vec4 = false;   // MIXSIM_LAYERNORM_VEC4=1: LayerNorm, 16-byte accesses
+  bool heavy_first = false;      // MIXSIM_ATTENTION_HEAVY_FIRST=1: longest attention blocks first
 };
 CudaKernelChoices cuda_kernel_choices(Backend& cuda_backend);
 

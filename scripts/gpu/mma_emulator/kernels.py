@@ -176,11 +176,25 @@ def mask(full, valid):
     return valid
 
 
-def head_of(ctx, HS, T, C, NH):
-    # const std::size_t b = blockIdx.z, h = blockIdx.y, stride = 3 * std::size_t(C);
+def place_of(ctx, heavy_first):
+    """place_of: (block, h, b, blocks). The grid is (row blocks, NH, B), or with heavy_first
+    (MIXSIM_ATTENTION_HEAVY_FIRST) (NH, B, row blocks): the row block varies slowest."""
+    x, y, z = ctx.blockIdx
+    if heavy_first:
+        return z, x, y, ctx.gridDim[2]
+    return x, y, z, ctx.gridDim[0]
+
+
+def grid_of(row_blocks, NH, B, heavy_first):
+    return (NH, B, row_blocks) if heavy_first else (row_blocks, NH, B)
+
+
+def head_of(ctx, HS, T, C, NH, place):
+    # const std::size_t b = place.b, h = place.h, stride = 3 * std::size_t(C);
     # return {qkv + b * T * stride + h * HS, stride, b * T * C + h * HS, (b * NH + h) * T,
     #         b * T * stride + h * HS};
-    b, h, stride = ctx.blockIdx[2], ctx.blockIdx[1], 3 * C
+    _, h, b, _ = place
+    stride = 3 * C
     hd = Head()
     hd.q = b * T * stride + h * HS  # offset into "qkv"
     hd.qkv_stride = stride
@@ -409,7 +423,8 @@ def finish_rows(ctx, HS, head, iw, T, C, m, l, acc, has_lse, Out="float"):
         store_rows(ctx, HS, "out", head.row_offset, C, iw, T, acc, inv, Out)
 
 
-def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1, out_bf16=False):
+def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1, out_bf16=False,
+                   heavy_first=False):
     """forward_kernel<HS, G>: blocks of G * 64 rows, each warp G groups of 16 (G = 2: the wide
     forward, MIXSIM_TC_WIDE_FORWARD, head sizes up to 64); out_bf16: the kernel's uniform flag
     (a bf16 out)."""
@@ -419,8 +434,10 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1, out_bf16=False):
     qs = 0
     kv = qs + kBlockRows * LD  # per stage: (64, LD) a key tile, then (64, LD) its values
     warp, lane = ctx.warp, ctx.lane
-    head = head_of(ctx, HS, T, C, NH)
-    i0 = (ctx.gridDim[0] - 1 - ctx.blockIdx[0]) * kBlockRows
+    place = place_of(ctx, heavy_first)
+    head = head_of(ctx, HS, T, C, NH, place)
+    block, _, _, blocks = place
+    i0 = (blocks - 1 - block) * kBlockRows
     tiles = (min(T, i0 + kBlockRows) - 1) // kRows + 1  # key tiles up to the last row
     iw = [i0 + g * kRows + warp * 16 for g in range(G)]
     live = [iw[g] < T for g in range(G)]
@@ -460,7 +477,8 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1, out_bf16=False):
                         "bf16" if out_bf16 else "float")
 
 
-def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_bf16=False):
+def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_bf16=False,
+                       heavy_first=False):
     """dout32: the kernel's dout is the fp32 one (D reads it); False where dout is stored in bf16
     (MIXSIM_BF16_ATTENTION_OUT: dout null, D reads dout16, the stored bf16 dout itself); out_bf16:
     the kernel's uniform flag, out read through a bf16 pointer (widened, exact)."""
@@ -471,8 +489,10 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_b
     row_lse = 0  # float region (after kv + kStages * 2 * kRows * LD)
     row_d = row_lse + kRows
     warp, lane = ctx.warp, ctx.lane
-    head = head_of(ctx, HS, T, C, NH)
-    i0 = (ctx.gridDim[0] - 1 - ctx.blockIdx[0]) * kRows
+    place = place_of(ctx, heavy_first)
+    head = head_of(ctx, HS, T, C, NH, place)
+    block, _, _, blocks = place
+    i0 = (blocks - 1 - block) * kRows
     iw = i0 + warp * 16
     tiles = (min(T, i0 + kRows) - 1) // kRows + 1
     live = iw < T
@@ -542,15 +562,16 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_b
                    Out)
 
 
-def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float"):
+def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=False):
     LD = tile_ld(HS)
     ks = 0
     vs = ks + kRows * LD
     qg = vs + kRows * LD  # per stage: (64, LD) a query tile, (64, LD) its dout
     rows = 0  # float region (after qg + kStages * 2 * kRows * LD): per stage (64) lse, (64) D
     warp, lane = ctx.warp, ctx.lane
-    head = head_of(ctx, HS, T, C, NH)
-    j0 = ctx.blockIdx[0] * kRows
+    place = place_of(ctx, heavy_first)
+    head = head_of(ctx, HS, T, C, NH, place)
+    j0 = place[0] * kRows
     jw = j0 + warp * 16
     tiles = -(-(T - j0) // kRows)  # CEIL_DIV(T - j0, kRows)
     live = jw < T
@@ -646,23 +667,24 @@ def smem_layout(kind, HS):
     return n_bf16, n_f32, 2 * n_bf16
 
 
-def attention_forward(qkv, B, T, C, NH, wide=False, out_bf16=False):
+def attention_forward(qkv, B, T, C, NH, wide=False, out_bf16=False, heavy_first=False):
     """wide: forward_kernel<HS, 2> (attention_forward_tc with wide, head sizes up to 64);
     out_bf16: a bf16 out (bf16 memory, NaN until written)."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     rows = 2 * kRows if wide else kRows
-    grid = ((T + rows - 1) // rows, NH, B)
+    grid = grid_of((T + rows - 1) // rows, NH, B, heavy_first)
     # the launcher's to_bf16 copy of qkv (round to nearest even), which the kernel reads
     esize = {"qkv16": 2, "out": 2} if out_bf16 else {"qkv16": 2}
     g = Gmem(qkv16=bf16(np.asarray(qkv, dtype=np.float32)), out=np.full(B * T * C, np.nan),
              lse=np.full(B * NH * T, np.nan), esize=esize)
     races = launch(forward_kernel, grid, *smem_layout("fwdwide" if wide else "fwd", HS), g, HS, T,
-                   C, NH, scale, G=2 if wide else 1, out_bf16=out_bf16)
+                   C, NH, scale, G=2 if wide else 1, out_bf16=out_bf16, heavy_first=heavy_first)
     return g, races
 
 
-def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_out=False):
+def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_out=False,
+                       heavy_first=False):
     """Out: dqkv's type, "float" or "bf16" (the launcher's TensorOut dqkv: both kernels are
     instantiated for its type; the workspace, dvec included, stays fp32 either way).
     bf16_att_out (MIXSIM_BF16_ATTENTION_OUT): out and dout are stored in bf16 (dout and out hold
@@ -670,7 +692,7 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_o
     the dq kernel reads out as bf16."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
-    grid = ((T + kRows - 1) // kRows, NH, B)
+    grid = grid_of((T + kRows - 1) // kRows, NH, B, heavy_first)
     # the launcher's to_bf16 copies of qkv and dout (D still reads the fp32 dout)
     esize = {"qkv16": 2, "dout16": 2}
     if Out == "bf16":
@@ -686,7 +708,8 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_o
         arrays.update(dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout)
     g = Gmem(esize=esize, **arrays)
     races = launch(backward_dq_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale,
-                   Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out)
+                   Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out,
+                   heavy_first=heavy_first)
     races += launch(backward_dkdv_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale,
-                    Out=Out)
+                    Out=Out, heavy_first=heavy_first)
     return g, races

@@ -9,7 +9,7 @@ muts = {
  "wide: both groups' queries from the first 64 rows": ("load_tile(ctx, HS, qs + g * kRows * LD, \"qkv16\", head.q, head.qkv_stride, i0 + g * kRows, T)", "load_tile(ctx, HS, qs + g * kRows * LD, \"qkv16\", head.q, head.qkv_stride, i0, T)"),
  "wide: a group's full tiles judged by the block's first row": ("j0 < i0 + g * kRows and iw[g] + 16 <= T", "j0 < i0 + kBlockRows and iw[g] + 16 <= T"),
  "wide: a group skips the tile of its own diagonal": ("on = [live[g] and j0 <= iw[g] + 15", "on = [live[g] and j0 < iw[g]"),
- "forward grid not reversed (neutral: block order only, expected NOT CAUGHT)": ("i0 = (ctx.gridDim[0] - 1 - ctx.blockIdx[0]) * kBlockRows", "i0 = ctx.blockIdx[0] * kBlockRows"),
+ "forward grid not reversed (neutral: block order only, expected NOT CAUGHT)": ("i0 = (blocks - 1 - block) * kBlockRows", "i0 = block * kBlockRows"),
 }
 for name, (a, b) in muts.items():
     assert src.count(a) >= 1, name

@@ -1,8 +1,11 @@
 """Mutation check of the bf16 attention output (MIXSIM_BF16_ATTENTION_OUT: the forward storing a
-bf16 out, the dq kernel's D read from the bf16 out and the stored bf16 dout): each mutant must be
-flagged by run.py's bf16_attention_out check, which says by what: a load or store through a
-pointer of the wrong type (TypeError), a missing fp32 dout (KeyError: the launcher passes none),
-or the bit-exact comparison with the fp32 path on the same values. Shape 1 (HS 80, T 70)."""
+bf16 out, the dq kernel's D read from the bf16 out and the stored bf16 dout) and of the
+heavy-first grid (MIXSIM_ATTENTION_HEAVY_FIRST: place_of on the grid (NH, B, row blocks)): each
+mutant must be flagged by run.py's checks, which say by what: a load or store through a pointer
+of the wrong type (TypeError), a missing fp32 dout (KeyError: the launcher passes none), a write
+out of range or twice, or the bit-exact comparison with the default path. Shape 1 (HS 80, T 70)
+for the first, shape 6 (B 3, NH 2: with B == NH a head and a batch element swapped would still
+cover every pair once) for the grid."""
 import run
 
 src = open("kernels.py").read()
@@ -22,15 +25,27 @@ muts = {
     "D reads the bf16 dout one row on (at + C)": [
         (DOUT, "                          ctx.g.load(\"dout16\", np.minimum(at + C, (T - 1) * C) + d[act], esize=2))")],
     "dq kernel told dout32 though dout is bf16": [
-        ("Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out)",
-         "Out=Out, dout32=True, out_bf16=bf16_att_out)")],
+        ("Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out,",
+         "Out=Out, dout32=True, out_bf16=bf16_att_out,")],
 }
+SHAPE = {name: run.SHAPES[1] for name in muts}
+PLACE = "        return z, x, y, ctx.gridDim[2]"
+grid_muts = {
+    "heavy-first: head and batch element swapped": [(PLACE, "        return z, y, x, ctx.gridDim[2]")],
+    "heavy-first: the row blocks counted from grid.x": [
+        (PLACE, "        return z, x, y, ctx.gridDim[0]")],
+    "heavy-first: the launcher's grid left (row blocks, NH, B)": [
+        ("    return (NH, B, row_blocks) if heavy_first else (row_blocks, NH, B)",
+         "    return (row_blocks, NH, B)")],
+}
+muts.update(grid_muts)
+SHAPE.update({name: run.SHAPES[6] for name in grid_muts})
 for name, edits in muts.items():
     s = src
     for a, b in edits:
         assert s.count(a) == 1, (name, a)
         s = s.replace(a, b)
-    out, error = run.run_source(s, run.SHAPES[1])
+    out, error = run.run_source(s, SHAPE[name])
     if error:
         res = f"caught (exception: {type(error).__name__}: {str(error)[:70]})"
     else:

@@ -11,7 +11,8 @@ import ptx
 import ref
 
 SHAPES = [(1, 150, 128, 2), (1, 70, 80, 1), (2, 65, 96, 2), (1, 100, 128, 1), (1, 1, 32, 2),
-          (1, 300, 64, 1)]  # the last: many tiles wholly below the diagonal (full)
+          (1, 300, 64, 1),  # many tiles wholly below the diagonal (full)
+          (3, 70, 64, 2)]  # B != NH: a head and a batch element swapped in a grid show
 
 
 def rel(a, b):
@@ -131,6 +132,32 @@ def bf16_attention_out(g, qkv, dout, B, T, C, NH):
     return ok
 
 
+def heavy_first(g, g2, qkv, dout, B, T, C, NH):
+    """MIXSIM_ATTENTION_HEAVY_FIRST: the grid (NH, B, row blocks), each block's place read from
+    it by place_of. Wants the forward (and the wide forward, where it runs) and the backward (fp32
+    dqkv) bit for bit the default grid's g and g2, every element written once, no races, no
+    misaligned access. Prints its line; returns whether all held."""
+    t = time.time()
+    ok = True
+    notes = []
+    for wide in ((False, True) if C // NH <= 64 else (False,)):
+        gf, races = kernels.attention_forward(qkv, B, T, C, NH, wide=wide, heavy_first=True)
+        good = (same_bits(gf.a["out"], g.a["out"]) and same_bits(gf.a["lse"], g.a["lse"]) and
+                (gf.wcount["out"] == 1).all() and (gf.wcount["lse"] == 1).all() and not races
+                and not gf.misaligned)
+        ok &= good
+        notes.append(f"{'wide ' if wide else ''}forward {'same' if good else 'DIFFERS'}")
+    gb, races = kernels.attention_backward(dout, qkv, g.a["out"], g.a["lse"], B, T, C, NH,
+                                           heavy_first=True)
+    good = (same_bits(gb.a["dqkv"], g2.a["dqkv"]) and same_bits(gb.a["dvec"], g2.a["dvec"]) and
+            (gb.wcount["dqkv"] == 1).all() and not races and not gb.misaligned)
+    ok &= good
+    notes.append(f"backward {'same' if good else 'DIFFERS'}")
+    print(f"   heavy-first grid [{time.time() - t:.1f}s]: {', '.join(notes)} as the default grid's,"
+          f" bit for bit{'' if ok else '   <-- BAD'}")
+    return ok
+
+
 def main(shapes):
     assert ptx._self_test()
     ok = True
@@ -187,6 +214,7 @@ def main(shapes):
             print(f"   {k:4s} rel L2 vs f64 {a:.2e}   vs bf16-cpu {b:.2e}{flag}")
         ok &= bf16_dqkv(g2, races2, dout, qkv, out, lse, d64, B, T, C, NH)
         ok &= bf16_attention_out(g, qkv, dout, B, T, C, NH)
+        ok &= heavy_first(g, g2, qkv, dout, B, T, C, NH)
     print("ALL OK" if ok else "MISMATCH")
 
 
