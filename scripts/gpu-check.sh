@@ -477,11 +477,12 @@ step bench-train-bf16-tc-lt 90 env MIXSIM_TC_ATTENTION=1 MIXSIM_CUBLASLT=1 \
 step bench-train-bf16-nooutputs 90 env MIXSIM_BF16_OUTPUTS=0 MIXSIM_CLASSIFIER_EXP2=0 \
   MIXSIM_GELU_EXP2=0 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
-# the opt-in bf16 attention output and its gradient (written after run 11 without a GPU; the GPT-2
-# shape only). (The opt-in wide attention forward had a row here until run 10, slower each time:
-# --compare 'MIXSIM_TC_WIDE_FORWARD=1' measures it.)
-step bench-train-bf16-ao 90 env MIXSIM_BF16_ATTENTION_OUT=1 "$BUILD/bench/bench_gpu_train" \
-  --configs gpt2 --backend cuda-bf16
+# the opt-ins written without a GPU since run 11, together (the GPT-2 shape only): the bf16
+# attention output and its gradient, LayerNorm with 16-byte accesses, the attention's longest
+# blocks first. --compare measures each on its own. (The opt-in wide attention forward had a row
+# here until run 10, slower each time: --compare 'MIXSIM_TC_WIDE_FORWARD=1' measures it.)
+step bench-train-bf16-optins 90 env MIXSIM_BF16_ATTENTION_OUT=1 MIXSIM_LAYERNORM_VEC4=1 \
+  MIXSIM_ATTENTION_HEAVY_FIRST=1 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 # where a default bf16 step's time goes now (per op, synchronised)
 step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile \
   --backend cuda-bf16
@@ -573,7 +574,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-ao bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16; do
+for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-optins bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)

@@ -186,7 +186,7 @@ has pass '^mixsim-bf16tc\+lt\+act gpt2 +tokens_per_s=300000'
 has pass '^mixsim-bf16tc\+lt\+act\+w gpt2 +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 1\.1b +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 gpt2 '
-has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2 gpt2 '
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2\+lnv4\+hf gpt2 '  # the opt-ins' row
 has pass '^gemm-ceiling gpt2 +gemmex_ms=12\.00'
 # each op of the profile beside PyTorch's: the LayerNorm forward sums both of mixsim's kinds
 has pass '^  attention_backward +mixsim 4\.600, PyTorch 1\.500: 3\.07x'
