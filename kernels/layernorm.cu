@@ -61,103 +61,68 @@ __global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, con
   }
 }
 
+// Group i of kWidth consecutive elements of p (aligned to kWidth of them), as one access: a
+// scalar for kWidth 1, a 16-byte vector of floats for 4.
+template <int kWidth, class T>
+__device__ inline Pack<T, kWidth>& group_at(T* p, std::size_t i) {
+  return reinterpret_cast<Pack<T, kWidth>*>(p)[i];
+}
+template <int kWidth, class T>
+__device__ inline const Pack<T, kWidth>& group_at(const T* p, std::size_t i) {
+  return reinterpret_cast<const Pack<T, kWidth>*>(p)[i];
+}
+
 // The same for C up to 32 * kForwardMaxPerLane (GPT-2's 768, the 1.1B model's 2048): each lane
-// keeps its channels of the row (c = lane + 32 k) in registers, so the row (and the addend) is
-// read once and the sum written once, where the kernel above reads the row three times. The same
-// operations in the same order.
-template <int kPerLane, class Out>
+// keeps its channels of the row in registers, so the row (and the addend) is read once and the
+// sum written once, where the kernel above reads the row three times. Lane l holds the kGroups
+// groups of kWidth channels from kWidth (l + 32 k), each read and written as one access.
+// kWidth 1 (the default): channels l + 32 k, the same operations in the same order as the kernel
+// above. kWidth 4 (MIXSIM_LAYERNORM_VEC4=1, an opt-in written without a GPU at hand): 16-byte
+// accesses to the row, the addend, the weight and the bias, a float4 store of the sum and an
+// 8-byte one of a bf16 output, where kWidth 1 issues four 4-byte loads and 2-byte bf16 stores (run
+// 10's Nsight Compute step had it at 53% of memory throughput and 20% issue use); each element's
+// arithmetic is the same, but the per-lane sums take other channels, so mean and rstd differ by
+// rounding (and so do the outputs), within the CPU tests' bounds. kWidth 4 needs C % 4 == 0 and
+// every row array aligned to four floats (the launcher checks).
+template <int kGroups, int kWidth, class Out>
 __global__ void layernorm_forward_rows_kernel(Out* out, float* mean, float* rstd, const float* inp,
                                               const float* weight, const float* bias, int N, int C,
                                               const float* add, float* sum_out) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;  // the whole warp
-  const std::size_t off = std::size_t(row) * C;
-  float xs[kPerLane];
+  const std::size_t group0 = std::size_t(row) * (C / kWidth);  // the row's first group
+  Pack<float, kWidth> xs[kGroups];
   float sum = 0.f;
   // every load first: sum_out may alias inp or add, so a store between them would keep the
   // compiler from issuing the next loads before it (each lane writes only what it has read)
 #pragma unroll
-  for (int k = 0; k < kPerLane; ++k) {
-    const int c = lane + k * kWarpSize;
-    xs[k] = 0.f;
-    if (c < C) {
-      xs[k] = add ? inp[off + c] + add[off + c] : inp[off + c];
-      sum += xs[k];
-    }
-  }
-  if (add)
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k)
-      if (const int c = lane + k * kWarpSize; c < C) sum_out[off + c] = xs[k];
-  const float m = warp_sum(sum) / float(C);
-  float var = 0.f;
-#pragma unroll
-  for (int k = 0; k < kPerLane; ++k)
-    if (lane + k * kWarpSize < C) {
-      const float d = xs[k] - m;
-      var += d * d;
-    }
-  const float s = 1.0f / sqrtf(warp_sum(var) / float(C) + kLayerNormEps);
-  Out* o = out + off;
-#pragma unroll
-  for (int k = 0; k < kPerLane; ++k) {
-    const int c = lane + k * kWarpSize;
-    if (c < C) store(o + c, (xs[k] - m) * s * weight[c] + bias[c]);
-  }
-  if (lane == 0) {
-    if (mean) mean[row] = m;
-    if (rstd) rstd[row] = s;
-  }
-}
-
-// The same as layernorm_forward_rows_kernel with 16-byte accesses (MIXSIM_LAYERNORM_VEC4=1, an
-// opt-in written without a GPU at hand): lane l holds the kGroups groups of four channels from
-// 4 (l + 32 k), so that each load of the row, the addend, the weight and the bias is one float4
-// (the scalar kernel issues four 4-byte loads for them, and a 2-byte store per bf16 output: run
-// 10's Nsight Compute step had it at 53% of memory throughput and 20% issue use), the sum one
-// float4 store and a bf16 output one 8-byte store. Needs C % 4 == 0 and every row array aligned
-// to four floats (the launcher checks). The arithmetic of each element is the scalar kernel's;
-// the per-lane sums take other channels, so mean and rstd differ from it by rounding (and so do
-// the outputs), within the CPU tests' bounds.
-template <int kGroups, class Out>
-__global__ void layernorm_forward_vec4_kernel(Out* out, float* mean, float* rstd, const float* inp,
-                                              const float* weight, const float* bias, int N, int C,
-                                              const float* add, float* sum_out) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
-  if (row >= N) return;                                   // the whole warp
-  const std::size_t group0 = std::size_t(row) * (C / 4);  // the row's first group of four
-  Pack<float, 4> xs[kGroups];
-  float sum = 0.f;
-  // every load first, as in the scalar kernel (sum_out may alias inp or add)
-#pragma unroll
   for (int k = 0; k < kGroups; ++k) {
-    const int g = lane + k * kWarpSize;  // channels 4 g .. 4 g + 3
-    xs[k] = Pack<float, 4>{};
-    if (4 * g < C) {
-      xs[k] = load4(inp, group0 + g);
+    const int g = lane + k * kWarpSize;  // channels kWidth g .. kWidth g + kWidth - 1
+    xs[k] = Pack<float, kWidth>{};
+    if (kWidth * g < C) {
+      xs[k] = group_at<kWidth>(inp, group0 + g);
       if (add) {
-        const Pack<float, 4> a = load4(add, group0 + g);
+        const Pack<float, kWidth> a = group_at<kWidth>(add, group0 + g);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) xs[k].e[e] = xs[k].e[e] + a.e[e];
+        for (int e = 0; e < kWidth; ++e) xs[k].e[e] = xs[k].e[e] + a.e[e];
       }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) sum += xs[k].e[e];
+      for (int e = 0; e < kWidth; ++e) sum += xs[k].e[e];
     }
   }
   if (add)
 #pragma unroll
     for (int k = 0; k < kGroups; ++k)
-      if (const int g = lane + k * kWarpSize; 4 * g < C)
-        reinterpret_cast<Pack<float, 4>*>(sum_out)[group0 + g] = xs[k];
+      if (const int g = lane + k * kWarpSize; kWidth * g < C)
+        group_at<kWidth>(sum_out, group0 + g) = xs[k];
   const float m = warp_sum(sum) / float(C);
   float var = 0.f;
 #pragma unroll
   for (int k = 0; k < kGroups; ++k)
-    if (4 * (lane + k * kWarpSize) < C)
+    if (kWidth * (lane + k * kWarpSize) < C)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < kWidth; ++e) {
         const float d = xs[k].e[e] - m;
         var += d * d;
       }
@@ -165,12 +130,12 @@ __global__ void layernorm_forward_vec4_kernel(Out* out, float* mean, float* rstd
 #pragma unroll
   for (int k = 0; k < kGroups; ++k) {
     const int g = lane + k * kWarpSize;
-    if (4 * g >= C) continue;
-    const Pack<float, 4> w = load4(weight, g), b = load4(bias, g);
-    Pack<Out, 4> y;
+    if (kWidth * g >= C) continue;
+    const Pack<float, kWidth> w = group_at<kWidth>(weight, g), b = group_at<kWidth>(bias, g);
+    Pack<Out, kWidth> y;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) y.e[e] = narrow<Out>((xs[k].e[e] - m) * s * w.e[e] + b.e[e]);
-    reinterpret_cast<Pack<Out, 4>*>(out)[group0 + g] = y;
+    for (int e = 0; e < kWidth; ++e) y.e[e] = narrow<Out>((xs[k].e[e] - m) * s * w.e[e] + b.e[e]);
+    group_at<kWidth>(out, group0 + g) = y;
   }
   if (lane == 0) {
     if (mean) mean[row] = m;
@@ -259,94 +224,41 @@ __device__ void store_block_partials(float* part, float* partial_w, float* parti
 // dinp += the input gradient of kFusedRows rows (the arithmetic of layernorm_backward_dinp_kernel),
 // and the block's partial sums of dweight (dout * norm) and dbias (dout) over them, from one read
 // of each row held in registers; the warps' partials are then added in warp order through shared
-// memory (kFusedWarps x C floats), dweight's first, then dbias's.
-template <int kPerLane>
+// memory (store_block_partials). Lane l holds the kGroups groups of kWidth channels from
+// kWidth (l + 32 k), as the forward rows kernel does. kWidth 4 (MIXSIM_LAYERNORM_VEC4=1, written
+// without a GPU) moves inp, dout, weight and dinp as float4: each channel's parameter partials
+// are summed over the same rows in the same order as with kWidth 1, so dweight and dbias are bit
+// for bit the same; dinp's row sums (mean_dnorm, mean_dnorm_norm) take other channels per lane,
+// so dinp differs by rounding. kWidth 4 needs C % 4 == 0 and the row arrays aligned to four
+// floats (the launcher checks).
+template <int kGroups, int kWidth>
 __global__ void __launch_bounds__(kFusedWarps* kWarpSize)
     layernorm_backward_fused_kernel(float* dinp, float* partial_w, float* partial_b,
                                     const float* dout, const float* inp, const float* weight,
                                     const float* mean, const float* rstd, int N, int C) {
   extern __shared__ float part[];  // (kFusedWarps, C)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  float pw[kPerLane], pb[kPerLane];
+  Pack<float, kWidth> pw[kGroups], pb[kGroups];
 #pragma unroll
-  for (int k = 0; k < kPerLane; ++k) pw[k] = pb[k] = 0.f;
+  for (int k = 0; k < kGroups; ++k) pw[k] = pb[k] = Pack<float, kWidth>{};
   const int r0 = blockIdx.x * kFusedRows + warp * kFusedRowsPerWarp;
   for (int rr = 0; rr < kFusedRowsPerWarp; ++rr) {
     const int row = r0 + rr;
     if (row >= N) break;  // the whole warp
-    const std::size_t off = std::size_t(row) * C;
+    const std::size_t group0 = std::size_t(row) * (C / kWidth);
     const float m = mean[row], s = rstd[row];
-    float xs[kPerLane], ds[kPerLane];
-    float sum_dnorm = 0.f, sum_dnorm_norm = 0.f;
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int c = lane + k * kWarpSize;
-      xs[k] = ds[k] = 0.f;
-      if (c < C) {
-        xs[k] = inp[off + c];
-        ds[k] = dout[off + c];
-        const float dnorm = weight[c] * ds[k];
-        sum_dnorm += dnorm;
-        sum_dnorm_norm += dnorm * (xs[k] - m) * s;
-      }
-    }
-    const float mean_dnorm = warp_sum(sum_dnorm) / float(C);
-    const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / float(C);
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int c = lane + k * kWarpSize;
-      if (c < C) {
-        const float norm = (xs[k] - m) * s;
-        dinp[off + c] += s * (weight[c] * ds[k] - mean_dnorm - norm * mean_dnorm_norm);
-        pw[k] += ds[k] * (xs[k] - m) * s;  // the CPU's order of the product
-        pb[k] += ds[k];
-      }
-    }
-  }
-  store_block_partials(part, partial_w, partial_b, C, [&](int round, float* mine) {
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int c = lane + k * kWarpSize;
-      if (c < C) mine[c] = round == 0 ? pw[k] : pb[k];
-    }
-  });
-}
-
-// layernorm_backward_fused_kernel with 16-byte accesses (MIXSIM_LAYERNORM_VEC4=1, written without
-// a GPU): lane l holds the groups of four channels from 4 (l + 32 k), as the vec4 forward does,
-// so inp, dout, weight and dinp move as float4. Each channel's parameter partials are summed over
-// the same rows in the same order, and the warps' in warp order, so dweight and dbias are bit for
-// bit the scalar kernel's; dinp's row sums (mean_dnorm, mean_dnorm_norm) take other channels per
-// lane, so dinp differs from it by rounding. Needs C % 4 == 0 and the row arrays aligned to four
-// floats (the launcher checks).
-template <int kGroups>
-__global__ void __launch_bounds__(kFusedWarps* kWarpSize)
-    layernorm_backward_fused_vec4_kernel(float* dinp, float* partial_w, float* partial_b,
-                                         const float* dout, const float* inp, const float* weight,
-                                         const float* mean, const float* rstd, int N, int C) {
-  extern __shared__ float part[];  // (kFusedWarps, C)
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  Pack<float, 4> pw[kGroups], pb[kGroups];
-#pragma unroll
-  for (int k = 0; k < kGroups; ++k) pw[k] = pb[k] = Pack<float, 4>{};
-  const int r0 = blockIdx.x * kFusedRows + warp * kFusedRowsPerWarp;
-  for (int rr = 0; rr < kFusedRowsPerWarp; ++rr) {
-    const int row = r0 + rr;
-    if (row >= N) break;  // the whole warp
-    const std::size_t group0 = std::size_t(row) * (C / 4);
-    const float m = mean[row], s = rstd[row];
-    Pack<float, 4> xs[kGroups], ds[kGroups];
+    Pack<float, kWidth> xs[kGroups], ds[kGroups];
     float sum_dnorm = 0.f, sum_dnorm_norm = 0.f;
 #pragma unroll
     for (int k = 0; k < kGroups; ++k) {
       const int g = lane + k * kWarpSize;
-      xs[k] = ds[k] = Pack<float, 4>{};
-      if (4 * g < C) {
-        xs[k] = load4(inp, group0 + g);
-        ds[k] = load4(dout, group0 + g);
-        const Pack<float, 4> w = load4(weight, g);
+      xs[k] = ds[k] = Pack<float, kWidth>{};
+      if (kWidth * g < C) {
+        xs[k] = group_at<kWidth>(inp, group0 + g);
+        ds[k] = group_at<kWidth>(dout, group0 + g);
+        const Pack<float, kWidth> w = group_at<kWidth>(weight, g);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
+        for (int e = 0; e < kWidth; ++e) {
           const float dnorm = w.e[e] * ds[k].e[e];
           sum_dnorm += dnorm;
           sum_dnorm_norm += dnorm * (xs[k].e[e] - m) * s;
@@ -358,24 +270,25 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize)
 #pragma unroll
     for (int k = 0; k < kGroups; ++k) {
       const int g = lane + k * kWarpSize;
-      if (4 * g >= C) continue;
-      const Pack<float, 4> w = load4(weight, g);
-      Pack<float, 4> dx = load4(dinp, group0 + g);
+      if (kWidth * g >= C) continue;
+      const Pack<float, kWidth> w = group_at<kWidth>(weight, g);
+      Pack<float, kWidth>& dx = group_at<kWidth>(dinp, group0 + g);
+      Pack<float, kWidth> d = dx;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < kWidth; ++e) {
         const float norm = (xs[k].e[e] - m) * s;
-        dx.e[e] += s * (w.e[e] * ds[k].e[e] - mean_dnorm - norm * mean_dnorm_norm);
+        d.e[e] += s * (w.e[e] * ds[k].e[e] - mean_dnorm - norm * mean_dnorm_norm);
         pw[k].e[e] += ds[k].e[e] * (xs[k].e[e] - m) * s;  // the CPU's order of the product
         pb[k].e[e] += ds[k].e[e];
       }
-      reinterpret_cast<Pack<float, 4>*>(dinp)[group0 + g] = dx;
+      dx = d;
     }
   }
   store_block_partials(part, partial_w, partial_b, C, [&](int round, float* mine) {
 #pragma unroll
     for (int k = 0; k < kGroups; ++k) {
       const int g = lane + k * kWarpSize;
-      if (4 * g < C) reinterpret_cast<Pack<float, 4>*>(mine)[g] = round == 0 ? pw[k] : pb[k];
+      if (kWidth * g < C) group_at<kWidth>(mine, g) = round == 0 ? pw[k] : pb[k];
     }
   });
 }
@@ -424,17 +337,17 @@ void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const flo
                                : aligned_to<4>(static_cast<const __nv_bfloat16*>(out.data)))) {
     with_groups_per_lane(C, [&](auto groups) {
       typed(out, [&](auto* o) {
-        layernorm_forward_vec4_kernel<decltype(groups)::value>
+        layernorm_forward_rows_kernel<decltype(groups)::value, 4>
             <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add, sum_out);
       });
     });
-    CUDA_CHECK_LAUNCH(layernorm_forward_vec4_kernel);
+    CUDA_CHECK_LAUNCH(layernorm_forward_rows_kernel);
     return;
   }
   if (C <= kWarpSize * kForwardMaxPerLane) {  // the row in registers
     with_channels_per_lane<kForwardMaxPerLane>(C, [&](auto per_lane) {
       typed(out, [&](auto* o) {
-        layernorm_forward_rows_kernel<decltype(per_lane)::value>
+        layernorm_forward_rows_kernel<decltype(per_lane)::value, 1>
             <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add, sum_out);
       });
     });
@@ -491,14 +404,14 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
       with_groups_per_lane(C, [&](auto groups) {
         constexpr int G = decltype(groups)::value;
         if constexpr (4 * kWarpSize * G <= kWarpSize * kFusedMaxPerLane)  // C up to 1024
-          layernorm_backward_fused_vec4_kernel<G>
+          layernorm_backward_fused_kernel<G, 4>
               <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
                   dinp, partial_w, partial_b, dout, inp, weight, mean, rstd, N, C);
       });
-      CUDA_CHECK_LAUNCH(layernorm_backward_fused_vec4_kernel);
+      CUDA_CHECK_LAUNCH(layernorm_backward_fused_kernel);
     } else {
       with_channels_per_lane<kFusedMaxPerLane>(C, [&](auto per_lane) {
-        layernorm_backward_fused_kernel<decltype(per_lane)::value>
+        layernorm_backward_fused_kernel<decltype(per_lane)::value, 1>
             <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(dinp, partial_w, partial_b, dout,
                                                                   inp, weight, mean, rstd, N, C);
       });
