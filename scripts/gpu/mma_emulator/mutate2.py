@@ -15,7 +15,7 @@ for name, (a, b) in muts.items():
     assert src.count(a) >= 1, name
     out, error = run.run_source(src.replace(a, b))
     if error:
-        res = f"caught (exception: {type(error).__name__}: {str(error)[:70]})"
+        res = run.exception_verdict(error)
     else:
         res = "caught" if "MISMATCH" in out else "NOT CAUGHT"
     print(f"{name:76s} {res}")

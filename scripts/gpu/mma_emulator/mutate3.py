@@ -52,7 +52,7 @@ for name, (edits, count) in muts.items():
         s = s.replace(a, b, count)
     out, error = run.run_source(s)
     if error:
-        res = f"caught (exception: {type(error).__name__}: {str(error)[:70]})"
+        res = run.exception_verdict(error)
     else:
         lines = [l for l in out.splitlines() if " race " in l]
         by = []

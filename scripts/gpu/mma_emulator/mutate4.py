@@ -50,13 +50,9 @@ runs.append((NEUTRAL + " at HS 64 (neutral, expected NOT CAUGHT)", muts[NEUTRAL]
              run.SHAPES[0]))
 width = max(len(r[0]) for r in runs)
 for name, edits, shape in runs:
-    s = src
-    for a, b in edits:
-        assert s.count(a) == 1, (name, a, s.count(a))
-        s = s.replace(a, b)
-    out, error = run.run_source(s, shape)
+    out, error = run.run_source(run.mutant(src, name, edits), shape)
     if error:
-        print(f"{name:{width}s} caught (exception: {type(error).__name__}: {str(error)[:70]})")
+        print(f"{name:{width}s} {run.exception_verdict(error)}")
         continue
     lines = out.splitlines()
     fp32_bad = any("vs bf16-cpu" in l and "BAD" in l for l in lines)

@@ -41,13 +41,9 @@ grid_muts = {
 muts.update(grid_muts)
 SHAPE.update({name: run.SHAPES[6] for name in grid_muts})
 for name, edits in muts.items():
-    s = src
-    for a, b in edits:
-        assert s.count(a) == 1, (name, a)
-        s = s.replace(a, b)
-    out, error = run.run_source(s, SHAPE[name])
+    out, error = run.run_source(run.mutant(src, name, edits), SHAPE[name])
     if error:
-        res = f"caught (exception: {type(error).__name__}: {str(error)[:70]})"
+        res = run.exception_verdict(error)
     else:
         res = "caught" if "MISMATCH" in out else "NOT CAUGHT"
     print(f"{name:66s} {res}")

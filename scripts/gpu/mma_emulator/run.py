@@ -95,6 +95,15 @@ def same_bits(a, b):
                           np.asarray(b, np.float32).view(np.uint32))
 
 
+def matches(got, races, want):
+    """Whether the run `got` (a Gmem, with its races) holds each array of `want` (name -> values)
+    bit for bit, wrote each element of them exactly once, and had no race and no misaligned
+    access: (same, once, all of it)."""
+    same = all(same_bits(got.a[k], v) for k, v in want.items())
+    once = all((got.wcount[k] == 1).all() for k in want)
+    return same, once, same and once and not races and not got.misaligned
+
+
 def bf16_attention_out(g, qkv, dout, B, T, C, NH):
     """MIXSIM_BF16_ATTENTION_OUT: the forward with a bf16 out (out_bf16) beside the fp32 run g,
     and the backward from a bf16 out and dout (the launcher passes the bf16 dout as dout16 and a
@@ -107,9 +116,7 @@ def bf16_attention_out(g, qkv, dout, B, T, C, NH):
     t = time.time()
     ga, races = kernels.attention_forward(qkv, B, T, C, NH, out_bf16=True)
     out16, lse = ga.a["out"], ga.a["lse"]
-    once = (ga.wcount["out"] == 1).all() and (ga.wcount["lse"] == 1).all()
-    fwd_same = same_bits(out16, ptx.bf16(g.a["out"])) and same_bits(lse, g.a["lse"])
-    ok = fwd_same and once and not races and not ga.misaligned
+    fwd_same, once, ok = matches(ga, races, {"out": ptx.bf16(g.a["out"]), "lse": g.a["lse"]})
     print(f"   bf16 attention out [{time.time() - t:.1f}s]: forward "
           f"{'out = bf16(fp32 out), lse the same' if fwd_same else 'DIFFERS'}, "
           f"{'every element once' if once else 'write counts wrong'}, races={len(races)} "
@@ -119,9 +126,7 @@ def bf16_attention_out(g, qkv, dout, B, T, C, NH):
         gb, races_b = kernels.attention_backward(d16, qkv, out16, lse, B, T, C, NH, Out=Out,
                                                  bf16_att_out=True)
         gc, races_c = kernels.attention_backward(d16, qkv, out16, lse, B, T, C, NH, Out=Out)
-        same = same_bits(gb.a["dqkv"], gc.a["dqkv"]) and same_bits(gb.a["dvec"], gc.a["dvec"])
-        once = (gb.wcount["dqkv"] == 1).all() and (gb.wcount["dvec"] == 1).all()
-        good = same and once and not races_b and not gb.misaligned
+        same, once, good = matches(gb, races_b, {k: gc.a[k] for k in ("dqkv", "dvec")})
         ok &= good
         print(f"     backward, {Out} dqkv: "
               f"{'bit-identical to the fp32 path on the same values' if same else 'DIFFERS'}, "
@@ -142,15 +147,12 @@ def heavy_first(g, g2, qkv, dout, B, T, C, NH):
     notes = []
     for wide in ((False, True) if C // NH <= 64 else (False,)):
         gf, races = kernels.attention_forward(qkv, B, T, C, NH, wide=wide, heavy_first=True)
-        good = (same_bits(gf.a["out"], g.a["out"]) and same_bits(gf.a["lse"], g.a["lse"]) and
-                (gf.wcount["out"] == 1).all() and (gf.wcount["lse"] == 1).all() and not races
-                and not gf.misaligned)
+        good = matches(gf, races, {k: g.a[k] for k in ("out", "lse")})[2]
         ok &= good
         notes.append(f"{'wide ' if wide else ''}forward {'same' if good else 'DIFFERS'}")
     gb, races = kernels.attention_backward(dout, qkv, g.a["out"], g.a["lse"], B, T, C, NH,
                                            heavy_first=True)
-    good = (same_bits(gb.a["dqkv"], g2.a["dqkv"]) and same_bits(gb.a["dvec"], g2.a["dvec"]) and
-            (gb.wcount["dqkv"] == 1).all() and not races and not gb.misaligned)
+    good = matches(gb, races, {k: g2.a[k] for k in ("dqkv", "dvec")})[2]
     ok &= good
     notes.append(f"backward {'same' if good else 'DIFFERS'}")
     print(f"   heavy-first grid [{time.time() - t:.1f}s]: {', '.join(notes)} as the default grid's,"
@@ -175,11 +177,7 @@ def main(shapes):
         mis = g.misaligned + g2.misaligned
         if C // NH <= 64:  # the wide forward (MIXSIM_TC_WIDE_FORWARD): bit for bit the same
             gw, racesw = kernels.attention_forward(qkv, B, T, C, NH, wide=True)
-            same = all(np.array_equal(np.asarray(gw.a[k], np.float32).view(np.uint32),
-                                      np.asarray(g.a[k], np.float32).view(np.uint32))
-                       for k in ("out", "lse"))
-            once = (gw.wcount["out"] == 1).all() and (gw.wcount["lse"] == 1).all()
-            good = same and once and not racesw and not gw.misaligned
+            same, once, good = matches(gw, racesw, {k: g.a[k] for k in ("out", "lse")})
             ok &= good
             print(f"   wide forward: {'bit-identical' if same else 'DIFFERS'}, "
                   f"{'every element once' if once else 'write counts wrong'}, "
@@ -216,6 +214,20 @@ def main(shapes):
         ok &= bf16_attention_out(g, qkv, dout, B, T, C, NH)
         ok &= heavy_first(g, g2, qkv, dout, B, T, C, NH)
     print("ALL OK" if ok else "MISMATCH")
+
+
+def mutant(source, name, edits):
+    """source with each (old, new) of edits replaced, each old found exactly once: an edit of a
+    mutation script that no longer matches kernels.py is an error, not a mutant that tests nothing."""
+    for old, new in edits:
+        assert source.count(old) == 1, (name, old, source.count(old))
+        source = source.replace(old, new)
+    return source
+
+
+def exception_verdict(error):
+    """A mutation script's verdict on a mutant whose emulation raised `error`."""
+    return f"caught (exception: {type(error).__name__}: {str(error)[:70]})"
 
 
 def run_source(source, shape=SHAPES[0]):
