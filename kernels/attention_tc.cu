@@ -110,10 +110,13 @@ template <int HS, int G = 1>
 constexpr std::size_t forward_shared() {  // the queries (G tiles); keys and values per stage
   return (G + 2 * kStages) * tile_bytes<HS>();
 }
-template <int HS>
+// The fused dq (MIXSIM_ATTENTION_FUSED_DQ) stages the tile's dS^T in bf16, (64 keys, kDsLd).
+constexpr int kDsLd = kRows + 8;  // as tile_ld: 16-byte rows, eight rows in eight bank groups
+template <int HS, bool kFusedDq = false>
 constexpr std::size_t
-backward_shared() {  // the block's two tiles; two tiles and two rows per stage
-  return (2 + 2 * kStages) * tile_bytes<HS>() + 2 * kStages * kRows * sizeof(float);
+backward_shared() {  // the block's two tiles; two tiles and two rows per stage; dS^T (fused dq)
+  return (2 + 2 * kStages) * tile_bytes<HS>() + 2 * kStages * kRows * sizeof(float) +
+         (kFusedDq ? std::size_t(kRows) * kDsLd * sizeof(bf16) : 0);
 }
 
 __device__ inline std::uint32_t shared_address(const void* p) {
@@ -388,6 +391,20 @@ __device__ inline void for_each_element(bool full, Valid valid, F f) {
 // Of the warp's 16 rows from iw: D = dout . out in fp32 (summed as attention.cu does; out fp32 or
 // bf16 as stored, out_bf16 uniform; dout fp32, or where it is stored in bf16 null and read from
 // dout16) into row_d[0..15] and dvec, and lse in base 2 into row_lse[0..15] (0 past T).
+// The lane's part of D = dout . out for the head's row at `at` (fp32 dout, or where it is stored
+// in bf16 null and read from dout16; out fp32 or bf16 as stored): every 32nd element from the
+// lane's, in order; warp_sum adds the parts.
+template <int HS>
+__device__ inline float row_dot_part(const float* dout, const bf16* dout16, const void* out,
+                                     bool out_bf16, std::size_t at, int lane) {
+  float part = 0.f;
+  for (int d = lane; d < HS; d += kWarpSize)
+    part += (dout ? dout[at + d] : load(dout16 + at + d)) *
+            (out_bf16 ? load(static_cast<const bf16*>(out) + at + d)
+                      : load(static_cast<const float*>(out) + at + d));
+  return part;
+}
+
 template <int HS>
 __device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, const float* dout,
                                  const bf16* dout16, const void* out, bool out_bf16,
@@ -396,12 +413,7 @@ __device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, cons
   for (int rr = 0; rr < 16; ++rr) {
     const int row = iw + rr;
     const std::size_t at = head.row_offset + std::size_t(row) * C;
-    float part = 0.f;
-    if (row < T)
-      for (int d = lane; d < HS; d += kWarpSize)
-        part += (dout ? dout[at + d] : load(dout16 + at + d)) *
-                (out_bf16 ? load(static_cast<const bf16*>(out) + at + d)
-                          : load(static_cast<const float*>(out) + at + d));
+    float part = row < T ? row_dot_part<HS>(dout, dout16, out, out_bf16, at, lane) : 0.f;
     part = warp_sum(part);
     if (lane == 0) {
       row_d[rr] = part;
@@ -627,14 +639,112 @@ __global__ void __launch_bounds__(kThreads)
     store_rows<HS>(dqkv + head.qkv_offset, head.qkv_stride, iw, T, dq, {scale, scale}, lane);
 }
 
+// D_i = dout_i . out_i for the fused dq's key-major kernel (the dq kernel's row_terms otherwise):
+// one warp a row of a head, summed as row_terms sums it. dvec (B, NH, T); rows = B NH T.
+template <int HS>
+__global__ void row_dots_kernel(float* dvec, const float* dout, const bf16* dout16, const void* out,
+                                bool out_bf16, int T, int C, int NH, std::size_t rows) {
+  const std::size_t r = (std::size_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (r >= rows) return;  // uniform over the warp
+  const std::size_t t = r % T, bh = r / T, b = bh / NH, h = bh % NH;
+  const std::size_t at = b * T * C + h * HS + t * C;
+  const float part = warp_sum(row_dot_part<HS>(dout, dout16, out, out_bf16, at, lane));
+  if (lane == 0) dvec[r] = part;
+}
+
+// The fused dq's shared state: acc (B, NH, T, HS) fp32, each head's dq summed so far, and
+// sem (B, NH, query tiles), how many key blocks have added to each query tile (zero at launch).
+struct FusedDq {
+  float* acc;
+  int* sem;
+};
+
+// A semaphore between blocks (the pattern of a serial split-K reduction): a block that has
+// stored its part of a query tile's dq lets the next one in with a release store after a
+// barrier and a fence; the next one's thread 0 waits with acquire loads, then a barrier, and
+// its threads read the stored sums from L2 (__ldcg: another block's stores are not in this
+// SM's L1). A wait bounded in time: a dispatch order that the protocol does not expect stops
+// the kernel with an error (a trap) instead of hanging it.
+__device__ inline int load_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ inline void store_release(int* p, int v) {
+  asm volatile("st.release.gpu.global.s32 [%0], %1;\n" : : "l"(p), "r"(v) : "memory");
+}
+__device__ inline unsigned long long global_ns() {
+  unsigned long long ns;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(ns));
+  return ns;
+}
+constexpr unsigned long long kWaitLimitNs = 20'000'000'000ull;  // 20 s: far past any tile
+__device__ inline void wait_for(const int* sem, int value) {
+  const unsigned long long start = global_ns();
+  while (load_acquire(sem) != value) {
+    if (global_ns() - start > kWaitLimitNs) __trap();
+    __nanosleep(100);
+  }
+}
+
+// The fused dq's part of a tile (fused dq only): the warp's 16 queries from iw (below T), whose
+// dq partial part = dS K over the block's 64 keys: acc[q] += part, in key-block order (the
+// block's `first`: nothing stored before it; its `last`: the query tile's own key block, which
+// stores dq = scale acc into dqkv instead).
+template <int HS, class Out>
+__device__ inline void add_dq_part(Out* dqkv, const Head& head, const FusedDq& fused, int iw, int T,
+                                   float (&part)[HS / 8][4], bool first, bool last, float scale,
+                                   int lane) {
+  float* acc = fused.acc + head.lse_offset * HS;  // row t at acc + t HS
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = iw + lane / 4 + 8 * half;
+    if (row >= T || first) continue;
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n) {
+      const float2 prev = __ldcg(
+          reinterpret_cast<const float2*>(acc + std::size_t(row) * HS + n * 8 + lane % 4 * 2));
+      part[n][2 * half] += prev.x;
+      part[n][2 * half + 1] += prev.y;
+    }
+  }
+  if (last) {
+    store_rows<HS>(dqkv + head.qkv_offset, head.qkv_stride, iw, T, part, {scale, scale}, lane);
+    return;
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = iw + lane / 4 + 8 * half;
+    if (row >= T) continue;
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n)
+      __stcg(reinterpret_cast<float2*>(acc + std::size_t(row) * HS + n * 8 + lane % 4 * 2),
+             make_float2(part[n][2 * half], part[n][2 * half + 1]));
+  }
+}
+
 // Key-major: dk (dS^T Q) and dv (P^T dout) of the block's key rows, over the query tiles at or
 // after them. Compiled for three blocks per SM at head sizes up to 64 (168 registers a thread,
 // no spills; an H100's or H200's shared memory holds three there too, an A100's two), else for
 // what its registers allow.
-template <int HS, class Out>
+//
+// kFusedDq (MIXSIM_ATTENTION_FUSED_DQ=1; an opt-in written without a GPU at hand): the kernel
+// computes dq too, and the dq kernel does not run (row_dots_kernel gives D). Each tile's dS^T
+// goes to shared memory, and each warp then takes 16 of the tile's queries: its part dS K over
+// the block's 64 keys, added in fp32 to the query tile's sum in `fused.acc` in key-block order
+// (block 0 first), so that dq is the same on every run without float atomics. The sum's order
+// is held by a semaphore per query tile: key block b waits until blocks 0..b-1 have added
+// theirs. So that no block waits for a block that starts after it, each block walks its query
+// tiles from the last to its own (the other kernels' order is from its own): block b then asks
+// for each tile just after block b - 1, which launched before it, has done the same tile in the
+// same step of its walk. The query tile's own key block adds last, and stores dq = scale sum
+// into dqkv. dk and dv are summed over the query tiles in that reverse order.
+template <int HS, class Out, bool kFusedDq = false>
 __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
     backward_dkdv_kernel(Out* dqkv, const bf16* dout16, const bf16* qkv, const float* lse,
-                         const float* dvec, int T, int C, int NH, float scale, bool heavy_first) {
+                         const float* dvec, FusedDq fused, int T, int C, int NH, float scale,
+                         bool heavy_first) {
   constexpr int LD = tile_ld<HS>();
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* ks = reinterpret_cast<bf16*>(smem);  // (64, LD) the block's keys
@@ -642,6 +752,7 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
   bf16* qg = vs + kRows * LD;                // per stage: (64, LD) a query tile, (64, LD) its dout
   float* rows = reinterpret_cast<float*>(qg + kStages * 2 * kRows * LD);  // per stage: (64) lse,
                                                                           // (64) D of the queries
+  bf16* dss = reinterpret_cast<bf16*>(rows + 2 * kStages * kRows);  // (64, kDsLd) dS^T, fused dq
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const Place place = place_of(heavy_first);
   const Head head = head_of<HS>(place, T, C, NH);
@@ -650,8 +761,11 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
   const int tiles = CEIL_DIV(T - j0, kRows);  // queries before j0 see none of the block's keys
   const bool live = jw < T;
   const float sl = scale * kLog2e;
-  const auto load_stage = [&](int t) {  // query tile t (from j0), its dout, lse and D
-    const int t0 = j0 + t * kRows;
+  // the first query of the walk's t-th tile: from j0 up, or (fused dq) from the last tile down
+  const auto tile_start = [&](int t) { return j0 + (kFusedDq ? tiles - 1 - t : t) * kRows; };
+  int* sem = kFusedDq ? fused.sem + (std::size_t(place.b) * NH + place.h) * place.blocks : nullptr;
+  const auto load_stage = [&](int t) {  // query tile t of the walk, its dout, lse and D
+    const int t0 = tile_start(t);
     bf16* qt = stage_of(qg, t, 2 * kRows * LD);
     float* rt = stage_of(rows, t, 2 * kRows);
     load_tile<HS>(qt, q, head.qkv_stride, t0, T);
@@ -669,35 +783,72 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
   zero<HS>(dv);
   const bf16* kw = ks + warp * 16 * LD;
   const bf16* vw = vs + warp * 16 * LD;
+  std::uint32_t* ds_rows = reinterpret_cast<std::uint32_t*>(dss + warp * 16 * kDsLd);
+  if constexpr (kFusedDq)
+    if (!live)  // keys past T: their dS rows are zeros (written once; no live warp writes them)
+      for (int e = lane; e < 16 * kRows / 2; e += kWarpSize)
+        ds_rows[e / (kRows / 2) * (kDsLd / 2) + e % (kRows / 2)] = 0u;
   for (int t = 0; t < tiles; ++t) {
     advance(t, tiles, load_stage);
-    if (!live) continue;
-    const int t0 = j0 + t * kRows;
-    const bf16* qs = stage_of(qg, t, 2 * kRows * LD);
-    const bf16* gs = qs + kRows * LD;
-    const float* tile_lse = stage_of(rows, t, 2 * kRows);  // natural log
-    const float* tile_d = tile_lse + kRows;
-    float s[8][4], dp[8][4];
-    scores<HS>(s, kw, qs, lane);   // S^T: the warp's keys x the tile's queries
-    scores<HS>(dp, vw, gs, lane);  // dP^T = V dout^T
-    // queries after the block's keys, before T (keys past T then see none of them)
-    const bool full = t0 > j0 && t0 + kRows <= T;
-    const auto valid = [&](int n, int v) {
-      const int i = t0 + column_of(lane, n, v), j = jw + row_of(lane, v);
-      return i < T && i >= j;
-    };
-    for_each_element(full, valid, [&](int n, int v, bool ok) {
-      const int col = column_of(lane, n, v);
-      // (lse log2 e rounded on its own, never fused into the subtraction: the dq kernel's li)
-      const float p = ok ? exp2f(sl * s[n][v] - __fmul_rn(tile_lse[col], kLog2e)) : 0.f;
-      s[n][v] = p;
-      dp[n][v] = p * (dp[n][v] - tile_d[col]);
-    });
-    std::uint32_t pt[4][4], dst[4][4];
-    to_fragments(pt, s);
-    to_fragments(dst, dp);
-    accumulate<HS>(dv, pt, gs, lane);
-    accumulate<HS>(dk, dst, qs, lane);
+    const int t0 = tile_start(t);
+    if constexpr (kFusedDq)  // every warp's part of the previous tile is stored (the barrier)
+      if (t > 0 && threadIdx.x == 0) {
+        __threadfence();
+        store_release(sem + tile_start(t - 1) / kRows, place.block + 1);
+      }
+    if (!live && !kFusedDq) continue;
+    if (live) {
+      const bf16* qs = stage_of(qg, t, 2 * kRows * LD);
+      const bf16* gs = qs + kRows * LD;
+      const float* tile_lse = stage_of(rows, t, 2 * kRows);  // natural log
+      const float* tile_d = tile_lse + kRows;
+      float s[8][4], dp[8][4];
+      scores<HS>(s, kw, qs, lane);   // S^T: the warp's keys x the tile's queries
+      scores<HS>(dp, vw, gs, lane);  // dP^T = V dout^T
+      // queries after the block's keys, before T (keys past T then see none of them)
+      const bool full = t0 > j0 && t0 + kRows <= T;
+      const auto valid = [&](int n, int v) {
+        const int i = t0 + column_of(lane, n, v), j = jw + row_of(lane, v);
+        return i < T && i >= j;
+      };
+      for_each_element(full, valid, [&](int n, int v, bool ok) {
+        const int col = column_of(lane, n, v);
+        // (lse log2 e rounded on its own, never fused into the subtraction: the dq kernel's li)
+        const float p = ok ? exp2f(sl * s[n][v] - __fmul_rn(tile_lse[col], kLog2e)) : 0.f;
+        s[n][v] = p;
+        dp[n][v] = p * (dp[n][v] - tile_d[col]);
+      });
+      std::uint32_t pt[4][4], dst[4][4];
+      to_fragments(pt, s);
+      to_fragments(dst, dp);
+      accumulate<HS>(dv, pt, gs, lane);
+      accumulate<HS>(dk, dst, qs, lane);
+      if constexpr (kFusedDq)  // dS^T's fragments as stored: rows g, g + 8; columns 16k + 2 (l % 4)
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+#pragma unroll
+          for (int r = 0; r < 4; ++r)
+            ds_rows[(lane / 4 + r % 2 * 8) * (kDsLd / 2) + 8 * k + r / 2 * 4 + lane % 4] =
+                dst[k][r];
+    }
+    if constexpr (kFusedDq) {
+      const int tile = t0 / kRows;  // the query tile's index in the head
+      if (place.block > 0 && threadIdx.x == 0) wait_for(sem + tile, place.block);
+      __syncthreads();                // dS^T in shared memory; the keys' earlier parts of dq stored
+      const int iw = t0 + warp * 16;  // the warp's 16 queries
+      if (iw < T) {
+        std::uint32_t a[4][4];  // dS (queries x keys) by ldmatrix.trans of dS^T: A fragments
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          ldmatrix_x4_trans(a[k], dss + (k * 16 + lane / 16 * 8 + lane % 8) * kDsLd + warp * 16 +
+                                      lane / 8 % 2 * 8);
+        float part[HS / 8][4];
+        zero<HS>(part);
+        accumulate<HS>(part, a, ks, lane);  // dS K
+        add_dq_part<HS>(dqkv, head, fused, iw, T, part, place.block == 0, tile == place.block,
+                        scale, lane);
+      }
+    }
   }
   if (live) {
     Out* out_rows = dqkv + head.qkv_offset;
@@ -774,7 +925,7 @@ bool attention_tc_supported(int C, int NH, std::size_t max_shared) {
   with_head_size(HS, [&](auto hs) {
     constexpr int H = decltype(hs)::value;
     needed = std::max({mma_sync::forward_shared<H>(), mma_sync::forward_shared<H, 2>(),
-                       mma_sync::backward_shared<H>()});
+                       mma_sync::backward_shared<H>(), mma_sync::backward_shared<H, true>()});
   });
   return needed <= max_shared;
 }
@@ -798,13 +949,16 @@ const bf16* bf16_qkv(TensorIn qkv, std::size_t n, Workspace& ws, cudaStream_t st
 }  // namespace
 
 std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, int T, int C,
-                                   int NH) {
+                                   int NH, bool fused_dq) {
   const std::size_t rows = std::size_t(B) * T;
   std::size_t bytes = 0;
   if (qkv == DType::fp32) bytes += Workspace::aligned(rows * 3 * C * sizeof(bf16));
   if (backward) {  // D per row, and the bf16 copy of an fp32 dout (a bf16 one is read as stored)
     bytes += Workspace::aligned(std::size_t(B) * NH * T * sizeof(float));
     if (dout == DType::fp32) bytes += Workspace::aligned(rows * C * sizeof(bf16));
+    if (fused_dq)  // dq's running sums (fp32), a semaphore per query tile
+      bytes += Workspace::aligned(rows * C * sizeof(float)) +
+               Workspace::aligned(std::size_t(B) * NH * CEIL_DIV(T, kRows) * sizeof(int));
   }
   return bytes;
 }
@@ -840,7 +994,7 @@ void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T,
 
 void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
                            const float* lse, int B, int T, int C, int NH, bool heavy_first,
-                           Workspace ws, cudaStream_t stream) {
+                           bool fused_dq, Workspace ws, cudaStream_t stream) {
   const char* op = "attention_backward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
   CUDA_REQUIRE(lse != nullptr, op, std::string("no log-sum-exp saved by attention_forward"));
@@ -859,21 +1013,44 @@ void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn
     dout16 = rounded;
   }
   CUDA_REQUIRE(aligned16(dout16), op, std::string("a bf16 dout not 16-byte aligned"));
+  const bool out_bf16 = out.type == DType::bf16;
+  const int row_blocks = int(plan.grid.x);
+  mma_sync::FusedDq fused{nullptr, nullptr};
+  if (fused_dq) {
+    fused.acc = ws.take<float>(rows * C);
+    const std::size_t sems = std::size_t(B) * NH * row_blocks;
+    fused.sem = ws.take<int>(sems);
+    CUDA_CHECK(cudaMemsetAsync(fused.sem, 0, sems * sizeof(int), stream));
+  }
+  const dim3 grid = grid_of(row_blocks, NH, B, heavy_first);
   const auto launch = [&](auto* d) {  // d: the fp32 or bf16 dqkv
     using Out = std::remove_pointer_t<decltype(d)>;
     with_head_size(plan.HS, [&](auto hs) {
       constexpr int HS = decltype(hs)::value;
+      if (fused_dq) {
+        const std::size_t n = std::size_t(B) * NH * T;  // D: one warp a row
+        mma_sync::row_dots_kernel<HS>
+            <<<unsigned(CEIL_DIV(n, kThreads / kWarpSize)), kThreads, 0, stream>>>(
+                dvec, dout32, dout16, out.data, out_bf16, T, C, NH, n);
+        CUDA_CHECK_LAUNCH(mma_sync::row_dots_kernel);
+        constexpr std::size_t shared = mma_sync::backward_shared<HS, true>();
+        auto* kernel = mma_sync::backward_dkdv_kernel<HS, Out, true>;
+        allow_dynamic_shared(kernel, shared);
+        kernel<<<grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, fused, T, C, NH,
+                                                   plan.scale, heavy_first);
+        CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
+        return;
+      }
       constexpr std::size_t shared = mma_sync::backward_shared<HS>();
       auto* dq_kernel = mma_sync::backward_dq_kernel<HS, Out>;
       allow_dynamic_shared(dq_kernel, shared);
-      const dim3 grid = grid_of(int(plan.grid.x), NH, B, heavy_first);
       dq_kernel<<<grid, kThreads, shared, stream>>>(d, dvec, dout32, dout16, qkv16, out.data,
-                                                    out.type == DType::bf16, lse, T, C, NH,
-                                                    plan.scale, heavy_first);
+                                                    out_bf16, lse, T, C, NH, plan.scale,
+                                                    heavy_first);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);
       auto* dkdv_kernel = mma_sync::backward_dkdv_kernel<HS, Out>;
       allow_dynamic_shared(dkdv_kernel, shared);
-      dkdv_kernel<<<grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, T, C, NH,
+      dkdv_kernel<<<grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, fused, T, C, NH,
                                                       plan.scale, heavy_first);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
     });

@@ -104,7 +104,11 @@ int select_device(int device) {
 // (layernorm.cu; the row sums in another order, so within rounding of the default's). And
 // MIXSIM_ATTENTION_HEAVY_FIRST (cuda-bf16's tensor-core attention; an opt-in written without a
 // GPU): the blocks re-read their launch order so that every head's longest blocks start first,
-// not one head after another (attention_tc.cu, place_of; bit-identical).
+// not one head after another (attention_tc.cu, place_of; bit-identical). And
+// MIXSIM_ATTENTION_FUSED_DQ (cuda-bf16's tensor-core attention; an opt-in written without a
+// GPU): attention's backward in one kernel, the key-major one, which adds dq's parts in a fixed
+// order through semaphores between blocks, instead of a second kernel recomputing the scores for
+// dq (attention_tc.cu, backward_dkdv_kernel<HS, Out, true>; within rounding of the default's).
 
 class CudaBackend final : public Backend {
  public:
@@ -126,6 +130,7 @@ class CudaBackend final : public Backend {
         bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_),
         layernorm_vec4_(env_switch("MIXSIM_LAYERNORM_VEC4", false)),
         heavy_first_(env_switch("MIXSIM_ATTENTION_HEAVY_FIRST", false) && tc_attention_),
+        fused_dq_(env_switch("MIXSIM_ATTENTION_FUSED_DQ", false) && tc_attention_),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -152,7 +157,8 @@ class CudaBackend final : public Backend {
   CudaKernelChoices kernel_choices() const {
     return {tc_attention_,   tc_attention_ && wide_forward_,
             gelu_exp2_,      classifier_exp2_,
-            layernorm_vec4_, heavy_first_};
+            layernorm_vec4_, heavy_first_,
+            fused_dq_};
   }
   int device() const { return device_; }
 
@@ -307,10 +313,10 @@ class CudaBackend final : public Backend {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
-      cuda::attention_backward_tc(
-          dqkv, dout, qkv, out, lse, B, T, C, NH, heavy_first_,
-          workspace(cuda::attention_tc_workspace(true, qkv.type, dout.type, B, T, C, NH)),
-          stream_.get());
+      cuda::attention_backward_tc(dqkv, dout, qkv, out, lse, B, T, C, NH, heavy_first_, fused_dq_,
+                                  workspace(cuda::attention_tc_workspace(true, qkv.type, dout.type,
+                                                                         B, T, C, NH, fused_dq_)),
+                                  stream_.get());
       return;
     }
     // The fp32 kernels read an fp32 out and dout: bf16 ones widened (exact) into the workspace.
@@ -410,6 +416,7 @@ class CudaBackend final : public Backend {
   bool bf16_attention_out_;  // attention_out_storage() is bf16 (MIXSIM_BF16_ATTENTION_OUT)
   bool layernorm_vec4_;      // LayerNorm with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
   bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
+  bool fused_dq_;  // tensor-core attention's dq in the key-major kernel (MIXSIM_ATTENTION_FUSED_DQ)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

@@ -160,17 +160,20 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 std::size_t max_shared_per_block(int device);
 bool attention_tc_supported(int C, int NH, std::size_t max_shared);
 // backward: D per row, and a bf16 copy of dout where it is stored in fp32 (`dout`, backward only).
+// fused_dq: dq's running sums and the semaphores of the fused dq (backward only).
 std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, int T, int C,
-                                   int NH);
+                                   int NH, bool fused_dq = false);
 // wide: forward_kernel<HS, 2> where the head size is up to 64 (MIXSIM_TC_WIDE_FORWARD; the same
 // results bit for bit). heavy_first: every head's longest blocks start first
-// (MIXSIM_ATTENTION_HEAVY_FIRST; the same results bit for bit).
+// (MIXSIM_ATTENTION_HEAVY_FIRST; the same results bit for bit). fused_dq: dq summed in the
+// key-major kernel, no dq kernel (MIXSIM_ATTENTION_FUSED_DQ; dq, dk and dv within rounding of
+// the default's, the same on every run).
 // out: fp32, or bf16 (rounded as the kernel stores it; backward reads it as stored).
 void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
                           bool wide, bool heavy_first, Workspace ws, cudaStream_t stream);
 void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
                            const float* lse, int B, int T, int C, int NH, bool heavy_first,
-                           Workspace ws, cudaStream_t stream);
+                           bool fused_dq, Workspace ws, cudaStream_t stream);
 
 // ---- gelu.cu
 // exp2: on the hardware's ex2 and reciprocal (MIXSIM_GELU_EXP2; within a few ulps of the CPU's

@@ -102,7 +102,8 @@ esac
 # the caller's environment, so that the tests and the table mean the defaults they say.
 unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS MIXSIM_BF16_OUTPUTS \
   MIXSIM_BF16_WEIGHTS MIXSIM_TC_WIDE_FORWARD MIXSIM_CLASSIFIER_EXP2 MIXSIM_GELU_EXP2 \
-  MIXSIM_BF16_ATTENTION_OUT MIXSIM_LAYERNORM_VEC4 MIXSIM_ATTENTION_HEAVY_FIRST
+  MIXSIM_BF16_ATTENTION_OUT MIXSIM_LAYERNORM_VEC4 MIXSIM_ATTENTION_HEAVY_FIRST \
+  MIXSIM_ATTENTION_FUSED_DQ
 
 START=$(date +%s)
 STATUS=0  # 1 when a test or a check failed (the benchmarks only report)
@@ -479,10 +480,12 @@ step bench-train-bf16-nooutputs 90 env MIXSIM_BF16_OUTPUTS=0 MIXSIM_CLASSIFIER_E
 step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
 # the opt-ins written without a GPU since run 11, together (the GPT-2 shape only): the bf16
 # attention output and its gradient, LayerNorm with 16-byte accesses, the attention's longest
-# blocks first. --compare measures each on its own. (The opt-in wide attention forward had a row
-# here until run 10, slower each time: --compare 'MIXSIM_TC_WIDE_FORWARD=1' measures it.)
+# blocks first, attention's backward in one kernel. --compare measures each on its own. (The
+# opt-in wide attention forward had a row here until run 10, slower each time: --compare
+# 'MIXSIM_TC_WIDE_FORWARD=1' measures it.)
 step bench-train-bf16-optins 90 env MIXSIM_BF16_ATTENTION_OUT=1 MIXSIM_LAYERNORM_VEC4=1 \
-  MIXSIM_ATTENTION_HEAVY_FIRST=1 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
+  MIXSIM_ATTENTION_HEAVY_FIRST=1 MIXSIM_ATTENTION_FUSED_DQ=1 "$BUILD/bench/bench_gpu_train" \
+  --configs gpt2 --backend cuda-bf16
 # where a default bf16 step's time goes now (per op, synchronised)
 step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile \
   --backend cuda-bf16

@@ -27,8 +27,9 @@
 // MIXSIM_GELU_EXP2 (on by default for cuda-bf16: the GELU kernel on the hardware's ex2 and
 // reciprocal, +gexp2) and MIXSIM_CLASSIFIER_EXP2 (on by default, both backends: the cached
 // classifier through exp2, +exp2); the opt-in MIXSIM_LAYERNORM_VEC4=1 (LayerNorm with
-// 16-byte accesses, +lnv4) and MIXSIM_ATTENTION_HEAVY_FIRST=1 (the tensor-core attention's
-// longest blocks first, +hf). The label takes each from the backend (cuda_kernel_choices and
+// 16-byte accesses, +lnv4), MIXSIM_ATTENTION_HEAVY_FIRST=1 (the tensor-core attention's
+// longest blocks first, +hf) and MIXSIM_ATTENTION_FUSED_DQ=1 (attention's backward in one kernel,
+// +fdq). The label takes each from the backend (cuda_kernel_choices and
 // the Backend queries), not from the environment.
 #include <cstdio>
 #include <cstdlib>
@@ -177,12 +178,13 @@ int main(int argc, char** argv) {
     auto gpu = mixsim::make_backend(backend_name);
     // the kernels the backend chose (MIXSIM_TC_ATTENTION: "bf16tc", else "bf16mm";
     // MIXSIM_TC_WIDE_FORWARD=1: "+wide"; MIXSIM_GELU_EXP2: "+gexp2"; MIXSIM_CLASSIFIER_EXP2:
-    // "+exp2"; MIXSIM_LAYERNORM_VEC4=1: "+lnv4"; MIXSIM_ATTENTION_HEAVY_FIRST=1: "+hf"), as it
-    // reports them
+    // "+exp2"; MIXSIM_LAYERNORM_VEC4=1: "+lnv4"; MIXSIM_ATTENTION_HEAVY_FIRST=1: "+hf";
+    // MIXSIM_ATTENTION_FUSED_DQ=1: "+fdq"), as it reports them
     const mixsim::CudaKernelChoices kernels = mixsim::cuda_kernel_choices(*gpu);
     const bool tc_attention = kernels.tc_attention, wide = kernels.wide_forward,
                gelu_exp2 = kernels.gelu_exp2, exp2 = kernels.classifier_exp2,
-               ln_vec4 = kernels.layernorm_vec4, heavy_first = kernels.heavy_first;
+               ln_vec4 = kernels.layernorm_vec4, heavy_first = kernels.heavy_first,
+               fused_dq = kernels.fused_dq;
     // MIXSIM_CUBLASLT: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label)
     const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
     // MIXSIM_BF16_ACTIVATIONS: product-only tensors stored in bf16 ("+act")
@@ -193,14 +195,14 @@ int main(int argc, char** argv) {
     const bool bf16_weights = gpu->bf16_weight_copies();
     // MIXSIM_BF16_ATTENTION_OUT=1 (opt-in): attention's output and its gradient in bf16 ("+ao")
     const bool bf16_att_out = gpu->attention_out_storage() == mixsim::DType::bf16;
-    const std::string label = std::string(backend_name == "cuda" ? "mixsim-fp32"
-                                          : tc_attention         ? "mixsim-bf16tc"
-                                                                 : "mixsim-bf16mm") +
-                              (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "") +
-                              (bf16_weights ? "+w" : "") + (bf16_out ? "+out" : "") +
-                              (wide ? "+wide" : "") + (bf16_att_out ? "+ao" : "") +
-                              (gelu_exp2 ? "+gexp2" : "") + (exp2 ? "+exp2" : "") +
-                              (ln_vec4 ? "+lnv4" : "") + (heavy_first ? "+hf" : "");
+    const std::string label =
+        std::string(backend_name == "cuda" ? "mixsim-fp32"
+                    : tc_attention         ? "mixsim-bf16tc"
+                                           : "mixsim-bf16mm") +
+        (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "") + (bf16_weights ? "+w" : "") +
+        (bf16_out ? "+out" : "") + (wide ? "+wide" : "") + (bf16_att_out ? "+ao" : "") +
+        (gelu_exp2 ? "+gexp2" : "") + (exp2 ? "+exp2" : "") + (ln_vec4 ? "+lnv4" : "") +
+        (heavy_first ? "+hf" : "") + (fused_dq ? "+fdq" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

@@ -79,6 +79,7 @@ case $name in
       [[ "${MIXSIM_CLASSIFIER_EXP2:-}" != 0 ]] && label+=+exp2
       [[ "${MIXSIM_LAYERNORM_VEC4:-}" == 1 ]] && label+=+lnv4
       [[ "${MIXSIM_ATTENTION_HEAVY_FIRST:-}" == 1 ]] && label+=+hf
+      [[ "${MIXSIM_ATTENTION_FUSED_DQ:-}" == 1 ]] && label+=+fdq
     fi
     if [[ "$*" == *--profiler-range* ]]; then
       echo "\"ID\",\"Kernel Name\",\"Metric Name\",\"Metric Unit\",\"Metric Value\""
@@ -186,7 +187,7 @@ has pass '^mixsim-bf16tc\+lt\+act gpt2 +tokens_per_s=300000'
 has pass '^mixsim-bf16tc\+lt\+act\+w gpt2 +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 1\.1b +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 gpt2 '
-has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2\+lnv4\+hf gpt2 '  # the opt-ins' row
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2\+lnv4\+hf\+fdq gpt2 '  # the opt-ins' row
 has pass '^gemm-ceiling gpt2 +gemmex_ms=12\.00'
 # each op of the profile beside PyTorch's: the LayerNorm forward sums both of mixsim's kinds
 has pass '^  attention_backward +mixsim 4\.600, PyTorch 1\.500: 3\.07x'

@@ -6,11 +6,13 @@
 # - run.py, every shape: errors against float64 attention and cpu-bf16's roundings within
 #   bounds, no races, every output written once, the bf16 dqkv and the bf16 attention output
 #   bit for bit as the fp32 paths on the same values, the heavy-first grid bit for bit as the
-#   default one ("ALL OK");
+#   default one, the fused dq (blocks run concurrently, waiting on each other's semaphores, with
+#   few and many resident) the same bits in every run, no deadlock, dq bit for bit the sum in
+#   key-block order and within rounding of the default's ("ALL OK");
 # - mutate5.py: each injected bug in the bf16 attention output's paths and the heavy-first grid
 #   is caught.
-# (mutate.py to mutate4.py take about three minutes together: run them by hand after changing the
-# kernels.)
+# (mutate.py to mutate4.py and mutate6.py, the fused dq's, take about four minutes together: run
+# them by hand after changing the kernels.)
 # Needs MIXSIM_SOURCE_DIR (set by ctest) and a python3 with numpy.
 set -euo pipefail
 SRC=${MIXSIM_SOURCE_DIR:?set by ctest}

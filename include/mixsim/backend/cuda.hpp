@@ -40,6 +40,7 @@ struct CudaKernelChoices {
   bool classifier_exp2 = false;  // MIXSIM_CLASSIFIER_EXP2: the cached classifier through exp2
   bool layernorm_vec4 = false;   // MIXSIM_LAYERNORM_VEC4=1: LayerNorm, 16-byte accesses
   bool heavy_first = false;      // MIXSIM_ATTENTION_HEAVY_FIRST=1: longest attention blocks first
+  bool fused_dq = false;         // MIXSIM_ATTENTION_FUSED_DQ=1: attention backward in one kernel
 };
 CudaKernelChoices cuda_kernel_choices(Backend& cuda_backend);
 

@@ -12,6 +12,11 @@ AsyncSmem keeps every copy pending until its warp has committed it (commit_copie
 for it (wait_copies = cp.async.wait_group 0): reading a pending element, from any warp, is listed
 as a "cp.async race" (a missing wait or commit); reading another warp's copy without a barrier
 after its wait is a race as for any store.
+
+The fused dq's kernel (backward_dkdv_kernel with fused_dq) has blocks that wait for each other
+through semaphores in global memory: launch_concurrent runs its blocks together (a wait is a
+token warp 0 yields before the barrier that follows it), and Visibility checks that each read
+of fused.acc is ordered after the write it reads by the semaphores' release and acquire.
 """
 import numpy as np
 
@@ -23,6 +28,7 @@ kWarps = 4
 kWarpSize = 32
 kThreads = kWarps * kWarpSize
 kStages = 2  # tiles of the other side: the next one is copied while this one is used
+kDsLd = kRows + 8  # the fused dq's dS^T in bf16, (64 keys, kDsLd): as tile_ld, 16-byte rows
 kLog2e = np.float32(1.4426950408889634)
 kLn2 = np.float32(0.6931471805599453)
 INF = np.float32(np.inf)
@@ -477,6 +483,24 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, G=1, out_bf16=False,
                         "bf16" if out_bf16 else "float")
 
 
+def row_dot_part(ctx, HS, at, dout32, out_bf16):
+    """row_dot_part<HS>: the lane's part of D = dout . out for the row at `at`: every 32nd element
+    from the lane's, fmaf in order (the dq kernel's row_terms and row_dots_kernel)."""
+    lane = ctx.lane
+    part = np.zeros(32, np.float32)
+    d = lane.copy()
+    while (d < HS).any():  # for (int d = lane; d < HS; d += kWarpSize)
+        act = d < HS
+        a = np.zeros(32, np.float32)
+        b = np.zeros(32, np.float32)
+        a[act] = (ctx.g.load("dout", at + d[act], esize=4) if dout32 else
+                  ctx.g.load("dout16", at + d[act], esize=2))
+        b[act] = ctx.g.load("out", at + d[act], esize=2 if out_bf16 else 4)
+        part = np.where(act, fmaf(a, b, part), part)
+        d = d + kWarpSize
+    return part
+
+
 def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_bf16=False,
                        heavy_first=False):
     """dout32: the kernel's dout is the fp32 one (D reads it); False where dout is stored in bf16
@@ -509,18 +533,7 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_b
     for rr in range(16):
         row = iw + rr
         at = head.row_offset + row * C
-        part = np.zeros(32, np.float32)
-        if row < T:
-            d = lane.copy()
-            while (d < HS).any():
-                act = d < HS
-                a = np.zeros(32, np.float32)
-                b = np.zeros(32, np.float32)
-                a[act] = (ctx.g.load("dout", at + d[act], esize=4) if dout32 else
-                          ctx.g.load("dout16", at + d[act], esize=2))
-                b[act] = ctx.g.load("out", at + d[act], esize=2 if out_bf16 else 4)
-                part = np.where(act, fmaf(a, b, part), part)
-                d = d + kWarpSize
+        part = row_dot_part(ctx, HS, at, dout32, out_bf16) if row < T else np.zeros(32, np.float32)
         part = warp_sum(part)
         # if (lane == 0)
         ctx.smem.write_f(np.array([row_d + warp * 16 + rr]), part[:1], warp)
@@ -562,23 +575,191 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_b
                    Out)
 
 
-def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=False):
+def row_dots_kernel(ctx, HS, T, C, NH, rows, dout32=True, out_bf16=False):
+    """row_dots_kernel<HS> (the fused dq's D = dout . out; the dq kernel's row_terms otherwise):
+    one warp a row r of a head, rows = B NH T; summed as row_terms sums it (lane-strided fmaf
+    over d, then warp_sum). dout32 / out_bf16 as for backward_dq_kernel. No barrier."""
+    lane = ctx.lane
+    # r = (blockIdx.x * blockDim.x + threadIdx.x) / kWarpSize: uniform over the warp
+    r = (ctx.blockIdx[0] * kThreads + ctx.threadIdx) // kWarpSize
+    assert (r == r[0]).all()
+    r = int(r[0])
+    if r >= rows:  # if (r >= rows) return;
+        return
+    t, bh = r % T, r // T
+    b, h = bh // NH, bh % NH
+    at = b * T * C + h * HS + t * C
+    part = row_dot_part(ctx, HS, at, dout32, out_bf16)
+    part = warp_sum(part)
+    # if (lane == 0) dvec[r] = part;
+    ctx.g.store("dvec", np.array([r]), part[:1])
+    return
+    yield  # a generator for launch (the kernel has no barrier)
+
+
+def block_id(ctx):
+    """The block's linear index in launch order (x fastest, then y, then z)."""
+    x, y, z = ctx.blockIdx
+    return x + ctx.gridDim[0] * (y + ctx.gridDim[1] * z)
+
+
+class Visibility:
+    """The fused dq's ordering between blocks, of fused.acc through the semaphores (a vector clock
+    per block). Each element of a tracked array keeps its last writer: (block, the writer's
+    barrier epoch, warp). A block's clock says, per other block, up to which of that block's
+    epochs (exclusive) its writes are ordered before this block's accesses. store_release saves
+    the releasing block's clock with its own entry set to the current epoch (the writes before
+    the barrier ahead of the release: __syncthreads, __threadfence, st.release); the block whose
+    wait is satisfied by that value merges it into its own (ld.acquire, __syncthreads). A read
+    of an element never written, or a read or an overwrite of an element whose last write is
+    not ordered so (nor the block's own: an earlier epoch, or the same warp), is listed as an
+    unordered access with the races."""
+
+    def __init__(self, gmem, names):
+        self.w = {n: np.full((3, gmem.a[n].size), -1, np.int64) for n in names}
+        self.clock = {}  # block -> {writer block: epoch (exclusive)}
+        self.released = {}  # (name, index) -> the clock saved by the release that stored it
+        self.races = []
+
+    def _ordered(self, ctx, name, idx):
+        me, ep = block_id(ctx), ctx.smem.epoch
+        wb, we, ww = self.w[name][:, idx]
+        clk = self.clock.setdefault(me, {})
+        ub, inv = np.unique(wb, return_inverse=True)
+        lim = np.array([clk.get(int(b), -1) for b in ub], np.int64)[inv.ravel()].reshape(wb.shape)
+        own = (wb == me) & ((we < ep) | (ww == ctx.warp))
+        return wb < 0, own | ((wb >= 0) & (wb != me) & (we < lim))
+
+    def read(self, ctx, name, idx):
+        never, ok = self._ordered(ctx, name, idx)
+        if never.any():
+            self.races.append(f"block {ctx.blockIdx} warp {ctx.warp}: read of {name} never "
+                              f"written, elements {idx[never][:4]}")
+        elif not ok.all():
+            wb = self.w[name][0, idx][~ok]
+            self.races.append(f"block {ctx.blockIdx} warp {ctx.warp}: unordered read of {name} "
+                              f"(written by block {wb[0]} after its last release this block "
+                              f"acquired), elements {idx[~ok][:4]}")
+
+    def write(self, ctx, name, idx):
+        never, ok = self._ordered(ctx, name, idx)
+        if not (ok | never).all():
+            bad = ~(ok | never)
+            self.races.append(f"block {ctx.blockIdx} warp {ctx.warp}: unordered overwrite of "
+                              f"{name} (last written by block {self.w[name][0, idx][bad][0]}), "
+                              f"elements {idx[bad][:4]}")
+        self.w[name][:, idx] = np.array([block_id(ctx), ctx.smem.epoch, ctx.warp])[:, None]
+
+    def release(self, ctx, name, i):
+        me = block_id(ctx)
+        snap = dict(self.clock.setdefault(me, {}))
+        snap[me] = ctx.smem.epoch
+        self.released[(name, i)] = snap
+
+    def acquire(self, block, name, i):
+        clk = self.clock.setdefault(block, {})
+        for b, e in self.released.get((name, i), {}).items():
+            clk[b] = max(clk.get(b, -1), e)
+
+
+def ldcg(ctx, name, idx, width=1):
+    """__ldcg (through L2): a load whose elements must be ordered after their last writes."""
+    idx = np.asarray(idx, np.int64)
+    v = ctx.g.load(name, idx, width)
+    ctx.g.vis.read(ctx, name, (idx[..., None] + np.arange(width)).ravel() if width > 1 else idx)
+    return v
+
+
+def stcg(ctx, name, idx, vals, width=1):
+    """__stcg: a store, its elements' last writer recorded."""
+    idx = np.asarray(idx, np.int64)
+    if idx.size == 0:
+        return
+    ctx.g.vis.write(ctx, name, (idx[..., None] + np.arange(width)).ravel() if width > 1 else idx)
+    ctx.g.store(name, idx, vals, width)
+
+
+def store_release(ctx, name, i, value):
+    """__threadfence(); st.release.gpu: sem[i] = value, seen at once by the other blocks' waits,
+    with the block's writes before this barrier interval (Visibility)."""
+    ctx.g.store(name, np.array([i]), np.array([value], np.float32))
+    ctx.g.vis.release(ctx, name, i)
+
+
+def wait_for(name, i, value):
+    """wait_for(sem + i, value) by thread 0 before a __syncthreads: the token that warp 0 yields
+    just before that barrier; launch_concurrent lets the block past it once gmem name[i] ==
+    value (ld.acquire: then Visibility.acquire)."""
+    return ("wait", name, i, value)
+
+
+def add_dq_part(ctx, HS, head, iw, T, part, first, last, scale, Out):
+    """add_dq_part<HS, Out> (fused dq): the warp's 16 queries from iw (below T), part = dS K over
+    the block's 64 keys: part += acc (fused.acc's fp32 sum so far, unless the block is the
+    first), then dq = scale part into dqkv where the block is the last (the query tile's own), or
+    acc = part otherwise."""
+    lane = ctx.lane
+    acc = head.lse_offset * HS  # fused.acc + head.lse_offset * HS: row t at acc + t HS
+    for half in range(2):
+        row = iw + lane // 4 + 8 * half
+        ok = row < T  # if (row >= T || first) continue;
+        if first or not ok.any():
+            continue
+        for n in range(HS // 8):
+            # float2 prev = __ldcg(acc + row * HS + n * 8 + lane % 4 * 2)
+            prev = ldcg(ctx, "acc", (acc + row * HS + n * 8 + lane % 4 * 2)[ok], width=2)
+            part[n][2 * half][ok] += prev[:, 0]  # part[n][2 * half] += prev.x (fp32)
+            part[n][2 * half + 1][ok] += prev[:, 1]
+    if last:
+        q_rows = head.dqkv_offset  # dqkv + head.qkv_offset
+        store_rows(ctx, HS, "dqkv", q_rows, head.qkv_stride, iw, T, part, (scale, scale), Out)
+        return
+    for half in range(2):
+        row = iw + lane // 4 + 8 * half
+        ok = row < T  # if (row >= T) continue;
+        for n in range(HS // 8):
+            # __stcg(acc + row * HS + n * 8 + lane % 4 * 2, make_float2(part[n][2h], part[n][2h + 1]))
+            vals = np.stack([part[n][2 * half], part[n][2 * half + 1]], axis=-1)
+            stcg(ctx, "acc", (acc + row * HS + n * 8 + lane % 4 * 2)[ok], vals[ok], width=2)
+
+
+def store_words(ctx, at, word, lo, hi):
+    """A 4-byte store of a bf16 pair through std::uint32_t* (lo at the lower address) at the
+    bf16 element at + 2 word, per lane."""
+    at2 = at + 2 * np.asarray(word)
+    ctx.smem.write_bf(np.concatenate([at2, at2 + 1]), np.concatenate([lo, hi]), ctx.warp)
+
+
+def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=False,
+                         fused_dq=False):
+    """fused_dq: backward_dkdv_kernel<HS, Out, kFusedDq = true> (MIXSIM_ATTENTION_FUSED_DQ): dq
+    too, through fused.acc ("acc") and the semaphores ("sem"); run it with launch_concurrent."""
     LD = tile_ld(HS)
     ks = 0
     vs = ks + kRows * LD
     qg = vs + kRows * LD  # per stage: (64, LD) a query tile, (64, LD) its dout
     rows = 0  # float region (after qg + kStages * 2 * kRows * LD): per stage (64) lse, (64) D
+    # bf16* dss = reinterpret_cast<bf16*>(rows + 2 * kStages * kRows): (64, kDsLd) dS^T (fused
+    # dq), after the float rows, whose bytes are bf16 elements qg + kStages * 2 * kRows * LD on
+    dss = qg + kStages * 2 * kRows * LD + 2 * (2 * kStages * kRows)
     warp, lane = ctx.warp, ctx.lane
     place = place_of(ctx, heavy_first)
     head = head_of(ctx, HS, T, C, NH, place)
+    block, h, b, blocks = place
     j0 = place[0] * kRows
     jw = j0 + warp * 16
     tiles = -(-(T - j0) // kRows)  # CEIL_DIV(T - j0, kRows)
     live = jw < T
     sl = np.float32(scale) * kLog2e
 
-    def load_stage(t):  # query tile t (from j0), its dout, lse and D
-        t0 = j0 + t * kRows
+    def tile_start(t):  # from j0 up, or (fused dq) from the last tile down
+        return j0 + ((tiles - 1 - t) if fused_dq else t) * kRows
+
+    # int* sem = fused.sem + (place.b * NH + place.h) * place.blocks (fused dq)
+    sem = (b * NH + h) * blocks if fused_dq else None
+
+    def load_stage(t):  # query tile t of the walk, its dout, lse and D
+        t0 = tile_start(t)
         qt = stage_of(qg, t, 2 * kRows * LD)
         rt = stage_of(rows, t, 2 * kRows)
         load_tile(ctx, HS, qt, "qkv16", head.q, head.qkv_stride, t0, T)
@@ -595,34 +776,67 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=Fals
     dv = zero(HS)
     kw = ks + warp * 16 * LD
     vw = vs + warp * 16 * LD
+    ds_rows = dss + warp * 16 * kDsLd  # std::uint32_t*: word w is bf16 elements 2w, 2w + 1
+    if fused_dq and not live:  # keys past T: their dS rows are zeros (written once)
+        e = lane.copy()
+        while (e < 16 * kRows // 2).any():  # for (e = lane; e < 16 * kRows / 2; e += kWarpSize)
+            act = e < 16 * kRows // 2
+            word = (e // (kRows // 2) * (kDsLd // 2) + e % (kRows // 2))[act]
+            store_words(ctx, ds_rows, word, np.zeros(word.size), np.zeros(word.size))
+            e = e + kWarpSize
     for t in range(tiles):
         yield from advance(ctx, t, tiles, load_stage)
-        if not live:
+        t0 = tile_start(t)
+        if fused_dq and t > 0 and warp == 0:  # threadIdx.x == 0 (thread 0 is warp 0's lane 0)
+            # __threadfence(); store_release(sem + tile_start(t - 1) / kRows, place.block + 1)
+            store_release(ctx, "sem", sem + tile_start(t - 1) // kRows, block + 1)
+        if not live and not fused_dq:
             continue
-        t0 = j0 + t * kRows
-        qs = stage_of(qg, t, 2 * kRows * LD)
-        gs = qs + kRows * LD
-        tile_lse = stage_of(rows, t, 2 * kRows)  # natural log
-        tile_d = tile_lse + kRows
-        s = scores(ctx, HS, kw, qs)
-        dp = scores(ctx, HS, vw, gs)
-        full = t0 > j0 and t0 + kRows <= T
-        for n in range(8):
-            for v in range(4):
-                col = column_of(lane, n, v)
-                i = t0 + col
-                j = jw + row_of(lane, v)
-                tl = ctx.smem.read_f(tile_lse + col, warp)
-                lse2 = (tl * kLog2e).astype(np.float32)  # __fmul_rn(tile_lse[col], kLog2e)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    e = exp2f(fmaf(sl, s[n][v], -lse2))
-                p = np.where(mask(full, (i < T) & (i >= j)), e, np.float32(0))
-                s[n][v] = p
-                dp[n][v] = p * (dp[n][v] - ctx.smem.read_f(tile_d + col, warp))
-        pt = to_fragments(s)
-        dst = to_fragments(dp)
-        accumulate(ctx, HS, dv, pt, gs)
-        accumulate(ctx, HS, dk, dst, qs)
+        if live:
+            qs = stage_of(qg, t, 2 * kRows * LD)
+            gs = qs + kRows * LD
+            tile_lse = stage_of(rows, t, 2 * kRows)  # natural log
+            tile_d = tile_lse + kRows
+            s = scores(ctx, HS, kw, qs)
+            dp = scores(ctx, HS, vw, gs)
+            full = t0 > j0 and t0 + kRows <= T
+            for n in range(8):
+                for v in range(4):
+                    col = column_of(lane, n, v)
+                    i = t0 + col
+                    j = jw + row_of(lane, v)
+                    tl = ctx.smem.read_f(tile_lse + col, warp)
+                    lse2 = (tl * kLog2e).astype(np.float32)  # __fmul_rn(tile_lse[col], kLog2e)
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        e = exp2f(fmaf(sl, s[n][v], -lse2))
+                    p = np.where(mask(full, (i < T) & (i >= j)), e, np.float32(0))
+                    s[n][v] = p
+                    dp[n][v] = p * (dp[n][v] - ctx.smem.read_f(tile_d + col, warp))
+            pt = to_fragments(s)
+            dst = to_fragments(dp)
+            accumulate(ctx, HS, dv, pt, gs)
+            accumulate(ctx, HS, dk, dst, qs)
+            if fused_dq:  # dS^T's fragments as stored: rows g, g + 8; columns 16k + 2 (l % 4)
+                for k in range(4):
+                    for r in range(4):
+                        # ds_rows[(lane / 4 + r % 2 * 8) * (kDsLd / 2) + 8 * k + r / 2 * 4
+                        #         + lane % 4] = dst[k][r]
+                        word = (lane // 4 + r % 2 * 8) * (kDsLd // 2) + 8 * k + r // 2 * 4 + lane % 4
+                        store_words(ctx, ds_rows, word, dst[k][r][0], dst[k][r][1])
+        if fused_dq:
+            tile = t0 // kRows  # the query tile's index in the head
+            if block > 0 and warp == 0:  # threadIdx.x == 0: wait_for(sem + tile, place.block)
+                yield wait_for("sem", sem + tile, block)
+            yield  # __syncthreads: dS^T in shared memory; the keys' earlier parts of dq stored
+            iw = t0 + warp * 16  # the warp's 16 queries
+            if iw < T:
+                # dS (queries x keys) by ldmatrix.trans of dS^T: A fragments
+                a = np.stack([ldmatrix_x4_trans(
+                    ctx.smem, dss + (k * 16 + lane // 16 * 8 + lane % 8) * kDsLd + warp * 16
+                    + lane // 8 % 2 * 8, warp) for k in range(4)])
+                part = zero(HS)
+                accumulate(ctx, HS, part, a, ks)  # dS K
+                add_dq_part(ctx, HS, head, iw, T, part, block == 0, tile == block, scale, Out)
     if live:
         out_rows = head.dqkv_offset
         store_rows(ctx, HS, "dqkv", out_rows + C, head.qkv_stride, jw, T, dk, (scale, scale), Out)
@@ -658,13 +872,110 @@ def launch(kernel, grid, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
     return races
 
 
+class Deadlock(RuntimeError):
+    pass
+
+
+class Block:
+    """A resident block of launch_concurrent: its warps' generators, each run to its next barrier
+    (None), its end, or a wait token (wait_for) whose condition does not hold yet."""
+
+    def __init__(self, kernel, idx, grid, smem, gmem, args, kw):
+        self.idx, self.smem, self.g = idx, smem, gmem
+        self.id = idx[0] + grid[0] * (idx[1] + grid[1] * idx[2])
+        self.gens = [kernel(Ctx(idx, grid, w, smem, gmem), *args, **kw) for w in range(kWarps)]
+        self.state = ["run"] * kWarps  # "run", "barrier", "done", or a wait token
+        self.done = False
+        self.waits = self.held = 0  # waits passed; turns spent held at one
+
+    def step(self):
+        """Runs the block through one barrier interval if it can; returns whether any warp moved."""
+        moved = False
+        for w in range(kWarps):
+            while True:
+                st = self.state[w]
+                if st == "run":
+                    try:
+                        tok = next(self.gens[w])
+                    except StopIteration:
+                        self.state[w] = "done"
+                        moved = True
+                        break
+                    moved = True
+                    self.state[w] = "barrier" if tok is None else tok
+                elif isinstance(st, tuple):  # ("wait", name, index, value)
+                    _, name, i, value = st
+                    if self.g.a[name][i] != value:
+                        self.held += 1
+                        break
+                    self.g.vis.acquire(self.id, name, i)
+                    self.waits += 1
+                    self.state[w] = "run"
+                    moved = True
+                else:
+                    break
+        if any(isinstance(st, tuple) for st in self.state):
+            return moved
+        if set(self.state) == {"barrier"}:
+            self.smem.epoch += 1
+            self.state = ["run"] * kWarps
+        elif set(self.state) == {"done"}:
+            self.done = True
+        else:
+            raise RuntimeError(f"barrier divergence in block {self.idx}: {self.state}")
+        return moved
+
+    def waiting(self):
+        return ", ".join(f"block {self.idx} waits for {st[1]}[{st[2]}] == {st[3]} (holds "
+                         f"{self.g.a[st[1]][st[2]]:g}; warp {w})"
+                         for w, st in enumerate(self.state) if isinstance(st, tuple))
+
+
+def launch_concurrent(kernel, grid, resident, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
+    """Runs kernel over the grid with blocks alive together, for kernels whose blocks wait for
+    each other (the fused dq's semaphores): blocks start in launch order (x fastest, then y, then
+    z), at most `resident` at once (None: all of them), a new one only when one has finished;
+    the alive blocks go round robin, one barrier interval each a turn. A wait (a wait_for token)
+    holds its block before the barrier that follows it until the condition holds; stores, the
+    semaphores' included, are seen at once. If no alive block can move: Deadlock, naming what
+    each waits for. Returns the list of races found; gmem.waits: (waits passed, turns that
+    blocks spent held at one)."""
+    order = [(bx, by, bz) for bz in range(grid[2]) for by in range(grid[1]) for bx in range(grid[0])]
+    resident = len(order) if resident is None else resident
+    races, alive, started = [], [], 0
+    while started < len(order) or alive:
+        while started < len(order) and len(alive) < resident:
+            alive.append(Block(kernel, order[started], grid,
+                               AsyncSmem(n_bf16, n_f32, f32_byte_base), gmem, args, kw))
+            started += 1
+        moved = False
+        for blk in list(alive):
+            moved |= blk.step()
+            if blk.done:
+                alive.remove(blk)
+                gmem.waits = tuple(a + b for a, b in zip(getattr(gmem, "waits", (0, 0)),
+                                                         (blk.waits, blk.held)))
+                races += [f"block {blk.idx}: {r}" for r in blk.smem.races]
+        if not moved:
+            raise Deadlock("; ".join(blk.waiting() for blk in alive if blk.waiting())
+                           + f" ({len(alive)} blocks alive, at most {resident}; "
+                           f"{len(order) - started} not started)")
+    return races
+
+
 def smem_layout(kind, HS):
-    """forward_shared / backward_shared: bf16 tiles, then (backward) the float rows."""
+    """forward_shared / backward_shared: bf16 tiles, then (backward) the float rows; "bwdfused"
+    (backward_shared<HS, true>): then the fused dq's dS^T, (64, kDsLd) bf16 after the float rows
+    (the bf16 elements in the floats' bytes are a hole, which no bf16 access may touch)."""
     LD = tile_ld(HS)
-    tiles = {"fwd": 1 + 2 * kStages, "fwdwide": 2 + 2 * kStages, "bwd": 2 + 2 * kStages}[kind]
+    tiles = {"fwd": 1 + 2 * kStages, "fwdwide": 2 + 2 * kStages, "bwd": 2 + 2 * kStages,
+             "bwdfused": 2 + 2 * kStages}[kind]
     n_bf16 = tiles * kRows * LD
     n_f32 = 0 if kind == "fwd" else 2 * kStages * kRows
-    return n_bf16, n_f32, 2 * n_bf16
+    base = 2 * n_bf16
+    if kind == "bwdfused":
+        n_bf16 = (base + 4 * n_f32) // 2 + kRows * kDsLd
+    return n_bf16, n_f32, base
 
 
 def attention_forward(qkv, B, T, C, NH, wide=False, out_bf16=False, heavy_first=False):
@@ -684,12 +995,16 @@ def attention_forward(qkv, B, T, C, NH, wide=False, out_bf16=False, heavy_first=
 
 
 def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_out=False,
-                       heavy_first=False):
+                       heavy_first=False, fused_dq=False, resident=None):
     """Out: dqkv's type, "float" or "bf16" (the launcher's TensorOut dqkv: both kernels are
     instantiated for its type; the workspace, dvec included, stays fp32 either way).
     bf16_att_out (MIXSIM_BF16_ATTENTION_OUT): out and dout are stored in bf16 (dout and out hold
     bf16 values): the launcher passes dout16 = dout as it is (no rounding pass, dout32 null) and
-    the dq kernel reads out as bf16."""
+    the dq kernel reads out as bf16.
+    fused_dq (MIXSIM_ATTENTION_FUSED_DQ): row_dots_kernel for D, then backward_dkdv_kernel<HS,
+    Out, true> by launch_concurrent with `resident` blocks at most (None: all), on fused.acc
+    ("acc", (B, NH, T, HS) fp32, NaN: the workspace is never cleared) and the semaphores ("sem",
+    (B, NH, query tiles), zeroed by cudaMemsetAsync); no dq kernel."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     grid = grid_of((T + kRows - 1) // kRows, NH, B, heavy_first)
@@ -706,7 +1021,19 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_o
         esize["out"] = 2
     else:
         arrays.update(dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout)
+    if fused_dq:
+        row_blocks = (T + kRows - 1) // kRows
+        arrays.update(acc=np.full(B * T * C, np.nan), sem=np.zeros(B * NH * row_blocks))
     g = Gmem(esize=esize, **arrays)
+    if fused_dq:
+        g.vis = Visibility(g, ("acc",))
+        n = B * NH * T  # D: one warp a row
+        races = launch(row_dots_kernel, (-(-n // (kThreads // kWarpSize)), 1, 1), 0, 0, None, g,
+                       HS, T, C, NH, n, dout32=not bf16_att_out, out_bf16=bf16_att_out)
+        races += launch_concurrent(backward_dkdv_kernel, grid, resident,
+                                   *smem_layout("bwdfused", HS), g, HS, T, C, NH, scale, Out=Out,
+                                   heavy_first=heavy_first, fused_dq=True)
+        return g, races + g.vis.races
     races = launch(backward_dq_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale,
                    Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out,
                    heavy_first=heavy_first)

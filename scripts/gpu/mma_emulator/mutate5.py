@@ -10,8 +10,8 @@ import run
 
 src = open("kernels.py").read()
 FINISH = "                        \"bf16\" if out_bf16 else \"float\")"
-DOUT = "                          ctx.g.load(\"dout16\", at + d[act], esize=2))"
-OUT = "                b[act] = ctx.g.load(\"out\", at + d[act], esize=2 if out_bf16 else 4)"
+DOUT = "                  ctx.g.load(\"dout16\", at + d[act], esize=2))"
+OUT = "        b[act] = ctx.g.load(\"out\", at + d[act], esize=2 if out_bf16 else 4)"
 muts = {
     "forward ignores out_bf16 (float2 stores into the bf16 out)": [
         (FINISH, "                        \"float\")")],
@@ -19,11 +19,11 @@ muts = {
         ("            lo = (f * acc[n][2 * half]).astype(np.float32)",
          "            lo = (f * (bf16(acc[n][2 * half]) if Out == \"bf16\" else acc[n][2 * half])).astype(np.float32)")],
     "D reads the fp32 dout though the launcher passes none": [
-        (DOUT, "                          ctx.g.load(\"dout\", at + d[act], esize=4))")],
+        (DOUT, "                  ctx.g.load(\"dout\", at + d[act], esize=4))")],
     "D reads a bf16 out through a float pointer": [
-        (OUT, "                b[act] = ctx.g.load(\"out\", at + d[act], esize=4)")],
-    "D reads the bf16 dout one row on (at + C)": [
-        (DOUT, "                          ctx.g.load(\"dout16\", np.minimum(at + C, (T - 1) * C) + d[act], esize=2))")],
+        (OUT, "        b[act] = ctx.g.load(\"out\", at + d[act], esize=4)")],
+    "D reads the bf16 dout of the head before (at - HS)": [
+        (DOUT, "                  ctx.g.load(\"dout16\", np.maximum(at - HS, 0) + d[act], esize=2))")],
     "dq kernel told dout32 though dout is bf16": [
         ("Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out,",
          "Out=Out, dout32=True, out_bf16=bf16_att_out,")],

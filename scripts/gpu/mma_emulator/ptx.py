@@ -105,8 +105,16 @@ class Smem:
         self.fw_warp = np.full(max(n_f32, 1), -1, dtype=np.int64)
         self.fr_epoch = np.full(max(n_f32, 1), -1, dtype=np.int64)
         self.fr_mask = np.zeros(max(n_f32, 1), dtype=np.int64)
+        # bf16 elements that are the float region's bytes: none where the floats follow the bf16
+        # elements; a hole in them where bf16 elements follow the floats (the fused dq's dS^T
+        # after the backward's float rows), which no bf16 access may touch
+        self.hole = (0, 0)
         if n_f32:
-            assert f32_byte_base % 4 == 0 and f32_byte_base >= 2 * n_bf16
+            assert f32_byte_base % 4 == 0
+            lo, hi = f32_byte_base // 2, f32_byte_base // 2 + 2 * n_f32
+            assert lo >= n_bf16 or hi <= n_bf16, "the float region overlaps the bf16 elements' end"
+            if lo < n_bf16:
+                self.hole = (lo, hi)
         self.epoch = 0
         self.races = []
 
@@ -131,10 +139,16 @@ class Smem:
         W[0][idx] = self.epoch
         W[1][idx] = warp
 
+    def _not_in_hole(self, idx):
+        lo, hi = self.hole
+        if hi > lo and ((idx >= lo) & (idx < hi)).any():
+            raise SharedMemoryError("a bf16 access to the float region's bytes")
+
     def read_bf(self, idx, warp):
         idx = np.asarray(idx)
         if idx.min() < 0 or idx.max() >= self.bf.size:
             raise SharedMemoryError(f"smem bf16 read out of range {idx.min()}..{idx.max()}")
+        self._not_in_hole(idx)
         self._track_read(idx.ravel(), warp, (self.w_epoch, self.w_warp), None, self.r_epoch,
                          self.r_mask, "bf16")
         v = self.bf[idx]
@@ -148,6 +162,7 @@ class Smem:
             return
         if idx.min() < 0 or idx.max() >= self.bf.size:
             raise SharedMemoryError("smem bf16 write out of range")
+        self._not_in_hole(idx)
         self._track_write(idx.ravel(), warp, (self.w_epoch, self.w_warp), self.r_epoch,
                           self.r_mask, "bf16")
         self.bf[idx] = bf16(vals)  # stored values must be bf16 (they are rounded already)

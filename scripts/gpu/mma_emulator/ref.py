@@ -3,7 +3,7 @@ same loop orders, bf16 roundings): a forward in one pass over key tiles of 64 wi
 (as kernels/attention_tc.cu), and the backward from the saved lse."""
 import numpy as np
 
-from ptx import bf16
+from ptx import bf16, exp2f, fmaf
 
 
 def split(qkv, B, T, C, NH):
@@ -135,3 +135,66 @@ def bf16_cpu_backward(dout, qkv, out, lse, B, T, C, NH):
             dqkv[b, :, C + h * HS:C + (h + 1) * HS] = scale * dk
             dqkv[b, :, 2 * C + h * HS:2 * C + (h + 1) * HS] = dv
     return dqkv.ravel()
+
+
+def _mma_chain(a, b):
+    """a (I, K), b (K, J), bf16 values: the fp32 accumulator of mma.m16n8k16 over K in slices of
+    16 ascending, d = fp32(a[:, c] . b[c] + d) from d = 0 (the emulator's model of mma: the 16
+    products and the accumulator summed in float64, which holds them exactly unless their
+    exponents spread over ~30 binades, then rounded once to fp32)."""
+    d = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for c in range(0, a.shape[1], 16):
+        d = (a[:, c:c + 16].astype(np.float64) @ b[c:c + 16].astype(np.float64) + d).astype(np.float32)
+    return d
+
+
+def fused_dq_order(qkv, dout, lse, dvec, B, T, C, NH):
+    """The fused dq's intended sum, from numpy alone (no emulated kernel): per head, dS^T as the
+    key-major kernel forms it (S^T = K Q^T and dP^T = V dout^T in mma slices of 16 over the head
+    size, P = exp2(scale log2e s - fp32(lse log2e)) where i >= j, i < T, dS = P (dP - D) in fp32,
+    rounded to bf16); then for each query tile i, over key blocks b = 0..i in order,
+    part_b = dS[tile i, block b] K[block b] (mma slices of 16 over the 64 keys), acc = part_0,
+    acc = part_b + acc (fp32), dq = fp32(scale acc). lse and dvec: the kernels' (fp32).
+    Returns dq (B, T, C) and, per output element, sum |terms| of dq, dk and dv (float64: the
+    exact products' absolute sums |dS| |K|, |dS|^T |Q|, |bf16(P)|^T |dout16|) for error bounds."""
+    HS = C // NH
+    scale = np.float32(1.0) / np.sqrt(np.float32(HS))
+    sl = scale * np.float32(1.4426950408889634)
+    nt = -(-T // KEY_TILE)
+    Tp = nt * KEY_TILE  # zero rows past T, as the tiles are loaded
+    x = np.asarray(qkv, np.float32).reshape(B, T, 3, NH, HS)
+    gd = np.asarray(dout, np.float32).reshape(B, T, NH, HS)
+    lse = np.asarray(lse, np.float32).reshape(B, NH, T)
+    dvec = np.asarray(dvec, np.float32).reshape(B, NH, T)
+    dq = np.zeros((B, T, NH, HS), np.float32)
+    absum = {n: np.zeros((B, T, NH, HS)) for n in ("dq", "dk", "dv")}
+    i = np.arange(Tp)[None, :]  # queries (columns of the transposed tiles)
+    j = np.arange(Tp)[:, None]  # keys
+    valid = (i < T) & (i >= j)
+    pad = ((0, Tp - T), (0, 0))
+    for b in range(B):
+        for h in range(NH):
+            q, k, v = (np.pad(bf16(x[b, :, p, h]), pad) for p in range(3))
+            g = np.pad(bf16(gd[b, :, h]), pad)
+            lse2 = np.pad((lse[b, h] * np.float32(1.4426950408889634)).astype(np.float32), (0, Tp - T))
+            d = np.pad(dvec[b, h], (0, Tp - T))
+            st = _mma_chain(k, q.T)  # (keys, queries)
+            dpt = _mma_chain(v, g.T)
+            e = exp2f(fmaf(sl, st, -lse2[None, :]))  # the kernels' fp32 fmaf and exp2f
+            p = np.where(valid, e, np.float32(0)).astype(np.float32)
+            dst = (p * (dpt - d[None, :]).astype(np.float32)).astype(np.float32)
+            ds = bf16(dst).T  # (queries, keys)
+            for ti in range(nt):
+                r = slice(ti * KEY_TILE, (ti + 1) * KEY_TILE)
+                acc = None
+                for kb in range(ti + 1):
+                    c = slice(kb * KEY_TILE, (kb + 1) * KEY_TILE)
+                    part = _mma_chain(ds[r, c], k[c])
+                    acc = part if acc is None else (part + acc).astype(np.float32)
+                rows = min(T, (ti + 1) * KEY_TILE) - ti * KEY_TILE
+                dq[b, ti * KEY_TILE:ti * KEY_TILE + rows, h] = (scale * acc[:rows]).astype(np.float32)
+            a = np.abs(ds.astype(np.float64))
+            absum["dq"][b, :, h] = (a @ np.abs(k.astype(np.float64)))[:T]
+            absum["dk"][b, :, h] = (a.T @ np.abs(q.astype(np.float64)))[:T]
+            absum["dv"][b, :, h] = (np.abs(bf16(p).astype(np.float64)) @ np.abs(g.astype(np.float64)))[:T]
+    return dq.reshape(B, T, C), {n: a.reshape(B, T, C) for n, a in absum.items()}

@@ -42,6 +42,7 @@ def bf16_of_f64(x):
 # output can add; the bit-exact comparison with the fp32 run (below) is what sees a store that
 # rounds otherwise (truncation moves r_bf16 by about 2^-9 / sqrt(3), well inside this bound).
 TOL_F64 = 1e-2
+TOL_CPU = 5e-4  # fp32 against cpu-bf16's roundings (main: measured and the subtlest bugs)
 TOL_BF16 = TOL_F64 + 2 ** -9 * (2 + TOL_F64)
 
 
@@ -160,7 +161,119 @@ def heavy_first(g, g2, qkv, dout, B, T, C, NH):
     return ok
 
 
-def main(shapes):
+# The fused dq (MIXSIM_ATTENTION_FUSED_DQ): the blocks of the fused kernel run together
+# (kernels.launch_concurrent), with at most `resident` alive (None: all). Every fused run holds
+# the same bits whatever the interleaving; the resident sweep (1, 2, 3 and all, both grids) runs
+# on FUSED_SWEEP only (shapes with several heads and blocks that wait: T 150 with three query
+# tiles, and B 3 NH 2), the other shapes with all blocks resident.
+FUSED_SWEEP = (SHAPES[0], SHAPES[6])
+U32 = 2.0 ** -24  # the unit roundoff of fp32
+
+
+def gamma(m):
+    return m * U32 / (1 - m * U32)
+
+
+def fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, sweep):
+    """MIXSIM_ATTENTION_FUSED_DQ: row_dots_kernel, then backward_dkdv_kernel<HS, Out, true> with
+    its blocks alive together (no dq kernel), beside the default backward g2. Wants, of every
+    run (fp32 and bf16 dqkv, both grids, and with sweep resident 1, 2, 3 and all): no race
+    (shared memory, or fused.acc read or overwritten out of the semaphores' order, or never
+    written), no misaligned access, every dqkv and dvec element written once, and the same bits
+    as the first run of its dqkv type (the protocol fixes dq's sum order whatever the
+    interleaving). Of the fp32 run:
+    - dq, dk, dv within the default backward's bounds against float64 and cpu-bf16;
+    - D (dvec) bit for bit the dq kernel's (row_dots_kernel sums as row_terms does);
+    - dq bit for bit ref.fused_dq_order's (numpy: over key blocks 0..i in order, part_b =
+      bf16(dS) K in mma slices, acc = part_b + acc);
+    - dq, dk, dv against the default path's: the same exact terms summed in another order (dk
+      and dv over the query tiles in reverse, dq per key block), each order a recursive sum of
+      at most m = 4 (query or key tiles) terms rounded once each (one per mma slice of 16, or
+      per add), so |fused - default| <= scale 2 gamma_m sum |terms| + 2^-24 (|fused| +
+      |default|) per element (the second term: the two roundings of scale times the sums).
+    The bf16 runs: bit for bit the fp32 run rounded to nearest even (as the default path's).
+    Prints its lines; returns whether all held."""
+    t = time.time()
+    HS = C // NH
+    scale = np.float32(1.0) / np.sqrt(np.float32(HS))
+    out, lse = g.a["out"], g.a["lse"]
+    runs = [(Out, hf, None) for Out in ("float", "bf16") for hf in (False, True)]
+    if sweep:
+        runs += [("float", hf, r) for hf in (False, True) for r in (1, 2, 3)]
+    ok = True
+    first = {}
+    notes = []
+    bad_runs = []
+    waits = held = 0
+    for Out, hf, resident in runs:
+        gf, races = kernels.attention_backward(dout, qkv, out, lse, B, T, C, NH, Out=Out,
+                                               heavy_first=hf, fused_dq=True, resident=resident)
+        name = (f"{Out} dqkv, {'heavy-first' if hf else 'default'} grid, resident "
+                f"{'all' if resident is None else resident}")
+        once = all((gf.wcount[k] == 1).all() for k in ("dqkv", "dvec"))
+        w = getattr(gf, "waits", (0, 0))
+        waits, held = waits + w[0], held + w[1]
+        if Out not in first:
+            first[Out] = gf
+            same = True
+        else:
+            same = all(same_bits(gf.a[k], first[Out].a[k]) for k in ("dqkv", "dvec"))
+        if races or gf.misaligned or not once or not same:
+            ok = False
+            bad_runs.append(f"{name}: races={len(races)} misaligned={len(gf.misaligned)}"
+                            f"{'' if once else ', write counts wrong'}"
+                            f"{'' if same else ', bits differ from the first run'}")
+            for r in races[:5]:
+                bad_runs.append("  " + r)
+            for m in gf.misaligned[:5]:
+                bad_runs.append("  " + m)
+    f32, f16 = first["float"], first["bf16"]
+    print(f"   fused dq [{time.time() - t:.1f}s]: {len(runs)} runs (fp32 and bf16 dqkv, both "
+          f"grids{', resident 1, 2, 3 and all' if sweep else ', all blocks resident'}): "
+          f"{'no races, no misaligned access, every element once, the same bits in every run' if not bad_runs else 'BAD RUNS'}"
+          f" ({waits} waits, {held} turns held at one){'' if ok else '   <-- BAD'}")
+    for line in bad_runs:
+        print("     " + line)
+    good = same_bits(f32.a["dvec"], g2.a["dvec"])
+    ok &= good
+    print(f"     D (row_dots_kernel) {'bit for bit' if good else 'DIFFERS from'} the dq kernel's"
+          f"{'' if good else '   <-- BAD'}")
+    good = same_bits(ptx.bf16(f32.a["dqkv"]), f16.a["dqkv"]) and same_bits(f16.a["dvec"], f32.a["dvec"])
+    ok &= good
+    print(f"     Out = bf16 run: {'bit for bit' if good else 'DIFFERS from'} the fp32 run rounded "
+          f"to nearest even{'' if good else '   <-- BAD'}")
+    dq_ref, absum = ref.fused_dq_order(qkv, dout, lse, f32.a["dvec"], B, T, C, NH)
+    E = parts(f32.a["dqkv"], B, T, C)
+    D = parts(g2.a["dqkv"], B, T, C)
+    m = 4 * (-(-T // kernels.kRows))
+    for n, e, d, a, b in zip(("dq", "dk", "dv"), E, D, R64, RB):
+        err64, errcpu = rel(e, a), rel(e, b)
+        if np.linalg.norm(a) < 1e-6 * np.linalg.norm(dout):  # degenerate (T=1: dS = 0), as above
+            err64 = 0.0
+        good = err64 < TOL_F64 and errcpu < TOL_CPU  # the default backward's bounds
+        f = np.float64(1.0 if n == "dv" else scale)
+        bound = f * 2 * gamma(m + 1) * absum[n] + U32 * (np.abs(e) + np.abs(d))
+        diff = np.abs(e.astype(np.float64) - d)
+        within = bool((diff <= bound).all())
+        worst = float((diff / np.where(bound > 0, bound, 1)).max())
+        differ = int((e != d).sum())
+        good &= within
+        line = (f"     {n:4s} rel L2 vs f64 {err64:.2e}   vs bf16-cpu {errcpu:.2e}   vs default "
+                f"path {differ} of {e.size} differ, max |diff| / bound {worst:.2f}")
+        if n == "dq":
+            exact = same_bits(e, dq_ref.reshape(B, T, C))
+            good &= exact
+            line += (f"   vs key-block order ref "
+                     f"{'exact' if exact else str(int((e != dq_ref).sum())) + ' differ'}")
+        ok &= good
+        print(line + ("" if good else "   <-- BAD"))
+    return ok
+
+
+def main(shapes, sweep=FUSED_SWEEP, fused_only=False):
+    """sweep: the shapes whose fused dq runs the resident sweep (run_source: none). fused_only:
+    of the checks beside the default path's errors, the fused dq's only (mutate6.py: its mutants
+    edit the fused path alone)."""
     assert ptx._self_test()
     ok = True
     for (B, T, C, NH) in shapes:
@@ -175,7 +288,7 @@ def main(shapes):
         dqkv = g2.a["dqkv"]
         assert (g2.wcount["dqkv"] == 1).all() and (g2.wcount["dvec"] == 1).all(), "bwd write count"
         mis = g.misaligned + g2.misaligned
-        if C // NH <= 64:  # the wide forward (MIXSIM_TC_WIDE_FORWARD): bit for bit the same
+        if C // NH <= 64 and not fused_only:  # the wide forward (MIXSIM_TC_WIDE_FORWARD): the same
             gw, racesw = kernels.attention_forward(qkv, B, T, C, NH, wide=True)
             same, once, good = matches(gw, racesw, {k: g.a[k] for k in ("out", "lse")})
             ok &= good
@@ -207,12 +320,14 @@ def main(shapes):
         for k, (a, b) in row.items():
             # vs bf16-cpu: fp32 sums in another order, up to 1.2e-4 measured; the subtlest
             # wrong roundings are 1.4e-3 (l summed from the bf16 p) to 2e-3 (the old two-pass P)
-            flag = "" if (a < TOL_F64 and b < 5e-4) else "   <-- BAD"
+            flag = "" if (a < TOL_F64 and b < TOL_CPU) else "   <-- BAD"
             ok &= flag == ""
             print(f"   {k:4s} rel L2 vs f64 {a:.2e}   vs bf16-cpu {b:.2e}{flag}")
-        ok &= bf16_dqkv(g2, races2, dout, qkv, out, lse, d64, B, T, C, NH)
-        ok &= bf16_attention_out(g, qkv, dout, B, T, C, NH)
-        ok &= heavy_first(g, g2, qkv, dout, B, T, C, NH)
+        if not fused_only:
+            ok &= bf16_dqkv(g2, races2, dout, qkv, out, lse, d64, B, T, C, NH)
+            ok &= bf16_attention_out(g, qkv, dout, B, T, C, NH)
+            ok &= heavy_first(g, g2, qkv, dout, B, T, C, NH)
+        ok &= fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, (B, T, C, NH) in sweep)
     print("ALL OK" if ok else "MISMATCH")
 
 
@@ -230,9 +345,10 @@ def exception_verdict(error):
     return f"caught (exception: {type(error).__name__}: {str(error)[:70]})"
 
 
-def run_source(source, shape=SHAPES[0]):
+def run_source(source, shape=SHAPES[0], sweep=False, fused_only=False):
     """Runs kernels.py as edited into `source` (a mutant) on one shape: (printed output, None), or
-    (None, the exception) when the emulation stopped."""
+    (None, the exception) when the emulation stopped. sweep: the fused dq's resident sweep too
+    (by default the fused dq runs with all blocks resident only); fused_only: main's."""
     global kernels
     module = types.ModuleType("kernels")
     exec(compile(source, "kernels_mut", "exec"), module.__dict__)
@@ -240,7 +356,7 @@ def run_source(source, shape=SHAPES[0]):
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
-            main([shape])
+            main([shape], [shape] if sweep else [], fused_only)
         return buf.getvalue(), None
     except Exception as e:  # a mutant may break the emulation itself: that counts as caught
         return None, e
