@@ -85,9 +85,12 @@ struct Head {
 struct Place {
   int block, h, b, blocks;
 };
+__device__ inline Place place_at(uint3 idx, bool heavy_first) {
+  if (heavy_first) return {int(idx.z), int(idx.x), int(idx.y), int(gridDim.z)};
+  return {int(idx.x), int(idx.y), int(idx.z), int(gridDim.x)};
+}
 __device__ inline Place place_of(bool heavy_first) {
-  if (heavy_first) return {int(blockIdx.z), int(blockIdx.x), int(blockIdx.y), int(gridDim.z)};
-  return {int(blockIdx.x), int(blockIdx.y), int(blockIdx.z), int(gridDim.x)};
+  return place_at(blockIdx, heavy_first);
 }
 
 template <int HS>
@@ -653,19 +656,33 @@ __global__ void row_dots_kernel(float* dvec, const float* dout, const bf16* dout
   if (lane == 0) dvec[r] = part;
 }
 
-// The fused dq's shared state: acc (B, NH, T, HS) fp32, each head's dq summed so far, and
-// sem (B, NH, query tiles), how many key blocks have added to each query tile (zero at launch).
+// The fused dq's shared state: acc (B, NH, T, HS) fp32, each head's dq summed so far; sem
+// (B, NH, query tiles), how many key blocks have added to each query tile; and tickets, the count
+// of blocks that have started (sem and tickets zero at launch).
 struct FusedDq {
   float* acc;
   int* sem;
+  int* tickets;
 };
+
+// The grid position a fused dq block takes: the next ticket, in launch order (x fastest). A block
+// waits only for blocks before it in launch order; with positions handed out as blocks start,
+// those have all started, whatever order the hardware starts blocks in, so they are running or
+// done and the wait ends (blockIdx itself would rely on blocks starting in launch order).
+__device__ inline uint3 ticket_position(int* tickets) {
+  __shared__ int ticket;
+  if (threadIdx.x == 0) ticket = atomicAdd(tickets, 1);
+  __syncthreads();
+  const unsigned t = unsigned(ticket);
+  return {t % gridDim.x, t / gridDim.x % gridDim.y, t / (gridDim.x * gridDim.y)};
+}
 
 // A semaphore between blocks (the pattern of a serial split-K reduction): a block that has
 // stored its part of a query tile's dq lets the next one in with a release store after a
 // barrier and a fence; the next one's thread 0 waits with acquire loads, then a barrier, and
 // its threads read the stored sums from L2 (__ldcg: another block's stores are not in this
-// SM's L1). A wait bounded in time: a dispatch order that the protocol does not expect stops
-// the kernel with an error (a trap) instead of hanging it.
+// SM's L1). A wait bounded in time: should a block ever wait on one that cannot run (a bug), the
+// kernel stops with an error (a trap) instead of hanging.
 __device__ inline int load_acquire(const int* p) {
   int v;
   asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
@@ -735,11 +752,13 @@ __device__ inline void add_dq_part(Out* dqkv, const Head& head, const FusedDq& f
 // the block's 64 keys, added in fp32 to the query tile's sum in `fused.acc` in key-block order
 // (block 0 first), so that dq is the same on every run without float atomics. The sum's order
 // is held by a semaphore per query tile: key block b waits until blocks 0..b-1 have added
-// theirs. So that no block waits for a block that starts after it, each block walks its query
-// tiles from the last to its own (the other kernels' order is from its own): block b then asks
-// for each tile just after block b - 1, which launched before it, has done the same tile in the
-// same step of its walk. The query tile's own key block adds last, and stores dq = scale sum
-// into dqkv. dk and dv are summed over the query tiles in that reverse order.
+// theirs. A block takes its grid position from a ticket as it starts (ticket_position), so block
+// b - 1 has started before block b whatever order the hardware starts them in. So that a block
+// does not wait long on the one before it, each block walks its query tiles from the last to its
+// own (the other kernels' order is from its own): block b then asks for each tile just after
+// block b - 1 has done the same tile in the same step of its walk. The query tile's own key block
+// adds last, and stores dq = scale sum into dqkv. dk and dv are summed over the query tiles in that
+// reverse order.
 template <int HS, class Out, bool kFusedDq = false>
 __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
     backward_dkdv_kernel(Out* dqkv, const bf16* dout16, const bf16* qkv, const float* lse,
@@ -754,7 +773,8 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
                                                                           // (64) D of the queries
   bf16* dss = reinterpret_cast<bf16*>(rows + 2 * kStages * kRows);  // (64, kDsLd) dS^T, fused dq
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const Place place = place_of(heavy_first);
+  const Place place =
+      kFusedDq ? place_at(ticket_position(fused.tickets), heavy_first) : place_of(heavy_first);
   const Head head = head_of<HS>(place, T, C, NH);
   const bf16* q = qkv + head.qkv_offset;
   const int j0 = place.block * kRows, jw = j0 + warp * 16;  // the first blocks have the most work
@@ -956,9 +976,9 @@ std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, 
   if (backward) {  // D per row, and the bf16 copy of an fp32 dout (a bf16 one is read as stored)
     bytes += Workspace::aligned(std::size_t(B) * NH * T * sizeof(float));
     if (dout == DType::fp32) bytes += Workspace::aligned(rows * C * sizeof(bf16));
-    if (fused_dq)  // dq's running sums (fp32), a semaphore per query tile
+    if (fused_dq)  // dq's running sums (fp32), a semaphore per query tile, the tickets
       bytes += Workspace::aligned(rows * C * sizeof(float)) +
-               Workspace::aligned(std::size_t(B) * NH * CEIL_DIV(T, kRows) * sizeof(int));
+               Workspace::aligned((std::size_t(B) * NH * CEIL_DIV(T, kRows) + 1) * sizeof(int));
   }
   return bytes;
 }
@@ -1015,12 +1035,16 @@ void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn
   CUDA_REQUIRE(aligned16(dout16), op, std::string("a bf16 dout not 16-byte aligned"));
   const bool out_bf16 = out.type == DType::bf16;
   const int row_blocks = int(plan.grid.x);
-  mma_sync::FusedDq fused{nullptr, nullptr};
+  mma_sync::FusedDq fused{nullptr, nullptr, nullptr};
   if (fused_dq) {
+    CUDA_REQUIRE(std::size_t(B) * NH * row_blocks < (std::size_t(1) << 31), op,
+                 dims({{"B", B}, {"NH", NH}, {"row blocks", row_blocks}}) +
+                     " (the fused dq numbers its blocks in an int)");
     fused.acc = ws.take<float>(rows * C);
     const std::size_t sems = std::size_t(B) * NH * row_blocks;
-    fused.sem = ws.take<int>(sems);
-    CUDA_CHECK(cudaMemsetAsync(fused.sem, 0, sems * sizeof(int), stream));
+    fused.sem = ws.take<int>(sems + 1);
+    fused.tickets = fused.sem + sems;
+    CUDA_CHECK(cudaMemsetAsync(fused.sem, 0, (sems + 1) * sizeof(int), stream));
   }
   const dim3 grid = grid_of(row_blocks, NH, B, heavy_first);
   const auto launch = [&](auto* d) {  // d: the fp32 or bf16 dqkv

@@ -182,13 +182,32 @@ def mask(full, valid):
     return valid
 
 
-def place_of(ctx, heavy_first):
-    """place_of: (block, h, b, blocks). The grid is (row blocks, NH, B), or with heavy_first
-    (MIXSIM_ATTENTION_HEAVY_FIRST) (NH, B, row blocks): the row block varies slowest."""
-    x, y, z = ctx.blockIdx
+def place_at(ctx, idx, heavy_first):
+    """place_at: (block, h, b, blocks) of the grid position idx. The grid is (row blocks, NH, B),
+    or with heavy_first (MIXSIM_ATTENTION_HEAVY_FIRST) (NH, B, row blocks): the row block varies
+    slowest."""
+    x, y, z = idx
     if heavy_first:
         return z, x, y, ctx.gridDim[2]
     return x, y, z, ctx.gridDim[0]
+
+
+def place_of(ctx, heavy_first):
+    """place_of: place_at(blockIdx, heavy_first)."""
+    return place_at(ctx, ctx.blockIdx, heavy_first)
+
+
+def ticket_position(ctx):
+    """ticket_position (fused dq; use with `yield from`): thread 0 takes the next ticket
+    (atomicAdd(tickets, 1)) into a shared int, __syncthreads, and every thread reads the grid
+    position of that ticket in launch order (x fastest)."""
+    if ctx.warp == 0:  # threadIdx.x == 0 (lane 0 of warp 0)
+        ctx.smem.ticket = int(ctx.g.a["tickets"][0])
+        ctx.g.a["tickets"][0] += 1
+    yield  # __syncthreads
+    t = ctx.smem.ticket
+    gx, gy, _ = ctx.gridDim
+    return t % gx, t // gx % gy, t // (gx * gy)
 
 
 def grid_of(row_blocks, NH, B, heavy_first):
@@ -743,7 +762,11 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=Fals
     # dq), after the float rows, whose bytes are bf16 elements qg + kStages * 2 * kRows * LD on
     dss = qg + kStages * 2 * kRows * LD + 2 * (2 * kStages * kRows)
     warp, lane = ctx.warp, ctx.lane
-    place = place_of(ctx, heavy_first)
+    # kFusedDq ? place_at(ticket_position(fused.tickets), heavy_first) : place_of(heavy_first)
+    if fused_dq:
+        place = place_at(ctx, (yield from ticket_position(ctx)), heavy_first)
+    else:
+        place = place_of(ctx, heavy_first)
     head = head_of(ctx, HS, T, C, NH, place)
     block, h, b, blocks = place
     j0 = place[0] * kRows
@@ -931,16 +954,25 @@ class Block:
                          for w, st in enumerate(self.state) if isinstance(st, tuple))
 
 
-def launch_concurrent(kernel, grid, resident, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
+def launch_concurrent(kernel, grid, resident, n_bf16, n_f32, f32_byte_base, gmem, *args,
+                      dispatch="launch", **kw):
     """Runs kernel over the grid with blocks alive together, for kernels whose blocks wait for
-    each other (the fused dq's semaphores): blocks start in launch order (x fastest, then y, then
-    z), at most `resident` at once (None: all of them), a new one only when one has finished;
+    each other (the fused dq's semaphores): blocks start in `dispatch` order ("launch": x
+    fastest, then y, then z; "reverse"; "shuffled": a fixed permutation; CUDA promises no order,
+    and the fused kernel takes its grid position from a ticket as it starts, so that it needs
+    none), at most `resident` at once (None: all of them), a new one only when one has finished;
     the alive blocks go round robin, one barrier interval each a turn. A wait (a wait_for token)
     holds its block before the barrier that follows it until the condition holds; stores, the
     semaphores' included, are seen at once. If no alive block can move: Deadlock, naming what
     each waits for. Returns the list of races found; gmem.waits: (waits passed, turns that
     blocks spent held at one)."""
     order = [(bx, by, bz) for bz in range(grid[2]) for by in range(grid[1]) for bx in range(grid[0])]
+    if dispatch == "reverse":
+        order.reverse()
+    elif dispatch == "shuffled":
+        order = [order[i] for i in np.random.default_rng(7).permutation(len(order))]
+    else:
+        assert dispatch == "launch", dispatch
     resident = len(order) if resident is None else resident
     races, alive, started = [], [], 0
     while started < len(order) or alive:
@@ -995,7 +1027,7 @@ def attention_forward(qkv, B, T, C, NH, wide=False, out_bf16=False, heavy_first=
 
 
 def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_out=False,
-                       heavy_first=False, fused_dq=False, resident=None):
+                       heavy_first=False, fused_dq=False, resident=None, dispatch="launch"):
     """Out: dqkv's type, "float" or "bf16" (the launcher's TensorOut dqkv: both kernels are
     instantiated for its type; the workspace, dvec included, stays fp32 either way).
     bf16_att_out (MIXSIM_BF16_ATTENTION_OUT): out and dout are stored in bf16 (dout and out hold
@@ -1004,7 +1036,8 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_o
     fused_dq (MIXSIM_ATTENTION_FUSED_DQ): row_dots_kernel for D, then backward_dkdv_kernel<HS,
     Out, true> by launch_concurrent with `resident` blocks at most (None: all), on fused.acc
     ("acc", (B, NH, T, HS) fp32, NaN: the workspace is never cleared) and the semaphores ("sem",
-    (B, NH, query tiles), zeroed by cudaMemsetAsync); no dq kernel."""
+    (B, NH, query tiles), zeroed by cudaMemsetAsync, and the ticket counter after them, "tickets")
+    whose blocks start in `dispatch` order (launch_concurrent); no dq kernel."""
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     grid = grid_of((T + kRows - 1) // kRows, NH, B, heavy_first)
@@ -1023,7 +1056,8 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_o
         arrays.update(dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout)
     if fused_dq:
         row_blocks = (T + kRows - 1) // kRows
-        arrays.update(acc=np.full(B * T * C, np.nan), sem=np.zeros(B * NH * row_blocks))
+        arrays.update(acc=np.full(B * T * C, np.nan), sem=np.zeros(B * NH * row_blocks),
+                      tickets=np.zeros(1))
     g = Gmem(esize=esize, **arrays)
     if fused_dq:
         g.vis = Visibility(g, ("acc",))
@@ -1032,7 +1066,7 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_o
                        HS, T, C, NH, n, dout32=not bf16_att_out, out_bf16=bf16_att_out)
         races += launch_concurrent(backward_dkdv_kernel, grid, resident,
                                    *smem_layout("bwdfused", HS), g, HS, T, C, NH, scale, Out=Out,
-                                   heavy_first=heavy_first, fused_dq=True)
+                                   heavy_first=heavy_first, fused_dq=True, dispatch=dispatch)
         return g, races + g.vis.races
     races = launch(backward_dq_kernel, grid, *smem_layout("bwd", HS), g, HS, T, C, NH, scale,
                    Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out,

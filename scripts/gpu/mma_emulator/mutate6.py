@@ -6,7 +6,9 @@ semaphores' order or never written (kernels.Visibility, listed with the races), 
 race or a read of shared memory never written, dqkv elements written other than once, bits that
 differ between runs (resident counts, grids) or from the numpy reference of the key-block order,
 or the error bounds. Each runs on one shape with the resident sweep (1, 2, 3 and all blocks,
-both grids): shape 1 (T 70, HS 80: two key blocks, the second with three warps of keys past T)
+both grids, blocks started in launch order; 1 and 2 resident started in reverse and shuffled
+order, which (xi), blockIdx in place of the ticket, cannot survive): shape 1 (T 70, HS 80: two
+key blocks, the second with three warps of keys past T)
 and, where three blocks in a chain matter, shape 0 (T 150: three query tiles, two heads); the
 row_dots_kernel mutant on shape 2 (B 2, NH 2).
 
@@ -58,6 +60,9 @@ muts = [
         ("    if fused_dq and not live:", "    if False:")], S1),
     ("(x) row_dots_kernel: batch element and head swapped (b = bh % NH)", [
         ("    b, h = bh // NH, bh % NH\n", "    b, h = bh % NH, bh // NH\n")], run.SHAPES[2]),
+    ("(xi) the grid position from blockIdx, not from a ticket", [
+        ("        place = place_at(ctx, (yield from ticket_position(ctx)), heavy_first)\n",
+         "        yield\n        place = place_of(ctx, heavy_first)\n")], S0),
 ]
 
 

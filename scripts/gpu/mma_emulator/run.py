@@ -168,6 +168,7 @@ def heavy_first(g, g2, qkv, dout, B, T, C, NH):
 # tiles, and B 3 NH 2), the other shapes with all blocks resident.
 FUSED_SWEEP = (SHAPES[0], SHAPES[6])
 U32 = 2.0 ** -24  # the unit roundoff of fp32
+SWEPT = ", resident 1, 2, 3 and all; blocks started in launch, reverse and shuffled order"
 
 
 def gamma(m):
@@ -177,7 +178,8 @@ def gamma(m):
 def fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, sweep):
     """MIXSIM_ATTENTION_FUSED_DQ: row_dots_kernel, then backward_dkdv_kernel<HS, Out, true> with
     its blocks alive together (no dq kernel), beside the default backward g2. Wants, of every
-    run (fp32 and bf16 dqkv, both grids, and with sweep resident 1, 2, 3 and all): no race
+    run (fp32 and bf16 dqkv, both grids, and with sweep resident 1, 2, 3 and all, the blocks
+    started in launch order, and 1 resident in reverse, 2 in shuffled order): no race
     (shared memory, or fused.acc read or overwritten out of the semaphores' order, or never
     written), no misaligned access, every dqkv and dvec element written once, and the same bits
     as the first run of its dqkv type (the protocol fixes dq's sum order whatever the
@@ -197,19 +199,22 @@ def fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, sweep):
     HS = C // NH
     scale = np.float32(1.0) / np.sqrt(np.float32(HS))
     out, lse = g.a["out"], g.a["lse"]
-    runs = [(Out, hf, None) for Out in ("float", "bf16") for hf in (False, True)]
-    if sweep:
-        runs += [("float", hf, r) for hf in (False, True) for r in (1, 2, 3)]
+    runs = [(Out, hf, None, "launch") for Out in ("float", "bf16") for hf in (False, True)]
+    if sweep:  # blocks started in launch order, and in others (the tickets make any order safe)
+        runs += [("float", hf, r, "launch") for hf in (False, True) for r in (1, 2, 3)]
+        runs += [("float", hf, r, d) for hf in (False, True)
+                 for r, d in ((1, "reverse"), (2, "shuffled"))]
     ok = True
     first = {}
     notes = []
     bad_runs = []
     waits = held = 0
-    for Out, hf, resident in runs:
+    for Out, hf, resident, dispatch in runs:
         gf, races = kernels.attention_backward(dout, qkv, out, lse, B, T, C, NH, Out=Out,
-                                               heavy_first=hf, fused_dq=True, resident=resident)
+                                               heavy_first=hf, fused_dq=True, resident=resident,
+                                               dispatch=dispatch)
         name = (f"{Out} dqkv, {'heavy-first' if hf else 'default'} grid, resident "
-                f"{'all' if resident is None else resident}")
+                f"{'all' if resident is None else resident}, started in {dispatch} order")
         once = all((gf.wcount[k] == 1).all() for k in ("dqkv", "dvec"))
         w = getattr(gf, "waits", (0, 0))
         waits, held = waits + w[0], held + w[1]
@@ -229,7 +234,7 @@ def fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, sweep):
                 bad_runs.append("  " + m)
     f32, f16 = first["float"], first["bf16"]
     print(f"   fused dq [{time.time() - t:.1f}s]: {len(runs)} runs (fp32 and bf16 dqkv, both "
-          f"grids{', resident 1, 2, 3 and all' if sweep else ', all blocks resident'}): "
+          f"grids{SWEPT if sweep else ', all blocks resident'}): "
           f"{'no races, no misaligned access, every element once, the same bits in every run' if not bad_runs else 'BAD RUNS'}"
           f" ({waits} waits, {held} turns held at one){'' if ok else '   <-- BAD'}")
     for line in bad_runs:
