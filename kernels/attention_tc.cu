@@ -783,7 +783,8 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
   const float sl = scale * kLog2e;
   // the first query of the walk's t-th tile: from j0 up, or (fused dq) from the last tile down
   const auto tile_start = [&](int t) { return j0 + (kFusedDq ? tiles - 1 - t : t) * kRows; };
-  int* sem = kFusedDq ? fused.sem + (std::size_t(place.b) * NH + place.h) * place.blocks : nullptr;
+  // the head's semaphores from fused.sem (an int: B NH blocks < 2^31, checked by the launcher)
+  const int sem_base = (place.b * NH + place.h) * place.blocks;
   const auto load_stage = [&](int t) {  // query tile t of the walk, its dout, lse and D
     const int t0 = tile_start(t);
     bf16* qt = stage_of(qg, t, 2 * kRows * LD);
@@ -814,7 +815,7 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
     if constexpr (kFusedDq)  // every warp's part of the previous tile is stored (the barrier)
       if (t > 0 && threadIdx.x == 0) {
         __threadfence();
-        store_release(sem + tile_start(t - 1) / kRows, place.block + 1);
+        store_release(fused.sem + sem_base + tile_start(t - 1) / kRows, place.block + 1);
       }
     if (!live && !kFusedDq) continue;
     if (live) {
@@ -853,7 +854,7 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
     }
     if constexpr (kFusedDq) {
       const int tile = t0 / kRows;  // the query tile's index in the head
-      if (place.block > 0 && threadIdx.x == 0) wait_for(sem + tile, place.block);
+      if (place.block > 0 && threadIdx.x == 0) wait_for(fused.sem + sem_base + tile, place.block);
       __syncthreads();                // dS^T in shared memory; the keys' earlier parts of dq stored
       const int iw = t0 + warp * 16;  // the warp's 16 queries
       if (iw < T) {

@@ -778,7 +778,7 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=Fals
     def tile_start(t):  # from j0 up, or (fused dq) from the last tile down
         return j0 + ((tiles - 1 - t) if fused_dq else t) * kRows
 
-    # int* sem = fused.sem + (place.b * NH + place.h) * place.blocks (fused dq)
+    # const int sem_base = (place.b * NH + place.h) * place.blocks (fused dq; at fused.sem)
     sem = (b * NH + h) * blocks if fused_dq else None
 
     def load_stage(t):  # query tile t of the walk, its dout, lse and D
