@@ -109,6 +109,9 @@ int select_device(int device) {
 // GPU): attention's backward in one kernel, the key-major one, which adds dq's parts in a fixed
 // order through semaphores between blocks, instead of a second kernel recomputing the scores for
 // dq (attention_tc.cu, backward_dkdv_kernel<HS, Out, true>; within rounding of the default's).
+// And MIXSIM_CUBLASLT_TUNE (where cuBLASLt is on; an opt-in written without a GPU): each epilogue
+// product's algorithm timed among cuBLASLt's first candidates on its first call (matmul.cu,
+// LtMatmul), fixed for the backend's life but chosen by timing, so not the same in every process.
 
 class CudaBackend final : public Backend {
  public:
@@ -135,7 +138,7 @@ class CudaBackend final : public Backend {
         stream_(),
         cublas_(stream_.get()),
         lt_(env_switch("MIXSIM_CUBLASLT", precision == MatmulPrecision::bf16)
-                ? cuda::make_lt_matmul()
+                ? cuda::make_lt_matmul(env_switch("MIXSIM_CUBLASLT_TUNE", false))
                 : nullptr) {}
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());

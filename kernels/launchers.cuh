@@ -112,7 +112,9 @@ struct LtMatmulDeleter {
   void operator()(LtMatmul* lt) const noexcept;
 };
 using LtMatmulPtr = std::unique_ptr<LtMatmul, LtMatmulDeleter>;
-LtMatmulPtr make_lt_matmul();
+// tune: each problem's algorithm timed among cuBLASLt's first candidates on its first call
+// (MIXSIM_CUBLASLT_TUNE), not the heuristic's first answer.
+LtMatmulPtr make_lt_matmul(bool tune = false);
 const CublasLtUse& lt_use(const LtMatmul& lt);
 
 void set_fp32_math(cublasHandle_t handle);

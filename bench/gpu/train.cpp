@@ -28,9 +28,9 @@
 // reciprocal, +gexp2) and MIXSIM_CLASSIFIER_EXP2 (on by default, both backends: the cached
 // classifier through exp2, +exp2); the opt-in MIXSIM_LAYERNORM_VEC4=1 (LayerNorm with
 // 16-byte accesses, +lnv4), MIXSIM_ATTENTION_HEAVY_FIRST=1 (the tensor-core attention's
-// longest blocks first, +hf) and MIXSIM_ATTENTION_FUSED_DQ=1 (attention's backward in one kernel,
-// +fdq). The label takes each from the backend (cuda_kernel_choices and
-// the Backend queries), not from the environment.
+// longest blocks first, +hf), MIXSIM_ATTENTION_FUSED_DQ=1 (attention's backward in one kernel,
+// +fdq) and MIXSIM_CUBLASLT_TUNE=1 (cuBLASLt's algorithms chosen by timing, +ltt). The label takes
+// each from the backend (cuda_kernel_choices and the Backend queries), not from the environment.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -185,8 +185,10 @@ int main(int argc, char** argv) {
                gelu_exp2 = kernels.gelu_exp2, exp2 = kernels.classifier_exp2,
                ln_vec4 = kernels.layernorm_vec4, heavy_first = kernels.heavy_first,
                fused_dq = kernels.fused_dq;
-    // MIXSIM_CUBLASLT: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label)
-    const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled;
+    // MIXSIM_CUBLASLT: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label);
+    // MIXSIM_CUBLASLT_TUNE=1 (opt-in): their algorithms chosen by timing ("+ltt")
+    const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled,
+               lt_tune = mixsim::cublaslt_use(*gpu).tune;
     // MIXSIM_BF16_ACTIVATIONS: product-only tensors stored in bf16 ("+act")
     const bool bf16_act = gpu->activation_storage() == mixsim::DType::bf16;
     // MIXSIM_BF16_OUTPUTS: products write bf16 themselves ("+out")
@@ -202,7 +204,7 @@ int main(int argc, char** argv) {
         (cublaslt ? "+lt" : "") + (bf16_act ? "+act" : "") + (bf16_weights ? "+w" : "") +
         (bf16_out ? "+out" : "") + (wide ? "+wide" : "") + (bf16_att_out ? "+ao" : "") +
         (gelu_exp2 ? "+gexp2" : "") + (exp2 ? "+exp2" : "") + (ln_vec4 ? "+lnv4" : "") +
-        (heavy_first ? "+hf" : "") + (fused_dq ? "+fdq" : "");
+        (heavy_first ? "+hf" : "") + (fused_dq ? "+fdq" : "") + (lt_tune ? "+ltt" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

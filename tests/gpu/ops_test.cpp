@@ -1229,6 +1229,43 @@ TEST_F(CudaOps, CublasLtEpiloguesMatchCpu) {
   EXPECT_THROW(cublaslt_use(*cpu_), Error);
 }
 
+// MIXSIM_CUBLASLT_TUNE=1 (opt-in; written without a GPU at hand): each epilogue product's
+// algorithm is the fastest of cuBLASLt's first candidates, timed on its first call. Whichever
+// wins must meet CublasLtEpiloguesMatchCpu's bounds against the CPU (any algorithm sums the same
+// products in fp32, in its own order), and the choice stays fixed: a second call of each product
+// gives the first call's bits. The count of problems timed is printed (a problem with one
+// candidate is not timed).
+TEST_F(CudaOps, CublasLtTuneMatchesCpuAndStaysFixed) {
+  EXPECT_FALSE(cublaslt_use(*cuda_bf16_with("", "", "")).tune);
+  for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
+    std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_CUBLASLT", "1"),
+        tune(std::in_place, "MIXSIM_CUBLASLT_TUNE", "1");
+    auto lt = make_cuda_backend(0, precision);
+    env.reset();
+    tune.reset();
+    auto ref = make_cpu_backend(precision);
+    const std::string name(lt->name());
+    const LtResults r = lt_case(*ref), g = lt_case(*lt), again = lt_case(*lt);
+    const CublasLtUse use = cublaslt_use(*lt);
+    EXPECT_TRUE(use.tune) << name;
+    EXPECT_EQ(use.fused, 6u) << name;
+    EXPECT_EQ(use.fallbacks, 0u) << name << ": " << use.last_fallback;
+    EXPECT_LE(use.tuned, 3u) << name;
+    std::printf("%s with cuBLASLt tuned: %zu of 3 problems timed\n", name.c_str(), use.tuned);
+    for (const auto& [what, x, y, z, bound] :
+         {std::tuple{"out (bias)", &r.out, &g.out, &again.out, 1e-5},
+          std::tuple{"pre", &r.pre, &g.pre, &again.pre, 1e-5},
+          std::tuple{"gelu", &r.gelu, &g.gelu, &again.gelu, 1e-3},
+          std::tuple{"dpre", &r.dpre, &g.dpre, &again.dpre, 1e-3}}) {
+      const double err = rel_l2(Pair{*x, *y});
+      std::printf("%s with cuBLASLt tuned, %s: relative L2 to the CPU %.3e\n", name.c_str(), what,
+                  err);
+      EXPECT_LT(err, bound) << name << " " << what;
+      expect_identical(Pair{*y, *z}, name + " " + what + ": the second call");
+    }
+  }
+}
+
 // The switches' defaults on the GPU: cuda-bf16 unset has all three on (cuBLASLt, tensor-core
 // attention for heads of 32, bf16 storage), each "0" turns its own off; cuda (fp32) keeps plain
 // cuBLAS and fp32 storage unless MIXSIM_CUBLASLT=1; a value other than 1 or 0 is refused.

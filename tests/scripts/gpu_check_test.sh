@@ -80,6 +80,7 @@ case $name in
       [[ "${MIXSIM_LAYERNORM_VEC4:-}" == 1 ]] && label+=+lnv4
       [[ "${MIXSIM_ATTENTION_HEAVY_FIRST:-}" == 1 ]] && label+=+hf
       [[ "${MIXSIM_ATTENTION_FUSED_DQ:-}" == 1 ]] && label+=+fdq
+      [[ "${MIXSIM_CUBLASLT_TUNE:-}" == 1 ]] && label+=+ltt
     fi
     if [[ "$*" == *--profiler-range* ]]; then
       echo "\"ID\",\"Kernel Name\",\"Metric Name\",\"Metric Unit\",\"Metric Value\""

@@ -20,12 +20,16 @@ std::unique_ptr<Backend> make_cuda_backend(int device,
 // What MIXSIM_CUBLASLT (read when the backend is made: on by default for cuda-bf16, off for cuda)
 // did: the matrix products that ran in cuBLASLt with their bias or GELU fused into the epilogue,
 // and those that fell back to cuBLAS and separate kernels because cuBLASLt had no algorithm for
-// them (the last reason kept).
+// them (the last reason kept). With MIXSIM_CUBLASLT_TUNE=1 (an opt-in; `tune`), each problem's
+// algorithm is the fastest of cuBLASLt's first candidates, timed on its first call (`tuned`
+// problems so far), instead of the heuristic's first answer.
 struct CublasLtUse {
   bool enabled = false;
   std::size_t fused = 0;
   std::size_t fallbacks = 0;
   std::string last_fallback;
+  bool tune = false;
+  std::size_t tuned = 0;
 };
 // For a backend from make_cuda_backend (Error for any other backend).
 CublasLtUse cublaslt_use(Backend& cuda_backend);
