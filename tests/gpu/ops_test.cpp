@@ -1643,8 +1643,12 @@ TEST_F(CudaOps, WideForwardIsBitIdentical) {
 namespace {
 
 // Attention's forward and backward on `be` from host qkv and dout: out, lse, and dqkv of
-// `dqkv_type` (as floats; filled with kUnwritten before the backward, which assigns it).
-constexpr float kUnwritten = 7.f;  // a bf16 value too, so that both dqkv types hold it
+// `dqkv_type` (as floats). Each output is NaN before the op, which assigns it: an element left
+// unwritten stays NaN (no result of these ops is NaN).
+constexpr float kUnwritten = std::numeric_limits<float>::quiet_NaN();
+std::size_t unwritten(const std::vector<float>& x) {
+  return std::size_t(std::count_if(x.begin(), x.end(), [](float v) { return std::isnan(v); }));
+}
 struct AttentionRun {
   std::vector<float> out, lse, dqkv;
 };
@@ -1657,8 +1661,8 @@ AttentionRun attention_run(Backend& be, const AttentionShape& s, const std::vect
   be.attention_forward(out.get(), lse.get(), dq.get(), s.B, s.T, s.C, s.NH);
   auto g32 = put(be, std::vector<float>(rows * 3 * s.C, kUnwritten));
   DeviceBuffer<std::uint16_t> g16(be, rows * 3 * s.C);
-  const std::vector<std::uint16_t> sevens(g16.size(), 0x40E0);  // kUnwritten in bf16
-  be.upload(g16.get(), sevens.data(), g16.bytes());
+  const std::vector<std::uint16_t> nans(g16.size(), 0x7FC0);  // a quiet NaN in bf16
+  be.upload(g16.get(), nans.data(), g16.bytes());
   const TensorOut grad =
       dqkv_type == DType::bf16 ? TensorOut{g16.get(), DType::bf16} : TensorOut{g32.get()};
   be.attention_backward(grad, dd.get(), dq.get(), out.get(), lse.get(), s.B, s.T, s.C, s.NH);
@@ -1708,8 +1712,8 @@ TEST_F(CudaOps, HeavyFirstIsBitIdentical) {
         expect_identical(Pair{a.lse, b.lse}, what + ": lse");
         expect_identical(Pair{a.dqkv, b.dqkv},
                          what + (type == DType::bf16 ? ": bf16 dqkv" : ": dqkv"));
-        EXPECT_EQ(std::count(b.out.begin(), b.out.end(), kUnwritten), 0)
-            << what << ": out left unwritten";
+        EXPECT_EQ(unwritten(b.out), 0u) << what << ": out left unwritten";
+        EXPECT_EQ(unwritten(b.dqkv), 0u) << what << ": dqkv left unwritten";
       }
     }
   }
@@ -1773,7 +1777,7 @@ TEST_F(CudaOps, FusedDqFollowsTheDefault) {
                                g2 = run(*fused, type), g3 = run(*fused_hf, type);
       expect_identical(Pair{g1, g2}, with + ": twice");
       expect_identical(Pair{g1, g3}, with + ": heavy-first grid");
-      EXPECT_EQ(std::count(g1.begin(), g1.end(), kUnwritten), 0) << with << ": left unwritten";
+      EXPECT_EQ(unwritten(g1), 0u) << with << ": left unwritten";
       const double bound = type == DType::bf16 ? 2e-4 : 3e-5;
       for (int part = 0; part < 3; ++part) {
         const double e = rel_l2(Pair{part_of(g0, part), part_of(g1, part)});
