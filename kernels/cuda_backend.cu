@@ -244,10 +244,12 @@ class CudaBackend final : public Backend {
                        TensorIn weight, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    cuda::matmul_backward(cublas_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C,
-                          OC,
+    // cuBLASLt only where it tunes (MIXSIM_CUBLASLT_TUNE: the input gradient's algorithm timed)
+    const bool lt = lt_ && cuda::lt_tunes(*lt_);
+    cuda::matmul_backward(cublas_.get(), lt ? lt_.get() : nullptr, precision_, dinp, dweight, dbias,
+                          dout, inp, weight, N, C, OC,
                           workspace(cuda::matmul_backward_workspace(
-                              precision_, false, dout.type, inp.type, weight.type, N, C, OC)),
+                              precision_, lt, dout.type, inp.type, weight.type, N, C, OC)),
                           stream_.get());
   }
   void matmul_gelu_forward(TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,

@@ -116,6 +116,7 @@ using LtMatmulPtr = std::unique_ptr<LtMatmul, LtMatmulDeleter>;
 // (MIXSIM_CUBLASLT_TUNE), not the heuristic's first answer.
 LtMatmulPtr make_lt_matmul(bool tune = false);
 const CublasLtUse& lt_use(const LtMatmul& lt);
+bool lt_tunes(const LtMatmul& lt);  // made with tune
 
 void set_fp32_math(cublasHandle_t handle);
 // The workspace functions take whether the op gets an LtMatmul (its products may take cuBLASLt
@@ -135,7 +136,8 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
                                       DType weight, int N, int C, int OC);
 // dinp: fp32, or (bf16 products) bf16, the product's fp32 sums rounded as cuBLAS stores them.
-void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, TensorOut dinp,
+// lt: used only where it tunes (dinp through cuBLASLt, make_lt_matmul(true)); may be null.
+void matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut dinp,
                      float* dweight, float* dbias, TensorIn dout, TensorIn inp, TensorIn weight,
                      int N, int C, int OC, Workspace ws, cudaStream_t stream);
 std::size_t gelu_matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dpre,

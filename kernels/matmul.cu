@@ -187,7 +187,10 @@ struct Epilogue {
 // fastest. Run 10 (H200) timed the step's plain products at 8.87 ms with the best of eight
 // candidates against 9.57 with the first; the epilogue products were not timed, and their
 // first choice for the GELU's gradient (an xmma kernel, 93 us a call at GPT-2's fc layer) takes
-// 1.6x the plain product's time. The choice stays fixed for the backend's life, so a run's
+// 1.6x the plain product's time. The plain products that assign their result (forward without a
+// bias, the input gradient without the GELU's) go through cuBLASLt too with `tune`, where
+// cublasGemmEx ran: run 10 timed the tied head's forward at 1.03 ms with cuBLAS's choice and 0.88
+// with the best of cuBLASLt's eight. The choice stays fixed for the backend's life, so a run's
 // results are the same from step to step, but timings decide it: another process may choose
 // otherwise, and then a resumed run or another rank's products round differently.
 class LtMatmul {
@@ -276,9 +279,13 @@ class LtMatmul {
     }
     CUBLAS_CHECK(status);
     p.ran = true;
-    ++use_.fused;
+    if (ep.kind != CUBLASLT_EPILOGUE_DEFAULT) ++use_.fused;  // (a plain product: tune's)
     return true;
   }
+
+  // With `tune`, the plain products with beta 0 run here too (epilogue DEFAULT), so that their
+  // algorithms are timed as well.
+  bool tune() const { return tune_; }
 
   // A product that cannot go through cuBLASLt at all (the shape breaks one of its rules).
   void refuse(std::string reason) {
@@ -401,6 +408,10 @@ const CublasLtUse& lt_use(const LtMatmul& lt) {
   return lt.use();
 }
 
+bool lt_tunes(const LtMatmul& lt) {
+  return lt.tune();
+}
+
 namespace {
 
 // A bf16 bias is the rounding that a bf16 out takes; an fp32 out adds the fp32 bias.
@@ -461,6 +472,9 @@ void forward_product(cublasHandle_t handle, LtMatmul* lt, Output out, Operand w,
     CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
     beta = 1.f;
   }
+  if (lt && lt->tune() && !bias &&
+      lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC, {}, ws, stream))
+    return;
   gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, beta, out, OC);
 }
 
@@ -605,7 +619,10 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
                         stream);
     }
     if (!fused && !pre.data) {  // dinp as the product stores it (a bf16 one rounded once)
-      gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(dinp), C);
+      if (!(lt && lt->tune() &&
+            lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, output(dinp), C, {}, ws,
+                    stream)))
+        gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(dinp), C);
     } else if (!fused) {  // the product, then the GELU's derivative (into a bf16 dinp from fp32)
       const std::size_t n = std::size_t(N) * C;
       float* product =
@@ -619,14 +636,14 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
 
 }  // namespace
 
-void matmul_backward(cublasHandle_t handle, MatmulPrecision precision, TensorOut dinp,
+void matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut dinp,
                      float* dweight, float* dbias, TensorIn dout, TensorIn inp, TensorIn weight,
                      int N, int C, int OC, Workspace ws, cudaStream_t stream) {
   check_dims("matmul_backward", N, C, OC);
   CUDA_REQUIRE(dinp.type == DType::fp32 || precision == MatmulPrecision::bf16, "matmul_backward",
                std::string("a bf16 dinp needs bf16 products (cuda-bf16)"));
-  backward_products(handle, nullptr, precision, dinp, dweight, dbias, dout, inp, nullptr, weight, N,
-                    C, OC, ws, stream);
+  backward_products(handle, lt && lt->tune() ? lt : nullptr, precision, dinp, dweight, dbias, dout,
+                    inp, nullptr, weight, N, C, OC, ws, stream);
 }
 
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,

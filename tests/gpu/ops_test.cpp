@@ -1229,12 +1229,14 @@ TEST_F(CudaOps, CublasLtEpiloguesMatchCpu) {
   EXPECT_THROW(cublaslt_use(*cpu_), Error);
 }
 
-// MIXSIM_CUBLASLT_TUNE=1 (opt-in; written without a GPU at hand): each epilogue product's
-// algorithm is the fastest of cuBLASLt's first candidates, timed on its first call. Whichever
-// wins must meet CublasLtEpiloguesMatchCpu's bounds against the CPU (any algorithm sums the same
-// products in fp32, in its own order), and the choice stays fixed: a second call of each product
-// gives the first call's bits. The count of problems timed is printed (a problem with one
-// candidate is not timed).
+// MIXSIM_CUBLASLT_TUNE=1 (opt-in; written without a GPU at hand): each cuBLASLt product's
+// algorithm is the fastest of cuBLASLt's first candidates, timed on its first call, and the plain
+// products that assign their result (a forward without bias, an input gradient) go through
+// cuBLASLt too. Whichever wins must meet CublasLtEpiloguesMatchCpu's bounds against the CPU (any
+// algorithm sums the same products in fp32, in its own order; 1e-5 for the plain products, as
+// for the product with a bias), and the choice stays fixed: a second call of each product gives
+// the first call's bits. The count of problems timed is printed (a problem with one candidate is
+// not timed).
 TEST_F(CudaOps, CublasLtTuneMatchesCpuAndStaysFixed) {
   EXPECT_FALSE(cublaslt_use(*cuda_bf16_with("", "", "")).tune);
   for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
@@ -1246,12 +1248,36 @@ TEST_F(CudaOps, CublasLtTuneMatchesCpuAndStaysFixed) {
     auto ref = make_cpu_backend(precision);
     const std::string name(lt->name());
     const LtResults r = lt_case(*ref), g = lt_case(*lt), again = lt_case(*lt);
+    // a plain product: out = inp W^T (no bias), and its input gradient
+    const auto plain = [&](Backend& be) {
+      const int oc = 3 * C;
+      const auto inp = put(be, random_floats(std::size_t(N) * C, 111));
+      const auto w = put(be, random_floats(std::size_t(oc) * C, 112, 1 / std::sqrt(double(C))));
+      const auto dout = put(be, random_floats(std::size_t(N) * oc, 113));
+      auto out = put(be, std::vector<float>(std::size_t(N) * oc, 5.f));
+      auto dinp = put(be, std::vector<float>(std::size_t(N) * C, 5.f));
+      auto dw = put(be, std::vector<float>(std::size_t(oc) * C, 0.f));
+      be.matmul_forward(out.get(), inp.get(), w.get(), nullptr, N, C, oc);
+      be.matmul_backward(dinp.get(), dw.get(), nullptr, dout.get(), inp.get(), w.get(), N, C, oc);
+      return std::pair{fetch(be, out.get(), out.size()), fetch(be, dinp.get(), dinp.size())};
+    };
+    const auto [ro, rd] = plain(*ref);
+    const auto [go, gd] = plain(*lt);
+    const auto [ao, ad] = plain(*lt);
+    for (const auto& [what, x, y, z] :
+         {std::tuple{"plain out", &ro, &go, &ao}, std::tuple{"plain dinp", &rd, &gd, &ad}}) {
+      const double err = rel_l2(Pair{*x, *y});
+      std::printf("%s with cuBLASLt tuned, %s: relative L2 to the CPU %.3e\n", name.c_str(), what,
+                  err);
+      EXPECT_LT(err, 1e-5) << name << " " << what;
+      expect_identical(Pair{*y, *z}, name + " " + what + ": the second call");
+    }
     const CublasLtUse use = cublaslt_use(*lt);
     EXPECT_TRUE(use.tune) << name;
-    EXPECT_EQ(use.fused, 6u) << name;
+    EXPECT_EQ(use.fused, 6u) << name;  // the epilogue products; the plain ones are not counted
     EXPECT_EQ(use.fallbacks, 0u) << name << ": " << use.last_fallback;
-    EXPECT_LE(use.tuned, 3u) << name;
-    std::printf("%s with cuBLASLt tuned: %zu of 3 problems timed\n", name.c_str(), use.tuned);
+    EXPECT_LE(use.tuned, 5u) << name;
+    std::printf("%s with cuBLASLt tuned: %zu of 5 problems timed\n", name.c_str(), use.tuned);
     for (const auto& [what, x, y, z, bound] :
          {std::tuple{"out (bias)", &r.out, &g.out, &again.out, 1e-5},
           std::tuple{"pre", &r.pre, &g.pre, &again.pre, 1e-5},
