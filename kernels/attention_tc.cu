@@ -391,9 +391,6 @@ __device__ inline void for_each_element(bool full, Valid valid, F f) {
   }
 }
 
-// Of the warp's 16 rows from iw: D = dout . out in fp32 (summed as attention.cu does; out fp32 or
-// bf16 as stored, out_bf16 uniform; dout fp32, or where it is stored in bf16 null and read from
-// dout16) into row_d[0..15] and dvec, and lse in base 2 into row_lse[0..15] (0 past T).
 // The lane's part of D = dout . out for the head's row at `at` (fp32 dout, or where it is stored
 // in bf16 null and read from dout16; out fp32 or bf16 as stored): every 32nd element from the
 // lane's, in order; warp_sum adds the parts.
@@ -408,6 +405,9 @@ __device__ inline float row_dot_part(const float* dout, const bf16* dout16, cons
   return part;
 }
 
+// Of the warp's 16 rows from iw: D = dout . out in fp32 (summed as attention.cu does; out fp32 or
+// bf16 as stored, out_bf16 uniform; dout fp32, or where it is stored in bf16 null and read from
+// dout16) into row_d[0..15] and dvec, and lse in base 2 into row_lse[0..15] (0 past T).
 template <int HS>
 __device__ inline void row_terms(float* row_d, float* row_lse, float* dvec, const float* dout,
                                  const bf16* dout16, const void* out, bool out_bf16,
@@ -714,14 +714,17 @@ __device__ inline void add_dq_part(Out* dqkv, const Head& head, const FusedDq& f
                                    float (&part)[HS / 8][4], bool first, bool last, float scale,
                                    int lane) {
   float* acc = fused.acc + head.lse_offset * HS;  // row t at acc + t HS
+  // the lane's pair of columns 8n.. of its row `row` in acc
+  const auto pair = [&](int row, int n) {
+    return reinterpret_cast<float2*>(acc + std::size_t(row) * HS + n * 8 + lane % 4 * 2);
+  };
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = iw + lane / 4 + 8 * half;
     if (row >= T || first) continue;
 #pragma unroll
     for (int n = 0; n < HS / 8; ++n) {
-      const float2 prev = __ldcg(
-          reinterpret_cast<const float2*>(acc + std::size_t(row) * HS + n * 8 + lane % 4 * 2));
+      const float2 prev = __ldcg(pair(row, n));
       part[n][2 * half] += prev.x;
       part[n][2 * half + 1] += prev.y;
     }
@@ -736,8 +739,7 @@ __device__ inline void add_dq_part(Out* dqkv, const Head& head, const FusedDq& f
     if (row >= T) continue;
 #pragma unroll
     for (int n = 0; n < HS / 8; ++n)
-      __stcg(reinterpret_cast<float2*>(acc + std::size_t(row) * HS + n * 8 + lane % 4 * 2),
-             make_float2(part[n][2 * half], part[n][2 * half + 1]));
+      __stcg(pair(row, n), make_float2(part[n][2 * half], part[n][2 * half + 1]));
   }
 }
 
@@ -817,7 +819,6 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
         __threadfence();
         store_release(fused.sem + sem_base + tile_start(t - 1) / kRows, place.block + 1);
       }
-    if (!live && !kFusedDq) continue;
     if (live) {
       const bf16* qs = stage_of(qg, t, 2 * kRows * LD);
       const bf16* gs = qs + kRows * LD;
@@ -1052,19 +1053,22 @@ void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn
     using Out = std::remove_pointer_t<decltype(d)>;
     with_head_size(plan.HS, [&](auto hs) {
       constexpr int HS = decltype(hs)::value;
+      const auto dkdv = [&](auto fused_kernel) {  // std::bool_constant: backward_dkdv_kernel's
+        constexpr bool kFused = decltype(fused_kernel)::value;
+        constexpr std::size_t shared = mma_sync::backward_shared<HS, kFused>();
+        auto* kernel = mma_sync::backward_dkdv_kernel<HS, Out, kFused>;
+        allow_dynamic_shared(kernel, shared);
+        kernel<<<grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, fused, T, C, NH,
+                                                   plan.scale, heavy_first);
+        CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
+      };
       if (fused_dq) {
         const std::size_t n = std::size_t(B) * NH * T;  // D: one warp a row
         mma_sync::row_dots_kernel<HS>
             <<<unsigned(CEIL_DIV(n, kThreads / kWarpSize)), kThreads, 0, stream>>>(
                 dvec, dout32, dout16, out.data, out_bf16, T, C, NH, n);
         CUDA_CHECK_LAUNCH(mma_sync::row_dots_kernel);
-        constexpr std::size_t shared = mma_sync::backward_shared<HS, true>();
-        auto* kernel = mma_sync::backward_dkdv_kernel<HS, Out, true>;
-        allow_dynamic_shared(kernel, shared);
-        kernel<<<grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, fused, T, C, NH,
-                                                   plan.scale, heavy_first);
-        CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
-        return;
+        return dkdv(std::true_type{});
       }
       constexpr std::size_t shared = mma_sync::backward_shared<HS>();
       auto* dq_kernel = mma_sync::backward_dq_kernel<HS, Out>;
@@ -1073,11 +1077,7 @@ void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn
                                                     out_bf16, lse, T, C, NH, plan.scale,
                                                     heavy_first);
       CUDA_CHECK_LAUNCH(mma_sync::backward_dq_kernel);
-      auto* dkdv_kernel = mma_sync::backward_dkdv_kernel<HS, Out>;
-      allow_dynamic_shared(dkdv_kernel, shared);
-      dkdv_kernel<<<grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, fused, T, C, NH,
-                                                      plan.scale, heavy_first);
-      CUDA_CHECK_LAUNCH(mma_sync::backward_dkdv_kernel);
+      dkdv(std::false_type{});
     });
   };
   typed(dqkv, launch);

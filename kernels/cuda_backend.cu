@@ -109,9 +109,10 @@ int select_device(int device) {
 // GPU): attention's backward in one kernel, the key-major one, which adds dq's parts in a fixed
 // order through semaphores between blocks, instead of a second kernel recomputing the scores for
 // dq (attention_tc.cu, backward_dkdv_kernel<HS, Out, true>; within rounding of the default's).
-// And MIXSIM_CUBLASLT_TUNE (where cuBLASLt is on; an opt-in written without a GPU): each epilogue
-// product's algorithm timed among cuBLASLt's first candidates on its first call (matmul.cu,
-// LtMatmul), fixed for the backend's life but chosen by timing, so not the same in every process.
+// And MIXSIM_CUBLASLT_TUNE (where cuBLASLt is on; an opt-in written without a GPU): each cuBLASLt
+// product's algorithm timed among cuBLASLt's first candidates on its first call, the plain
+// products that assign their result included (matmul.cu, LtMatmul), fixed for the backend's life
+// but chosen by timing, so not the same in every process.
 
 class CudaBackend final : public Backend {
  public:

@@ -156,7 +156,6 @@ const char* epilogue_name(cublasLtEpilogue_t kind) {
   }
 }
 
-// What a product's epilogue does after the fp32 accumulation, with its vectors and matrices.
 // A CUDA event for timing, destroyed with its scope.
 class TimingEvent {
  public:
@@ -167,6 +166,7 @@ class TimingEvent {
   cudaEvent_t e = nullptr;
 };
 
+// What a product's epilogue does after the fp32 accumulation, with its vectors and matrices.
 struct Epilogue {
   cublasLtEpilogue_t kind = CUBLASLT_EPILOGUE_DEFAULT;
   const void* bias = nullptr;  // BIAS variants: (m), of D's type
@@ -284,7 +284,7 @@ class LtMatmul {
   }
 
   // With `tune`, the plain products with beta 0 run here too (epilogue DEFAULT), so that their
-  // algorithms are timed as well.
+  // algorithms are timed as well (forward_product, backward_products' dinp).
   bool tune() const { return tune_; }
 
   // A product that cannot go through cuBLASLt at all (the shape breaks one of its rules).
@@ -642,8 +642,8 @@ void matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precis
   check_dims("matmul_backward", N, C, OC);
   CUDA_REQUIRE(dinp.type == DType::fp32 || precision == MatmulPrecision::bf16, "matmul_backward",
                std::string("a bf16 dinp needs bf16 products (cuda-bf16)"));
-  backward_products(handle, lt && lt->tune() ? lt : nullptr, precision, dinp, dweight, dbias, dout,
-                    inp, nullptr, weight, N, C, OC, ws, stream);
+  backward_products(handle, lt, precision, dinp, dweight, dbias, dout, inp, nullptr, weight, N, C,
+                    OC, ws, stream);
 }
 
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,

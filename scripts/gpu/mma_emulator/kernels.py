@@ -813,8 +813,6 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=Fals
         if fused_dq and t > 0 and warp == 0:  # threadIdx.x == 0 (thread 0 is warp 0's lane 0)
             # __threadfence(); store_release(sem + tile_start(t - 1) / kRows, place.block + 1)
             store_release(ctx, "sem", sem + tile_start(t - 1) // kRows, block + 1)
-        if not live and not fused_dq:
-            continue
         if live:
             qs = stage_of(qg, t, 2 * kRows * LD)
             gs = qs + kRows * LD
