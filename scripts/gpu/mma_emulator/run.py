@@ -215,15 +215,11 @@ def fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, sweep):
                                                dispatch=dispatch)
         name = (f"{Out} dqkv, {'heavy-first' if hf else 'default'} grid, resident "
                 f"{'all' if resident is None else resident}, started in {dispatch} order")
-        once = all((gf.wcount[k] == 1).all() for k in ("dqkv", "dvec"))
         w = getattr(gf, "waits", (0, 0))
         waits, held = waits + w[0], held + w[1]
-        if Out not in first:
-            first[Out] = gf
-            same = True
-        else:
-            same = all(same_bits(gf.a[k], first[Out].a[k]) for k in ("dqkv", "dvec"))
-        if races or gf.misaligned or not once or not same:
+        first.setdefault(Out, gf)  # the first run of its type: the same as itself
+        same, once, good = matches(gf, races, {k: first[Out].a[k] for k in ("dqkv", "dvec")})
+        if not good:
             ok = False
             bad_runs.append(f"{name}: races={len(races)} misaligned={len(gf.misaligned)}"
                             f"{'' if once else ', write counts wrong'}"
