@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -60,6 +61,43 @@ class Cublas {
 };
 
 // Selects the device before the stream and the handle are created on it.
+// An environment variable's text, "" when unset.
+std::string env_text(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+// The table built into mixsim (kernels/cublaslt_choices.txt), read once.
+std::shared_ptr<const cublaslt::Choices> builtin_choices() {
+  static const auto table = std::make_shared<const cublaslt::Choices>(
+      cublaslt::Choices::parse(cuda::kBuiltinCublasLtChoices, "kernels/cublaslt_choices.txt"));
+  return table;
+}
+
+// cuBLASLt's algorithm choices from the environment: MIXSIM_CUBLASLT_TUNE (timed; off) and
+// MIXSIM_CUBLASLT_TUNE_OUT (the file they are written to, with tune only), else
+// MIXSIM_CUBLASLT_CHOICES (the table's choices; on) from MIXSIM_CUBLASLT_CHOICES_FILE or, unset,
+// the table built in.
+cuda::LtOptions lt_options() {
+  cuda::LtOptions options;
+  options.tune = env_switch("MIXSIM_CUBLASLT_TUNE", false);
+  options.tune_out = env_text("MIXSIM_CUBLASLT_TUNE_OUT");
+  if (!options.tune_out.empty() && !options.tune)
+    throw UsageError("environment variable MIXSIM_CUBLASLT_TUNE_OUT=" + options.tune_out +
+                     ": it names where timed choices go, so set MIXSIM_CUBLASLT_TUNE=1 with it "
+                     "(or unset it)");
+  const bool choices = env_switch("MIXSIM_CUBLASLT_CHOICES", true);
+  const std::string file = env_text("MIXSIM_CUBLASLT_CHOICES_FILE");
+  if (!file.empty() && !choices)
+    throw UsageError("environment variable MIXSIM_CUBLASLT_CHOICES_FILE=" + file +
+                     " with MIXSIM_CUBLASLT_CHOICES=0: unset one of them");
+  if (choices && !options.tune)
+    options.choices =
+        file.empty() ? builtin_choices()
+                     : std::make_shared<const cublaslt::Choices>(cublaslt::Choices::read(file));
+  return options;
+}
+
 int select_device(int device) {
   int count = 0;  // left unwritten without a driver
   const cudaError_t rc = cudaGetDeviceCount(&count);
@@ -112,7 +150,11 @@ int select_device(int device) {
 // And MIXSIM_CUBLASLT_TUNE (where cuBLASLt is on; an opt-in written without a GPU): each cuBLASLt
 // product's algorithm timed among cuBLASLt's first candidates on its first call, the plain
 // products that assign their result included (matmul.cu, LtMatmul), fixed for the backend's life
-// but chosen by timing, so not the same in every process.
+// but chosen by timing, so not the same in every process; with MIXSIM_CUBLASLT_TUNE_OUT=FILE the
+// choices go into FILE's table. Without tune, MIXSIM_CUBLASLT_CHOICES (on) runs a table's choices
+// where it names the device, the cuBLASLt version and the product, the heuristic's first answer
+// elsewhere: the build's kernels/cublaslt_choices.txt, or MIXSIM_CUBLASLT_CHOICES_FILE
+// (lt_options).
 
 class CudaBackend final : public Backend {
  public:
@@ -139,7 +181,7 @@ class CudaBackend final : public Backend {
         stream_(),
         cublas_(stream_.get()),
         lt_(env_switch("MIXSIM_CUBLASLT", precision == MatmulPrecision::bf16)
-                ? cuda::make_lt_matmul(env_switch("MIXSIM_CUBLASLT_TUNE", false))
+                ? cuda::make_lt_matmul(lt_options())
                 : nullptr) {}
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());
@@ -245,13 +287,13 @@ class CudaBackend final : public Backend {
                        TensorIn weight, int N, int C, int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_backward",
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
-    // cuBLASLt only where it tunes (MIXSIM_CUBLASLT_TUNE: the input gradient's algorithm timed)
-    const bool lt = lt_ && cuda::lt_tunes(*lt_);
-    cuda::matmul_backward(cublas_.get(), lt ? lt_.get() : nullptr, precision_, dinp, dweight, dbias,
-                          dout, inp, weight, N, C, OC,
-                          workspace(cuda::matmul_backward_workspace(
-                              precision_, lt, dout.type, inp.type, weight.type, N, C, OC)),
-                          stream_.get());
+    // (cuBLASLt runs the input gradient only with MIXSIM_CUBLASLT_TUNE, or where the choices
+    // table names it)
+    cuda::matmul_backward(
+        cublas_.get(), lt_.get(), precision_, dinp, dweight, dbias, dout, inp, weight, N, C, OC,
+        workspace(cuda::matmul_backward_workspace(precision_, lt_ != nullptr, dout.type, inp.type,
+                                                  weight.type, N, C, OC)),
+        stream_.get());
   }
   void matmul_gelu_forward(TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight,
                            TensorIn bias, int N, int C, int OC) override {

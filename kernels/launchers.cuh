@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cuda_common.cuh"
+#include "mixsim/backend/cublaslt_choices.hpp"
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/ops.hpp"
 
@@ -112,11 +113,22 @@ struct LtMatmulDeleter {
   void operator()(LtMatmul* lt) const noexcept;
 };
 using LtMatmulPtr = std::unique_ptr<LtMatmul, LtMatmulDeleter>;
-// tune: each problem's algorithm timed among cuBLASLt's first candidates on its first call
-// (MIXSIM_CUBLASLT_TUNE), not the heuristic's first answer.
-LtMatmulPtr make_lt_matmul(bool tune = false);
+struct LtOptions {
+  // each problem's algorithm timed among cuBLASLt's first candidates on its first call
+  // (MIXSIM_CUBLASLT_TUNE), not the heuristic's first answer
+  bool tune = false;
+  // with tune: the choices table file that each choice is merged into as it is made
+  // (MIXSIM_CUBLASLT_TUNE_OUT; "" for none)
+  std::string tune_out;
+  // without tune: the choices to run where they name a problem on this device and cuBLASLt
+  // version (the build's kernels/cublaslt_choices.txt, or MIXSIM_CUBLASLT_CHOICES_FILE); null
+  // for none
+  std::shared_ptr<const cublaslt::Choices> choices;
+};
+LtMatmulPtr make_lt_matmul(LtOptions options = {});
+// kernels/cublaslt_choices.txt, as the build found it (cublaslt_choices_table.cu.in).
+extern const char* const kBuiltinCublasLtChoices;
 const CublasLtUse& lt_use(const LtMatmul& lt);
-bool lt_tunes(const LtMatmul& lt);  // made with tune
 
 void set_fp32_math(cublasHandle_t handle);
 // The workspace functions take whether the op gets an LtMatmul (its products may take cuBLASLt
@@ -136,7 +148,8 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
                                       DType weight, int N, int C, int OC);
 // dinp: fp32, or (bf16 products) bf16, the product's fp32 sums rounded as cuBLAS stores them.
-// lt: used only where it tunes (dinp through cuBLASLt, make_lt_matmul(true)); may be null.
+// lt: may be null; dinp goes through cuBLASLt only with `tune` or where its choices table names
+// the product (LtMatmul::run's `plain`).
 void matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision, TensorOut dinp,
                      float* dweight, float* dbias, TensorIn dout, TensorIn inp, TensorIn weight,
                      int N, int C, int OC, Workspace ws, cudaStream_t stream);

@@ -20,6 +20,8 @@
 
 #include <array>
 #include <cstdint>
+#include <cstdio>
+#include <filesystem>
 #include <map>
 
 #include "launchers.cuh"
@@ -192,12 +194,34 @@ struct Epilogue {
 // cublasGemmEx ran: run 10 timed the tied head's forward at 1.03 ms with cuBLAS's choice and 0.88
 // with the best of cuBLASLt's eight. The choice stays fixed for the backend's life, so a run's
 // results are the same from step to step, but timings decide it: another process may choose
-// otherwise, and then a resumed run or another rank's products round differently.
+// otherwise, and then a resumed run or another rank's products round differently. So `tune` also
+// writes what it chose to a table (LtOptions::tune_out;
+// include/mixsim/backend/cublaslt_choices.hpp) which, given back as LtOptions::choices, makes every
+// later process run the same choices without timing anything: a choice is the candidate's place in
+// the heuristic's answers, which are the same in every process on the same device and cuBLASLt
+// version, and it runs only if that candidate still has the configuration the table saw (else the
+// heuristic's first, counted as a mismatch). The plain products that assign their result go through
+// cuBLASLt where the table names them, and stay with cublasGemmEx elsewhere.
 class LtMatmul {
  public:
-  explicit LtMatmul(bool tune) : tune_(tune) {
-    CUBLAS_CHECK(cublasLtCreate(&handle_));
-    use_.tune = tune;
+  explicit LtMatmul(LtOptions options)
+      : tune_(options.tune),
+        tune_out_(std::move(options.tune_out)),
+        choices_(std::move(options.choices)) {
+    use_.tune = tune_;
+    int device = 0;
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    device_ = cublaslt::device_field(prop.name);
+    version_ = static_cast<long long>(cublasLtGetVersion());
+    // The table that tune_out holds already (its choices kept unless timed again), written back
+    // at once: an unreadable or malformed file, or one that cannot be written, stops here.
+    if (!tune_out_.empty()) {
+      if (std::filesystem::exists(tune_out_)) timed_ = cublaslt::Choices::read(tune_out_);
+      timed_.write(tune_out_);
+    }
+    CUBLAS_CHECK(cublasLtCreate(&handle_));  // (last: nothing above leaks it when it throws)
   }
   ~LtMatmul() { cublasLtDestroy(handle_); }
   LtMatmul(const LtMatmul&) = delete;
@@ -206,10 +230,11 @@ class LtMatmul {
   // D (m,n) = op(A) op(B), then the epilogue; D is fp32 or bf16 (then the bias and aux matrix
   // are bf16 too, as cuBLASLt requires), column-major with leading dimension ldd, and not read
   // (beta 0). Returns false, having run nothing, when cuBLASLt has no algorithm for the problem
-  // or refuses it.
+  // or refuses it. `plain`: a product that cublasGemmEx runs as well (no epilogue), taken here
+  // only with `tune` or where the choices table names it; false otherwise, and not a fallback.
   bool run(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A, int lda,
            Operand B, int ldb, Output D, int ldd, const Epilogue& ep, Workspace& ws,
-           cudaStream_t stream) {
+           cudaStream_t stream, bool plain = false) {
     LtDesc desc;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
     set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSA, std::int32_t(ta));
@@ -247,6 +272,7 @@ class LtMatmul {
                   ep.aux ? alignment(ep.aux) : 0,
                   ep.aux_ld,
                   D.type};
+    if (plain && !tune_ && !table_choice(key)) return false;
     auto found = plans_.find(key);
     if (found == plans_.end())
       found = plans_.emplace(key, plan(desc.get(), a.get(), b.get(), d.get(), key)).first;
@@ -257,7 +283,7 @@ class LtMatmul {
       return false;
     }
     if (tune_ && !p.ran && p.count > 1)
-      choose(p, desc.get(), A, a.get(), B, b.get(), D, d.get(), ws, stream);
+      choose(p, key, desc.get(), A, a.get(), B, b.get(), D, d.get(), ws, stream);
     // The scratch comes from a copy of ws: the caller's later takes may reuse those bytes (they
     // run after this product in stream order), so a refused call leaves nothing behind.
     Workspace local = ws;
@@ -283,10 +309,6 @@ class LtMatmul {
     return true;
   }
 
-  // With `tune`, the plain products with beta 0 run here too (epilogue DEFAULT), so that their
-  // algorithms are timed as well (forward_product, backward_products' dinp).
-  bool tune() const { return tune_; }
-
   // A product that cannot go through cuBLASLt at all (the shape breaks one of its rules).
   void refuse(std::string reason) {
     ++use_.fallbacks;
@@ -296,8 +318,8 @@ class LtMatmul {
   const CublasLtUse& use() const { return use_; }
 
  private:
-  using Key = std::array<long long, 17>;
-  static constexpr int kCandidates = 8;  // the heuristic's answers timed with `tune`
+  using Key = cublaslt::Key;
+  static constexpr int kCandidates = cublaslt::kMaxPick;  // answers timed with `tune`
   struct Plan {
     bool found = false;
     cublasLtMatmulAlgo_t algo{};
@@ -311,15 +333,16 @@ class LtMatmul {
 
   // Times each candidate of p (a warm-up call, then the mean of kReps) on this call's operands
   // and makes the fastest p's algorithm; one that cuBLASLt refuses is passed over. The calls
-  // write D (and a GELU_AUX epilogue's aux matrix) as the call that follows will again.
-  void choose(Plan& p, cublasLtMatmulDesc_t desc, Operand A, cublasLtMatrixLayout_t a, Operand B,
-              cublasLtMatrixLayout_t b, Output D, cublasLtMatrixLayout_t d, const Workspace& ws,
-              cudaStream_t stream) {
+  // write D (and a GELU_AUX epilogue's aux matrix) as the call that follows will again. With
+  // tune_out, the choice goes into that file's table at once.
+  void choose(Plan& p, const Key& key, cublasLtMatmulDesc_t desc, Operand A,
+              cublasLtMatrixLayout_t a, Operand B, cublasLtMatrixLayout_t b, Output D,
+              cublasLtMatrixLayout_t d, const Workspace& ws, cudaStream_t stream) {
     constexpr int kReps = 3;
     const float alpha = 1.f, beta = 0.f;
     TimingEvent start, stop;
-    float best = 0.f;
-    const cublasLtMatmulHeuristicResult_t* chosen = nullptr;
+    float best = 0.f, first = 0.f;
+    int chosen = -1;
     for (int i = 0; i < p.count; ++i) {
       const cublasLtMatmulHeuristicResult_t& c = p.candidates[i];
       Workspace local = ws;
@@ -335,16 +358,50 @@ class LtMatmul {
       CUDA_CHECK(cudaEventSynchronize(stop.e));
       float ms = 0.f;
       CUDA_CHECK(cudaEventElapsedTime(&ms, start.e, stop.e));
-      if (!chosen || ms < best) {
+      if (i == 0) first = ms;
+      if (chosen < 0 || ms < best) {
         best = ms;
-        chosen = &c;
+        chosen = i;
       }
     }
-    if (chosen) {
-      p.algo = chosen->algo;
-      p.workspace = chosen->workspaceSize;
-      ++use_.tuned;
-    }
+    if (chosen < 0) return;
+    p.algo = p.candidates[chosen].algo;
+    p.workspace = p.candidates[chosen].workspaceSize;
+    ++use_.tuned;
+    if (tune_out_.empty()) return;
+    cublaslt::Choice c{device_, version_, key, chosen, config_of(p.algo)};
+    c.us = 1e3 * best / kReps;
+    c.first_us = 1e3 * first / kReps;  // (0 when cuBLASLt refused its first answer)
+    timed_.put(std::move(c));
+    timed_.write(tune_out_);
+  }
+
+  // The table's choice for this problem on this device and cuBLASLt version, or null (and null
+  // when timing: `tune` chooses by itself).
+  const cublaslt::Choice* table_choice(const Key& key) const {
+    return tune_ || !choices_ ? nullptr : choices_->find(device_, version_, key);
+  }
+
+  // An algorithm's configuration, in cublaslt::kConfigFields' order (-1 where this cuBLASLt
+  // does not report one).
+  static cublaslt::Config config_of(const cublasLtMatmulAlgo_t& algo) {
+    const auto get = [&](cublasLtMatmulAlgoConfigAttributes_t attr, auto value) -> long long {
+      std::size_t written = 0;
+      if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &value, sizeof value, &written) !=
+              CUBLAS_STATUS_SUCCESS ||
+          written != sizeof value)
+        return -1;
+      return static_cast<long long>(value);
+    };
+    return {get(CUBLASLT_ALGO_CONFIG_ID, std::int32_t{}),
+            get(CUBLASLT_ALGO_CONFIG_TILE_ID, std::uint32_t{}),
+            get(CUBLASLT_ALGO_CONFIG_STAGES_ID, std::uint32_t{}),
+            get(CUBLASLT_ALGO_CONFIG_SPLITK_NUM, std::int32_t{}),
+            get(CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, std::uint32_t{}),
+            get(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, std::uint32_t{}),
+            get(CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, std::uint32_t{}),
+            get(CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID, std::uint16_t{}),
+            get(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, std::uint16_t{})};
   }
 
   Plan plan(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
@@ -365,16 +422,33 @@ class LtMatmul {
                     std::uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE));
     std::array<cublasLtMatmulHeuristicResult_t, kCandidates> results{};
     int count = 0;
-    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-        handle_, desc, a, b, d, d, pref.get(), tune_ ? kCandidates : 1, results.data(), &count);
+    const cublaslt::Choice* choice = table_choice(key);
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(handle_, desc, a, b, d, d, pref.get(),
+                                       tune_ || choice ? kCandidates : 1, results.data(), &count);
     Plan p;
     if (status == CUBLAS_STATUS_SUCCESS)
       for (int i = 0; i < count; ++i)
         if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates[p.count++] = results[i];
     if (p.count > 0) {
       p.found = true;
-      p.algo = p.candidates[0].algo;
-      p.workspace = p.candidates[0].workspaceSize;
+      int pick = 0;
+      if (choice) {
+        if (choice->pick >= p.count) {
+          mismatch("the table's choice for " + describe(key) + " is answer " +
+                   std::to_string(choice->pick) + ", and the heuristic gave " +
+                   std::to_string(p.count));
+        } else if (config_of(p.candidates[choice->pick].algo) != choice->config) {
+          mismatch("the table's choice for " + describe(key) + " (answer " +
+                   std::to_string(choice->pick) +
+                   ") has another configuration now: " + cublaslt::Choices::format_line(*choice));
+        } else {
+          pick = choice->pick;
+          ++use_.chosen;
+        }
+      }
+      p.algo = p.candidates[pick].algo;
+      p.workspace = p.candidates[pick].workspaceSize;
       return p;
     }
     p.reason = "cuBLASLt has no algorithm for " + describe(key) + ": " +
@@ -390,7 +464,18 @@ class LtMatmul {
            epilogue_name(cublasLtEpilogue_t(key[6])) + ")";
   }
 
+  // The heuristic's first answer runs instead of a table's choice that no longer fits.
+  void mismatch(std::string reason) {
+    ++use_.mismatched;
+    use_.last_mismatch = std::move(reason);
+  }
+
   bool tune_;
+  std::string tune_out_;
+  std::shared_ptr<const cublaslt::Choices> choices_;
+  std::string device_;       // as the table names it
+  long long version_ = 0;    // cublasLtGetVersion()
+  cublaslt::Choices timed_;  // with tune_out: that file's table and this backend's choices
   cublasLtHandle_t handle_ = nullptr;
   std::map<Key, Plan> plans_;
   CublasLtUse use_;
@@ -400,16 +485,12 @@ void LtMatmulDeleter::operator()(LtMatmul* lt) const noexcept {
   delete lt;
 }
 
-LtMatmulPtr make_lt_matmul(bool tune) {
-  return LtMatmulPtr(new LtMatmul(tune));
+LtMatmulPtr make_lt_matmul(LtOptions options) {
+  return LtMatmulPtr(new LtMatmul(std::move(options)));
 }
 
 const CublasLtUse& lt_use(const LtMatmul& lt) {
   return lt.use();
-}
-
-bool lt_tunes(const LtMatmul& lt) {
-  return lt.tune();
 }
 
 namespace {
@@ -472,8 +553,8 @@ void forward_product(cublasHandle_t handle, LtMatmul* lt, Output out, Operand w,
     CUDA_CHECK_LAUNCH(broadcast_bias_kernel);
     beta = 1.f;
   }
-  if (lt && lt->tune() && !bias &&
-      lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC, {}, ws, stream))
+  if (lt && !bias &&
+      lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, out, OC, {}, ws, stream, true))
     return;
   gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.f, w, C, x, C, beta, out, OC);
 }
@@ -619,9 +700,8 @@ void backward_products(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision prec
                         stream);
     }
     if (!fused && !pre.data) {  // dinp as the product stores it (a bf16 one rounded once)
-      if (!(lt && lt->tune() &&
-            lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, output(dinp), C, {}, ws,
-                    stream)))
+      if (!(lt && lt->run(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, g, OC, output(dinp), C, {}, ws,
+                          stream, true)))
         gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.f, w, C, g, OC, 0.f, output(dinp), C);
     } else if (!fused) {  // the product, then the GELU's derivative (into a bf16 dinp from fp32)
       const std::size_t n = std::size_t(N) * C;

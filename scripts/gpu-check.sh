@@ -37,7 +37,9 @@
 #     session, after a fix, when the first run named failed tests ('GpuPipeline.*' reruns the
 #     pipeline's tests instead, after the mpirun step, and rebuilds the binary);
 #   --compare 'VAR=VALUE ...' ... builds and times GPT-2 bf16 training with the default switches
-#     and with each setting given (environment assignments), in two rounds, then torch.compile
+#     and with each setting given (environment assignments: MIXSIM_NAME=0 or 1, or
+#     MIXSIM_NAME_FILE=PATH, e.g. the choices table that a full run's tune step wrote to
+#     build-gpu/cublaslt-choices.txt), in two rounds, then torch.compile
 #     twice: whether a switch pays, on one card in one call (run 9 did this by hand); then each
 #     setting's per-op profile, and a row of the ops it moves by 2% or more against the defaults;
 #   GPU_CHECK_NCU=1 adds Nsight Compute's report on the attention kernels.
@@ -86,8 +88,13 @@ case "${1:-}" in
     ((${#COMPARE[@]})) || { echo "gpu-check: --compare needs settings, e.g. 'MIXSIM_TC_WIDE_FORWARD=1'" >&2; exit 2; }
     for setting in "${COMPARE[@]}"; do
       for word in $setting; do
+        if [[ "$word" =~ ^MIXSIM_[A-Z0-9_]+_FILE=(.+)$ ]]; then  # a file the backend reads
+          [[ -f "${BASH_REMATCH[1]}" ]] ||
+            { echo "gpu-check: --compare: '$word' names no file" >&2; exit 2; }
+          continue
+        fi
         [[ "$word" =~ ^MIXSIM_[A-Z0-9_]+=[01]$ ]] ||
-          { echo "gpu-check: --compare takes MIXSIM_NAME=0 or =1 settings, not '$word'" >&2; exit 2; }
+          { echo "gpu-check: --compare takes MIXSIM_NAME=0 or =1 settings (or MIXSIM_NAME_FILE=PATH), not '$word'" >&2; exit 2; }
       done
     done
     ;;
@@ -103,7 +110,8 @@ esac
 unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS MIXSIM_BF16_OUTPUTS \
   MIXSIM_BF16_WEIGHTS MIXSIM_TC_WIDE_FORWARD MIXSIM_CLASSIFIER_EXP2 MIXSIM_GELU_EXP2 \
   MIXSIM_BF16_ATTENTION_OUT MIXSIM_LAYERNORM_VEC4 MIXSIM_ATTENTION_HEAVY_FIRST \
-  MIXSIM_ATTENTION_FUSED_DQ MIXSIM_CUBLASLT_TUNE
+  MIXSIM_ATTENTION_FUSED_DQ MIXSIM_CUBLASLT_TUNE MIXSIM_CUBLASLT_TUNE_OUT MIXSIM_CUBLASLT_CHOICES \
+  MIXSIM_CUBLASLT_CHOICES_FILE
 
 START=$(date +%s)
 STATUS=0  # 1 when a test or a check failed (the benchmarks only report)
@@ -225,6 +233,7 @@ finish() {  # prints the table, packs the logs into $OUT, exits with the status
   printf '%s\n' "${TABLE[@]}" | tee "$LOG/summary.txt"
   if [[ -n "${OUT:-}" ]]; then
     cp "$LOG/summary.txt" "$OUT/" && tar -czf "$OUT/gpu-check-logs.tgz" -C "$LOG" .
+    [[ -f "${CHOICES:-}" ]] && cp "$CHOICES" "$OUT/"
   fi
   exit "$STATUS"
 }
@@ -486,6 +495,31 @@ step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS
 step bench-train-bf16-optins 90 env MIXSIM_BF16_ATTENTION_OUT=1 MIXSIM_LAYERNORM_VEC4=1 \
   MIXSIM_ATTENTION_HEAVY_FIRST=1 MIXSIM_ATTENTION_FUSED_DQ=1 "$BUILD/bench/bench_gpu_train" \
   --configs gpt2 --backend cuda-bf16
+# cuBLASLt's algorithms timed (MIXSIM_CUBLASLT_TUNE=1) on every bf16 shape, each choice written
+# to a table (build-gpu/cublaslt-choices.txt, and $OUT's copy: as kernels/cublaslt_choices.txt it
+# becomes the choices built into mixsim), then GPT-2 again running that table's choices without
+# timing, as every process would (MIXSIM_CUBLASLT_CHOICES_FILE): the speed a committed table gives
+CHOICES=$BUILD/cublaslt-choices.txt
+rm -f "$CHOICES"
+step bench-train-bf16-tune 120 env MIXSIM_CUBLASLT_TUNE=1 MIXSIM_CUBLASLT_TUNE_OUT="$CHOICES" \
+  "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS" --backend cuda-bf16
+if [[ -f "$CHOICES" ]]; then
+  row "cuBLASLt choices table (tuned)" \
+    "$(grep -vc '^#' "$CHOICES") choices in $CHOICES (copied to \$OUT)"
+  step bench-train-bf16-choices 90 env MIXSIM_CUBLASLT_CHOICES_FILE="$CHOICES" \
+    "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
+  TPS=$(value bench-train-bf16-choices mixsim-bf16 tokens_per_s)
+  BASE_TPS=$(value bench-train-bf16-all mixsim-bf16 tokens_per_s)
+  LT_USE=$(grep -o 'algorithms: .*' "$LOG/bench-train-bf16-choices.log" 2> /dev/null | tail -1)
+  if [[ -n "$TPS" && -n "$BASE_TPS" ]]; then
+    row "GPT-2 bf16 with the tuned choices" "$(awk -v a="$TPS" -v b="$BASE_TPS" \
+      'BEGIN { printf "tokens/s %s: %.3fx the default row", a, a / b }') (${LT_USE:-no cuBLASLt line})"
+  else
+    row "GPT-2 bf16 with the tuned choices" "no result (see bench-train-bf16-choices.log)"
+  fi
+else
+  row "cuBLASLt choices table (tuned)" "none written (see bench-train-bf16-tune.log)"
+fi
 # where a default bf16 step's time goes now (per op, synchronised)
 step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile \
   --backend cuda-bf16
@@ -577,7 +611,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-optins bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16; do
+for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-optins bench-train-bf16-tune bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)

@@ -29,8 +29,11 @@
 // classifier through exp2, +exp2); the opt-in MIXSIM_LAYERNORM_VEC4=1 (LayerNorm with
 // 16-byte accesses, +lnv4), MIXSIM_ATTENTION_HEAVY_FIRST=1 (the tensor-core attention's
 // longest blocks first, +hf), MIXSIM_ATTENTION_FUSED_DQ=1 (attention's backward in one kernel,
-// +fdq) and MIXSIM_CUBLASLT_TUNE=1 (cuBLASLt's algorithms chosen by timing, +ltt). The label takes
-// each from the backend (cuda_kernel_choices and the Backend queries), not from the environment.
+// +fdq) and MIXSIM_CUBLASLT_TUNE=1 (cuBLASLt's algorithms chosen by timing, +ltt; with
+// MIXSIM_CUBLASLT_TUNE_OUT=FILE written to FILE's choices table). The label takes each from the
+// backend (cuda_kernel_choices and the Backend queries), not from the environment. The choices
+// table that runs without tune (the built-in one, or MIXSIM_CUBLASLT_CHOICES_FILE) is not in the
+// label: the cuBLASLt line after each config counts the algorithms it chose, and its mismatches.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -211,9 +214,13 @@ int main(int argc, char** argv) {
       run(*gpu, label, cfg, batch, steps > 0 ? steps : cfg.steps, peak, profile, range);
       if (cublaslt) {
         const mixsim::CublasLtUse use = mixsim::cublaslt_use(*gpu);
-        std::printf("       cuBLASLt: %zu fused products, %zu fallbacks%s%s\n", use.fused,
-                    use.fallbacks, use.fallbacks ? " (last: " : "",
-                    use.fallbacks ? (use.last_fallback + ")").c_str() : "");
+        std::printf(
+            "       cuBLASLt: %zu fused products, %zu fallbacks%s%s; algorithms: %zu "
+            "timed, %zu from the choices table, %zu mismatched%s%s\n",
+            use.fused, use.fallbacks, use.fallbacks ? " (last: " : "",
+            use.fallbacks ? (use.last_fallback + ")").c_str() : "", use.tuned, use.chosen,
+            use.mismatched, use.mismatched ? " (last: " : "",
+            use.mismatched ? (use.last_mismatch + ")").c_str() : "");
       }
     }
   } catch (const std::exception& e) {

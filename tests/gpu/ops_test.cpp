@@ -6,6 +6,7 @@
 #include "mixsim/backend/ops.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "../support/scoped_env.hpp"
+#include "mixsim/backend/cublaslt_choices.hpp"
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/core/bf16.hpp"
@@ -1194,6 +1197,36 @@ LtResults lt_case(Backend& be) {
           fetch(be, dw.get(), dw.size()),     fetch(be, db.get(), db.size())};
 }
 
+// A plain product, out = inp W^T (no bias), and its input gradient: (out, dinp).
+std::pair<std::vector<float>, std::vector<float>> plain_case(Backend& be) {
+  const int oc = 3 * C;
+  const auto inp = put(be, random_floats(std::size_t(N) * C, 111));
+  const auto w = put(be, random_floats(std::size_t(oc) * C, 112, 1 / std::sqrt(double(C))));
+  const auto dout = put(be, random_floats(std::size_t(N) * oc, 113));
+  auto out = put(be, std::vector<float>(std::size_t(N) * oc, 5.f));
+  auto dinp = put(be, std::vector<float>(std::size_t(N) * C, 5.f));
+  auto dw = put(be, std::vector<float>(std::size_t(oc) * C, 0.f));
+  be.matmul_forward(out.get(), inp.get(), w.get(), nullptr, N, C, oc);
+  be.matmul_backward(dinp.get(), dw.get(), nullptr, dout.get(), inp.get(), w.get(), N, C, oc);
+  return {fetch(be, out.get(), out.size()), fetch(be, dinp.get(), dinp.size())};
+}
+
+// MIXSIM_CUBLASLT=1 and cuBLASLt's choice switches (the tune and table ones) as given, the others
+// of those unset, for a scope; each variable set once, so that each comes back as it was.
+using LtSettings = std::vector<std::pair<std::string, std::string>>;
+std::vector<std::unique_ptr<mixsim::testing::ScopedEnv>> lt_env(const LtSettings& settings) {
+  std::vector<std::unique_ptr<mixsim::testing::ScopedEnv>> env;
+  for (const char* name : {"MIXSIM_CUBLASLT_TUNE", "MIXSIM_CUBLASLT_TUNE_OUT",
+                           "MIXSIM_CUBLASLT_CHOICES", "MIXSIM_CUBLASLT_CHOICES_FILE"}) {
+    std::string value;
+    for (const auto& [n, v] : settings)
+      if (n == name) value = v;
+    env.push_back(std::make_unique<mixsim::testing::ScopedEnv>(name, value.c_str()));
+  }
+  env.push_back(std::make_unique<mixsim::testing::ScopedEnv>("MIXSIM_CUBLASLT", "1"));
+  return env;
+}
+
 }  // namespace
 
 // cuda and cuda-bf16 with MIXSIM_CUBLASLT=1 against their CPU references (cpu; cpu-bf16, the same
@@ -1248,22 +1281,9 @@ TEST_F(CudaOps, CublasLtTuneMatchesCpuAndStaysFixed) {
     auto ref = make_cpu_backend(precision);
     const std::string name(lt->name());
     const LtResults r = lt_case(*ref), g = lt_case(*lt), again = lt_case(*lt);
-    // a plain product: out = inp W^T (no bias), and its input gradient
-    const auto plain = [&](Backend& be) {
-      const int oc = 3 * C;
-      const auto inp = put(be, random_floats(std::size_t(N) * C, 111));
-      const auto w = put(be, random_floats(std::size_t(oc) * C, 112, 1 / std::sqrt(double(C))));
-      const auto dout = put(be, random_floats(std::size_t(N) * oc, 113));
-      auto out = put(be, std::vector<float>(std::size_t(N) * oc, 5.f));
-      auto dinp = put(be, std::vector<float>(std::size_t(N) * C, 5.f));
-      auto dw = put(be, std::vector<float>(std::size_t(oc) * C, 0.f));
-      be.matmul_forward(out.get(), inp.get(), w.get(), nullptr, N, C, oc);
-      be.matmul_backward(dinp.get(), dw.get(), nullptr, dout.get(), inp.get(), w.get(), N, C, oc);
-      return std::pair{fetch(be, out.get(), out.size()), fetch(be, dinp.get(), dinp.size())};
-    };
-    const auto [ro, rd] = plain(*ref);
-    const auto [go, gd] = plain(*lt);
-    const auto [ao, ad] = plain(*lt);
+    const auto [ro, rd] = plain_case(*ref);
+    const auto [go, gd] = plain_case(*lt);
+    const auto [ao, ad] = plain_case(*lt);
     for (const auto& [what, x, y, z] :
          {std::tuple{"plain out", &ro, &go, &ao}, std::tuple{"plain dinp", &rd, &gd, &ad}}) {
       const double err = rel_l2(Pair{*x, *y});
@@ -1290,6 +1310,118 @@ TEST_F(CudaOps, CublasLtTuneMatchesCpuAndStaysFixed) {
       expect_identical(Pair{*y, *z}, name + " " + what + ": the second call");
     }
   }
+}
+
+// MIXSIM_CUBLASLT_TUNE_OUT and MIXSIM_CUBLASLT_CHOICES_FILE: the table a tuned backend writes (one
+// choice a problem it timed), given to a new backend, makes that backend run the same algorithms
+// without timing anything: every product gives the tuned backend's bits, the epilogue products
+// and the plain ones (which go through cuBLASLt where the table names them), and every choice is
+// taken (chosen = the table's size, none mismatched). A choice whose configuration no longer
+// matches the heuristic's answer at its place runs the heuristic's first answer instead, counted
+// as a mismatch: the epilogue products then give the bits of a backend without the table.
+TEST_F(CudaOps, CublasLtChoicesReplayWhatTuneChose) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("mixsim-choices-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{dir};
+  const std::string table = (dir / "choices.txt").string();
+  struct Run {
+    LtResults lt;
+    std::pair<std::vector<float>, std::vector<float>> plain;
+    CublasLtUse use;
+  };
+  // a backend made with these switches set (the others unset), and what it computes
+  const auto run = [](MatmulPrecision precision, const LtSettings& settings) {
+    const auto env = lt_env(settings);
+    auto be = make_cuda_backend(0, precision);
+    Run r;
+    r.lt = lt_case(*be);
+    r.plain = plain_case(*be);
+    r.use = cublaslt_use(*be);
+    return r;
+  };
+  const auto same = [](const Run& a, const Run& b, bool plain, const std::string& what) {
+    for (const auto& [name, x, y] :
+         {std::tuple{"out (bias)", &a.lt.out, &b.lt.out}, std::tuple{"pre", &a.lt.pre, &b.lt.pre},
+          std::tuple{"gelu", &a.lt.gelu, &b.lt.gelu}, std::tuple{"dpre", &a.lt.dpre, &b.lt.dpre},
+          std::tuple{"dweight", &a.lt.dweight, &b.lt.dweight},
+          std::tuple{"dbias", &a.lt.dbias, &b.lt.dbias}})
+      expect_identical(Pair{*x, *y}, what + ", " + name);
+    if (plain) {
+      expect_identical(Pair{a.plain.first, b.plain.first}, what + ", plain out");
+      expect_identical(Pair{a.plain.second, b.plain.second}, what + ", plain dinp");
+    }
+  };
+  for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
+    fs::remove(table);
+    const Run tuned =
+        run(precision, {{"MIXSIM_CUBLASLT_TUNE", "1"}, {"MIXSIM_CUBLASLT_TUNE_OUT", table}});
+    const std::string name = precision == MatmulPrecision::bf16 ? "cuda-bf16" : "cuda";
+    const cublaslt::Choices written = cublaslt::Choices::read(table);
+    std::printf("%s: %zu problems timed, %zu choices written\n%s", name.c_str(), tuned.use.tuned,
+                written.size(), written.format().c_str());
+    EXPECT_EQ(written.size(), tuned.use.tuned) << name;
+    // (the heuristic gave more than one answer for these products on the H200 of run 10's
+    // bench_gpu_gemm; with none timed the replay would test nothing)
+    ASSERT_GT(written.size(), 0u) << name << ": no problem had two candidates";
+
+    const Run replayed = run(precision, {{"MIXSIM_CUBLASLT_CHOICES_FILE", table}});
+    EXPECT_FALSE(replayed.use.tune) << name;
+    EXPECT_EQ(replayed.use.tuned, 0u) << name;
+    EXPECT_EQ(replayed.use.chosen, written.size()) << name;
+    EXPECT_EQ(replayed.use.mismatched, 0u) << name << ": " << replayed.use.last_mismatch;
+    EXPECT_EQ(replayed.use.fallbacks, 0u) << name << ": " << replayed.use.last_fallback;
+    same(tuned, replayed, true, name + " replayed against tuned");
+
+    cublaslt::Choices altered;
+    for (cublaslt::Choice c : written.list()) {
+      c.config[1] += 1000;  // a tile id no answer has
+      altered.put(c);
+    }
+    altered.write(table);
+    const Run mismatched = run(precision, {{"MIXSIM_CUBLASLT_CHOICES_FILE", table}});
+    const Run without = run(precision, {{"MIXSIM_CUBLASLT_CHOICES", "0"}});
+    EXPECT_EQ(mismatched.use.chosen, 0u) << name;
+    EXPECT_EQ(mismatched.use.mismatched, written.size()) << name;
+    EXPECT_NE(mismatched.use.last_mismatch.find("has another configuration now"), std::string::npos)
+        << mismatched.use.last_mismatch;
+    EXPECT_EQ(without.use.chosen + without.use.mismatched, 0u) << name;
+    // (a plain product the table names goes through cuBLASLt's first answer, where the backend
+    // without the table runs cublasGemmEx: only the epilogue products are compared)
+    same(mismatched, without, false, name + " mismatched against no table");
+  }
+}
+
+// The choices' settings are checked when the backend is made: a file for timed choices needs
+// MIXSIM_CUBLASLT_TUNE=1, a choices file contradicts MIXSIM_CUBLASLT_CHOICES=0, and a choices
+// file that cannot be read is named.
+TEST_F(CudaOps, CublasLtChoiceSettingsAreChecked) {
+  const auto error = [](const LtSettings& settings) {
+    const auto env = lt_env(settings);
+    try {
+      make_cuda_backend(0, MatmulPrecision::bf16);
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no UsageError");
+  };
+  EXPECT_NE(error({{"MIXSIM_CUBLASLT_TUNE_OUT", "/tmp/x.txt"}})
+                .find("MIXSIM_CUBLASLT_TUNE_OUT=/tmp/x.txt: it names where timed choices go"),
+            std::string::npos);
+  EXPECT_NE(error({{"MIXSIM_CUBLASLT_CHOICES", "0"}, {"MIXSIM_CUBLASLT_CHOICES_FILE", "/tmp/x"}})
+                .find("MIXSIM_CUBLASLT_CHOICES_FILE=/tmp/x with MIXSIM_CUBLASLT_CHOICES=0"),
+            std::string::npos);
+  EXPECT_NE(error({{"MIXSIM_CUBLASLT_CHOICES_FILE", "/nonexistent/choices.txt"}})
+                .find("cuBLASLt choices file /nonexistent/choices.txt: cannot be read"),
+            std::string::npos);
+  EXPECT_NE(error({{"MIXSIM_CUBLASLT_CHOICES", "maybe"}}).find("MIXSIM_CUBLASLT_CHOICES=maybe"),
+            std::string::npos);
 }
 
 // The switches' defaults on the GPU: cuda-bf16 unset has all three on (cuBLASLt, tensor-core

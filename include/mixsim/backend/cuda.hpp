@@ -22,7 +22,10 @@ std::unique_ptr<Backend> make_cuda_backend(int device,
 // and those that fell back to cuBLAS and separate kernels because cuBLASLt had no algorithm for
 // them (the last reason kept). With MIXSIM_CUBLASLT_TUNE=1 (an opt-in; `tune`), each problem's
 // algorithm is the fastest of cuBLASLt's first candidates, timed on its first call (`tuned`
-// problems so far), instead of the heuristic's first answer.
+// problems so far), instead of the heuristic's first answer. Without it, the problems that ran
+// the choices table's algorithm (MIXSIM_CUBLASLT_CHOICES, on: `chosen`), and the table's choices
+// that no longer fit the heuristic's answers, which ran its first answer instead (`mismatched`,
+// the last reason kept).
 struct CublasLtUse {
   bool enabled = false;
   std::size_t fused = 0;
@@ -30,6 +33,9 @@ struct CublasLtUse {
   std::string last_fallback;
   bool tune = false;
   std::size_t tuned = 0;
+  std::size_t chosen = 0;
+  std::size_t mismatched = 0;
+  std::string last_mismatch;
 };
 // For a backend from make_cuda_backend (Error for any other backend).
 CublasLtUse cublaslt_use(Backend& cuda_backend);
