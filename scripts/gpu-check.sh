@@ -42,7 +42,8 @@
 #     build-gpu/cublaslt-choices.txt), in two rounds, then torch.compile
 #     twice: whether a switch pays, on one card in one call (run 9 did this by hand); then each
 #     setting's per-op profile, and a row of the ops it moves by 2% or more against the defaults;
-#   GPU_CHECK_NCU=1 adds Nsight Compute's report on the attention kernels.
+#   GPU_CHECK_NCU=1 adds Nsight Compute's view of what bounds each kernel of a step (SM and memory
+#     throughput, occupancy, issue-slot use) and its report on the attention kernels.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -520,6 +521,13 @@ if [[ -f "$CHOICES" ]]; then
 else
   row "cuBLASLt choices table (tuned)" "none written (see bench-train-bf16-tune.log)"
 fi
+# GPT-2 at larger batches (B 16 and 32, the RESULT rows gpt2-b16 and gpt2-b32): the step's fixed
+# costs (AdamW, the weights' bf16 copy, the gradients' zeroing, the two host synchronisations of a
+# step: ~1.2 ms at B 8) spread over more tokens; torch.compile at B 32 below, for the verdict row
+step bench-train-bf16-b16 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16 \
+  --batch 16
+step bench-train-bf16-b32 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16 \
+  --batch 32
 # where a default bf16 step's time goes now (per op, synchronised)
 step bench-profile 60 "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 2 --profile \
   --backend cuda-bf16
@@ -558,6 +566,8 @@ step bench-gemm 60 "$BUILD/bench/bench_gpu_gemm" --configs "$GEMM_CONFIGS"
 step bench-averaging 60 "$BUILD/bench/bench_gpu_averaging"
 # (the verdict below holds mixsim against the faster of the two)
 ((QUICK)) || torch_compile_twice
+((QUICK)) || step torch-bf16-compile-b32 240 python3 scripts/gpu/torch_train.py --config gpt2 \
+  --dtype bf16 --compile --steps 30 --batch 32
 step torch-bf16 120 python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --steps 30
 # Every kernel of one default bf16 GPT-2 step under Nsight Compute (each alone, normal clocks, no
 # cache flushes): its time and DRAM bytes, summed per kernel and ranked (scripts/gpu/ncu_summary.py)
@@ -589,7 +599,9 @@ fi
 # What bounds each kernel of the same step: Nsight Compute's SM and memory throughput as shares of
 # their peaks, achieved occupancy and issue-slot use (ncu_summary.py's DETAIL), per kernel. On its
 # own (more counters, more passes a kernel), so that the table above survives an unknown counter.
-if command -v ncu > /dev/null && ((!QUICK)); then
+# With GPU_CHECK_NCU=1 only, since the fourteenth session: it took 121 s of run 10's 420 (runs 10
+# and 11 recorded it, docs/benchmarks.md), time the tune and batch rows above now take.
+if command -v ncu > /dev/null && ((!QUICK)) && [[ "${GPU_CHECK_NCU:-0}" == 1 ]]; then
   step ncu-detail 120 env LC_ALL=C ncu --csv --print-units base --profile-from-start off \
     --clock-control none --cache-control none --print-kernel-base function \
     --metrics gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active \
@@ -611,7 +623,7 @@ if [[ "${GPU_CHECK_NCU:-0}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis "$BUILD/bench/bench_gpu_train" --configs gpt2 --steps 1
 fi
-for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-optins bench-train-bf16-tune bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16; do
+for log in bench-train bench-train-bf16-tc-lt bench-train-bf16-nooutputs bench-train-bf16-all bench-train-bf16-optins bench-train-bf16-tune bench-train-bf16-b16 bench-train-bf16-b32 bench-gemm bench-averaging torch-fp32 torch-bf16-compile-1 torch-bf16-compile-2 torch-bf16-compile-b32 torch-bf16; do
   while IFS='|' read -r what rest; do row "$what" "$rest"; done < <(result "$log")
 done
 LT=$(grep -o 'cuBLASLt: .*' "$LOG/bench-train-bf16-all.log" 2> /dev/null | tail -1)
@@ -635,5 +647,24 @@ for log in bench-train-bf16-all bench-train-bf16-nooutputs; do
   fi
   row "targets, GPT-2 bf16 ($log)" "$VERDICT"
 done
+# The same targets at B 32 (the issue names the model's shape, not its batch; B 8 is the config's),
+# against torch.compile's one run at B 32
+B32_TPS=$(grep '^RESULT mixsim-bf16[^ ]* gpt2-b32 ' "$LOG/bench-train-bf16-b32.log" 2> /dev/null |
+  tail -1 | grep -o 'tokens_per_s=[0-9.]*' | cut -d= -f2)
+B32_MFU=$(grep '^RESULT mixsim-bf16[^ ]* gpt2-b32 ' "$LOG/bench-train-bf16-b32.log" 2> /dev/null |
+  tail -1 | grep -o 'mfu=[0-9.]*' | cut -d= -f2)
+B32_TORCH=$(grep '^RESULT torch-bf16-compile gpt2-b32 ' "$LOG/torch-bf16-compile-b32.log" 2> /dev/null |
+  tail -1 | grep -o 'tokens_per_s=[0-9.]*' | cut -d= -f2)
+if [[ -n "$B32_TPS" ]]; then
+  B32_VERDICT="MFU ${B32_MFU}% (target 40%: $(awk -v m="$B32_MFU" 'BEGIN { print (m >= 40 ? "met" : "not met") }'))"
+  if [[ -n "$B32_TORCH" ]]; then
+    B32_VERDICT+=", $(awk -v a="$B32_TPS" -v b="$B32_TORCH" 'BEGIN { printf "%.2fx torch.compile at B 32 (%s)", a / b, (a > b ? "faster: met" : "not met") }')"
+  else
+    B32_VERDICT+=", torch.compile at B 32: no result (--quick, or its step failed)"
+  fi
+  row "targets, GPT-2 bf16 at B 32" "$B32_VERDICT"
+else
+  row "targets, GPT-2 bf16 at B 32" "no result (see bench-train-bf16-b32.log)"
+fi
 
 finish

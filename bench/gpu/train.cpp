@@ -133,9 +133,12 @@ void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, i
       tokens_per_s, tflops, 100.0 * tflops / peak_tflops, peak_tflops,
       100.0 * tflops / kFp32PeakTflops, kFp32PeakTflops, 1e3 * fwd / steps, 1e3 * bwd / steps,
       1e3 * upd / steps);
-  // One machine-readable line for scripts/gpu-check.sh's table.
-  std::printf("RESULT %s %s tokens_per_s=%.0f tflops=%.2f mfu=%.2f\n", label.c_str(), cfg.name,
-              tokens_per_s, tflops, 100.0 * tflops / peak_tflops);
+  // One machine-readable line for scripts/gpu-check.sh's table; the config named with its batch
+  // where --batch changed it (gpt2-b32), so that such a row is never read as the config's own.
+  const std::string config =
+      B == cfg.batch ? std::string(cfg.name) : std::string(cfg.name) + "-b" + std::to_string(B);
+  std::printf("RESULT %s %s tokens_per_s=%.0f tflops=%.2f mfu=%.2f\n", label.c_str(),
+              config.c_str(), tokens_per_s, tflops, 100.0 * tflops / peak_tflops);
   if (profile) timed.print(steps);
   std::fflush(stdout);
 }

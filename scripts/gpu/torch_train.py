@@ -134,7 +134,9 @@ def main():
     print(f"{label} {args.config}: B={B} T={T}, warm-up {warm:.1f} s, {args.steps} steps "
           f"{seconds:.2f} s, loss {loss.item():.3f}; {tps:.0f} tokens/s, {tflops:.1f} TFLOP/s, "
           f"MFU {100 * tflops / args.peak_tflops:.1f}% of {args.peak_tflops:.0f}")
-    print(f"RESULT {label} {args.config} tokens_per_s={tps:.0f} tflops={tflops:.2f} "
+    # the config named with its batch where --batch changed it (gpt2-b32), as bench_gpu_train does
+    config = args.config if B == CONFIGS[args.config][5] else f"{args.config}-b{B}"
+    print(f"RESULT {label} {config} tokens_per_s={tps:.0f} tflops={tflops:.2f} "
           f"mfu={100 * tflops / args.peak_tflops:.2f}", flush=True)
 
 

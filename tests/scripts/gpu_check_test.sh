@@ -103,7 +103,9 @@ case $name in
       { echo "# choices"; echo "device=X pick=1"; echo "device=X pick=2"; } > "$MIXSIM_CUBLASLT_TUNE_OUT"
     fi
     [[ -n "${MIXSIM_CUBLASLT_CHOICES_FILE:-}" ]] && tps=315000
+    batch=$(sed -n "s/.*--batch \([0-9]*\).*/\1/p" <<< "$*")
     for c in ${configs//,/ }; do
+      [[ -n "$batch" ]] && c+=-b$batch
       echo "RESULT $label $c tokens_per_s=$tps tflops=240.00 mfu=24.30"
       chosen=0
       [[ -n "${MIXSIM_CUBLASLT_CHOICES_FILE:-}" ]] && chosen=2
@@ -149,7 +151,9 @@ stub python3 'case "$*" in
       echo $((n + 1)) > '"$WORK"'/compile.count
       ((n % 2 == 0)) && tps=350000
     fi
-    echo "RESULT $label gpt2 tokens_per_s=$tps tflops=296.00 mfu=29.90";;
+    config=gpt2
+    [[ "$*" == *--batch* ]] && config+=-b$(sed -n "s/.*--batch \([0-9]*\).*/\1/p" <<< "$*")
+    echo "RESULT $label $config tokens_per_s=$tps tflops=296.00 mfu=29.90";;
   *) exec '"$(command -v python3)"' "$@";;
 esac'
 stub ncu 'while [[ $# -gt 0 && "$1" != /* ]]; do shift; done; exec "$@"'
@@ -180,7 +184,7 @@ $(tail -20 "$WORK/$1.log")"
 
 # 1. everything passes
 mkdir -p "$WORK/out"
-run pass OUT="$WORK/out"
+run pass OUT="$WORK/out" GPU_CHECK_NCU=1
 [[ $(cat "$WORK/pass.rc") == 0 ]] || fail "a passing run exited $(cat "$WORK/pass.rc"): $(tail -20 "$WORK/pass.log")"
 ! grep -qE "unbound variable|command not found|syntax error" "$WORK/pass.log" ||
   fail "bash errors: $(grep -E "unbound variable|command not found|syntax error" "$WORK/pass.log")"
@@ -217,6 +221,12 @@ has pass '^compute-sanitizer memcheck \(ops\) +=+ ERROR SUMMARY: 0 errors'
 has pass '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU 24\.30% \(target 40%: not met\), 0\.81x torch\.compile \(not met\) \(its faster run\)'
 has pass '^torch-bf16-compile gpt2 +tokens_per_s=350000'
 has pass '^targets, GPT-2 bf16 \(bench-train-bf16-nooutputs\) +MFU 24\.30%'
+# the larger batches' rows, and the targets at B 32 against torch.compile's run at B 32 (the third
+# compiled run of the stub: 350k)
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 gpt2-b16 +tokens_per_s=300000'
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 gpt2-b32 +tokens_per_s=300000'
+has pass '^torch-bf16-compile gpt2-b32 +tokens_per_s=350000'
+has pass '^targets, GPT-2 bf16 at B 32 +MFU 24\.30% \(target 40%: not met\), 0\.86x torch\.compile at B 32 \(not met\)$'
 grep -q "adamw4_kernel" "$WORK/pass.log" || fail "the ncu summary's kernel table is not printed"
 echo "ok: a passing run exits 0 with every row and the targets' verdicts"
 
@@ -235,6 +245,9 @@ run nopipeline
 has nopipeline '^pipeline packages +not in \.gpudeps'
 has nopipeline '^build \(compute-only, sm_90\) +ok'
 has nopipeline '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU'
+# Nsight Compute's per-kernel bounds only with GPU_CHECK_NCU=1 (the pass run sets it)
+! grep -q "^ncu, what bounds each kernel" "$WORK/nopipeline.table" ||
+  fail "ncu-detail ran without GPU_CHECK_NCU=1"
 ! grep -q "^pipeline on the GPU" "$WORK/nopipeline.table" || fail "the pipeline ran without its build"
 mv "$WORK/openmpi-bin_4.1.4_amd64.deb" "$REPO/.gpudeps/"
 run badmpi FAIL_MPI_CONFIGURE=1
