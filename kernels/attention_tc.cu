@@ -968,6 +968,11 @@ const bf16* bf16_qkv(TensorIn qkv, std::size_t n, Workspace& ws, cudaStream_t st
   return copy;
 }
 
+// The ints the fused dq takes: a semaphore per (batch, head, query tile), then the tickets.
+std::size_t fused_dq_ints(int B, int NH, int row_blocks) {
+  return std::size_t(B) * NH * row_blocks + 1;
+}
+
 }  // namespace
 
 std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, int T, int C,
@@ -980,7 +985,7 @@ std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, 
     if (dout == DType::fp32) bytes += Workspace::aligned(rows * C * sizeof(bf16));
     if (fused_dq)  // dq's running sums (fp32), a semaphore per query tile, the tickets
       bytes += Workspace::aligned(rows * C * sizeof(float)) +
-               Workspace::aligned((std::size_t(B) * NH * CEIL_DIV(T, kRows) + 1) * sizeof(int));
+               Workspace::aligned(fused_dq_ints(B, NH, CEIL_DIV(T, kRows)) * sizeof(int));
   }
   return bytes;
 }
@@ -1043,10 +1048,10 @@ void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn
                  dims({{"B", B}, {"NH", NH}, {"row blocks", row_blocks}}) +
                      " (the fused dq numbers its blocks in an int)");
     fused.acc = ws.take<float>(rows * C);
-    const std::size_t sems = std::size_t(B) * NH * row_blocks;
-    fused.sem = ws.take<int>(sems + 1);
-    fused.tickets = fused.sem + sems;
-    CUDA_CHECK(cudaMemsetAsync(fused.sem, 0, (sems + 1) * sizeof(int), stream));
+    const std::size_t ints = fused_dq_ints(B, NH, row_blocks);
+    fused.sem = ws.take<int>(ints);
+    fused.tickets = fused.sem + ints - 1;
+    CUDA_CHECK(cudaMemsetAsync(fused.sem, 0, ints * sizeof(int), stream));
   }
   const dim3 grid = grid_of(row_blocks, NH, B, heavy_first);
   const auto launch = [&](auto* d) {  // d: the fp32 or bf16 dqkv

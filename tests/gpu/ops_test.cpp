@@ -1164,6 +1164,17 @@ namespace {
 struct LtResults {
   std::vector<float> out, pre, gelu, dpre, dweight, dbias;
 };
+// LtResults' tensors, each with its bound against the CPU (relative L2; CublasLtEpiloguesMatchCpu
+// explains them).
+struct LtField {
+  const char* what;
+  std::vector<float> LtResults::*field;
+  double bound;
+};
+constexpr LtField kLtFields[] = {
+    {"out (bias)", &LtResults::out, 1e-5},  {"pre", &LtResults::pre, 1e-5},
+    {"gelu", &LtResults::gelu, 1e-3},       {"dpre", &LtResults::dpre, 1e-3},
+    {"dweight", &LtResults::dweight, 1e-5}, {"dbias", &LtResults::dbias, 1e-5}};
 LtResults lt_case(Backend& be) {
   const int H = 4 * C;
   auto put = [&](const std::vector<float>& host) {
@@ -1248,12 +1259,8 @@ TEST_F(CudaOps, CublasLtEpiloguesMatchCpu) {
     EXPECT_TRUE(use.enabled) << name;
     EXPECT_EQ(use.fused, 3u) << name;
     EXPECT_EQ(use.fallbacks, 0u) << name << ": " << use.last_fallback;
-    for (const auto& [what, x, y, bound] :
-         {std::tuple{"out (bias)", &r.out, &g.out, 1e-5}, std::tuple{"pre", &r.pre, &g.pre, 1e-5},
-          std::tuple{"gelu", &r.gelu, &g.gelu, 1e-3}, std::tuple{"dpre", &r.dpre, &g.dpre, 1e-3},
-          std::tuple{"dweight", &r.dweight, &g.dweight, 1e-5},
-          std::tuple{"dbias", &r.dbias, &g.dbias, 1e-5}}) {
-      const double err = rel_l2(Pair{*x, *y});
+    for (const auto& [what, field, bound] : kLtFields) {
+      const double err = rel_l2(Pair{r.*field, g.*field});
       std::printf("%s with cuBLASLt epilogues, %s: relative L2 to the CPU %.3e\n", name.c_str(),
                   what, err);
       EXPECT_LT(err, bound) << name << " " << what;
@@ -1298,16 +1305,12 @@ TEST_F(CudaOps, CublasLtTuneMatchesCpuAndStaysFixed) {
     EXPECT_EQ(use.fallbacks, 0u) << name << ": " << use.last_fallback;
     EXPECT_LE(use.tuned, 5u) << name;
     std::printf("%s with cuBLASLt tuned: %zu of 5 problems timed\n", name.c_str(), use.tuned);
-    for (const auto& [what, x, y, z, bound] :
-         {std::tuple{"out (bias)", &r.out, &g.out, &again.out, 1e-5},
-          std::tuple{"pre", &r.pre, &g.pre, &again.pre, 1e-5},
-          std::tuple{"gelu", &r.gelu, &g.gelu, &again.gelu, 1e-3},
-          std::tuple{"dpre", &r.dpre, &g.dpre, &again.dpre, 1e-3}}) {
-      const double err = rel_l2(Pair{*x, *y});
+    for (const auto& [what, field, bound] : kLtFields) {
+      const double err = rel_l2(Pair{r.*field, g.*field});
       std::printf("%s with cuBLASLt tuned, %s: relative L2 to the CPU %.3e\n", name.c_str(), what,
                   err);
       EXPECT_LT(err, bound) << name << " " << what;
-      expect_identical(Pair{*y, *z}, name + " " + what + ": the second call");
+      expect_identical(Pair{g.*field, again.*field}, name + " " + what + ": the second call");
     }
   }
 }
@@ -1347,12 +1350,8 @@ TEST_F(CudaOps, CublasLtChoicesReplayWhatTuneChose) {
     return r;
   };
   const auto same = [](const Run& a, const Run& b, bool plain, const std::string& what) {
-    for (const auto& [name, x, y] :
-         {std::tuple{"out (bias)", &a.lt.out, &b.lt.out}, std::tuple{"pre", &a.lt.pre, &b.lt.pre},
-          std::tuple{"gelu", &a.lt.gelu, &b.lt.gelu}, std::tuple{"dpre", &a.lt.dpre, &b.lt.dpre},
-          std::tuple{"dweight", &a.lt.dweight, &b.lt.dweight},
-          std::tuple{"dbias", &a.lt.dbias, &b.lt.dbias}})
-      expect_identical(Pair{*x, *y}, what + ", " + name);
+    for (const auto& [name, field, bound] : kLtFields)
+      expect_identical(Pair{a.lt.*field, b.lt.*field}, what + ", " + name);
     if (plain) {
       expect_identical(Pair{a.plain.first, b.plain.first}, what + ", plain out");
       expect_identical(Pair{a.plain.second, b.plain.second}, what + ", plain dinp");
