@@ -154,7 +154,10 @@ int select_device(int device) {
 // choices go into FILE's table. Without tune, MIXSIM_CUBLASLT_CHOICES (on) runs a table's choices
 // where it names the device, the cuBLASLt version and the product, the heuristic's first answer
 // elsewhere: the build's kernels/cublaslt_choices.txt, or MIXSIM_CUBLASLT_CHOICES_FILE
-// (lt_options).
+// (lt_options). And MIXSIM_BF16_GELU_EPILOGUE (cuda-bf16 with cuBLASLt and bf16 product outputs;
+// an opt-in written without a GPU): the fc layer's bf16 pre and out from cuBLASLt's GELU_AUX_BIAS
+// epilogue, its GELU of the unrounded sum, instead of the BIAS epilogue and the GELU kernel
+// (matmul.cu, matmul_gelu_forward).
 
 class CudaBackend final : public Backend {
  public:
@@ -177,6 +180,8 @@ class CudaBackend final : public Backend {
         layernorm_vec4_(env_switch("MIXSIM_LAYERNORM_VEC4", false)),
         heavy_first_(env_switch("MIXSIM_ATTENTION_HEAVY_FIRST", false) && tc_attention_),
         fused_dq_(env_switch("MIXSIM_ATTENTION_FUSED_DQ", false) && tc_attention_),
+        bf16_gelu_epilogue_(env_switch("MIXSIM_BF16_GELU_EPILOGUE", false) &&
+                            precision == MatmulPrecision::bf16),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -201,10 +206,12 @@ class CudaBackend final : public Backend {
     return use;
   }
   CudaKernelChoices kernel_choices() const {
+    // (the GELU epilogue in bf16 where the model stores the MLP's pre and out in bf16 and
+    // cuBLASLt is on)
     return {tc_attention_,   tc_attention_ && wide_forward_,
             gelu_exp2_,      classifier_exp2_,
             layernorm_vec4_, heavy_first_,
-            fused_dq_};
+            fused_dq_,       bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_};
   }
   int device() const { return device_; }
 
@@ -301,6 +308,7 @@ class CudaBackend final : public Backend {
                  cuda::dims({{"N", N}, {"C", C}, {"OC", OC}}));
     cuda::matmul_gelu_forward(
         cublas_.get(), lt_.get(), precision_, out, pre, inp, weight, bias, N, C, OC, gelu_exp2_,
+        bf16_gelu_epilogue_,
         workspace(cuda::matmul_forward_workspace(precision_, lt_ != nullptr, inp.type, weight.type,
                                                  N, C, OC, pre.type, bias.data != nullptr)),
         stream_.get());
@@ -465,6 +473,7 @@ class CudaBackend final : public Backend {
   bool layernorm_vec4_;      // LayerNorm with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
   bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
   bool fused_dq_;  // tensor-core attention's dq in the key-major kernel (MIXSIM_ATTENTION_FUSED_DQ)
+  bool bf16_gelu_epilogue_;  // a bf16 fc layer's GELU in cuBLASLt's epilogue (MIXSIM_BF16_GELU_..)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

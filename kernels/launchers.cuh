@@ -141,10 +141,12 @@ void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precisi
                     TensorIn inp, TensorIn weight, TensorIn bias, int N, int C, int OC,
                     Workspace ws, cudaStream_t stream);
 // The same workspace as matmul_forward. gelu_exp2: the GELU kernel's form (gelu_forward), where
-// it runs rather than cuBLASLt's epilogue.
+// it runs rather than cuBLASLt's epilogue. bf16_epilogue: a bf16 out and pre through cuBLASLt's
+// GELU epilogue too (MIXSIM_BF16_GELU_EPILOGUE), not the BIAS epilogue and the GELU kernel.
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                          TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight, TensorIn bias,
-                         int N, int C, int OC, bool gelu_exp2, Workspace ws, cudaStream_t stream);
+                         int N, int C, int OC, bool gelu_exp2, bool bf16_epilogue, Workspace ws,
+                         cudaStream_t stream);
 std::size_t matmul_backward_workspace(MatmulPrecision precision, bool lt, DType dout, DType inp,
                                       DType weight, int N, int C, int OC);
 // dinp: fp32, or (bf16 products) bf16, the product's fp32 sums rounded as cuBLAS stores them.

@@ -511,23 +511,27 @@ void check_bias(const char* op, TensorIn bias, DType out) {
 // cuBLAS's own beta = 1 into a bf16 C left a quarter of the elements one bf16 step from the fp32
 // sum rounded once, and 1.5% several steps (an H200 and an H100, 2026-11-27, Bf16ProductOutputs),
 // as if it rounded the product before adding C.
+// The bias of a bf16 out: a bf16 bias as it is where it starts 256-byte aligned, else rounded (or
+// copied) into the workspace, 256-byte aligned (so that a second call takes it as it is).
+const __nv_bfloat16* bf16_bias(TensorIn bias_t, int OC, Workspace& ws, cudaStream_t stream) {
+  if (bias_t.type == DType::bf16 && alignment(bias_t.data) == 256)
+    return static_cast<const __nv_bfloat16*>(bias_t.data);
+  __nv_bfloat16* copy = ws.take<__nv_bfloat16>(OC);
+  if (bias_t.type == DType::bf16)
+    CUDA_CHECK(cudaMemcpyAsync(copy, bias_t.data, OC * sizeof(__nv_bfloat16),
+                               cudaMemcpyDeviceToDevice, stream));
+  else
+    to_bf16(copy, static_cast<const float*>(bias_t.data), OC, stream);
+  return copy;
+}
+
 void forward_product(cublasHandle_t handle, LtMatmul* lt, Output out, Operand w, Operand x,
                      TensorIn bias_t, int N, int C, int OC, Workspace& ws, cudaStream_t stream) {
   const auto* bias = bias_t.type == DType::fp32 ? static_cast<const float*>(bias_t.data) : nullptr;
   const void* b = bias_t.data;
   const __nv_bfloat16* rounded = nullptr;
   if (bias_t.data && out.type == CUDA_R_16BF) {
-    if (bias_t.type == DType::bf16 && alignment(bias_t.data) == 256) {
-      rounded = static_cast<const __nv_bfloat16*>(bias_t.data);
-    } else {
-      __nv_bfloat16* copy = ws.take<__nv_bfloat16>(OC);
-      if (bias_t.type == DType::bf16)
-        CUDA_CHECK(cudaMemcpyAsync(copy, bias_t.data, OC * sizeof(__nv_bfloat16),
-                                   cudaMemcpyDeviceToDevice, stream));
-      else
-        to_bf16(copy, bias, OC, stream);
-      rounded = copy;
-    }
+    rounded = bf16_bias(bias_t, OC, ws, stream);
     b = rounded;
   }
   if (lt && b &&
@@ -630,7 +634,8 @@ void matmul_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precisi
 
 void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
                          TensorOut out, TensorOut pre, TensorIn inp, TensorIn weight, TensorIn bias,
-                         int N, int C, int OC, bool gelu_exp2, Workspace ws, cudaStream_t stream) {
+                         int N, int C, int OC, bool gelu_exp2, bool bf16_epilogue, Workspace ws,
+                         cudaStream_t stream) {
   check_dims("matmul_gelu_forward", N, C, OC);
   CUDA_REQUIRE(
       pre.type == DType::fp32 || (precision == MatmulPrecision::bf16 && out.type == DType::bf16),
@@ -654,6 +659,25 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
     else if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, output(out), OC, ep, ws,
                      stream))
       return;
+  }
+  // bf16_epilogue (MIXSIM_BF16_GELU_EPILOGUE=1; an opt-in written without a GPU at hand): with a
+  // bf16 out and pre, the GELU epilogue all the same: D = out and the aux matrix = pre, both bf16
+  // (as cuBLASLt requires), the bias rounded to bf16 as forward_product rounds it. pre is the
+  // product plus the bias rounded once, as the BIAS epilogue stores it (its own algorithm, so its
+  // own order of the fp32 sums); out is cuBLASLt's GELU (its tanh form) of the unrounded fp32 sum,
+  // where the GELU kernel takes the rounded pre: a bf16 step apart in places, and more for the
+  // tiny GELUs below about -3. No GELU kernel then: run 10 had it at 0.45 ms a GPT-2 step.
+  if (lt && bf16_epilogue && out.type == DType::bf16 && pre.type == DType::bf16) {
+    if (OC % 8 != 0) {
+      lt->refuse("cuBLASLt's GELU epilogue needs OC divisible by 8, got OC=" + std::to_string(OC));
+    } else {
+      const __nv_bfloat16* b = bias.data ? bf16_bias(bias, OC, ws, stream) : nullptr;
+      const Epilogue ep{b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, b,
+                        pre.data, OC};
+      if (lt->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, x, C, output(out), OC, ep, ws, stream))
+        return;
+      if (b) bias = TensorIn(b, DType::bf16);  // (256-byte aligned: taken as it is below)
+    }
   }
   forward_product(handle, lt, output(pre), w, x, bias, N, C, OC, ws, stream);
   gelu_forward(out, pre, std::size_t(N) * OC, gelu_exp2, stream);

@@ -2256,6 +2256,70 @@ TEST_F(CudaOps, Bf16MlpProductOutputs) {
   EXPECT_LE(off, n / 100) << "MIXSIM_GELU_EXP2=0";
 }
 
+// MIXSIM_BF16_GELU_EPILOGUE=1 (an opt-in written without a GPU at hand): the fc layer's bf16 pre
+// and out from one cuBLASLt product with the GELU_AUX_BIAS epilogue (pre its aux matrix), no GELU
+// kernel. pre against cpu-bf16's as in Bf16MlpProductOutputs: one bf16 step in at most 1% (or
+// kBiasSumSlack; the order of the fp32 sums). out is cuBLASLt's GELU (its tanh form) of the
+// unrounded sum, where cpu-bf16 (and the default) take the rounded pre: the input's rounding
+// (2^-9 relative at most) moves gelu by up to about a bf16 step above -1 and by more below, where
+// the GELU's relative slope grows with |x| (at -4, 2^-5 relative), on tiny values; and cuBLASLt's
+// own GELU was ~1e-4 relative L2 from the CPU's in fp32 (CublasLtEpiloguesMatchCpu). So out
+// against the CPU's GELU of the GPU's pre within 5e-3 relative L2, the bound of the bf16 DGELU
+// epilogue there (bf16's own rounding is ~1.1e-3 RMS); a missing bias or GELU is off by O(1). The
+// product must have run fused (one product, no fallback), and the backend must report the opt-in.
+TEST_F(CudaOps, Bf16GeluEpilogue) {
+  auto ref = make_cpu_backend(MatmulPrecision::bf16);
+  std::unique_ptr<Backend> gpu;
+  {
+    mixsim::testing::ScopedEnv e("MIXSIM_BF16_GELU_EPILOGUE", "1");
+    gpu = cuda_bf16_with("", "1", "");
+  }
+  EXPECT_TRUE(cuda_kernel_choices(*gpu).bf16_gelu_epilogue);
+  EXPECT_FALSE(cuda_kernel_choices(*cuda_bf16_with("", "1", "")).bf16_gelu_epilogue);
+  const int H = 4 * C;
+  const std::size_t n = std::size_t(N) * H;
+  const auto x = random_floats(std::size_t(N) * C, 161),
+             w = random_floats(std::size_t(H) * C, 162, 1 / std::sqrt(double(C))),
+             bias = random_floats(H, 163);
+  const auto forward = [&](Backend& be) {
+    auto dx = put(be, x), dw = put(be, w), db = put(be, bias);
+    DeviceBuffer<std::uint16_t> p = put(be, std::vector<std::uint16_t>(n, 0xffff)),
+                                o = put(be, std::vector<std::uint16_t>(n, 0xffff));
+    be.matmul_gelu_forward({o.get(), DType::bf16}, {p.get(), DType::bf16}, dx.get(), dw.get(),
+                           db.get(), N, C, H);
+    return std::pair{fetch(be, p.get(), n), fetch(be, o.get(), n)};
+  };
+  const std::vector<std::uint16_t> cpu_pre = forward(*ref).first;
+  const auto [pre, out] = forward(*gpu);
+  const CublasLtUse use = cublaslt_use(*gpu);
+  EXPECT_EQ(use.fused, 1u);
+  EXPECT_EQ(use.fallbacks, 0u) << use.last_fallback;
+  const auto [off, worse] = bf16_steps(pre, cpu_pre, 1, kBiasSumSlack);
+  std::printf("bf16 GELU epilogue, pre: %zu of %zu elements one bf16 step from cpu-bf16\n", off, n);
+  EXPECT_EQ(worse, 0u);
+  EXPECT_LE(off, n / 100);
+  DeviceBuffer<std::uint16_t> gelu_of_pre(*ref, n);
+  auto cp = put(*ref, pre);
+  ref->gelu_forward({gelu_of_pre.get(), DType::bf16}, TensorIn(cp.get(), DType::bf16), n);
+  const auto widened = [](const std::vector<std::uint16_t>& bits) {
+    std::vector<float> v(bits.size());
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_value(bits[i]);
+    return v;
+  };
+  const double e = rel_l2(Pair{widened(fetch(*ref, gelu_of_pre.get(), n)), widened(out)});
+  std::printf("bf16 GELU epilogue, out: relative L2 to cpu-bf16's GELU of the same pre %.3e\n", e);
+  EXPECT_LT(e, 5e-3);
+}
+
+// 20 training steps with the bf16 GELU epilogue, as Bf16TensorCoreAttentionTrainingFollowsCpu (the
+// model's C of 64 gives an fc layer of 256 columns, which the epilogue takes).
+TEST_F(CudaOps, Bf16GeluEpilogueTrainingFollowsCpu) {
+  mixsim::testing::ScopedEnv e("MIXSIM_BF16_GELU_EPILOGUE", "1");
+  auto gpu = cuda_bf16_with("1", "", "");
+  ASSERT_TRUE(cuda_kernel_choices(*gpu).bf16_gelu_epilogue);
+  expect_tensor_core_model_follows(*cpu_, *gpu, 86);
+}
+
 // One model step with MIXSIM_BF16_OUTPUTS=1 on cuda-bf16 and on cpu-bf16 (both: qkv, pre, dpre
 // and the logits in bf16, in training and in evaluation), heads of 32: the loss and the
 // evaluation sum within 1e-4 relative, every gradient within 1e-2 (bf16 roundings tipped by the

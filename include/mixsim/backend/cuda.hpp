@@ -51,6 +51,7 @@ struct CudaKernelChoices {
   bool layernorm_vec4 = false;   // MIXSIM_LAYERNORM_VEC4=1: LayerNorm, 16-byte accesses
   bool heavy_first = false;      // MIXSIM_ATTENTION_HEAVY_FIRST=1: longest attention blocks first
   bool fused_dq = false;         // MIXSIM_ATTENTION_FUSED_DQ=1: attention backward in one kernel
+  bool bf16_gelu_epilogue = false;  // MIXSIM_BF16_GELU_EPILOGUE=1: the bf16 GELU in cuBLASLt
 };
 CudaKernelChoices cuda_kernel_choices(Backend& cuda_backend);
 

@@ -4,9 +4,10 @@
 // MIXSIM_GELU_EXP2 (cuda-bf16, on; cuda, off) and the opt-ins MIXSIM_TC_WIDE_FORWARD (cuda-bf16,
 // off), MIXSIM_BF16_ATTENTION_OUT (cpu-bf16 and cuda-bf16, off), MIXSIM_LAYERNORM_VEC4 (both
 // CUDA backends, off), MIXSIM_ATTENTION_HEAVY_FIRST and MIXSIM_ATTENTION_FUSED_DQ (cuda-bf16,
-// off), MIXSIM_CUBLASLT_TUNE (where cuBLASLt is on, off) and MIXSIM_CUBLASLT_CHOICES (where
-// cuBLASLt is on, on: kernels/cuda_backend.cu's lt_options also reads the file paths
-// MIXSIM_CUBLASLT_TUNE_OUT and MIXSIM_CUBLASLT_CHOICES_FILE). Each is "1" (on) or "0" (off);
+// off), MIXSIM_BF16_GELU_EPILOGUE (cuda-bf16, off), MIXSIM_CUBLASLT_TUNE (where cuBLASLt is on,
+// off) and MIXSIM_CUBLASLT_CHOICES (where cuBLASLt is on, on: kernels/cuda_backend.cu's
+// lt_options also reads the file paths MIXSIM_CUBLASLT_TUNE_OUT and
+// MIXSIM_CUBLASLT_CHOICES_FILE). Each is "1" (on) or "0" (off);
 // unset, the backend takes its default (docs/architecture.md). Header-only, so that the CUDA
 // library, which links none of mixsim's host libraries, reads them the same way.
 #pragma once
