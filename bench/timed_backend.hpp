@@ -57,6 +57,16 @@ class TimedBackend final : public Backend {
                           const float* w, const float* m, const float* r, int N, int C) override {
     time("layernorm_backward", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
   }
+  bool layernorm_feeds_products() const override { return in_.layernorm_feeds_products(); }
+  TensorIn layernorm_backward_feeding(float* di, float* dw, float* db, const float* d,
+                                      const float* i, const float* w, const float* m,
+                                      const float* r, int N, int C, float* pdb,
+                                      TensorOut copy) override {
+    TensorIn fed;
+    time("layernorm_backward_feeding",
+         [&] { fed = in_.layernorm_backward_feeding(di, dw, db, d, i, w, m, r, N, C, pdb, copy); });
+    return fed;
+  }
   void matmul_forward(TensorOut o, TensorIn i, TensorIn w, TensorIn b, int N, int C,
                       int OC) override {
     time(
@@ -91,8 +101,8 @@ class TimedBackend final : public Backend {
         "matmul_gelu_forward", [&] { in_.matmul_gelu_forward(o, p, i, w, b, N, C, OC); },
         product(N, C, OC, 1));
   }
-  void gelu_matmul_backward(TensorOut dp, float* dw, float* db, const float* d, TensorIn i,
-                            TensorIn p, TensorIn w, int N, int C, int OC) override {
+  void gelu_matmul_backward(TensorOut dp, float* dw, float* db, TensorIn d, TensorIn i, TensorIn p,
+                            TensorIn w, int N, int C, int OC) override {
     time(
         "gelu_matmul_backward", [&] { in_.gelu_matmul_backward(dp, dw, db, d, i, p, w, N, C, OC); },
         product(N, C, OC, 2));
@@ -129,6 +139,8 @@ class TimedBackend final : public Backend {
     totals_.clear();
     shapes_.clear();
   }
+  // Whether `op` ran since the last reset (the tests ask which of two paths a model took).
+  bool ran(const std::string& op) const { return totals_.count(op) > 0; }
   // Each op's time per step, then the products' and attention's by shape, slowest first, with
   // the rate of their useful flops.
   void print(int steps) const {

@@ -157,7 +157,12 @@ int select_device(int device) {
 // (lt_options). And MIXSIM_BF16_GELU_EPILOGUE (cuda-bf16 with cuBLASLt and bf16 product outputs;
 // an opt-in written without a GPU): the fc layer's bf16 pre and out from cuBLASLt's GELU_AUX_BIAS
 // epilogue, its GELU of the unrounded sum, instead of the BIAS epilogue and the GELU kernel
-// (matmul.cu, matmul_gelu_forward).
+// (matmul.cu, matmul_gelu_forward). And MIXSIM_LAYERNORM_FEEDS_PRODUCT (both CUDA backends and
+// both CPU ones; an opt-in written without a GPU): the LayerNorm backward whose dinp (the residual
+// stream's gradient) is the next projection's dout also sums its columns into that projection's
+// bias gradient and rounds it to bf16 for its products, in the same pass, so that the
+// projection's backward skips its own column-sum pass over the fp32 gradient
+// (layernorm_backward_feeding; layernorm.cu).
 
 class CudaBackend final : public Backend {
  public:
@@ -182,6 +187,7 @@ class CudaBackend final : public Backend {
         fused_dq_(env_switch("MIXSIM_ATTENTION_FUSED_DQ", false) && tc_attention_),
         bf16_gelu_epilogue_(env_switch("MIXSIM_BF16_GELU_EPILOGUE", false) &&
                             precision == MatmulPrecision::bf16),
+        feeds_products_(env_switch("MIXSIM_LAYERNORM_FEEDS_PRODUCT", false)),
         max_shared_(cuda::max_shared_per_block(device_)),
         stream_(),
         cublas_(stream_.get()),
@@ -211,7 +217,8 @@ class CudaBackend final : public Backend {
     return {tc_attention_,   tc_attention_ && wide_forward_,
             gelu_exp2_,      classifier_exp2_,
             layernorm_vec4_, heavy_first_,
-            fused_dq_,       bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_};
+            fused_dq_,       bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_,
+            feeds_products_};
   }
   int device() const { return device_; }
 
@@ -280,6 +287,25 @@ class CudaBackend final : public Backend {
                              layernorm_vec4_, workspace(cuda::layernorm_backward_workspace(N, C)),
                              stream_.get());
   }
+  bool layernorm_feeds_products() const override { return feeds_products_; }
+  // As layernorm_backward, and the projection's bias gradient and (bf16 products) its bf16
+  // operand from the same pass (layernorm.cu).
+  TensorIn layernorm_backward_feeding(float* dinp, float* dweight, float* dbias, const float* dout,
+                                      const float* inp, const float* weight, const float* mean,
+                                      const float* rstd, int N, int C, float* product_dbias,
+                                      TensorOut copy) override {
+    CUDA_REQUIRE(N > 0 && C > 0 && feeds_products_ && product_dbias, "layernorm_backward_feeding",
+                 cuda::dims({{"N", N}, {"C", C}}) +
+                     " (MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 and a product bias gradient needed)");
+    const bool round = precision_ == MatmulPrecision::bf16 && copy.data;
+    CUDA_REQUIRE(!round || copy.type == DType::bf16, "layernorm_backward_feeding",
+                 std::string("the copy must be bf16"));
+    cuda::layernorm_backward(
+        dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C, layernorm_vec4_,
+        workspace(cuda::layernorm_backward_workspace(N, C, true)), stream_.get(), product_dbias,
+        round ? static_cast<__nv_bfloat16*>(copy.data) : nullptr);
+    return round ? TensorIn(copy.data, DType::bf16) : TensorIn(dinp);
+  }
   void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight, TensorIn bias, int N, int C,
                       int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "matmul_forward",
@@ -313,7 +339,7 @@ class CudaBackend final : public Backend {
                                                  N, C, OC, pre.type, bias.data != nullptr)),
         stream_.get());
   }
-  void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,
+  void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, TensorIn dout,
                             TensorIn inp, TensorIn pre, TensorIn weight, int N, int C,
                             int OC) override {
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0, "gelu_matmul_backward",
@@ -474,6 +500,8 @@ class CudaBackend final : public Backend {
   bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
   bool fused_dq_;  // tensor-core attention's dq in the key-major kernel (MIXSIM_ATTENTION_FUSED_DQ)
   bool bf16_gelu_epilogue_;  // a bf16 fc layer's GELU in cuBLASLt's epilogue (MIXSIM_BF16_GELU_..)
+  bool
+      feeds_products_;  // LayerNorm's backward feeds the next projection (MIXSIM_LAYERNORM_FEEDS..)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

@@ -75,6 +75,10 @@ void accumulate_partials(float* dst, const float* partials, int chunks, int C, c
 // gradients), each summed exactly as accumulate_partials sums it.
 void accumulate_partials(float* dst0, const float* partials0, float* dst1, const float* partials1,
                          int chunks, int C, cudaStream_t stream);
+// And for three (LayerNorm's, and the bias gradient of the projection it feeds).
+void accumulate_partials(float* dst0, const float* partials0, float* dst1, const float* partials1,
+                         float* dst2, const float* partials2, int chunks, int C,
+                         cudaStream_t stream);
 
 // ---- encoder.cu
 void encoder_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B,
@@ -92,11 +96,17 @@ void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp
 void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
                                 const float* a, const float* b, const float* weight,
                                 const float* bias, int N, int C, bool vec4, cudaStream_t stream);
-std::size_t layernorm_backward_workspace(int N, int C);
+// feed: with layernorm_backward's product_dbias.
+std::size_t layernorm_backward_workspace(int N, int C, bool feed = false);
 // vec4: the fused backward (C up to 1024) with 16-byte accesses where C and the arrays allow.
+// product_dbias (nullable): the updated dinp also feeds a projection's backward
+// (MIXSIM_LAYERNORM_FEEDS_PRODUCT): its column sums are added into product_dbias, and with copy
+// it is written rounded to bf16 into copy (N,C), in the same pass where C allows the fused
+// kernel, else by column_sums_accumulate after it.
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
-                        int N, int C, bool vec4, Workspace ws, cudaStream_t stream);
+                        int N, int C, bool vec4, Workspace ws, cudaStream_t stream,
+                        float* product_dbias = nullptr, __nv_bfloat16* copy = nullptr);
 
 // ---- cuda_backend.cu: the device and stream of a backend made by make_cuda_backend (Error for
 // any other backend): what NCCL enqueues on.
@@ -159,9 +169,9 @@ std::size_t gelu_matmul_backward_workspace(MatmulPrecision precision, bool lt, D
                                            DType inp, DType weight, int N, int C, int OC);
 // dpre and pre of one type: fp32, or (bf16 products) bf16.
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                          TensorOut dpre, float* dweight, float* dbias, const float* dout,
-                          TensorIn inp, TensorIn pre, TensorIn weight, int N, int C, int OC,
-                          Workspace ws, cudaStream_t stream);
+                          TensorOut dpre, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
+                          TensorIn pre, TensorIn weight, int N, int C, int OC, Workspace ws,
+                          cudaStream_t stream);
 
 // ---- attention.cu (fused causal attention; head size up to kMaxHeadSize)
 constexpr int kMaxHeadSize = 128;

@@ -201,6 +201,17 @@ __global__ void layernorm_param_partials_kernel(float* partial_w, float* partial
   }
 }
 
+// The block's partial sums over the warps' rows of `part` (kFusedWarps x C floats of shared
+// memory, each warp's row written and visible), added in warp order, into row blockIdx.x of dst.
+__device__ void store_block_row(float* dst, const float* part, int C) {
+  dst += std::size_t(blockIdx.x) * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float total = 0.f;
+    for (int w = 0; w < kFusedWarps; ++w) total += part[w * C + c];
+    dst[c] = total;
+  }
+}
+
 // The end of a fused backward block: the block's partial sums of dweight, then of dbias, each
 // added over the warps in warp order through shared memory `part` (kFusedWarps x C floats), into
 // row blockIdx.x of partial_w and partial_b. fill(round, part) writes the warp's own row of
@@ -211,12 +222,7 @@ __device__ void store_block_partials(float* part, float* partial_w, float* parti
   for (int round = 0; round < 2; ++round) {
     fill(round, part + threadIdx.x / kWarpSize * C);
     __syncthreads();
-    float* dst = (round == 0 ? partial_w : partial_b) + std::size_t(blockIdx.x) * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      float total = 0.f;
-      for (int w = 0; w < kFusedWarps; ++w) total += part[w * C + c];
-      dst[c] = total;
-    }
+    store_block_row(round == 0 ? partial_w : partial_b, part, C);
     __syncthreads();  // `part` is rewritten by the next round
   }
 }
@@ -231,16 +237,29 @@ __device__ void store_block_partials(float* part, float* partial_w, float* parti
 // for bit the same; dinp's row sums (mean_dnorm, mean_dnorm_norm) take other channels per lane,
 // so dinp differs by rounding. kWidth 4 needs C % 4 == 0 and the row arrays aligned to four
 // floats (the launcher checks).
-template <int kGroups, int kWidth>
-__global__ void __launch_bounds__(kFusedWarps* kWarpSize)
+// kFeed (MIXSIM_LAYERNORM_FEEDS_PRODUCT=1, written without a GPU): the updated dinp is also the
+// next projection's dout, so the block also sums its columns (partial_p, the projection's bias
+// gradient: each warp over its rows in order, in its own row of `part`, then the warps in order)
+// and, with copy, writes it rounded to bf16 (the projection's operand; the rounding
+// column_sums_accumulate makes of an fp32 dout). Those sums live in shared memory, not in
+// registers as dweight's and dbias's do: held there too they took GPT-2's C = 768 from 126 to
+// 192 registers a thread (ptxas, sm_90), one block an SM instead of two.
+template <int kGroups, int kWidth, bool kFeed = false>
+__global__ void __launch_bounds__(kFusedWarps* kWarpSize, kFeed&& kGroups* kWidth <= 24 ? 2 : 1)
     layernorm_backward_fused_kernel(float* dinp, float* partial_w, float* partial_b,
-                                    const float* dout, const float* inp, const float* weight,
-                                    const float* mean, const float* rstd, int N, int C) {
+                                    float* partial_p, __nv_bfloat16* copy, const float* dout,
+                                    const float* inp, const float* weight, const float* mean,
+                                    const float* rstd, int N, int C) {
   extern __shared__ float part[];  // (kFusedWarps, C)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   Pack<float, kWidth> pw[kGroups], pb[kGroups];
 #pragma unroll
   for (int k = 0; k < kGroups; ++k) pw[k] = pb[k] = Pack<float, kWidth>{};
+  float* mine = part + warp * C;  // kFeed: the warp's column sums of the updated dinp
+  if constexpr (kFeed) {
+    for (int c = lane; c < C; c += kWarpSize) mine[c] = 0.f;
+    __syncwarp();
+  }
   const int r0 = blockIdx.x * kFusedRows + warp * kFusedRowsPerWarp;
   for (int rr = 0; rr < kFusedRowsPerWarp; ++rr) {
     const int row = r0 + rr;
@@ -282,13 +301,28 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize)
         pb[k].e[e] += ds[k].e[e];
       }
       dx = d;
+      if constexpr (kFeed) {
+        Pack<float, kWidth>& sum = group_at<kWidth>(mine, g);
+        Pack<__nv_bfloat16, kWidth> rounded;
+#pragma unroll
+        for (int e = 0; e < kWidth; ++e) {
+          sum.e[e] += d.e[e];
+          rounded.e[e] = __float2bfloat16_rn(d.e[e]);
+        }
+        if (copy) reinterpret_cast<Pack<__nv_bfloat16, kWidth>*>(copy)[group0 + g] = rounded;
+      }
     }
   }
-  store_block_partials(part, partial_w, partial_b, C, [&](int round, float* mine) {
+  if constexpr (kFeed) {  // the dinp sums first: `part` holds them until the rounds below
+    __syncthreads();
+    store_block_row(partial_p, part, C);
+    __syncthreads();
+  }
+  store_block_partials(part, partial_w, partial_b, C, [&](int round, float* row) {
 #pragma unroll
     for (int k = 0; k < kGroups; ++k) {
       const int g = lane + k * kWarpSize;
-      if (kWidth * g < C) group_at<kWidth>(mine, g) = round == 0 ? pw[k] : pb[k];
+      if (kWidth * g < C) group_at<kWidth>(row, g) = round == 0 ? pw[k] : pb[k];
     }
   });
 }
@@ -381,43 +415,61 @@ void residual_layernorm_forward(float* residual, TensorOut out, float* mean, flo
   launch_layernorm_forward(out, mean, rstd, a, weight, bias, N, C, b, residual, vec4, stream);
 }
 
-std::size_t layernorm_backward_workspace(int N, int C) {
-  const int blocks =
-      C <= kWarpSize * kFusedMaxPerLane ? CEIL_DIV(N, kFusedRows) : CEIL_DIV(N, kRowChunk);
-  return 2 * Workspace::aligned(std::size_t(blocks) * C * sizeof(float));
+std::size_t layernorm_backward_workspace(int N, int C, bool feed) {
+  const bool fused = C <= kWarpSize * kFusedMaxPerLane;
+  const int blocks = fused ? CEIL_DIV(N, kFusedRows) : CEIL_DIV(N, kRowChunk);
+  const std::size_t partials = Workspace::aligned(std::size_t(blocks) * C * sizeof(float));
+  if (!feed) return 2 * partials;
+  return fused ? 3 * partials : 2 * partials + column_sums_workspace(N, C);
 }
 
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
-                        int N, int C, bool vec4, Workspace ws, cudaStream_t stream) {
+                        int N, int C, bool vec4, Workspace ws, cudaStream_t stream,
+                        float* product_dbias, __nv_bfloat16* copy) {
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_backward", dims({{"N", N}, {"C", C}}));
   CUDA_REQUIRE(mean != nullptr && rstd != nullptr, "layernorm_backward",
                std::string("no mean/rstd saved by the forward pass"));
+  CUDA_REQUIRE(!copy || product_dbias, "layernorm_backward",
+               std::string("a bf16 copy of dinp without the product's bias gradient"));
   if (C <= kWarpSize * kFusedMaxPerLane) {  // one pass: dinp and the blocks' partial sums
     const int blocks = CEIL_DIV(N, kFusedRows);
     float* partial_w = ws.take<float>(std::size_t(blocks) * C);
     float* partial_b = ws.take<float>(std::size_t(blocks) * C);
+    float* partial_p = product_dbias ? ws.take<float>(std::size_t(blocks) * C) : nullptr;
     const std::size_t shared = std::size_t(kFusedWarps) * C * sizeof(float);  // <= 32 KiB
+    // the kernel, feeding a product or not (kFeed)
+    const auto launch = [&](auto groups, auto width) {
+      constexpr int G = decltype(groups)::value, W = decltype(width)::value;
+      if (product_dbias)
+        layernorm_backward_fused_kernel<G, W, true>
+            <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
+                dinp, partial_w, partial_b, partial_p, copy, dout, inp, weight, mean, rstd, N, C);
+      else
+        layernorm_backward_fused_kernel<G, W, false>
+            <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
+                dinp, partial_w, partial_b, nullptr, nullptr, dout, inp, weight, mean, rstd, N, C);
+    };
     // the vec4 kernel where asked and every row starts at a multiple of four floats (shared
-    // memory's rows of C floats then do too)
-    if (vec4 && C % 4 == 0 && aligned_to<4>(dinp, dout, inp, weight)) {
+    // memory's rows of C floats then do too; a bf16 copy's rows at multiples of four elements)
+    if (vec4 && C % 4 == 0 && aligned_to<4>(dinp, dout, inp, weight) &&
+        (!copy || aligned_to<4>(copy))) {
       with_groups_per_lane(C, [&](auto groups) {
         constexpr int G = decltype(groups)::value;
         if constexpr (4 * kWarpSize * G <= kWarpSize * kFusedMaxPerLane)  // C up to 1024
-          layernorm_backward_fused_kernel<G, 4>
-              <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
-                  dinp, partial_w, partial_b, dout, inp, weight, mean, rstd, N, C);
+          launch(groups, std::integral_constant<int, 4>{});
       });
       CUDA_CHECK_LAUNCH(layernorm_backward_fused_kernel);
     } else {
-      with_channels_per_lane<kFusedMaxPerLane>(C, [&](auto per_lane) {
-        layernorm_backward_fused_kernel<decltype(per_lane)::value, 1>
-            <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(dinp, partial_w, partial_b, dout,
-                                                                  inp, weight, mean, rstd, N, C);
-      });
+      with_channels_per_lane<kFusedMaxPerLane>(
+          C, [&](auto per_lane) { launch(per_lane, std::integral_constant<int, 1>{}); });
       CUDA_CHECK_LAUNCH(layernorm_backward_fused_kernel);
     }
-    accumulate_partials(dweight, partial_w, dbias, partial_b, blocks, C, stream);
+    if (product_dbias)
+      accumulate_partials(dweight, partial_w, dbias, partial_b, product_dbias, partial_p, blocks, C,
+                          stream);
+    else
+      accumulate_partials(dweight, partial_w, dbias, partial_b, blocks, C, stream);
     return;
   }
   const int chunks = CEIL_DIV(N, kRowChunk);
@@ -432,6 +484,9 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                                                               rstd, N, C);
   CUDA_CHECK_LAUNCH(layernorm_param_partials_kernel);
   accumulate_partials(dweight, partial_w, dbias, partial_b, chunks, C, stream);
+  // above C 1024, the projection's part as its own backward would make it: the column sums of
+  // the fp32 dinp, and the rounded copy in the same pass
+  if (product_dbias) column_sums_accumulate(product_dbias, dinp, N, C, ws, stream, copy);
 }
 
 }  // namespace mixsim::cuda

@@ -751,9 +751,9 @@ void matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precis
 }
 
 void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision precision,
-                          TensorOut dpre, float* dweight, float* dbias, const float* dout,
-                          TensorIn inp, TensorIn pre, TensorIn weight, int N, int C, int OC,
-                          Workspace ws, cudaStream_t stream) {
+                          TensorOut dpre, float* dweight, float* dbias, TensorIn dout, TensorIn inp,
+                          TensorIn pre, TensorIn weight, int N, int C, int OC, Workspace ws,
+                          cudaStream_t stream) {
   check_dims("gelu_matmul_backward", N, C, OC);
   CUDA_REQUIRE(dpre.data != nullptr && pre.data != nullptr, "gelu_matmul_backward",
                std::string("a null dpre or pre"));

@@ -64,15 +64,19 @@ struct PartialSums {
   const float* partials;
 };
 
+// Up to three sums of partials over the same chunks and columns, for one launch.
+struct PartialSumsSet {
+  PartialSums sum[3];
+};
+
 // dst[c] += the sum of partials[k][c] over k < chunks, for the block's 32 columns: lane y adds
 // chunks y, y + kChunkLanes, ... in order, then lane 0 adds the lanes' sums in lane order. Of the
-// pair (first, second) that blockIdx.y names (one launch for LayerNorm's two parameter gradients:
-// 25 launches fewer a GPT-2 step).
-__global__ void accumulate_partials_kernel(PartialSums first, PartialSums second, int chunks,
-                                           int C) {
+// sum of the set that blockIdx.y names (one launch for LayerNorm's two parameter gradients: 25
+// launches fewer a GPT-2 step; three where it also feeds a projection's bias gradient).
+__global__ void accumulate_partials_kernel(PartialSumsSet set, int chunks, int C) {
   __shared__ float sums[kChunkLanes][kWarpSize];
-  float* dst = blockIdx.y == 0 ? first.dst : second.dst;
-  const float* partials = blockIdx.y == 0 ? first.partials : second.partials;
+  float* dst = set.sum[blockIdx.y].dst;
+  const float* partials = set.sum[blockIdx.y].partials;
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
   float s = 0.f;
   if (c < C)
@@ -93,11 +97,10 @@ std::size_t column_sums_workspace(int N, int C) {
 
 namespace {
 
-void launch_accumulate(PartialSums first, PartialSums second, int sums, int chunks, int C,
-                       cudaStream_t stream) {
+void launch_accumulate(PartialSumsSet set, int sums, int chunks, int C, cudaStream_t stream) {
   CUDA_REQUIRE(chunks > 0 && C > 0, "accumulate_partials", dims({{"chunks", chunks}, {"C", C}}));
   accumulate_partials_kernel<<<dim3(CEIL_DIV(C, kWarpSize), sums), dim3(kWarpSize, kChunkLanes), 0,
-                               stream>>>(first, second, chunks, C);
+                               stream>>>(set, chunks, C);
   CUDA_CHECK_LAUNCH(accumulate_partials_kernel);
 }
 
@@ -105,12 +108,20 @@ void launch_accumulate(PartialSums first, PartialSums second, int sums, int chun
 
 void accumulate_partials(float* dst, const float* partials, int chunks, int C,
                          cudaStream_t stream) {
-  launch_accumulate({dst, partials}, {dst, partials}, 1, chunks, C, stream);
+  launch_accumulate({{{dst, partials}, {dst, partials}, {dst, partials}}}, 1, chunks, C, stream);
 }
 
 void accumulate_partials(float* dst0, const float* partials0, float* dst1, const float* partials1,
                          int chunks, int C, cudaStream_t stream) {
-  launch_accumulate({dst0, partials0}, {dst1, partials1}, 2, chunks, C, stream);
+  launch_accumulate({{{dst0, partials0}, {dst1, partials1}, {dst1, partials1}}}, 2, chunks, C,
+                    stream);
+}
+
+void accumulate_partials(float* dst0, const float* partials0, float* dst1, const float* partials1,
+                         float* dst2, const float* partials2, int chunks, int C,
+                         cudaStream_t stream) {
+  launch_accumulate({{{dst0, partials0}, {dst1, partials1}, {dst2, partials2}}}, 3, chunks, C,
+                    stream);
 }
 
 void column_sums_accumulate(float* dst, TensorIn x, int N, int C, Workspace ws, cudaStream_t stream,

@@ -96,6 +96,8 @@ struct Gpt::Activations {
   float* dresidual;    // (R, C) gradient of the residual stream, shared by all layers
   float* dbuf;         // (R, C) gradient of a LayerNorm output or of the attention output
   float* dbuf4;        // (R, 4C) gradient of the MLP hidden layer or of qkv
+  TensorOut dresidual16;  // (R, C) bf16: dresidual as the next projection's backward takes it
+                          // (Backend::layernorm_backward_feeding); null unless the backend feeds
 };
 
 // One layer's view of the activations (training: slices of Activations; evaluation: buffers
@@ -297,10 +299,13 @@ void Gpt::ensure_training() {
     a.dresidual = next_f(R * C);
     a.dbuf = next_f(R * C);
     a.dbuf4 = next_f(R * 4 * C);
+    a.dresidual16 = backend_.layernorm_feeds_products()
+                        ? TensorOut{next(R * C, DType::bf16), DType::bf16}
+                        : TensorOut{};
     return at;
   };
-  static_assert(sizeof(Activations) == 16 * sizeof(float*) + 9 * sizeof(TensorOut),
-                "carve() assigns each of the 25");
+  static_assert(sizeof(Activations) == 16 * sizeof(float*) + 10 * sizeof(TensorOut),
+                "carve() assigns each of the 26");
   acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
   carve(acts_memory_.get());
   train_tokens_ = DeviceBuffer<int>(backend_, R);
@@ -418,7 +423,22 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
   return float(sum / double(valid));
 }
 
-void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
+Gpt::ProductGrad Gpt::layernorm_backward_to(float* dweight, float* dbias, const float* dout,
+                                            const float* inp, const float* weight,
+                                            const float* mean, const float* rstd, int N, int C,
+                                            float* product_dbias) {
+  Activations& s = *acts_;
+  if (!product_dbias || !backend_.layernorm_feeds_products()) {
+    backend_.layernorm_backward(s.dresidual, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    return {s.dresidual, product_dbias};
+  }
+  return {backend_.layernorm_backward_feeding(s.dresidual, dweight, dbias, dout, inp, weight, mean,
+                                              rstd, N, C, product_dbias, s.dresidual16),
+          nullptr};
+}
+
+Gpt::ProductGrad Gpt::backward_block(int l, const LayerActs& a, int B, int T,
+                                     const ProductGrad& fcproj) {
   Backend& be = backend_;
   const ModelDims& d = dims();
   const int C = d.C, N = B * T;
@@ -426,26 +446,29 @@ void Gpt::backward_block(int l, const LayerActs& a, int B, int T) {
   const LayerParams g = layer_params(layout_.carve(grads_.get()), l, C);
   Activations& s = *acts_;
   const float* residual = l == 0 ? s.encoded : train_layer(l - 1).residual3;
-  // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on).
-  // dbuf4 = the gradient of fch, through the GELU (stored as fch is).
+  // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on), as
+  // the LayerNorm backward before left it (fcproj). dbuf4 = the gradient of fch, through the GELU
+  // (stored as fch is).
   const TensorOut dpre{s.dbuf4, a.fch.type};
-  be.gelu_matmul_backward(dpre, g.fcprojw, g.fcprojb, s.dresidual, a.fch_gelu, a.fch,
+  be.gelu_matmul_backward(dpre, g.fcprojw, fcproj.dbias, fcproj.dout, a.fch_gelu, a.fch,
                           product_weight(p.fcprojw), N, 4 * C, C);
   be.matmul_backward(s.dbuf, g.fcw, g.fcb, dpre, a.ln2, product_weight(p.fcw), N, C, 4 * C);
-  be.layernorm_backward(s.dresidual, g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w, a.ln2_mean,
-                        a.ln2_rstd, N, C);
+  const ProductGrad attproj = layernorm_backward_to(g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w,
+                                                    a.ln2_mean, a.ln2_rstd, N, C, g.attprojb);
   // Attention; dbuf4 now holds dqkv (B,T,3C). The gradient of attention's output is stored as
   // the output is (attention_out_storage), in dbuf.
   const TensorOut datt{s.dbuf, a.atty.type};
-  be.matmul_backward(datt, g.attprojw, g.attprojb, s.dresidual, a.atty, product_weight(p.attprojw),
-                     N, C, C);
+  be.matmul_backward(datt, g.attprojw, attproj.dbias, attproj.dout, a.atty,
+                     product_weight(p.attprojw), N, C, C);
   // dqkv in bf16 where the qkv and the products' outputs are (attention then rounds it as it
   // stores it; the qkv bias gradient sums the stored values)
   const TensorOut dqkv{s.dbuf4, a.qkv.type == DType::bf16 ? output_storage() : DType::fp32};
   be.attention_backward(dqkv, datt, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
   be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, dqkv, a.ln1, product_weight(p.qkvw), N, C, 3 * C);
-  be.layernorm_backward(s.dresidual, g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean,
-                        a.ln1_rstd, N, C);
+  // the layer below's fcproj takes dresidual next (layer 0's: the encoder, no product)
+  float* below = l > 0 ? layer_params(layout_.carve(grads_.get()), l - 1, C).fcprojb : nullptr;
+  return layernorm_backward_to(g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean, a.ln1_rstd, N,
+                               C, below);
 }
 
 void Gpt::backward(const GradsReady& grads_ready) {
@@ -460,8 +483,9 @@ void Gpt::backward(const GradsReady& grads_ready) {
   be.matmul_backward(a.dbuf, g.wte, nullptr, a.dlogits, a.lnf, product_weight(p.wte), N, C, d.Vp);
   be.zero(a.dresidual, std::size_t(N) * C * sizeof(float));
   const float* last_residual = train_layer(d.L - 1).residual3;
-  be.layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.dbuf, last_residual, p.lnfw, a.lnf_mean,
-                        a.lnf_rstd, N, C);
+  ProductGrad next =
+      layernorm_backward_to(g.lnfw, g.lnfb, a.dbuf, last_residual, p.lnfw, a.lnf_mean, a.lnf_rstd,
+                            N, C, layer_params(g, d.L - 1, C).fcprojb);
   auto report = [&](Param t, int layer) {
     const TensorInfo& info = layout_[t];
     const std::size_t per = layer < 0 ? info.numel : info.numel / std::size_t(d.L);
@@ -473,7 +497,7 @@ void Gpt::backward(const GradsReady& grads_ready) {
     report(Param::lnfb, -1);
   }
   for (int l = d.L - 1; l >= 0; --l) {
-    backward_block(l, train_layer(l), B, T);
+    next = backward_block(l, train_layer(l), B, T, next);
     if (grads_ready)
       for (int t = static_cast<int>(Param::ln1w); t <= static_cast<int>(Param::fcprojb); ++t)
         report(static_cast<Param>(t), l);

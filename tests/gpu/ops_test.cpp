@@ -286,6 +286,102 @@ TEST_F(CudaOps, LayerNormWideRows) {
   }
 }
 
+// MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 (written without a GPU): layernorm_backward_feeding on cuda and
+// cuda-bf16, over 70 rows (three fused blocks, the last partial), at C = 72 and 768 (the fused
+// kernel; 768 also with MIXSIM_LAYERNORM_VEC4=1's 16-byte form) and 1100 (above the fused kernel's
+// 1024: column_sums_accumulate after it). dinp, dweight and dbias bit for bit those of the plain
+// layernorm_backward on the same backend (the same kernels and sums; feeding only adds to them).
+// The product's bias gradient (+= onto random values) against the column sums of the GPU's own
+// dinp taken in double, within LayerNormForwardAndBackward's dbias bounds (70 terms of O(1)). With
+// bf16 products, the copy is the GPU's dinp rounded to bf16 in every element (bit for bit: one
+// rounding to nearest even) and is what the op returns; in fp32 it returns dinp, and the copy is
+// not written.
+TEST_F(CudaOps, LayerNormFeedsProduct) {
+  const int rows = 70;
+  for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16})
+    for (const int c : {72, 768, 1100})
+      for (const char* vec4 : {"0", "1"}) {
+        if (std::string(vec4) == "1" && c != 768) continue;
+        const bool bf16 = precision == MatmulPrecision::bf16;
+        const std::string at =
+            std::string(bf16 ? "cuda-bf16" : "cuda") + " C=" + std::to_string(c) + " vec4=" + vec4;
+        std::unique_ptr<Backend> plain, fed;
+        {
+          mixsim::testing::ScopedEnv v("MIXSIM_LAYERNORM_VEC4", vec4);
+          plain = make_cuda_backend(0, precision);
+          mixsim::testing::ScopedEnv f("MIXSIM_LAYERNORM_FEEDS_PRODUCT", "1");
+          fed = make_cuda_backend(0, precision);
+        }
+        ASSERT_TRUE(fed->layernorm_feeds_products()) << at;
+        ASSERT_FALSE(plain->layernorm_feeds_products()) << at;
+        const std::size_t n = std::size_t(rows) * c;
+        const auto inp = random_floats(n, 241, 2.0, 0.5), w = random_floats(c, 242, 1.0, 1.0),
+                   dout = random_floats(n, 243), dinp0 = random_floats(n, 244),
+                   dw0 = random_floats(c, 245), db0 = random_floats(c, 246),
+                   pdb0 = random_floats(c, 247);
+        std::vector<float> mean(rows), rstd(rows);
+        for (int r = 0; r < rows; ++r) {  // the forward's statistics, in double
+          double m = 0, v = 0;
+          for (int k = 0; k < c; ++k) m += inp[std::size_t(r) * c + k];
+          m /= c;
+          for (int k = 0; k < c; ++k) v += std::pow(inp[std::size_t(r) * c + k] - m, 2);
+          mean[r] = float(m);
+          rstd[r] = float(1 / std::sqrt(v / c + 1e-5));
+        }
+        struct Out {
+          std::vector<float> dinp, dw, db, pdb;
+          std::vector<std::uint16_t> copy;
+          TensorIn returned;
+          const void* copy_at = nullptr;
+          const void* dinp_at = nullptr;
+        };
+        const auto go = [&](Backend& be, bool feeding) {
+          auto di = put(be, dinp0), dw = put(be, dw0), db = put(be, db0), pdb = put(be, pdb0);
+          auto d = put(be, dout), x = put(be, inp), wt = put(be, w), m = put(be, mean),
+               s = put(be, rstd);
+          auto copy = put(be, std::vector<std::uint16_t>(n, 0xffff));
+          Out o;
+          if (feeding)
+            o.returned = be.layernorm_backward_feeding(di.get(), dw.get(), db.get(), d.get(),
+                                                       x.get(), wt.get(), m.get(), s.get(), rows, c,
+                                                       pdb.get(), {copy.get(), DType::bf16});
+          else
+            be.layernorm_backward(di.get(), dw.get(), db.get(), d.get(), x.get(), wt.get(), m.get(),
+                                  s.get(), rows, c);
+          o.dinp = fetch(be, di.get(), n);
+          o.dw = fetch(be, dw.get(), c);
+          o.db = fetch(be, db.get(), c);
+          o.pdb = fetch(be, pdb.get(), c);
+          o.copy = fetch(be, copy.get(), n);
+          o.copy_at = copy.get();
+          o.dinp_at = di.get();
+          return o;
+        };
+        const Out want = go(*plain, false), got = go(*fed, true);
+        EXPECT_EQ(got.dinp, want.dinp) << at;
+        EXPECT_EQ(got.dw, want.dw) << at;
+        EXPECT_EQ(got.db, want.db) << at;
+        std::vector<float> sums(c);
+        for (int k = 0; k < c; ++k) {
+          double t = pdb0[k];
+          for (int r = 0; r < rows; ++r) t += got.dinp[std::size_t(r) * c + k];
+          sums[k] = float(t);
+        }
+        expect_close(Pair{sums, got.pdb}, 2e-4, 1e-4, "product dbias" + at);
+        if (bf16) {
+          EXPECT_EQ(got.returned.type, DType::bf16) << at;
+          EXPECT_EQ(got.returned.data, got.copy_at) << at;
+          std::size_t wrong = 0;
+          for (std::size_t i = 0; i < n; ++i) wrong += got.copy[i] != bf16_bits(got.dinp[i]);
+          EXPECT_EQ(wrong, 0u) << at << ": copy elements not dinp rounded";
+        } else {
+          EXPECT_EQ(got.returned.type, DType::fp32) << at;
+          EXPECT_EQ(got.returned.data, got.dinp_at) << at;
+          EXPECT_EQ(got.copy, std::vector<std::uint16_t>(n, 0xffff)) << at;
+        }
+      }
+}
+
 // MIXSIM_LAYERNORM_VEC4=1 (written without a GPU): LayerNorm's forward and fused backward with
 // 16-byte accesses, lane l holding channels 4 (l + 32 k)..+3 (the backward below). Under
 // LayerNormForwardAndBackward's bounds against the CPU at C = 72 (one group a lane, most lanes
@@ -1950,6 +2046,15 @@ TEST_F(CudaOps, FusedDqFollowsTheDefault) {
 TEST_F(CudaOps, FusedDqTrainingFollowsCpu) {
   mixsim::testing::ScopedEnv f("MIXSIM_ATTENTION_FUSED_DQ", "1");
   expect_tensor_core_model_follows(*cpu_, *cuda_bf16_with("1", "", ""), 84);
+}
+
+// 20 training steps with the LayerNorm feeding the projections, on cuda-bf16 (with its default
+// switches), as Bf16TensorCoreAttentionTrainingFollowsCpu.
+TEST_F(CudaOps, LayerNormFeedsProductTrainingFollowsCpu) {
+  mixsim::testing::ScopedEnv f("MIXSIM_LAYERNORM_FEEDS_PRODUCT", "1");
+  auto gpu = cuda_bf16_with("1", "", "");
+  ASSERT_TRUE(gpu->layernorm_feeds_products());
+  expect_tensor_core_model_follows(*cpu_, *gpu, 87);
 }
 
 // ---- bf16 product outputs (MIXSIM_BF16_OUTPUTS, on by default for cuda-bf16 and cpu-bf16)

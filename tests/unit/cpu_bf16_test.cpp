@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../bench/timed_backend.hpp"
 #include "../support/scoped_env.hpp"
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/core/bf16.hpp"
@@ -807,6 +808,40 @@ TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
   }
 }
 
+namespace {
+
+// What `steps` AdamW steps (constant learning rate) of a model from seed `seed` on one batch
+// leave: each step's loss, the last step's gradients, the parameters, and the evaluation sums.
+struct Trained {
+  std::vector<float> losses, grads, params;
+  EvalSums eval;
+};
+Trained train_steps(Backend& be, const ModelConfig& cfg, const TokenBatch& batch, int b, int t,
+                    int steps, std::uint64_t seed) {
+  Gpt m(cfg, be, b);
+  m.init(seed);
+  AdamW opt(m.layout(), be);
+  OptimConfig oc;
+  oc.schedule = "constant";
+  Trained r;
+  for (int s = 0; s < steps; ++s) {
+    m.zero_grad();
+    r.losses.push_back(m.forward(batch.tokens.data(), batch.targets.data(), b, t));
+    m.backward();
+    if (s + 1 == steps) {
+      r.grads.resize(m.layout().total());
+      be.download(r.grads.data(), m.grads(), r.grads.size() * sizeof(float));
+    }
+    opt.step(m.params(), m.grads(), lr_at(s, steps, oc), oc);
+  }
+  r.params.resize(m.layout().total());
+  be.download(r.params.data(), m.params(), r.params.size() * sizeof(float));
+  r.eval = m.evaluate(batch.tokens.data(), batch.targets.data(), b, t);
+  return r;
+}
+
+}  // namespace
+
 // MIXSIM_BF16_WEIGHTS (on by default for cpu-bf16 and cuda-bf16): the model rounds its parameters
 // to bf16 once per forward pass and hands the products that copy, where the products would round
 // each weight at each use. The same bf16 values either way: over 4 steps of training (AdamW
@@ -824,35 +859,12 @@ TEST(CpuBf16, Bf16WeightCopiesChangeNothing) {
   const ModelConfig cfg{2, 2, 64, 70, 257};
   const int b = 2, t = 70, steps = 4;
   const TokenBatch batch = random_batch(b, t, cfg.vocab_size, 221);
-  struct Run {
-    std::vector<float> losses, grads, params;
-    EvalSums eval;
-  };
   auto run = [&](const char* setting) {
     mixsim::testing::ScopedEnv env("MIXSIM_BF16_WEIGHTS", setting);
     auto be = make_cpu_backend(MatmulPrecision::bf16);
-    Gpt m(cfg, *be, b);
-    m.init(222);
-    AdamW opt(m.layout(), *be);
-    OptimConfig oc;
-    oc.schedule = "constant";
-    Run r;
-    for (int s = 0; s < steps; ++s) {
-      m.zero_grad();
-      r.losses.push_back(m.forward(batch.tokens.data(), batch.targets.data(), b, t));
-      m.backward();
-      if (s + 1 == steps) {
-        r.grads.resize(m.layout().total());
-        be->download(r.grads.data(), m.grads(), r.grads.size() * sizeof(float));
-      }
-      opt.step(m.params(), m.grads(), lr_at(s, steps, oc), oc);
-    }
-    r.params.resize(m.layout().total());
-    be->download(r.params.data(), m.params(), r.params.size() * sizeof(float));
-    r.eval = m.evaluate(batch.tokens.data(), batch.targets.data(), b, t);
-    return r;
+    return train_steps(*be, cfg, batch, b, t, steps, 222);
   };
-  const Run copies = run(""), rounded_at_use = run("0");
+  const Trained copies = run(""), rounded_at_use = run("0");
   EXPECT_EQ(copies.losses, rounded_at_use.losses);
   EXPECT_EQ(copies.grads, rounded_at_use.grads);
   EXPECT_EQ(copies.params, rounded_at_use.params);
@@ -881,6 +893,44 @@ TEST(CpuBf16, Bf16WeightCopiesChangeNothing) {
   };
   EXPECT_EQ(nan_gradients(""), 0u);
   EXPECT_GT(nan_gradients("0"), 0u);
+}
+
+// MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 (an opt-in for the CUDA kernels, written without a GPU): the
+// LayerNorm backward that leaves the residual stream's gradient for the next projection also sums
+// it into that projection's bias gradient and rounds it to bf16 for its products
+// (Backend::layernorm_backward_feeding), and the projection's backward takes those. The CPU
+// backends make the very sums and rounding matmul_backward makes, so that over 4 steps of training
+// the losses, the last gradients, the parameters and the evaluation sums are bit for bit those
+// without it, on cpu and cpu-bf16: the model hands each projection what it would have made
+// itself. The feeding op must have run (a TimedBackend counts the ops), and not without the
+// switch.
+TEST(CpuBf16, LayerNormFeedingChangesNothing) {
+  const ModelConfig cfg{2, 2, 64, 70, 257};
+  const int b = 2, t = 70, steps = 4;
+  const TokenBatch batch = random_batch(b, t, cfg.vocab_size, 231);
+  struct Run : Trained {
+    bool fed = false;
+  };
+  auto run = [&](MatmulPrecision precision, const char* setting) {
+    mixsim::testing::ScopedEnv env("MIXSIM_LAYERNORM_FEEDS_PRODUCT", setting);
+    auto inner = make_cpu_backend(precision);
+    EXPECT_EQ(inner->layernorm_feeds_products(), std::string(setting) == "1") << setting;
+    mixsim::bench::TimedBackend be(*inner);
+    Run r{train_steps(be, cfg, batch, b, t, steps, 232)};
+    r.fed = be.ran("layernorm_backward_feeding");
+    return r;
+  };
+  for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
+    const std::string name = precision == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
+    const Run fed = run(precision, "1"), plain = run(precision, "");
+    EXPECT_TRUE(fed.fed) << name;
+    EXPECT_FALSE(plain.fed) << name;
+    EXPECT_EQ(fed.losses, plain.losses) << name;
+    EXPECT_EQ(fed.grads, plain.grads) << name;
+    EXPECT_EQ(fed.params, plain.params) << name;
+    EXPECT_EQ(fed.eval.loss_sum, plain.eval.loss_sum) << name;
+    EXPECT_LT(fed.losses.back(), fed.losses.front()) << name;  // the parameters did move
+  }
 }
 
 // A bf16 bias (the model's bf16 copy) into a bf16 out is the rounding the product makes of the

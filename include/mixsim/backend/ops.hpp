@@ -140,6 +140,23 @@ class Backend {
                                   const float* weight,                   // (C)
                                   const float* mean, const float* rstd,  // (N)
                                   int N, int C) = 0;
+  // Whether layernorm_backward_feeding runs here (MIXSIM_LAYERNORM_FEEDS_PRODUCT=1, an opt-in):
+  // the model then asks it for the LayerNorms whose dinp, the residual stream's gradient, is the
+  // output gradient of the projection whose backward comes next.
+  virtual bool layernorm_feeds_products() const { return false; }
+  // layernorm_backward, then what the next projection's backward would make of the updated dinp
+  // as its dout, in the same pass where the backend can: the sums of dinp's columns added into
+  // product_dbias (+=, (C); as matmul_backward sums an fp32 dout into its dbias), and, where the
+  // products take bf16 operands, dinp rounded to bf16 into copy (N,C). Returns the dout that
+  // product's backward then takes (copy, or dinp itself), with a null dbias. Only where
+  // layernorm_feeds_products(); the default throws.
+  virtual TensorIn layernorm_backward_feeding(float* /*dinp*/, float* /*dweight*/, float* /*dbias*/,
+                                              const float* /*dout*/, const float* /*inp*/,
+                                              const float* /*weight*/, const float* /*mean*/,
+                                              const float* /*rstd*/, int /*N*/, int /*C*/,
+                                              float* /*product_dbias*/, TensorOut /*copy*/) {
+    throw Error(std::string(name()) + ": layernorm_backward_feeding is not run here");
+  }
 
   // ---- out = inp @ weight^T + bias (bias nullable). A bf16 out (bf16 precision only) is the
   // fp32 result with the bias rounded to bf16 before it is added (as cuBLASLt's bias epilogue
@@ -202,7 +219,7 @@ class Backend {
   // overrides it.
   virtual void gelu_matmul_backward(TensorOut dpre,                // (N,C)
                                     float* dweight, float* dbias,  // (OC,C), (OC) +=
-                                    const float* dout,             // (N,OC)
+                                    TensorIn dout,                 // (N,OC)
                                     TensorIn inp, TensorIn pre,    // (N,C): gelu(pre), pre
                                     TensorIn weight,               // (OC,C)
                                     int N, int C, int OC) {

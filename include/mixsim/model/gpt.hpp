@@ -109,7 +109,23 @@ class Gpt {
   // them (the rounding matmul_forward would make of b: the same result, without a rounding pass
   // a product), else b itself.
   TensorIn product_bias(const float* b, TensorOut out) const;
-  void backward_block(int l, const LayerActs& a, int B, int T);
+  // What a projection's backward takes as its output gradient when that is the residual stream's
+  // gradient (dresidual), as the LayerNorm backward before it left it: dresidual itself and the
+  // bias gradient to sum it into, or where the backend fed it
+  // (Backend::layernorm_backward_feeding) its bf16 copy or dresidual, and no bias gradient (made
+  // already).
+  struct ProductGrad {
+    TensorIn dout;
+    float* dbias;
+  };
+  // layernorm_backward into dresidual (+=), for the projection whose bias gradient is
+  // product_dbias (null where no projection takes dresidual next: plain layernorm_backward).
+  ProductGrad layernorm_backward_to(float* dweight, float* dbias, const float* dout,
+                                    const float* inp, const float* weight, const float* mean,
+                                    const float* rstd, int N, int C, float* product_dbias);
+  // One block's backward, from its fcproj (which takes `fcproj`) to its ln1; returns what the
+  // block below's fcproj takes.
+  ProductGrad backward_block(int l, const LayerActs& a, int B, int T, const ProductGrad& fcproj);
 
   ParamLayout layout_;
   Backend& backend_;

@@ -44,7 +44,8 @@ class CpuBackend final : public Backend {
                       precision == MatmulPrecision::bf16),
         bf16_weights_(env_switch("MIXSIM_BF16_WEIGHTS", true) &&
                       precision == MatmulPrecision::bf16),
-        bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_) {}
+        bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_),
+        feeds_products_(env_switch("MIXSIM_LAYERNORM_FEEDS_PRODUCT", false)) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
   }
@@ -101,6 +102,21 @@ class CpuBackend final : public Backend {
                           const float* rstd, int N, int C) override {
     MIXSIM_CHECK(N > 0 && C > 0 && mean && rstd, "layernorm_backward: N={} C={}", N, C);
     cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+  }
+  bool layernorm_feeds_products() const override { return feeds_products_; }
+  TensorIn layernorm_backward_feeding(float* dinp, float* dweight, float* dbias, const float* dout,
+                                      const float* inp, const float* weight, const float* mean,
+                                      const float* rstd, int N, int C, float* product_dbias,
+                                      TensorOut copy) override {
+    MIXSIM_CHECK(feeds_products_,
+                 "layernorm_backward_feeding: MIXSIM_LAYERNORM_FEEDS_PRODUCT is off");
+    layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    if (product_dbias) cpu::bias_backward(product_dbias, dinp, N, C);
+    // the products' bf16 operand, as matmul_backward rounds an fp32 dout (bf16 precision)
+    if (precision_ == MatmulPrecision::fp32 || !copy.data) return dinp;
+    MIXSIM_CHECK(copy.type == DType::bf16, "layernorm_backward_feeding: the copy must be bf16");
+    store(copy, dinp, std::size_t(N) * C);
+    return TensorIn(copy.data, DType::bf16);
   }
   void matmul_forward(TensorOut out, TensorIn inp, TensorIn weight_t, TensorIn bias_t, int N, int C,
                       int OC) override {
@@ -209,7 +225,7 @@ class CpuBackend final : public Backend {
   }
   // A bf16 dpre (bf16 products, with a bf16 pre): the product into an fp32 buffer of its own,
   // then gelu'(pre) times it, rounded once.
-  void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, const float* dout,
+  void gelu_matmul_backward(TensorOut dpre, float* dweight, float* dbias, TensorIn dout,
                             TensorIn inp, TensorIn pre, TensorIn weight, int N, int C,
                             int OC) override {
     if (dpre.type == DType::fp32) {
@@ -352,6 +368,11 @@ class CpuBackend final : public Backend {
   // MIXSIM_BF16_ATTENTION_OUT (an opt-in, off unless set to 1; with bf16 activation storage): the
   // model stores attention's output and its gradient in bf16 (attention_out_storage)
   bool bf16_attention_out_;
+  // MIXSIM_LAYERNORM_FEEDS_PRODUCT (an opt-in, off unless set to 1; both backends): the LayerNorm
+  // backward that makes the next projection's dout also makes its bias gradient and bf16 operand
+  // (layernorm_backward_feeding); here with the very sums and rounding matmul_backward makes, so
+  // that the CPU's results are bit for bit the same either way and test the model's path
+  bool feeds_products_;
   std::vector<float> scratch_[3];       // product operands rounded (cpu-bf16) or widened (bf16)
   std::vector<float> out_scratch_;      // outputs computed in fp32 before they are rounded to bf16
   std::vector<float> qkv_scratch_;      // a bf16 qkv widened for attention
