@@ -243,14 +243,17 @@ __device__ void store_block_partials(float* part, float* partial_w, float* parti
 // and, with copy, writes it rounded to bf16 (the projection's operand; the rounding
 // column_sums_accumulate makes of an fp32 dout). Those sums live in shared memory, not in
 // registers as dweight's and dbias's do: held there too they took GPT-2's C = 768 from 126 to
-// 192 registers a thread (ptxas, sm_90), one block an SM instead of two.
-template <int kGroups, int kWidth, bool kFeed = false>
-__global__ void __launch_bounds__(kFusedWarps* kWarpSize, kFeed&& kGroups* kWidth <= 24 ? 2 : 1)
-    layernorm_backward_fused_kernel(float* dinp, float* partial_w, float* partial_b,
-                                    float* partial_p, __nv_bfloat16* copy, const float* dout,
-                                    const float* inp, const float* weight, const float* mean,
-                                    const float* rstd, int N, int C) {
-  extern __shared__ float part[];  // (kFusedWarps, C)
+// 192 registers a thread (ptxas, sm_90), one block an SM instead of two; in shared memory ptxas
+// still took 172 until asked for two blocks an SM (layernorm_backward_feeding_kernel): 128, no
+// spills. The body is one function for both kernels; the plain one keeps the launch bounds (and
+// so the registers: 128 at C 768) it has run with.
+template <int kGroups, int kWidth, bool kFeed>
+__device__ __forceinline__ void layernorm_backward_fused(float* part, float* dinp, float* partial_w,
+                                                         float* partial_b, float* partial_p,
+                                                         __nv_bfloat16* copy, const float* dout,
+                                                         const float* inp, const float* weight,
+                                                         const float* mean, const float* rstd,
+                                                         int N, int C) {
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   Pack<float, kWidth> pw[kGroups], pb[kGroups];
 #pragma unroll
@@ -325,6 +328,28 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize, kFeed&& kGroups* kWidt
       if (kWidth * g < C) group_at<kWidth>(row, g) = round == 0 ? pw[k] : pb[k];
     }
   });
+}
+
+template <int kGroups, int kWidth>
+__global__ void __launch_bounds__(kFusedWarps* kWarpSize)
+    layernorm_backward_fused_kernel(float* dinp, float* partial_w, float* partial_b,
+                                    const float* dout, const float* inp, const float* weight,
+                                    const float* mean, const float* rstd, int N, int C) {
+  extern __shared__ float part[];  // (kFusedWarps, C)
+  layernorm_backward_fused<kGroups, kWidth, false>(part, dinp, partial_w, partial_b, nullptr,
+                                                   nullptr, dout, inp, weight, mean, rstd, N, C);
+}
+
+// Two blocks an SM where a lane holds up to 24 channels (GPT-2's 768): 128 registers.
+template <int kGroups, int kWidth>
+__global__ void __launch_bounds__(kFusedWarps* kWarpSize, kGroups* kWidth <= 24 ? 2 : 1)
+    layernorm_backward_feeding_kernel(float* dinp, float* partial_w, float* partial_b,
+                                      float* partial_p, __nv_bfloat16* copy, const float* dout,
+                                      const float* inp, const float* weight, const float* mean,
+                                      const float* rstd, int N, int C) {
+  extern __shared__ float part[];  // (kFusedWarps, C)
+  layernorm_backward_fused<kGroups, kWidth, true>(part, dinp, partial_w, partial_b, partial_p, copy,
+                                                  dout, inp, weight, mean, rstd, N, C);
 }
 
 // Calls fn(std::integral_constant<int, K>) for the first K of kInstances (ascending) that is at
@@ -442,13 +467,12 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     const auto launch = [&](auto groups, auto width) {
       constexpr int G = decltype(groups)::value, W = decltype(width)::value;
       if (product_dbias)
-        layernorm_backward_fused_kernel<G, W, true>
+        layernorm_backward_feeding_kernel<G, W>
             <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
                 dinp, partial_w, partial_b, partial_p, copy, dout, inp, weight, mean, rstd, N, C);
       else
-        layernorm_backward_fused_kernel<G, W, false>
-            <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
-                dinp, partial_w, partial_b, nullptr, nullptr, dout, inp, weight, mean, rstd, N, C);
+        layernorm_backward_fused_kernel<G, W><<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
+            dinp, partial_w, partial_b, dout, inp, weight, mean, rstd, N, C);
     };
     // the vec4 kernel where asked and every row starts at a multiple of four floats (shared
     // memory's rows of C floats then do too; a bf16 copy's rows at multiples of four elements)
