@@ -500,8 +500,7 @@ class CudaBackend final : public Backend {
   bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
   bool fused_dq_;  // tensor-core attention's dq in the key-major kernel (MIXSIM_ATTENTION_FUSED_DQ)
   bool bf16_gelu_epilogue_;  // a bf16 fc layer's GELU in cuBLASLt's epilogue (MIXSIM_BF16_GELU_..)
-  bool
-      feeds_products_;  // LayerNorm's backward feeds the next projection (MIXSIM_LAYERNORM_FEEDS..)
+  bool feeds_products_;      // LayerNorm feeds the next projection (MIXSIM_LAYERNORM_FEEDS_PRODUCT)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)
   Stream stream_;
   Cublas cublas_;

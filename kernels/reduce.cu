@@ -64,7 +64,8 @@ struct PartialSums {
   const float* partials;
 };
 
-// Up to three sums of partials over the same chunks and columns, for one launch.
+// Up to three sums of partials over the same chunks and columns, for one launch (the first
+// `sums` of them; the rest unused).
 struct PartialSumsSet {
   PartialSums sum[3];
 };
@@ -108,13 +109,12 @@ void launch_accumulate(PartialSumsSet set, int sums, int chunks, int C, cudaStre
 
 void accumulate_partials(float* dst, const float* partials, int chunks, int C,
                          cudaStream_t stream) {
-  launch_accumulate({{{dst, partials}, {dst, partials}, {dst, partials}}}, 1, chunks, C, stream);
+  launch_accumulate({{{dst, partials}}}, 1, chunks, C, stream);
 }
 
 void accumulate_partials(float* dst0, const float* partials0, float* dst1, const float* partials1,
                          int chunks, int C, cudaStream_t stream) {
-  launch_accumulate({{{dst0, partials0}, {dst1, partials1}, {dst1, partials1}}}, 2, chunks, C,
-                    stream);
+  launch_accumulate({{{dst0, partials0}, {dst1, partials1}}}, 2, chunks, C, stream);
 }
 
 void accumulate_partials(float* dst0, const float* partials0, float* dst1, const float* partials1,

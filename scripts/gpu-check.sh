@@ -149,8 +149,10 @@ result() {  # result LOGNAME: the RESULT lines of a step's log as "what config|v
     echo "$what $cfg|$rest"
   done
 }
-value() {  # value LOG LABEL-PREFIX KEY: KEY's value on the gpt2 RESULT line of LABEL in LOG
-  grep "^RESULT $2[^ ]* gpt2 " "$LOG/$1.log" 2> /dev/null | tail -1 | grep -o "$3=[0-9.]*" | cut -d= -f2
+value() {  # value LOG LABEL-PREFIX KEY [CONFIG]: KEY's value on the RESULT line of LABEL in LOG
+  # for CONFIG (gpt2 unless given)
+  grep "^RESULT $2[^ ]* ${4:-gpt2} " "$LOG/$1.log" 2> /dev/null | tail -1 | grep -o "$3=[0-9.]*" |
+    cut -d= -f2
 }
 # torch.compile's GPT-2 bf16 training, twice (steps torch-bf16-compile-1 and -2): one session's two
 # runs gave 421k and 350k tokens/s (H200, run 9), a wider spread than the gap the speed target
@@ -633,40 +635,32 @@ row "cuBLASLt epilogues (last bench)" "${LT:-no report}"
 # The issue's two speed targets for GPT-2 in bf16, from the rows above: at least 40% MFU, and
 # faster than PyTorch's torch.compile on the same card in the same run, the faster of its two
 # runs (mixsim's default, and without the bf16 product outputs, run 7's default)
+# target_row TITLE LOG CONFIG TORCH TORCH_NAME [NOTE]: the targets' row for mixsim's CONFIG result
+# in LOG against torch.compile's TORCH tokens/s (named TORCH_NAME; NOTE after the comparison)
+target_row() {
+  local title=$1 log=$2 config=$3 torch=$4 name=$5 note=${6:-} tps mfu verdict
+  tps=$(value "$log" mixsim-bf16 tokens_per_s "$config")
+  mfu=$(value "$log" mixsim-bf16 mfu "$config")
+  if [[ -z "$tps" ]]; then
+    row "$title" "no GPT-2 result (see $log.log)"
+    return
+  fi
+  verdict="MFU ${mfu}% (target 40%: $(awk -v m="$mfu" 'BEGIN { print (m >= 40 ? "met" : "not met") }'))"
+  if [[ -n "$torch" ]]; then
+    verdict+=", $(awk -v a="$tps" -v b="$torch" -v n="$name" 'BEGIN { printf "%.2fx %s (%s)", a / b, n, (a > b ? "faster: met" : "not met") }')$note"
+  else
+    verdict+=", $name: no result (--quick, or its step failed)"
+  fi
+  row "$title" "$verdict"
+}
 TORCH=$(torch_compile_tps | sort -g | tail -1)
 for log in bench-train-bf16-all bench-train-bf16-nooutputs; do
-  TPS=$(value "$log" mixsim-bf16 tokens_per_s)
-  MFU=$(value "$log" mixsim-bf16 mfu)
-  if [[ -z "$TPS" ]]; then
-    row "targets, GPT-2 bf16 ($log)" "no GPT-2 result (see $log.log)"
-    continue
-  fi
-  VERDICT="MFU ${MFU}% (target 40%: $(awk -v m="$MFU" 'BEGIN { print (m >= 40 ? "met" : "not met") }'))"
-  if [[ -n "$TORCH" ]]; then
-    VERDICT+=", $(awk -v a="$TPS" -v b="$TORCH" 'BEGIN { printf "%.2fx torch.compile (%s)", a / b, (a > b ? "faster: met" : "not met") }') (its faster run)"
-  else
-    VERDICT+=", torch.compile: no result (--quick, or its step failed)"
-  fi
-  row "targets, GPT-2 bf16 ($log)" "$VERDICT"
+  target_row "targets, GPT-2 bf16 ($log)" "$log" gpt2 "$TORCH" torch.compile " (its faster run)"
 done
 # The same targets at B 32 (the issue names the model's shape, not its batch; B 8 is the config's),
 # against torch.compile's one run at B 32
-B32_TPS=$(grep '^RESULT mixsim-bf16[^ ]* gpt2-b32 ' "$LOG/bench-train-bf16-b32.log" 2> /dev/null |
-  tail -1 | grep -o 'tokens_per_s=[0-9.]*' | cut -d= -f2)
-B32_MFU=$(grep '^RESULT mixsim-bf16[^ ]* gpt2-b32 ' "$LOG/bench-train-bf16-b32.log" 2> /dev/null |
-  tail -1 | grep -o 'mfu=[0-9.]*' | cut -d= -f2)
-B32_TORCH=$(grep '^RESULT torch-bf16-compile gpt2-b32 ' "$LOG/torch-bf16-compile-b32.log" 2> /dev/null |
-  tail -1 | grep -o 'tokens_per_s=[0-9.]*' | cut -d= -f2)
-if [[ -n "$B32_TPS" ]]; then
-  B32_VERDICT="MFU ${B32_MFU}% (target 40%: $(awk -v m="$B32_MFU" 'BEGIN { print (m >= 40 ? "met" : "not met") }'))"
-  if [[ -n "$B32_TORCH" ]]; then
-    B32_VERDICT+=", $(awk -v a="$B32_TPS" -v b="$B32_TORCH" 'BEGIN { printf "%.2fx torch.compile at B 32 (%s)", a / b, (a > b ? "faster: met" : "not met") }')"
-  else
-    B32_VERDICT+=", torch.compile at B 32: no result (--quick, or its step failed)"
-  fi
-  row "targets, GPT-2 bf16 at B 32" "$B32_VERDICT"
-else
-  row "targets, GPT-2 bf16 at B 32" "no result (see bench-train-bf16-b32.log)"
-fi
+target_row "targets, GPT-2 bf16 at B 32" bench-train-bf16-b32 gpt2-b32 \
+  "$(value torch-bf16-compile-b32 torch-bf16-compile tokens_per_s gpt2-b32)" \
+  "torch.compile at B 32"
 
 finish

@@ -443,7 +443,8 @@ Gpt::ProductGrad Gpt::backward_block(int l, const LayerActs& a, int B, int T,
   const ModelDims& d = dims();
   const int C = d.C, N = B * T;
   const LayerParams p = layer_params(layout_.carve(params_.get()), l, C);
-  const LayerParams g = layer_params(layout_.carve(grads_.get()), l, C);
+  const ParamTensors<float> all_grads = layout_.carve(grads_.get());
+  const LayerParams g = layer_params(all_grads, l, C);
   Activations& s = *acts_;
   const float* residual = l == 0 ? s.encoded : train_layer(l - 1).residual3;
   // MLP. The gradient of fcproj's output is dresidual itself (a residual add passes it on), as
@@ -466,7 +467,7 @@ Gpt::ProductGrad Gpt::backward_block(int l, const LayerActs& a, int B, int T,
   be.attention_backward(dqkv, datt, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
   be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, dqkv, a.ln1, product_weight(p.qkvw), N, C, 3 * C);
   // the layer below's fcproj takes dresidual next (layer 0's: the encoder, no product)
-  float* below = l > 0 ? layer_params(layout_.carve(grads_.get()), l - 1, C).fcprojb : nullptr;
+  float* below = l > 0 ? layer_params(all_grads, l - 1, C).fcprojb : nullptr;
   return layernorm_backward_to(g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean, a.ln1_rstd, N,
                                C, below);
 }

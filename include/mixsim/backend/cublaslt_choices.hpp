@@ -109,12 +109,6 @@ class Choices {
     const auto it = choices_.find(Id{std::string(device), cublaslt, key});
     return it == choices_.end() ? nullptr : &it->second;
   }
-  // Whether any choice is for this device and version.
-  bool any_for(std::string_view device, long long cublaslt) const {
-    return std::any_of(choices_.begin(), choices_.end(), [&](const auto& entry) {
-      return entry.second.device == device && entry.second.cublaslt == cublaslt;
-    });
-  }
   // Adds c, replacing the choice for the same device, version and product.
   void put(Choice c) {
     Id id{c.device, c.cublaslt, c.key};
