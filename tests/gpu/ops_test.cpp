@@ -2061,6 +2061,13 @@ TEST_F(CudaOps, LayerNormFeedsProductTrainingFollowsCpu) {
 
 namespace {
 
+// bf16 bits as the values they hold (exact).
+std::vector<float> widened(const std::vector<std::uint16_t>& bits) {
+  std::vector<float> v(bits.size());
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_value(bits[i]);
+  return v;
+}
+
 // Of two bf16 tensors, the number of elements one step apart and the number further apart (same
 // sign: neighbouring values have neighbouring bit patterns). An element whose two values lie
 // within `slack` of each other counts as one step apart whatever its steps: a sum that cancels
@@ -2295,11 +2302,6 @@ TEST_F(CudaOps, Bf16MlpProductOutputs) {
     return std::tuple{fetch(be, dinp.get(), dinp.size()), fetch(be, gw.get(), gw.size()),
                       fetch(be, gb.get(), gb.size())};
   };
-  auto widened = [](const std::vector<std::uint16_t>& bits) {
-    std::vector<float> v(bits.size());
-    for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_value(bits[i]);
-    return v;
-  };
   std::vector<std::uint16_t> cpu_pre_bits, cpu_out;
   forward(*ref, cpu_pre_bits, cpu_out);
   const std::vector<std::uint16_t>& cpu_pre = cpu_pre_bits;
@@ -2406,11 +2408,6 @@ TEST_F(CudaOps, Bf16GeluEpilogue) {
   DeviceBuffer<std::uint16_t> gelu_of_pre(*ref, n);
   auto cp = put(*ref, pre);
   ref->gelu_forward({gelu_of_pre.get(), DType::bf16}, TensorIn(cp.get(), DType::bf16), n);
-  const auto widened = [](const std::vector<std::uint16_t>& bits) {
-    std::vector<float> v(bits.size());
-    for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_value(bits[i]);
-    return v;
-  };
   const double e = rel_l2(Pair{widened(fetch(*ref, gelu_of_pre.get(), n)), widened(out)});
   std::printf("bf16 GELU epilogue, out: relative L2 to cpu-bf16's GELU of the same pre %.3e\n", e);
   EXPECT_LT(e, 5e-3);
@@ -2492,11 +2489,8 @@ TEST_F(CudaOps, Bf16AttentionOutput) {
     EXPECT_EQ(bits, bits_of(fetch(*b16, out32.get(), n))) << what;
     expect_identical(Pair{fetch(*b16, lse32.get(), nl), fetch(*b16, lse16.get(), nl)},
                      what + ": lse");
-    std::vector<float> widened(n), dout_widened(n);
-    for (std::size_t i = 0; i < n; ++i) widened[i] = bf16_value(bits[i]);
     const std::vector<std::uint16_t> dout_bits = bits_of(fetch(*b16, dout.get(), n));
-    for (std::size_t i = 0; i < n; ++i) dout_widened[i] = bf16_value(dout_bits[i]);
-    auto wide = put(*b16, widened), dout_wide = put(*b16, dout_widened);
+    auto wide = put(*b16, widened(bits)), dout_wide = put(*b16, widened(dout_bits));
     auto dout16 = put(*b16, dout_bits);
     auto d16 = put(*b16, std::vector<float>(rows * 3 * s.C, 55.f));
     auto d32 = put(*b16, std::vector<float>(rows * 3 * s.C, 55.f));
