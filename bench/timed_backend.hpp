@@ -120,9 +120,9 @@ class TimedBackend final : public Backend {
                   int Vp) override {
     time("classifier", [&] { in_.classifier(l, ls, t, d, w, N, V, Vp); });
   }
-  void adamw(float* p, float* m, float* v, const float* g, std::size_t n,
-             const AdamWArgs& a) override {
-    time("adamw", [&] { in_.adamw(p, m, v, g, n, a); });
+  void adamw(float* p, float* m, float* v, const float* g, std::size_t n, const AdamWArgs& a,
+             std::uint16_t* p16) override {
+    time("adamw", [&] { in_.adamw(p, m, v, g, n, a, p16); });
   }
   double sum_squares(const float* x, std::size_t n) override {
     double r = 0;
@@ -137,10 +137,16 @@ class TimedBackend final : public Backend {
 
   void reset() {
     totals_.clear();
+    calls_.clear();
     shapes_.clear();
   }
-  // Whether `op` ran since the last reset (the tests ask which of two paths a model took).
+  // Whether `op` ran since the last reset (the tests ask which of two paths a model took), and
+  // how many times.
   bool ran(const std::string& op) const { return totals_.count(op) > 0; }
+  std::size_t calls(const std::string& op) const {
+    const auto it = calls_.find(op);
+    return it == calls_.end() ? 0 : it->second;
+  }
   // Each op's time per step, then the products' and attention's by shape, slowest first, with
   // the rate of their useful flops.
   void print(int steps) const {
@@ -184,6 +190,7 @@ class TimedBackend final : public Backend {
     if (sync_) in_.synchronize();
     const double s = w.seconds();
     totals_[op] += s;
+    ++calls_[op];
     if (!shape.what.empty()) {
       Shaped& t = shapes_[std::string(op) + " " + shape.what];
       t.seconds += s;
@@ -193,6 +200,7 @@ class TimedBackend final : public Backend {
   Backend& in_;
   bool sync_;
   std::map<std::string, double> totals_;
+  std::map<std::string, std::size_t> calls_;
   std::map<std::string, Shaped> shapes_;
 };
 

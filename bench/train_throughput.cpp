@@ -68,7 +68,7 @@ void run(const BenchConfig& cfg, int steps, int trials, double peak, bool profil
       model.backward();
     }
     mixsim::ScopedTimer s(t.opt);
-    opt.step(model.params(), model.grads(), 1e-4, oc);
+    model.update(opt, 1e-4, oc);
   };
   Trial warmup;
   step(warmup);  // first touch of the activations and the moments

@@ -439,8 +439,9 @@ class CudaBackend final : public Backend {
                      stream_.get());
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
-             const AdamWArgs& args) override {
-    cuda::adamw(params, m, v, grads, n, args, stream_.get());
+             const AdamWArgs& args, std::uint16_t* params16) override {
+    cuda::adamw(params, m, v, grads, n, args, reinterpret_cast<__nv_bfloat16*>(params16),
+                stream_.get());
   }
   double sum_squares(const float* x, std::size_t n) override {
     return cuda::sum_squares(x, n, workspace(cuda::sum_squares_workspace()), stream_.get());

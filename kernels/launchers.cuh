@@ -221,8 +221,9 @@ void classifier(TensorOut logits, float* losses, const int* targets, float dloss
                 int N, int V, int Vp, bool exp2, cudaStream_t stream);
 
 // ---- optimizer.cu
+// params16: null, or the updated params rounded to bf16 (narrow), written in the same pass.
 void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
-           const AdamWArgs& args, cudaStream_t stream);
+           const AdamWArgs& args, __nv_bfloat16* params16, cudaStream_t stream);
 std::size_t sum_squares_workspace();
 // Waits for the result: the host needs it (gradient clipping).
 double sum_squares(const float* x, std::size_t n, Workspace ws, cudaStream_t stream);

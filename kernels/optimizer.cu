@@ -1,7 +1,10 @@
 // AdamW and the squared gradient norm.
 // AdamW spells every operation with a round-to-nearest intrinsic: no multiply-add is contracted,
 // so each element sees exactly the float operations of the CPU backend, in the same order, and
-// the updates are bit-identical to it.
+// the updates are bit-identical to it. Given params16, it also stores each updated parameter
+// rounded to bf16 (narrow: the rounding of convert_kernel, which made the model's bf16 weight
+// copy at each forward pass before): 2 more bytes written an element, where a separate copy
+// read 4 and wrote 2 (Gpt::update).
 // sum_squares is deterministic: a fixed grid (from n only) of blocks adds fixed strided elements
 // (16-byte vectors of them where x is so aligned) in double and reduces them in a fixed tree; one
 // block then adds the block sums the same way.
@@ -34,17 +37,19 @@ __device__ inline void adamw_element(float& p, float& m, float& v, float grad,
   p = __fsub_rn(p, __fmul_rn(a.lr, __fadd_rn(update, __fmul_rn(a.weight_decay, p))));
 }
 
-__global__ void adamw_kernel(float* params, float* m, float* v, const float* grads, std::size_t n,
-                             AdamWConstants a) {
+__global__ void adamw_kernel(float* params, float* m, float* v, const float* grads,
+                             __nv_bfloat16* params16, std::size_t n, AdamWConstants a) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
-  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     adamw_element(params[i], m[i], v[i], grads[i], a);
+    if (params16) params16[i] = narrow<__nv_bfloat16>(params[i]);
+  }
 }
 
 // The same on 16-byte vectors: a quarter of the loads and stores, each four times as wide (the
 // update reads 16 and writes 12 bytes an element; memory-bound).
 __global__ void adamw4_kernel(float4* params, float4* m, float4* v, const float4* grads,
-                              std::size_t n4, AdamWConstants a) {
+                              Pack<__nv_bfloat16, 4>* params16, std::size_t n4, AdamWConstants a) {
   const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
   for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n4; i += stride) {
     float4 p = params[i], mi = m[i], vi = v[i];
@@ -56,6 +61,9 @@ __global__ void adamw4_kernel(float4* params, float4* m, float4* v, const float4
     params[i] = p;
     m[i] = mi;
     v[i] = vi;
+    if (params16)
+      params16[i] = {{narrow<__nv_bfloat16>(p.x), narrow<__nv_bfloat16>(p.y),
+                      narrow<__nv_bfloat16>(p.z), narrow<__nv_bfloat16>(p.w)}};
   }
 }
 
@@ -103,7 +111,7 @@ __global__ void __launch_bounds__(kSumThreads)
 }  // namespace
 
 void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
-           const AdamWArgs& args, cudaStream_t stream) {
+           const AdamWArgs& args, __nv_bfloat16* params16, cudaStream_t stream) {
   CUDA_REQUIRE(args.bias_correction1 > 0 && args.bias_correction2 > 0, "adamw",
                std::string("bias corrections > 0 (the step count starts at 1)"));
   if (n == 0) return;
@@ -119,13 +127,15 @@ void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
                          1.0f / args.bias_correction1,
                          1.0f / args.bias_correction2};
   // The four arrays as 16-byte vectors where they are equally aligned (the per-tensor calls are
-  // at the same offset into each): the elements before the first aligned one and after the last
-  // whole vector one element at a time. The same operations per element either way.
+  // at the same offset into each), and params16 as 8-byte ones at the same elements: the elements
+  // before the first aligned one and after the last whole vector one element at a time. The same
+  // operations per element either way.
   std::size_t head = n, n4 = 0;
   const auto misalign = reinterpret_cast<std::uintptr_t>(params) % 16;
   if (misalign % sizeof(float) == 0 && reinterpret_cast<std::uintptr_t>(m) % 16 == misalign &&
       reinterpret_cast<std::uintptr_t>(v) % 16 == misalign &&
-      reinterpret_cast<std::uintptr_t>(grads) % 16 == misalign) {
+      reinterpret_cast<std::uintptr_t>(grads) % 16 == misalign &&
+      (!params16 || reinterpret_cast<std::uintptr_t>(params16) % 8 == misalign / 2)) {
     head = std::min(n, ((16 - misalign) % 16) / sizeof(float));
     n4 = (n - head) / 4;
   }
@@ -133,7 +143,8 @@ void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
   if (n4 > 0) {
     adamw4_kernel<<<elementwise_blocks(n4, kThreads), kThreads, 0, stream>>>(
         reinterpret_cast<float4*>(params + head), reinterpret_cast<float4*>(m + head),
-        reinterpret_cast<float4*>(v + head), reinterpret_cast<const float4*>(grads + head), n4, a);
+        reinterpret_cast<float4*>(v + head), reinterpret_cast<const float4*>(grads + head),
+        params16 ? reinterpret_cast<Pack<__nv_bfloat16, 4>*>(params16 + head) : nullptr, n4, a);
     CUDA_CHECK_LAUNCH(adamw4_kernel);
   }
   // head and tail: one launch when both are there (n4 == 0: they are one range)
@@ -141,7 +152,8 @@ void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
                                      std::pair{head + 4 * n4, n4 > 0 ? tail : 0}}) {
     if (count == 0) continue;
     adamw_kernel<<<elementwise_blocks(count, kThreads), kThreads, 0, stream>>>(
-        params + first, m + first, v + first, grads + first, count, a);
+        params + first, m + first, v + first, grads + first, params16 ? params16 + first : nullptr,
+        count, a);
     CUDA_CHECK_LAUNCH(adamw_kernel);
   }
 }

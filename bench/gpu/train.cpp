@@ -3,12 +3,18 @@
 // only the compute layers, so scripts/gpu-check.sh builds it on a GPU machine without MPI or HDF5.
 // Usage:
 //   build/bench/bench_gpu_train [--configs gpt2,1.1b] [--backend cuda|cuda-bf16] [--batch B]
-//                               [--steps N] [--profile] [--profiler-range] [--peak-tflops P]
+//                               [--accum A,...] [--steps N] [--profile] [--profiler-range]
+//                               [--peak-tflops P]
 // Configs: small (6/6/384, T 256, vocab 256, B 16), gpt2 (the GPT-2 124M shape: 12 layers,
 // 12 heads, 768 channels, T 1024, vocab 50257 padded to 50304, B 8), 1.1b (the paper's shape:
 // 24 layers, 16 heads, 2048 channels, T 2048, vocab 50257, B 2). A step is zero_grad, forward,
-// backward, the global gradient norm and AdamW, as in training. --profile times each op (with a
-// device synchronisation after each, which slows the step; the totals are reported separately).
+// backward, the global gradient norm and AdamW, as in training. --accum 1,8 times each config
+// once per count of micro-batches a step, as training's --train.micro_batch makes them: zero_grad,
+// then A forwards and backwards of B sequences each (gradients summed, each loss scaled by 1/A),
+// then one norm and one update; its RESULT config is named with the count (gpt2-x8), and it runs
+// ceil(N / A) steps, so that every count times about as many micro-batches. --profile times each op
+// (with a device synchronisation after each, which slows the step; the totals are reported
+// separately).
 // --profiler-range brackets the timed steps with cudaProfilerStart/Stop, so that a profiler
 // started with its collection off (ncu --profile-from-start off) sees those steps only, not the
 // warm-up (scripts/gpu-check.sh, scripts/gpu/ncu_summary.py).
@@ -37,6 +43,7 @@
 // backend (cuda_kernel_choices and the Backend queries), not from the environment. The choices
 // table that runs without tune (the built-in one, or MIXSIM_CUBLASLT_CHOICES_FILE) is not in the
 // label: the cuBLASLt line after each config counts the algorithms it chose, and its mismatches.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -88,8 +95,8 @@ void profiler_range(bool start) {
 #endif
 }
 
-void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, int batch, int steps,
-         double peak_tflops, bool profile, bool range) {
+void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, int batch, int accum,
+         int steps, double peak_tflops, bool profile, bool range) {
   mixsim::bench::TimedBackend timed(gpu, /*sync=*/true);
   mixsim::Backend& backend = profile ? static_cast<mixsim::Backend&>(timed) : gpu;
   const int B = batch > 0 ? batch : cfg.batch, T = cfg.model.context;
@@ -97,7 +104,8 @@ void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, i
   model.init(1);
   mixsim::AdamW opt(model.layout(), backend);
   const mixsim::OptimConfig oc;
-  std::vector<int> tokens(std::size_t(B) * T + 1);
+  const std::size_t micro_tokens = std::size_t(B) * T;
+  std::vector<int> tokens(micro_tokens * accum + 1);
   mixsim::Rng rng(7);
   for (auto& t : tokens) t = int(rng.below(std::uint64_t(cfg.model.vocab_size)));
   float first_loss = 0, loss = 0;
@@ -105,12 +113,16 @@ void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, i
   auto step = [&] {
     mixsim::Stopwatch w;
     model.zero_grad();
-    loss = model.forward(tokens.data(), tokens.data() + 1, B, T);  // returns the loss: synced
-    fwd += w.lap();
-    model.backward();
-    backend.synchronize();
-    bwd += w.lap();
-    opt.step(model.params(), model.grads(), 1e-4, oc);  // the norm comes back to the host: synced
+    for (int a = 0; a < accum; ++a) {
+      const int* micro = tokens.data() + micro_tokens * a;
+      // returns the loss: synced
+      loss = model.forward(micro, micro + 1, B, T, 1.0f / float(accum));
+      fwd += w.lap();
+      model.backward();
+      backend.synchronize();
+      bwd += w.lap();
+    }
+    model.update(opt, 1e-4, oc);  // the norm comes back to the host: synced
     backend.synchronize();
     upd += w.lap();
   };
@@ -124,12 +136,13 @@ void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, i
   for (int i = 0; i < steps; ++i) step();
   const double seconds = watch.seconds();
   if (range) profiler_range(false);
-  const double tokens_per_s = double(B) * T * steps / seconds;
+  const double tokens_per_s = double(micro_tokens) * accum * steps / seconds;
   const double tflops = tokens_per_s * mixsim::bench::flops_per_token(cfg.model) / 1e12;
-  std::printf("%-6s L=%d NH=%d C=%d T=%d V=%d B=%d params=%.1fM, %d steps, loss %.3f -> %.3f\n",
-              cfg.name, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, T,
-              cfg.model.vocab_size, B, double(model.layout().total()) / 1e6, steps,
-              double(first_loss), double(loss));
+  std::printf(
+      "%-6s L=%d NH=%d C=%d T=%d V=%d B=%d x %d micro-batches, params=%.1fM, %d steps, loss %.3f "
+      "-> %.3f\n",
+      cfg.name, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, T, cfg.model.vocab_size, B,
+      accum, double(model.layout().total()) / 1e6, steps, double(first_loss), double(loss));
   std::printf(
       "       %.0f tokens/s  %.1f TFLOP/s  MFU %.1f%% of %.0f  (%.1f%% of fp32 %.0f)  per step: "
       "forward %.1f ms, backward %.1f ms, optimizer %.1f ms\n",
@@ -137,13 +150,33 @@ void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, i
       100.0 * tflops / kFp32PeakTflops, kFp32PeakTflops, 1e3 * fwd / steps, 1e3 * bwd / steps,
       1e3 * upd / steps);
   // One machine-readable line for scripts/gpu-check.sh's table; the config named with its batch
-  // where --batch changed it (gpt2-b32), so that such a row is never read as the config's own.
-  const std::string config =
-      B == cfg.batch ? std::string(cfg.name) : std::string(cfg.name) + "-b" + std::to_string(B);
+  // where --batch changed it (gpt2-b32) and its micro-batches where there are several (gpt2-x8,
+  // gpt2-b16-x4), so that such a row is never read as the config's own.
+  std::string config = cfg.name;
+  if (B != cfg.batch) config += "-b" + std::to_string(B);
+  if (accum > 1) config += "-x" + std::to_string(accum);
   std::printf("RESULT %s %s tokens_per_s=%.0f tflops=%.2f mfu=%.2f\n", label.c_str(),
               config.c_str(), tokens_per_s, tflops, 100.0 * tflops / peak_tflops);
   if (profile) timed.print(steps);
   std::fflush(stdout);
+}
+
+// "1,8" as {1, 8}; empty where any part is not a positive integer (below 1000).
+std::vector<int> counts(const std::string& list) {
+  std::vector<int> out;
+  std::size_t at = 0;
+  while (at <= list.size()) {
+    const std::size_t end = std::min(list.find(',', at), list.size());
+    const std::string part = list.substr(at, end - at);
+    if (part.empty() || part.size() > 3 ||
+        part.find_first_not_of("0123456789") != std::string::npos)
+      return {};
+    const int n = std::stoi(part);
+    if (n < 1) return {};
+    out.push_back(n);
+    at = end + 1;
+  }
+  return out;
 }
 
 }  // namespace
@@ -151,6 +184,7 @@ void run(mixsim::Backend& gpu, const std::string& label, const GpuConfig& cfg, i
 int main(int argc, char** argv) {
   std::string configs = "gpt2", backend_name = "cuda";
   int steps = 0, batch = 0;
+  std::vector<int> accums{1};
   double peak = 989.0;
   bool profile = false, range = false;
   for (int i = 1; i < argc; ++i) {
@@ -162,6 +196,15 @@ int main(int argc, char** argv) {
       steps = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) {
       batch = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--accum") && i + 1 < argc) {
+      accums = counts(argv[++i]);
+      if (accums.empty()) {
+        std::fprintf(stderr,
+                     "bench_gpu_train: --accum %s: give counts of micro-batches a step, positive "
+                     "integers separated by commas (1,8)\n",
+                     argv[i]);
+        return 2;
+      }
     } else if (!std::strcmp(argv[i], "--peak-tflops") && i + 1 < argc) {
       peak = std::atof(argv[++i]);
     } else if (!std::strcmp(argv[i], "--profile")) {
@@ -171,7 +214,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--configs small,gpt2,1.1b] [--backend cuda|cuda-bf16] [--batch B] "
-                   "[--steps N] [--profile] [--profiler-range] [--peak-tflops P]\n",
+                   "[--accum A,...] [--steps N] [--profile] [--profiler-range] [--peak-tflops P]\n",
                    argv[0]);
       return 2;
     }
@@ -220,7 +263,10 @@ int main(int argc, char** argv) {
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;
-      run(*gpu, label, cfg, batch, steps > 0 ? steps : cfg.steps, peak, profile, range);
+      for (const int accum : accums) {
+        const int n = steps > 0 ? steps : cfg.steps;
+        run(*gpu, label, cfg, batch, accum, (n + accum - 1) / accum, peak, profile, range);
+      }
       if (cublaslt) {
         const mixsim::CublasLtUse use = mixsim::cublaslt_use(*gpu);
         std::printf(

@@ -8,7 +8,11 @@ random tokens. Precision: bf16 (autocast, fp32 master weights; the issue's yards
 --compile) or fp32 (TF32 off, what mixsim's fp32 CUDA backend computes). Prints a line
 `RESULT torch-<dtype>[-compile] <config> tokens_per_s=... tflops=... mfu=...` for gpu-check.sh.
 FLOPs per token are counted as in bench/timed_backend.hpp (6 per matrix weight, causal
-attention at half), MFU against --peak-tflops (989: H100 dense bf16).
+attention at half), MFU against --peak-tflops (989: H100 dense bf16). --accum 1,8 times the
+same model once per count of micro-batches a step, as bench_gpu_train --accum does (A forwards and
+backwards of the batch with each loss scaled by 1/A, then one clipping and one update; ceil(steps
+/ A) steps; the config named gpt2-x8), in one process: the compiled model is the same for every
+count, so it compiles once.
 
   python3 scripts/gpu/torch_train.py --config gpt2 --dtype bf16 --compile --steps 30
 """
@@ -79,6 +83,15 @@ def flops_per_token(L, C, T, V):
     return 6 * (L * (12 * C * C + 9 * C) + V * C) + 6 * L * T * C
 
 
+def accum_list(text):
+    parts = text.split(",")
+    if not all(p.isdigit() and 0 < int(p) < 1000 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give counts of micro-batches a step, positive integers separated by "
+            "commas (1,8)")
+    return [int(p) for p in parts]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="gpt2", choices=sorted(CONFIGS))
@@ -86,6 +99,8 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--batch", type=int, default=0, help="sequences per step (0: the config's)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (after 5 warm-up steps)")
+    ap.add_argument("--accum", type=accum_list, default=[1],
+                    help="micro-batches a step, one timing per count: 1,8 (default 1)")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--device", default="cuda", help="cuda, or cpu to check the script itself")
     args = ap.parse_args()
@@ -104,40 +119,47 @@ def main():
                             lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
                             **({"fused": True} if dev == "cuda" else {}))
     step_model = torch.compile(model) if args.compile else model
-    tokens = torch.randint(0, V, (B, T + 1), device=dev)
-    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     amp = torch.autocast(dev, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            loss = step_model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss
-
-    t0 = time.time()
-    for _ in range(5):
-        loss = step()
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    sync()
-    warm = time.time() - t0
-    t0 = time.time()
-    for _ in range(args.steps):
-        loss = step()
-    sync()
-    seconds = time.time() - t0
-    tps = B * T * args.steps / seconds
-    tflops = tps * flops_per_token(L, C, T, V) / 1e12
     label = f"torch-{args.dtype}" + ("-compile" if args.compile else "")
-    print(f"{label} {args.config}: B={B} T={T}, warm-up {warm:.1f} s, {args.steps} steps "
-          f"{seconds:.2f} s, loss {loss.item():.3f}; {tps:.0f} tokens/s, {tflops:.1f} TFLOP/s, "
-          f"MFU {100 * tflops / args.peak_tflops:.1f}% of {args.peak_tflops:.0f}")
-    # the config named with its batch where --batch changed it (gpt2-b32), as bench_gpu_train does
-    config = args.config if B == CONFIGS[args.config][5] else f"{args.config}-b{B}"
-    print(f"RESULT {label} {config} tokens_per_s={tps:.0f} tflops={tflops:.2f} "
-          f"mfu={100 * tflops / args.peak_tflops:.2f}", flush=True)
+    for accum in args.accum:
+        tokens = torch.randint(0, V, (accum, B, T + 1), device=dev)
+        micro = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            for x, y in micro:
+                with amp:
+                    loss = step_model(x, y)
+                (loss / accum).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            return loss
+
+        t0 = time.time()
+        for _ in range(5):
+            loss = step()
+        sync()
+        warm = time.time() - t0
+        steps = -(-args.steps // accum)  # about as many micro-batches whatever the count
+        t0 = time.time()
+        for _ in range(steps):
+            loss = step()
+        sync()
+        seconds = time.time() - t0
+        tps = B * T * accum * steps / seconds
+        tflops = tps * flops_per_token(L, C, T, V) / 1e12
+        print(f"{label} {args.config}: B={B} x {accum} micro-batches, T={T}, warm-up {warm:.1f} s, "
+              f"{steps} steps {seconds:.2f} s, loss {loss.item():.3f}; {tps:.0f} tokens/s, "
+              f"{tflops:.1f} TFLOP/s, MFU {100 * tflops / args.peak_tflops:.1f}% of "
+              f"{args.peak_tflops:.0f}")
+        # the config named with its batch where --batch changed it (gpt2-b32) and its
+        # micro-batches where there are several (gpt2-x8), as bench_gpu_train does
+        config = args.config if B == CONFIGS[args.config][5] else f"{args.config}-b{B}"
+        if accum > 1:
+            config += f"-x{accum}"
+        print(f"RESULT {label} {config} tokens_per_s={tps:.0f} tflops={tflops:.2f} "
+              f"mfu={100 * tflops / args.peak_tflops:.2f}", flush=True)
 
 
 if __name__ == "__main__":

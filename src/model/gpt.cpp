@@ -216,6 +216,7 @@ void Gpt::set_params(std::span<const float> host) {
         "another model configuration",
         host.size(), layout_.total());
   backend_.upload(params_.get(), host.data(), params_.bytes());
+  weights16_current_ = false;
 }
 
 void Gpt::get_params(std::span<float> host) const {
@@ -364,9 +365,22 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, const 
 }
 
 void Gpt::round_weights() {
-  if (!backend_.bf16_weight_copies()) return;
+  if (!backend_.bf16_weight_copies() || weights16_current_) return;
   if (weights16_.size() == 0) weights16_ = DeviceBuffer<std::uint16_t>(backend_, layout_.total());
   backend_.store({weights16_.get(), DType::bf16}, params_.get(), layout_.total());
+  weights16_current_ = true;
+}
+
+StepStats Gpt::update(AdamW& optimizer, double lr, const OptimConfig& config) {
+  weights16_current_ = false;  // (until the update has written it)
+  std::uint16_t* copy = nullptr;
+  if (backend_.bf16_weight_copies()) {
+    if (weights16_.size() == 0) weights16_ = DeviceBuffer<std::uint16_t>(backend_, layout_.total());
+    copy = weights16_.get();
+  }
+  const StepStats stats = optimizer.step(params_.get(), grads(), lr, config, copy);
+  weights16_current_ = copy != nullptr;
+  return stats;
 }
 
 TensorIn Gpt::product_bias(const float* b, TensorOut out) const {

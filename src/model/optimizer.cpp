@@ -33,7 +33,8 @@ double AdamW::grad_norm(const float* grads) const {
   return std::sqrt(backend_.sum_squares(grads, layout_.total()));
 }
 
-StepStats AdamW::step(float* params, const float* grads, double lr, const OptimConfig& c) {
+StepStats AdamW::step(float* params, const float* grads, double lr, const OptimConfig& c,
+                      std::uint16_t* params16) {
   StepStats stats;
   stats.grad_norm = grad_norm(grads);
   if (!std::isfinite(stats.grad_norm))
@@ -55,7 +56,7 @@ StepStats AdamW::step(float* params, const float* grads, double lr, const OptimC
   for (const TensorInfo& t : layout_.tensors()) {
     args.weight_decay = t.decay ? float(c.weight_decay) : 0.0f;
     backend_.adamw(params + t.offset, m_.get() + t.offset, v_.get() + t.offset, grads + t.offset,
-                   t.numel, args);
+                   t.numel, args, params16 ? params16 + t.offset : nullptr);
   }
   return stats;
 }

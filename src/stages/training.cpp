@@ -333,7 +333,7 @@ TrainOutcome train_model(const TrainJob& job, const JobConfig& config, const Dat
       group_sum->sum(model.grads(), n, sum_format);
     const double train_loss = group.allreduce_sum(local_loss);
     outcome.allreduce_seconds += phase.lap();
-    const auto stats = adamw.step(model.params(), model.grads(), lr, optim);
+    const auto stats = model.update(adamw, lr, optim);
     outcome.optimizer_seconds += phase.lap();
     prov.tokens_seen += static_cast<std::uint64_t>(plan.B) * plan.T;
     curve.train_step.push_back(step + 1);

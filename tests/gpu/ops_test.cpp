@@ -772,16 +772,26 @@ TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
 // The GPU runs equally aligned arrays as 16-byte vectors, with the elements before the first
 // aligned one and after the last whole vector one at a time, and others one at a time: offsets
 // (in floats) of 3 (a head of 1, vectors, a tail of 2 at n = 10007), 0 (no head) and one array
-// at another alignment (no vectors) run every path, and each must be exact.
+// at another alignment (no vectors) run every path, and each must be exact. Each step also writes
+// the updated parameters' bf16 rounding (the model's weight copy, Gpt::update) at the same
+// elements of a bf16 array: as 8-byte vectors beside the float ones, or one at a time where that
+// array is aligned otherwise (offset 1 with the others at 0); after every step it must be the
+// bits of the parameters rounded, on both sides. Without it (null) nothing else changes.
 TEST_F(CudaOps, AdamWBitIdenticalToCpu) {
   const std::size_t n = 10007;
   struct Offsets {
-    std::size_t p, m, v, g;
+    std::size_t p, m, v, g, p16;
   };
-  for (const Offsets off : {Offsets{3, 3, 3, 3}, Offsets{0, 0, 0, 0}, Offsets{4, 4, 1, 4}}) {
+  for (const Offsets off : {Offsets{3, 3, 3, 3, 3}, Offsets{0, 0, 0, 0, 0}, Offsets{4, 4, 1, 4, 4},
+                            Offsets{0, 0, 0, 0, 1}}) {
+    SCOPED_TRACE("offsets " + std::to_string(off.p) + " " + std::to_string(off.v) + " " +
+                 std::to_string(off.p16));
     auto p = floats(random_floats(n + off.p, 29));
-    auto m = floats(std::vector<float>(n + off.m));
-    auto v = floats(std::vector<float>(n + off.v));
+    auto p_alone = floats(random_floats(n + off.p, 29));  // updated without params16
+    auto m = floats(std::vector<float>(n + off.m)), m_alone = floats(std::vector<float>(n + off.m));
+    auto v = floats(std::vector<float>(n + off.v)), v_alone = floats(std::vector<float>(n + off.v));
+    const std::vector<std::uint16_t> poison(n + off.p16, 0x7fc1);  // a NaN no rounding makes
+    auto p16 = twin(*cpu_, *gpu_, poison);
     for (int step = 1; step <= 5; ++step) {
       auto g = floats(random_floats(n + off.g, 30 + step, 0.1));
       AdamWArgs a;
@@ -791,14 +801,33 @@ TEST_F(CudaOps, AdamWBitIdenticalToCpu) {
       a.bias_correction2 = float(1.0 - std::pow(0.95, step));
       a.grad_scale = step == 3 ? 0.7f : 1.f;
       cpu_->adamw(p.cpu.get() + off.p, m.cpu.get() + off.m, v.cpu.get() + off.v,
-                  g.cpu.get() + off.g, n, a);
+                  g.cpu.get() + off.g, n, a, p16.cpu.get() + off.p16);
       gpu_->adamw(p.gpu.get() + off.p, m.gpu.get() + off.m, v.gpu.get() + off.v,
-                  g.gpu.get() + off.g, n, a);
+                  g.gpu.get() + off.g, n, a, p16.gpu.get() + off.p16);
+      gpu_->adamw(p_alone.gpu.get() + off.p, m_alone.gpu.get() + off.m, v_alone.gpu.get() + off.v,
+                  g.gpu.get() + off.g, n, a, nullptr);
+      const Pair params = both(p);
+      for (Backend* be : {cpu_.get(), gpu_.get()}) {
+        const std::vector<std::uint16_t> got =
+            fetch(*be, (be == cpu_.get() ? p16.cpu : p16.gpu).get(), n + off.p16);
+        const std::vector<float>& updated = be == cpu_.get() ? params.cpu : params.gpu;
+        std::size_t differ = 0;
+        for (std::size_t i = 0; i < n; ++i)
+          differ += got[off.p16 + i] != bf16_bits(updated[off.p + i]);
+        for (std::size_t i = 0; i < off.p16; ++i) differ += got[i] != poison[i];  // not written
+        EXPECT_EQ(differ, 0u) << (be == cpu_.get() ? "cpu" : "gpu") << " step " << step
+                              << ": params16 elements that are not the params rounded";
+      }
     }
-    SCOPED_TRACE("offsets " + std::to_string(off.p) + " " + std::to_string(off.v));
     expect_identical(both(p), "adamw params");
     expect_identical(both(m), "adamw m");
     expect_identical(both(v), "adamw v");
+    expect_identical(
+        {fetch(*gpu_, p.gpu.get(), n + off.p), fetch(*gpu_, p_alone.gpu.get(), n + off.p)},
+        "adamw params with params16 and without");
+    expect_identical(
+        {fetch(*gpu_, v.gpu.get(), n + off.v), fetch(*gpu_, v_alone.gpu.get(), n + off.v)},
+        "adamw v with params16 and without");
   }
 }
 

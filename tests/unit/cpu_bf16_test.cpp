@@ -810,14 +810,16 @@ TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
 
 namespace {
 
-// What `steps` AdamW steps (constant learning rate) of a model from seed `seed` on one batch
-// leave: each step's loss, the last step's gradients, the parameters, and the evaluation sums.
+// What `steps` AdamW steps (constant learning rate) of a model from seed `seed` leave: each
+// micro-batch's loss, the last step's gradients, the parameters, and the evaluation sums (of the
+// first b sequences). A step is `accum` micro-batches of b sequences (batch holds accum * b), each
+// loss scaled by 1/accum, then AdamW::step on params(), or with through_update Gpt::update.
 struct Trained {
   std::vector<float> losses, grads, params;
   EvalSums eval;
 };
 Trained train_steps(Backend& be, const ModelConfig& cfg, const TokenBatch& batch, int b, int t,
-                    int steps, std::uint64_t seed) {
+                    int steps, std::uint64_t seed, int accum = 1, bool through_update = false) {
   Gpt m(cfg, be, b);
   m.init(seed);
   AdamW opt(m.layout(), be);
@@ -826,13 +828,20 @@ Trained train_steps(Backend& be, const ModelConfig& cfg, const TokenBatch& batch
   Trained r;
   for (int s = 0; s < steps; ++s) {
     m.zero_grad();
-    r.losses.push_back(m.forward(batch.tokens.data(), batch.targets.data(), b, t));
-    m.backward();
+    for (int a = 0; a < accum; ++a) {
+      const std::size_t at = std::size_t(a) * b * t;
+      r.losses.push_back(m.forward(batch.tokens.data() + at, batch.targets.data() + at, b, t,
+                                   1.0f / float(accum)));
+      m.backward();
+    }
     if (s + 1 == steps) {
       r.grads.resize(m.layout().total());
       be.download(r.grads.data(), m.grads(), r.grads.size() * sizeof(float));
     }
-    opt.step(m.params(), m.grads(), lr_at(s, steps, oc), oc);
+    if (through_update)
+      m.update(opt, lr_at(s, steps, oc), oc);
+    else
+      opt.step(m.params(), m.grads(), lr_at(s, steps, oc), oc);
   }
   r.params.resize(m.layout().total());
   be.download(r.params.data(), m.params(), r.params.size() * sizeof(float));
@@ -893,6 +902,54 @@ TEST(CpuBf16, Bf16WeightCopiesChangeNothing) {
   };
   EXPECT_EQ(nan_gradients(""), 0u);
   EXPECT_GT(nan_gradients("0"), 0u);
+}
+
+// Gpt::update: AdamW writes the bf16 weight copy with the parameters (Backend::adamw's params16),
+// so the forward passes until the next update do not make it (store). Over 3 steps of 2
+// micro-batches each the losses, the parameters and the evaluation sums are bit for bit those of
+// updating through params() (AdamW::step alone, after which the next forward pass makes the copy
+// again; the step's second micro-batch finds it current). The copy was made by the first forward
+// pass only, against the first of each step's, so 2 times fewer (and once more in both, for the
+// evaluation after the parameters were read through params()). Parameters written through
+// params() after an update reach the next forward pass (the copy is made again): its loss is that
+// of a fresh model given the same parameters.
+TEST(CpuBf16, UpdateWritesTheWeightCopy) {
+  const ModelConfig cfg{2, 2, 64, 70, 257};
+  const int b = 2, t = 70, steps = 3, accum = 2;
+  const TokenBatch batch = random_batch(b * accum, t, cfg.vocab_size, 241);
+  auto run = [&](bool through_update, std::size_t& copies) {
+    auto inner = make_cpu_backend(MatmulPrecision::bf16);
+    EXPECT_TRUE(inner->bf16_weight_copies());
+    mixsim::bench::TimedBackend be(*inner);
+    const Trained r = train_steps(be, cfg, batch, b, t, steps, 242, accum, through_update);
+    copies = be.calls("store");
+    return r;
+  };
+  std::size_t updated_copies = 0, stepped_copies = 0;
+  const Trained updated = run(true, updated_copies), stepped = run(false, stepped_copies);
+  EXPECT_EQ(updated.losses, stepped.losses);
+  EXPECT_EQ(updated.grads, stepped.grads);
+  EXPECT_EQ(updated.params, stepped.params);
+  EXPECT_EQ(updated.eval.loss_sum, stepped.eval.loss_sum);
+  EXPECT_LT(updated.losses.back(), updated.losses.front());  // the parameters did move
+  EXPECT_EQ(stepped_copies - updated_copies, std::size_t(steps - 1));
+
+  auto be = make_cpu_backend(MatmulPrecision::bf16);
+  Gpt m(cfg, *be, b);
+  m.init(243);
+  AdamW opt(m.layout(), *be);
+  m.zero_grad();
+  m.forward(batch.tokens.data(), batch.targets.data(), b, t);
+  m.backward();
+  m.update(opt, 1e-3, OptimConfig{});
+  std::vector<float> halved(m.layout().total());
+  be->download(halved.data(), m.params(), halved.size() * sizeof(float));
+  for (float& x : halved) x *= 0.5f;
+  be->upload(m.params(), halved.data(), halved.size() * sizeof(float));
+  Gpt fresh(cfg, *be, b);
+  fresh.set_params(halved);
+  EXPECT_EQ(m.forward(batch.tokens.data(), batch.targets.data(), b, t),
+            fresh.forward(batch.tokens.data(), batch.targets.data(), b, t));
 }
 
 // MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 (an opt-in for the CUDA kernels, written without a GPU): the

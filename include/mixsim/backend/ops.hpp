@@ -257,8 +257,11 @@ class Backend {
                           float dloss, TensorOut dlogits, int N, int V, int Vp) = 0;
 
   // ---- optimizer and buffer arithmetic over n floats
+  // Unless params16 is null, it receives (n) the updated params rounded to bf16 (nearest even:
+  // the bits store() writes), in the same pass: the model's bf16 weight copy (Gpt::update).
   virtual void adamw(float* params, float* m, float* v,  // (n) updated
-                     const float* grads, std::size_t n, const AdamWArgs& args) = 0;
+                     const float* grads, std::size_t n, const AdamWArgs& args,
+                     std::uint16_t* params16) = 0;
   // Sum of squares in double, summed in a fixed order (independent of the thread count).
   virtual double sum_squares(const float* x, std::size_t n) = 0;
   // out = sum_i weights[i] * inputs[i], summed in the order i = 0..k-1 (out may alias input 0).

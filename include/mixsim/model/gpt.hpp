@@ -11,6 +11,7 @@
 
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/model/layout.hpp"
+#include "mixsim/model/optimizer.hpp"
 
 namespace mixsim {
 
@@ -55,8 +56,18 @@ class Gpt {
   // (Backend::attention_out_storage), else fp32.
   DType attention_out_storage() const;
 
-  float* params() const { return params_.get(); }  // (layout().total()) backend memory
-  float* grads();                                  // same layout; allocated on first use
+  // (layout().total()) backend memory. The caller may write through it, so every call leaves the
+  // bf16 weight copy (below) to be made again by the next forward pass.
+  float* params() const {
+    weights16_current_ = false;
+    return params_.get();
+  }
+  float* grads();  // same layout; allocated on first use
+
+  // One optimizer update of the parameters from grads() (AdamW::step), which also writes the
+  // bf16 weight copy where the backend takes one (Backend::adamw's params16), so that the forward
+  // passes until the next update (a step's micro-batches, an evaluation) need not make it.
+  StepStats update(AdamW& optimizer, double lr, const OptimConfig& config);
 
   // Fresh parameters from `seed`: normal(0, 0.02), residual projections scaled by
   // 1/sqrt(2 n_layer), biases 0, LayerNorm weights 1, padded rows of wte 0.
@@ -98,10 +109,11 @@ class Gpt {
   void forward_block(int l, const float* residual, const LayerActs& a, const NextNorm& next, int B,
                      int T);
   // Where the backend takes bf16 weights (Backend::bf16_weight_copies): rounds all parameters
-  // into weights16_, at the start of each forward pass (forward(), evaluate()), so that a copy is
-  // never older than the parameters it was made from; backward() uses the copy of the last
-  // forward() or evaluate() (the parameters do not change between a forward() and its
-  // backward(): the activations backward() reads are from that forward).
+  // into weights16_ at the start of a forward pass (forward(), evaluate()) unless the copy is
+  // current (weights16_current_), so that a copy is never older than the parameters it was made
+  // from; backward() uses the copy of the last forward() or evaluate() (the parameters do not
+  // change between a forward() and its backward(): the activations backward() reads are from that
+  // forward).
   void round_weights();
   // The weight a product takes: its bf16 copy where round_weights() makes them, else w itself.
   TensorIn product_weight(const float* w) const;
@@ -134,6 +146,9 @@ class Gpt {
   DeviceBuffer<float> params_;
   DeviceBuffer<float> grads_;
   DeviceBuffer<std::uint16_t> weights16_;  // bf16 copy of params_ (round_weights); else empty
+  // Whether weights16_ holds the rounding of params_ as they are: set where round_weights() or
+  // update() wrote it, cleared by whatever may change params_ (params(), init(), set_params()).
+  mutable bool weights16_current_ = false;
   DeviceBuffer<char> acts_memory_;         // training activations, one allocation
   DeviceBuffer<float> eval_memory_;        // evaluation activations, grown as needed
   DeviceBuffer<int> train_tokens_;         // (max_batch, context): kept for backward()

@@ -24,9 +24,12 @@ class AdamW {
   // Moments m and v (zero) in backend memory, in the layout of the parameters.
   AdamW(const ParamLayout& layout, Backend& backend);
 
-  // One update of params (in place) from grads, at learning rate lr. Throws Error when the
-  // gradient norm is not finite (training diverged).
-  StepStats step(float* params, const float* grads, double lr, const OptimConfig& config);
+  // One update of params (in place) from grads, at learning rate lr; unless params16 is null, it
+  // also receives the updated params rounded to bf16 (Backend::adamw; Gpt::update hands it the
+  // model's bf16 weight copy). Throws Error when the gradient norm is not finite (training
+  // diverged), before anything is written.
+  StepStats step(float* params, const float* grads, double lr, const OptimConfig& config,
+                 std::uint16_t* params16 = nullptr);
   double grad_norm(const float* grads) const;
 
   std::int64_t steps_done() const { return steps_; }

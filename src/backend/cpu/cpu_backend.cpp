@@ -282,10 +282,11 @@ class CpuBackend final : public Backend {
     }
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
-             const AdamWArgs& args) override {
+             const AdamWArgs& args, std::uint16_t* params16) override {
     MIXSIM_CHECK(args.bias_correction1 > 0 && args.bias_correction2 > 0,
                  "adamw: bias corrections must be positive (step count starts at 1)");
     cpu::adamw(params, m, v, grads, n, args);
+    if (params16) store({params16, DType::bf16}, params, n);  // (a second pass: the reference)
   }
   double sum_squares(const float* x, std::size_t n) override { return cpu::sum_squares(x, n); }
   void weighted_sum(float* out, const float* const* inputs, const float* weights, int k,
