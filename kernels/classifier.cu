@@ -16,13 +16,16 @@
 // target's logit is read by all threads before the first barrier; classifier_cached_kernel writes
 // only after its last read of the row in memory and a barrier.
 //
-// classifier_cached_kernel computes from the cached row the max first (fmaxf alone), then the sum
-// of exp2(x log2 e - max log2 e) (one fused multiply-add and the hardware exp2 an element), then
-// the gradients the same way (MIXSIM_CLASSIFIER_EXP2, the default). With MIXSIM_CLASSIFIER_EXP2=0
-// it runs the online pair instead (a compare, a branch and a full-precision expf an element) and
-// expf again for the gradient, as classifier_kernel does: on an H200 (2026-11-27) that took
-// 1.37 ms of a GPT-2 step (1.2 TB/s of the card's 4.0), exp2 0.85 ms. The two differ by the
-// rounding of the exponentials (~1e-6 relative), within the tests' bounds against the CPU.
+// classifier_cached_kernel computes the max first (fmaxf alone, as each thread copies its part of
+// the row into shared memory: since the fifteenth session, one pass over the cached row fewer
+// and, ptxas sm_90, 47 registers a thread instead of 56 for bf16 rows), then from the cached row
+// the sum of exp2(x log2 e - max log2 e) (one fused multiply-add and the hardware exp2 an element),
+// then the gradients the same way (MIXSIM_CLASSIFIER_EXP2, the default). With
+// MIXSIM_CLASSIFIER_EXP2=0 it runs the online pair instead (a compare, a branch and a
+// full-precision expf an element) and expf again for the gradient, as classifier_kernel does: on an
+// H200 (2026-11-27) that took 1.37 ms of a GPT-2 step (1.2 TB/s of the card's 4.0), exp2 0.85 ms.
+// The two differ by the rounding of the exponentials (~1e-6 relative), within the tests' bounds
+// against the CPU.
 
 #include "launchers.cuh"
 
@@ -130,9 +133,15 @@ __global__ void __launch_bounds__(kThreads)
 // 50 MB L2 between the passes, and a short row leaves most of a 1024-thread block idle (a
 // byte-level model's 257 logits: 65 of 1024 threads), one block an SM. So rows from 8,192 logits.
 constexpr int kCachedMinV = 8192;
-constexpr int kCachedThreads = 1024;
-constexpr int kCachedWarps = kCachedThreads / kWarpSize;
 constexpr int kCopyUnroll = 4;  // 16-byte loads in flight per thread while the row is copied
+// A cached row's block: 1024 threads, of which two fit an SM's 64K registers only at 32 or fewer a
+// thread (ptxas, sm_90: 30 to 54; the default's bf16 rows through exp2 47), so one row an SM at a
+// time for GPT-2, and the SM's memory traffic waits while the block works from shared memory
+// between its copy and its stores; or, with MIXSIM_CLASSIFIER_TWO_ROWS=1, 512 threads, two blocks
+// an SM (at most 64 registers a thread) where two rows fit the SM's shared memory (bf16 GPT-2
+// rows: 101 KB each), so that one row's copy or stores overlap the other's work.
+constexpr int kCachedThreads = 1024;
+constexpr int kTwoRowsThreads = 512;
 
 // One row per block, cached in dynamic shared memory as kVec-element vectors (16 bytes): the
 // first ceil(V / kVec) vectors of the row (the last one may hold padding, never used). The
@@ -144,10 +153,11 @@ __device__ inline float exp_shifted(float x, float max_log2e) {
   return exp2f(fmaf(x, kLog2e, -max_log2e));
 }
 
-template <class In, class Grad, bool kExp2>
-__global__ void __launch_bounds__(kCachedThreads, 1)
+template <class In, class Grad, bool kExp2, int kRowThreads>
+__global__ void __launch_bounds__(kRowThreads, kCachedThreads / kRowThreads)
     classifier_cached_kernel(const In* logits, Grad* dlogits, float* losses, const int* targets,
                              float dloss, int V, int Vp) {
+  constexpr int kCachedWarps = kRowThreads / kWarpSize;
   constexpr int kVec = 16 / sizeof(In);
   using InPack = Pack<In, kVec>;
   using GradPack = Pack<Grad, kVec>;
@@ -160,39 +170,41 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
   if (target < 0) {  // a skipped position: no loss, no gradient (the whole block)
     if (threadIdx.x == 0) losses[blockIdx.x] = 0.f;
     if (write)
-      for (int j = threadIdx.x; j < Vp; j += kCachedThreads) store(grad + j, 0.f);
+      for (int j = threadIdx.x; j < Vp; j += kRowThreads) store(grad + j, 0.f);
     return;
   }
   const auto* row = reinterpret_cast<const InPack*>(logits + std::size_t(blockIdx.x) * Vp);
   const int vectors = CEIL_DIV(V, kVec);
-  // the copy: kCopyUnroll loads issued before their stores, so that many are in flight
-  for (int q0 = threadIdx.x; q0 < vectors; q0 += kCopyUnroll * kCachedThreads) {
+  // the copy: kCopyUnroll loads issued before their stores, so that many are in flight. With
+  // exp2, each thread's max of the vectors it copies, from the registers they pass through (the
+  // vectors it reads from the cache below, in the same order)
+  float part_max = -INFINITY;
+  for (int q0 = threadIdx.x; q0 < vectors; q0 += kCopyUnroll * kRowThreads) {
     InPack v[kCopyUnroll];
 #pragma unroll
     for (int u = 0; u < kCopyUnroll; ++u)
-      if (const int q = q0 + u * kCachedThreads; q < vectors) v[u] = row[q];
+      if (const int q = q0 + u * kRowThreads; q < vectors) v[u] = row[q];
 #pragma unroll
     for (int u = 0; u < kCopyUnroll; ++u)
-      if (const int q = q0 + u * kCachedThreads; q < vectors) cache[q] = v[u];
+      if (const int q = q0 + u * kRowThreads; q < vectors) {
+        cache[q] = v[u];
+        if constexpr (kExp2)
+#pragma unroll
+          for (int i = 0; i < kVec; ++i)
+            if (q * kVec + i < V) part_max = fmaxf(part_max, widen(v[u].e[i]));
+      }
   }
   __syncthreads();
-  // The row's max and the sum of exp(x - max): the opt-in's two passes (the max, then the sum of
-  // exp_shifted), or the online pair (each thread's vectors in order, their elements in order,
-  // 16-byte shared-memory reads).
+  // The row's max and the sum of exp(x - max): with exp2 two passes (the max, from the copy, then
+  // the sum of exp_shifted), else the online pair (each thread's vectors in order, their elements
+  // in order, 16-byte shared-memory reads).
   float mx, sum;
   if constexpr (kExp2) {
     __shared__ float partials[kCachedWarps];
-    float part_max = -INFINITY;
-    for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
-      const InPack v = cache[q];
-#pragma unroll
-      for (int i = 0; i < kVec; ++i)
-        if (q * kVec + i < V) part_max = fmaxf(part_max, widen(v.e[i]));
-    }
     mx = block_reduce<kCachedWarps>(part_max, partials, [](float x) { return warp_max(x); },
                                     [](float a, float b) { return fmaxf(a, b); });
     float part_sum = 0.f;
-    for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
+    for (int q = threadIdx.x; q < vectors; q += kRowThreads) {
       const InPack v = cache[q];
 #pragma unroll
       for (int i = 0; i < kVec; ++i)
@@ -202,7 +214,7 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
                                      [](float a, float b) { return a + b; });
   } else {
     MaxSum part{-INFINITY, 0.f};
-    for (int q = threadIdx.x; q < vectors; q += kCachedThreads) {
+    for (int q = threadIdx.x; q < vectors; q += kRowThreads) {
       const InPack v = cache[q];
 #pragma unroll
       for (int i = 0; i < kVec; ++i)
@@ -224,7 +236,7 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
       return expf(x - mx);
   };
   auto* out = reinterpret_cast<GradPack*>(grad);
-  for (int q = threadIdx.x; q < Vp / kVec; q += kCachedThreads) {
+  for (int q = threadIdx.x; q < Vp / kVec; q += kRowThreads) {
     GradPack g;
     if (q < vectors) {
       const InPack v = cache[q];
@@ -242,11 +254,21 @@ __global__ void __launch_bounds__(kCachedThreads, 1)
   }
 }
 
+// Shared memory an SM has for blocks, and what the system reserves of it for each block.
+std::pair<std::size_t, std::size_t> shared_per_sm(int device) {
+  int sm = 0, reserved = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+  return {std::size_t(sm), std::size_t(reserved)};
+}
+
 // Runs the cached kernel where the row fits in a block's shared memory and the rows are aligned
-// for its vectors; returns false (nothing launched) otherwise.
+// for its vectors; returns false (nothing launched) otherwise. With form.two_rows, the kernel of
+// kTwoRowsThreads where two such blocks fit an SM's shared memory, with the SM's split between L1
+// and shared memory asked to make room for both.
 template <class In, class Grad>
 bool launch_cached(const In* logits, Grad* dlogits, float* losses, const int* targets, float dloss,
-                   int N, int V, int Vp, bool exp2, cudaStream_t stream) {
+                   int N, int V, int Vp, ClassifierForm form, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(In);
   if (V < kCachedMinV || Vp % kVec != 0 || !aligned_to<kVec>(logits) ||
       (dlogits && !aligned_to<kVec>(dlogits)))
@@ -254,22 +276,36 @@ bool launch_cached(const In* logits, Grad* dlogits, float* losses, const int* ta
   const std::size_t shared = std::size_t(CEIL_DIV(V, kVec)) * 16;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  // (the static arrays: the default's pairs, the opt-in's floats)
-  if (shared + kCachedWarps * (sizeof(MaxSum) + sizeof(float)) > max_shared_per_block(device))
-    return false;
-  const auto kernel =
-      exp2 ? classifier_cached_kernel<In, Grad, true> : classifier_cached_kernel<In, Grad, false>;
-  allow_dynamic_shared(kernel, shared);
-  kernel<<<N, kCachedThreads, shared, stream>>>(logits, dlogits, losses, targets, dloss, V, Vp);
-  CUDA_CHECK_LAUNCH(classifier_cached_kernel);
+  // (the static arrays: the online pairs, the exp2 form's floats; at most a warp's of each)
+  const std::size_t block =
+      shared + (kCachedThreads / kWarpSize) * (sizeof(MaxSum) + sizeof(float));
+  if (block > max_shared_per_block(device)) return false;
+  const auto run = [&](auto kernel, int threads) {
+    allow_dynamic_shared(kernel, shared);
+    kernel<<<N, threads, shared, stream>>>(logits, dlogits, losses, targets, dloss, V, Vp);
+    CUDA_CHECK_LAUNCH(classifier_cached_kernel);
+  };
+  if (form.two_rows) {
+    const auto [per_sm, reserved] = shared_per_sm(device);
+    if (2 * (block + reserved) <= per_sm) {
+      const auto kernel = form.exp2 ? classifier_cached_kernel<In, Grad, true, kTwoRowsThreads>
+                                    : classifier_cached_kernel<In, Grad, false, kTwoRowsThreads>;
+      prefer_shared_memory(kernel);
+      run(kernel, kTwoRowsThreads);
+      return true;
+    }
+  }
+  run(form.exp2 ? classifier_cached_kernel<In, Grad, true, kCachedThreads>
+                : classifier_cached_kernel<In, Grad, false, kCachedThreads>,
+      kCachedThreads);
   return true;
 }
 
 // The cached kernel where it can run, else classifier_kernel.
 template <class In, class Grad>
 void launch(const In* logits, Grad* dlogits, float* losses, const int* targets, float dloss, int N,
-            int V, int Vp, bool exp2, cudaStream_t stream) {
-  if (launch_cached(logits, dlogits, losses, targets, dloss, N, V, Vp, exp2, stream)) return;
+            int V, int Vp, ClassifierForm form, cudaStream_t stream) {
+  if (launch_cached(logits, dlogits, losses, targets, dloss, N, V, Vp, form, stream)) return;
   classifier_kernel<<<N, kThreads, 0, stream>>>(logits, dlogits, losses, targets, dloss, V, Vp);
   CUDA_CHECK_LAUNCH(classifier_kernel);
 }
@@ -277,7 +313,7 @@ void launch(const In* logits, Grad* dlogits, float* losses, const int* targets, 
 }  // namespace
 
 void classifier(TensorOut logits_t, float* losses, const int* targets, float dloss,
-                TensorOut dlogits, int N, int V, int Vp, bool exp2, cudaStream_t stream) {
+                TensorOut dlogits, int N, int V, int Vp, ClassifierForm form, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && V > 0 && V <= Vp, "classifier", dims({{"N", N}, {"V", V}, {"Vp", Vp}}));
   if (logits_t.type == DType::bf16) {  // read as stored; the gradient in place, or none
     CUDA_REQUIRE(!dlogits.data || (dlogits.type == DType::bf16 && dlogits.data == logits_t.data),
@@ -285,7 +321,7 @@ void classifier(TensorOut logits_t, float* losses, const int* targets, float dlo
                  std::string("dlogits apart from the logits"));
     auto* logits = static_cast<__nv_bfloat16*>(logits_t.data);
     launch(logits, dlogits.data ? logits : static_cast<__nv_bfloat16*>(nullptr), losses, targets,
-           dloss, N, V, Vp, exp2, stream);
+           dloss, N, V, Vp, form, stream);
     return;
   }
   const float* logits = static_cast<const float*>(logits_t.data);
@@ -299,7 +335,7 @@ void classifier(TensorOut logits_t, float* losses, const int* targets, float dlo
       "classifier (bf16 dlogits in a buffer of their own)",
       std::string("bf16 dlogits overlapping the logits"));
   typed(dlogits,
-        [&](auto* grad) { launch(logits, grad, losses, targets, dloss, N, V, Vp, exp2, stream); });
+        [&](auto* grad) { launch(logits, grad, losses, targets, dloss, N, V, Vp, form, stream); });
 }
 
 }  // namespace mixsim::cuda

@@ -162,7 +162,10 @@ int select_device(int device) {
 // stream's gradient) is the next projection's dout also sums its columns into that projection's
 // bias gradient and rounds it to bf16 for its products, in the same pass, so that the
 // projection's backward skips its own column-sum pass over the fp32 gradient
-// (layernorm_backward_feeding; layernorm.cu).
+// (layernorm_backward_feeding; layernorm.cu). And MIXSIM_CLASSIFIER_TWO_ROWS (both CUDA backends;
+// an opt-in written without a GPU): the cached classifier in blocks of 512 threads, two rows an
+// SM where two fit its shared memory (bf16 GPT-2 rows), where one block of 1024 took an SM's
+// registers (classifier.cu; the row's sums in another order, so within rounding of the default's).
 
 class CudaBackend final : public Backend {
  public:
@@ -179,7 +182,8 @@ class CudaBackend final : public Backend {
                       precision == MatmulPrecision::bf16),
         wide_forward_(env_switch("MIXSIM_TC_WIDE_FORWARD", false) &&
                       precision == MatmulPrecision::bf16),
-        classifier_exp2_(env_switch("MIXSIM_CLASSIFIER_EXP2", true)),
+        classifier_{env_switch("MIXSIM_CLASSIFIER_EXP2", true),
+                    env_switch("MIXSIM_CLASSIFIER_TWO_ROWS", false)},
         gelu_exp2_(env_switch("MIXSIM_GELU_EXP2", precision == MatmulPrecision::bf16)),
         bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_),
         layernorm_vec4_(env_switch("MIXSIM_LAYERNORM_VEC4", false)),
@@ -215,10 +219,10 @@ class CudaBackend final : public Backend {
     // (the GELU epilogue in bf16 where the model stores the MLP's pre and out in bf16 and
     // cuBLASLt is on)
     return {tc_attention_,   tc_attention_ && wide_forward_,
-            gelu_exp2_,      classifier_exp2_,
+            gelu_exp2_,      classifier_.exp2,
             layernorm_vec4_, heavy_first_,
             fused_dq_,       bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_,
-            feeds_products_};
+            feeds_products_, classifier_.two_rows};
   }
   int device() const { return device_; }
 
@@ -435,8 +439,7 @@ class CudaBackend final : public Backend {
   }
   void classifier(TensorOut logits, float* losses, const int* targets, float dloss,
                   TensorOut dlogits, int N, int V, int Vp) override {
-    cuda::classifier(logits, losses, targets, dloss, dlogits, N, V, Vp, classifier_exp2_,
-                     stream_.get());
+    cuda::classifier(logits, losses, targets, dloss, dlogits, N, V, Vp, classifier_, stream_.get());
   }
   void adamw(float* params, float* m, float* v, const float* grads, std::size_t n,
              const AdamWArgs& args, std::uint16_t* params16) override {
@@ -494,7 +497,7 @@ class CudaBackend final : public Backend {
   bool bf16_outputs_;        // bf16_product_outputs()
   bool bf16_weights_;        // bf16_weight_copies()
   bool wide_forward_;        // attention's forward in blocks of 128 rows (MIXSIM_TC_WIDE_FORWARD)
-  bool classifier_exp2_;     // the cached classifier through exp2 (MIXSIM_CLASSIFIER_EXP2)
+  cuda::ClassifierForm classifier_;  // MIXSIM_CLASSIFIER_EXP2, MIXSIM_CLASSIFIER_TWO_ROWS
   bool gelu_exp2_;           // the GELU kernel on the hardware's ex2 (MIXSIM_GELU_EXP2)
   bool bf16_attention_out_;  // attention_out_storage() is bf16 (MIXSIM_BF16_ATTENTION_OUT)
   bool layernorm_vec4_;      // LayerNorm with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)

@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -187,6 +188,20 @@ void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
   if (bytes <= now) return;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   now = bytes;
+}
+
+// Asks for the largest split of L1 and shared memory for `kernel` (once per kernel and device), so
+// that as many of its blocks as their shared memory allows are resident together.
+template <class Kernel>
+void prefer_shared_memory(Kernel kernel) {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;  // per Kernel type
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (!done.insert({reinterpret_cast<const void*>(kernel), device}).second) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  int(cudaSharedmemCarveoutMaxShared)));
 }
 
 // Whether p can be read and written as float4 / uint4 (16-byte vectors).

@@ -216,9 +216,13 @@ void residual_forward(float* out, const float* a, const float* b, std::size_t n,
                       cudaStream_t stream);
 
 // ---- classifier.cu
-// exp2: the cached kernel's opt-in arithmetic (MIXSIM_CLASSIFIER_EXP2; classifier.cu).
+// The cached kernel's forms (classifier.cu), as the environment chose them (cuda_backend.cu).
+struct ClassifierForm {
+  bool exp2 = true;       // MIXSIM_CLASSIFIER_EXP2: exponentials through exp2
+  bool two_rows = false;  // MIXSIM_CLASSIFIER_TWO_ROWS=1: two rows an SM where they fit
+};
 void classifier(TensorOut logits, float* losses, const int* targets, float dloss, TensorOut dlogits,
-                int N, int V, int Vp, bool exp2, cudaStream_t stream);
+                int N, int V, int Vp, ClassifierForm form, cudaStream_t stream);
 
 // ---- optimizer.cu
 // params16: null, or the updated params rounded to bf16 (narrow), written in the same pass.

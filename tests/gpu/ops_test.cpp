@@ -691,13 +691,14 @@ TEST_F(CudaOps, GeluAndResidual) {
 // Row lengths the classifier tests run, and the kernel each takes on an H100/H200: the fixture's
 // (V 257 in Vp 320: short, the kernel that reads the row twice); GPT-2's vocabulary in Vp 50305
 // (not a multiple of the cached kernel's vectors: read twice, fp32 and bf16) and in Vp 50304
-// (cached in shared memory: its fp32 row, 201 KB, fits a 227 KB block); and a longer one (fp32
-// 280 KB: read twice; bf16 140 KB: cached).
+// (cached in shared memory: its fp32 row, 201 KB, fits a 227 KB block); a longer one (fp32
+// 280 KB: read twice; bf16 140 KB: cached); and one whose fp32 row (80 KB) is cached two an SM
+// with MIXSIM_CLASSIFIER_TWO_ROWS=1 (as GPT-2's bf16 row, 101 KB, is).
 struct ClassifierShape {
   int rows, V, Vp;
 };
 const ClassifierShape kClassifierShapes[] = {
-    {N, V, Vp}, {3, 50257, 50305}, {6, 50257, 50304}, {6, 70001, 70016}};
+    {N, V, Vp}, {3, 50257, 50305}, {6, 50257, 50304}, {6, 70001, 70016}, {5, 20000, 20032}};
 
 // The loss is log(sum exp) over up to 70,001 logits: ulp-level differences of expf and the
 // summation order give ~1e-6 absolute. dlogits are dloss * p / sum with p in [0, 1]: the sum's
@@ -709,18 +710,24 @@ const ClassifierShape kClassifierShapes[] = {
 // kernel's arithmetic), and leave the logits as they were. The same bounds hold for both forms
 // of the cached rows: the default's exp2 of an fma-rounded argument (MIXSIM_CLASSIFIER_EXP2:
 // ~1.3e-6 relative per exponential at these |x log2 e| < 64, and the max's rounding, ~7e-7
-// absolute in the loss) and, with MIXSIM_CLASSIFIER_EXP2=0, the online pair with expf.
+// absolute in the loss) and, with MIXSIM_CLASSIFIER_EXP2=0, the online pair with expf; and with
+// MIXSIM_CLASSIFIER_TWO_ROWS=1 (blocks of 512 threads: the sums in another order).
 TEST_F(CudaOps, ClassifierLossesAndDlogitsInPlace) {
-  std::unique_ptr<Backend> expf_form;
-  {
-    mixsim::testing::ScopedEnv e("MIXSIM_CLASSIFIER_EXP2", "0");
-    expf_form = make_cuda_backend(0);
+  const char* const settings[] = {"MIXSIM_CLASSIFIER_EXP2=0", "MIXSIM_CLASSIFIER_TWO_ROWS=1"};
+  std::unique_ptr<Backend> forms[2];
+  for (int f = 0; f < 2; ++f) {
+    const std::string s = settings[f];
+    mixsim::testing::ScopedEnv e(s.substr(0, s.find('=')).c_str(),
+                                 s.substr(s.find('=') + 1).c_str());
+    forms[f] = make_cuda_backend(0);
   }
-  for (int pass = 0; pass < 2; ++pass) {
+  EXPECT_TRUE(cuda_kernel_choices(*forms[1]).classifier_two_rows);
+  for (int pass = 0; pass < 3; ++pass) {
     // the other form in the fixture's place, so that the twins' GPU buffers are its own
-    if (pass == 1) std::swap(gpu_, expf_form);
+    if (pass > 0) std::swap(gpu_, forms[pass - 1]);
     for (const auto [rows, v, vp] : kClassifierShapes) {
-      SCOPED_TRACE("V=" + std::to_string(v) + (pass == 1 ? ", MIXSIM_CLASSIFIER_EXP2=0" : ""));
+      SCOPED_TRACE("V=" + std::to_string(v) +
+                   (pass > 0 ? std::string(", ") + settings[pass - 1] : ""));
       std::vector<float> host = random_floats(std::size_t(rows) * vp, 27, 3.0);
       for (int n = 0; n < rows; ++n)  // padding logits are huge: they must never matter
         for (int j = v; j < vp; ++j) host[std::size_t(n) * vp + j] = 1e4f;
@@ -2229,15 +2236,27 @@ TEST_F(CudaOps, Bf16BiasIsTheRoundingOfTheFp32Bias) {
 // to ~8e-6 relative at the long rows, ClassifierLossesAndDlogitsInPlace; a bf16 step is 4e-3, so
 // few elements sit that close to a rounding boundary); null dlogits leave the logits as they are,
 // and dlogits apart from them are refused. The same with MIXSIM_CLASSIFIER_EXP2=0 (expf's
-// exponentials, ~1.3e-6 relative from the default's exp2: ClassifierLossesAndDlogitsInPlace).
+// exponentials, ~1.3e-6 relative from the default's exp2: ClassifierLossesAndDlogitsInPlace), and
+// with MIXSIM_CLASSIFIER_TWO_ROWS=1 (blocks of 512 threads, two an SM where two rows fit: the
+// bf16 rows cached here, 101 and 140 KB; the sums in another order, within the same bounds).
 TEST_F(CudaOps, Bf16LogitsClassifier) {
   auto ref = make_cpu_backend(MatmulPrecision::bf16);
-  for (const char* exp2 : {"", "0"})
+  struct Form {
+    const char* exp2;
+    const char* two_rows;
+  };
+  for (const Form form : {Form{"", ""}, Form{"0", ""}, Form{"", "1"}, Form{"0", "1"}})
     for (const auto [rows, v, vp] : kClassifierShapes) {
+      const char *exp2 = form.exp2, *two_rows = form.two_rows;
       std::optional<mixsim::testing::ScopedEnv> env(std::in_place, "MIXSIM_CLASSIFIER_EXP2", exp2);
+      std::optional<mixsim::testing::ScopedEnv> env2(std::in_place, "MIXSIM_CLASSIFIER_TWO_ROWS",
+                                                     two_rows);
       auto gpu = cuda_bf16_with("", "", "");
       env.reset();
-      SCOPED_TRACE("V=" + std::to_string(v) + (*exp2 ? ", MIXSIM_CLASSIFIER_EXP2=0" : ""));
+      env2.reset();
+      ASSERT_EQ(cuda_kernel_choices(*gpu).classifier_two_rows, *two_rows != 0);
+      SCOPED_TRACE("V=" + std::to_string(v) + (*exp2 ? ", MIXSIM_CLASSIFIER_EXP2=0" : "") +
+                   (*two_rows ? ", MIXSIM_CLASSIFIER_TWO_ROWS=1" : ""));
       const std::vector<std::uint16_t> l16 =
           bits_of(random_floats(std::size_t(rows) * vp, 161, 3.0));
       std::vector<int> targets(rows);
@@ -2263,8 +2282,9 @@ TEST_F(CudaOps, Bf16LogitsClassifier) {
       expect_close(Pair{losses_of[0], losses_of[1]}, 1e-5, 1e-5,
                    "classifier losses of bf16 logits");
       const auto [off, worse] = bf16_steps(grads_of[1], grads_of[0]);
-      std::printf("bf16 logits%s, V %d: %zu of %zu gradient elements one bf16 step from cpu-bf16\n",
-                  *exp2 ? " (expf)" : "", v, off, grads_of[0].size());
+      std::printf(
+          "bf16 logits%s%s, V %d: %zu of %zu gradient elements one bf16 step from cpu-bf16\n",
+          *exp2 ? " (expf)" : "", *two_rows ? " (two rows)" : "", v, off, grads_of[0].size());
       EXPECT_EQ(worse, 0u);
       EXPECT_LE(off, grads_of[0].size() / 100);
     }
