@@ -42,6 +42,8 @@
 #     build-gpu/cublaslt-choices.txt), in two rounds, then torch.compile
 #     twice: whether a switch pays, on one card in one call (run 9 did this by hand); then each
 #     setting's per-op profile, and a row of the ops it moves by 2% or more against the defaults;
+#     GPU_CHECK_COMPARE_TORCH=0 leaves torch.compile out (about 3 minutes: the full run just
+#     before on the same machine timed it);
 #   GPU_CHECK_NCU=1 adds Nsight Compute's view of what bounds each kernel of a step (SM and memory
 #     throughput, occupancy, issue-slot use) and its report on the attention kernels.
 set -uo pipefail
@@ -393,7 +395,7 @@ if ((${#COMPARE[@]})); then
         --configs gpt2 --backend cuda-bf16
     done
   done
-  torch_compile_twice
+  [[ "${GPU_CHECK_COMPARE_TORCH:-1}" == 0 ]] || torch_compile_twice
   BASE=
   for i in "${!SETTINGS[@]}"; do
     runs=$(for round in 1 2; do value "compare-$i-$round" mixsim-bf16 tokens_per_s; done | xargs)
@@ -408,8 +410,12 @@ if ((${#COMPARE[@]})); then
       row "compare: $what" "no result (see compare-$i-*.log)"
     fi
   done
-  torch=$(torch_compile_tps | xargs)
-  row "compare: torch.compile" "tokens/s ${torch:-no result}"
+  if [[ "${GPU_CHECK_COMPARE_TORCH:-1}" == 0 ]]; then
+    row "compare: torch.compile" "left out (GPU_CHECK_COMPARE_TORCH=0)"
+  else
+    torch=$(torch_compile_tps | xargs)
+    row "compare: torch.compile" "tokens/s ${torch:-no result}"
+  fi
   for i in "${!SETTINGS[@]}"; do
     # shellcheck disable=SC2086 # a setting is a list of assignments
     step "compare-profile-$i" 60 env ${SETTINGS[$i]} "$BUILD/bench/bench_gpu_train" \

@@ -348,14 +348,19 @@ has compare '^compare ops: MIXSIM_CLASSIFIER_EXP2=0 MIXSIM_BF16_OUTPUTS=0 +no op
 grep -q "MIXSIM_BF16_OUTPUTS=0" "$WORK/compare.log" || fail "--compare's second setting was not passed on"
 ! grep -qE "^(gpu tests|PyTorch check|build \(mixsim binary\))" "$WORK/compare.table" ||
   fail "--compare ran the tests or built the pipeline"
-run compare-file -- --compare "MIXSIM_CUBLASLT_CHOICES_FILE=$WORK/out/cublaslt-choices.txt"
+# (and with GPU_CHECK_COMPARE_TORCH=0, without torch.compile: the stub counts its compiled runs)
+compiled=$(cat "$WORK/compile.count")
+run compare-file GPU_CHECK_COMPARE_TORCH=0 -- --compare "MIXSIM_CUBLASLT_CHOICES_FILE=$WORK/out/cublaslt-choices.txt"
 [[ $(cat "$WORK/compare-file.rc") == 0 ]] || fail "--compare with a _FILE setting gave exit $(cat "$WORK/compare-file.rc"): $(tail -20 "$WORK/compare-file.log")"
 has compare-file '^compare: MIXSIM_CUBLASLT_CHOICES_FILE=.*/cublaslt-choices\.txt +tokens/s 315000 315000, mean 315000: 1\.050x the defaults'
+has compare-file '^compare: torch\.compile +left out \(GPU_CHECK_COMPARE_TORCH=0\)$'
+[[ $(cat "$WORK/compile.count") == "$compiled" ]] || fail "GPU_CHECK_COMPARE_TORCH=0 still ran torch.compile"
 for bad in "--compare" "--compare MIXSIM_X=2" "--compare rm=1" "--compare MIXSIM_X_FILE=$WORK/none"; do
   # shellcheck disable=SC2086 # an option and its argument
   run bad -- $bad
   [[ $(cat "$WORK/bad.rc") == 2 ]] || fail "'$bad' gave exit $(cat "$WORK/bad.rc"), not the usage error 2"
 done
 echo "ok: --compare times the defaults and each setting in two rounds, beside torch.compile"
-echo "    twice, lists the ops each setting moves, takes a file for a MIXSIM_NAME_FILE setting, and"
-echo "    refuses settings that are not MIXSIM_NAME=0 or 1, or name no file"
+echo "    twice (unless GPU_CHECK_COMPARE_TORCH=0), lists the ops each setting moves, takes a file for"
+echo "    a MIXSIM_NAME_FILE setting, and refuses settings that are not MIXSIM_NAME=0 or 1, or name"
+echo "    no file"
