@@ -74,6 +74,13 @@ std::vector<T> fetch(Backend& be, const T* ptr, std::size_t count) {
   return host;
 }
 
+// bf16 bits as the values they hold (exact).
+std::vector<float> widened(const std::vector<std::uint16_t>& bits) {
+  std::vector<float> v(bits.size());
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_value(bits[i]);
+  return v;
+}
+
 // A buffer on `be` holding `host`.
 template <class T>
 DeviceBuffer<T> put(Backend& be, const std::vector<T>& host) {
@@ -1955,10 +1962,8 @@ AttentionRun attention_run(Backend& be, const AttentionShape& s, const std::vect
   const TensorOut grad =
       dqkv_type == DType::bf16 ? TensorOut{g16.get(), DType::bf16} : TensorOut{g32.get()};
   be.attention_backward(grad, dd.get(), dq.get(), out.get(), lse.get(), s.B, s.T, s.C, s.NH);
-  std::vector<float> g =
-      dqkv_type == DType::bf16 ? std::vector<float>() : fetch(be, g32.get(), g32.size());
-  if (dqkv_type == DType::bf16)
-    for (const std::uint16_t bits : fetch(be, g16.get(), g16.size())) g.push_back(bf16_value(bits));
+  std::vector<float> g = dqkv_type == DType::bf16 ? widened(fetch(be, g16.get(), g16.size()))
+                                                  : fetch(be, g32.get(), g32.size());
   return {fetch(be, out.get(), out.size()), fetch(be, lse.get(), lse.size()), g};
 }
 
@@ -2097,11 +2102,26 @@ TEST_F(CudaOps, LayerNormFeedsProductTrainingFollowsCpu) {
 
 namespace {
 
-// bf16 bits as the values they hold (exact).
-std::vector<float> widened(const std::vector<std::uint16_t>& bits) {
-  std::vector<float> v(bits.size());
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_value(bits[i]);
-  return v;
+// The fc layer's forward into bf16 pre and out (matmul_gelu_forward of x (N, C) by w (H, C) and
+// bias), both filled with 0xffff first: {pre, out} as `be` stored them.
+std::pair<std::vector<std::uint16_t>, std::vector<std::uint16_t>> bf16_mlp_forward(
+    Backend& be, const std::vector<float>& x, const std::vector<float>& w,
+    const std::vector<float>& bias, int H) {
+  const std::size_t n = std::size_t(N) * H;
+  auto dx = put(be, x), dw = put(be, w), db = put(be, bias);
+  DeviceBuffer<std::uint16_t> p = put(be, std::vector<std::uint16_t>(n, 0xffff)),
+                              o = put(be, std::vector<std::uint16_t>(n, 0xffff));
+  be.matmul_gelu_forward({o.get(), DType::bf16}, {p.get(), DType::bf16}, dx.get(), dw.get(),
+                         db.get(), N, C, H);
+  return {fetch(be, p.get(), n), fetch(be, o.get(), n)};
+}
+
+// `be`'s bf16 GELU of bf16 pre bits.
+std::vector<std::uint16_t> bf16_gelu_of(Backend& be, const std::vector<std::uint16_t>& pre) {
+  DeviceBuffer<std::uint16_t> out(be, pre.size());
+  auto p = put(be, pre);
+  be.gelu_forward({out.get(), DType::bf16}, TensorIn(p.get(), DType::bf16), pre.size());
+  return fetch(be, out.get(), pre.size());
 }
 
 // Of two bf16 tensors, the number of elements one step apart and the number further apart (same
@@ -2315,16 +2335,6 @@ TEST_F(CudaOps, Bf16MlpProductOutputs) {
              bias = random_floats(H, 153), wp = random_floats(std::size_t(C) * H, 154),
              dout = random_floats(std::size_t(N) * C, 155);
   const std::size_t n = std::size_t(N) * H;
-  auto forward = [&](Backend& be, std::vector<std::uint16_t>& pre,
-                     std::vector<std::uint16_t>& out) {
-    auto dx = put(be, x), dw = put(be, w), db = put(be, bias);
-    DeviceBuffer<std::uint16_t> p = put(be, std::vector<std::uint16_t>(n, 0xffff)),
-                                o = put(be, std::vector<std::uint16_t>(n, 0xffff));
-    be.matmul_gelu_forward({o.get(), DType::bf16}, {p.get(), DType::bf16}, dx.get(), dw.get(),
-                           db.get(), N, C, H);
-    pre = fetch(be, p.get(), n);
-    out = fetch(be, o.get(), n);
-  };
   // dpre from the given pre and out bits (as stored on `be`)
   auto backward = [&](Backend& be, const std::vector<std::uint16_t>& pre,
                       const std::vector<std::uint16_t>& out) {
@@ -2351,18 +2361,12 @@ TEST_F(CudaOps, Bf16MlpProductOutputs) {
     return std::tuple{fetch(be, dinp.get(), dinp.size()), fetch(be, gw.get(), gw.size()),
                       fetch(be, gb.get(), gb.size())};
   };
-  std::vector<std::uint16_t> cpu_pre_bits, cpu_out;
-  forward(*ref, cpu_pre_bits, cpu_out);
-  const std::vector<std::uint16_t>& cpu_pre = cpu_pre_bits;
+  const std::vector<std::uint16_t> cpu_pre = bf16_mlp_forward(*ref, x, w, bias, H).first;
   for (const char* lt : {"0", "1"}) {
     auto gpu = cuda_bf16_with("", lt, "");
-    std::vector<std::uint16_t> pre, out;
-    forward(*gpu, pre, out);
+    const auto [pre, out] = bf16_mlp_forward(*gpu, x, w, bias, H);
     // out: the CPU's GELU of the GPU's pre
-    DeviceBuffer<std::uint16_t> gelu_of_pre(*ref, n);
-    auto cp = put(*ref, pre);
-    ref->gelu_forward({gelu_of_pre.get(), DType::bf16}, TensorIn(cp.get(), DType::bf16), n);
-    const std::vector<std::uint16_t> want_out = fetch(*ref, gelu_of_pre.get(), n);
+    const std::vector<std::uint16_t> want_out = bf16_gelu_of(*ref, pre);
     for (const auto& [name, got, want] :
          {std::tuple{"pre", &pre, &cpu_pre}, std::tuple{"out", &out, &want_out}}) {
       const auto [off, worse] = bf16_steps(*got, *want, 1, got == &pre ? kBiasSumSlack : 0.f);
@@ -2400,12 +2404,8 @@ TEST_F(CudaOps, Bf16MlpProductOutputs) {
     mixsim::testing::ScopedEnv g("MIXSIM_GELU_EXP2", "0");
     expf_form = cuda_bf16_with("", "1", "");
   }
-  std::vector<std::uint16_t> pre, out;
-  forward(*expf_form, pre, out);
-  DeviceBuffer<std::uint16_t> gelu_of_pre(*ref, n);
-  auto cp = put(*ref, pre);
-  ref->gelu_forward({gelu_of_pre.get(), DType::bf16}, TensorIn(cp.get(), DType::bf16), n);
-  const auto [off, worse] = bf16_steps(out, fetch(*ref, gelu_of_pre.get(), n), 1, 0.f);
+  const auto [pre, out] = bf16_mlp_forward(*expf_form, x, w, bias, H);
+  const auto [off, worse] = bf16_steps(out, bf16_gelu_of(*ref, pre), 1, 0.f);
   std::printf("bf16 MLP (MIXSIM_GELU_EXP2=0) out: %zu of %zu elements one bf16 step from cpu-bf16\n",
               off, n);
   EXPECT_EQ(worse, 0u) << "MIXSIM_GELU_EXP2=0";
@@ -2437,16 +2437,8 @@ TEST_F(CudaOps, Bf16GeluEpilogue) {
   const auto x = random_floats(std::size_t(N) * C, 161),
              w = random_floats(std::size_t(H) * C, 162, 1 / std::sqrt(double(C))),
              bias = random_floats(H, 163);
-  const auto forward = [&](Backend& be) {
-    auto dx = put(be, x), dw = put(be, w), db = put(be, bias);
-    DeviceBuffer<std::uint16_t> p = put(be, std::vector<std::uint16_t>(n, 0xffff)),
-                                o = put(be, std::vector<std::uint16_t>(n, 0xffff));
-    be.matmul_gelu_forward({o.get(), DType::bf16}, {p.get(), DType::bf16}, dx.get(), dw.get(),
-                           db.get(), N, C, H);
-    return std::pair{fetch(be, p.get(), n), fetch(be, o.get(), n)};
-  };
-  const std::vector<std::uint16_t> cpu_pre = forward(*ref).first;
-  const auto [pre, out] = forward(*gpu);
+  const std::vector<std::uint16_t> cpu_pre = bf16_mlp_forward(*ref, x, w, bias, H).first;
+  const auto [pre, out] = bf16_mlp_forward(*gpu, x, w, bias, H);
   const CublasLtUse use = cublaslt_use(*gpu);
   EXPECT_EQ(use.fused, 1u);
   EXPECT_EQ(use.fallbacks, 0u) << use.last_fallback;
@@ -2454,10 +2446,7 @@ TEST_F(CudaOps, Bf16GeluEpilogue) {
   std::printf("bf16 GELU epilogue, pre: %zu of %zu elements one bf16 step from cpu-bf16\n", off, n);
   EXPECT_EQ(worse, 0u);
   EXPECT_LE(off, n / 100);
-  DeviceBuffer<std::uint16_t> gelu_of_pre(*ref, n);
-  auto cp = put(*ref, pre);
-  ref->gelu_forward({gelu_of_pre.get(), DType::bf16}, TensorIn(cp.get(), DType::bf16), n);
-  const double e = rel_l2(Pair{widened(fetch(*ref, gelu_of_pre.get(), n)), widened(out)});
+  const double e = rel_l2(Pair{widened(bf16_gelu_of(*ref, pre)), widened(out)});
   std::printf("bf16 GELU epilogue, out: relative L2 to cpu-bf16's GELU of the same pre %.3e\n", e);
   EXPECT_LT(e, 5e-3);
 }
