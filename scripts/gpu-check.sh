@@ -42,6 +42,7 @@
 #     build-gpu/cublaslt-choices.txt), in two rounds, then torch.compile
 #     twice: whether a switch pays, on one card in one call (run 9 did this by hand); then each
 #     setting's per-op profile, and a row of the ops it moves by 2% or more against the defaults;
+#     a row names the settings whose two rounds both beat the defaults' faster one;
 #     GPU_CHECK_COMPARE_TORCH=0 leaves torch.compile out (about 3 minutes: the full run just
 #     before on the same machine timed it);
 #   GPU_CHECK_NCU=1 adds Nsight Compute's view of what bounds each kernel of a step (SM and memory
@@ -396,11 +397,16 @@ if ((${#COMPARE[@]})); then
     done
   done
   [[ "${GPU_CHECK_COMPARE_TORCH:-1}" == 0 ]] || torch_compile_twice
-  BASE=
+  BASE='' BASE_MAX='' PAYS=()
   for i in "${!SETTINGS[@]}"; do
     runs=$(for round in 1 2; do value "compare-$i-$round" mixsim-bf16 tokens_per_s; done | xargs)
     mean=$(awk '{ s = 0; for (k = 1; k <= NF; ++k) s += $k; if (NF) printf "%.0f", s / NF }' <<< "$runs")
-    ((i == 0)) && BASE=$mean
+    ((i == 0)) && BASE=$mean && BASE_MAX=$(tr ' ' '\n' <<< "$runs" | sort -g | tail -1)
+    # a setting pays where both its rounds beat the defaults' faster round
+    if ((i > 0)) && [[ -n "$BASE_MAX" ]] && awk -v r="$runs" -v b="$BASE_MAX" \
+      'BEGIN { n = split(r, x, " "); if (n < 2) exit 1; for (k = 1; k <= n; ++k) if (x[k] <= b) exit 1 }'; then
+      PAYS+=("${SETTINGS[$i]}")
+    fi
     what=${SETTINGS[$i]}
     ((i == 0)) && what="defaults"
     if [[ -n "$mean" && -n "$BASE" ]]; then
@@ -410,6 +416,11 @@ if ((${#COMPARE[@]})); then
       row "compare: $what" "no result (see compare-$i-*.log)"
     fi
   done
+  if ((${#PAYS[@]})); then
+    row "compare: pays in both rounds" "$(printf '%s; ' "${PAYS[@]}" | sed 's/; $//')"
+  else
+    row "compare: pays in both rounds" "none (no setting beat the defaults' faster round twice)"
+  fi
   if [[ "${GPU_CHECK_COMPARE_TORCH:-1}" == 0 ]]; then
     row "compare: torch.compile" "left out (GPU_CHECK_COMPARE_TORCH=0)"
   else
