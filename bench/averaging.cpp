@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "args.hpp"
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/model/layout.hpp"
 
@@ -101,9 +102,11 @@ int main(int argc, char** argv) {
   int repeats = 10;
   std::size_t large_mib = 256;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--repeats"))
+      repeats = int(bench::int_arg("bench_averaging", "--repeats", argv[i + 1], 1, 10000));
     if (!std::strcmp(argv[i], "--large-mib"))
-      large_mib = static_cast<std::size_t>(std::atoll(argv[i + 1]));
+      large_mib =
+          std::size_t(bench::int_arg("bench_averaging", "--large-mib", argv[i + 1], 1, 1 << 20));
   }
   auto backend = make_cpu_backend();
   const std::size_t large = large_mib * (1 << 20) / sizeof(float);

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <string>
 
+#include "args.hpp"
 #include "mixsim/core/config.hpp"
 #include "mixsim/core/log.hpp"
 #include "mixsim/core/rng.hpp"
@@ -55,9 +56,12 @@ int main(int argc, char** argv) {
   double bucket_mb = 25;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
-    if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--batch")) batch = std::atoi(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--bucket-mb")) bucket_mb = std::atof(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--steps"))
+      steps = int(bench::int_arg("bench_data_parallel", "--steps", argv[i + 1], 1, 100000));
+    if (!std::strcmp(argv[i], "--batch"))
+      batch = int(bench::int_arg("bench_data_parallel", "--batch", argv[i + 1], 1, 4096));
+    if (!std::strcmp(argv[i], "--bucket-mb"))
+      bucket_mb = bench::positive_arg("bench_data_parallel", "--bucket-mb", argv[i + 1]);
   }
   JobConfig config;
   if (model == "small") {

@@ -11,6 +11,7 @@
 #include <exception>
 #include <vector>
 
+#include "args.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/core/timer.hpp"
@@ -39,9 +40,10 @@ int main(int argc, char** argv) {
   int repeat = 10;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--floats") && i + 1 < argc) {
-      n = std::strtoull(argv[++i], nullptr, 10);
+      n = std::size_t(
+          mixsim::bench::int_arg("bench_gpu_averaging", "--floats", argv[++i], 1, 1LL << 34));
     } else if (!std::strcmp(argv[i], "--repeat") && i + 1 < argc) {
-      repeat = std::atoi(argv[++i]);
+      repeat = int(mixsim::bench::int_arg("bench_gpu_averaging", "--repeat", argv[++i], 1, 10000));
     } else {
       std::fprintf(stderr, "usage: %s [--floats N] [--repeat R]\n", argv[0]);
       return 2;

@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "args.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/core/rng.hpp"
 
@@ -324,11 +325,11 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--configs") && i + 1 < argc) {
       configs = argv[++i];
     } else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) {
-      batch = std::atoi(argv[++i]);
+      batch = int(mixsim::bench::int_arg("bench_gpu_gemm", "--batch", argv[++i], 0, 4096));
     } else if (!std::strcmp(argv[i], "--top") && i + 1 < argc) {
-      top = std::atoi(argv[++i]);
+      top = int(mixsim::bench::int_arg("bench_gpu_gemm", "--top", argv[++i], 1, 64));
     } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
-      reps = std::atoi(argv[++i]);
+      reps = int(mixsim::bench::int_arg("bench_gpu_gemm", "--reps", argv[++i], 1, 100000));
     } else {
       std::fprintf(stderr, "usage: %s [--configs gpt2,1.1b] [--batch B] [--top K] [--reps R]\n",
                    argv[0]);

@@ -58,6 +58,7 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "args.hpp"
 #include "mixsim/backend/cuda.hpp"
 #include "mixsim/backend/device.hpp"
 #include "mixsim/backend/ops.hpp"
@@ -194,9 +195,9 @@ int main(int argc, char** argv) {
     } else if (!std::strcmp(argv[i], "--backend") && i + 1 < argc) {
       backend_name = argv[++i];
     } else if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) {
-      steps = std::atoi(argv[++i]);
+      steps = int(mixsim::bench::int_arg("bench_gpu_train", "--steps", argv[++i], 1, 100000));
     } else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) {
-      batch = std::atoi(argv[++i]);
+      batch = int(mixsim::bench::int_arg("bench_gpu_train", "--batch", argv[++i], 1, 4096));
     } else if (!std::strcmp(argv[i], "--accum") && i + 1 < argc) {
       accums = counts(argv[++i]);
       if (accums.empty()) {
@@ -207,7 +208,7 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else if (!std::strcmp(argv[i], "--peak-tflops") && i + 1 < argc) {
-      peak = std::atof(argv[++i]);
+      peak = mixsim::bench::positive_arg("bench_gpu_train", "--peak-tflops", argv[++i]);
     } else if (!std::strcmp(argv[i], "--profile")) {
       profile = true;
     } else if (!std::strcmp(argv[i], "--profiler-range")) {
