@@ -364,20 +364,23 @@ void Gpt::forward_block(int l, const float* residual, const LayerActs& a, const 
                                 next.weight, next.bias, N, C);
 }
 
-void Gpt::round_weights() {
-  if (!backend_.bf16_weight_copies() || weights16_current_) return;
+std::uint16_t* Gpt::weight_copy() {
+  if (!backend_.bf16_weight_copies()) return nullptr;
   if (weights16_.size() == 0) weights16_ = DeviceBuffer<std::uint16_t>(backend_, layout_.total());
-  backend_.store({weights16_.get(), DType::bf16}, params_.get(), layout_.total());
+  return weights16_.get();
+}
+
+void Gpt::round_weights() {
+  if (weights16_current_) return;
+  std::uint16_t* copy = weight_copy();
+  if (!copy) return;
+  backend_.store({copy, DType::bf16}, params_.get(), layout_.total());
   weights16_current_ = true;
 }
 
 StepStats Gpt::update(AdamW& optimizer, double lr, const OptimConfig& config) {
   weights16_current_ = false;  // (until the update has written it)
-  std::uint16_t* copy = nullptr;
-  if (backend_.bf16_weight_copies()) {
-    if (weights16_.size() == 0) weights16_ = DeviceBuffer<std::uint16_t>(backend_, layout_.total());
-    copy = weights16_.get();
-  }
+  std::uint16_t* copy = weight_copy();
   const StepStats stats = optimizer.step(params_.get(), grads(), lr, config, copy);
   weights16_current_ = copy != nullptr;
   return stats;

@@ -115,6 +115,8 @@ class Gpt {
   // change between a forward() and its backward(): the activations backward() reads are from that
   // forward).
   void round_weights();
+  // weights16_, allocated on first use; null where the backend takes no bf16 weights.
+  std::uint16_t* weight_copy();
   // The weight a product takes: its bf16 copy where round_weights() makes them, else w itself.
   TensorIn product_weight(const float* w) const;
   // The bias of a product into `out`: with a bf16 out, its bf16 copy where round_weights() makes
