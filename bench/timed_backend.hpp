@@ -38,6 +38,7 @@ class TimedBackend final : public Backend {
   bool bf16_product_outputs() const override { return in_.bf16_product_outputs(); }
   bool bf16_weight_copies() const override { return in_.bf16_weight_copies(); }
   DType attention_out_storage() const override { return in_.attention_out_storage(); }
+  DType branch_output_storage() const override { return in_.branch_output_storage(); }
   void store(TensorOut d, const float* s, std::size_t n) override {
     time("store", [&] { in_.store(d, s, n); });
   }
@@ -53,15 +54,16 @@ class TimedBackend final : public Backend {
                          const float* b, int N, int C) override {
     time("layernorm_forward", [&] { in_.layernorm_forward(o, m, r, i, w, b, N, C); });
   }
-  void layernorm_backward(float* di, float* dw, float* db, const float* d, const float* i,
+  void layernorm_backward(float* di, float* dw, float* db, TensorIn d, const float* i,
                           const float* w, const float* m, const float* r, int N, int C) override {
+    count_bf16("layernorm_backward", d);
     time("layernorm_backward", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
   }
   bool layernorm_feeds_products() const override { return in_.layernorm_feeds_products(); }
-  TensorIn layernorm_backward_feeding(float* di, float* dw, float* db, const float* d,
-                                      const float* i, const float* w, const float* m,
-                                      const float* r, int N, int C, float* pdb,
-                                      TensorOut copy) override {
+  TensorIn layernorm_backward_feeding(float* di, float* dw, float* db, TensorIn d, const float* i,
+                                      const float* w, const float* m, const float* r, int N, int C,
+                                      float* pdb, TensorOut copy) override {
+    count_bf16("layernorm_backward_feeding", d);
     TensorIn fed;
     time("layernorm_backward_feeding",
          [&] { fed = in_.layernorm_backward_feeding(di, dw, db, d, i, w, m, r, N, C, pdb, copy); });
@@ -111,8 +113,9 @@ class TimedBackend final : public Backend {
     time("residual_forward", [&] { in_.residual_forward(o, a, b, n); });
   }
   void residual_layernorm_forward(float* res, TensorOut o, float* m, float* r, const float* a,
-                                  const float* b, const float* w, const float* bias, int N,
+                                  TensorIn b, const float* w, const float* bias, int N,
                                   int C) override {
+    count_bf16("residual_layernorm_forward", b);
     time("residual_layernorm_forward",
          [&] { in_.residual_layernorm_forward(res, o, m, r, a, b, w, bias, N, C); });
   }
@@ -146,6 +149,12 @@ class TimedBackend final : public Backend {
   std::size_t calls(const std::string& op) const {
     const auto it = calls_.find(op);
     return it == calls_.end() ? 0 : it->second;
+  }
+  // Calls of op that read a bf16 tensor where they may take either type: the LayerNorm ops' dout
+  // or addend (Backend::branch_output_storage); for tests of what the model hands them.
+  std::size_t bf16_calls(const std::string& op) const {
+    const auto it = bf16_calls_.find(op);
+    return it == bf16_calls_.end() ? 0 : it->second;
   }
   // Each op's time per step, then the products' and attention's by shape, slowest first, with
   // the rate of their useful flops.
@@ -201,6 +210,10 @@ class TimedBackend final : public Backend {
   bool sync_;
   std::map<std::string, double> totals_;
   std::map<std::string, std::size_t> calls_;
+  std::map<std::string, std::size_t> bf16_calls_;
+  void count_bf16(const char* op, TensorIn t) {
+    if (t.type == DType::bf16) ++bf16_calls_[op];
+  }
   std::map<std::string, Shaped> shapes_;
 };
 

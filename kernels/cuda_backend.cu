@@ -166,6 +166,12 @@ int select_device(int device) {
 // an opt-in written without a GPU): the cached classifier in blocks of 512 threads, two rows an
 // SM where two fit its shared memory (bf16 GPT-2 rows), where one block of 1024 took an SM's
 // registers (classifier.cu; the row's sums in another order, so within rounding of the default's).
+// And MIXSIM_BF16_BRANCH_OUTPUTS (cuda-bf16, and cpu-bf16 its reference; an opt-in written
+// without a GPU): the model stores the residual branches' ends in bf16 (branch_output_storage):
+// the two projections write their outputs in bf16, which the fused residual add and LayerNorm
+// widens, and the qkv, fc and head products their input gradients, which the LayerNorm backward
+// widens (layernorm.cu): 1.2 GB less traffic a GPT-2 step at B 8, rounded as autocast rounds
+// them.
 
 class CudaBackend final : public Backend {
  public:
@@ -186,6 +192,8 @@ class CudaBackend final : public Backend {
                     env_switch("MIXSIM_CLASSIFIER_TWO_ROWS", false)},
         gelu_exp2_(env_switch("MIXSIM_GELU_EXP2", precision == MatmulPrecision::bf16)),
         bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_),
+        bf16_branch_outputs_(env_switch("MIXSIM_BF16_BRANCH_OUTPUTS", false) &&
+                             precision == MatmulPrecision::bf16),
         layernorm_vec4_(env_switch("MIXSIM_LAYERNORM_VEC4", false)),
         heavy_first_(env_switch("MIXSIM_ATTENTION_HEAVY_FIRST", false) && tc_attention_),
         fused_dq_(env_switch("MIXSIM_ATTENTION_FUSED_DQ", false) && tc_attention_),
@@ -283,7 +291,7 @@ class CudaBackend final : public Backend {
     cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, layernorm_vec4_,
                             stream_.get());
   }
-  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, TensorIn dout,
                           const float* inp, const float* weight, const float* mean,
                           const float* rstd, int N, int C) override {
     CUDA_REQUIRE(N > 0 && C > 0, "layernorm_backward", cuda::dims({{"N", N}, {"C", C}}));
@@ -294,7 +302,7 @@ class CudaBackend final : public Backend {
   bool layernorm_feeds_products() const override { return feeds_products_; }
   // As layernorm_backward, and the projection's bias gradient and (bf16 products) its bf16
   // operand from the same pass (layernorm.cu).
-  TensorIn layernorm_backward_feeding(float* dinp, float* dweight, float* dbias, const float* dout,
+  TensorIn layernorm_backward_feeding(float* dinp, float* dweight, float* dbias, TensorIn dout,
                                       const float* inp, const float* weight, const float* mean,
                                       const float* rstd, int N, int C, float* product_dbias,
                                       TensorOut copy) override {
@@ -364,6 +372,9 @@ class CudaBackend final : public Backend {
   DType attention_out_storage() const override {
     return bf16_attention_out_ ? DType::bf16 : DType::fp32;
   }
+  DType branch_output_storage() const override {
+    return bf16_branch_outputs_ ? DType::bf16 : DType::fp32;
+  }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     const std::size_t bytes = n * element_bytes(dst.type);
     CUDA_REQUIRE(!bytes_overlap(dst.data, bytes, src, n * sizeof(float)), "store",
@@ -432,7 +443,7 @@ class CudaBackend final : public Backend {
     cuda::residual_forward(out, a, b, n, stream_.get());
   }
   void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
-                                  const float* a, const float* b, const float* weight,
+                                  const float* a, TensorIn b, const float* weight,
                                   const float* bias, int N, int C) override {
     cuda::residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias, N, C,
                                      layernorm_vec4_, stream_.get());
@@ -500,6 +511,7 @@ class CudaBackend final : public Backend {
   cuda::ClassifierForm classifier_;  // MIXSIM_CLASSIFIER_EXP2, MIXSIM_CLASSIFIER_TWO_ROWS
   bool gelu_exp2_;           // the GELU kernel on the hardware's ex2 (MIXSIM_GELU_EXP2)
   bool bf16_attention_out_;  // attention_out_storage() is bf16 (MIXSIM_BF16_ATTENTION_OUT)
+  bool bf16_branch_outputs_;  // branch_output_storage() is bf16 (MIXSIM_BF16_BRANCH_OUTPUTS)
   bool layernorm_vec4_;      // LayerNorm with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
   bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
   bool fused_dq_;  // tensor-core attention's dq in the key-major kernel (MIXSIM_ATTENTION_FUSED_DQ)

@@ -92,20 +92,21 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* to
 void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int N, int C, bool vec4,
                        cudaStream_t stream);
-// residual = a + b (may alias a or b), then layernorm_forward of it, in one pass
+// residual = a + b (may alias a or b; b fp32 or bf16, widened), then layernorm_forward of it, in
+// one pass
 void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
-                                const float* a, const float* b, const float* weight,
-                                const float* bias, int N, int C, bool vec4, cudaStream_t stream);
+                                const float* a, TensorIn b, const float* weight, const float* bias,
+                                int N, int C, bool vec4, cudaStream_t stream);
 // feed: with layernorm_backward's product_dbias.
 std::size_t layernorm_backward_workspace(int N, int C, bool feed = false);
 // vec4: the fused backward (C up to 1024) with 16-byte accesses where C and the arrays allow.
 // product_dbias (nullable): the updated dinp also feeds a projection's backward
 // (MIXSIM_LAYERNORM_FEEDS_PRODUCT): its column sums are added into product_dbias, and with copy
 // it is written rounded to bf16 into copy (N,C), in the same pass where C allows the fused
-// kernel, else by column_sums_accumulate after it.
-void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                        const float* inp, const float* weight, const float* mean, const float* rstd,
-                        int N, int C, bool vec4, Workspace ws, cudaStream_t stream,
+// kernel, else by column_sums_accumulate after it. dout fp32 or bf16 (widened).
+void layernorm_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int N, int C,
+                        bool vec4, Workspace ws, cudaStream_t stream,
                         float* product_dbias = nullptr, __nv_bfloat16* copy = nullptr);
 
 // ---- cuda_backend.cu: the device and stream of a backend made by make_cuda_backend (Error for

@@ -1,6 +1,7 @@
 // LayerNorm over C channels: one warp per row, two passes (mean, then variance of x - mean) as
 // the CPU backend does, over the row held in registers for C up to 2048; optionally with the
-// residual add that forms its input fused in. The weight
+// residual add that forms its input fused in (the addend, a branch's output, fp32 or bf16 widened:
+// Backend::branch_output_storage; so may the backward's dout be). The weight
 // and bias gradients are sums over rows, formed per block of rows and then added in block order
 // (deterministic, no atomics): for C up to 1024 in the same pass as the input gradient (one read
 // of dout and inp; each lane keeps its channels' sums in registers), else by a second kernel that
@@ -25,10 +26,10 @@ constexpr int kForwardMaxPerLane = 64;  // the forward's row in registers: C up 
 // With `add`, the row is first formed as inp + add (the residual add) and written to `sum`, which
 // may alias inp: one pass over both inputs instead of a separate add whose result is read back.
 // Each lane reads back only the elements it wrote, so the row needs no barrier.
-template <class Out>
+template <class Out, class Add>
 __global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, const float* inp,
                                          const float* weight, const float* bias, int N, int C,
-                                         const float* add, float* sum_out) {
+                                         const Add* add, float* sum_out) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;  // the whole warp
@@ -38,7 +39,7 @@ __global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, con
   if (add) {
     float* r = sum_out + off;
     for (int c = lane; c < C; c += kWarpSize) {
-      const float v = x[c] + add[off + c];
+      const float v = x[c] + load(add + off + c);
       r[c] = v;
       sum += v;
     }
@@ -84,10 +85,10 @@ __device__ inline const Pack<T, kWidth>& group_at(const T* p, std::size_t i) {
 // arithmetic is the same, but the per-lane sums take other channels, so mean and rstd differ by
 // rounding (and so do the outputs), within the CPU tests' bounds. kWidth 4 needs C % 4 == 0 and
 // every row array aligned to four floats (the launcher checks).
-template <int kGroups, int kWidth, class Out>
+template <int kGroups, int kWidth, class Out, class Add>
 __global__ void layernorm_forward_rows_kernel(Out* out, float* mean, float* rstd, const float* inp,
                                               const float* weight, const float* bias, int N, int C,
-                                              const float* add, float* sum_out) {
+                                              const Add* add, float* sum_out) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;  // the whole warp
@@ -103,9 +104,9 @@ __global__ void layernorm_forward_rows_kernel(Out* out, float* mean, float* rstd
     if (kWidth * g < C) {
       xs[k] = group_at<kWidth>(inp, group0 + g);
       if (add) {
-        const Pack<float, kWidth> a = group_at<kWidth>(add, group0 + g);
+        const Pack<Add, kWidth> a = group_at<kWidth>(add, group0 + g);
 #pragma unroll
-        for (int e = 0; e < kWidth; ++e) xs[k].e[e] = xs[k].e[e] + a.e[e];
+        for (int e = 0; e < kWidth; ++e) xs[k].e[e] = xs[k].e[e] + widen(a.e[e]);
       }
 #pragma unroll
       for (int e = 0; e < kWidth; ++e) sum += xs[k].e[e];
@@ -144,7 +145,8 @@ __global__ void layernorm_forward_rows_kernel(Out* out, float* mean, float* rstd
 }
 
 // dinp += s * (w * dout - mean(w * dout) - norm * mean(w * dout * norm)), norm = (x - m) * s.
-__global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
+template <class D>
+__global__ void layernorm_backward_dinp_kernel(float* dinp, const D* dout, const float* inp,
                                                const float* weight, const float* mean,
                                                const float* rstd, int N, int C) {
   const int lane = threadIdx.x % kWarpSize;
@@ -152,12 +154,12 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, c
   if (row >= N) return;  // the whole warp
   const std::size_t off = std::size_t(row) * C;
   const float* x = inp + off;
-  const float* d = dout + off;
+  const D* d = dout + off;
   float* dx = dinp + off;
   const float m = mean[row], s = rstd[row];
   float sum_dnorm = 0.f, sum_dnorm_norm = 0.f;
   for (int c = lane; c < C; c += kWarpSize) {
-    const float dnorm = weight[c] * d[c];
+    const float dnorm = weight[c] * load(d + c);
     sum_dnorm += dnorm;
     sum_dnorm_norm += dnorm * (x[c] - m) * s;
   }
@@ -165,15 +167,15 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, c
   const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / float(C);
   for (int c = lane; c < C; c += kWarpSize) {
     const float norm = (x[c] - m) * s;
-    dx[c] += s * (weight[c] * d[c] - mean_dnorm - norm * mean_dnorm_norm);
+    dx[c] += s * (weight[c] * load(d + c) - mean_dnorm - norm * mean_dnorm_norm);
   }
 }
 
 // Partial sums over one chunk of kRowChunk rows for 32 channels: dweight (dout * norm), dbias.
-__global__ void layernorm_param_partials_kernel(float* partial_w, float* partial_b,
-                                                const float* dout, const float* inp,
-                                                const float* mean, const float* rstd, int N,
-                                                int C) {
+template <class D>
+__global__ void layernorm_param_partials_kernel(float* partial_w, float* partial_b, const D* dout,
+                                                const float* inp, const float* mean,
+                                                const float* rstd, int N, int C) {
   __shared__ float sums_w[kRowLanes][kWarpSize];
   __shared__ float sums_b[kRowLanes][kWarpSize];
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
@@ -182,7 +184,7 @@ __global__ void layernorm_param_partials_kernel(float* partial_w, float* partial
   if (c < C) {
     for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
       const std::size_t i = std::size_t(r) * C + c;
-      const float d = dout[i];
+      const float d = load(dout + i);
       w += d * (inp[i] - mean[r]) * rstd[r];
       b += d;
     }
@@ -247,10 +249,10 @@ __device__ void store_block_partials(float* part, float* partial_w, float* parti
 // still took 172 until asked for two blocks an SM (layernorm_backward_feeding_kernel): 128, no
 // spills. The body is one function for both kernels; the plain one keeps the launch bounds (and
 // so the registers: 128 at C 768) it has run with.
-template <int kGroups, int kWidth, bool kFeed>
+template <int kGroups, int kWidth, bool kFeed, class D>
 __device__ __forceinline__ void layernorm_backward_fused(float* part, float* dinp, float* partial_w,
                                                          float* partial_b, float* partial_p,
-                                                         __nv_bfloat16* copy, const float* dout,
+                                                         __nv_bfloat16* copy, const D* dout,
                                                          const float* inp, const float* weight,
                                                          const float* mean, const float* rstd,
                                                          int N, int C) {
@@ -277,7 +279,9 @@ __device__ __forceinline__ void layernorm_backward_fused(float* part, float* din
       xs[k] = ds[k] = Pack<float, kWidth>{};
       if (kWidth * g < C) {
         xs[k] = group_at<kWidth>(inp, group0 + g);
-        ds[k] = group_at<kWidth>(dout, group0 + g);
+        const Pack<D, kWidth> dk = group_at<kWidth>(dout, group0 + g);
+#pragma unroll
+        for (int e = 0; e < kWidth; ++e) ds[k].e[e] = widen(dk.e[e]);
         const Pack<float, kWidth> w = group_at<kWidth>(weight, g);
 #pragma unroll
         for (int e = 0; e < kWidth; ++e) {
@@ -330,21 +334,21 @@ __device__ __forceinline__ void layernorm_backward_fused(float* part, float* din
   });
 }
 
-template <int kGroups, int kWidth>
+template <int kGroups, int kWidth, class D>
 __global__ void __launch_bounds__(kFusedWarps* kWarpSize)
-    layernorm_backward_fused_kernel(float* dinp, float* partial_w, float* partial_b,
-                                    const float* dout, const float* inp, const float* weight,
-                                    const float* mean, const float* rstd, int N, int C) {
+    layernorm_backward_fused_kernel(float* dinp, float* partial_w, float* partial_b, const D* dout,
+                                    const float* inp, const float* weight, const float* mean,
+                                    const float* rstd, int N, int C) {
   extern __shared__ float part[];  // (kFusedWarps, C)
   layernorm_backward_fused<kGroups, kWidth, false>(part, dinp, partial_w, partial_b, nullptr,
                                                    nullptr, dout, inp, weight, mean, rstd, N, C);
 }
 
 // Two blocks an SM where a lane holds up to 24 channels (GPT-2's 768): 128 registers.
-template <int kGroups, int kWidth>
+template <int kGroups, int kWidth, class D>
 __global__ void __launch_bounds__(kFusedWarps* kWarpSize, kGroups* kWidth <= 24 ? 2 : 1)
     layernorm_backward_feeding_kernel(float* dinp, float* partial_w, float* partial_b,
-                                      float* partial_p, __nv_bfloat16* copy, const float* dout,
+                                      float* partial_p, __nv_bfloat16* copy, const D* dout,
                                       const float* inp, const float* weight, const float* mean,
                                       const float* rstd, int N, int C) {
   extern __shared__ float part[];  // (kFusedWarps, C)
@@ -385,19 +389,28 @@ void with_groups_per_lane(int C, Fn&& fn) {
   with_smallest_instance<1, 2, 4, 6, 8, 12, 16>(CEIL_DIV(C, 4 * kWarpSize), fn);
 }
 
+// add (nullable): the residual add's addend, fp32 or bf16.
 void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp,
-                              const float* weight, const float* bias, int N, int C,
-                              const float* add, float* sum_out, bool vec4, cudaStream_t stream) {
+                              const float* weight, const float* bias, int N, int C, TensorIn add,
+                              float* sum_out, bool vec4, cudaStream_t stream) {
   const dim3 grid(CEIL_DIV(N, kRowsPerBlock)), block(kRowsPerBlock * kWarpSize);
-  // the vec4 kernel where asked and every row starts at a multiple of four floats
+  // fn(out, add) with each as the pointer type its storage names
+  const auto with_types = [&](auto&& fn) {
+    typed(out, [&](auto* o) { typed(add, [&](auto* a) { fn(o, a); }); });
+  };
+  // the vec4 kernel where asked and every row starts at a multiple of four elements
+  const bool add_aligned =
+      add.type == DType::fp32
+          ? aligned_to<4>(static_cast<const float*>(add.data), sum_out)
+          : aligned_to<4>(static_cast<const __nv_bfloat16*>(add.data)) && aligned_to<4>(sum_out);
   if (vec4 && C % 4 == 0 && C <= kWarpSize * kForwardMaxPerLane &&
-      aligned_to<4>(inp, weight, bias) && (!add || aligned_to<4>(add, sum_out)) &&
+      aligned_to<4>(inp, weight, bias) && (!add.data || add_aligned) &&
       (out.type == DType::fp32 ? aligned_to<4>(static_cast<const float*>(out.data))
                                : aligned_to<4>(static_cast<const __nv_bfloat16*>(out.data)))) {
     with_groups_per_lane(C, [&](auto groups) {
-      typed(out, [&](auto* o) {
+      with_types([&](auto* o, auto* a) {
         layernorm_forward_rows_kernel<decltype(groups)::value, 4>
-            <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add, sum_out);
+            <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, a, sum_out);
       });
     });
     CUDA_CHECK_LAUNCH(layernorm_forward_rows_kernel);
@@ -405,17 +418,17 @@ void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const flo
   }
   if (C <= kWarpSize * kForwardMaxPerLane) {  // the row in registers
     with_channels_per_lane<kForwardMaxPerLane>(C, [&](auto per_lane) {
-      typed(out, [&](auto* o) {
+      with_types([&](auto* o, auto* a) {
         layernorm_forward_rows_kernel<decltype(per_lane)::value, 1>
-            <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, add, sum_out);
+            <<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, a, sum_out);
       });
     });
     CUDA_CHECK_LAUNCH(layernorm_forward_rows_kernel);
     return;
   }
-  typed(out, [&](auto* o) {
-    layernorm_forward_kernel<<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C,
-                                                         add, sum_out);
+  with_types([&](auto* o, auto* a) {
+    layernorm_forward_kernel<<<grid, block, 0, stream>>>(o, mean, rstd, inp, weight, bias, N, C, a,
+                                                         sum_out);
   });
   CUDA_CHECK_LAUNCH(layernorm_forward_kernel);
 }
@@ -426,16 +439,19 @@ void layernorm_forward(TensorOut out, float* mean, float* rstd, const float* inp
                        const float* weight, const float* bias, int N, int C, bool vec4,
                        cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_forward", dims({{"N", N}, {"C", C}}));
-  launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, nullptr, nullptr, vec4,
+  launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, TensorIn(), nullptr, vec4,
                            stream);
 }
 
 void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
-                                const float* a, const float* b, const float* weight,
-                                const float* bias, int N, int C, bool vec4, cudaStream_t stream) {
+                                const float* a, TensorIn b, const float* weight, const float* bias,
+                                int N, int C, bool vec4, cudaStream_t stream) {
   CUDA_REQUIRE(N > 0 && C > 0, "residual_layernorm_forward", dims({{"N", N}, {"C", C}}));
-  CUDA_REQUIRE(residual != nullptr && a != nullptr && b != nullptr, "residual_layernorm_forward",
-               std::string("a null residual or input"));
+  CUDA_REQUIRE(residual != nullptr && a != nullptr && b.data != nullptr,
+               "residual_layernorm_forward", std::string("a null residual or input"));
+  CUDA_REQUIRE(b.type == DType::fp32 || !bytes_overlap(residual, std::size_t(N) * C * sizeof(float),
+                                                       b.data, std::size_t(N) * C * 2),
+               "residual_layernorm_forward", std::string("the sum overlaps a bf16 addend"));
   // The kernel reads `a` as the row and `b` as the addend; `residual` may alias either.
   launch_layernorm_forward(out, mean, rstd, a, weight, bias, N, C, b, residual, vec4, stream);
 }
@@ -448,10 +464,10 @@ std::size_t layernorm_backward_workspace(int N, int C, bool feed) {
   return fused ? 3 * partials : 2 * partials + column_sums_workspace(N, C);
 }
 
-void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                        const float* inp, const float* weight, const float* mean, const float* rstd,
-                        int N, int C, bool vec4, Workspace ws, cudaStream_t stream,
-                        float* product_dbias, __nv_bfloat16* copy) {
+void layernorm_backward(float* dinp, float* dweight, float* dbias, TensorIn dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int N, int C,
+                        bool vec4, Workspace ws, cudaStream_t stream, float* product_dbias,
+                        __nv_bfloat16* copy) {
   CUDA_REQUIRE(N > 0 && C > 0, "layernorm_backward", dims({{"N", N}, {"C", C}}));
   CUDA_REQUIRE(mean != nullptr && rstd != nullptr, "layernorm_backward",
                std::string("no mean/rstd saved by the forward pass"));
@@ -463,20 +479,25 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     float* partial_b = ws.take<float>(std::size_t(blocks) * C);
     float* partial_p = product_dbias ? ws.take<float>(std::size_t(blocks) * C) : nullptr;
     const std::size_t shared = std::size_t(kFusedWarps) * C * sizeof(float);  // <= 32 KiB
-    // the kernel, feeding a product or not (kFeed)
+    // the kernel, feeding a product or not (kFeed), for dout as stored
     const auto launch = [&](auto groups, auto width) {
       constexpr int G = decltype(groups)::value, W = decltype(width)::value;
-      if (product_dbias)
-        layernorm_backward_feeding_kernel<G, W>
-            <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
-                dinp, partial_w, partial_b, partial_p, copy, dout, inp, weight, mean, rstd, N, C);
-      else
-        layernorm_backward_fused_kernel<G, W><<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
-            dinp, partial_w, partial_b, dout, inp, weight, mean, rstd, N, C);
+      typed(dout, [&](auto* d) {
+        if (product_dbias)
+          layernorm_backward_feeding_kernel<G, W>
+              <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(
+                  dinp, partial_w, partial_b, partial_p, copy, d, inp, weight, mean, rstd, N, C);
+        else
+          layernorm_backward_fused_kernel<G, W>
+              <<<blocks, kFusedWarps * kWarpSize, shared, stream>>>(dinp, partial_w, partial_b, d,
+                                                                    inp, weight, mean, rstd, N, C);
+      });
     };
-    // the vec4 kernel where asked and every row starts at a multiple of four floats (shared
+    // the vec4 kernel where asked and every row starts at a multiple of four elements (shared
     // memory's rows of C floats then do too; a bf16 copy's rows at multiples of four elements)
-    if (vec4 && C % 4 == 0 && aligned_to<4>(dinp, dout, inp, weight) &&
+    bool dout_aligned = false;
+    typed(dout, [&](auto* d) { dout_aligned = aligned_to<4>(d); });
+    if (vec4 && C % 4 == 0 && dout_aligned && aligned_to<4>(dinp, inp, weight) &&
         (!copy || aligned_to<4>(copy))) {
       with_groups_per_lane(C, [&](auto groups) {
         constexpr int G = decltype(groups)::value;
@@ -498,14 +519,18 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   }
   const int chunks = CEIL_DIV(N, kRowChunk);
   CUDA_REQUIRE(chunks <= 65535, "layernorm_backward (grid.y)", dims({{"N", N}}));
-  layernorm_backward_dinp_kernel<<<CEIL_DIV(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0,
-                                   stream>>>(dinp, dout, inp, weight, mean, rstd, N, C);
+  typed(dout, [&](auto* d) {
+    layernorm_backward_dinp_kernel<<<CEIL_DIV(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0,
+                                     stream>>>(dinp, d, inp, weight, mean, rstd, N, C);
+  });
   CUDA_CHECK_LAUNCH(layernorm_backward_dinp_kernel);
   float* partial_w = ws.take<float>(std::size_t(chunks) * C);
   float* partial_b = ws.take<float>(std::size_t(chunks) * C);
   const dim3 grid(CEIL_DIV(C, kWarpSize), chunks), block(kWarpSize, kRowLanes);
-  layernorm_param_partials_kernel<<<grid, block, 0, stream>>>(partial_w, partial_b, dout, inp, mean,
-                                                              rstd, N, C);
+  typed(dout, [&](auto* d) {
+    layernorm_param_partials_kernel<<<grid, block, 0, stream>>>(partial_w, partial_b, d, inp, mean,
+                                                                rstd, N, C);
+  });
   CUDA_CHECK_LAUNCH(layernorm_param_partials_kernel);
   accumulate_partials(dweight, partial_w, dbias, partial_b, chunks, C, stream);
   // above C 1024, the projection's part as its own backward would make it: the column sums of

@@ -116,7 +116,7 @@ unset MIXSIM_TC_ATTENTION MIXSIM_CUBLASLT MIXSIM_BF16_ACTIVATIONS MIXSIM_BF16_OU
   MIXSIM_BF16_ATTENTION_OUT MIXSIM_LAYERNORM_VEC4 MIXSIM_ATTENTION_HEAVY_FIRST \
   MIXSIM_ATTENTION_FUSED_DQ MIXSIM_CUBLASLT_TUNE MIXSIM_CUBLASLT_TUNE_OUT MIXSIM_CUBLASLT_CHOICES \
   MIXSIM_CUBLASLT_CHOICES_FILE MIXSIM_BF16_GELU_EPILOGUE MIXSIM_LAYERNORM_FEEDS_PRODUCT \
-  MIXSIM_CLASSIFIER_TWO_ROWS
+  MIXSIM_CLASSIFIER_TWO_ROWS MIXSIM_BF16_BRANCH_OUTPUTS
 
 START=$(date +%s)
 STATUS=0  # 1 when a test or a check failed (the benchmarks only report)
@@ -513,14 +513,15 @@ step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS
 # the opt-ins written without a GPU since run 11, together (the GPT-2 shape only): the bf16
 # attention output and its gradient, LayerNorm with 16-byte accesses, the attention's longest
 # blocks first, attention's backward in one kernel, the bf16 GELU in cuBLASLt's epilogue, the
-# LayerNorm backward feeding the projections, the cached classifier two rows an SM.
+# LayerNorm backward feeding the projections, the cached classifier two rows an SM, the residual
+# branches' ends in bf16.
 # --compare measures each on its own. (The
 # opt-in wide attention forward had a row here until run 10, slower each time: --compare
 # 'MIXSIM_TC_WIDE_FORWARD=1' measures it.)
 step bench-train-bf16-optins 90 env MIXSIM_BF16_ATTENTION_OUT=1 MIXSIM_LAYERNORM_VEC4=1 \
   MIXSIM_ATTENTION_HEAVY_FIRST=1 MIXSIM_ATTENTION_FUSED_DQ=1 MIXSIM_BF16_GELU_EPILOGUE=1 \
-  MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 MIXSIM_CLASSIFIER_TWO_ROWS=1 "$BUILD/bench/bench_gpu_train" \
-  --configs gpt2 --backend cuda-bf16
+  MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 MIXSIM_CLASSIFIER_TWO_ROWS=1 MIXSIM_BF16_BRANCH_OUTPUTS=1 \
+  "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 # cuBLASLt's algorithms timed (MIXSIM_CUBLASLT_TUNE=1) on every bf16 shape, each choice written
 # to a table (build-gpu/cublaslt-choices.txt, and $OUT's copy: as kernels/cublaslt_choices.txt it
 # becomes the choices built into mixsim), then GPT-2 again running that table's choices without

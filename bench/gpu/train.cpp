@@ -38,7 +38,8 @@
 // +fdq), MIXSIM_BF16_GELU_EPILOGUE=1 (the bf16 fc layer's GELU in cuBLASLt's epilogue, +ge),
 // MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 (LayerNorm's backward makes the next projection's bias
 // gradient and bf16 operand, +lnf), MIXSIM_CLASSIFIER_TWO_ROWS=1 (the cached classifier two rows
-// an SM, +c2r) and
+// an SM, +c2r), MIXSIM_BF16_BRANCH_OUTPUTS=1 (the residual branches' ends stored in bf16, +bo)
+// and
 // MIXSIM_CUBLASLT_TUNE=1 (cuBLASLt's algorithms chosen by timing, +ltt; with
 // MIXSIM_CUBLASLT_TUNE_OUT=FILE written to FILE's choices table). The label takes each from the
 // backend (cuda_kernel_choices and the Backend queries), not from the environment. The choices
@@ -242,6 +243,8 @@ int main(int argc, char** argv) {
     const bool bf16_weights = gpu->bf16_weight_copies();
     // MIXSIM_BF16_ATTENTION_OUT=1 (opt-in): attention's output and its gradient in bf16 ("+ao")
     const bool bf16_att_out = gpu->attention_out_storage() == mixsim::DType::bf16;
+    // MIXSIM_BF16_BRANCH_OUTPUTS=1 (opt-in): the residual branches' ends in bf16 ("+bo")
+    const bool branch_out = gpu->branch_output_storage() == mixsim::DType::bf16;
     const std::string label =
         std::string(backend_name == "cuda" ? "mixsim-fp32"
                     : tc_attention         ? "mixsim-bf16tc"
@@ -250,7 +253,8 @@ int main(int argc, char** argv) {
         (bf16_out ? "+out" : "") + (wide ? "+wide" : "") + (bf16_att_out ? "+ao" : "") +
         (gelu_exp2 ? "+gexp2" : "") + (exp2 ? "+exp2" : "") + (ln_vec4 ? "+lnv4" : "") +
         (heavy_first ? "+hf" : "") + (fused_dq ? "+fdq" : "") + (gelu_epilogue ? "+ge" : "") +
-        (ln_feeds ? "+lnf" : "") + (two_rows ? "+c2r" : "") + (lt_tune ? "+ltt" : "");
+        (ln_feeds ? "+lnf" : "") + (two_rows ? "+c2r" : "") + (branch_out ? "+bo" : "") +
+        (lt_tune ? "+ltt" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

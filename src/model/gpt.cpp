@@ -84,7 +84,8 @@ struct Gpt::Activations {
   TensorOut fch;       // (L, R, 4C): bf16 where the products write it so (output_storage)
   TensorOut fch_gelu;  // (L, R, 4C)
   float* residual3;    // (L, R, C)
-  float* proj;         // (R, C) output of a projection before the residual add (not kept)
+  TensorOut proj;      // (R, C) output of a projection before the residual add (not kept):
+                       // bf16 where branch_output_storage says
   TensorOut lnf;       // (R, C)
   float* lnf_mean;     // (R)
   float* lnf_rstd;     // (R)
@@ -94,7 +95,8 @@ struct Gpt::Activations {
                        // a bf16 buffer of their own
   float* losses;       // (R)
   float* dresidual;    // (R, C) gradient of the residual stream, shared by all layers
-  float* dbuf;         // (R, C) gradient of a LayerNorm output or of the attention output
+  float* dbuf;         // (R, C) gradient of a LayerNorm output (stored as branch_output_storage
+                       // says) or of the attention output (as attention_out_storage says)
   float* dbuf4;        // (R, 4C) gradient of the MLP hidden layer or of qkv
   TensorOut dresidual16;  // (R, C) bf16: dresidual as the next projection's backward takes it
                           // (Backend::layernorm_backward_feeding); null unless the backend feeds
@@ -109,7 +111,7 @@ struct Gpt::LayerActs {
   TensorOut qkv;       // (B,T,3C)
   TensorOut atty;      // (B,T,C)
   float* att_lse;      // (B,NH,T) nullable
-  float* proj;         // (B,T,C)
+  TensorOut proj;      // (B,T,C)
   float* residual2;    // (B,T,C)
   TensorOut ln2;       // (B,T,C)
   float* ln2_mean;     // (B,T) nullable
@@ -176,6 +178,11 @@ DType Gpt::output_storage() const {
 
 DType Gpt::attention_out_storage() const {
   return storage_ == DType::bf16 && backend_.attention_out_storage() == DType::bf16 ? DType::bf16
+                                                                                    : DType::fp32;
+}
+
+DType Gpt::branch_output_storage() const {
+  return storage_ == DType::bf16 && backend_.branch_output_storage() == DType::bf16 ? DType::bf16
                                                                                     : DType::fp32;
 }
 
@@ -289,7 +296,8 @@ void Gpt::ensure_training() {
     a.fch = TensorOut{next(L * R * 4 * C, ost), ost};
     a.fch_gelu = next_t(L * R * 4 * C);
     a.residual3 = next_f(L * R * C);
-    a.proj = next_f(R * C);
+    const DType bst = branch_output_storage();
+    a.proj = TensorOut{next(R * C, bst), bst};
     a.lnf = next_t(R * C);
     a.lnf_mean = next_f(R);
     a.lnf_rstd = next_f(R);
@@ -305,7 +313,7 @@ void Gpt::ensure_training() {
                         : TensorOut{};
     return at;
   };
-  static_assert(sizeof(Activations) == 16 * sizeof(float*) + 10 * sizeof(TensorOut),
+  static_assert(sizeof(Activations) == 15 * sizeof(float*) + 11 * sizeof(TensorOut),
                 "carve() assigns each of the 26");
   acts_memory_ = DeviceBuffer<char>(backend_, carve(nullptr));
   carve(acts_memory_.get());
@@ -440,7 +448,7 @@ float Gpt::forward(const int* tokens, const int* targets, int B, int T, float gr
   return float(sum / double(valid));
 }
 
-Gpt::ProductGrad Gpt::layernorm_backward_to(float* dweight, float* dbias, const float* dout,
+Gpt::ProductGrad Gpt::layernorm_backward_to(float* dweight, float* dbias, TensorIn dout,
                                             const float* inp, const float* weight,
                                             const float* mean, const float* rstd, int N, int C,
                                             float* product_dbias) {
@@ -470,8 +478,10 @@ Gpt::ProductGrad Gpt::backward_block(int l, const LayerActs& a, int B, int T,
   const TensorOut dpre{s.dbuf4, a.fch.type};
   be.gelu_matmul_backward(dpre, g.fcprojw, fcproj.dbias, fcproj.dout, a.fch_gelu, a.fch,
                           product_weight(p.fcprojw), N, 4 * C, C);
-  be.matmul_backward(s.dbuf, g.fcw, g.fcb, dpre, a.ln2, product_weight(p.fcw), N, C, 4 * C);
-  const ProductGrad attproj = layernorm_backward_to(g.ln2w, g.ln2b, s.dbuf, a.residual2, p.ln2w,
+  // the gradients of the LayerNorms' outputs, stored as branch_output_storage says, in dbuf
+  const TensorOut dnorm{s.dbuf, branch_output_storage()};
+  be.matmul_backward(dnorm, g.fcw, g.fcb, dpre, a.ln2, product_weight(p.fcw), N, C, 4 * C);
+  const ProductGrad attproj = layernorm_backward_to(g.ln2w, g.ln2b, dnorm, a.residual2, p.ln2w,
                                                     a.ln2_mean, a.ln2_rstd, N, C, g.attprojb);
   // Attention; dbuf4 now holds dqkv (B,T,3C). The gradient of attention's output is stored as
   // the output is (attention_out_storage), in dbuf.
@@ -482,10 +492,10 @@ Gpt::ProductGrad Gpt::backward_block(int l, const LayerActs& a, int B, int T,
   // stores it; the qkv bias gradient sums the stored values)
   const TensorOut dqkv{s.dbuf4, a.qkv.type == DType::bf16 ? output_storage() : DType::fp32};
   be.attention_backward(dqkv, datt, a.qkv, a.atty, a.att_lse, B, T, C, d.NH);
-  be.matmul_backward(s.dbuf, g.qkvw, g.qkvb, dqkv, a.ln1, product_weight(p.qkvw), N, C, 3 * C);
+  be.matmul_backward(dnorm, g.qkvw, g.qkvb, dqkv, a.ln1, product_weight(p.qkvw), N, C, 3 * C);
   // the layer below's fcproj takes dresidual next (layer 0's: the encoder, no product)
   float* below = l > 0 ? layer_params(all_grads, l - 1, C).fcprojb : nullptr;
-  return layernorm_backward_to(g.ln1w, g.ln1b, s.dbuf, residual, p.ln1w, a.ln1_mean, a.ln1_rstd, N,
+  return layernorm_backward_to(g.ln1w, g.ln1b, dnorm, residual, p.ln1w, a.ln1_mean, a.ln1_rstd, N,
                                C, below);
 }
 
@@ -498,12 +508,12 @@ void Gpt::backward(const GradsReady& grads_ready) {
   const ParamTensors<float> g = layout_.carve(grads_.get());
   Activations& a = *acts_;
   // The classifier left dlogits in a.dlogits; the head is tied to wte.
-  be.matmul_backward(a.dbuf, g.wte, nullptr, a.dlogits, a.lnf, product_weight(p.wte), N, C, d.Vp);
+  const TensorOut dnorm{a.dbuf, branch_output_storage()};  // the gradient of lnf's output
+  be.matmul_backward(dnorm, g.wte, nullptr, a.dlogits, a.lnf, product_weight(p.wte), N, C, d.Vp);
   be.zero(a.dresidual, std::size_t(N) * C * sizeof(float));
   const float* last_residual = train_layer(d.L - 1).residual3;
-  ProductGrad next =
-      layernorm_backward_to(g.lnfw, g.lnfb, a.dbuf, last_residual, p.lnfw, a.lnf_mean, a.lnf_rstd,
-                            N, C, layer_params(g, d.L - 1, C).fcprojb);
+  ProductGrad next = layernorm_backward_to(g.lnfw, g.lnfb, dnorm, last_residual, p.lnfw, a.lnf_mean,
+                                           a.lnf_rstd, N, C, layer_params(g, d.L - 1, C).fcprojb);
   auto report = [&](Param t, int layer) {
     const TensorInfo& info = layout_[t];
     const std::size_t per = layer < 0 ? info.numel : info.numel / std::size_t(d.L);
@@ -558,8 +568,8 @@ Gpt::LayerActs Gpt::eval_layer(std::size_t rows) const {
   const TensorOut qkv_t{qkv, qkv_storage()};
   float* qkv_product = qkv_rounded_by_store() ? fch : nullptr;
   const TensorOut fch_t{fch, output_storage()};
-  const TensorOut atty_t{atty, attention_out_storage()};
-  return {ln_t, nullptr, nullptr, qkv_t, atty_t,     nullptr, proj,       res,
+  const TensorOut atty_t{atty, attention_out_storage()}, proj_t{proj, branch_output_storage()};
+  return {ln_t, nullptr, nullptr, qkv_t, atty_t,     nullptr, proj_t,     res,
           ln_t, nullptr, nullptr, fch_t, fch_gelu_t, res,     qkv_product};
 }
 

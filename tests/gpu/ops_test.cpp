@@ -2571,6 +2571,110 @@ TEST_F(CudaOps, Bf16AttentionOutput) {
   EXPECT_LT(rel_l2(Pair{r.grads, r16.grads}), 1e-2);
 }
 
+// MIXSIM_BF16_BRANCH_OUTPUTS=1 (an opt-in, written without a GPU at hand): cuda-bf16 stores the
+// residual branches' ends in bf16, so the fused residual add and LayerNorm reads a bf16 addend and
+// the LayerNorm backward a bf16 dout, each widened (exact). Over 70 rows at C = 72 and 768 (the
+// row kernels; the fused backward), 1100 (the forward's row kernel; the backward's two kernels
+// above 1024) and 2100 (the forward's loop kernel), on the default kernels and with
+// MIXSIM_LAYERNORM_VEC4=1's 16-byte forms (8-byte bf16 loads): from the bf16 tensor, bit for bit
+// what the same backend gives from its widened fp32 values; the sum is a + widened b exactly; and
+// the backward (plain, and feeding a projection: MIXSIM_LAYERNORM_FEEDS_PRODUCT=1) within
+// LayerNormForwardAndBackward's bounds of the CPU's. The model (heads of 32: tensor cores) trains
+// 20 steps under the bounds of Bf16TensorCoreAttentionTrainingFollowsCpu (the opt-in moved
+// cpu-bf16's loss by much less than those: CpuBf16.Bf16BranchOutputs).
+TEST_F(CudaOps, Bf16BranchOutputs) {
+  std::unique_ptr<Backend> b16, vec, fed;
+  {
+    mixsim::testing::ScopedEnv e("MIXSIM_BF16_BRANCH_OUTPUTS", "1");
+    b16 = cuda_bf16_with("", "", "");
+    EXPECT_EQ(make_cuda_backend(0)->branch_output_storage(), DType::fp32);  // cuda: fp32 products
+    mixsim::testing::ScopedEnv v("MIXSIM_LAYERNORM_VEC4", "1");
+    vec = cuda_bf16_with("", "", "");
+    mixsim::testing::ScopedEnv f("MIXSIM_LAYERNORM_FEEDS_PRODUCT", "1");
+    fed = cuda_bf16_with("", "", "");
+  }
+  ASSERT_EQ(b16->branch_output_storage(), DType::bf16);
+  EXPECT_EQ(cuda_bf16_with("", "", "")->branch_output_storage(), DType::fp32);
+  const int rows = 70;
+  for (const int c : {72, 768, 1100, 2100}) {
+    const std::size_t n = std::size_t(rows) * c;
+    const std::vector<float> ha = random_floats(n, 251, 2.0, 0.5),
+                             hw = random_floats(c, 252, 1.0, 1.0), hbias = random_floats(c, 253);
+    const std::vector<std::uint16_t> hb = bits_of(random_floats(n, 254)),
+                                     hd = bits_of(random_floats(n, 255));
+    const std::vector<float> hb_wide = widened(hb), hd_wide = widened(hd);
+    std::vector<float> direct(n);
+    for (std::size_t i = 0; i < n; ++i) direct[i] = ha[i] + hb_wide[i];
+    for (Backend* be : {b16.get(), vec.get(), fed.get()}) {
+      const std::string at = std::string(be == b16.get()   ? ""
+                                         : be == vec.get() ? "vec4 "
+                                                           : "fed ") +
+                             "C=" + std::to_string(c);
+      auto a = put(*be, ha), w = put(*be, hw), bias = put(*be, hbias), b32 = put(*be, hb_wide);
+      auto b_16 = put(*be, hb);
+      struct Forward {
+        std::vector<float> res, mean, rstd;
+        std::vector<std::uint16_t> out;
+      };
+      auto forward = [&](TensorIn b) {
+        DeviceBuffer<float> r(*be, n), m(*be, rows), s(*be, rows);
+        DeviceBuffer<std::uint16_t> o(*be, n);
+        be->residual_layernorm_forward(r.get(), {o.get(), DType::bf16}, m.get(), s.get(), a.get(),
+                                       b, w.get(), bias.get(), rows, c);
+        return Forward{fetch(*be, r.get(), n), fetch(*be, m.get(), rows), fetch(*be, s.get(), rows),
+                       fetch(*be, o.get(), n)};
+      };
+      const Forward f16 = forward(TensorIn(b_16.get(), DType::bf16)), f32 = forward(b32.get());
+      EXPECT_EQ(f16.res, direct) << at;
+      EXPECT_EQ(f16.res, f32.res) << at;
+      EXPECT_EQ(f16.out, f32.out) << at;
+      EXPECT_EQ(f16.mean, f32.mean) << at;
+      EXPECT_EQ(f16.rstd, f32.rstd) << at;
+      // backward from the sum's statistics, into a random dinp (accumulated)
+      const std::vector<float> hdx = random_floats(n, 256), hdw = random_floats(c, 257),
+                               hdb = random_floats(c, 258);
+      struct Grads {
+        std::vector<float> dinp, dw, db, dp;
+        std::vector<std::uint16_t> copy;
+      };
+      auto backward = [&](Backend& on, TensorIn d) {
+        auto x = put(on, f16.res), mm = put(on, f16.mean), ss = put(on, f16.rstd), ww = put(on, hw);
+        auto dx = put(on, hdx), dw = put(on, hdw), db = put(on, hdb);
+        auto dp = put(on, std::vector<float>(c, 0.5f));
+        DeviceBuffer<std::uint16_t> copy(on, n);
+        on.zero(copy.get(), copy.bytes());
+        if (&on == fed.get())
+          on.layernorm_backward_feeding(dx.get(), dw.get(), db.get(), d, x.get(), ww.get(),
+                                        mm.get(), ss.get(), rows, c, dp.get(),
+                                        {copy.get(), DType::bf16});
+        else
+          on.layernorm_backward(dx.get(), dw.get(), db.get(), d, x.get(), ww.get(), mm.get(),
+                                ss.get(), rows, c);
+        return Grads{fetch(on, dx.get(), n), fetch(on, dw.get(), std::size_t(c)),
+                     fetch(on, db.get(), std::size_t(c)), fetch(on, dp.get(), std::size_t(c)),
+                     fetch(on, copy.get(), n)};
+      };
+      auto d16 = put(*be, hd);
+      auto d32 = put(*be, hd_wide);
+      const Grads g16 = backward(*be, TensorIn(d16.get(), DType::bf16)),
+                  g32 = backward(*be, d32.get());
+      EXPECT_EQ(g16.dinp, g32.dinp) << at;
+      EXPECT_EQ(g16.dw, g32.dw) << at;
+      EXPECT_EQ(g16.db, g32.db) << at;
+      EXPECT_EQ(g16.dp, g32.dp) << at;
+      EXPECT_EQ(g16.copy, g32.copy) << at;
+      auto cd = put(*cpu_, hd_wide);
+      const Grads ref = backward(*cpu_, cd.get());
+      expect_close({ref.dinp, g16.dinp}, 2e-5, 1e-4, "bf16 dout layernorm dinp " + at);
+      expect_close({ref.dw, g16.dw}, 2e-4, 1e-4, "bf16 dout layernorm dweight " + at);
+      expect_close({ref.db, g16.db}, 2e-4, 1e-4, "bf16 dout layernorm dbias " + at);
+    }
+  }
+  const ModelConfig cfg{2, 2, 64, 70, 257};
+  EXPECT_EQ(Gpt(cfg, *b16, 2).branch_output_storage(), DType::bf16);
+  expect_tensor_core_model_follows(*cpu_, *b16, 259);
+}
+
 // ---- NCCL (the multi-rank sums are tests/mpi/group_allreduce_test.cpp, on one GPU per rank)
 
 // A communicator of one rank: the init path on the backend's device and its own stream, sums in

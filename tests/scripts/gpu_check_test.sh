@@ -83,6 +83,7 @@ case $name in
       [[ "${MIXSIM_BF16_GELU_EPILOGUE:-}" == 1 ]] && label+=+ge
       [[ "${MIXSIM_LAYERNORM_FEEDS_PRODUCT:-}" == 1 ]] && label+=+lnf
       [[ "${MIXSIM_CLASSIFIER_TWO_ROWS:-}" == 1 ]] && label+=+c2r
+      [[ "${MIXSIM_BF16_BRANCH_OUTPUTS:-}" == 1 ]] && label+=+bo
       [[ "${MIXSIM_CUBLASLT_TUNE:-}" == 1 ]] && label+=+ltt
     fi
     if [[ "$*" == *--profiler-range* ]]; then
@@ -213,7 +214,7 @@ has pass '^mixsim-bf16tc\+lt\+act gpt2 +tokens_per_s=300000'
 has pass '^mixsim-bf16tc\+lt\+act\+w gpt2 +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 1\.1b +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 gpt2 '
-has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2\+lnv4\+hf\+fdq\+ge\+lnf\+c2r gpt2 '  # the opt-ins' row
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2\+lnv4\+hf\+fdq\+ge\+lnf\+c2r\+bo gpt2 '  # the opt-ins' row
 has pass '^gemm-ceiling gpt2 +gemmex_ms=12\.00'
 # the tuned run's row, the table it wrote (copied to $OUT), and GPT-2 with that table
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2\+ltt 1\.1b +tokens_per_s'

@@ -621,6 +621,38 @@ TEST(CpuBf16, Bf16ProductOutputsModel) {
   EXPECT_LT(ld.back(), ld.front() - 0.5);
 }
 
+// The storage opt-ins' model tests (Bf16AttentionOutput, Bf16BranchOutputs): two layers, heads of
+// 32 (the tensor-core attention's roundings), sequences of 70 (two 64-row tiles).
+const ModelConfig kSwitchModel{2, 2, 64, 70, 257};
+constexpr int kSwitchB = 2, kSwitchT = 70;
+
+// A model on `on` stores what `storage` names in bf16, and in fp32 with fp32 activation storage
+// or on `plain`; then one step (Step) on `batch` on each, from the same init, printed as `what`.
+struct SwitchSteps {
+  Step plain, on;
+};
+SwitchSteps one_step_each(Backend& plain, Backend& on, DType (Gpt::*storage)() const,
+                          const TokenBatch& batch, std::uint64_t seed, const char* what) {
+  EXPECT_EQ((Gpt(kSwitchModel, on, kSwitchB).*storage)(), DType::bf16) << what;
+  EXPECT_EQ((Gpt(kSwitchModel, on, kSwitchB, DType::fp32).*storage)(), DType::fp32) << what;
+  EXPECT_EQ((Gpt(kSwitchModel, plain, kSwitchB).*storage)(), DType::fp32) << what;
+  SwitchSteps r{one_step(plain, kSwitchModel, batch, kSwitchB, kSwitchT, seed),
+                one_step(on, kSwitchModel, batch, kSwitchB, kSwitchT, seed)};
+  std::printf("%s, one step: loss %.7g vs %.7g, gradients relative L2 %.2e\n", what,
+              double(r.on.loss), double(r.plain.loss), rel_l2(r.on.grads, r.plain.grads));
+  return r;
+}
+
+// 20 AdamW steps on `on` follow those on `plain` within 5e-2 a step (Bf16TrainingFollowsCpu's
+// bound for bf16's error in the loss), and learn.
+void expect_training_follows(Backend& plain, Backend& on, std::uint64_t seed) {
+  const int steps = 20;
+  const auto lp = train_losses(plain, kSwitchModel, kSwitchB, kSwitchT, steps, seed),
+             lo = train_losses(on, kSwitchModel, kSwitchB, kSwitchT, steps, seed);
+  for (int i = 0; i < steps; ++i) EXPECT_NEAR(lo[i], lp[i], 5e-2) << "step " << i;
+  EXPECT_LT(lo.back(), lo.front() - 0.5);
+}
+
 // MIXSIM_BF16_ATTENTION_OUT=1 (an opt-in of cpu-bf16 and cuda-bf16, with bf16 activation
 // storage): the model stores attention's output and its gradient in bf16. The ops: a bf16 out is
 // the fp32 out rounded to nearest even, bit for bit, and backward from a bf16 out and dout is
@@ -686,24 +718,126 @@ TEST(CpuBf16, Bf16AttentionOutput) {
                                                      g.data(), x.data(), w.data(), n_rows, c, oc),
                  Error);
   }
-  const ModelConfig cfg{2, 2, 64, 70, 257};
-  const int b = 2, t = 70, steps = 20;
-  EXPECT_EQ(Gpt(cfg, *b16, b).attention_out_storage(), DType::bf16);
-  EXPECT_EQ(Gpt(cfg, *b16, b, DType::fp32).attention_out_storage(), DType::fp32);
-  EXPECT_EQ(Gpt(cfg, *plain, b).attention_out_storage(), DType::fp32);
-  const TokenBatch batch = random_batch(b, t, cfg.vocab_size, 221);
-  const Step sp = one_step(*plain, cfg, batch, b, t, 222),
-             s16 = one_step(*b16, cfg, batch, b, t, 222);
-  std::printf("bf16 attention output, one step: loss %.7g vs %.7g, gradients relative L2 %.2e\n",
-              double(s16.loss), double(sp.loss), rel_l2(s16.grads, sp.grads));
+  const TokenBatch batch = random_batch(kSwitchB, kSwitchT, kSwitchModel.vocab_size, 221);
+  const auto [sp, s16] =
+      one_step_each(*plain, *b16, &Gpt::attention_out_storage, batch, 222, "bf16 attention output");
   EXPECT_EQ(s16.loss, sp.loss);
   EXPECT_EQ(s16.eval.loss_sum, sp.eval.loss_sum);
   EXPECT_NE(s16.grads, sp.grads);
   EXPECT_LT(rel_l2(s16.grads, sp.grads), 2e-3);
-  const auto lp = train_losses(*plain, cfg, b, t, steps, 223),
-             l16 = train_losses(*b16, cfg, b, t, steps, 223);
-  for (int i = 0; i < steps; ++i) EXPECT_NEAR(l16[i], lp[i], 5e-2) << "step " << i;
-  EXPECT_LT(l16.back(), l16.front() - 0.5);
+  expect_training_follows(*plain, *b16, 223);
+}
+
+// MIXSIM_BF16_BRANCH_OUTPUTS=1 (an opt-in of cpu-bf16 and cuda-bf16): the model stores the
+// residual branches' ends in bf16, as autocast's linear layers return them: the projections'
+// outputs that the residual add reads, and the input gradients of the qkv, fc and head products
+// that the LayerNorm backwards read. The ops: residual_layernorm_forward with a bf16 addend, and
+// layernorm_backward (plain and feeding a projection) with a bf16 dout, give bit for bit what they
+// give from the widened values (widening is exact). The model: unlike the other storage switches
+// this one rounds values that nothing rounded before, so the loss moves (EXPECT_NE), but by about
+// bf16's relative error on one addend of the residual stream: bounds 1e-2 for the loss and the
+// gradients (the cascade bound of TinyDifferencesCascadeThroughBf16Rounding); the evaluation
+// (its own buffers) rounds the same way, so its mean loss is the training forward's to fp32's
+// rounding (1e-6; the default's differs from it by more, checked); 20 steps follow the default
+// within 5e-2 and still learn. A step hands every LayerNorm op its branch tensor in bf16, and
+// none without the switch (counted by bench/timed_backend.hpp). Off unless set to 1; never on cpu
+// or with fp32 activation storage.
+TEST(CpuBf16, Bf16BranchOutputs) {
+  auto with = [](const char* setting, MatmulPrecision precision = MatmulPrecision::bf16) {
+    mixsim::testing::ScopedEnv env("MIXSIM_BF16_BRANCH_OUTPUTS", setting);
+    return make_cpu_backend(precision);
+  };
+  EXPECT_EQ(with("")->branch_output_storage(), DType::fp32);
+  EXPECT_EQ(with("0")->branch_output_storage(), DType::fp32);
+  EXPECT_EQ(with("1")->branch_output_storage(), DType::bf16);
+  EXPECT_EQ(with("1", MatmulPrecision::fp32)->branch_output_storage(), DType::fp32);
+  auto plain = with("0"), b16 = with("1");
+  const int rows = 37, c = 72;
+  const std::size_t n = std::size_t(rows) * c;
+  const auto a = random_floats(n, 241), w = random_floats(c, 242), bias = random_floats(c, 243);
+  const std::vector<std::uint16_t> b_bits = bits_of(random_floats(n, 244));
+  std::vector<float> b_wide(n);
+  for (std::size_t i = 0; i < n; ++i) b_wide[i] = bf16_value(b_bits[i]);
+  {  // the residual add and LayerNorm: residual, out, mean and rstd
+    std::vector<float> r16(n), r32(n), o16(n), o32(n), m16(rows), m32(rows), s16(rows), s32(rows);
+    b16->residual_layernorm_forward(r16.data(), o16.data(), m16.data(), s16.data(), a.data(),
+                                    TensorIn(b_bits.data(), DType::bf16), w.data(), bias.data(),
+                                    rows, c);
+    b16->residual_layernorm_forward(r32.data(), o32.data(), m32.data(), s32.data(), a.data(),
+                                    b_wide.data(), w.data(), bias.data(), rows, c);
+    EXPECT_EQ(r16, r32);
+    EXPECT_EQ(o16, o32);
+    EXPECT_EQ(m16, m32);
+    EXPECT_EQ(s16, s32);
+    std::vector<float> direct(n);  // and the addend really was added
+    for (std::size_t i = 0; i < n; ++i) direct[i] = a[i] + b_wide[i];
+    EXPECT_EQ(r16, direct);
+    // the fp32 default refuses a bf16 addend rather than read its bits as floats
+    EXPECT_THROW(b16->Backend::residual_layernorm_forward(
+                     r16.data(), o16.data(), m16.data(), s16.data(), a.data(),
+                     TensorIn(b_bits.data(), DType::bf16), w.data(), bias.data(), rows, c),
+                 Error);
+  }
+  {  // the LayerNorm backward, from a bf16 dout (the first input's statistics), plain and feeding
+    std::vector<float> mean(rows), rstd(rows), out(n);
+    plain->layernorm_forward(out.data(), mean.data(), rstd.data(), a.data(), w.data(), bias.data(),
+                             rows, c);
+    mixsim::testing::ScopedEnv feed("MIXSIM_LAYERNORM_FEEDS_PRODUCT", "1");
+    auto fed = with("1");
+    for (const bool feeding : {false, true}) {
+      struct Grads {
+        std::vector<float> dinp, dw, db, dp;
+        std::vector<std::uint16_t> copy;
+      };
+      auto backward = [&](TensorIn dout) {
+        Grads g{std::vector<float>(n, 0.5f), std::vector<float>(c, 0.25f),
+                std::vector<float>(c, 0.125f), std::vector<float>(c, 1.f),
+                std::vector<std::uint16_t>(n)};
+        if (feeding)
+          fed->layernorm_backward_feeding(g.dinp.data(), g.dw.data(), g.db.data(), dout, a.data(),
+                                          w.data(), mean.data(), rstd.data(), rows, c, g.dp.data(),
+                                          {g.copy.data(), DType::bf16});
+        else
+          b16->layernorm_backward(g.dinp.data(), g.dw.data(), g.db.data(), dout, a.data(), w.data(),
+                                  mean.data(), rstd.data(), rows, c);
+        return g;
+      };
+      const Grads g16 = backward(TensorIn(b_bits.data(), DType::bf16)),
+                  g32 = backward(b_wide.data());
+      const std::string what = feeding ? "feeding" : "plain";
+      EXPECT_EQ(g16.dinp, g32.dinp) << what;
+      EXPECT_EQ(g16.dw, g32.dw) << what;
+      EXPECT_EQ(g16.db, g32.db) << what;
+      EXPECT_EQ(g16.dp, g32.dp) << what;
+      EXPECT_EQ(g16.copy, g32.copy) << what;
+      EXPECT_NE(g16.dinp, std::vector<float>(n, 0.5f)) << what;  // it did add
+    }
+  }
+  const TokenBatch batch = random_batch(kSwitchB, kSwitchT, kSwitchModel.vocab_size, 245);
+  const auto [sp, s16] =
+      one_step_each(*plain, *b16, &Gpt::branch_output_storage, batch, 246, "bf16 branch outputs");
+  EXPECT_NE(s16.loss, sp.loss);
+  EXPECT_NEAR(s16.loss, sp.loss, 1e-2 * sp.loss);
+  EXPECT_LT(rel_l2(s16.grads, sp.grads), 1e-2);
+  const double eval16 = s16.eval.loss_sum / double(s16.eval.tokens);
+  EXPECT_NEAR(eval16, s16.loss, 1e-6 * s16.loss);
+  EXPECT_GT(std::abs(sp.eval.loss_sum / double(sp.eval.tokens) - eval16), 1e-6 * s16.loss);
+  {  // every LayerNorm op of a step read its branch tensor in bf16: 2 L + 1 backwards, 2 L adds
+    mixsim::bench::TimedBackend counted(*b16), counted_plain(*plain);
+    const std::size_t layers = kSwitchModel.n_layer;
+    for (mixsim::bench::TimedBackend* be : {&counted, &counted_plain}) {
+      Gpt m(kSwitchModel, *be, kSwitchB);
+      m.init(248);
+      m.zero_grad();
+      m.forward(batch.tokens.data(), batch.targets.data(), kSwitchB, kSwitchT);
+      m.backward();
+      const std::size_t want = be == &counted ? 1 : 0;
+      EXPECT_EQ(be->bf16_calls("residual_layernorm_forward"), want * 2 * layers);
+      EXPECT_EQ(be->bf16_calls("layernorm_backward"), want * (2 * layers + 1));
+      EXPECT_EQ(be->calls("layernorm_backward"), 2 * layers + 1);
+    }
+  }
+  expect_training_follows(*plain, *b16, 247);
 }
 
 // The point of the storage: in cpu-bf16 (and so in cuda-bf16, up to its order of sums), storing
@@ -960,7 +1094,7 @@ TEST(CpuBf16, UpdateWritesTheWeightCopy) {
 // the losses, the last gradients, the parameters and the evaluation sums are bit for bit those
 // without it, on cpu and cpu-bf16: the model hands each projection what it would have made
 // itself. The feeding op must have run (a TimedBackend counts the ops), and not without the
-// switch.
+// switch. cpu-bf16 also with MIXSIM_BF16_BRANCH_OUTPUTS=1, where the feeding op reads a bf16 dout.
 TEST(CpuBf16, LayerNormFeedingChangesNothing) {
   const ModelConfig cfg{2, 2, 64, 70, 257};
   const int b = 2, t = 70, steps = 4;
@@ -968,8 +1102,9 @@ TEST(CpuBf16, LayerNormFeedingChangesNothing) {
   struct Run : Trained {
     bool fed = false;
   };
-  auto run = [&](MatmulPrecision precision, const char* setting) {
-    mixsim::testing::ScopedEnv env("MIXSIM_LAYERNORM_FEEDS_PRODUCT", setting);
+  auto run = [&](MatmulPrecision precision, const char* setting, const char* branch) {
+    mixsim::testing::ScopedEnv env("MIXSIM_LAYERNORM_FEEDS_PRODUCT", setting),
+        bo("MIXSIM_BF16_BRANCH_OUTPUTS", branch);
     auto inner = make_cpu_backend(precision);
     EXPECT_EQ(inner->layernorm_feeds_products(), std::string(setting) == "1") << setting;
     mixsim::bench::TimedBackend be(*inner);
@@ -977,9 +1112,12 @@ TEST(CpuBf16, LayerNormFeedingChangesNothing) {
     r.fed = be.ran("layernorm_backward_feeding");
     return r;
   };
-  for (const MatmulPrecision precision : {MatmulPrecision::fp32, MatmulPrecision::bf16}) {
-    const std::string name = precision == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
-    const Run fed = run(precision, "1"), plain = run(precision, "");
+  const std::tuple<MatmulPrecision, const char*> cases[] = {
+      {MatmulPrecision::fp32, ""}, {MatmulPrecision::bf16, ""}, {MatmulPrecision::bf16, "1"}};
+  for (const auto& [precision, branch] : cases) {
+    const std::string name = std::string(precision == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu") +
+                             (*branch ? " with bf16 branch outputs" : "");
+    const Run fed = run(precision, "1", branch), plain = run(precision, "", branch);
     EXPECT_TRUE(fed.fed) << name;
     EXPECT_FALSE(plain.fed) << name;
     EXPECT_EQ(fed.losses, plain.losses) << name;

@@ -116,6 +116,15 @@ class Backend {
   // D = dout . out changes, now the sum over the rounded values, as flash attention takes it),
   // fp32 otherwise.
   virtual DType attention_out_storage() const { return DType::fp32; }
+  // How the model should store what the residual branches hand across their ends: the two
+  // projections' outputs that the residual add reads (attproj, fcproj; the products' bf16 out),
+  // and the input gradients of the products after a LayerNorm (qkv, fc and the tied head: the
+  // products' bf16 dinp) that its backward reads. bf16 in cpu-bf16 and cuda-bf16 where the
+  // environment sets MIXSIM_BF16_BRANCH_OUTPUTS=1 at construction (an opt-in: as autocast's linear
+  // layers return bf16 for the fp32 residual add and LayerNorm to widen, so every product of the
+  // model then writes bf16), fp32 otherwise. This one changes the results: the values are rounded
+  // where nothing rounded them before.
+  virtual DType branch_output_storage() const { return DType::fp32; }
   // dst = src, stored as dst's type says (bf16: rounded to nearest even). dst and src must not
   // overlap.
   virtual void store(TensorOut dst, const float* src, std::size_t n) = 0;
@@ -134,9 +143,10 @@ class Backend {
                                  const float* inp,                         // (N,C)
                                  const float* weight, const float* bias,   // (C), (C)
                                  int N, int C) = 0;
+  // dout may be bf16 (branch_output_storage; widened, exact).
   virtual void layernorm_backward(float* dinp,                           // (N,C) +=
                                   float* dweight, float* dbias,          // (C) +=
-                                  const float* dout, const float* inp,   // (N,C)
+                                  TensorIn dout, const float* inp,       // (N,C)
                                   const float* weight,                   // (C)
                                   const float* mean, const float* rstd,  // (N)
                                   int N, int C) = 0;
@@ -151,7 +161,7 @@ class Backend {
   // product's backward then takes (copy, or dinp itself), with a null dbias. Only where
   // layernorm_feeds_products(); the default throws.
   virtual TensorIn layernorm_backward_feeding(float* /*dinp*/, float* /*dweight*/, float* /*dbias*/,
-                                              const float* /*dout*/, const float* /*inp*/,
+                                              TensorIn /*dout*/, const float* /*inp*/,
                                               const float* /*weight*/, const float* /*mean*/,
                                               const float* /*rstd*/, int /*N*/, int /*C*/,
                                               float* /*product_dbias*/, TensorOut /*copy*/) {
@@ -235,13 +245,17 @@ class Backend {
   virtual void residual_forward(float* out, const float* a, const float* b, std::size_t n) = 0;
   // ---- the residual add and the LayerNorm that reads its sum, as one op that a backend may fuse
   // (the CUDA backend does: one pass, the sum is not read back): residual = a + b (may alias a or
-  // b), then layernorm_forward(out, mean, rstd, residual, ...). The default runs the two ops.
+  // b), then layernorm_forward(out, mean, rstd, residual, ...). b, a branch's output, may be bf16
+  // (branch_output_storage; widened, exact) where a backend overrides this; the default runs the
+  // two ops, fp32 only.
   virtual void residual_layernorm_forward(float* residual,                          // (N,C)
                                           TensorOut out, float* mean, float* rstd,  // as layernorm
-                                          const float* a, const float* b,           // (N,C)
+                                          const float* a, TensorIn b,               // (N,C)
                                           const float* weight, const float* bias,   // (C), (C)
                                           int N, int C) {
-    residual_forward(residual, a, b, std::size_t(N) * C);
+    if (b.type != DType::fp32)
+      throw Error(std::string(name()) + ": residual_layernorm_forward: no bf16 addend here");
+    residual_forward(residual, a, static_cast<const float*>(b.data), std::size_t(N) * C);
     layernorm_forward(out, mean, rstd, residual, weight, bias, N, C);
   }
 

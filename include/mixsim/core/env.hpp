@@ -2,7 +2,8 @@
 // MIXSIM_CUBLASLT, MIXSIM_BF16_ACTIVATIONS, MIXSIM_BF16_WEIGHTS and MIXSIM_BF16_OUTPUTS (on for
 // the bf16 backends, off for cpu and cuda), MIXSIM_CLASSIFIER_EXP2 (both CUDA backends, on),
 // MIXSIM_GELU_EXP2 (cuda-bf16, on; cuda, off) and the opt-ins MIXSIM_TC_WIDE_FORWARD (cuda-bf16,
-// off), MIXSIM_BF16_ATTENTION_OUT (cpu-bf16 and cuda-bf16, off), MIXSIM_LAYERNORM_VEC4 (both
+// off), MIXSIM_BF16_ATTENTION_OUT and MIXSIM_BF16_BRANCH_OUTPUTS (cpu-bf16 and cuda-bf16, off),
+// MIXSIM_LAYERNORM_VEC4 (both
 // CUDA backends, off), MIXSIM_ATTENTION_HEAVY_FIRST and MIXSIM_ATTENTION_FUSED_DQ (cuda-bf16,
 // off), MIXSIM_BF16_GELU_EPILOGUE (cuda-bf16, off), MIXSIM_LAYERNORM_FEEDS_PRODUCT (all four
 // backends, off), MIXSIM_CUBLASLT_TUNE (where cuBLASLt is on,

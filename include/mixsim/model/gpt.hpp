@@ -55,6 +55,10 @@ class Gpt {
   // backward read): bf16 where the activation storage is bf16 and the backend asks for it
   // (Backend::attention_out_storage), else fp32.
   DType attention_out_storage() const;
+  // The residual branches' ends (the projections' outputs that the residual add reads, and the
+  // gradients of the LayerNorms' outputs that their backwards read): bf16 where the activation
+  // storage is bf16 and the backend asks for it (Backend::branch_output_storage), else fp32.
+  DType branch_output_storage() const;
 
   // (layout().total()) backend memory. The caller may write through it, so every call leaves the
   // bf16 weight copy (below) to be made again by the next forward pass.
@@ -134,9 +138,9 @@ class Gpt {
   };
   // layernorm_backward into dresidual (+=), for the projection whose bias gradient is
   // product_dbias (null where no projection takes dresidual next: plain layernorm_backward).
-  ProductGrad layernorm_backward_to(float* dweight, float* dbias, const float* dout,
-                                    const float* inp, const float* weight, const float* mean,
-                                    const float* rstd, int N, int C, float* product_dbias);
+  ProductGrad layernorm_backward_to(float* dweight, float* dbias, TensorIn dout, const float* inp,
+                                    const float* weight, const float* mean, const float* rstd,
+                                    int N, int C, float* product_dbias);
   // One block's backward, from its fcproj (which takes `fcproj`) to its ln1; returns what the
   // block below's fcproj takes.
   ProductGrad backward_block(int l, const LayerActs& a, int B, int T, const ProductGrad& fcproj);

@@ -45,6 +45,8 @@ class CpuBackend final : public Backend {
         bf16_weights_(env_switch("MIXSIM_BF16_WEIGHTS", true) &&
                       precision == MatmulPrecision::bf16),
         bf16_attention_out_(env_switch("MIXSIM_BF16_ATTENTION_OUT", false) && bf16_activations_),
+        bf16_branch_outputs_(env_switch("MIXSIM_BF16_BRANCH_OUTPUTS", false) &&
+                             precision == MatmulPrecision::bf16),
         feeds_products_(env_switch("MIXSIM_LAYERNORM_FEEDS_PRODUCT", false)) {}
   std::string_view name() const override {
     return precision_ == MatmulPrecision::bf16 ? "cpu-bf16" : "cpu";
@@ -97,14 +99,16 @@ class CpuBackend final : public Backend {
     cpu::layernorm_forward(o, mean, rstd, inp, weight, bias, N, C);
     narrow(out, o, n);
   }
-  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, TensorIn dout,
                           const float* inp, const float* weight, const float* mean,
                           const float* rstd, int N, int C) override {
     MIXSIM_CHECK(N > 0 && C > 0 && mean && rstd, "layernorm_backward: N={} C={}", N, C);
-    cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    // a bf16 dout (branch_output_storage) widened, exact
+    const float* d = wide(scratch_[0], dout, std::size_t(N) * C);
+    cpu::layernorm_backward(dinp, dweight, dbias, d, inp, weight, mean, rstd, N, C);
   }
   bool layernorm_feeds_products() const override { return feeds_products_; }
-  TensorIn layernorm_backward_feeding(float* dinp, float* dweight, float* dbias, const float* dout,
+  TensorIn layernorm_backward_feeding(float* dinp, float* dweight, float* dbias, TensorIn dout,
                                       const float* inp, const float* weight, const float* mean,
                                       const float* rstd, int N, int C, float* product_dbias,
                                       TensorOut copy) override {
@@ -165,6 +169,9 @@ class CpuBackend final : public Backend {
   bool bf16_weight_copies() const override { return bf16_weights_; }
   DType attention_out_storage() const override {
     return bf16_attention_out_ ? DType::bf16 : DType::fp32;
+  }
+  DType branch_output_storage() const override {
+    return bf16_branch_outputs_ ? DType::bf16 : DType::fp32;
   }
   void store(TensorOut dst, const float* src, std::size_t n) override {
     MIXSIM_CHECK(!bytes_overlap(dst.data, n * element_bytes(dst.type), src, n * sizeof(float)),
@@ -242,6 +249,15 @@ class CpuBackend final : public Backend {
   }
   void residual_forward(float* out, const float* a, const float* b, std::size_t n) override {
     cpu::residual_forward(out, a, b, n);
+  }
+  // The two ops, a bf16 b (a branch's output: branch_output_storage) widened first, exact.
+  void residual_layernorm_forward(float* residual, TensorOut out, float* mean, float* rstd,
+                                  const float* a, TensorIn b, const float* weight,
+                                  const float* bias, int N, int C) override {
+    MIXSIM_CHECK(N > 0 && C > 0, "residual_layernorm_forward: N={} C={}", N, C);
+    const std::size_t n = std::size_t(N) * C;
+    residual_forward(residual, a, wide(scratch_[0], b, n), n);
+    layernorm_forward(out, mean, rstd, residual, weight, bias, N, C);
   }
   void classifier(TensorOut logits_t, float* losses, const int* targets, float dloss,
                   TensorOut dlogits, int N, int V, int Vp) override {
@@ -369,6 +385,10 @@ class CpuBackend final : public Backend {
   // MIXSIM_BF16_ATTENTION_OUT (an opt-in, off unless set to 1; with bf16 activation storage): the
   // model stores attention's output and its gradient in bf16 (attention_out_storage)
   bool bf16_attention_out_;
+  // MIXSIM_BF16_BRANCH_OUTPUTS (an opt-in, off unless set to 1; bf16 precision): the model stores
+  // the projections' outputs and the gradients the LayerNorm backwards read in bf16
+  // (branch_output_storage)
+  bool bf16_branch_outputs_;
   // MIXSIM_LAYERNORM_FEEDS_PRODUCT (an opt-in, off unless set to 1; both backends): the LayerNorm
   // backward that makes the next projection's dout also makes its bias gradient and bf16 operand
   // (layernorm_backward_feeding); here with the very sums and rounding matmul_backward makes, so
