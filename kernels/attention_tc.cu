@@ -16,7 +16,8 @@
 //
 // A block takes kRows = 64 rows of one (batch, head), 16 per warp, and walks the other side in
 // tiles of 64 rows, in two shared-memory stages: while the warps work on one tile, cp.async
-// copies the next into the other stage (one barrier per tile). (The forward can take 128 rows, two
+// copies the next into the other stage (one barrier per tile; two with the fused dq). (The forward
+// can take 128 rows, two
 // groups of 16 a warp: forward_kernel<HS, 2>, MIXSIM_TC_WIDE_FORWARD=1.)
 // - forward: one pass over the key tiles (flash attention): a running max m and sum l per row,
 //   P = exp(scale s - m) rounded to bf16 and accumulated as P V, the sums rescaled by
@@ -26,7 +27,9 @@
 // - backward, as attention.cu: a query-major kernel for dq (dS K; also stores D = dout . out) and a
 //   key-major kernel for dk (dS^T Q) and dv (P^T dout), so that every output row is summed by one
 //   warp in a fixed order: deterministic, no atomics. Both recompute the normalised
-//   P = exp(scale s - lse).
+//   P = exp(scale s - lse). (MIXSIM_ATTENTION_FUSED_DQ=1: the key-major kernel alone, dq summed in
+//   a fixed order through semaphores between blocks, whose grid places come from an atomic ticket
+//   counter: still deterministic, no float atomics; below, at backward_dkdv_kernel.)
 // Rows past T are loaded as zeros and masked; a warp whose rows all lie past T skips the products
 // (uniformly) but still takes part in the block's barriers. scripts/gpu/mma_emulator runs the
 // kernels' index arithmetic lane by lane in numpy.
@@ -700,7 +703,9 @@ constexpr unsigned long long kWaitLimitNs = 20'000'000'000ull;  // 20 s: far pas
 __device__ inline void wait_for(const int* sem, int value) {
   const unsigned long long start = global_ns();
   while (load_acquire(sem) != value) {
-    if (global_ns() - start > kWaitLimitNs) __trap();
+    // (signed: a timer that steps back reads as no time passed, never as a wrapped huge one)
+    if (static_cast<long long>(global_ns() - start) > static_cast<long long>(kWaitLimitNs))
+      __trap();
     __nanosleep(100);
   }
 }
@@ -946,10 +951,29 @@ bool attention_tc_supported(int C, int NH, std::size_t max_shared) {
   std::size_t needed = 0;
   with_head_size(HS, [&](auto hs) {
     constexpr int H = decltype(hs)::value;
-    needed = std::max({mma_sync::forward_shared<H>(), mma_sync::forward_shared<H, 2>(),
-                       mma_sync::backward_shared<H>(), mma_sync::backward_shared<H, true>()});
+    // (the wide forward runs up to HS 64 only; the fused dq is asked separately: an opt-in must
+    // not take the tensor cores from a head size its kernel does not fit)
+    needed =
+        std::max({mma_sync::forward_shared<H>(), H <= 64 ? mma_sync::forward_shared<H, 2>() : 0,
+                  mma_sync::backward_shared<H>()});
   });
   return needed <= max_shared;
+}
+
+bool attention_tc_fused_dq_fits(int C, int NH, std::size_t max_shared) {
+  if (!attention_tc_supported(C, NH, max_shared)) return false;
+  bool fits = false;
+  with_head_size(C / NH, [&](auto hs) {
+    constexpr int H = decltype(hs)::value;
+    // its dynamic shared memory and its static (the ticket), as the kernel was compiled
+    static const std::size_t static_bytes = [] {
+      cudaFuncAttributes attr{};
+      CUDA_CHECK(cudaFuncGetAttributes(&attr, mma_sync::backward_dkdv_kernel<H, float, true>));
+      return std::size_t(attr.sharedSizeBytes);
+    }();
+    fits = mma_sync::backward_shared<H, true>() + static_bytes <= max_shared;
+  });
+  return fits;
 }
 
 std::size_t max_shared_per_block(int device) {

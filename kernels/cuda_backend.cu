@@ -78,7 +78,9 @@ std::shared_ptr<const cublaslt::Choices> builtin_choices() {
 // MIXSIM_CUBLASLT_TUNE_OUT (the file they are written to, with tune only), else
 // MIXSIM_CUBLASLT_CHOICES (the table's choices; on) from MIXSIM_CUBLASLT_CHOICES_FILE or, unset,
 // the table built in.
-cuda::LtOptions lt_options() {
+// The switches are checked whether cuBLASLt runs or not (a typo must not wait for the backend
+// that reads it); the table is read only for one that runs (`load`).
+cuda::LtOptions lt_options(bool load) {
   cuda::LtOptions options;
   options.tune = env_switch("MIXSIM_CUBLASLT_TUNE", false);
   options.tune_out = env_text("MIXSIM_CUBLASLT_TUNE_OUT");
@@ -91,7 +93,11 @@ cuda::LtOptions lt_options() {
   if (!file.empty() && !choices)
     throw UsageError("environment variable MIXSIM_CUBLASLT_CHOICES_FILE=" + file +
                      " with MIXSIM_CUBLASLT_CHOICES=0: unset one of them");
-  if (choices && !options.tune)
+  if (!file.empty() && options.tune)
+    throw UsageError("environment variable MIXSIM_CUBLASLT_CHOICES_FILE=" + file +
+                     " with MIXSIM_CUBLASLT_TUNE=1: tuning times every choice itself and reads no "
+                     "table, so unset one of them");
+  if (load && choices && !options.tune)
     options.choices =
         file.empty() ? builtin_choices()
                      : std::make_shared<const cublaslt::Choices>(cublaslt::Choices::read(file));
@@ -204,8 +210,8 @@ class CudaBackend final : public Backend {
         stream_(),
         cublas_(stream_.get()),
         lt_(env_switch("MIXSIM_CUBLASLT", precision == MatmulPrecision::bf16)
-                ? cuda::make_lt_matmul(lt_options())
-                : nullptr) {}
+                ? cuda::make_lt_matmul(lt_options(true))
+                : (lt_options(false), nullptr)) {}
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());
     cudaFree(workspace_);
@@ -410,10 +416,11 @@ class CudaBackend final : public Backend {
     CUDA_REQUIRE(B > 0 && T > 0 && NH > 0, "attention_backward",
                  cuda::dims({{"B", B}, {"T", T}, {"NH", NH}}));
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
-      cuda::attention_backward_tc(dqkv, dout, qkv, out, lse, B, T, C, NH, heavy_first_, fused_dq_,
-                                  workspace(cuda::attention_tc_workspace(true, qkv.type, dout.type,
-                                                                         B, T, C, NH, fused_dq_)),
-                                  stream_.get());
+      const bool fused = fused_dq_ && cuda::attention_tc_fused_dq_fits(C, NH, max_shared_);
+      cuda::attention_backward_tc(
+          dqkv, dout, qkv, out, lse, B, T, C, NH, heavy_first_, fused,
+          workspace(cuda::attention_tc_workspace(true, qkv.type, dout.type, B, T, C, NH, fused)),
+          stream_.get());
       return;
     }
     // The fp32 kernels read an fp32 out and dout: bf16 ones widened (exact) into the workspace.

@@ -189,6 +189,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 // workspace: attention_tc_workspace.
 std::size_t max_shared_per_block(int device);
 bool attention_tc_supported(int C, int NH, std::size_t max_shared);
+// Whether the fused dq's kernel also fits (MIXSIM_ATTENTION_FUSED_DQ; where it does not, the
+// backward runs the default kernels).
+bool attention_tc_fused_dq_fits(int C, int NH, std::size_t max_shared);
 // backward: D per row, and a bf16 copy of dout where it is stored in fp32 (`dout`, backward only).
 // fused_dq: dq's running sums and the semaphores of the fused dq (backward only).
 std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, int T, int C,

@@ -234,6 +234,25 @@ class LtMatmul {
   bool run(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A, int lda,
            Operand B, int ldb, Output D, int ldd, const Epilogue& ep, Workspace& ws,
            cudaStream_t stream, bool plain = false) {
+    const Key key{m,
+                  n,
+                  k,
+                  ta,
+                  tb,
+                  A.type,
+                  ep.kind,
+                  lda,
+                  ldb,
+                  ldd,
+                  alignment(A.data),
+                  alignment(B.data),
+                  alignment(D.data),
+                  ep.bias ? alignment(ep.bias) : 0,
+                  ep.aux ? alignment(ep.aux) : 0,
+                  ep.aux_ld,
+                  D.type};
+    // a plain product that the table does not name goes back before any descriptor is made
+    if (plain && !tune_ && !table_choice(key)) return false;
     LtDesc desc;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
     set_attribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSA, std::int32_t(ta));
@@ -254,24 +273,6 @@ class LtMatmul {
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(b.out(), B.type, tb_n ? k : n, tb_n ? n : k, ldb));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(d.out(), D.type, m, n, ldd));
 
-    const Key key{m,
-                  n,
-                  k,
-                  ta,
-                  tb,
-                  A.type,
-                  ep.kind,
-                  lda,
-                  ldb,
-                  ldd,
-                  alignment(A.data),
-                  alignment(B.data),
-                  alignment(D.data),
-                  ep.bias ? alignment(ep.bias) : 0,
-                  ep.aux ? alignment(ep.aux) : 0,
-                  ep.aux_ld,
-                  D.type};
-    if (plain && !tune_ && !table_choice(key)) return false;
     auto found = plans_.find(key);
     if (found == plans_.end())
       found = plans_.emplace(key, plan(desc.get(), a.get(), b.get(), d.get(), key)).first;
@@ -281,8 +282,9 @@ class LtMatmul {
       use_.last_fallback = p.reason;
       return false;
     }
-    if (tune_ && !p.ran && p.count > 1)
-      choose(p, key, desc.get(), A, a.get(), B, b.get(), D, d.get(), ws, stream);
+    // every product, also one of a single candidate, so that its choice is in the table and a
+    // process that replays it runs the same algorithm through cuBLASLt
+    if (tune_ && !p.ran) choose(p, key, desc.get(), A, a.get(), B, b.get(), D, d.get(), ws, stream);
     // The scratch comes from a copy of ws: the caller's later takes may reuse those bytes (they
     // run after this product in stream order), so a refused call leaves nothing behind.
     Workspace local = ws;
@@ -318,14 +320,16 @@ class LtMatmul {
 
  private:
   using Key = cublaslt::Key;
-  static constexpr int kCandidates = cublaslt::kMaxPick;  // answers timed with `tune`
+  // the heuristic's answers asked for (every problem: the first is the same whatever the table or
+  // `tune`), and timed with `tune`
+  static constexpr int kCandidates = cublaslt::kMaxPick;
   struct Plan {
     bool found = false;
     cublasLtMatmulAlgo_t algo{};
     std::size_t workspace = 0;
     bool ran = false;    // cublasLtMatmul has accepted it once
     std::string reason;  // why not, when not found
-    // the heuristic's answers in its order (all kCandidates with `tune`, else one), count of them
+    // the heuristic's answers in its order (up to kCandidates), and the count of them
     std::array<cublasLtMatmulHeuristicResult_t, kCandidates> candidates{};
     int count = 0;
   };
@@ -422,9 +426,8 @@ class LtMatmul {
     std::array<cublasLtMatmulHeuristicResult_t, kCandidates> results{};
     int count = 0;
     const cublaslt::Choice* choice = table_choice(key);
-    const cublasStatus_t status =
-        cublasLtMatmulAlgoGetHeuristic(handle_, desc, a, b, d, d, pref.get(),
-                                       tune_ || choice ? kCandidates : 1, results.data(), &count);
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+        handle_, desc, a, b, d, d, pref.get(), kCandidates, results.data(), &count);
     Plan p;
     if (status == CUBLAS_STATUS_SUCCESS)
       for (int i = 0; i < count; ++i)
@@ -636,6 +639,9 @@ void matmul_gelu_forward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision pr
                          int N, int C, int OC, bool gelu_exp2, bool bf16_epilogue, Workspace ws,
                          cudaStream_t stream) {
   check_dims("matmul_gelu_forward", N, C, OC);
+  CUDA_REQUIRE(!bytes_overlap(out.data, std::size_t(N) * OC * element_bytes(out.type), pre.data,
+                              std::size_t(N) * OC * element_bytes(pre.type)),
+               "matmul_gelu_forward", std::string("out overlaps pre"));
   CUDA_REQUIRE(
       pre.type == DType::fp32 || (precision == MatmulPrecision::bf16 && out.type == DType::bf16),
       "matmul_gelu_forward",
@@ -756,6 +762,9 @@ void gelu_matmul_backward(cublasHandle_t handle, LtMatmul* lt, MatmulPrecision p
   check_dims("gelu_matmul_backward", N, C, OC);
   CUDA_REQUIRE(dpre.data != nullptr && pre.data != nullptr, "gelu_matmul_backward",
                std::string("a null dpre or pre"));
+  CUDA_REQUIRE(!bytes_overlap(dpre.data, std::size_t(N) * C * element_bytes(dpre.type), pre.data,
+                              std::size_t(N) * C * element_bytes(pre.type)),
+               "gelu_matmul_backward", std::string("dpre overlaps pre"));
   CUDA_REQUIRE(
       dpre.type == pre.type && (dpre.type == DType::fp32 || precision == MatmulPrecision::bf16),
       "gelu_matmul_backward",

@@ -159,6 +159,25 @@ TEST(CublasLtChoices, WriteAndReadAFile) {
     EXPECT_NE(std::string(e.what()).find("missing.txt: cannot be read"), std::string::npos)
         << e.what();
   }
+  try {  // a directory opens as a stream and reads as nothing: it must not read as an empty table
+    Choices::read(dir.path().string());
+    FAIL() << "a directory was read";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.path().string() + ": cannot be read"),
+              std::string::npos)
+        << e.what();
+  }
+  {  // a table that cannot replace its path (a directory) leaves no PATH.tmp.PID behind
+    const std::filesystem::path sub = dir / "sub";
+    std::filesystem::create_directory(sub);
+    std::ofstream(sub / "keep") << "x";  // (a non-empty directory: rename cannot replace it)
+    EXPECT_THROW(table.write(sub.string()), mixsim::Error);
+    for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
+      EXPECT_TRUE(entry.path().filename() == "choices.txt" || entry.path().filename() == "sub")
+          << entry.path();
+  }
+  std::ofstream(path) << "";
+  EXPECT_EQ(Choices::read(path).size(), 0u);  // an empty file: an empty table
   std::ofstream(path) << "device=x\n";
   try {
     Choices::read(path);

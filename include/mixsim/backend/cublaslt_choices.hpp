@@ -94,13 +94,18 @@ class Choices {
 
   // The table in the file at `path` (UsageError naming it when it cannot be read or parsed).
   static Choices read(const std::string& path) {
+    const auto unreadable = [&path] {
+      return UsageError("cuBLASLt choices file " + path +
+                        ": cannot be read (give an existing table, e.g. one that "
+                        "MIXSIM_CUBLASLT_TUNE_OUT wrote)");
+    };
+    std::error_code ec;  // (a directory opens as a stream, and reads as nothing)
+    if (!std::filesystem::is_regular_file(path, ec)) throw unreadable();
     std::ifstream in(path, std::ios::binary);
-    if (!in)
-      throw UsageError("cuBLASLt choices file " + path +
-                       ": cannot be read (give an existing table, e.g. one that "
-                       "MIXSIM_CUBLASLT_TUNE_OUT wrote)");
+    if (!in) throw unreadable();
     std::ostringstream text;
-    text << in.rdbuf();
+    text << in.rdbuf();  // (an empty file fails this insertion: an empty table)
+    if (in.bad()) throw unreadable();
     return parse(text.str(), path);
   }
 
@@ -143,17 +148,25 @@ class Choices {
   // Writes the text form to `path` through a file beside it (PATH.tmp.PID, as mixsim's HDF5
   // files), renamed over it: a reader never sees half a table, and processes writing the same
   // path at once each rename a whole one. Error naming the path when it cannot.
+  // The file beside it is removed again when the write or the rename fails.
   void write(const std::string& path) const {
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    std::error_code ec;
     {
       std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
       out << format();
-      if (!out.flush())
+      out.close();
+      if (!out) {
+        std::filesystem::remove(tmp, ec);
         throw Error("cuBLASLt choices file " + tmp + ": cannot be written (check the directory)");
+      }
     }
-    std::error_code ec;
     std::filesystem::rename(tmp, path, ec);
-    if (ec) throw Error("cuBLASLt choices file " + path + ": cannot be replaced: " + ec.message());
+    if (ec) {
+      const std::string why = ec.message();
+      std::filesystem::remove(tmp, ec);
+      throw Error("cuBLASLt choices file " + path + ": cannot be replaced: " + why);
+    }
   }
 
   static std::string format_line(const Choice& c) {

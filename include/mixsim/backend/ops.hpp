@@ -261,6 +261,8 @@ class Backend {
 
   // ---- fused softmax + cross-entropy over the first V of Vp logits of each row.
   // losses[i] = -log softmax(logits[i,:V])[targets[i]], or 0 where targets[i] < 0 (skipped).
+  // targets[i] < V is the caller's to ensure (the kernels index with it unchecked; the model's
+  // Gpt::check_batch refuses a batch with a target outside the vocabulary).
   // Unless dlogits is null, dlogits = dloss * (softmax - onehot) on the first V entries and 0 on
   // the padding and on skipped rows (probabilities are never stored). Of fp32 logits: fp32
   // dlogits must be the logits themselves (overwritten in place); bf16 dlogits are a buffer of
