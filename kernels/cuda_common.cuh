@@ -11,8 +11,8 @@
 #include <initializer_list>
 #include <map>
 #include <mutex>
-#include <set>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -172,36 +172,38 @@ __device__ void map_elements(Out* out, std::size_t n4, std::size_t n, F&& f, con
       [&](std::size_t i) { out[i] = narrow<Out>(f(widen(in[i])...)); });
 }
 
+// Raises a function attribute of `kernel` on the current device to `value`, unless a call has
+// already set it to `value` or more: attributes stay set, so each is set once per kernel, device
+// and attribute (at its largest value asked), not at every launch.
+template <class Kernel>
+void raise_attribute(Kernel kernel, cudaFuncAttribute attribute, int value) {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int>, int> set;  // per Kernel type
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto [at, fresh] =
+      set.try_emplace({reinterpret_cast<const void*>(kernel), device, int(attribute)}, 0);
+  if (!fresh && value <= at->second) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, attribute, value));
+  at->second = value;
+}
+
 // A kernel that takes more than the default 48 KiB of dynamic shared memory per block must opt
-// in to it, per kernel (up to the device's limit, cudaDevAttrMaxSharedMemoryPerBlockOptin). The
-// attribute is a maximum that stays set, so it is raised once per kernel and device to the largest
-// size asked so far, not set at every launch (the attention kernels launch three times a layer).
+// in to it, per kernel (up to the device's limit, cudaDevAttrMaxSharedMemoryPerBlockOptin): to
+// the largest size asked so far (the attention kernels launch three times a layer).
 template <class Kernel>
 void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
   if (bytes <= 48 * 1024) return;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, std::size_t> allowed;  // per Kernel type
-  const std::lock_guard<std::mutex> lock(mutex);
-  std::size_t& now = allowed[{reinterpret_cast<const void*>(kernel), device}];
-  if (bytes <= now) return;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  now = bytes;
+  raise_attribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
 }
 
-// Asks for the largest split of L1 and shared memory for `kernel` (once per kernel and device), so
-// that as many of its blocks as their shared memory allows are resident together.
+// Asks for the largest split of L1 and shared memory for `kernel`, so that as many of its blocks
+// as their shared memory allows are resident together.
 template <class Kernel>
 void prefer_shared_memory(Kernel kernel) {
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  static std::mutex mutex;
-  static std::set<std::pair<const void*, int>> done;  // per Kernel type
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (!done.insert({reinterpret_cast<const void*>(kernel), device}).second) return;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                  int(cudaSharedmemCarveoutMaxShared)));
+  raise_attribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                  int(cudaSharedmemCarveoutMaxShared));
 }
 
 // Whether p can be read and written as float4 / uint4 (16-byte vectors).
