@@ -2454,6 +2454,7 @@ TEST_F(CudaOps, Bf16MlpProductOutputs) {
 // against the CPU's GELU of the GPU's pre within 5e-3 relative L2, the bound of the bf16 DGELU
 // epilogue there (bf16's own rounding is ~1.1e-3 RMS); a missing bias or GELU is off by O(1). The
 // product must have run fused (one product, no fallback), and the backend must report the opt-in.
+// Where cuBLASLt refuses the epilogue, the default's path runs, counted as a fallback.
 TEST_F(CudaOps, Bf16GeluEpilogue) {
   auto ref = make_cpu_backend(MatmulPrecision::bf16);
   std::unique_ptr<Backend> gpu;
@@ -2480,6 +2481,25 @@ TEST_F(CudaOps, Bf16GeluEpilogue) {
   const double e = rel_l2(Pair{widened(bf16_gelu_of(*ref, pre)), widened(out)});
   std::printf("bf16 GELU epilogue, out: relative L2 to cpu-bf16's GELU of the same pre %.3e\n", e);
   EXPECT_LT(e, 5e-3);
+  // Its fallback: an fc layer of 4C + 4 = 292 columns, not a multiple of 8, which cuBLASLt's GELU
+  // epilogue refuses: one more fallback than the default takes, and then the default's path (the
+  // bias, rounded once, and the GELU kernel): pre and out bit for bit the default backend's.
+  const int odd = H + 4;
+  const auto wo = random_floats(std::size_t(odd) * C, 164, 1 / std::sqrt(double(C))),
+             bo = random_floats(odd, 165);
+  std::unique_ptr<Backend> fresh;
+  {
+    mixsim::testing::ScopedEnv on("MIXSIM_BF16_GELU_EPILOGUE", "1");
+    fresh = cuda_bf16_with("", "1", "");
+  }
+  auto plain = cuda_bf16_with("", "1", "");
+  const auto with = bf16_mlp_forward(*fresh, x, wo, bo, odd),
+             without = bf16_mlp_forward(*plain, x, wo, bo, odd);
+  EXPECT_EQ(with.first, without.first) << "pre after the fallback";
+  EXPECT_EQ(with.second, without.second) << "out after the fallback";
+  EXPECT_EQ(cublaslt_use(*fresh).fallbacks, cublaslt_use(*plain).fallbacks + 1);
+  EXPECT_NE(cublaslt_use(*fresh).last_fallback.find("needs OC divisible by 8"), std::string::npos)
+      << cublaslt_use(*fresh).last_fallback;
 }
 
 // 20 training steps with the bf16 GELU epilogue, as Bf16TensorCoreAttentionTrainingFollowsCpu (the
