@@ -37,9 +37,12 @@ std::vector<float> random_floats(std::size_t n, std::uint64_t seed) {
 
 // cpu-bf16 made with the environment's MIXSIM_TC_ATTENTION set to `tc`: "1" rounds attention as
 // the tensor-core kernels do (the default), "0" leaves it fp32; each test says which it needs,
-// whatever the caller's environment holds. MIXSIM_BF16_OUTPUTS likewise ("" its default, on).
-std::unique_ptr<Backend> cpu_bf16_with_tc(const char* tc, const char* outputs = "") {
-  mixsim::testing::ScopedEnv env("MIXSIM_TC_ATTENTION", tc), out("MIXSIM_BF16_OUTPUTS", outputs);
+// whatever the caller's environment holds. MIXSIM_BF16_OUTPUTS and MIXSIM_BF16_BRANCH_OUTPUTS
+// likewise ("" their defaults: on, and off).
+std::unique_ptr<Backend> cpu_bf16_with_tc(const char* tc, const char* outputs = "",
+                                          const char* branch_outputs = "") {
+  mixsim::testing::ScopedEnv env("MIXSIM_TC_ATTENTION", tc), out("MIXSIM_BF16_OUTPUTS", outputs),
+      branch("MIXSIM_BF16_BRANCH_OUTPUTS", branch_outputs);
   return make_cpu_backend(MatmulPrecision::bf16);
 }
 
@@ -853,8 +856,9 @@ TEST(CpuBf16, Bf16BranchOutputs) {
 // write fp32 here (MIXSIM_BF16_OUTPUTS=0): with bf16 storage they would write their outputs in
 // bf16 themselves (rounding the bias first), which does change results (Bf16ProductOutputsModel).
 TEST(CpuBf16, Bf16QkvStorageChangesNothing) {
-  auto tc = cpu_bf16_with_tc("1", "0");
-  auto plain = cpu_bf16_with_tc("0", "0");  // its attention reads fp32 rows
+  // (products writing fp32, and no branch output rounded: the storage must change nothing)
+  auto tc = cpu_bf16_with_tc("1", "0", "0");
+  auto plain = cpu_bf16_with_tc("0", "0", "0");  // its attention reads fp32 rows
   const int B = 2, T = 37, C = 64, NH = 2;  // HS 32
   EXPECT_TRUE(tc->attention_rounds_qkv(C, NH));
   EXPECT_FALSE(tc->attention_rounds_qkv(72, 3));  // HS 24
@@ -918,7 +922,8 @@ TEST(CpuBf16, Bf16StorageOfProductOperandsChangesNothing) {
   auto run = [&](Backend& be, DType storage) {
     return one_step(be, cfg, batch, b, t, 208, storage);
   };
-  auto bf16 = cpu_bf16_with_tc("1", "0");  // products writing fp32, as Bf16QkvStorageChangesNothing
+  // products writing fp32 and no branch output rounded, as Bf16QkvStorageChangesNothing
+  auto bf16 = cpu_bf16_with_tc("1", "0", "0");
   const Step a = run(*bf16, DType::fp32), s = run(*bf16, DType::bf16);
   EXPECT_EQ(a.loss, s.loss);
   EXPECT_EQ(a.grads, s.grads);
