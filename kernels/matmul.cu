@@ -18,9 +18,11 @@
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <map>
 
 #include "launchers.cuh"
@@ -334,47 +336,51 @@ class LtMatmul {
     int count = 0;
   };
 
-  // Times each candidate of p (a warm-up call, then the mean of kReps) on this call's operands
-  // and makes the fastest p's algorithm; one that cuBLASLt refuses is passed over. The calls
-  // write D (and a GELU_AUX epilogue's aux matrix) as the call that follows will again. With
-  // tune_out, the choice goes into that file's table at once.
+  // Times each candidate of p on this call's operands and makes the fastest p's algorithm: a
+  // warm-up call of each, then kRounds rounds over all of them, each timing kReps calls, and each
+  // candidate's best round counts (rounds, so that a clock still rising while the first
+  // candidates run does not count against them). One that cuBLASLt refuses is passed over. The
+  // calls write D (and a GELU_AUX epilogue's aux matrix) as the call that follows will again.
+  // With tune_out, the choice goes into that file's table at once.
   void choose(Plan& p, const Key& key, cublasLtMatmulDesc_t desc, Operand A,
               cublasLtMatrixLayout_t a, Operand B, cublasLtMatrixLayout_t b, Output D,
               cublasLtMatrixLayout_t d, const Workspace& ws, cudaStream_t stream) {
-    constexpr int kReps = 3;
+    constexpr int kReps = 3, kRounds = 3;
     const float alpha = 1.f, beta = 0.f;
-    TimingEvent start, stop;
-    float best = 0.f, first = 0.f;
-    int chosen = -1;
-    for (int i = 0; i < p.count; ++i) {
+    const auto call = [&](int i) {
       const cublasLtMatmulHeuristicResult_t& c = p.candidates[i];
       Workspace local = ws;
       void* scratch = c.workspaceSize ? local.take<char>(c.workspaceSize) : nullptr;
-      const auto call = [&] {
-        return cublasLtMatmul(handle_, desc, &alpha, A.data, a, B.data, b, &beta, D.data, d, D.data,
-                              d, &c.algo, scratch, c.workspaceSize, stream);
-      };
-      if (call() != CUBLAS_STATUS_SUCCESS) continue;  // refused: nothing ran
-      CUDA_CHECK(cudaEventRecord(start.e, stream));
-      for (int r = 0; r < kReps; ++r) CUBLAS_CHECK(call());
-      CUDA_CHECK(cudaEventRecord(stop.e, stream));
-      CUDA_CHECK(cudaEventSynchronize(stop.e));
-      float ms = 0.f;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, start.e, stop.e));
-      if (i == 0) first = ms;
-      if (chosen < 0 || ms < best) {
-        best = ms;
-        chosen = i;
+      return cublasLtMatmul(handle_, desc, &alpha, A.data, a, B.data, b, &beta, D.data, d, D.data,
+                            d, &c.algo, scratch, c.workspaceSize, stream);
+    };
+    // each candidate's best round in ms; negative where cuBLASLt refused it (nothing ran)
+    std::array<float, kCandidates> best{};
+    for (int i = 0; i < p.count; ++i)
+      best[i] = call(i) == CUBLAS_STATUS_SUCCESS ? std::numeric_limits<float>::infinity() : -1.f;
+    TimingEvent start, stop;
+    for (int round = 0; round < kRounds; ++round)
+      for (int i = 0; i < p.count; ++i) {
+        if (best[i] < 0) continue;
+        CUDA_CHECK(cudaEventRecord(start.e, stream));
+        for (int r = 0; r < kReps; ++r) CUBLAS_CHECK(call(i));
+        CUDA_CHECK(cudaEventRecord(stop.e, stream));
+        CUDA_CHECK(cudaEventSynchronize(stop.e));
+        float ms = 0.f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, start.e, stop.e));
+        best[i] = std::min(best[i], ms);
       }
-    }
+    int chosen = -1;
+    for (int i = 0; i < p.count; ++i)
+      if (best[i] >= 0 && (chosen < 0 || best[i] < best[chosen])) chosen = i;
     if (chosen < 0) return;
     p.algo = p.candidates[chosen].algo;
     p.workspace = p.candidates[chosen].workspaceSize;
     ++use_.tuned;
     if (tune_out_.empty()) return;
     cublaslt::Choice c{device_, version_, key, chosen, config_of(p.algo)};
-    c.us = 1e3 * best / kReps;
-    c.first_us = 1e3 * first / kReps;  // (0 when cuBLASLt refused its first answer)
+    c.us = 1e3 * best[chosen] / kReps;
+    c.first_us = best[0] >= 0 ? 1e3 * best[0] / kReps : 0.f;  // (0: cuBLASLt refused it)
     timed_.put(std::move(c));
     timed_.write(tune_out_);
   }
