@@ -1978,12 +1978,24 @@ std::size_t unwritten(const std::vector<float>& x) {
 struct AttentionRun {
   std::vector<float> out, lse, dqkv;
 };
+// bf16_io: out stored in bf16 and dout given in bf16 (bits_of(dout)), as the model hands them over
+// with MIXSIM_BF16_ATTENTION_OUT=1; `out` is then the stored values widened.
 AttentionRun attention_run(Backend& be, const AttentionShape& s, const std::vector<float>& qkv,
-                           const std::vector<float>& dout, DType dqkv_type) {
+                           const std::vector<float>& dout, DType dqkv_type, bool bf16_io = false) {
   const std::size_t rows = std::size_t(s.B) * s.T;
   auto dq = put(be, qkv), dd = put(be, dout);
-  auto out = put(be, std::vector<float>(rows * s.C, kUnwritten));
   auto lse = put(be, std::vector<float>(std::size_t(s.B) * s.NH * s.T, kUnwritten));
+  if (bf16_io) {
+    DeviceBuffer<std::uint16_t> out16(be, rows * s.C);
+    auto dout16 = put(be, bits_of(dout));
+    be.attention_forward({out16.get(), DType::bf16}, lse.get(), dq.get(), s.B, s.T, s.C, s.NH);
+    auto g = put(be, std::vector<float>(rows * 3 * s.C, kUnwritten));
+    be.attention_backward(g.get(), TensorIn(dout16.get(), DType::bf16), dq.get(),
+                          TensorIn(out16.get(), DType::bf16), lse.get(), s.B, s.T, s.C, s.NH);
+    return {widened(fetch(be, out16.get(), out16.size())), fetch(be, lse.get(), lse.size()),
+            fetch(be, g.get(), g.size())};
+  }
+  auto out = put(be, std::vector<float>(rows * s.C, kUnwritten));
   be.attention_forward(out.get(), lse.get(), dq.get(), s.B, s.T, s.C, s.NH);
   auto g32 = put(be, std::vector<float>(rows * 3 * s.C, kUnwritten));
   DeviceBuffer<std::uint16_t> g16(be, rows * 3 * s.C);
@@ -2058,8 +2070,10 @@ TEST_F(CudaOps, HeavyFirstIsBitIdentical) {
 //   the bound the default is held to against cpu-bf16 (Bf16TensorCoreAttention);
 // - every element of dqkv written.
 // Shapes as HeavyFirstIsBitIdentical's, plus 32 query tiles of one head (a long chain of
-// semaphores) and a GPT-2 layer at B 4 (768 blocks, more than an SM array holds at once: later
-// blocks wait on earlier ones that are still running).
+// semaphores), a GPT-2 layer at B 4 (768 blocks, more than an SM array holds at once: later
+// blocks wait on earlier ones that are still running), and head sizes 48, 80, 96 and 112 (the
+// tile copies' loop form). With a bf16 out and dout too (MIXSIM_BF16_ATTENTION_OUT=1's
+// hand-over), fp32 dqkv, under the same bound.
 TEST_F(CudaOps, FusedDqFollowsTheDefault) {
   auto plain = cuda_bf16_with("1", "", "");
   std::unique_ptr<Backend> fused, fused_hf;
@@ -2074,7 +2088,8 @@ TEST_F(CudaOps, FusedDqFollowsTheDefault) {
   EXPECT_FALSE(cuda_kernel_choices(*plain).fused_dq);
   const AttentionShape shapes[] = {
       {3, 70, 128, 2},   {2, 150, 192, 3}, {3, 1, 32, 2},     {1, 300, 64, 1},    {2, 200, 512, 4},
-      {1, 256, 768, 12}, {2, 100, 256, 2}, {1, 2048, 128, 2}, {4, 1024, 768, 12},
+      {1, 256, 768, 12}, {2, 100, 256, 2}, {1, 2048, 128, 2}, {4, 1024, 768, 12}, {2, 77, 96, 2},
+      {1, 90, 160, 2},   {2, 130, 192, 2}, {1, 100, 224, 2},
   };
   for (const AttentionShape& s : shapes) {
     const std::string what = "fused dq " + shape_name(s);
@@ -2109,6 +2124,17 @@ TEST_F(CudaOps, FusedDqFollowsTheDefault) {
         EXPECT_LT(e, bound) << with << ": d"
                             << "qkv"[part];
       }
+    }
+    {  // a bf16 out and dout
+      const std::string with = what + ", bf16 out and dout";
+      const std::vector<float> g0 = attention_run(*plain, s, qkv, dout, DType::fp32, true).dqkv,
+                               g1 = attention_run(*fused, s, qkv, dout, DType::fp32, true).dqkv,
+                               g3 = attention_run(*fused_hf, s, qkv, dout, DType::fp32, true).dqkv;
+      expect_identical(Pair{g1, g3}, with + ": heavy-first grid");
+      EXPECT_EQ(unwritten(g1), 0u) << with << ": left unwritten";
+      for (int part = 0; part < 3; ++part)
+        EXPECT_LT(rel_l2(Pair{part_of(g0, part), part_of(g1, part)}), 3e-5) << with << ": d"
+                                                                            << "qkv"[part];
     }
   }
 }
