@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "../support/bf16_vectors.hpp"
 #include "../support/scoped_env.hpp"
 #include "mixsim/backend/cublaslt_choices.hpp"
 #include "mixsim/backend/cuda.hpp"
@@ -35,6 +36,8 @@
 #include "mixsim/model/optimizer.hpp"
 
 using namespace mixsim;
+using mixsim::testing::bits_of;
+using mixsim::testing::widened;
 
 namespace {
 
@@ -72,13 +75,6 @@ std::vector<T> fetch(Backend& be, const T* ptr, std::size_t count) {
   std::vector<T> host(count);
   be.download(host.data(), ptr, count * sizeof(T));
   return host;
-}
-
-// bf16 bits as the values they hold (exact).
-std::vector<float> widened(const std::vector<std::uint16_t>& bits) {
-  std::vector<float> v(bits.size());
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_value(bits[i]);
-  return v;
 }
 
 // A buffer on `be` holding `host`.
@@ -1640,12 +1636,6 @@ TEST_F(CudaOps, CublasLtTrainingFollowsCpuAndIsDeterministic) {
 // ---- bf16 storage of the tensors only products read (MIXSIM_BF16_ACTIVATIONS=1)
 
 namespace {
-
-std::vector<std::uint16_t> bits_of(const std::vector<float>& x) {
-  std::vector<std::uint16_t> b(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) b[i] = bf16_bits(x[i]);
-  return b;
-}
 
 // What an op writes as bf16 is, bit for bit, its fp32 result on the same backend rounded to
 // nearest even (the GPU rounds as it stores; the fp32 results themselves are compared with the

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../../bench/timed_backend.hpp"
+#include "../support/bf16_vectors.hpp"
 #include "../support/scoped_env.hpp"
 #include "mixsim/backend/ops.hpp"
 #include "mixsim/core/bf16.hpp"
@@ -25,6 +26,8 @@
 #include "mixsim/model/optimizer.hpp"
 
 using namespace mixsim;
+using mixsim::testing::bits_of;
+using mixsim::testing::widened;
 
 namespace {
 
@@ -401,16 +404,6 @@ TEST(CpuBf16, TrainingWithBf16AttentionFollowsFp32) {
 
 // ---- bf16 storage of the tensors only products read (Backend::activation_storage)
 
-namespace {
-
-std::vector<std::uint16_t> bits_of(const std::vector<float>& x) {
-  std::vector<std::uint16_t> b(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) b[i] = bf16_bits(x[i]);
-  return b;
-}
-
-}  // namespace
-
 // Each op that can write bf16 writes exactly its fp32 result rounded to nearest even; the
 // classifier leaves the logits as they were when its dlogits are a bf16 buffer of their own (and
 // refuses bf16 dlogits overlapping the logits, fp32 ones apart from them); a product reading a
@@ -461,8 +454,7 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
     // gradient of their widened values (rounded); null dlogits leave them as they are
     std::vector<std::uint16_t> l16 = bits_of(logits0);
     const std::vector<std::uint16_t> l16_0 = l16;
-    std::vector<float> lwide(l16.size()), wl(n), wl16(n);
-    for (std::size_t i = 0; i < l16.size(); ++i) lwide[i] = bf16_value(l16[i]);
+    std::vector<float> lwide = widened(l16), wl(n), wl16(n);
     be->classifier({l16.data(), DType::bf16}, wl16.data(), targets.data(), 0.5f, nullptr, n, v, vp);
     EXPECT_EQ(l16, l16_0);
     be->classifier(lwide.data(), wl.data(), targets.data(), 0.5f, lwide.data(), n, v, vp);
@@ -476,8 +468,7 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
                  Error);  // not in place
 
     // products from a bf16 tensor = products from its widened values
-    std::vector<float> wide(ln16.size());
-    for (std::size_t i = 0; i < wide.size(); ++i) wide[i] = bf16_value(ln16[i]);
+    const std::vector<float> wide = widened(ln16);
     const auto wm = random_floats(std::size_t(OC) * c, 205);
     const auto dout = random_floats(std::size_t(n) * OC, 206);
     const TensorIn in16{ln16.data(), DType::bf16};
@@ -486,8 +477,7 @@ TEST(CpuBf16, OpsStoreBf16AsTheirFp32ResultRounded) {
     be->matmul_forward(o2.data(), wide.data(), wm.data(), nullptr, n, c, OC);
     EXPECT_EQ(o1, o2);
     const auto dout16 = bits_of(dout);
-    std::vector<float> dout_wide(dout.size());
-    for (std::size_t i = 0; i < dout.size(); ++i) dout_wide[i] = bf16_value(dout16[i]);
+    const std::vector<float> dout_wide = widened(dout16);
     std::vector<float> di1(x.size()), di2(x.size()), dw1(wm.size(), 0.5f), dw2(dw1);
     be->matmul_backward(di1.data(), dw1.data(), nullptr, {dout16.data(), DType::bf16}, in16,
                         wm.data(), n, c, OC);
@@ -552,8 +542,8 @@ TEST(CpuBf16, MlpWithBf16PreAndItsGradient) {
   std::vector<std::uint16_t> want(pre16.size());
   be->matmul_forward({want.data(), DType::bf16}, x.data(), w.data(), bias.data(), n, c, h);
   EXPECT_EQ(pre16, want);
-  std::vector<float> pre(pre16.size()), g(pre16.size());
-  for (std::size_t i = 0; i < pre.size(); ++i) pre[i] = bf16_value(pre16[i]);
+  const std::vector<float> pre = widened(pre16);
+  std::vector<float> g(pre16.size());
   be->gelu_forward(g.data(), pre.data(), g.size());
   EXPECT_EQ(out16, bits_of(g));
 
@@ -694,15 +684,14 @@ TEST(CpuBf16, Bf16AttentionOutput) {
                            s.NH);
     EXPECT_EQ(out16, bits_of(out)) << what;
     EXPECT_EQ(lse16, lse) << what;
-    std::vector<float> widened(n), d16(rows * 3 * s.C), d32(rows * 3 * s.C);
-    for (std::size_t i = 0; i < n; ++i) widened[i] = bf16_value(out16[i]);
+    const std::vector<float> out_wide = widened(out16);
+    std::vector<float> d16(rows * 3 * s.C), d32(rows * 3 * s.C);
     // the gradient too: out and dout both bf16 against their widened values
     const std::vector<std::uint16_t> dout16 = bits_of(dout);
-    std::vector<float> dout_widened(n);
-    for (std::size_t i = 0; i < n; ++i) dout_widened[i] = bf16_value(dout16[i]);
+    const std::vector<float> dout_widened = widened(dout16);
     b16->attention_backward(d16.data(), TensorIn(dout16.data(), DType::bf16), qkv.data(),
                             TensorIn(out16.data(), DType::bf16), lse.data(), s.B, s.T, s.C, s.NH);
-    plain->attention_backward(d32.data(), dout_widened.data(), qkv.data(), widened.data(),
+    plain->attention_backward(d32.data(), dout_widened.data(), qkv.data(), out_wide.data(),
                               lse.data(), s.B, s.T, s.C, s.NH);
     EXPECT_EQ(d16, d32) << what;
   }
@@ -759,8 +748,7 @@ TEST(CpuBf16, Bf16BranchOutputs) {
   const std::size_t n = std::size_t(rows) * c;
   const auto a = random_floats(n, 241), w = random_floats(c, 242), bias = random_floats(c, 243);
   const std::vector<std::uint16_t> b_bits = bits_of(random_floats(n, 244));
-  std::vector<float> b_wide(n);
-  for (std::size_t i = 0; i < n; ++i) b_wide[i] = bf16_value(b_bits[i]);
+  const std::vector<float> b_wide = widened(b_bits);
   {  // the residual add and LayerNorm: residual, out, mean and rstd
     std::vector<float> r16(n), r32(n), o16(n), o32(n), m16(rows), m32(rows), s16(rows), s32(rows);
     b16->residual_layernorm_forward(r16.data(), o16.data(), m16.data(), s16.data(), a.data(),
