@@ -192,6 +192,10 @@ class TimedBackend final : public Backend {
     double seconds = 0, flops = 0;
   };
 
+  // Counts a call of op that reads t, where t is bf16 (bf16_calls).
+  void count_bf16(const char* op, TensorIn t) {
+    if (t.type == DType::bf16) ++bf16_calls_[op];
+  }
   template <class Fn>
   void time(const char* op, Fn&& fn, const Shape& shape = {}) {
     Stopwatch w;
@@ -211,9 +215,6 @@ class TimedBackend final : public Backend {
   std::map<std::string, double> totals_;
   std::map<std::string, std::size_t> calls_;
   std::map<std::string, std::size_t> bf16_calls_;
-  void count_bf16(const char* op, TensorIn t) {
-    if (t.type == DType::bf16) ++bf16_calls_[op];
-  }
   std::map<std::string, Shaped> shapes_;
 };
 

@@ -60,6 +60,15 @@ void typed(TensorIn t, Fn&& fn) {
     fn(static_cast<const float*>(t.data));
 }
 
+// aligned_to<K> of a tensor's data as the type it stores (K elements: four floats are 16 bytes,
+// four bf16 8); a null tensor counts as aligned.
+template <int K>
+bool stored_aligned_to(TensorIn t) {
+  bool aligned = false;
+  typed(t, [&](auto* p) { aligned = aligned_to<K>(p); });
+  return aligned;
+}
+
 // Parameter gradients summed over rows are formed as partial sums over chunks of this many rows,
 // then the partials are added in chunk order: fixed order, no atomics (reduce.cu).
 constexpr int kRowChunk = 256;

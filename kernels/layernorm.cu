@@ -399,14 +399,10 @@ void launch_layernorm_forward(TensorOut out, float* mean, float* rstd, const flo
     typed(out, [&](auto* o) { typed(add, [&](auto* a) { fn(o, a); }); });
   };
   // the vec4 kernel where asked and every row starts at a multiple of four elements
-  const bool add_aligned =
-      add.type == DType::fp32
-          ? aligned_to<4>(static_cast<const float*>(add.data), sum_out)
-          : aligned_to<4>(static_cast<const __nv_bfloat16*>(add.data)) && aligned_to<4>(sum_out);
   if (vec4 && C % 4 == 0 && C <= kWarpSize * kForwardMaxPerLane &&
-      aligned_to<4>(inp, weight, bias) && (!add.data || add_aligned) &&
-      (out.type == DType::fp32 ? aligned_to<4>(static_cast<const float*>(out.data))
-                               : aligned_to<4>(static_cast<const __nv_bfloat16*>(out.data)))) {
+      aligned_to<4>(inp, weight, bias) &&
+      (!add.data || (stored_aligned_to<4>(add) && aligned_to<4>(sum_out))) &&
+      stored_aligned_to<4>(out)) {
     with_groups_per_lane(C, [&](auto groups) {
       with_types([&](auto* o, auto* a) {
         layernorm_forward_rows_kernel<decltype(groups)::value, 4>
@@ -495,9 +491,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, TensorIn dout
     };
     // the vec4 kernel where asked and every row starts at a multiple of four elements (shared
     // memory's rows of C floats then do too; a bf16 copy's rows at multiples of four elements)
-    bool dout_aligned = false;
-    typed(dout, [&](auto* d) { dout_aligned = aligned_to<4>(d); });
-    if (vec4 && C % 4 == 0 && dout_aligned && aligned_to<4>(dinp, inp, weight) &&
+    if (vec4 && C % 4 == 0 && stored_aligned_to<4>(dout) && aligned_to<4>(dinp, inp, weight) &&
         (!copy || aligned_to<4>(copy))) {
       with_groups_per_lane(C, [&](auto groups) {
         constexpr int G = decltype(groups)::value;
