@@ -15,7 +15,7 @@ if(NOT _cuda_mode STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES 80 90)  # A100 and H100/H200
+      set(CMAKE_CUDA_ARCHITECTURES 80 90a)  # A100; H100/H200 with their sm_90a instructions (wgmma)
     endif()
     enable_language(CUDA)
     # CMake 3.25 predates nvcc 13 and does not know its C++20 flag; tell it (nvcc 12+ has it).

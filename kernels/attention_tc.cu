@@ -39,6 +39,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <type_traits>
 
 #include "launchers.cuh"
@@ -886,6 +888,239 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
 
 }  // namespace mma_sync
 
+// ---- The forward on Hopper's warpgroup products (MIXSIM_ATTENTION_WGMMA=1; sm_90a, head sizes 64
+// and 128; written without a GPU at hand). A block's four warps are one warpgroup, and its 64 rows
+// are one wgmma M of 64: S = Q K^T is four (HS 64) or eight (HS 128) wgmma.m64n64k16 reading Q
+// and the key tile from shared memory through descriptors, and P V is wgmma.m64n64k16 with P's A
+// fragments from registers (the same fragments as mma_sync's to_fragments) and the value tile
+// from shared memory, once or twice per 16 keys (each 64 columns of HS). No ldmatrix: the
+// products read shared memory themselves, so a warp issues 8 (HS 64) instructions per tile where
+// mma_sync issues 64 mma and 36 ldmatrix. Each warp's accumulator rows are those of mma.m16n8
+// tiles (wgmma's D fragment: warp w holds rows 16w..16w+15, d[4n + v] the c[v] of columns
+// 8n..8n+7), so the mask, the online softmax and the stores are mma_sync's, and so are the
+// roundings (P to bf16; the sums' order within one product is the hardware's in both).
+//
+// Shared memory, 1024-byte aligned: tiles of 64 rows as columns of 128-byte "atoms" (64
+// elements), the 16-byte piece c of row r at (c / 8) 8192 + 128 r + 16 ((c % 8) ^ (r % 8)): the
+// 128-byte swizzle, which wgmma applies to the address bits (bits 4-6 XOR bits 7-9) and which
+// also keeps the copies free of bank conflicts. Descriptors (PTX ISA, "Matrix Descriptor Format";
+// the canonical layouts as CUTLASS's make_gmma_desc states them): Q and the keys "K-major" (the
+// reduced dimension HS contiguous), eight-row groups 1024 bytes apart (SBO), a k-step of 16 at
+// +32 bytes within an atom; the values "MN-major" (HS contiguous, the reduced keys as rows,
+// transposed: imm-trans-b 1), eight-key groups 1024 apart (SBO), a k-step of 16 keys at +2048.
+// The copies are cp.async (the generic proxy); each thread fences them to the async proxy
+// (fence.proxy.async) after its wait and before the barrier that publishes the tile.
+namespace wgmma {
+
+constexpr std::uint32_t kAtomBytes = kRows * 128;  // a tile's 64 rows of one 128-byte atom
+template <int HS>
+__host__ __device__ constexpr std::uint32_t tile_bytes() {
+  return (HS / 64) * kAtomBytes;
+}
+template <int HS>
+constexpr std::size_t forward_shared() {  // Q, and keys and values per stage; 1024 to align
+  return (1 + 2 * mma_sync::kStages) * tile_bytes<HS>() + 1024;
+}
+
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// The byte of piece c (16 bytes, elements 8c..8c+7) of row r in a swizzled tile.
+__device__ inline std::uint32_t swizzled(int r, int c) {
+  return std::uint32_t((c / 8) * kAtomBytes + r * 128 + (((c % 8) ^ (r % 8)) << 4));
+}
+
+// Starts the tile at shared address `tile`: row r = src[(first + r) * stride ..] for the kRows
+// rows from `first`, zero past T (as mma_sync::load_tile, into the swizzled layout).
+template <int HS>
+__device__ inline void load_tile(std::uint32_t tile, const bf16* src, std::size_t stride, int first,
+                                 int T) {
+  constexpr int kPieces = HS / 8;
+  constexpr int kRowStep = kThreads / kPieces;
+  const int r0 = int(threadIdx.x) / kPieces, c = int(threadIdx.x) % kPieces;
+#pragma unroll
+  for (int i = 0; i < kRows / kRowStep; ++i) {
+    const int r = r0 + i * kRowStep, row = first + r;
+    const bool valid = row < T;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :
+                 : "r"(tile + swizzled(r, c)),
+                   "l"(src + (valid ? std::size_t(row) * stride + c * 8 : 0)), "r"(valid ? 16 : 0)
+                 : "memory");
+  }
+}
+
+// A shared-memory matrix descriptor with the 128-byte swizzle; byte offsets as multiples of 16.
+// lbo: K-major, unused (16, CUTLASS's "assumed 1"); MN-major, the step to the next 64-column
+// atom (a tile's 64 rows further), which an n64 product never takes.
+__device__ inline std::uint64_t descriptor(std::uint32_t address, std::uint32_t lbo,
+                                           std::uint32_t sbo) {
+  return std::uint64_t((address & 0x3FFFF) >> 4) | std::uint64_t(lbo >> 4) << 16 |
+         std::uint64_t(sbo >> 4) << 32 | std::uint64_t(1) << 62;
+}
+
+__device__ inline void fence_async_proxy() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ inline void fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ inline void commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ inline void wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Keeps the compiler from moving the registers' other uses (the accumulators', and the A
+// fragments' packing) across the products' issue and wait.
+template <int N>
+__device__ inline void fence_registers(float (&r)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n)
+#pragma unroll
+    for (int v = 0; v < 4; ++v) asm volatile("" : "+f"(r[n][v])::"memory");
+}
+__device__ inline void fence_registers(std::uint32_t (&r)[4][4]) {
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int v = 0; v < 4; ++v) asm volatile("" : "+r"(r[n][v])::"memory");
+}
+
+#define MIXSIM_WGMMA_D32                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define MIXSIM_WGMMA_OUT32(d)                                                                   \
+  "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),     \
+      "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
+      "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), \
+      "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), \
+      "+f"(d[7][2]), "+f"(d[7][3])
+
+// d (64 x 64 over the warpgroup; the warp's 16 rows as 8 accumulator tiles) = (add ? d : 0) +
+// a b^T: a (64 x 16) and b (64 x 16), both K-major, from descriptors.
+__device__ inline void product_ss(float (&d)[8][4], std::uint64_t a, std::uint64_t b, int add) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " MIXSIM_WGMMA_D32
+      ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : MIXSIM_WGMMA_OUT32(d)
+      : "l"(a), "l"(b), "r"(add));
+}
+// d (64 x 64) += a b: a (64 x 16) as the warp's A fragment registers, b (16 x 64) MN-major from a
+// descriptor (transposed).
+__device__ inline void product_rs(float (&d)[8][4], const std::uint32_t (&a)[4], std::uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " MIXSIM_WGMMA_D32
+      ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : MIXSIM_WGMMA_OUT32(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+#undef MIXSIM_WGMMA_OUT32
+#undef MIXSIM_WGMMA_D32
+
+// s = q k^T for the block's 64 rows and a tile's 64 keys (swizzled tiles at q and k), waited for.
+template <int HS>
+__device__ inline void scores(float (&s)[8][4], std::uint32_t q, std::uint32_t k) {
+  fence_registers(s);
+  fence();
+#pragma unroll
+  for (int kk = 0; kk < HS / 16; ++kk) {
+    const std::uint32_t at = (kk / 4) * kAtomBytes + (kk % 4) * 32;
+    product_ss(s, descriptor(q + at, 16, 1024), descriptor(k + at, 16, 1024), kk > 0);
+  }
+  commit();
+  wait_all();
+  fence_registers(s);
+}
+
+// acc (the warp's 16 rows x HS) += p (16 x 64, A fragments) v (a tile's 64 keys x HS), waited for.
+template <int HS>
+__device__ inline void accumulate(float (&acc)[HS / 8][4], std::uint32_t (&p)[4][4],
+                                  std::uint32_t v) {
+  auto& halves = reinterpret_cast<float(&)[HS / 64][8][4]>(acc);
+  fence_registers(acc);
+  fence_registers(p);
+  fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int h = 0; h < HS / 64; ++h)
+      product_rs(halves[h], p[kk], descriptor(v + h * kAtomBytes + kk * 2048, kAtomBytes, 1024));
+  commit();
+  wait_all();
+  fence_registers(acc);
+  fence_registers(p);
+}
+
+#endif  // the sm_90a device code (and the host pass)
+
+// The forward pass of forward_kernel<HS, 1> (the same rows per block, the same tiles in the same
+// order, the same mask, softmax, roundings and stores), its products on wgmma. Every warp of the
+// warpgroup takes part in every product, so warps whose rows lie past T compute them too (their
+// queries are zeros, every score masked) and store nothing.
+template <int HS>
+__global__ void __launch_bounds__(kThreads, HS <= 64 ? 4 : 2)
+    forward_kernel(void* out, bool out_bf16, float* lse, const bf16* qkv, int T, int C, int NH,
+                   float scale, bool heavy_first) {
+  static_assert(HS == 64 || HS == 128, "the wgmma forward takes head sizes 64 and 128");
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem[];
+  const std::uint32_t qs = (mma_sync::shared_address(smem) + 1023) & ~1023u;
+  const auto keys = [&](int t) {  // stage t % 2: the key tile, then its values
+    return qs + std::uint32_t(1 + 2 * (t % mma_sync::kStages)) * tile_bytes<HS>();
+  };
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const Place place = place_of(heavy_first);
+  const Head head = head_of<HS>(place, T, C, NH);
+  const bf16* q = qkv + head.qkv_offset;  // row t at q + t * 3C; k = q + C, v = q + 2C
+  const int i0 = (place.blocks - 1 - place.block) * kRows;  // the longest blocks first
+  const int tiles = (min(T, i0 + kRows) - 1) / kRows + 1;
+  const int iw = i0 + warp * 16;
+  const float sl = scale * mma_sync::kLog2e;
+  const auto load_stage = [&](int t) {
+    load_tile<HS>(keys(t), q + C, head.qkv_stride, t * kRows, T);
+    load_tile<HS>(keys(t) + tile_bytes<HS>(), q + 2 * C, head.qkv_stride, t * kRows, T);
+  };
+  load_tile<HS>(qs, q, head.qkv_stride, i0, T);
+  load_stage(0);
+  mma_sync::commit_copies();
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float acc[HS / 8][4];
+  mma_sync::zero<HS>(acc);
+  float s[8][4] = {};  // (the first product of each tile assigns it)
+  for (int t = 0; t < tiles; ++t) {
+    mma_sync::wait_copies();
+    fence_async_proxy();
+    __syncthreads();  // tile t landed for all; every product of tile t - 1 has been waited for
+    if (t + 1 < tiles) load_stage(t + 1);
+    mma_sync::commit_copies();
+    const int j0 = t * kRows;
+    scores<HS>(s, qs, keys(t));
+    mma_sync::online_softmax_tile<HS>(s, m, l, acc, j0 < i0 && iw + 16 <= T, iw, j0, T, sl, lane);
+    std::uint32_t p[4][4];
+    mma_sync::to_fragments(p, s);
+    accumulate<HS>(acc, p, keys(t) + tile_bytes<HS>());
+  }
+  if (iw < T) mma_sync::finish_rows<HS>(out, out_bf16, lse, head, iw, T, C, m, l, acc, lane);
+#else
+  __trap();  // never launched: forward_available() is false where this code is not built
+#endif
+}
+
+// Writes 1 where the device runs this file's sm_90a code (the wgmma kernels), 0 elsewhere.
+__global__ void probe_kernel(int* built) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *built = 1;
+#else
+  *built = 0;
+#endif
+}
+
+}  // namespace wgmma
+
 struct Plan {
   dim3 grid;
   float scale;
@@ -976,6 +1211,34 @@ bool attention_tc_fused_dq_fits(int C, int NH, std::size_t max_shared) {
   return fits;
 }
 
+bool attention_wgmma_available(int device, int C, int NH, std::size_t max_shared) {
+  if (NH <= 0 || C <= 0 || C % NH != 0 || (C / NH != 64 && C / NH != 128)) return false;
+  if (wgmma::forward_shared<128>() > max_shared) return false;
+  static std::mutex lock;
+  static std::map<int, bool> built;  // per device: whether it runs the sm_90a code
+  const std::lock_guard<std::mutex> hold(lock);
+  const auto found = built.find(device);
+  if (found != built.end()) return found->second;
+  int current = 0;
+  CUDA_CHECK(cudaGetDevice(&current));
+  CUDA_CHECK(cudaSetDevice(device));
+  int* flag = nullptr;
+  int host = 0;
+  CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+  wgmma::probe_kernel<<<1, 1>>>(flag);
+  cudaError_t rc = cudaGetLastError();
+  if (rc == cudaSuccess) rc = cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(flag);
+  CUDA_CHECK(cudaSetDevice(current));
+  // no image of the probe for this device: then none of the kernels either
+  if (rc == cudaErrorNoKernelImageForDevice || rc == cudaErrorInvalidDeviceFunction) {
+    cudaGetLastError();
+    return built[device] = false;
+  }
+  CUDA_CHECK(rc);
+  return built[device] = host == 1;
+}
+
 std::size_t max_shared_per_block(int device) {
   int bytes = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -1015,7 +1278,8 @@ std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, 
 }
 
 void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
-                          bool wide, bool heavy_first, Workspace ws, cudaStream_t stream) {
+                          bool wide, bool heavy_first, bool wgmma, Workspace ws,
+                          cudaStream_t stream) {
   const char* op = "attention_forward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
   // float2 or bf16-pair stores (the model's tensors start at multiples of 64 bytes, cudaMalloc's
@@ -1037,6 +1301,17 @@ void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T,
                                                  C, NH, plan.scale, heavy_first);
       CUDA_CHECK_LAUNCH(mma_sync::forward_kernel);
     };
+    if constexpr (HS == 64 || HS == 128)
+      if (wgmma) {  // the caller asked attention_wgmma_available
+        auto* kernel = wgmma::forward_kernel<HS>;
+        constexpr std::size_t shared = wgmma::forward_shared<HS>();
+        allow_dynamic_shared(kernel, shared);
+        const dim3 grid = grid_of(CEIL_DIV(T, kRows), NH, B, heavy_first);
+        kernel<<<grid, kThreads, shared, stream>>>(out.data, out.type == DType::bf16, lse, qkv16, T,
+                                                   C, NH, plan.scale, heavy_first);
+        CUDA_CHECK_LAUNCH(wgmma::forward_kernel);
+        return;
+      }
     if constexpr (HS <= 64)
       if (wide) return run(std::integral_constant<int, 2>{});
     run(std::integral_constant<int, 1>{});

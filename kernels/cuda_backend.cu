@@ -177,7 +177,10 @@ int select_device(int device) {
 // the two projections write their outputs in bf16, which the fused residual add and LayerNorm
 // widens, and the qkv, fc and head products their input gradients, which the LayerNorm backward
 // widens (layernorm.cu): 1.2 GB less traffic a GPT-2 step at B 8, rounded as autocast rounds
-// them.
+// them. And MIXSIM_ATTENTION_WGMMA (cuda-bf16's tensor-core attention, head sizes 64 and 128, on
+// a device that runs the build's sm_90a code: H100, H200; an opt-in written without a GPU): the
+// forward's products on Hopper's warpgroup wgmma instead of mma.sync and ldmatrix
+// (attention_tc.cu, wgmma::forward_kernel; within rounding of the default's).
 
 class CudaBackend final : public Backend {
  public:
@@ -203,6 +206,7 @@ class CudaBackend final : public Backend {
         layernorm_vec4_(env_switch("MIXSIM_LAYERNORM_VEC4", false)),
         heavy_first_(env_switch("MIXSIM_ATTENTION_HEAVY_FIRST", false) && tc_attention_),
         fused_dq_(env_switch("MIXSIM_ATTENTION_FUSED_DQ", false) && tc_attention_),
+        wgmma_forward_(env_switch("MIXSIM_ATTENTION_WGMMA", false) && tc_attention_),
         bf16_gelu_epilogue_(env_switch("MIXSIM_BF16_GELU_EPILOGUE", false) &&
                             precision == MatmulPrecision::bf16),
         feeds_products_(env_switch("MIXSIM_LAYERNORM_FEEDS_PRODUCT", false)),
@@ -232,11 +236,12 @@ class CudaBackend final : public Backend {
   CudaKernelChoices kernel_choices() const {
     // (the GELU epilogue in bf16 where the model stores the MLP's pre and out in bf16 and
     // cuBLASLt is on)
-    return {tc_attention_,   tc_attention_ && wide_forward_,
-            gelu_exp2_,      classifier_.exp2,
-            layernorm_vec4_, heavy_first_,
-            fused_dq_,       bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_,
-            feeds_products_, classifier_.two_rows};
+    return {tc_attention_, tc_attention_ && wide_forward_, gelu_exp2_, classifier_.exp2,
+            layernorm_vec4_, heavy_first_, fused_dq_,
+            bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_, feeds_products_,
+            classifier_.two_rows,
+            // (where the device runs the sm_90a kernels; the head size is asked per call)
+            wgmma_forward_ && cuda::attention_wgmma_available(device_, 64, 1, max_shared_)};
   }
   int device() const { return device_; }
 
@@ -397,6 +402,7 @@ class CudaBackend final : public Backend {
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
       cuda::attention_forward_tc(
           out, lse, qkv, B, T, C, NH, wide_forward_, heavy_first_,
+          wgmma_forward_ && cuda::attention_wgmma_available(device_, C, NH, max_shared_),
           workspace(cuda::attention_tc_workspace(false, qkv.type, DType::fp32, B, T, C, NH)),
           stream_.get());
       return;
@@ -522,6 +528,7 @@ class CudaBackend final : public Backend {
   bool layernorm_vec4_;      // LayerNorm with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
   bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
   bool fused_dq_;  // tensor-core attention's dq in the key-major kernel (MIXSIM_ATTENTION_FUSED_DQ)
+  bool wgmma_forward_;       // the tensor-core forward on wgmma, sm_90a (MIXSIM_ATTENTION_WGMMA)
   bool bf16_gelu_epilogue_;  // a bf16 fc layer's GELU in cuBLASLt's epilogue (MIXSIM_BF16_GELU_..)
   bool feeds_products_;      // LayerNorm feeds the next projection (MIXSIM_LAYERNORM_FEEDS_PRODUCT)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)

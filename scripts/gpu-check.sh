@@ -247,12 +247,13 @@ finish() {  # prints the table, packs the logs into $OUT, exits with the status
   exit "$STATUS"
 }
 
-# 2. build: sm_90 only (H100/H200), warnings not fatal (another compiler version may add some).
+# 2. build: sm_90a only (H100/H200, with their wgmma instructions), warnings not fatal (another
+# compiler version may add some).
 # The full build when the pipeline's packages are there; the compute layers alone otherwise.
 GEN=()
 command -v ninja > /dev/null && GEN=(-G Ninja)
 BUILD=$ROOT/build-gpu
-COMMON=(-DMIXSIM_DEPS_ROOT="$DEPS" -DMIXSIM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DMIXSIM_WERROR=OFF)
+COMMON=(-DMIXSIM_DEPS_ROOT="$DEPS" -DMIXSIM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DMIXSIM_WERROR=OFF)
 PIPELINE=0
 if [[ -x "$PDEPS/usr/bin/mpicc.openmpi" ]]; then
   # The linker resolves libhdf5's and libmpi's own libraries (libcurl, libopen-pal, ...) in $PDEPS,
@@ -279,9 +280,9 @@ else
   row "pipeline packages" "not in .gpudeps (scripts/gpu-check.sh --fetch): compute layers only"
 fi
 if ((PIPELINE)); then
-  SCOPE="full, sm_90" CONFIGURE_LOG=configure.log
+  SCOPE="full, sm_90a" CONFIGURE_LOG=configure.log
 else
-  SCOPE="compute-only, sm_90" CONFIGURE_LOG=configure-compute.log
+  SCOPE="compute-only, sm_90a" CONFIGURE_LOG=configure-compute.log
   rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"  # a failed configure's cache (logs stay)
   step configure-compute 120 cmake -S . -B "$BUILD" "${GEN[@]}" "${COMMON[@]}" \
     -DMIXSIM_COMPUTE_ONLY=ON
@@ -514,14 +515,14 @@ step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS
 # attention output and its gradient, LayerNorm with 16-byte accesses, the attention's longest
 # blocks first, attention's backward in one kernel, the bf16 GELU in cuBLASLt's epilogue, the
 # LayerNorm backward feeding the projections, the cached classifier two rows an SM, the residual
-# branches' ends in bf16.
+# branches' ends in bf16, the attention forward on wgmma (sm_90a).
 # --compare measures each on its own. (The
 # opt-in wide attention forward had a row here until run 10, slower each time: --compare
 # 'MIXSIM_TC_WIDE_FORWARD=1' measures it.)
 step bench-train-bf16-optins 90 env MIXSIM_BF16_ATTENTION_OUT=1 MIXSIM_LAYERNORM_VEC4=1 \
   MIXSIM_ATTENTION_HEAVY_FIRST=1 MIXSIM_ATTENTION_FUSED_DQ=1 MIXSIM_BF16_GELU_EPILOGUE=1 \
   MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 MIXSIM_CLASSIFIER_TWO_ROWS=1 MIXSIM_BF16_BRANCH_OUTPUTS=1 \
-  "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
+  MIXSIM_ATTENTION_WGMMA=1 "$BUILD/bench/bench_gpu_train" --configs gpt2 --backend cuda-bf16
 # cuBLASLt's algorithms timed (MIXSIM_CUBLASLT_TUNE=1) on every bf16 shape, each choice written
 # to a table (build-gpu/cublaslt-choices.txt, and $OUT's copy: as kernels/cublaslt_choices.txt it
 # becomes the choices built into mixsim), then GPT-2 again running that table's choices without

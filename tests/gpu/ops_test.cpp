@@ -2045,6 +2045,19 @@ TEST_F(CudaOps, HeavyFirstIsBitIdentical) {
   }
 }
 
+namespace {
+
+// cuda-bf16 (tensor-core attention, its default switches) with the opt-in `name` on, and the
+// same on the heavy-first grid (MIXSIM_ATTENTION_HEAVY_FIRST=1) too.
+std::pair<std::unique_ptr<Backend>, std::unique_ptr<Backend>> opt_in_backends(const char* name) {
+  mixsim::testing::ScopedEnv on(name, "1");
+  auto plain = cuda_bf16_with("1", "", "");
+  mixsim::testing::ScopedEnv hf("MIXSIM_ATTENTION_HEAVY_FIRST", "1");
+  return {std::move(plain), cuda_bf16_with("1", "", "")};
+}
+
+}  // namespace
+
 // MIXSIM_ATTENTION_FUSED_DQ=1 (opt-in; written without a GPU at hand): attention's backward in
 // the key-major kernel alone, which adds each key block's part of dq (dS K) to the query tile's
 // fp32 sum in key-block order, held by a semaphore per query tile, and walks its query tiles
@@ -2066,13 +2079,7 @@ TEST_F(CudaOps, HeavyFirstIsBitIdentical) {
 // hand-over), fp32 dqkv, under the same bound.
 TEST_F(CudaOps, FusedDqFollowsTheDefault) {
   auto plain = cuda_bf16_with("1", "", "");
-  std::unique_ptr<Backend> fused, fused_hf;
-  {
-    mixsim::testing::ScopedEnv f("MIXSIM_ATTENTION_FUSED_DQ", "1");
-    fused = cuda_bf16_with("1", "", "");
-    mixsim::testing::ScopedEnv hf("MIXSIM_ATTENTION_HEAVY_FIRST", "1");
-    fused_hf = cuda_bf16_with("1", "", "");
-  }
+  auto [fused, fused_hf] = opt_in_backends("MIXSIM_ATTENTION_FUSED_DQ");
   EXPECT_TRUE(cuda_kernel_choices(*fused).fused_dq);
   EXPECT_TRUE(cuda_kernel_choices(*fused_hf).heavy_first);
   EXPECT_FALSE(cuda_kernel_choices(*plain).fused_dq);
@@ -2133,6 +2140,93 @@ TEST_F(CudaOps, FusedDqFollowsTheDefault) {
 TEST_F(CudaOps, FusedDqTrainingFollowsCpu) {
   mixsim::testing::ScopedEnv f("MIXSIM_ATTENTION_FUSED_DQ", "1");
   expect_tensor_core_model_follows(*cpu_, *cuda_bf16_with("1", "", ""), 84);
+}
+
+// MIXSIM_ATTENTION_WGMMA=1 (opt-in; written without a GPU at hand): the tensor-core forward's
+// products on Hopper's wgmma (head sizes 64 and 128), reading Q and the key and value tiles from
+// 128-byte-swizzled shared memory through descriptors. Skipped where the GPU does not run the
+// build's sm_90a code. Against the mma.sync forward and cpu-bf16, which both form the same bf16
+// P and the same fp32 sums tile by tile:
+// - out within 2e-4 and lse within 1e-5 relative L2 of cpu-bf16's: the bounds the mma.sync
+//   kernels are held to (Bf16TensorCoreAttention). What may differ is inside the hardware: the
+//   order in which a product sums its 16 terms, which moves a score by an fp32 ulp and so, now
+//   and then, P's bf16 rounding by a step (2^-8 relative): ~1e-6 in out. A wrong fragment,
+//   descriptor or swizzle puts a value in the wrong place: 1e-1 or more;
+// - the same of mma.sync's forward (both within those bounds of cpu-bf16);
+// - bit for bit on the heavy-first grid (each block computes what it computes on the default);
+// - with a bf16 out: within 2e-4 of mma.sync's bf16 out (one more rounding of the same sums);
+// - dqkv from its out and lse (the default backward) within 2e-4 of mma.sync's;
+// - every element of out and lse written.
+// Shapes: rows past T, one position, B != NH, head size 128 (two 128-byte atoms a row), GPT-2's
+// heads, and a GPT-2 layer at B 4. scripts/gpu/mma_emulator (run.py, mutate7.py) checks a
+// transcription of the kernel's index arithmetic, bit for bit against the mma.sync kernel's.
+TEST_F(CudaOps, WgmmaForwardFollowsMmaSync) {
+  auto plain = cuda_bf16_with("1", "", "");
+  auto [wg, wg_hf] = opt_in_backends("MIXSIM_ATTENTION_WGMMA");
+  EXPECT_FALSE(cuda_kernel_choices(*plain).wgmma_forward);
+  if (!cuda_kernel_choices(*wg).wgmma_forward)
+    GTEST_SKIP() << "the GPU does not run the build's sm_90a code (wgmma: an H100 or H200, with "
+                    "90a among CMAKE_CUDA_ARCHITECTURES)";
+  auto ref = make_cpu_backend(MatmulPrecision::bf16);
+  const AttentionShape shapes[] = {
+      {2, 150, 128, 2}, {3, 70, 128, 2},  {3, 1, 128, 2},    {1, 300, 64, 1},
+      {2, 100, 256, 2}, {1, 200, 128, 1}, {1, 256, 768, 12}, {4, 1024, 768, 12},
+  };
+  for (const AttentionShape& s : shapes) {
+    const std::string what = "wgmma forward " + shape_name(s);
+    const std::size_t rows = std::size_t(s.B) * s.T;
+    const std::vector<float> qkv = random_floats(rows * 3 * s.C, 189),
+                             dout = random_floats(rows * s.C, 190);
+    std::vector<float> r_out(rows * s.C), r_lse(std::size_t(s.B) * s.NH * s.T);
+    ref->attention_forward(r_out.data(), r_lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    for (const bool bf16_io : {false, true}) {
+      const std::string with = what + (bf16_io ? ", bf16 out" : ", fp32 out");
+      const AttentionRun a = attention_run(*plain, s, qkv, dout, DType::fp32, bf16_io),
+                         b = attention_run(*wg, s, qkv, dout, DType::fp32, bf16_io),
+                         c = attention_run(*wg_hf, s, qkv, dout, DType::fp32, bf16_io);
+      EXPECT_EQ(unwritten(b.out), 0u) << with << ": out left unwritten";
+      EXPECT_EQ(unwritten(b.lse), 0u) << with << ": lse left unwritten";
+      expect_identical(Pair{b.out, c.out}, with + ": heavy-first grid, out");
+      expect_identical(Pair{b.lse, c.lse}, with + ": heavy-first grid, lse");
+      std::size_t differ = 0;
+      for (std::size_t i = 0; i < a.out.size(); ++i)
+        differ += std::memcmp(&a.out[i], &b.out[i], sizeof(float)) != 0;
+      const double e_out = rel_l2(Pair{a.out, b.out}), e_lse = rel_l2(Pair{a.lse, b.lse}),
+                   e_dqkv = rel_l2(Pair{a.dqkv, b.dqkv});
+      std::printf(
+          "%s: against mma.sync's: out %.3e (%zu of %zu elements differ), lse %.3e, "
+          "dqkv %.3e\n",
+          with.c_str(), e_out, differ, a.out.size(), e_lse, e_dqkv);
+      EXPECT_LT(e_out, 2e-4) << with << ": out against mma.sync's";
+      EXPECT_LT(e_lse, 1e-5) << with << ": lse against mma.sync's";
+      EXPECT_LT(e_dqkv, 2e-4) << with << ": dqkv against mma.sync's";
+      if (!bf16_io) {
+        const double t_out = rel_l2(Pair{r_out, b.out}), t_lse = rel_l2(Pair{r_lse, b.lse});
+        std::printf("%s: against cpu-bf16's: out %.3e, lse %.3e\n", with.c_str(), t_out, t_lse);
+        EXPECT_LT(t_out, 2e-4) << with << ": out against cpu-bf16's";
+        EXPECT_LT(t_lse, 1e-5) << with << ": lse against cpu-bf16's";
+      }
+    }
+  }
+}
+
+// 20 training steps with the wgmma forward, on a model whose heads are 64 wide (the op tests'
+// and expect_tensor_core_model_follows' are 24 and 32), under the bounds of
+// Bf16TrainingFollowsCpu against the fp32 CPU.
+TEST_F(CudaOps, WgmmaForwardTrainingFollowsCpu) {
+  mixsim::testing::ScopedEnv w("MIXSIM_ATTENTION_WGMMA", "1");
+  auto gpu = cuda_bf16_with("1", "", "");
+  if (!cuda_kernel_choices(*gpu).wgmma_forward)
+    GTEST_SKIP() << "the GPU does not run the build's sm_90a code (wgmma)";
+  const ModelConfig cfg{2, 2, 128, 70, 257};
+  const int b = 2, t = 70, steps = 20;
+  const Batch batch = random_batch(b, t, cfg.vocab_size, 86);
+  std::vector<float> lc, lg;
+  train(*cpu_, batch, b, t, steps, &lc, cfg);
+  train(*gpu, batch, b, t, steps, &lg, cfg);
+  ASSERT_EQ(lc.size(), lg.size());
+  for (int i = 0; i < steps; ++i) EXPECT_NEAR(lg[i], lc[i], 5e-2) << "step " << i;
+  EXPECT_LT(lg.back(), lg.front() - 0.5);
 }
 
 // 20 training steps with the LayerNorm feeding the projections, on cuda-bf16 (with its default

@@ -84,6 +84,7 @@ case $name in
       [[ "${MIXSIM_LAYERNORM_FEEDS_PRODUCT:-}" == 1 ]] && label+=+lnf
       [[ "${MIXSIM_CLASSIFIER_TWO_ROWS:-}" == 1 ]] && label+=+c2r
       [[ "${MIXSIM_BF16_BRANCH_OUTPUTS:-}" == 1 ]] && label+=+bo
+      [[ "${MIXSIM_ATTENTION_WGMMA:-}" == 1 ]] && label+=+wg
       [[ "${MIXSIM_CUBLASLT_TUNE:-}" == 1 ]] && label+=+ltt
     fi
     if [[ "$*" == *--profiler-range* ]]; then
@@ -201,7 +202,7 @@ run pass OUT="$WORK/out" GPU_CHECK_NCU=1
 [[ $(cat "$WORK/pass.rc") == 0 ]] || fail "a passing run exited $(cat "$WORK/pass.rc"): $(tail -20 "$WORK/pass.log")"
 ! grep -qE "unbound variable|command not found|syntax error" "$WORK/pass.log" ||
   fail "bash errors: $(grep -E "unbound variable|command not found|syntax error" "$WORK/pass.log")"
-has pass '^build \(full, sm_90\) +ok'
+has pass '^build \(full, sm_90a\) +ok'
 has pass '^build \(mixsim binary\) +ok'
 has pass '^mpirun -np 2 \(private Open MPI\) +ok'
 has pass '^pipeline on the GPU \(mixsim binary\) +3 PASSED'
@@ -214,7 +215,7 @@ has pass '^mixsim-bf16tc\+lt\+act gpt2 +tokens_per_s=300000'
 has pass '^mixsim-bf16tc\+lt\+act\+w gpt2 +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 1\.1b +tokens_per_s'
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2 gpt2 '
-has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2\+lnv4\+hf\+fdq\+ge\+lnf\+c2r\+bo gpt2 '  # the opt-ins' row
+has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+ao\+gexp2\+exp2\+lnv4\+hf\+fdq\+ge\+lnf\+c2r\+bo\+wg gpt2 '  # the opt-ins' row
 has pass '^gemm-ceiling gpt2 +gemmex_ms=12\.00'
 # the tuned run's row, the table it wrote (copied to $OUT), and GPT-2 with that table
 has pass '^mixsim-bf16tc\+lt\+act\+w\+out\+gexp2\+exp2\+ltt 1\.1b +tokens_per_s'
@@ -261,7 +262,7 @@ mv "$REPO/.gpudeps/openmpi-bin_4.1.4_amd64.deb" "$WORK/"
 run nopipeline
 [[ $(cat "$WORK/nopipeline.rc") == 0 ]] || fail "a run without the pipeline's packages exited $(cat "$WORK/nopipeline.rc")"
 has nopipeline '^pipeline packages +not in \.gpudeps'
-has nopipeline '^build \(compute-only, sm_90\) +ok'
+has nopipeline '^build \(compute-only, sm_90a\) +ok'
 has nopipeline '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +MFU'
 # Nsight Compute's per-kernel bounds only with GPU_CHECK_NCU=1 (the pass run sets it)
 ! grep -q "^ncu, what bounds each kernel" "$WORK/nopipeline.table" ||
@@ -271,7 +272,7 @@ mv "$WORK/openmpi-bin_4.1.4_amd64.deb" "$REPO/.gpudeps/"
 run badmpi FAIL_MPI_CONFIGURE=1
 [[ $(cat "$WORK/badmpi.rc") == 1 ]] || fail "a failed configure with MPI exited $(cat "$WORK/badmpi.rc")"
 has badmpi '^configure with the pipeline +FAILED .*compute layers only'
-has badmpi '^build \(compute-only, sm_90\) +ok'
+has badmpi '^build \(compute-only, sm_90a\) +ok'
 has badmpi '^gpu tests \(ctest -L gpu\) +100% tests passed'
 run skipped SKIP_PIPELINE=1
 [[ $(cat "$WORK/skipped.rc") == 1 ]] || fail "skipped pipeline tests gave exit $(cat "$WORK/skipped.rc")"
@@ -292,7 +293,7 @@ echo "    skipped pipeline tests fail the run, and a failed mpirun skips them"
 run deadline SLOW_BENCH=4 GPU_CHECK_DEADLINE_S=40
 grep -q "skipped: the script's deadline is reached" "$WORK/deadline.log" ||
   fail "no step was skipped under a 40 s deadline: $(tail -20 "$WORK/deadline.log")"
-has deadline '^build \(full, sm_90\) +ok'
+has deadline '^build \(full, sm_90a\) +ok'
 has deadline '^targets, GPT-2 bf16 \(bench-train-bf16-all\) +(no GPT-2 result|MFU)'
 # the last row names the slowest steps in descending seconds, a 4 s benchmark among them (not
 # necessarily first: on a loaded machine another step may take as long)

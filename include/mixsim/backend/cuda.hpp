@@ -54,6 +54,7 @@ struct CudaKernelChoices {
   bool bf16_gelu_epilogue = false;  // MIXSIM_BF16_GELU_EPILOGUE=1: the bf16 GELU in cuBLASLt
   bool layernorm_feeds = false;     // MIXSIM_LAYERNORM_FEEDS_PRODUCT=1: LayerNorm feeds projections
   bool classifier_two_rows = false;  // MIXSIM_CLASSIFIER_TWO_ROWS=1: two cached rows an SM
+  bool wgmma_forward = false;        // MIXSIM_ATTENTION_WGMMA=1, where the device runs it (sm_90a)
 };
 CudaKernelChoices cuda_kernel_choices(Backend& cuda_backend);
 

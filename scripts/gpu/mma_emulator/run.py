@@ -9,6 +9,7 @@ import numpy as np
 import kernels
 import ptx
 import ref
+import wgmma
 
 SHAPES = [(1, 150, 128, 2), (1, 70, 80, 1), (2, 65, 96, 2), (1, 100, 128, 1), (1, 1, 32, 2),
           (1, 300, 64, 1),  # many tiles wholly below the diagonal (full)
@@ -135,6 +136,31 @@ def bf16_attention_out(g, qkv, dout, B, T, C, NH):
               f"misaligned={len(gb.misaligned)}{'' if good else '   <-- BAD'}")
         for r in races + races_b:
             print("   ", r)
+    return ok
+
+
+def wgmma_forward(g, qkv, B, T, C, NH):
+    """MIXSIM_ATTENTION_WGMMA (head sizes 64 and 128): the forward on wgmma (wgmma.py), beside the
+    mma.sync run g, on the default and the heavy-first grid and with a bf16 out. The emulated
+    products sum each 16-term step in float64 and round once, as the mma emulation does, so out
+    and lse must be g's bit for bit: what differs is where operands come from (the swizzled
+    tiles read through descriptors, the D fragments), which a wrong index shows. Also: every
+    element written once, no race (the async proxy's included), no misaligned access."""
+    t = time.time()
+    ok, notes = True, []
+    for hf, out_bf16 in ((False, False), (True, False), (False, True)):
+        gw, races = wgmma.attention_forward(qkv, B, T, C, NH, out_bf16=out_bf16, heavy_first=hf)
+        want_out = ptx.bf16(g.a["out"]) if out_bf16 else g.a["out"]
+        same, once, good = matches(gw, races, {"out": want_out, "lse": g.a["lse"]})
+        ok &= good
+        what = ("heavy-first grid" if hf else "bf16 out" if out_bf16 else "default grid")
+        notes.append(f"{what} {'same' if same else 'DIFFERS'}"
+                     f"{'' if once else ' (write counts wrong)'}"
+                     f"{'' if not races and not gw.misaligned else ' (races or misaligned)'}")
+        for r in races[:5]:
+            print("   ", r)
+    print(f"   wgmma forward [{time.time() - t:.1f}s]: {', '.join(notes)} as mma.sync's"
+          f"{'' if ok else '   <-- BAD'}")
     return ok
 
 
@@ -276,6 +302,7 @@ def main(shapes, sweep=FUSED_SWEEP, fused_only=False):
     of the checks beside the default path's errors, the fused dq's only (mutate6.py: its mutants
     edit the fused path alone)."""
     assert ptx._self_test()
+    assert wgmma._self_test()
     ok = True
     for (B, T, C, NH) in shapes:
         t = time.time()
@@ -328,6 +355,8 @@ def main(shapes, sweep=FUSED_SWEEP, fused_only=False):
             ok &= bf16_dqkv(g2, races2, dout, qkv, out, lse, d64, B, T, C, NH)
             ok &= bf16_attention_out(g, qkv, dout, B, T, C, NH)
             ok &= heavy_first(g, g2, qkv, dout, B, T, C, NH)
+            if C // NH in (64, 128):
+                ok &= wgmma_forward(g, qkv, B, T, C, NH)
         ok &= fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, (B, T, C, NH) in sweep)
     print("ALL OK" if ok else "MISMATCH")
 
