@@ -492,6 +492,57 @@ __device__ inline void finish_rows(void* out, bool out_bf16, float* lse, const H
     store_rows<HS>(static_cast<float*>(out) + head.row_offset, C, iw, T, acc, inv, lane);
 }
 
+// row_terms into the warp's 16 rows of row_d and row_lse, then each lane's li and di: the base-2
+// lse and D of its rows g and g + 8 (the dq kernels').
+template <int HS>
+__device__ inline void lane_row_terms(float (&li)[2], float (&di)[2], float* row_d, float* row_lse,
+                                      float* dvec, const float* dout, const bf16* dout16,
+                                      const void* out, bool out_bf16, const float* lse,
+                                      const Head& head, int iw, int T, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  row_terms<HS>(row_d, row_lse, dvec, dout, dout16, out, out_bf16, lse, head, iw, T, C);
+  __syncwarp();
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    li[h] = row_lse[lane / 4 + 8 * h];
+    di[h] = row_d[lane / 4 + 8 * h];
+  }
+}
+
+// dS = P (dP - D) into s, for a query-major tile (keys from j0) of the warp's 16 rows from iw:
+// P = exp(scale s - lse) where the causal mask and T leave the element in, 0 elsewhere; li and di
+// the base-2 lse and the D of the lane's rows; `full` as for online_softmax_tile.
+__device__ inline void query_major_ds(float (&s)[8][4], const float (&dp)[8][4], bool full, int iw,
+                                      int j0, int T, float sl, const float (&li)[2],
+                                      const float (&di)[2], int lane) {
+  const auto valid = [&](int n, int v) {
+    const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
+    return i < T && j <= i;
+  };
+  for_each_element(full, valid, [&](int n, int v, bool ok) {
+    s[n][v] = ok ? exp2f(sl * s[n][v] - li[v / 2]) * (dp[n][v] - di[v / 2]) : 0.f;
+  });
+}
+
+// P^T into s and dS^T = P^T (dP^T - D) into dp, for a key-major tile (queries from t0) of the
+// warp's 16 keys from jw: tile_lse (natural log) and tile_d of the tile's 64 queries; `full`:
+// every query after the keys and before T.
+__device__ inline void key_major_p_ds(float (&s)[8][4], float (&dp)[8][4], bool full, int jw,
+                                      int t0, int T, float sl, const float* tile_lse,
+                                      const float* tile_d, int lane) {
+  const auto valid = [&](int n, int v) {
+    const int i = t0 + column_of(lane, n, v), j = jw + row_of(lane, v);
+    return i < T && i >= j;
+  };
+  for_each_element(full, valid, [&](int n, int v, bool ok) {
+    const int col = column_of(lane, n, v);
+    // (lse log2 e rounded on its own, never fused into the subtraction: the dq kernel's li)
+    const float p = ok ? exp2f(sl * s[n][v] - __fmul_rn(tile_lse[col], kLog2e)) : 0.f;
+    s[n][v] = p;
+    dp[n][v] = p * (dp[n][v] - tile_d[col]);
+  });
+}
+
 // The forward pass: a block takes G * 64 rows of one (batch, head), each warp G groups of 16,
 // rows 16 w.. of each 64 (G = 1: forward_kernel as it has run since 2026-11-27). Every b fragment a
 // warp loads from shared memory feeds the products of all its groups (scores and accumulate), so
@@ -608,15 +659,9 @@ __global__ void __launch_bounds__(kThreads)
   load_tile<HS>(gs, dout16 + head.row_offset, C, i0, T);
   load_stage(0);
   commit_copies();
-  row_terms<HS>(row_d + warp * 16, row_lse + warp * 16, dvec, dout, dout16, out, out_bf16, lse,
-                head, iw, T, C);
-  __syncwarp();
   float li[2], di[2];  // of the lane's rows g and g + 8
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    li[h] = row_lse[warp * 16 + lane / 4 + 8 * h];
-    di[h] = row_d[warp * 16 + lane / 4 + 8 * h];
-  }
+  lane_row_terms<HS>(li, di, row_d + warp * 16, row_lse + warp * 16, dvec, dout, dout16, out,
+                     out_bf16, lse, head, iw, T, C);
 
   float dq[HS / 8][4];
   zero<HS>(dq);
@@ -631,14 +676,7 @@ __global__ void __launch_bounds__(kThreads)
     float s[8][4], dp[8][4];
     scores<HS>(s, qw, ks, lane);   // S
     scores<HS>(dp, gw, vs, lane);  // dP = dout V^T
-    const bool full = j0 < i0 && iw + 16 <= T;
-    const auto valid = [&](int n, int v) {
-      const int i = iw + row_of(lane, v), j = j0 + column_of(lane, n, v);
-      return i < T && j <= i;
-    };
-    for_each_element(full, valid, [&](int n, int v, bool ok) {
-      s[n][v] = ok ? exp2f(sl * s[n][v] - li[v / 2]) * (dp[n][v] - di[v / 2]) : 0.f;
-    });
+    query_major_ds(s, dp, j0 < i0 && iw + 16 <= T, iw, j0, T, sl, li, di, lane);
     std::uint32_t ds[4][4];
     to_fragments(ds, s);
     accumulate<HS>(dq, ds, ks, lane);
@@ -834,19 +872,8 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
       float s[8][4], dp[8][4];
       scores<HS>(s, kw, qs, lane);   // S^T: the warp's keys x the tile's queries
       scores<HS>(dp, vw, gs, lane);  // dP^T = V dout^T
-      // queries after the block's keys, before T (keys past T then see none of them)
-      const bool full = t0 > j0 && t0 + kRows <= T;
-      const auto valid = [&](int n, int v) {
-        const int i = t0 + column_of(lane, n, v), j = jw + row_of(lane, v);
-        return i < T && i >= j;
-      };
-      for_each_element(full, valid, [&](int n, int v, bool ok) {
-        const int col = column_of(lane, n, v);
-        // (lse log2 e rounded on its own, never fused into the subtraction: the dq kernel's li)
-        const float p = ok ? exp2f(sl * s[n][v] - __fmul_rn(tile_lse[col], kLog2e)) : 0.f;
-        s[n][v] = p;
-        dp[n][v] = p * (dp[n][v] - tile_d[col]);
-      });
+      // full: queries after the block's keys, before T (keys past T then see none of them)
+      key_major_p_ds(s, dp, t0 > j0 && t0 + kRows <= T, jw, t0, T, sl, tile_lse, tile_d, lane);
       std::uint32_t pt[4][4], dst[4][4];
       to_fragments(pt, s);
       to_fragments(dst, dp);
@@ -1020,38 +1047,53 @@ __device__ inline void product_rs(float (&d)[8][4], const std::uint32_t (&a)[4],
 #undef MIXSIM_WGMMA_OUT32
 #undef MIXSIM_WGMMA_D32
 
-// s = q k^T for the block's 64 rows and a tile's 64 keys (swizzled tiles at q and k), waited for.
-template <int HS>
-__device__ inline void scores(float (&s)[8][4], std::uint32_t q, std::uint32_t k) {
-  fence_registers(s);
+// A group of products: begin() before the first (their registers' other uses done, wgmma.fence),
+// end() after the last (committed, waited for, and the registers' later uses after the wait).
+// The products of one group run together: a kernel's independent products (S and dP; dv and dk)
+// share one group, so that the second is issued while the first runs.
+template <class... R>
+__device__ inline void begin(R&... registers) {
+  (fence_registers(registers), ...);
   fence();
+}
+template <class... R>
+__device__ inline void end(R&... registers) {
+  commit();
+  wait_all();
+  (fence_registers(registers), ...);
+}
+
+// mma_sync::advance for tiles that products read: each thread fences its completed copies to the
+// async proxy before the barrier that publishes them.
+template <class Load>
+__device__ inline void advance(int t, int tiles, Load&& load) {
+  mma_sync::wait_copies();
+  fence_async_proxy();
+  __syncthreads();
+  if (t + 1 < tiles) load(t + 1);
+  mma_sync::commit_copies();
+}
+
+// Issues s = q k^T for the block's 64 rows and a tile's 64 keys (swizzled tiles at q and k).
+template <int HS>
+__device__ inline void issue_scores(float (&s)[8][4], std::uint32_t q, std::uint32_t k) {
 #pragma unroll
   for (int kk = 0; kk < HS / 16; ++kk) {
     const std::uint32_t at = (kk / 4) * kAtomBytes + (kk % 4) * 32;
     product_ss(s, descriptor(q + at, 16, 1024), descriptor(k + at, 16, 1024), kk > 0);
   }
-  commit();
-  wait_all();
-  fence_registers(s);
 }
 
-// acc (the warp's 16 rows x HS) += p (16 x 64, A fragments) v (a tile's 64 keys x HS), waited for.
+// Issues acc (the warp's 16 rows x HS) += p (16 x 64, A fragments) v (a tile's 64 rows x HS).
 template <int HS>
-__device__ inline void accumulate(float (&acc)[HS / 8][4], std::uint32_t (&p)[4][4],
-                                  std::uint32_t v) {
+__device__ inline void issue_accumulate(float (&acc)[HS / 8][4], const std::uint32_t (&p)[4][4],
+                                        std::uint32_t v) {
   auto& halves = reinterpret_cast<float(&)[HS / 64][8][4]>(acc);
-  fence_registers(acc);
-  fence_registers(p);
-  fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
     for (int h = 0; h < HS / 64; ++h)
       product_rs(halves[h], p[kk], descriptor(v + h * kAtomBytes + kk * 2048, kAtomBytes, 1024));
-  commit();
-  wait_all();
-  fence_registers(acc);
-  fence_registers(p);
 }
 
 #endif  // the sm_90a device code (and the host pass)
@@ -1092,21 +1134,159 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 4 : 2)
   mma_sync::zero<HS>(acc);
   float s[8][4] = {};  // (the first product of each tile assigns it)
   for (int t = 0; t < tiles; ++t) {
-    mma_sync::wait_copies();
-    fence_async_proxy();
-    __syncthreads();  // tile t landed for all; every product of tile t - 1 has been waited for
-    if (t + 1 < tiles) load_stage(t + 1);
-    mma_sync::commit_copies();
+    advance(t, tiles, load_stage);  // (every product of tile t - 1 has been waited for)
     const int j0 = t * kRows;
-    scores<HS>(s, qs, keys(t));
+    begin(s);
+    issue_scores<HS>(s, qs, keys(t));
+    end(s);
     mma_sync::online_softmax_tile<HS>(s, m, l, acc, j0 < i0 && iw + 16 <= T, iw, j0, T, sl, lane);
     std::uint32_t p[4][4];
     mma_sync::to_fragments(p, s);
-    accumulate<HS>(acc, p, keys(t) + tile_bytes<HS>());
+    begin(acc, p);
+    issue_accumulate<HS>(acc, p, keys(t) + tile_bytes<HS>());
+    end(acc, p);
   }
   if (iw < T) mma_sync::finish_rows<HS>(out, out_bf16, lse, head, iw, T, C, m, l, acc, lane);
 #else
   __trap();  // never launched: forward_available() is false where this code is not built
+#endif
+}
+
+// The backward's two kernels (MIXSIM_ATTENTION_WGMMA_BACKWARD=1; without the fused dq), as
+// mma_sync's backward_dq_kernel and backward_dkdv_kernel (the same rows per block, tiles, mask,
+// roundings, sums and stores), their products on wgmma: S and dP (or S^T and dP^T) from two
+// swizzled tiles each through descriptors; dS K, P^T dout and dS^T Q with the fragments from
+// registers and the key, dout or query tile as a transposed B. The rows past T of a warpgroup
+// compute with the others (zeros and masked elements: dS 0) and store nothing.
+template <int HS>
+constexpr std::size_t backward_shared() {  // six tiles; lse and D rows per stage; alignment
+  return 6 * tile_bytes<HS>() + 2 * mma_sync::kStages * kRows * sizeof(float) + 1024;
+}
+
+template <int HS, class Out>
+__global__ void __launch_bounds__(kThreads)
+    backward_dq_kernel(Out* dqkv, float* dvec, const float* dout, const bf16* dout16,
+                       const bf16* qkv, const void* out, bool out_bf16, const float* lse, int T,
+                       int C, int NH, float scale, bool heavy_first) {
+  static_assert(HS == 64 || HS == 128, "the wgmma kernels take head sizes 64 and 128");
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem[];
+  const std::uint32_t at = mma_sync::shared_address(smem), pad = ((at + 1023) & ~1023u) - at;
+  constexpr std::uint32_t kTile = tile_bytes<HS>();
+  const std::uint32_t qs = at + pad, gs = qs + kTile;  // the block's queries, their dout rows
+  const auto keys = [&](int t) {                       // stage t % 2: a key tile, then its values
+    return qs + std::uint32_t(2 + 2 * (t % mma_sync::kStages)) * kTile;
+  };
+  float* row_lse = reinterpret_cast<float*>(smem + pad + 6 * kTile);  // (64) base 2
+  float* row_d = row_lse + kRows;                                     // (64)
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const Place place = place_of(heavy_first);
+  const Head head = head_of<HS>(place, T, C, NH);
+  const bf16* q = qkv + head.qkv_offset;
+  const int i0 = (place.blocks - 1 - place.block) * kRows, iw = i0 + warp * 16;
+  const int tiles = (min(T, i0 + kRows) - 1) / kRows + 1;
+  const float sl = scale * mma_sync::kLog2e;
+  const auto load_stage = [&](int t) {
+    load_tile<HS>(keys(t), q + C, head.qkv_stride, t * kRows, T);
+    load_tile<HS>(keys(t) + kTile, q + 2 * C, head.qkv_stride, t * kRows, T);
+  };
+  load_tile<HS>(qs, q, head.qkv_stride, i0, T);
+  load_tile<HS>(gs, dout16 + head.row_offset, C, i0, T);
+  load_stage(0);
+  mma_sync::commit_copies();
+  float li[2], di[2];  // of the lane's rows g and g + 8
+  mma_sync::lane_row_terms<HS>(li, di, row_d + warp * 16, row_lse + warp * 16, dvec, dout, dout16,
+                               out, out_bf16, lse, head, iw, T, C);
+  float dq[HS / 8][4];
+  mma_sync::zero<HS>(dq);
+  float s[8][4] = {}, dp[8][4] = {};
+  for (int t = 0; t < tiles; ++t) {
+    advance(t, tiles, load_stage);
+    const int j0 = t * kRows;
+    begin(s, dp);
+    issue_scores<HS>(s, qs, keys(t));           // S
+    issue_scores<HS>(dp, gs, keys(t) + kTile);  // dP = dout V^T
+    end(s, dp);
+    mma_sync::query_major_ds(s, dp, j0 < i0 && iw + 16 <= T, iw, j0, T, sl, li, di, lane);
+    std::uint32_t ds[4][4];
+    mma_sync::to_fragments(ds, s);
+    begin(dq, ds);
+    issue_accumulate<HS>(dq, ds, keys(t));  // dS K
+    end(dq, ds);
+  }
+  if (iw < T)
+    mma_sync::store_rows<HS>(dqkv + head.qkv_offset, head.qkv_stride, iw, T, dq, {scale, scale},
+                             lane);
+#else
+  __trap();  // never launched: attention_wgmma_available() is false where this is not built
+#endif
+}
+
+template <int HS, class Out>
+__global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
+    backward_dkdv_kernel(Out* dqkv, const bf16* dout16, const bf16* qkv, const float* lse,
+                         const float* dvec, int T, int C, int NH, float scale, bool heavy_first) {
+  static_assert(HS == 64 || HS == 128, "the wgmma kernels take head sizes 64 and 128");
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem[];
+  const std::uint32_t at = mma_sync::shared_address(smem), pad = ((at + 1023) & ~1023u) - at;
+  constexpr std::uint32_t kTile = tile_bytes<HS>();
+  const std::uint32_t ks = at + pad, vs = ks + kTile;  // the block's keys and values
+  const auto queries = [&](int t) {  // stage t % 2: a query tile, then its dout rows
+    return ks + std::uint32_t(2 + 2 * (t % mma_sync::kStages)) * kTile;
+  };
+  float* rows = reinterpret_cast<float*>(smem + pad + 6 * kTile);  // per stage: (64) lse, (64) D
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const Place place = place_of(heavy_first);
+  const Head head = head_of<HS>(place, T, C, NH);
+  const bf16* q = qkv + head.qkv_offset;
+  const int j0 = place.block * kRows, jw = j0 + warp * 16;  // the first blocks have the most work
+  const int tiles = CEIL_DIV(T - j0, kRows);
+  const float sl = scale * mma_sync::kLog2e;
+  const auto load_stage = [&](int t) {  // query tile t (from j0 up), its dout, lse and D
+    const int t0 = j0 + t * kRows;
+    float* rt = rows + (t % mma_sync::kStages) * 2 * kRows;
+    load_tile<HS>(queries(t), q, head.qkv_stride, t0, T);
+    load_tile<HS>(queries(t) + kTile, dout16 + head.row_offset, C, t0, T);
+    mma_sync::load_rows(rt, lse + head.lse_offset, t0, T);
+    mma_sync::load_rows(rt + kRows, dvec + head.lse_offset, t0, T);
+  };
+  load_tile<HS>(ks, q + C, head.qkv_stride, j0, T);
+  load_tile<HS>(vs, q + 2 * C, head.qkv_stride, j0, T);
+  load_stage(0);
+  mma_sync::commit_copies();
+
+  float dk[HS / 8][4], dv[HS / 8][4];
+  mma_sync::zero<HS>(dk);
+  mma_sync::zero<HS>(dv);
+  float s[8][4] = {}, dp[8][4] = {};
+  for (int t = 0; t < tiles; ++t) {
+    advance(t, tiles, load_stage);
+    const int t0 = j0 + t * kRows;
+    const std::uint32_t qt = queries(t), gt = qt + kTile;
+    const float* tile_lse = rows + (t % mma_sync::kStages) * 2 * kRows;  // natural log
+    const float* tile_d = tile_lse + kRows;
+    begin(s, dp);
+    issue_scores<HS>(s, ks, qt);   // S^T: the block's keys x the tile's queries
+    issue_scores<HS>(dp, vs, gt);  // dP^T = V dout^T
+    end(s, dp);
+    mma_sync::key_major_p_ds(s, dp, t0 > j0 && t0 + kRows <= T, jw, t0, T, sl, tile_lse, tile_d,
+                             lane);
+    std::uint32_t pt[4][4], dst[4][4];
+    mma_sync::to_fragments(pt, s);
+    mma_sync::to_fragments(dst, dp);
+    begin(dv, dk, pt, dst);
+    issue_accumulate<HS>(dv, pt, gt);   // P^T dout
+    issue_accumulate<HS>(dk, dst, qt);  // dS^T Q
+    end(dv, dk, pt, dst);
+  }
+  if (jw < T) {
+    Out* out_rows = dqkv + head.qkv_offset;
+    mma_sync::store_rows<HS>(out_rows + C, head.qkv_stride, jw, T, dk, {scale, scale}, lane);
+    mma_sync::store_rows<HS>(out_rows + 2 * C, head.qkv_stride, jw, T, dv, {1.f, 1.f}, lane);
+  }
+#else
+  __trap();  // never launched: attention_wgmma_available() is false where this is not built
 #endif
 }
 
@@ -1213,7 +1393,8 @@ bool attention_tc_fused_dq_fits(int C, int NH, std::size_t max_shared) {
 
 bool attention_wgmma_available(int device, int C, int NH, std::size_t max_shared) {
   if (NH <= 0 || C <= 0 || C % NH != 0 || (C / NH != 64 && C / NH != 128)) return false;
-  if (wgmma::forward_shared<128>() > max_shared) return false;
+  if (std::max(wgmma::forward_shared<128>(), wgmma::backward_shared<128>()) > max_shared)
+    return false;
   static std::mutex lock;
   static std::map<int, bool> built;  // per device: whether it runs the sm_90a code
   const std::lock_guard<std::mutex> hold(lock);
@@ -1320,7 +1501,7 @@ void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T,
 
 void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
                            const float* lse, int B, int T, int C, int NH, bool heavy_first,
-                           bool fused_dq, Workspace ws, cudaStream_t stream) {
+                           bool fused_dq, bool wgmma, Workspace ws, cudaStream_t stream) {
   const char* op = "attention_backward (tensor cores)";
   const Plan plan = check_and_plan(op, B, T, C, NH);
   CUDA_REQUIRE(lse != nullptr, op, std::string("no log-sum-exp saved by attention_forward"));
@@ -1374,6 +1555,22 @@ void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn
         CUDA_CHECK_LAUNCH(mma_sync::row_dots_kernel);
         return dkdv(std::true_type{});
       }
+      if constexpr (HS == 64 || HS == 128)
+        if (wgmma) {  // the caller asked attention_wgmma_available; not with the fused dq
+          constexpr std::size_t shared = wgmma::backward_shared<HS>();
+          auto* dq_kernel = wgmma::backward_dq_kernel<HS, Out>;
+          auto* dkdv_kernel = wgmma::backward_dkdv_kernel<HS, Out>;
+          allow_dynamic_shared(dq_kernel, shared);
+          allow_dynamic_shared(dkdv_kernel, shared);
+          dq_kernel<<<grid, kThreads, shared, stream>>>(d, dvec, dout32, dout16, qkv16, out.data,
+                                                        out_bf16, lse, T, C, NH, plan.scale,
+                                                        heavy_first);
+          CUDA_CHECK_LAUNCH(wgmma::backward_dq_kernel);
+          dkdv_kernel<<<grid, kThreads, shared, stream>>>(d, dout16, qkv16, lse, dvec, T, C, NH,
+                                                          plan.scale, heavy_first);
+          CUDA_CHECK_LAUNCH(wgmma::backward_dkdv_kernel);
+          return;
+        }
       constexpr std::size_t shared = mma_sync::backward_shared<HS>();
       auto* dq_kernel = mma_sync::backward_dq_kernel<HS, Out>;
       allow_dynamic_shared(dq_kernel, shared);

@@ -180,7 +180,9 @@ int select_device(int device) {
 // them. And MIXSIM_ATTENTION_WGMMA (cuda-bf16's tensor-core attention, head sizes 64 and 128, on
 // a device that runs the build's sm_90a code: H100, H200; an opt-in written without a GPU): the
 // forward's products on Hopper's warpgroup wgmma instead of mma.sync and ldmatrix
-// (attention_tc.cu, wgmma::forward_kernel; within rounding of the default's).
+// (attention_tc.cu, wgmma::forward_kernel; within rounding of the default's); and
+// MIXSIM_ATTENTION_WGMMA_BACKWARD, the same for the backward's dq and dkdv kernels (not with
+// MIXSIM_ATTENTION_FUSED_DQ, whose kernel stays on mma.sync).
 
 class CudaBackend final : public Backend {
  public:
@@ -207,6 +209,7 @@ class CudaBackend final : public Backend {
         heavy_first_(env_switch("MIXSIM_ATTENTION_HEAVY_FIRST", false) && tc_attention_),
         fused_dq_(env_switch("MIXSIM_ATTENTION_FUSED_DQ", false) && tc_attention_),
         wgmma_forward_(env_switch("MIXSIM_ATTENTION_WGMMA", false) && tc_attention_),
+        wgmma_backward_(env_switch("MIXSIM_ATTENTION_WGMMA_BACKWARD", false) && tc_attention_),
         bf16_gelu_epilogue_(env_switch("MIXSIM_BF16_GELU_EPILOGUE", false) &&
                             precision == MatmulPrecision::bf16),
         feeds_products_(env_switch("MIXSIM_LAYERNORM_FEEDS_PRODUCT", false)),
@@ -241,7 +244,9 @@ class CudaBackend final : public Backend {
             bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_, feeds_products_,
             classifier_.two_rows,
             // (where the device runs the sm_90a kernels; the head size is asked per call)
-            wgmma_forward_ && cuda::attention_wgmma_available(device_, 64, 1, max_shared_)};
+            wgmma_forward_ && cuda::attention_wgmma_available(device_, 64, 1, max_shared_),
+            wgmma_backward_ && !fused_dq_ &&
+                cuda::attention_wgmma_available(device_, 64, 1, max_shared_)};
   }
   int device() const { return device_; }
 
@@ -425,6 +430,7 @@ class CudaBackend final : public Backend {
       const bool fused = fused_dq_ && cuda::attention_tc_fused_dq_fits(C, NH, max_shared_);
       cuda::attention_backward_tc(
           dqkv, dout, qkv, out, lse, B, T, C, NH, heavy_first_, fused,
+          wgmma_backward_ && !fused && cuda::attention_wgmma_available(device_, C, NH, max_shared_),
           workspace(cuda::attention_tc_workspace(true, qkv.type, dout.type, B, T, C, NH, fused)),
           stream_.get());
       return;
@@ -529,6 +535,7 @@ class CudaBackend final : public Backend {
   bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
   bool fused_dq_;  // tensor-core attention's dq in the key-major kernel (MIXSIM_ATTENTION_FUSED_DQ)
   bool wgmma_forward_;       // the tensor-core forward on wgmma, sm_90a (MIXSIM_ATTENTION_WGMMA)
+  bool wgmma_backward_;  // its backward's two kernels on wgmma (MIXSIM_ATTENTION_WGMMA_BACKWARD)
   bool bf16_gelu_epilogue_;  // a bf16 fc layer's GELU in cuBLASLt's epilogue (MIXSIM_BF16_GELU_..)
   bool feeds_products_;      // LayerNorm feeds the next projection (MIXSIM_LAYERNORM_FEEDS_PRODUCT)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)

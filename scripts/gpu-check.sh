@@ -515,7 +515,8 @@ step bench-train-bf16-all 120 "$BUILD/bench/bench_gpu_train" --configs "$CONFIGS
 # attention output and its gradient, LayerNorm with 16-byte accesses, the attention's longest
 # blocks first, attention's backward in one kernel, the bf16 GELU in cuBLASLt's epilogue, the
 # LayerNorm backward feeding the projections, the cached classifier two rows an SM, the residual
-# branches' ends in bf16, the attention forward on wgmma (sm_90a).
+# branches' ends in bf16, the attention forward on wgmma (sm_90a; its backward on wgmma does not
+# run with the fused dq: --compare measures it).
 # --compare measures each on its own. (The
 # opt-in wide attention forward had a row here until run 10, slower each time: --compare
 # 'MIXSIM_TC_WIDE_FORWARD=1' measures it.)

@@ -39,7 +39,8 @@
 // MIXSIM_LAYERNORM_FEEDS_PRODUCT=1 (LayerNorm's backward makes the next projection's bias
 // gradient and bf16 operand, +lnf), MIXSIM_CLASSIFIER_TWO_ROWS=1 (the cached classifier two rows
 // an SM, +c2r), MIXSIM_BF16_BRANCH_OUTPUTS=1 (the residual branches' ends stored in bf16, +bo),
-// MIXSIM_ATTENTION_WGMMA=1 (the attention forward on wgmma where the GPU runs it, +wg) and
+// MIXSIM_ATTENTION_WGMMA=1 (the attention forward on wgmma where the GPU runs it, +wg),
+// MIXSIM_ATTENTION_WGMMA_BACKWARD=1 (its backward's two kernels so, +wgb) and
 // MIXSIM_CUBLASLT_TUNE=1 (cuBLASLt's algorithms chosen by timing, +ltt; with
 // MIXSIM_CUBLASLT_TUNE_OUT=FILE written to FILE's choices table). The label takes each from the
 // backend (cuda_kernel_choices and the Backend queries), not from the environment. The choices
@@ -224,7 +225,7 @@ int main(int argc, char** argv) {
     // "+exp2"; MIXSIM_LAYERNORM_VEC4=1: "+lnv4"; MIXSIM_ATTENTION_HEAVY_FIRST=1: "+hf";
     // MIXSIM_ATTENTION_FUSED_DQ=1: "+fdq"; MIXSIM_BF16_GELU_EPILOGUE=1: "+ge";
     // MIXSIM_LAYERNORM_FEEDS_PRODUCT=1: "+lnf"; MIXSIM_CLASSIFIER_TWO_ROWS=1: "+c2r";
-    // MIXSIM_ATTENTION_WGMMA=1: "+wg"), as it
+    // MIXSIM_ATTENTION_WGMMA=1: "+wg"; MIXSIM_ATTENTION_WGMMA_BACKWARD=1: "+wgb"), as it
     // reports them
     const mixsim::CudaKernelChoices kernels = mixsim::cuda_kernel_choices(*gpu);
     const bool tc_attention = kernels.tc_attention, wide = kernels.wide_forward,
@@ -232,7 +233,7 @@ int main(int argc, char** argv) {
                ln_vec4 = kernels.layernorm_vec4, heavy_first = kernels.heavy_first,
                fused_dq = kernels.fused_dq, gelu_epilogue = kernels.bf16_gelu_epilogue,
                ln_feeds = kernels.layernorm_feeds, two_rows = kernels.classifier_two_rows,
-               wgmma = kernels.wgmma_forward;
+               wgmma = kernels.wgmma_forward, wgmma_backward = kernels.wgmma_backward;
     // MIXSIM_CUBLASLT: bias and GELU fused into cuBLASLt epilogues ("+lt" in the label);
     // MIXSIM_CUBLASLT_TUNE=1 (opt-in): their algorithms chosen by timing ("+ltt")
     const bool cublaslt = mixsim::cublaslt_use(*gpu).enabled,
@@ -256,7 +257,7 @@ int main(int argc, char** argv) {
         (gelu_exp2 ? "+gexp2" : "") + (exp2 ? "+exp2" : "") + (ln_vec4 ? "+lnv4" : "") +
         (heavy_first ? "+hf" : "") + (fused_dq ? "+fdq" : "") + (gelu_epilogue ? "+ge" : "") +
         (ln_feeds ? "+lnf" : "") + (two_rows ? "+c2r" : "") + (branch_out ? "+bo" : "") +
-        (wgmma ? "+wg" : "") + (lt_tune ? "+ltt" : "");
+        (wgmma ? "+wg" : "") + (wgmma_backward ? "+wgb" : "") + (lt_tune ? "+ltt" : "");
     for (const auto& cfg : kConfigs) {
       if (("," + configs + ",").find(std::string(",") + cfg.name + ",") == std::string::npos)
         continue;

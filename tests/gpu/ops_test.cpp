@@ -2210,13 +2210,61 @@ TEST_F(CudaOps, WgmmaForwardFollowsMmaSync) {
   }
 }
 
-// 20 training steps with the wgmma forward, on a model whose heads are 64 wide (the op tests'
-// and expect_tensor_core_model_follows' are 24 and 32), under the bounds of
+// MIXSIM_ATTENTION_WGMMA_BACKWARD=1 (opt-in; written without a GPU at hand): the backward's dq and
+// dkdv kernels on wgmma (head sizes 64 and 128), from the same out and lse. They form the same
+// bf16 P and dS and the same fp32 sums as mma.sync's kernels; what may differ is each product's
+// internal sum order (see WgmmaForwardFollowsMmaSync). Against mma.sync's backward:
+// - dqkv within 2e-4 relative L2 (fp32 and bf16 dqkv, and from a bf16 out and dout): the bound
+//   both are held to against cpu-bf16 (Bf16TensorCoreAttention); a wrong operand is off by 1e-1;
+// - bit for bit on the heavy-first grid, and every element written;
+// - with MIXSIM_ATTENTION_FUSED_DQ=1 the fused kernel runs instead (it stays on mma.sync).
+// Shapes as WgmmaForwardFollowsMmaSync's.
+TEST_F(CudaOps, WgmmaBackwardFollowsMmaSync) {
+  auto plain = cuda_bf16_with("1", "", "");
+  auto [wg, wg_hf] = opt_in_backends("MIXSIM_ATTENTION_WGMMA_BACKWARD");
+  EXPECT_FALSE(cuda_kernel_choices(*plain).wgmma_backward);
+  if (!cuda_kernel_choices(*wg).wgmma_backward)
+    GTEST_SKIP() << "the GPU does not run the build's sm_90a code (wgmma: an H100 or H200, with "
+                    "90a among CMAKE_CUDA_ARCHITECTURES)";
+  {
+    mixsim::testing::ScopedEnv w("MIXSIM_ATTENTION_WGMMA_BACKWARD", "1"),
+        f("MIXSIM_ATTENTION_FUSED_DQ", "1");
+    EXPECT_FALSE(cuda_kernel_choices(*cuda_bf16_with("1", "", "")).wgmma_backward);
+  }
+  const AttentionShape shapes[] = {
+      {2, 150, 128, 2}, {3, 70, 128, 2},  {3, 1, 128, 2},    {1, 300, 64, 1},
+      {2, 100, 256, 2}, {1, 200, 128, 1}, {1, 256, 768, 12}, {4, 1024, 768, 12},
+  };
+  for (const AttentionShape& s : shapes) {
+    const std::string what = "wgmma backward " + shape_name(s);
+    const std::size_t rows = std::size_t(s.B) * s.T;
+    const std::vector<float> qkv = random_floats(rows * 3 * s.C, 191),
+                             dout = random_floats(rows * s.C, 192);
+    for (const auto& [type, bf16_io] :
+         {std::pair{DType::fp32, false}, {DType::bf16, false}, {DType::fp32, true}}) {
+      const std::string with = what + (bf16_io               ? ", bf16 out and dout"
+                                       : type == DType::bf16 ? ", bf16 dqkv"
+                                                             : ", fp32 dqkv");
+      const std::vector<float> a = attention_run(*plain, s, qkv, dout, type, bf16_io).dqkv,
+                               b = attention_run(*wg, s, qkv, dout, type, bf16_io).dqkv,
+                               c = attention_run(*wg_hf, s, qkv, dout, type, bf16_io).dqkv;
+      EXPECT_EQ(unwritten(b), 0u) << with << ": left unwritten";
+      expect_identical(Pair{b, c}, with + ": heavy-first grid");
+      const double e = rel_l2(Pair{a, b});
+      std::printf("%s: dqkv relative L2 to mma.sync's %.3e\n", with.c_str(), e);
+      EXPECT_LT(e, 2e-4) << with;
+    }
+  }
+}
+
+// 20 training steps with the wgmma forward and backward, on a model whose heads are 64 wide (the
+// op tests' and expect_tensor_core_model_follows' are 24 and 32), under the bounds of
 // Bf16TrainingFollowsCpu against the fp32 CPU.
-TEST_F(CudaOps, WgmmaForwardTrainingFollowsCpu) {
-  mixsim::testing::ScopedEnv w("MIXSIM_ATTENTION_WGMMA", "1");
+TEST_F(CudaOps, WgmmaTrainingFollowsCpu) {
+  mixsim::testing::ScopedEnv w("MIXSIM_ATTENTION_WGMMA", "1"),
+      wb("MIXSIM_ATTENTION_WGMMA_BACKWARD", "1");
   auto gpu = cuda_bf16_with("1", "", "");
-  if (!cuda_kernel_choices(*gpu).wgmma_forward)
+  if (!cuda_kernel_choices(*gpu).wgmma_forward || !cuda_kernel_choices(*gpu).wgmma_backward)
     GTEST_SKIP() << "the GPU does not run the build's sm_90a code (wgmma)";
   const ModelConfig cfg{2, 2, 128, 70, 257};
   const int b = 2, t = 70, steps = 20;

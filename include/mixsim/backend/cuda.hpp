@@ -55,6 +55,7 @@ struct CudaKernelChoices {
   bool layernorm_feeds = false;     // MIXSIM_LAYERNORM_FEEDS_PRODUCT=1: LayerNorm feeds projections
   bool classifier_two_rows = false;  // MIXSIM_CLASSIFIER_TWO_ROWS=1: two cached rows an SM
   bool wgmma_forward = false;        // MIXSIM_ATTENTION_WGMMA=1, where the device runs it (sm_90a)
+  bool wgmma_backward = false;  // MIXSIM_ATTENTION_WGMMA_BACKWARD=1, so (not with the fused dq)
 };
 CudaKernelChoices cuda_kernel_choices(Backend& cuda_backend);
 

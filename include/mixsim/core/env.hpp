@@ -6,8 +6,8 @@
 // MIXSIM_LAYERNORM_VEC4 (both
 // CUDA backends, off), MIXSIM_ATTENTION_HEAVY_FIRST and MIXSIM_ATTENTION_FUSED_DQ (cuda-bf16,
 // off), MIXSIM_BF16_GELU_EPILOGUE (cuda-bf16, off), MIXSIM_LAYERNORM_FEEDS_PRODUCT (all four
-// backends, off), MIXSIM_ATTENTION_WGMMA (cuda-bf16 on an sm_90a GPU, off), MIXSIM_CUBLASLT_TUNE
-// (where cuBLASLt is on,
+// backends, off), MIXSIM_ATTENTION_WGMMA and MIXSIM_ATTENTION_WGMMA_BACKWARD (cuda-bf16 on an
+// sm_90a GPU, off), MIXSIM_CUBLASLT_TUNE (where cuBLASLt is on,
 // off) and MIXSIM_CUBLASLT_CHOICES (where cuBLASLt is on, on: kernels/cuda_backend.cu's
 // lt_options also reads the file paths MIXSIM_CUBLASLT_TUNE_OUT and
 // MIXSIM_CUBLASLT_CHOICES_FILE). Each is "1" (on) or "0" (off);

@@ -520,6 +520,56 @@ def row_dot_part(ctx, HS, at, dout32, out_bf16):
     return part
 
 
+def lane_row_terms(ctx, HS, row_d, row_lse, head, iw, T, C, dout32, out_bf16):
+    """lane_row_terms<HS>: row_terms into the warp's 16 rows of row_d and row_lse (f32 region),
+    __syncwarp, then each lane's li and di of its rows g and g + 8."""
+    warp, lane = ctx.warp, ctx.lane
+    for rr in range(16):
+        row = iw + rr
+        at = head.row_offset + row * C
+        part = row_dot_part(ctx, HS, at, dout32, out_bf16) if row < T else np.zeros(32, np.float32)
+        part = warp_sum(part)
+        # if (lane == 0)
+        ctx.smem.write_f(np.array([row_d + rr]), part[:1], warp)
+        lv = ctx.g.load("lse", np.array([head.lse_offset + row]))[0] * kLog2e if row < T else np.float32(0)
+        ctx.smem.write_f(np.array([row_lse + rr]), np.array([lv], np.float32), warp)
+        if row < T:
+            ctx.g.store("dvec", np.array([head.lse_offset + row]), part[:1])
+    # __syncwarp()
+    li = [ctx.smem.read_f(row_lse + lane // 4 + 8 * h, warp) for h in range(2)]
+    di = [ctx.smem.read_f(row_d + lane // 4 + 8 * h, warp) for h in range(2)]
+    return li, di
+
+
+def query_major_ds(s, dp, full, iw, j0, T, sl, li, di, lane):
+    """query_major_ds: dS = P (dP - D) into s (masked elements 0)."""
+    for n in range(8):
+        for v in range(4):
+            i = iw + row_of(lane, v)
+            j = j0 + column_of(lane, n, v)
+            with np.errstate(invalid="ignore", over="ignore"):
+                val = exp2f(fmaf(sl, s[n][v], -li[v // 2])) * (dp[n][v] - di[v // 2])
+            s[n][v] = np.where(mask(full, (i < T) & (j <= i)), val, np.float32(0))
+
+
+def key_major_p_ds(ctx, s, dp, full, jw, t0, T, sl, tile_lse, tile_d):
+    """key_major_p_ds: P^T into s and dS^T = P^T (dP^T - D) into dp; tile_lse and tile_d index
+    the f32 region."""
+    warp, lane = ctx.warp, ctx.lane
+    for n in range(8):
+        for v in range(4):
+            col = column_of(lane, n, v)
+            i = t0 + col
+            j = jw + row_of(lane, v)
+            tl = ctx.smem.read_f(tile_lse + col, warp)
+            lse2 = (tl * kLog2e).astype(np.float32)  # __fmul_rn(tile_lse[col], kLog2e)
+            with np.errstate(invalid="ignore", over="ignore"):
+                e = exp2f(fmaf(sl, s[n][v], -lse2))
+            p = np.where(mask(full, (i < T) & (i >= j)), e, np.float32(0))
+            s[n][v] = p
+            dp[n][v] = p * (dp[n][v] - ctx.smem.read_f(tile_d + col, warp))
+
+
 def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_bf16=False,
                        heavy_first=False):
     """dout32: the kernel's dout is the fp32 one (D reads it); False where dout is stored in bf16
@@ -548,24 +598,8 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_b
     load_tile(ctx, HS, gs, "dout16", head.row_offset, C, i0, T)
     load_stage(0)
     commit_copies(ctx)
-    # row_terms
-    for rr in range(16):
-        row = iw + rr
-        at = head.row_offset + row * C
-        part = row_dot_part(ctx, HS, at, dout32, out_bf16) if row < T else np.zeros(32, np.float32)
-        part = warp_sum(part)
-        # if (lane == 0)
-        ctx.smem.write_f(np.array([row_d + warp * 16 + rr]), part[:1], warp)
-        lv = ctx.g.load("lse", np.array([head.lse_offset + row]))[0] * kLog2e if row < T else np.float32(0)
-        ctx.smem.write_f(np.array([row_lse + warp * 16 + rr]), np.array([lv], np.float32), warp)
-        if row < T:
-            ctx.g.store("dvec", np.array([head.lse_offset + row]), part[:1])
-    # __syncwarp()
-    li = [None, None]
-    di = [None, None]
-    for h in range(2):
-        li[h] = ctx.smem.read_f(row_lse + warp * 16 + lane // 4 + 8 * h, warp)
-        di[h] = ctx.smem.read_f(row_d + warp * 16 + lane // 4 + 8 * h, warp)
+    li, di = lane_row_terms(ctx, HS, row_d + warp * 16, row_lse + warp * 16, head, iw, T, C,
+                            dout32, out_bf16)
 
     dq = zero(HS)
     qw = qs + warp * 16 * LD
@@ -579,14 +613,7 @@ def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_b
         j0 = t * kRows
         s = scores(ctx, HS, qw, ks)
         dp = scores(ctx, HS, gw, vs)
-        full = j0 < i0 and iw + 16 <= T
-        for n in range(8):
-            for v in range(4):
-                i = iw + row_of(lane, v)
-                j = j0 + column_of(lane, n, v)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    val = exp2f(fmaf(sl, s[n][v], -li[v // 2])) * (dp[n][v] - di[v // 2])
-                s[n][v] = np.where(mask(full, (i < T) & (j <= i)), val, np.float32(0))
+        query_major_ds(s, dp, j0 < i0 and iw + 16 <= T, iw, j0, T, sl, li, di, lane)
         ds = to_fragments(s)
         accumulate(ctx, HS, dq, ds, ks)
     if live:
@@ -820,19 +847,8 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=Fals
             tile_d = tile_lse + kRows
             s = scores(ctx, HS, kw, qs)
             dp = scores(ctx, HS, vw, gs)
-            full = t0 > j0 and t0 + kRows <= T
-            for n in range(8):
-                for v in range(4):
-                    col = column_of(lane, n, v)
-                    i = t0 + col
-                    j = jw + row_of(lane, v)
-                    tl = ctx.smem.read_f(tile_lse + col, warp)
-                    lse2 = (tl * kLog2e).astype(np.float32)  # __fmul_rn(tile_lse[col], kLog2e)
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        e = exp2f(fmaf(sl, s[n][v], -lse2))
-                    p = np.where(mask(full, (i < T) & (i >= j)), e, np.float32(0))
-                    s[n][v] = p
-                    dp[n][v] = p * (dp[n][v] - ctx.smem.read_f(tile_d + col, warp))
+            key_major_p_ds(ctx, s, dp, t0 > j0 and t0 + kRows <= T, jw, t0, T, sl, tile_lse,
+                           tile_d)
             pt = to_fragments(s)
             dst = to_fragments(dp)
             accumulate(ctx, HS, dv, pt, gs)

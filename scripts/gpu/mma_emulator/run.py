@@ -164,6 +164,36 @@ def wgmma_forward(g, qkv, B, T, C, NH):
     return ok
 
 
+def wgmma_backward(g, g2, qkv, dout, B, T, C, NH):
+    """MIXSIM_ATTENTION_WGMMA_BACKWARD (head sizes 64 and 128): the backward's two kernels on
+    wgmma (wgmma.py) from g's out and lse, beside the mma.sync backward g2: dqkv and dvec bit for
+    bit (fp32 dqkv on both grids, a bf16 dqkv, and a bf16 out and dout against the mma.sync path
+    on the same values), every element once, no race, no misaligned access."""
+    t = time.time()
+    ok, notes = True, []
+    out, lse = g.a["out"], g.a["lse"]
+    d16 = ptx.bf16(np.asarray(dout, np.float32))
+    o16 = ptx.bf16(out)
+    runs = (("default grid", dict(), g2, (dout, out)),
+            ("heavy-first grid", dict(heavy_first=True), g2, (dout, out)),
+            ("bf16 dqkv", dict(Out="bf16"), None, (dout, out)),
+            ("bf16 out and dout", dict(bf16_att_out=True), None, (d16, o16)))
+    for name, kw, want, (dd, oo) in runs:
+        if want is None:
+            want, _ = kernels.attention_backward(dd, qkv, oo, lse, B, T, C, NH, **kw)
+        gw, races = wgmma.attention_backward(dd, qkv, oo, lse, B, T, C, NH, **kw)
+        same, once, good = matches(gw, races, {k: want.a[k] for k in ("dqkv", "dvec")})
+        ok &= good
+        notes.append(f"{name} {'same' if same else 'DIFFERS'}"
+                     f"{'' if once else ' (write counts wrong)'}"
+                     f"{'' if not races and not gw.misaligned else ' (races or misaligned)'}")
+        for r in races[:5]:
+            print("   ", r)
+    print(f"   wgmma backward [{time.time() - t:.1f}s]: {', '.join(notes)} as mma.sync's"
+          f"{'' if ok else '   <-- BAD'}")
+    return ok
+
+
 def heavy_first(g, g2, qkv, dout, B, T, C, NH):
     """MIXSIM_ATTENTION_HEAVY_FIRST: the grid (NH, B, row blocks), each block's place read from
     it by place_of. Wants the forward (and the wide forward, where it runs) and the backward (fp32
@@ -357,6 +387,7 @@ def main(shapes, sweep=FUSED_SWEEP, fused_only=False):
             ok &= heavy_first(g, g2, qkv, dout, B, T, C, NH)
             if C // NH in (64, 128):
                 ok &= wgmma_forward(g, qkv, B, T, C, NH)
+                ok &= wgmma_backward(g, g2, qkv, dout, B, T, C, NH)
         ok &= fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, (B, T, C, NH) in sweep)
     print("ALL OK" if ok else "MISMATCH")
 

@@ -27,6 +27,10 @@ tig = lane % 4): the C fragment of mma.m16n8 repeated for each 8 columns. A from
 warp w's rows 16w.. as the A fragment of mma.m16n8k16 (four .b32 registers). imm-trans-b 1:
 B is MN-major (else K-major, B^T's rows = N).
 
+A group of products (the kernels' begin() ... end(): wgmma.fence, the products, commit, wait
+for all) is emulated by computing each product as it is issued: the products of one group write
+different accumulators and read none of each other's, and nothing reads them before end().
+
 Async proxy: wgmma reads shared memory through the async proxy; the cp.async copies are the
 generic proxy's, so each thread fences them (fence.proxy.async) after its wait and before the
 barrier that publishes them. WgSmem keeps, per warp, the elements copied and not so fenced; a
@@ -35,9 +39,10 @@ product's read of one is listed as an "async-proxy race".
 import numpy as np
 
 import kernels
-from kernels import (AsyncSmem, SharedMemoryError, commit_copies, finish_rows, grid_of,
-                     head_of, kLog2e, kRows, kStages, kThreads, kWarps, launch, online_softmax_tile,
-                     place_of, to_fragments, wait_copies, zero)
+from kernels import (AsyncSmem, SharedMemoryError, commit_copies, finish_rows, grid_of, head_of,
+                     kLog2e, kRows, kStages, kThreads, kWarps, key_major_p_ds, lane_row_terms,
+                     launch, load_rows, online_softmax_tile, place_of, query_major_ds, store_rows,
+                     to_fragments, wait_copies, zero)
 from ptx import LANES, _A, bf16
 
 kAtomBytes = kRows * 128  # a tile's 64 rows of one 128-byte atom
@@ -194,13 +199,24 @@ def descriptor(address, lbo, sbo):
     return ((address & 0x3FFFF) >> 4) | (lbo >> 4) << 16 | (sbo >> 4) << 32 | 1 << 62
 
 
-def scores(ctx, HS, s, q, k):
+def advance(ctx, t, tiles, load):
+    """wgmma's advance (use with `yield from`): wait_copies, fence.proxy.async, __syncthreads,
+    the next tile's copies, commit."""
+    wait_copies(ctx)
+    ctx.smem.fence_proxy(ctx.warp)
+    yield  # __syncthreads
+    if t + 1 < tiles:
+        load(t + 1)
+    commit_copies(ctx)
+
+
+def issue_scores(ctx, HS, s, q, k):
     for kk in range(HS // 16):
         at = (kk // 4) * kAtomBytes + (kk % 4) * 32
         product_ss(ctx, s, descriptor(q + at, 16, 1024), descriptor(k + at, 16, 1024), kk > 0)
 
 
-def accumulate(ctx, HS, acc, p, v):
+def issue_accumulate(ctx, HS, acc, p, v):
     for kk in range(4):
         for h in range(HS // 64):
             product_rs(ctx, acc[8 * h:8 * h + 8], p[kk],
@@ -236,18 +252,13 @@ def forward_kernel(ctx, HS, T, C, NH, scale, has_lse=True, out_bf16=False, heavy
     acc = zero(HS)
     s = np.zeros((8, 4, 32), np.float32)
     for t in range(tiles):
-        wait_copies(ctx)
-        ctx.smem.fence_proxy(ctx.warp)
-        yield  # __syncthreads
-        if t + 1 < tiles:
-            load_stage(t + 1)
-        commit_copies(ctx)
+        yield from advance(ctx, t, tiles, load_stage)
         j0 = t * kRows
-        scores(ctx, HS, s, qs, keys(t))
+        issue_scores(ctx, HS, s, qs, keys(t))
         with np.errstate(invalid="ignore"):  # rows past T: every score masked
             online_softmax_tile(s, m, l, acc, j0 < i0 and iw + 16 <= T, iw, j0, T, sl, lane, HS)
         p = to_fragments(s)
-        accumulate(ctx, HS, acc, p, keys(t) + tile_bytes(HS))
+        issue_accumulate(ctx, HS, acc, p, keys(t) + tile_bytes(HS))
     if iw < T:
         finish_rows(ctx, HS, head, iw, T, C, m, l, acc, has_lse, "bf16" if out_bf16 else "float")
 
@@ -265,6 +276,142 @@ def attention_forward(qkv, B, T, C, NH, out_bf16=False, heavy_first=False):
     try:
         races = launch(forward_kernel, grid, forward_shared(HS) // 2, 0, None, g, HS, T, C, NH,
                        scale, out_bf16=out_bf16, heavy_first=heavy_first)
+    finally:
+        kernels.AsyncSmem = saved
+    return g, races
+
+
+def backward_shared(HS):
+    return 6 * tile_bytes(HS) + 2 * kStages * kRows * 4 + 1024
+
+
+def backward_dq_kernel(ctx, HS, T, C, NH, scale, Out="float", dout32=True, out_bf16=False,
+                       heavy_first=False):
+    tile = tile_bytes(HS)
+    qs = 0
+    gs = qs + tile
+
+    def keys(t):
+        return qs + (2 + 2 * (t % kStages)) * tile
+
+    row_lse = 0  # the float region, after the six tiles
+    row_d = row_lse + kRows
+    warp, lane = ctx.warp, ctx.lane
+    place = place_of(ctx, heavy_first)
+    head = head_of(ctx, HS, T, C, NH, place)
+    block, _, _, blocks = place
+    i0 = (blocks - 1 - block) * kRows
+    iw = i0 + warp * 16
+    tiles = (min(T, i0 + kRows) - 1) // kRows + 1
+    sl = np.float32(scale) * kLog2e
+
+    def load_stage(t):
+        load_tile(ctx, HS, keys(t), "qkv16", head.q + C, head.qkv_stride, t * kRows, T)
+        load_tile(ctx, HS, keys(t) + tile, "qkv16", head.q + 2 * C, head.qkv_stride, t * kRows, T)
+
+    load_tile(ctx, HS, qs, "qkv16", head.q, head.qkv_stride, i0, T)
+    load_tile(ctx, HS, gs, "dout16", head.row_offset, C, i0, T)
+    load_stage(0)
+    commit_copies(ctx)
+    li, di = lane_row_terms(ctx, HS, row_d + warp * 16, row_lse + warp * 16, head, iw, T, C,
+                            dout32, out_bf16)
+    dq = zero(HS)
+    s = np.zeros((8, 4, 32), np.float32)
+    dp = np.zeros((8, 4, 32), np.float32)
+    for t in range(tiles):
+        yield from advance(ctx, t, tiles, load_stage)
+        j0 = t * kRows
+        issue_scores(ctx, HS, s, qs, keys(t))
+        issue_scores(ctx, HS, dp, gs, keys(t) + tile)
+        query_major_ds(s, dp, j0 < i0 and iw + 16 <= T, iw, j0, T, sl, li, di, lane)
+        ds = to_fragments(s)
+        issue_accumulate(ctx, HS, dq, ds, keys(t))
+    if iw < T:
+        store_rows(ctx, HS, "dqkv", head.dqkv_offset, head.qkv_stride, iw, T, dq, (scale, scale),
+                   Out)
+
+
+def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=False):
+    tile = tile_bytes(HS)
+    ks = 0
+    vs = ks + tile
+
+    def queries(t):
+        return ks + (2 + 2 * (t % kStages)) * tile
+
+    rows = 0  # the float region: per stage (64) lse, (64) D
+    warp = ctx.warp
+    place = place_of(ctx, heavy_first)
+    head = head_of(ctx, HS, T, C, NH, place)
+    j0 = place[0] * kRows
+    jw = j0 + warp * 16
+    tiles = -(-(T - j0) // kRows)
+    sl = np.float32(scale) * kLog2e
+
+    def load_stage(t):
+        t0 = j0 + t * kRows
+        rt = rows + (t % kStages) * 2 * kRows
+        load_tile(ctx, HS, queries(t), "qkv16", head.q, head.qkv_stride, t0, T)
+        load_tile(ctx, HS, queries(t) + tile, "dout16", head.row_offset, C, t0, T)
+        load_rows(ctx, rt, "lse", head.lse_offset, t0, T)
+        load_rows(ctx, rt + kRows, "dvec", head.lse_offset, t0, T)
+
+    load_tile(ctx, HS, ks, "qkv16", head.q + C, head.qkv_stride, j0, T)
+    load_tile(ctx, HS, vs, "qkv16", head.q + 2 * C, head.qkv_stride, j0, T)
+    load_stage(0)
+    commit_copies(ctx)
+    dk = zero(HS)
+    dv = zero(HS)
+    s = np.zeros((8, 4, 32), np.float32)
+    dp = np.zeros((8, 4, 32), np.float32)
+    for t in range(tiles):
+        yield from advance(ctx, t, tiles, load_stage)
+        t0 = j0 + t * kRows
+        qt = queries(t)
+        gt = qt + tile
+        tile_lse = rows + (t % kStages) * 2 * kRows
+        tile_d = tile_lse + kRows
+        issue_scores(ctx, HS, s, ks, qt)
+        issue_scores(ctx, HS, dp, vs, gt)
+        key_major_p_ds(ctx, s, dp, t0 > j0 and t0 + kRows <= T, jw, t0, T, sl, tile_lse, tile_d)
+        pt = to_fragments(s)
+        dst = to_fragments(dp)
+        issue_accumulate(ctx, HS, dv, pt, gt)
+        issue_accumulate(ctx, HS, dk, dst, qt)
+    if jw < T:
+        store_rows(ctx, HS, "dqkv", head.dqkv_offset + C, head.qkv_stride, jw, T, dk,
+                   (scale, scale), Out)
+        store_rows(ctx, HS, "dqkv", head.dqkv_offset + 2 * C, head.qkv_stride, jw, T, dv,
+                   (1.0, 1.0), Out)
+
+
+def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_out=False,
+                       heavy_first=False):
+    """attention_backward_tc with wgmma (head sizes 64 and 128; not the fused dq): the two
+    kernels on WgSmem, as kernels.attention_backward's default path. Returns (gmem, races)."""
+    HS = C // NH
+    scale = np.float32(1.0) / np.sqrt(np.float32(HS))
+    grid = grid_of((T + kRows - 1) // kRows, NH, B, heavy_first)
+    esize = {"qkv16": 2, "dout16": 2}
+    if Out == "bf16":
+        esize["dqkv"] = 2
+    arrays = dict(qkv16=bf16(np.asarray(qkv, dtype=np.float32)), out=out, lse=lse,
+                  dqkv=np.full(B * T * 3 * C, np.nan), dvec=np.full(B * NH * T, np.nan))
+    if bf16_att_out:
+        arrays["dout16"] = np.asarray(dout, dtype=np.float32)
+        esize["out"] = 2
+    else:
+        arrays.update(dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout)
+    g = kernels.Gmem(esize=esize, **arrays)
+    n_bf16, n_f32 = 6 * tile_bytes(HS) // 2, 2 * kStages * kRows
+    saved = kernels.AsyncSmem
+    kernels.AsyncSmem = WgSmem
+    try:
+        races = launch(backward_dq_kernel, grid, n_bf16, n_f32, 2 * n_bf16, g, HS, T, C, NH, scale,
+                       Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out,
+                       heavy_first=heavy_first)
+        races += launch(backward_dkdv_kernel, grid, n_bf16, n_f32, 2 * n_bf16, g, HS, T, C, NH,
+                        scale, Out=Out, heavy_first=heavy_first)
     finally:
         kernels.AsyncSmem = saved
     return g, races
