@@ -1157,7 +1157,9 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 4 : 2)
 // roundings, sums and stores), their products on wgmma: S and dP (or S^T and dP^T) from two
 // swizzled tiles each through descriptors; dS K, P^T dout and dS^T Q with the fragments from
 // registers and the key, dout or query tile as a transposed B. The rows past T of a warpgroup
-// compute with the others (zeros and masked elements: dS 0) and store nothing.
+// compute with the others (zeros and masked elements: dS 0) and store nothing. Within rounding of
+// mma_sync's: each product sums its 16 terms in the hardware's order, which wgmma and mma.sync
+// need not share (the emulator, which sums them one way for both, wants the same bits).
 template <int HS>
 constexpr std::size_t backward_shared() {  // six tiles; lse and D rows per stage; alignment
   return 6 * tile_bytes<HS>() + 2 * mma_sync::kStages * kRows * sizeof(float) + 1024;

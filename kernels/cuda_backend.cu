@@ -245,7 +245,9 @@ class CudaBackend final : public Backend {
             classifier_.two_rows,
             // (where the device runs the sm_90a kernels; the head size is asked per call)
             wgmma_forward_ && cuda::attention_wgmma_available(device_, 64, 1, max_shared_),
-            wgmma_backward_ && !fused_dq_ &&
+            // (not where the fused dq runs instead: as attention_backward asks, at head size 64)
+            wgmma_backward_ &&
+                !(fused_dq_ && cuda::attention_tc_fused_dq_fits(64, 1, max_shared_)) &&
                 cuda::attention_wgmma_available(device_, 64, 1, max_shared_)};
   }
   int device() const { return device_; }

@@ -20,7 +20,7 @@ of fused.acc is ordered after the write it reads by the semaphores' release and 
 """
 import numpy as np
 
-from ptx import (LANES, Smem, SharedMemoryError, bf16, exp2f, f32, fmaf, ldmatrix_x4,
+from ptx import (LANES, Smem, SharedMemoryError, bf16, exp2f, fmaf, ldmatrix_x4,
                  ldmatrix_x4_trans, log2f, mma, pack, shfl_xor)
 
 kRows = 64
@@ -625,7 +625,6 @@ def row_dots_kernel(ctx, HS, T, C, NH, rows, dout32=True, out_bf16=False):
     """row_dots_kernel<HS> (the fused dq's D = dout . out; the dq kernel's row_terms otherwise):
     one warp a row r of a head, rows = B NH T; summed as row_terms sums it (lane-strided fmaf
     over d, then warp_sum). dout32 / out_bf16 as for backward_dq_kernel. No barrier."""
-    lane = ctx.lane
     # r = (blockIdx.x * blockDim.x + threadIdx.x) / kWarpSize: uniform over the warp
     r = (ctx.blockIdx[0] * kThreads + ctx.threadIdx) // kWarpSize
     assert (r == r[0]).all()

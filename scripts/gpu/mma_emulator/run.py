@@ -262,7 +262,6 @@ def fused_dq(g, g2, qkv, dout, R64, RB, B, T, C, NH, sweep):
                  for r, d in ((1, "reverse"), (2, "shuffled"))]
     ok = True
     first = {}
-    notes = []
     bad_runs = []
     waits = held = 0
     for Out, hf, resident, dispatch in runs:
