@@ -2142,6 +2142,40 @@ TEST_F(CudaOps, FusedDqTrainingFollowsCpu) {
   expect_tensor_core_model_follows(*cpu_, *cuda_bf16_with("1", "", ""), 84);
 }
 
+namespace {
+
+// Where a tile-shaped kernel goes wrong: of a (B, T, width) tensor holding the heads' HS columns
+// from `first` (out: width C, first 0; dq, dk, dv of a dqkv: width 3C, first 0, C, 2C), the
+// relative error of `got` against `want` per cell of a 64 x HS tile (rows t % 64 in groups of 8,
+// columns d in groups of 8), over every tile of every head: '.' below 1e-3, 'o' below 1e-1, 'X'
+// from 1e-1. A descriptor, swizzle or fragment misread shows as a pattern of cells (a column group,
+// the second 8 rows of 16), a masking error as the diagonal.
+void print_error_map(const std::vector<float>& want, const std::vector<float>& got,
+                     const AttentionShape& s, int width, int first, const char* what) {
+  const int HS = s.C / s.NH, cols = HS / 8;
+  std::vector<double> diff(8 * cols), norm(8 * cols);
+  for (int b = 0; b < s.B; ++b)
+    for (int t = 0; t < s.T; ++t)
+      for (int h = 0; h < s.NH; ++h)
+        for (int d = 0; d < HS; ++d) {
+          const std::size_t i = (std::size_t(b) * s.T + t) * width + first + h * HS + d;
+          const int cell = t % 64 / 8 * cols + d / 8;
+          diff[cell] += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+          norm[cell] += double(want[i]) * want[i];
+        }
+  std::printf("  error map of %s (rows t %% 64 by 8 down, columns by 8 across):\n", what);
+  for (int r = 0; r < 8; ++r) {
+    std::string line;
+    for (int c = 0; c < cols; ++c) {
+      const double e = std::sqrt(diff[r * cols + c] / std::max(norm[r * cols + c], 1e-300));
+      line += !(e < 1e-1) ? 'X' : e < 1e-3 ? '.' : 'o';
+    }
+    std::printf("    rows %2d-%2d: %s\n", 8 * r, 8 * r + 7, line.c_str());
+  }
+}
+
+}  // namespace
+
 // MIXSIM_ATTENTION_WGMMA=1 (opt-in; written without a GPU at hand): the tensor-core forward's
 // products on Hopper's wgmma (head sizes 64 and 128), reading Q and the key and value tiles from
 // 128-byte-swizzled shared memory through descriptors. Skipped where the GPU does not run the
@@ -2206,6 +2240,15 @@ TEST_F(CudaOps, WgmmaForwardFollowsMmaSync) {
         EXPECT_LT(t_out, 2e-4) << with << ": out against cpu-bf16's";
         EXPECT_LT(t_lse, 1e-5) << with << ": lse against cpu-bf16's";
       }
+      if (HasFailure()) {  // the first failing shape's pattern, for the kernel's author
+        print_error_map(a.out, b.out, s, s.C, 0, "out");
+        for (int part = 0; part < 3; ++part)
+          print_error_map(a.dqkv, b.dqkv, s, 3 * s.C, part * s.C,
+                          part == 0   ? "dq"
+                          : part == 1 ? "dk"
+                                      : "dv");
+        return;
+      }
     }
   }
 }
@@ -2253,6 +2296,11 @@ TEST_F(CudaOps, WgmmaBackwardFollowsMmaSync) {
       const double e = rel_l2(Pair{a, b});
       std::printf("%s: dqkv relative L2 to mma.sync's %.3e\n", with.c_str(), e);
       EXPECT_LT(e, 2e-4) << with;
+      if (HasFailure()) {  // the first failing shape's pattern, for the kernel's author
+        for (int part = 0; part < 3; ++part)
+          print_error_map(a, b, s, 3 * s.C, part * s.C, part == 0 ? "dq" : part == 1 ? "dk" : "dv");
+        return;
+      }
     }
   }
 }
