@@ -129,6 +129,14 @@ std::unique_ptr<Backend> cuda_bf16_with(const char* tc_attention, const char* cu
   return make_cuda_backend(0, MatmulPrecision::bf16);
 }
 
+// cuda-bf16 with tensor-core attention and its other default switches, and the opt-in `name`
+// pinned off whatever the caller's environment holds: the default that an opt-in's test compares
+// with.
+std::unique_ptr<Backend> cuda_bf16_without(const char* name) {
+  mixsim::testing::ScopedEnv off(name, "0");
+  return cuda_bf16_with("1", "", "");
+}
+
 class CudaOps : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -2011,7 +2019,7 @@ TEST_F(CudaOps, HeavyFirstIsBitIdentical) {
   for (const char* wide_forward : {"0", "1"}) {
     std::optional<mixsim::testing::ScopedEnv> w(std::in_place, "MIXSIM_TC_WIDE_FORWARD",
                                                 wide_forward);
-    auto plain = cuda_bf16_with("1", "", "");
+    auto plain = cuda_bf16_without("MIXSIM_ATTENTION_HEAVY_FIRST");
     std::unique_ptr<Backend> heavy;
     {
       mixsim::testing::ScopedEnv hf("MIXSIM_ATTENTION_HEAVY_FIRST", "1");
@@ -2078,7 +2086,7 @@ std::pair<std::unique_ptr<Backend>, std::unique_ptr<Backend>> opt_in_backends(co
 // tile copies' loop form). With a bf16 out and dout too (MIXSIM_BF16_ATTENTION_OUT=1's
 // hand-over), fp32 dqkv, under the same bound.
 TEST_F(CudaOps, FusedDqFollowsTheDefault) {
-  auto plain = cuda_bf16_with("1", "", "");
+  auto plain = cuda_bf16_without("MIXSIM_ATTENTION_FUSED_DQ");
   auto [fused, fused_hf] = opt_in_backends("MIXSIM_ATTENTION_FUSED_DQ");
   EXPECT_TRUE(cuda_kernel_choices(*fused).fused_dq);
   EXPECT_TRUE(cuda_kernel_choices(*fused_hf).heavy_first);
@@ -2195,7 +2203,7 @@ void print_error_map(const std::vector<float>& want, const std::vector<float>& g
 // heads, and a GPT-2 layer at B 4. scripts/gpu/mma_emulator (run.py, mutate7.py) checks a
 // transcription of the kernel's index arithmetic, bit for bit against the mma.sync kernel's.
 TEST_F(CudaOps, WgmmaForwardFollowsMmaSync) {
-  auto plain = cuda_bf16_with("1", "", "");
+  auto plain = cuda_bf16_without("MIXSIM_ATTENTION_WGMMA");
   auto [wg, wg_hf] = opt_in_backends("MIXSIM_ATTENTION_WGMMA");
   EXPECT_FALSE(cuda_kernel_choices(*plain).wgmma_forward);
   if (!cuda_kernel_choices(*wg).wgmma_forward)
@@ -2263,7 +2271,8 @@ TEST_F(CudaOps, WgmmaForwardFollowsMmaSync) {
 // - with MIXSIM_ATTENTION_FUSED_DQ=1 the fused kernel runs instead (it stays on mma.sync).
 // Shapes as WgmmaForwardFollowsMmaSync's.
 TEST_F(CudaOps, WgmmaBackwardFollowsMmaSync) {
-  auto plain = cuda_bf16_with("1", "", "");
+  mixsim::testing::ScopedEnv unfused("MIXSIM_ATTENTION_FUSED_DQ", "0");  // (it would take over)
+  auto plain = cuda_bf16_without("MIXSIM_ATTENTION_WGMMA_BACKWARD");
   auto [wg, wg_hf] = opt_in_backends("MIXSIM_ATTENTION_WGMMA_BACKWARD");
   EXPECT_FALSE(cuda_kernel_choices(*plain).wgmma_backward);
   if (!cuda_kernel_choices(*wg).wgmma_backward)
@@ -2310,7 +2319,7 @@ TEST_F(CudaOps, WgmmaBackwardFollowsMmaSync) {
 // Bf16TrainingFollowsCpu against the fp32 CPU.
 TEST_F(CudaOps, WgmmaTrainingFollowsCpu) {
   mixsim::testing::ScopedEnv w("MIXSIM_ATTENTION_WGMMA", "1"),
-      wb("MIXSIM_ATTENTION_WGMMA_BACKWARD", "1");
+      wb("MIXSIM_ATTENTION_WGMMA_BACKWARD", "1"), unfused("MIXSIM_ATTENTION_FUSED_DQ", "0");
   auto gpu = cuda_bf16_with("1", "", "");
   if (!cuda_kernel_choices(*gpu).wgmma_forward || !cuda_kernel_choices(*gpu).wgmma_backward)
     GTEST_SKIP() << "the GPU does not run the build's sm_90a code (wgmma)";
