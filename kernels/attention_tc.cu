@@ -39,8 +39,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <type_traits>
 
 #include "launchers.cuh"
@@ -1148,7 +1146,7 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 4 : 2)
   }
   if (iw < T) mma_sync::finish_rows<HS>(out, out_bf16, lse, head, iw, T, C, m, l, acc, lane);
 #else
-  __trap();  // never launched: forward_available() is false where this code is not built
+  __trap();  // never launched: wgmma_runs_on() is false where this is not built
 #endif
 }
 
@@ -1220,7 +1218,7 @@ __global__ void __launch_bounds__(kThreads)
     mma_sync::store_rows<HS>(dqkv + head.qkv_offset, head.qkv_stride, iw, T, dq, {scale, scale},
                              lane);
 #else
-  __trap();  // never launched: attention_wgmma_available() is false where this is not built
+  __trap();  // never launched: wgmma_runs_on() is false where this is not built
 #endif
 }
 
@@ -1288,7 +1286,7 @@ __global__ void __launch_bounds__(kThreads, HS <= 64 ? 3 : 1)
     mma_sync::store_rows<HS>(out_rows + 2 * C, head.qkv_stride, jw, T, dv, {1.f, 1.f}, lane);
   }
 #else
-  __trap();  // never launched: attention_wgmma_available() is false where this is not built
+  __trap();  // never launched: wgmma_runs_on() is false where this is not built
 #endif
 }
 
@@ -1393,15 +1391,18 @@ bool attention_tc_fused_dq_fits(int C, int NH, std::size_t max_shared) {
   return fits;
 }
 
-bool attention_wgmma_available(int device, int C, int NH, std::size_t max_shared) {
-  if (NH <= 0 || C <= 0 || C % NH != 0 || (C / NH != 64 && C / NH != 128)) return false;
-  if (std::max(wgmma::forward_shared<128>(), wgmma::backward_shared<128>()) > max_shared)
-    return false;
-  static std::mutex lock;
-  static std::map<int, bool> built;  // per device: whether it runs the sm_90a code
-  const std::lock_guard<std::mutex> hold(lock);
-  const auto found = built.find(device);
-  if (found != built.end()) return found->second;
+bool attention_wgmma_fits(int C, int NH, std::size_t max_shared) {
+  if (NH <= 0 || C <= 0 || C % NH != 0) return false;
+  const auto needed = [](auto hs) {
+    constexpr int H = decltype(hs)::value;
+    return std::max(wgmma::forward_shared<H>(), wgmma::backward_shared<H>());
+  };
+  if (C / NH == 64) return needed(std::integral_constant<int, 64>{}) <= max_shared;
+  if (C / NH == 128) return needed(std::integral_constant<int, 128>{}) <= max_shared;
+  return false;
+}
+
+bool wgmma_runs_on(int device) {
   int current = 0;
   CUDA_CHECK(cudaGetDevice(&current));
   CUDA_CHECK(cudaSetDevice(device));
@@ -1416,10 +1417,10 @@ bool attention_wgmma_available(int device, int C, int NH, std::size_t max_shared
   // no image of the probe for this device: then none of the kernels either
   if (rc == cudaErrorNoKernelImageForDevice || rc == cudaErrorInvalidDeviceFunction) {
     cudaGetLastError();
-    return built[device] = false;
+    return false;
   }
   CUDA_CHECK(rc);
-  return built[device] = host == 1;
+  return host == 1;
 }
 
 std::size_t max_shared_per_block(int device) {
@@ -1485,7 +1486,7 @@ void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T,
       CUDA_CHECK_LAUNCH(mma_sync::forward_kernel);
     };
     if constexpr (HS == 64 || HS == 128)
-      if (wgmma) {  // the caller asked attention_wgmma_available
+      if (wgmma) {  // the caller asked wgmma_runs_on and attention_wgmma_fits
         auto* kernel = wgmma::forward_kernel<HS>;
         constexpr std::size_t shared = wgmma::forward_shared<HS>();
         allow_dynamic_shared(kernel, shared);
@@ -1558,7 +1559,7 @@ void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn
         return dkdv(std::true_type{});
       }
       if constexpr (HS == 64 || HS == 128)
-        if (wgmma) {  // the caller asked attention_wgmma_available; not with the fused dq
+        if (wgmma) {  // the caller asked wgmma_runs_on and attention_wgmma_fits; not fused
           constexpr std::size_t shared = wgmma::backward_shared<HS>();
           auto* dq_kernel = wgmma::backward_dq_kernel<HS, Out>;
           auto* dkdv_kernel = wgmma::backward_dkdv_kernel<HS, Out>;

@@ -218,7 +218,11 @@ class CudaBackend final : public Backend {
         cublas_(stream_.get()),
         lt_(env_switch("MIXSIM_CUBLASLT", precision == MatmulPrecision::bf16)
                 ? cuda::make_lt_matmul(lt_options(true))
-                : (lt_options(false), nullptr)) {}
+                : (lt_options(false), nullptr)) {
+    // the wgmma switches hold only where the device runs their code (asked once, here)
+    if ((wgmma_forward_ || wgmma_backward_) && !cuda::wgmma_runs_on(device_))
+      wgmma_forward_ = wgmma_backward_ = false;
+  }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_.get());
     cudaFree(workspace_);
@@ -239,16 +243,15 @@ class CudaBackend final : public Backend {
   CudaKernelChoices kernel_choices() const {
     // (the GELU epilogue in bf16 where the model stores the MLP's pre and out in bf16 and
     // cuBLASLt is on)
-    return {tc_attention_, tc_attention_ && wide_forward_, gelu_exp2_, classifier_.exp2,
-            layernorm_vec4_, heavy_first_, fused_dq_,
-            bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_, feeds_products_,
-            classifier_.two_rows,
-            // (where the device runs the sm_90a kernels; the head size is asked per call)
-            wgmma_forward_ && cuda::attention_wgmma_available(device_, 64, 1, max_shared_),
-            // (not where the fused dq runs instead: as attention_backward asks, at head size 64)
-            wgmma_backward_ &&
-                !(fused_dq_ && cuda::attention_tc_fused_dq_fits(64, 1, max_shared_)) &&
-                cuda::attention_wgmma_available(device_, 64, 1, max_shared_)};
+    return {
+        tc_attention_, tc_attention_ && wide_forward_, gelu_exp2_, classifier_.exp2,
+        layernorm_vec4_, heavy_first_, fused_dq_,
+        bf16_gelu_epilogue_ && lt_ && bf16_outputs_ && bf16_activations_, feeds_products_,
+        classifier_.two_rows,
+        // (the head size is asked per call; the wgmma backward is not where the fused dq runs
+        // instead: as attention_backward asks, at head size 64)
+        wgmma_forward_,
+        wgmma_backward_ && !(fused_dq_ && cuda::attention_tc_fused_dq_fits(64, 1, max_shared_))};
   }
   int device() const { return device_; }
 
@@ -409,7 +412,7 @@ class CudaBackend final : public Backend {
     if (tc_attention_ && cuda::attention_tc_supported(C, NH, max_shared_)) {
       cuda::attention_forward_tc(
           out, lse, qkv, B, T, C, NH, wide_forward_, heavy_first_,
-          wgmma_forward_ && cuda::attention_wgmma_available(device_, C, NH, max_shared_),
+          wgmma_forward_ && cuda::attention_wgmma_fits(C, NH, max_shared_),
           workspace(cuda::attention_tc_workspace(false, qkv.type, DType::fp32, B, T, C, NH)),
           stream_.get());
       return;
@@ -432,7 +435,7 @@ class CudaBackend final : public Backend {
       const bool fused = fused_dq_ && cuda::attention_tc_fused_dq_fits(C, NH, max_shared_);
       cuda::attention_backward_tc(
           dqkv, dout, qkv, out, lse, B, T, C, NH, heavy_first_, fused,
-          wgmma_backward_ && !fused && cuda::attention_wgmma_available(device_, C, NH, max_shared_),
+          wgmma_backward_ && !fused && cuda::attention_wgmma_fits(C, NH, max_shared_),
           workspace(cuda::attention_tc_workspace(true, qkv.type, dout.type, B, T, C, NH, fused)),
           stream_.get());
       return;
@@ -536,8 +539,10 @@ class CudaBackend final : public Backend {
   bool layernorm_vec4_;      // LayerNorm with 16-byte accesses (MIXSIM_LAYERNORM_VEC4)
   bool heavy_first_;  // tensor-core attention's longest blocks first (MIXSIM_ATTENTION_HEAVY_FIRST)
   bool fused_dq_;  // tensor-core attention's dq in the key-major kernel (MIXSIM_ATTENTION_FUSED_DQ)
-  bool wgmma_forward_;       // the tensor-core forward on wgmma, sm_90a (MIXSIM_ATTENTION_WGMMA)
-  bool wgmma_backward_;  // its backward's two kernels on wgmma (MIXSIM_ATTENTION_WGMMA_BACKWARD)
+  // the tensor-core forward on wgmma (MIXSIM_ATTENTION_WGMMA), and its backward's two kernels
+  // (MIXSIM_ATTENTION_WGMMA_BACKWARD): false where the device does not run the sm_90a code
+  bool wgmma_forward_;
+  bool wgmma_backward_;
   bool bf16_gelu_epilogue_;  // a bf16 fc layer's GELU in cuBLASLt's epilogue (MIXSIM_BF16_GELU_..)
   bool feeds_products_;      // LayerNorm feeds the next projection (MIXSIM_LAYERNORM_FEEDS_PRODUCT)
   std::size_t max_shared_;   // the device's shared memory per block (opt-in)

@@ -201,11 +201,13 @@ bool attention_tc_supported(int C, int NH, std::size_t max_shared);
 // Whether the fused dq's kernel also fits (MIXSIM_ATTENTION_FUSED_DQ; where it does not, the
 // backward runs the default kernels).
 bool attention_tc_fused_dq_fits(int C, int NH, std::size_t max_shared);
-// Whether the wgmma kernels (MIXSIM_ATTENTION_WGMMA, MIXSIM_ATTENTION_WGMMA_BACKWARD) run on
-// `device` at this shape: head size 64 or 128, their shared memory fits, and the device runs the
-// build's sm_90a code (an H100 or H200 with sm_90a among the build's CUDA architectures; asked of
-// the device once, by a probe kernel).
-bool attention_wgmma_available(int device, int C, int NH, std::size_t max_shared);
+// Whether `device` runs the build's sm_90a code, the wgmma kernels (MIXSIM_ATTENTION_WGMMA,
+// MIXSIM_ATTENTION_WGMMA_BACKWARD): an H100 or H200 with sm_90a among the build's CUDA
+// architectures. Asked of the device by a probe kernel (a launch and a copy): the backend asks
+// once, when it is made.
+bool wgmma_runs_on(int device);
+// Whether the wgmma kernels take this shape: head size 64 or 128, their shared memory fits.
+bool attention_wgmma_fits(int C, int NH, std::size_t max_shared);
 // backward: D per row, and a bf16 copy of dout where it is stored in fp32 (`dout`, backward only).
 // fused_dq: dq's running sums and the semaphores of the fused dq (backward only).
 std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, int T, int C,
@@ -216,13 +218,14 @@ std::size_t attention_tc_workspace(bool backward, DType qkv, DType dout, int B, 
 // key-major kernel, no dq kernel (MIXSIM_ATTENTION_FUSED_DQ; dq, dk and dv within rounding of
 // the default's, the same on every run).
 // wgmma: the forward on Hopper's warpgroup products (MIXSIM_ATTENTION_WGMMA; where
-// attention_wgmma_available says so; out and lse within rounding of the default's).
+// wgmma_runs_on and attention_wgmma_fits say so; out and lse within rounding of the default's).
 // out: fp32, or bf16 (rounded as the kernel stores it; backward reads it as stored).
 void attention_forward_tc(TensorOut out, float* lse, TensorIn qkv, int B, int T, int C, int NH,
                           bool wide, bool heavy_first, bool wgmma, Workspace ws,
                           cudaStream_t stream);
 // wgmma: the backward's two kernels on wgmma (MIXSIM_ATTENTION_WGMMA_BACKWARD; where
-// attention_wgmma_available says so; not with fused_dq, which keeps its mma.sync kernel).
+// wgmma_runs_on and attention_wgmma_fits say so; not with fused_dq, which keeps its mma.sync
+// kernel).
 void attention_backward_tc(TensorOut dqkv, TensorIn dout, TensorIn qkv, TensorIn out,
                            const float* lse, int B, int T, int C, int NH, bool heavy_first,
                            bool fused_dq, bool wgmma, Workspace ws, cudaStream_t stream);

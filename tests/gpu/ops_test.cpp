@@ -2152,6 +2152,13 @@ TEST_F(CudaOps, FusedDqTrainingFollowsCpu) {
 
 namespace {
 
+// The wgmma tests' shapes (head sizes 64 and 128): rows past T, one position, B != NH, head size
+// 128 (two 128-byte atoms a row), GPT-2's heads, and a GPT-2 layer at B 4.
+constexpr AttentionShape kWgmmaShapes[] = {
+    {2, 150, 128, 2}, {3, 70, 128, 2},  {3, 1, 128, 2},    {1, 300, 64, 1},
+    {2, 100, 256, 2}, {1, 200, 128, 1}, {1, 256, 768, 12}, {4, 1024, 768, 12},
+};
+
 // Where a tile-shaped kernel goes wrong: of a (B, T, width) tensor holding the heads' HS columns
 // from `first` (out: width C, first 0; dq, dk, dv of a dqkv: width 3C, first 0, C, 2C), the
 // relative error of `got` against `want` per cell of a 64 x HS tile (rows t % 64 in groups of 8,
@@ -2199,8 +2206,7 @@ void print_error_map(const std::vector<float>& want, const std::vector<float>& g
 // - with a bf16 out: within 2e-4 of mma.sync's bf16 out (one more rounding of the same sums);
 // - dqkv from its out and lse (the default backward) within 2e-4 of mma.sync's;
 // - every element of out and lse written.
-// Shapes: rows past T, one position, B != NH, head size 128 (two 128-byte atoms a row), GPT-2's
-// heads, and a GPT-2 layer at B 4. scripts/gpu/mma_emulator (run.py, mutate7.py) checks a
+// Shapes: kWgmmaShapes. scripts/gpu/mma_emulator (run.py, mutate7.py) checks a
 // transcription of the kernel's index arithmetic, bit for bit against the mma.sync kernel's.
 TEST_F(CudaOps, WgmmaForwardFollowsMmaSync) {
   auto plain = cuda_bf16_without("MIXSIM_ATTENTION_WGMMA");
@@ -2210,11 +2216,7 @@ TEST_F(CudaOps, WgmmaForwardFollowsMmaSync) {
     GTEST_SKIP() << "the GPU does not run the build's sm_90a code (wgmma: an H100 or H200, with "
                     "90a among CMAKE_CUDA_ARCHITECTURES)";
   auto ref = make_cpu_backend(MatmulPrecision::bf16);
-  const AttentionShape shapes[] = {
-      {2, 150, 128, 2}, {3, 70, 128, 2},  {3, 1, 128, 2},    {1, 300, 64, 1},
-      {2, 100, 256, 2}, {1, 200, 128, 1}, {1, 256, 768, 12}, {4, 1024, 768, 12},
-  };
-  for (const AttentionShape& s : shapes) {
+  for (const AttentionShape& s : kWgmmaShapes) {
     const std::string what = "wgmma forward " + shape_name(s);
     const std::size_t rows = std::size_t(s.B) * s.T;
     const std::vector<float> qkv = random_floats(rows * 3 * s.C, 189),
@@ -2269,7 +2271,7 @@ TEST_F(CudaOps, WgmmaForwardFollowsMmaSync) {
 //   both are held to against cpu-bf16 (Bf16TensorCoreAttention); a wrong operand is off by 1e-1;
 // - bit for bit on the heavy-first grid, and every element written;
 // - with MIXSIM_ATTENTION_FUSED_DQ=1 the fused kernel runs instead (it stays on mma.sync).
-// Shapes as WgmmaForwardFollowsMmaSync's.
+// Shapes: kWgmmaShapes.
 TEST_F(CudaOps, WgmmaBackwardFollowsMmaSync) {
   mixsim::testing::ScopedEnv unfused("MIXSIM_ATTENTION_FUSED_DQ", "0");  // (it would take over)
   auto plain = cuda_bf16_without("MIXSIM_ATTENTION_WGMMA_BACKWARD");
@@ -2283,11 +2285,7 @@ TEST_F(CudaOps, WgmmaBackwardFollowsMmaSync) {
         f("MIXSIM_ATTENTION_FUSED_DQ", "1");
     EXPECT_FALSE(cuda_kernel_choices(*cuda_bf16_with("1", "", "")).wgmma_backward);
   }
-  const AttentionShape shapes[] = {
-      {2, 150, 128, 2}, {3, 70, 128, 2},  {3, 1, 128, 2},    {1, 300, 64, 1},
-      {2, 100, 256, 2}, {1, 200, 128, 1}, {1, 256, 768, 12}, {4, 1024, 768, 12},
-  };
-  for (const AttentionShape& s : shapes) {
+  for (const AttentionShape& s : kWgmmaShapes) {
     const std::string what = "wgmma backward " + shape_name(s);
     const std::size_t rows = std::size_t(s.B) * s.T;
     const std::vector<float> qkv = random_floats(rows * 3 * s.C, 191),

@@ -879,13 +879,14 @@ def backward_dkdv_kernel(ctx, HS, T, C, NH, scale, Out="float", heavy_first=Fals
         store_rows(ctx, HS, "dqkv", out_rows + 2 * C, head.qkv_stride, jw, T, dv, (1.0, 1.0), Out)
 
 # ------------------------------------------------------------------------------------------
-def launch(kernel, grid, n_bf16, n_f32, f32_byte_base, gmem, *args, **kw):
-    """Runs kernel over the grid; returns the list of races found."""
+def launch(kernel, grid, n_bf16, n_f32, f32_byte_base, gmem, *args, smem_class=AsyncSmem, **kw):
+    """Runs kernel over the grid, each block's shared memory a smem_class (wgmma.py's kernels: its
+    WgSmem); returns the list of races found."""
     races = []
     for bz in range(grid[2]):
         for by in range(grid[1]):
             for bx in range(grid[0]):
-                smem = AsyncSmem(n_bf16, n_f32, f32_byte_base)
+                smem = smem_class(n_bf16, n_f32, f32_byte_base)
                 gens = [kernel(Ctx((bx, by, bz), grid, w, smem, gmem), *args, **kw)
                         for w in range(kWarps)]
                 alive = [True] * kWarps

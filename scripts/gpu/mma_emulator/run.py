@@ -139,6 +139,14 @@ def bf16_attention_out(g, qkv, dout, B, T, C, NH):
     return ok
 
 
+def wgmma_note(name, run, races, same, once):
+    """The wgmma checks' note on one run (a Gmem and its races), its races printed."""
+    for r in races[:5]:
+        print("   ", r)
+    return (f"{name} {'same' if same else 'DIFFERS'}{'' if once else ' (write counts wrong)'}"
+            f"{'' if not races and not run.misaligned else ' (races or misaligned)'}")
+
+
 def wgmma_forward(g, qkv, B, T, C, NH):
     """MIXSIM_ATTENTION_WGMMA (head sizes 64 and 128): the forward on wgmma (wgmma.py), beside the
     mma.sync run g, on the default and the heavy-first grid and with a bf16 out. The emulated
@@ -154,11 +162,7 @@ def wgmma_forward(g, qkv, B, T, C, NH):
         same, once, good = matches(gw, races, {"out": want_out, "lse": g.a["lse"]})
         ok &= good
         what = ("heavy-first grid" if hf else "bf16 out" if out_bf16 else "default grid")
-        notes.append(f"{what} {'same' if same else 'DIFFERS'}"
-                     f"{'' if once else ' (write counts wrong)'}"
-                     f"{'' if not races and not gw.misaligned else ' (races or misaligned)'}")
-        for r in races[:5]:
-            print("   ", r)
+        notes.append(wgmma_note(what, gw, races, same, once))
     print(f"   wgmma forward [{time.time() - t:.1f}s]: {', '.join(notes)} as mma.sync's"
           f"{'' if ok else '   <-- BAD'}")
     return ok
@@ -184,11 +188,7 @@ def wgmma_backward(g, g2, qkv, dout, B, T, C, NH):
         gw, races = wgmma.attention_backward(dd, qkv, oo, lse, B, T, C, NH, **kw)
         same, once, good = matches(gw, races, {k: want.a[k] for k in ("dqkv", "dvec")})
         ok &= good
-        notes.append(f"{name} {'same' if same else 'DIFFERS'}"
-                     f"{'' if once else ' (write counts wrong)'}"
-                     f"{'' if not races and not gw.misaligned else ' (races or misaligned)'}")
-        for r in races[:5]:
-            print("   ", r)
+        notes.append(wgmma_note(name, gw, races, same, once))
     print(f"   wgmma backward [{time.time() - t:.1f}s]: {', '.join(notes)} as mma.sync's"
           f"{'' if ok else '   <-- BAD'}")
     return ok

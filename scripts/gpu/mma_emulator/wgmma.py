@@ -271,13 +271,8 @@ def attention_forward(qkv, B, T, C, NH, out_bf16=False, heavy_first=False):
     esize = {"qkv16": 2, "out": 2} if out_bf16 else {"qkv16": 2}
     g = kernels.Gmem(qkv16=bf16(np.asarray(qkv, dtype=np.float32)),
                      out=np.full(B * T * C, np.nan), lse=np.full(B * NH * T, np.nan), esize=esize)
-    saved = kernels.AsyncSmem
-    kernels.AsyncSmem = WgSmem  # launch() makes each block's shared memory
-    try:
-        races = launch(forward_kernel, grid, forward_shared(HS) // 2, 0, None, g, HS, T, C, NH,
-                       scale, out_bf16=out_bf16, heavy_first=heavy_first)
-    finally:
-        kernels.AsyncSmem = saved
+    races = launch(forward_kernel, grid, forward_shared(HS) // 2, 0, None, g, HS, T, C, NH, scale,
+                   out_bf16=out_bf16, heavy_first=heavy_first, smem_class=WgSmem)
     return g, races
 
 
@@ -404,16 +399,11 @@ def attention_backward(dout, qkv, out, lse, B, T, C, NH, Out="float", bf16_att_o
         arrays.update(dout16=bf16(np.asarray(dout, dtype=np.float32)), dout=dout)
     g = kernels.Gmem(esize=esize, **arrays)
     n_bf16, n_f32 = 6 * tile_bytes(HS) // 2, 2 * kStages * kRows
-    saved = kernels.AsyncSmem
-    kernels.AsyncSmem = WgSmem
-    try:
-        races = launch(backward_dq_kernel, grid, n_bf16, n_f32, 2 * n_bf16, g, HS, T, C, NH, scale,
-                       Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out,
-                       heavy_first=heavy_first)
-        races += launch(backward_dkdv_kernel, grid, n_bf16, n_f32, 2 * n_bf16, g, HS, T, C, NH,
-                        scale, Out=Out, heavy_first=heavy_first)
-    finally:
-        kernels.AsyncSmem = saved
+    races = launch(backward_dq_kernel, grid, n_bf16, n_f32, 2 * n_bf16, g, HS, T, C, NH, scale,
+                   Out=Out, dout32=not bf16_att_out, out_bf16=bf16_att_out,
+                   heavy_first=heavy_first, smem_class=WgSmem)
+    races += launch(backward_dkdv_kernel, grid, n_bf16, n_f32, 2 * n_bf16, g, HS, T, C, NH, scale,
+                    Out=Out, heavy_first=heavy_first, smem_class=WgSmem)
     return g, races
 
 
